@@ -1,0 +1,1 @@
+"""Amaranth hardware models of the datapath blocks (DESIGN.md section 6)."""

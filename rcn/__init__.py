@@ -1,0 +1,1 @@
+"""RCN devices: channels, roles and the command-line tools."""

@@ -1,0 +1,1 @@
+"""rcn-decode: the offline frame decoding tool."""

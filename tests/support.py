@@ -1,0 +1,66 @@
+"""Helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from twisted.trial.unittest import SkipTest
+
+from datapath.frames.errors import DecodeError
+
+REQUIRE_EXTERNAL = os.environ.get("RCN_REQUIRE_EXTERNAL") == "1"
+
+
+def require_tool(testcase, name: str) -> str:
+    """Path of an external tool; skip without it, or fail when CI demands it."""
+    path = shutil.which(name)
+    if path:
+        return path
+    reason = f"{name} is not installed"
+    if REQUIRE_EXTERNAL:
+        testcase.fail(f"{reason} and RCN_REQUIRE_EXTERNAL=1")
+    raise SkipTest(reason)
+
+
+def tshark_fields(testcase, capture_path: str, fields: list[str], *extra: str) -> list[list[str]]:
+    """Run ``tshark -T fields`` and return one row of field values per packet.
+
+    stderr stays visible in the failure message: a misspelt field makes tshark
+    print nothing and exit 1.
+    """
+    tshark = require_tool(testcase, "tshark")
+    args = [tshark, "-n", "-r", capture_path, "-T", "fields", "-E", "separator=|"]
+    for name in fields:
+        args += ["-e", name]
+    proc = subprocess.run(args + list(extra), capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        testcase.fail(f"tshark exited {proc.returncode}: {proc.stderr.strip()}")
+    return [line.split("|") for line in proc.stdout.splitlines()]
+
+
+def check_layout_golden(testcase, layout, data: bytes, values: dict) -> None:
+    """One golden vector both ways: parse (checked and compiled), build, size, numpy."""
+    testcase.assertEqual(layout.size, len(data))
+    for fast in (False, True):
+        parsed = layout.parse(data, fast=fast)
+        for name, value in values.items():
+            testcase.assertEqual(parsed[name], value, f"{layout.layer}.{name} (fast={fast})")
+    testcase.assertEqual(layout.build(values), data)
+    array = layout.wire_to_array(data)
+    for name, value in values.items():
+        if name in layout.by_name and not layout.by_name[name].raw:
+            testcase.assertEqual(int(array[name][0]), value, f"numpy {layout.layer}.{name}")
+    testcase.assertEqual(layout.array_to_wire(array), data)
+
+
+def assert_decode_error(testcase, func, *args, layer: str | None = None, **kw) -> DecodeError:
+    """``func`` must raise DecodeError (and nothing else); return it."""
+    try:
+        func(*args, **kw)
+    except DecodeError as exc:
+        if layer is not None:
+            testcase.assertEqual(exc.layer, layer, str(exc))
+        return exc
+    testcase.fail(f"{func.__name__} accepted bad input")
