@@ -116,6 +116,7 @@ class Layout:
         self.check_length(data, offset, base)
         chunk = bytes(data[offset:offset + self.size])
         result = (self.compiled if fast else self.struct).parse(chunk)
+        result.pop("_io", None)   # the checked parser keeps its stream; nobody needs it
         for f in self._bit_fields:
             value = result[f.name]
             for name, shift, mask in f.bit_masks:

@@ -1,0 +1,250 @@
+"""FCP information units (FCP-4) and the SCSI CDBs RCN sends.
+
+A write exchange is FCP_CMND (WRITE(16)) -> [FCP_XFER_RDY] -> FCP_DATA... ->
+FCP_RSP. FCP_DATA has no header of its own: the FC header's Parameter field
+holds the relative offset (F_CTL bit 3 set).
+
+Pair control travels as the vendor-specific CDB ``RCN CONTROL`` (opcode 0xC1):
+
+====  =====================================================================
+byte  field
+====  =====================================================================
+0     opcode 0xC1
+1     service action: 1 PAIR_CREATE, 2 DUPLEX, 3 RESYNC, 4 SUSPEND, 5 TAKEOVER
+2     flags: 0x01 FAST (answer without waiting for the remote side's flush)
+3     reserved
+4-7   order guarantee (consistency group) ID
+8-9   source LUN (the target LUN is the FCP_LUN of the command)
+10-13 allocation length: bytes of data-in the initiator accepts (RESYNC's bitmap)
+14    reserved
+15    control
+====  =====================================================================
+"""
+
+from __future__ import annotations
+
+import enum
+
+from datapath.frames.errors import DecodeError
+from datapath.frames.fields import Layout, raw, uint
+
+
+class TaskAttribute(enum.IntEnum):
+    SIMPLE = 0
+    HEAD_OF_QUEUE = 1
+    ORDERED = 2
+    ACA = 4
+
+
+class ScsiStatus(enum.IntEnum):
+    GOOD = 0x00
+    CHECK_CONDITION = 0x02
+    CONDITION_MET = 0x04
+    BUSY = 0x08
+    RESERVATION_CONFLICT = 0x18
+    TASK_SET_FULL = 0x28
+    ACA_ACTIVE = 0x30
+    TASK_ABORTED = 0x40
+
+
+class RcnServiceAction(enum.IntEnum):
+    PAIR_CREATE = 1
+    DUPLEX = 2
+    RESYNC = 3
+    SUSPEND = 4
+    TAKEOVER = 5
+
+
+class Opcode(enum.IntEnum):
+    TEST_UNIT_READY = 0x00
+    REQUEST_SENSE = 0x03
+    INQUIRY = 0x12
+    READ_CAPACITY_10 = 0x25
+    READ_10 = 0x28
+    WRITE_10 = 0x2A
+    SYNCHRONIZE_CACHE_10 = 0x35
+    READ_16 = 0x88
+    WRITE_16 = 0x8A
+    SERVICE_ACTION_IN_16 = 0x9E
+    REPORT_LUNS = 0xA0
+    RCN_CONTROL = 0xC1
+
+
+RCN_CONTROL_FAST = 0x01
+RSP_RESID_UNDER = 0x08
+RSP_RESID_OVER = 0x04
+RSP_SNS_LEN_VALID = 0x02
+RSP_RSP_LEN_VALID = 0x01
+
+FCP_CMND = Layout("fcp_cmnd", [
+    uint("fcp_lun", 8, "logical unit, SAM-5 eight-byte LUN"),
+    uint("crn", 1, "command reference number"),
+    uint("task_attribute", 1, "priority (bits 6-3) and task attribute (bits 2-0)",
+         bits=(("reserved_attr", 1), ("priority", 4), ("attribute", 3))),
+    uint("task_management", 1, "task management flags"),
+    uint("cdb_len_rw", 1, "additional CDB length in words, RDDATA, WRDATA",
+         bits=(("additional_cdb_length", 6), ("rddata", 1), ("wrdata", 1))),
+    raw("cdb", 16, "SCSI command descriptor block"),
+    uint("fcp_dl", 4, "bytes the command transfers"),
+], doc="FCP_CMND information unit")
+
+FCP_XFER_RDY = Layout("fcp_xfer_rdy", [
+    uint("relative_offset", 4, "offset of the data the target wants next"),
+    uint("burst_length", 4, "bytes the target accepts in this burst"),
+    uint("reserved", 4, "0"),
+], doc="FCP_XFER_RDY information unit")
+
+FCP_RSP = Layout("fcp_rsp", [
+    raw("reserved", 8, "0"),
+    uint("retry_delay", 2, "status qualifier / retry delay timer"),
+    uint("flags", 1, "0x08 residual under, 0x04 over, 0x02 sense length valid, "
+                     "0x01 response length valid"),
+    uint("scsi_status", 1, "SCSI status", values={v.value: v.name for v in ScsiStatus}),
+    uint("residual", 4, "bytes not transferred (under) or not accepted (over)"),
+    uint("sense_length", 4, "bytes of sense data after the response info"),
+    uint("response_length", 4, "bytes of response info (0, 4 or 8)"),
+], doc="FCP_RSP information unit, fixed part")
+
+WRITE_16 = Layout("scsi", [
+    uint("opcode", 1, "0x8A WRITE(16), 0x88 READ(16)", values={v.value: v.name for v in Opcode}),
+    uint("cdb_flags", 1, "WRPROTECT/RDPROTECT 0xE0, DPO 0x10, FUA 0x08"),
+    uint("lba", 8, "first logical block"),
+    uint("transfer_length", 4, "number of blocks"),
+    uint("group_number", 1, "group number (low 5 bits)"),
+    uint("control", 1, "control byte"),
+], doc="READ(16) / WRITE(16) CDB")
+
+RCN_CONTROL = Layout("rcn_control", [
+    uint("opcode", 1, "0xC1 RCN CONTROL"),
+    uint("service_action", 1, "pair operation",
+         values={v.value: v.name for v in RcnServiceAction}),
+    uint("control_flags", 1, "0x01 FAST"),
+    uint("reserved1", 1, "0"),
+    uint("group_id", 4, "order guarantee (consistency group) ID"),
+    uint("source_lun", 2, "the pair's source LUN"),
+    uint("allocation_length", 4, "bytes of data-in the initiator accepts"),
+    uint("reserved2", 1, "0"),
+    uint("control", 1, "control byte"),
+], doc="RCN CONTROL vendor-specific CDB")
+
+CDB_SIZE = 16
+FLAT_LUN_LIMIT = 1 << 14
+BLOCK_SIZE = 512
+
+
+def encode_lun(lun: int) -> int:
+    """SAM eight-byte LUN: peripheral addressing below 256, flat space up to 16383."""
+    if not 0 <= lun < FLAT_LUN_LIMIT:
+        raise ValueError(f"LUN {lun} outside 0..{FLAT_LUN_LIMIT - 1}")
+    first = (lun >> 8) | 0x40 if lun >= 256 else 0
+    return ((first << 8) | (lun & 0xFF)) << 48
+
+
+def decode_lun(fcp_lun: int) -> int:
+    first = fcp_lun >> 56
+    method = first >> 6
+    if method not in (0, 1):
+        return fcp_lun  # hierarchical / extended addressing: keep the raw value
+    return ((first & 0x3F) << 8) | ((fcp_lun >> 48) & 0xFF)
+
+
+def build_fcp_cmnd(lun: int, cdb: bytes, fcp_dl: int, write: bool = False, read: bool = False,
+                   attribute: int = TaskAttribute.SIMPLE, crn: int = 0) -> bytes:
+    if len(cdb) > CDB_SIZE:
+        raise ValueError(f"fcp_cmnd: CDB of {len(cdb)} bytes; additional CDBs are not supported")
+    return FCP_CMND.build(fcp_lun=encode_lun(lun), crn=crn, attribute=attribute,
+                          wrdata=int(write), rddata=int(read),
+                          cdb=cdb.ljust(CDB_SIZE, b"\x00"), fcp_dl=fcp_dl)
+
+
+def build_write16(lba: int, blocks: int, fua: bool = False, group: int = 0) -> bytes:
+    return WRITE_16.build(opcode=Opcode.WRITE_16, cdb_flags=0x08 if fua else 0, lba=lba,
+                          transfer_length=blocks, group_number=group & 0x1F)
+
+
+def build_read16(lba: int, blocks: int) -> bytes:
+    return WRITE_16.build(opcode=Opcode.READ_16, lba=lba, transfer_length=blocks)
+
+
+def build_rcn_control(service_action: int, group_id: int, source_lun: int,
+                      allocation_length: int = 0, fast: bool = False) -> bytes:
+    return RCN_CONTROL.build(opcode=Opcode.RCN_CONTROL, service_action=RcnServiceAction(service_action),
+                             control_flags=RCN_CONTROL_FAST if fast else 0, group_id=group_id,
+                             source_lun=source_lun, allocation_length=allocation_length)
+
+
+def build_xfer_rdy(relative_offset: int, burst_length: int) -> bytes:
+    return FCP_XFER_RDY.build(relative_offset=relative_offset, burst_length=burst_length)
+
+
+def build_fcp_rsp(status: int = ScsiStatus.GOOD, residual: int = 0, under: bool = False,
+                  sense: bytes = b"", response_info: bytes = b"") -> bytes:
+    flags = 0
+    if residual:
+        flags |= RSP_RESID_UNDER if under else RSP_RESID_OVER
+    if sense:
+        flags |= RSP_SNS_LEN_VALID
+    if response_info:
+        flags |= RSP_RSP_LEN_VALID
+    return FCP_RSP.build(flags=flags, scsi_status=status, residual=residual,
+                         sense_length=len(sense), response_length=len(response_info)) \
+        + response_info + sense
+
+
+def parse_cdb(cdb: bytes, base: int = 0, fast: bool = False) -> dict:
+    """The CDB's fields: READ/WRITE(16) and RCN CONTROL in full, others by opcode."""
+    if not cdb:
+        raise DecodeError("scsi", "opcode", base, "empty CDB")
+    opcode = cdb[0]
+    if opcode in (Opcode.WRITE_16, Opcode.READ_16):
+        out = dict(WRITE_16.parse(cdb, 0, base, fast))
+    elif opcode == Opcode.RCN_CONTROL:
+        out = dict(RCN_CONTROL.parse(cdb, 0, base, fast))
+        try:
+            out["service_action_name"] = RcnServiceAction(out["service_action"]).name
+        except ValueError:
+            raise DecodeError("rcn_control", "service_action", base + 1,
+                              f"unknown service action {out['service_action']}") from None
+    else:
+        out = {"opcode": opcode}
+    try:
+        out["opcode_name"] = Opcode(opcode).name
+    except ValueError:
+        out["opcode_name"] = f"0x{opcode:02x}"
+    return out
+
+
+def parse_fcp_cmnd(payload: bytes, base: int = 0, fast: bool = False) -> dict:
+    cmnd = dict(FCP_CMND.parse(payload, 0, base, fast))
+    if cmnd["additional_cdb_length"]:
+        raise DecodeError("fcp_cmnd", "cdb_len_rw", base + 11,
+                          f"additional CDB of {cmnd['additional_cdb_length']} words is not supported")
+    if len(payload) != FCP_CMND.size:
+        raise DecodeError("fcp_cmnd", "fcp_dl", base + FCP_CMND.size,
+                          f"{len(payload) - FCP_CMND.size} bytes after FCP_DL")
+    cmnd["lun"] = decode_lun(cmnd["fcp_lun"])
+    cmnd["cdb"] = parse_cdb(cmnd.pop("cdb"), base + FCP_CMND.offsets["cdb"], fast)
+    return cmnd
+
+
+def parse_fcp_rsp(payload: bytes, base: int = 0, fast: bool = False) -> dict:
+    rsp = dict(FCP_RSP.parse(payload, 0, base, fast))
+    rsp.pop("reserved")
+    info_len = rsp["response_length"] if rsp["flags"] & RSP_RSP_LEN_VALID else 0
+    sense_len = rsp["sense_length"] if rsp["flags"] & RSP_SNS_LEN_VALID else 0
+    at = FCP_RSP.size
+    if at + info_len + sense_len > len(payload):
+        raise DecodeError("fcp_rsp", "sense_length", base + 16,
+                          f"response info {info_len} + sense {sense_len} bytes exceed the "
+                          f"{len(payload) - at} present")
+    rsp["response_info"] = payload[at:at + info_len].hex()
+    rsp["sense"] = payload[at + info_len:at + info_len + sense_len].hex()
+    try:
+        rsp["status_name"] = ScsiStatus(rsp["scsi_status"]).name
+    except ValueError:
+        rsp["status_name"] = f"0x{rsp['scsi_status']:02x}"
+    return rsp
+
+
+def parse_xfer_rdy(payload: bytes, base: int = 0, fast: bool = False) -> dict:
+    return dict(FCP_XFER_RDY.parse(payload, 0, base, fast))
