@@ -1,0 +1,1 @@
+"""Developer tools: benchmarks, generators, test runner. Run from the repository root as ``python -m tools.<name>``."""
