@@ -30,6 +30,9 @@ def main(argv: list[str]) -> int:
     if counts.get("skips"):
         print(f"{counts['skips']} skipped")
     print(f"{passed} passed, {failed} failed")
+    if passed + failed == 0:
+        print("no tests ran", file=sys.stderr)
+        return 1
     return status
 
 

@@ -28,7 +28,8 @@ inputs (recognised by their first bytes):
 kinds for --type: fcp_cmnd fcp_data fcp_xfer_rdy fcp_rsp els_<command>
   bls_abts bls_ba_acc bls_ba_rjt ct_gid_pn ct_accept ct_reject fcip_special
   log_wr log_wrok log_ctrl log_ctrl_ok log_nak log_batch log_keepalive error;
-  a prefix matches a family (fcp, els, log).
+  a prefix matches a family (fcp, els, log); a log entry or batch matches
+  through the FC units and entries inside it.
 
 exit status: 0 clean, 1 decode errors or CRC failures seen, 2 usage or
 unreadable input.

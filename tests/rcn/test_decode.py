@@ -1,0 +1,312 @@
+"""rcn-decode: reassembly, inputs, bad input, filters, summary and exit status."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+from twisted.trial.unittest import TestCase
+
+from datapath.frames import capture, fc, fcip, fcp, gbe, logentry
+from rcn.decode.cli import main
+from rcn.decode.decoder import Decoder
+from rcn.decode.reassembly import FcipDelineator, TcpStream
+from tools.sample_traffic import SOURCE_WWN, TARGET_WWN, generate, write_exchange
+
+SRC, DST = ("10.0.0.1", 40000), ("10.0.0.2", fcip.FCIP_PORT)
+
+
+def fcip_frames(count: int, lba0: int = 100) -> list[bytes]:
+    """``count`` FCP_CMND frames with distinct OX_IDs and LBAs."""
+    out = []
+    for i in range(count):
+        header = dict(r_ctl=fc.RCtl.FCP_CMND, d_id=0x010200, s_id=0x010100, type=fc.FcType.FCP,
+                      ox_id=i)
+        cmnd = fcp.build_fcp_cmnd(1, fcp.build_write16(lba0 + i, 1), 512, write=True)
+        out.append(fcip.build_fcip_frame(header, cmnd))
+    return out
+
+
+def tcp_capture(segments: list[tuple[int, bytes]], pcapng: bool = False) -> bytes:
+    """An Ethernet capture of TCP segments ``(seq, payload)`` from SRC to DST."""
+    f = io.BytesIO()
+    writer = capture.CaptureWriter(f, pcapng=pcapng)
+    for n, (seq, payload) in enumerate(segments):
+        packet = gbe.build_tcp(SRC[0], DST[0], SRC[1], DST[1], seq, payload)
+        writer.write(gbe.build_ethernet(packet), 1000.0 + n)
+    return f.getvalue()
+
+
+def decode(data: bytes) -> list[dict]:
+    return list(Decoder().decode_file(data))
+
+
+def lbas(records: list[dict]) -> list[int]:
+    return [r["fc4"]["cdb"]["lba"] for r in records if r.get("kind") == "fcp_cmnd"]
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    status = main(list(args), out)
+    return status, out.getvalue()
+
+
+class TcpReassemblyTests(TestCase):
+    def test_frame_split_across_segments(self):
+        frame = fcip_frames(1)[0]
+        records = decode(tcp_capture([(1000, frame[:10]), (1010, frame[10:50]),
+                                      (1050, frame[50:])]))
+        self.assertEqual(lbas(records), [100])
+        self.assertEqual(records[0]["errors"], [])
+
+    def test_several_frames_in_one_segment(self):
+        frames = fcip_frames(3)
+        records = decode(tcp_capture([(5, b"".join(frames))]))
+        self.assertEqual(lbas(records), [100, 101, 102])
+        self.assertEqual([r["stream_offset"] for r in records],
+                         [0, len(frames[0]), len(frames[0]) + len(frames[1])])
+
+    def test_retransmitted_segment_decoded_once(self):
+        a, b = fcip_frames(2)
+        records = decode(tcp_capture([(0, a), (0, a), (len(a), b), (len(a) - 8, a[-8:] + b[:8])]))
+        self.assertEqual(lbas(records), [100, 101])
+
+    def test_out_of_order_segments_are_put_in_order(self):
+        a, b, c = fcip_frames(3)
+        records = decode(tcp_capture([(0, a), (len(a) + len(b), c), (len(a), b)]))
+        self.assertEqual(lbas(records), [100, 101, 102])
+
+    def test_sequence_numbers_wrap_around(self):
+        a, b = fcip_frames(2)
+        start = (1 << 32) - 30
+        records = decode(tcp_capture([(start, a), ((start + len(a)) & 0xFFFFFFFF, b)]))
+        self.assertEqual(lbas(records), [100, 101])
+
+    def test_pending_limit_drops_and_counts_early_data(self):
+        stream = TcpStream(pending_limit=100)
+        stream.add(0, b"x" * 10)
+        self.assertEqual(stream.add(500, b"y" * 200), b"")
+        self.assertEqual(stream.stats.dropped_bytes, 200)
+        self.assertEqual(stream.pending_bytes, 0)
+
+    def test_garbage_between_frames_is_reported_and_skipped(self):
+        a, b = fcip_frames(2)
+        delineator = FcipDelineator()
+        items = delineator.feed(a + b"\xde\xad" * 20 + b)
+        frames = [i for i in items if isinstance(i, tuple)]
+        errors = [i for i in items if not isinstance(i, tuple)]
+        self.assertEqual([offset for offset, _ in frames], [0, len(a) + 40])
+        self.assertEqual(len(errors), 1)
+        self.assertEqual((errors[0].layer, errors[0].offset), ("fcip", len(a)))
+
+    def test_incomplete_frame_at_end_of_capture_is_reported(self):
+        a, b = fcip_frames(2)
+        records = decode(tcp_capture([(0, a + b[:40])]))
+        self.assertEqual(lbas(records), [100])
+        error = records[-1]
+        self.assertEqual(error["kind"], "error")
+        self.assertEqual(error["errors"][0]["offset"], len(a))
+        self.assertIn("incomplete frame", error["errors"][0]["reason"])
+
+
+class InputFormatTests(TestCase):
+    def test_fcip_stream_file(self):
+        records = decode(b"".join(fcip_frames(4)))
+        self.assertEqual(lbas(records), [100, 101, 102, 103])
+
+    def test_hex_text_paragraphs(self):
+        a, b = fcip_frames(2)
+        text = f"# first frame\n{a.hex(' ')}\n\n0x{b.hex()}\n".encode()
+        records = decode(text)
+        self.assertEqual(lbas(records), [100, 101])
+        self.assertEqual([r["packet"] for r in records], [1, 2])
+
+    def test_bad_hex_paragraph_is_reported_and_the_next_decoded(self):
+        a = fcip_frames(1)[0]
+        records = decode(f"zz11\n\n{a.hex()}\n".encode())
+        self.assertEqual(records[0]["errors"][0]["layer"], "hex")
+        self.assertEqual(lbas(records), [100])
+
+    def test_linktype_225_and_224_captures(self):
+        header = dict(r_ctl=fc.RCtl.FCP_CMND, d_id=0x010200, s_id=0x010100, type=fc.FcType.FCP)
+        cmnd = fcp.build_fcp_cmnd(1, fcp.build_write16(77, 1), 512, write=True)
+        for linktype, frame in ((capture.LINKTYPE_FC_2_WITH_FRAME_DELIMS,
+                                 fc.build_sof_eof_unit(header, cmnd)),
+                                (capture.LINKTYPE_FC_2, fc.build_fc_frame(header, cmnd))):
+            f = io.BytesIO()
+            writer = capture.CaptureWriter(f, linktype)
+            writer.write(frame, 1.0)
+            records = decode(f.getvalue())
+            self.assertEqual(lbas(records), [77], linktype)
+            self.assertEqual(records[0]["fc"]["crc"], "good")
+
+    def test_pcapng_like_pcap(self):
+        frames = fcip_frames(2)
+        segments = [(0, frames[0]), (len(frames[0]), frames[1])]
+        self.assertEqual(lbas(decode(tcp_capture(segments, pcapng=True))), [100, 101])
+
+    def test_log_entry_units_and_batch(self):
+        to_edge, _ = write_exchange(9, 2, 4242, bytes(4096))
+        units = [fc.build_sof_eof_unit(h, p) for h, p in to_edge]
+        wr = logentry.build_entry(logentry.EntryType.WR, logentry.build_rio_area(units),
+                                  group_id=3, sequence=11)
+        batch = logentry.build_batch([wr, logentry.build_nak([(4, 6)], group_id=3)])
+        record = decode(batch.hex().encode())[0]
+        self.assertEqual(record["kind"], "log_batch")
+        inner = record["entries"]
+        self.assertEqual([e["kind"] for e in inner], ["log_wr", "log_nak"])
+        self.assertEqual([u["kind"] for u in inner[0]["units"]], ["fcp_cmnd", "fcp_data", "fcp_data"])
+        self.assertEqual(inner[0]["units"][0]["fc4"]["cdb"]["lba"], 4242)
+        self.assertEqual(inner[0]["units"][2]["fc4"]["relative_offset"], 2048)
+        self.assertEqual(inner[1]["nak_ranges"], [[4, 6]])
+
+
+class BadInputTests(TestCase):
+    def test_unknown_log_version_is_reported_and_next_entry_decoded(self):
+        good = logentry.build_entry(logentry.EntryType.WR, group_id=1, sequence=1)
+        bad = logentry.build_entry(logentry.EntryType.WR, group_id=1, sequence=2, version=9)
+        f = io.BytesIO()
+        writer = capture.CaptureWriter(f)
+        for n, entry in enumerate((bad, good)):
+            writer.write(gbe.build_ethernet(gbe.build_udp("10.0.1.2", "10.0.1.3", 47001, 47001,
+                                                          entry)), 1.0 + n)
+        first, second = decode(f.getvalue())
+        self.assertEqual(first["kind"], "error")
+        error = first["errors"][0]
+        self.assertEqual((error["layer"], error["field"]), ("log", "version"))
+        # Ethernet 14 + IPv4 20 + UDP 8, then the version byte at 4
+        self.assertEqual(error["offset"], 42 + 4)
+        self.assertEqual((second["kind"], second["log"]["sequence"]), ("log_wr", 1))
+
+    def test_corrupted_fc_crc_is_flagged(self):
+        frame = bytearray(fcip_frames(1)[0])
+        frame[-10] ^= 0xFF    # inside the FC CRC
+        record = decode(bytes(frame))[0]
+        self.assertEqual(record["fc"]["crc"], "bad")
+        self.assertIn("crc", [e["field"] for e in record["errors"]])
+
+    def test_corrupted_crc32c_is_flagged(self):
+        entry = bytearray(logentry.build_entry(logentry.EntryType.WR, b"\x00" * 8, sequence=1))
+        entry[-1] ^= 1
+        record = decode(bytes(entry).hex().encode())[0]
+        self.assertEqual(record["log"]["crc32c"], "bad")
+
+    def test_truncated_capture_reports_offset_and_keeps_earlier_frames(self):
+        data = tcp_capture([(0, f) for f in fcip_frames(1)] +
+                           [(len(fcip_frames(1)[0]), fcip_frames(2)[1])])
+        cut = data[:-30]
+        records = decode(cut)
+        self.assertEqual(lbas(records), [100])
+        errors = [e for r in records for e in r["errors"]]
+        self.assertEqual(errors[0]["layer"], "capture")
+        self.assertGreater(errors[0]["offset"], 24)
+
+    def test_garbage_file(self):
+        records = decode(bytes(range(7, 200)) * 3)
+        self.assertTrue(records)
+        self.assertTrue(all(r["kind"] == "error" for r in records))
+
+
+class CliTests(TestCase):
+    def setUp(self):
+        self.path = self.mktemp()
+        with open(self.path, "wb") as f:
+            self.packets = generate(f, writes=12, group=5, seed=3)
+
+    def test_json_lines_one_per_frame(self):
+        status, out = run_cli("--json", self.path)
+        records = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual(status, 0)
+        self.assertEqual(len(records), self.packets)
+        self.assertEqual([r["frame"] for r in records], list(range(1, self.packets + 1)))
+        kinds = {r["kind"] for r in records}
+        self.assertEqual(kinds, {"fcp_cmnd", "fcp_data", "fcp_rsp", "log_wr", "log_wrok"})
+
+    def test_tree_output_names_layers(self):
+        status, out = run_cli(self.path)
+        self.assertEqual(status, 0)
+        first = out.split("\n\n")[0]
+        self.assertIn("fcp_cmnd", first.splitlines()[0])
+        self.assertIn("d_id=01.02.00", first)
+        self.assertIn("opcode_name=WRITE_16", first)
+
+    def test_type_filter(self):
+        _, out = run_cli("--json", "--type", "log_wr", self.path)
+        records = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual([r["kind"] for r in records], ["log_wr"] * 12)
+        # a family prefix; log entries match through the FC units inside them
+        _, out = run_cli("--json", "--type", "fcp_rsp", self.path)
+        self.assertEqual({json.loads(line)["kind"] for line in out.splitlines()},
+                         {"fcp_rsp", "log_wrok"})
+        _, out = run_cli("--json", "--type", "fcp", self.path)
+        self.assertEqual({json.loads(line)["kind"] for line in out.splitlines()},
+                         {"fcp_cmnd", "fcp_data", "fcp_rsp", "log_wr", "log_wrok"})
+
+    def test_seq_and_group_filters(self):
+        _, out = run_cli("--json", "--seq", "3-4,9", "--type", "log_wr", self.path)
+        self.assertEqual([json.loads(line)["log"]["sequence"] for line in out.splitlines()],
+                         [3, 4, 9])
+        _, out = run_cli("--json", "--group", "6", self.path)
+        self.assertEqual(out, "")
+
+    def test_wwn_filter(self):
+        wwn = ":".join(f"{b:02x}" for b in TARGET_WWN.to_bytes(8, "big"))
+        _, out = run_cli("--json", "--wwn", wwn, self.path)
+        self.assertEqual(len(out.splitlines()), 24)   # the WR and WROK of each write
+        _, out = run_cli("--json", "--wwn", "20:00:00:00:00:00:00:99", self.path)
+        self.assertEqual(out, "")
+        self.assertNotEqual(SOURCE_WWN, TARGET_WWN)
+
+    def test_summary_counts_gaps_duplicates_and_lag(self):
+        records = [json.loads(line) for line in run_cli("--json", self.path)[1].splitlines()]
+        self.assertTrue(records)
+        status, out = run_cli("--summary", "--json", self.path)
+        report = json.loads(out)
+        self.assertEqual(status, 0)
+        self.assertEqual(report["frames"], self.packets)
+        self.assertEqual(report["groups"]["5"]["first"], 1)
+        self.assertEqual(report["groups"]["5"]["last"], 12)
+        self.assertEqual(report["groups"]["5"]["missing"], 0)
+        self.assertEqual(report["lag_ms"]["count"], 12)
+        self.assertGreater(report["lag_ms"]["min"], 0.39)
+
+    def test_summary_finds_a_gap_and_a_duplicate(self):
+        entries = [logentry.build_entry(logentry.EntryType.WR, group_id=2, sequence=s)
+                   for s in (1, 2, 2, 5, 6)]
+        text = "\n\n".join(e.hex() for e in entries).encode()
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(text)
+        status, out = run_cli("--summary", "--json", path)
+        group = json.loads(out)["groups"]["2"]
+        self.assertEqual((group["missing"], group["gaps"], group["duplicates"]), (2, [[3, 4]], 1))
+        _, text_out = run_cli("--summary", path)
+        self.assertIn("2 missing (3..4), 1 duplicates", text_out)
+
+    def test_exit_status_1_when_errors_seen(self):
+        with open(self.path, "rb") as f:
+            data = f.read()
+        cut = self.mktemp()
+        with open(cut, "wb") as f:
+            f.write(data[:-100])
+        status, out = run_cli("--summary", "--json", cut)
+        self.assertEqual(status, 1)
+        self.assertIn("capture", json.loads(out)["errors"])
+
+    def test_exit_status_2_for_unreadable_file(self):
+        status, _ = run_cli(os.path.join(self.mktemp(), "missing.pcap"))
+        self.assertEqual(status, 2)
+
+    def test_bad_range_is_a_usage_error(self):
+        self.assertRaises(SystemExit, run_cli, "--seq", "9-3", self.path)
+
+    def test_installed_console_script(self):
+        script = os.path.join(os.path.dirname(sys.executable), "rcn-decode")
+        self.assertTrue(os.path.exists(script), f"{script}: run `make venv` to install it")
+        proc = subprocess.run([script, "--summary", self.path], capture_output=True, text=True,
+                              timeout=120)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("group 5: sequences 1..12", proc.stdout)
