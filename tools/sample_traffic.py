@@ -25,7 +25,7 @@ TARGET_WWN = 0x500A098000000002
 ARRAY_PORT_ID = 0x010100
 VIRTUAL_PORT_ID = 0x010200
 MAX_DATA = 2048
-START_TIME = 1_700_000_000.0
+START_NS = 1_700_000_000 * 10**9
 
 
 def write_exchange(ox_id: int, lun: int, lba: int, data: bytes) -> tuple[list, list]:
@@ -58,32 +58,32 @@ class TrafficWriter:
         self.tcp_seq = {}
         self.ident = 0
 
-    def tcp(self, src, dst, payload: bytes, time: float) -> None:
+    def tcp(self, src, dst, payload: bytes, time_ns: int) -> None:
         key = (src, dst)
         seq = self.tcp_seq.get(key, 1000)
         self.tcp_seq[key] = seq + len(payload)
         self.ident = (self.ident + 1) & 0xFFFF
         packet = gbe.build_tcp(src[0], dst[0], src[1], dst[1], seq, payload)
-        self.writer.write(gbe.build_ethernet(packet), time)
+        self.writer.write(gbe.build_ethernet(packet), time_ns / 1e9)
 
-    def udp(self, src, dst, payload: bytes, time: float) -> None:
+    def udp(self, src, dst, payload: bytes, time_ns: int) -> None:
         self.ident = (self.ident + 1) & 0xFFFF
         self.writer.write(gbe.build_ethernet(gbe.build_udp(src[0], dst[0], src[1], dst[1], payload)),
-                          time)
+                          time_ns / 1e9)
 
     def close(self) -> None:
         self.writer.close()
 
 
 def generate(fileobj, writes: int = 10, group: int = 7, seed: int = 1, pcapng: bool = False,
-             lag_s: float = 0.0004, packet_limit: int | None = None) -> int:
+             lag_ns: int = 400_000, packet_limit: int | None = None) -> int:
     """Write the capture; return the number of packets written.
 
     ``packet_limit`` stops after the write exchange that reaches it.
     """
     rng = random.Random(seed)
     out = TrafficWriter(fileobj, pcapng)
-    packets, time = 0, START_TIME
+    packets, time = 0, START_NS
     for n in range(writes):
         if packet_limit is not None and packets >= packet_limit:
             break
@@ -98,20 +98,20 @@ def generate(fileobj, writes: int = 10, group: int = 7, seed: int = 1, pcapng: b
             out.tcp(ARRAY, EDGE, fcip.build_fcip_frame(header, payload), time)
             units.append(fc.build_sof_eof_unit(header, payload))
             packets += 1
-            time += 0.00001
-        entry_fields = dict(group_id=group, sequence=n + 1, io_time_ns=int(io_time * 1e9),
+            time += 10_000
+        entry_fields = dict(group_id=group, sequence=n + 1, io_time_ns=io_time,
                             target_wwn=TARGET_WWN, source_wwn=SOURCE_WWN)
-        time += lag_s
+        time += lag_ns
         out.udp(EDGE_LOG, CORE_LOG, logentry.build_entry(
             logentry.EntryType.WR, logentry.build_rio_area(units), **entry_fields), time)
-        time += 0.00001
+        time += 10_000
         for header, payload in back:
             out.tcp(EDGE, ARRAY, fcip.build_fcip_frame(header, payload), time)
             rsp_unit = fc.build_sof_eof_unit(header, payload)
         out.udp(CORE_LOG, EDGE_LOG, logentry.build_entry(
             logentry.EntryType.WROK, logentry.build_rio_area([rsp_unit]), **entry_fields), time)
         packets += len(back) + 2
-        time += 0.0001
+        time += 100_000
     out.close()
     return packets
 

@@ -303,6 +303,18 @@ class CliTests(TestCase):
     def test_bad_range_is_a_usage_error(self):
         self.assertRaises(SystemExit, run_cli, "--seq", "9-3", self.path)
 
+    def test_readme_summary_example_is_what_the_tool_prints(self):
+        readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+        with open(readme) as f:
+            text = f.read()
+        block = text.split("<!-- summary-example -->")[1].split("<!-- end summary-example -->")[0]
+        documented = block.strip().strip("`").strip()
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            generate(f, writes=3)    # README: python -m tools.sample_traffic sample.pcap --writes 3
+        status, out = run_cli("--summary", path)
+        self.assertEqual((status, out.strip()), (0, documented))
+
     def test_installed_console_script(self):
         script = os.path.join(os.path.dirname(sys.executable), "rcn-decode")
         self.assertTrue(os.path.exists(script), f"{script}: run `make venv` to install it")
