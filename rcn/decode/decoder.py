@@ -221,26 +221,22 @@ class Decoder:
         return record
 
     def _fc_unit(self, data: bytes, context: dict) -> dict:
-        record = self._new_record(context, "fc")
-        try:
-            frame = fc.parse_sof_eof_unit(data, fast=True)
-        except DecodeError as exc:
-            record["kind"] = "error"
-            record["errors"] = [exc.as_dict()]
-            return record
-        record.update(fc_layers(frame, 4))
-        return record
+        """LINKTYPE 225: an FC-2 frame between SOF and EOF ordered sets."""
+        return self._fc_record(data, context, fc.parse_sof_eof_unit, 4)
 
     def _bare_fc(self, data: bytes, context: dict) -> dict:
         """LINKTYPE 224: an FC-2 frame without delimiters; its last word is the CRC."""
+        return self._fc_record(data, context, fc.parse_fc_frame, 0)
+
+    def _fc_record(self, data: bytes, context: dict, parse, header_at: int) -> dict:
         record = self._new_record(context, "fc")
         try:
-            frame = fc.parse_fc_frame(data, fast=True)
+            frame = parse(data, fast=True)
         except DecodeError as exc:
             record["kind"] = "error"
             record["errors"] = [exc.as_dict()]
             return record
-        record.update(fc_layers(frame))
+        record.update(fc_layers(frame, header_at))
         return record
 
     def _log(self, data: bytes, context: dict, base: int = 0) -> dict:
