@@ -111,6 +111,16 @@ def _read_pcapng(data: bytes) -> Iterator[Record | DecodeError]:
         try:
             ts, buf = next(packets)
         except StopIteration:
+            # dpkt stops without a word at a tail too short for a block header
+            # and skips a cut-off block it does not decode: walk what is left
+            order = "little" if data[8:12] == b"\x4d\x3c\x2b\x1a" else "big"
+            while pos < len(data):
+                length = int.from_bytes(data[pos + 4:pos + 8], order) if len(data) - pos >= 8 else 0
+                if length < 12 or pos + length > len(data):
+                    yield DecodeError("capture", "block", pos,
+                                      f"truncated block: {len(data) - pos} bytes left")
+                    return
+                pos += length
             return
         except (dpkt.NeedData, dpkt.UnpackError, ValueError, OverflowError) as exc:
             yield DecodeError("capture", "block", pos, f"damaged or truncated block: {exc}")

@@ -199,7 +199,7 @@ def parse_datagram(data: bytes, base: int = 0, fast: bool = False) -> LogEntry:
 def _counted(body: bytes, base: int, item: Layout | None) -> int:
     head = COUNT_HEADER.parse(body, 0, base)
     if item is not None and COUNT_HEADER.size + head["count"] * item.size != len(body):
-        raise DecodeError(item.layer, "count", base,
+        raise DecodeError(COUNT_HEADER.layer, "count", base,
                           f"{head['count']} items of {item.size} bytes do not fill "
                           f"{len(body) - COUNT_HEADER.size} bytes")
     return head["count"]
