@@ -1,7 +1,7 @@
 """pcap and pcapng capture files (the containers come from dpkt).
 
 ``CaptureWriter`` writes either format with one link type. ``read_capture``
-yields :class:`Record` for each packet and :class:`DecodeError` (layer
+reads bytes or a file as it goes and yields :class:`Record` for each packet and :class:`DecodeError` (layer
 ``capture``) for a damaged or truncated part, with the file offset, so a
 reader reports it and goes on with what it can still read.
 """
@@ -57,38 +57,55 @@ def is_capture(head: bytes) -> bool:
     return head[:4] in PCAP_MAGICS or head[:4] == PCAPNG_MAGIC
 
 
-def read_capture(data: bytes) -> Iterator[Record | DecodeError]:
-    """Records of a capture held in memory; errors are yielded, not raised."""
-    if data[:4] == PCAPNG_MAGIC:
-        yield from _read_pcapng(data)
-    elif data[:4] in PCAP_MAGICS:
-        yield from _read_pcap(data, PCAP_MAGICS[data[:4]])
+def read_capture(source) -> Iterator[Record | DecodeError]:
+    """Records of a capture: ``bytes`` or a seekable binary file, read as it goes.
+
+    Errors are yielded, not raised; memory stays bounded by the largest record.
+    """
+    f = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    start = f.tell()
+    size = f.seek(0, io.SEEK_END) - start
+    f.seek(start)
+    magic = f.read(4)
+    f.seek(start)
+    if magic == PCAPNG_MAGIC:
+        yield from _read_pcapng(f, start, size)
+    elif magic in PCAP_MAGICS:
+        yield from _read_pcap(f, start, size, PCAP_MAGICS[magic])
     else:
-        yield DecodeError("capture", "magic", 0, f"not a pcap or pcapng file (starts {data[:4].hex()})")
+        yield DecodeError("capture", "magic", 0, f"not a pcap or pcapng file (starts {magic.hex()})")
 
 
-def _read_pcap(data: bytes, endian: str) -> Iterator[Record | DecodeError]:
-    if len(data) < _PCAP_GLOBAL_HEADER:
-        yield DecodeError("capture", "global_header", 0, f"truncated: {len(data)} bytes")
+def _peek(f, at: int, count: int) -> bytes:
+    """``count`` bytes at absolute position ``at``, leaving the position alone."""
+    here = f.tell()
+    f.seek(at)
+    data = f.read(count)
+    f.seek(here)
+    return data
+
+
+def _read_pcap(f, start: int, size: int, endian: str) -> Iterator[Record | DecodeError]:
+    if size < _PCAP_GLOBAL_HEADER:
+        yield DecodeError("capture", "global_header", 0, f"truncated: {size} bytes")
         return
-    f = io.BytesIO(data)
     reader = dpkt.pcap.Reader(f)
     linktype = reader.datalink()
     order = "little" if endian == "<" else "big"
     index = 0
     packets = iter(reader)
     while True:
-        pos = f.tell()
+        pos = f.tell() - start
         try:
             ts, buf = next(packets)
         except StopIteration:
             return
         except (dpkt.NeedData, dpkt.UnpackError):
             yield DecodeError("capture", "record_header", pos,
-                              f"truncated record header: {len(data) - pos} bytes left")
+                              f"truncated record header: {size - pos} bytes left")
             return
         index += 1
-        caplen = int.from_bytes(data[pos + 8:pos + 12], order)
+        caplen = int.from_bytes(_peek(f, start + pos + 8, 4), order)
         if len(buf) < caplen:
             yield DecodeError("capture", "record", pos,
                               f"record {index} truncated: {len(buf)} of {caplen} bytes")
@@ -96,29 +113,29 @@ def _read_pcap(data: bytes, endian: str) -> Iterator[Record | DecodeError]:
         yield Record(index, float(ts), linktype, bytes(buf))
 
 
-def _read_pcapng(data: bytes) -> Iterator[Record | DecodeError]:
-    f = io.BytesIO(data)
+def _read_pcapng(f, start: int, size: int) -> Iterator[Record | DecodeError]:
     try:
         reader = dpkt.pcapng.Reader(f)
     except (ValueError, dpkt.NeedData, dpkt.UnpackError) as exc:
         yield DecodeError("capture", "section_header", 0, f"bad pcapng header: {exc}")
         return
     linktype = reader.datalink()
+    order = "little" if _peek(f, start + 8, 4) == b"\x4d\x3c\x2b\x1a" else "big"
     index = 0
     packets = iter(reader)
     while True:
-        pos = f.tell()
+        pos = f.tell() - start
         try:
             ts, buf = next(packets)
         except StopIteration:
             # dpkt stops without a word at a tail too short for a block header
             # and skips a cut-off block it does not decode: walk what is left
-            order = "little" if data[8:12] == b"\x4d\x3c\x2b\x1a" else "big"
-            while pos < len(data):
-                length = int.from_bytes(data[pos + 4:pos + 8], order) if len(data) - pos >= 8 else 0
-                if length < 12 or pos + length > len(data):
+            while pos < size:
+                length = int.from_bytes(_peek(f, start + pos + 4, 4), order) \
+                    if size - pos >= 8 else 0
+                if length < 12 or pos + length > size:
                     yield DecodeError("capture", "block", pos,
-                                      f"truncated block: {len(data) - pos} bytes left")
+                                      f"truncated block: {size - pos} bytes left")
                     return
                 pos += length
             return

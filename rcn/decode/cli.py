@@ -7,8 +7,11 @@ CRC failure or damaged capture was seen, 2 for bad usage or an unreadable file.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import sys
+import time
 
 from datapath.frames import fcip, logentry
 from rcn.decode.decoder import Decoder
@@ -61,11 +64,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read(path: str) -> bytes:
+PROGRESS_MIN_BYTES = 64 << 20
+PROGRESS_EVERY_S = 2.0
+
+
+def _open(path: str):
+    """A seekable binary file; standard input is read into memory first."""
     if path == "-":
-        return sys.stdin.buffer.read()
-    with open(path, "rb") as f:
-        return f.read()
+        return io.BytesIO(sys.stdin.buffer.read())
+    return open(path, "rb")
+
+
+class Progress:
+    """``rcn-decode: FILE: 45% of 2.7 GB, 123456 frames`` on stderr, now and then."""
+
+    def __init__(self, path: str, f, stream=None, clock=time.monotonic):
+        self.path, self.f, self.clock = path, f, clock
+        self.stream = stream or sys.stderr
+        try:
+            self.size = os.fstat(f.fileno()).st_size
+        except (OSError, io.UnsupportedOperation):    # standard input, read into memory
+            self.size = 0
+        self.enabled = self.size >= PROGRESS_MIN_BYTES and self.stream.isatty()
+        self.next_at = clock() + PROGRESS_EVERY_S
+
+    def update(self, frames: int) -> None:
+        if not self.enabled or self.clock() < self.next_at:
+            return
+        self.next_at = self.clock() + PROGRESS_EVERY_S
+        done = self.f.tell() / self.size * 100
+        self.stream.write(f"rcn-decode: {self.path}: {done:.0f}% of {self.size / 1e9:.1f} GB, "
+                          f"{frames} frames\n")
 
 
 def main(argv: list[str] | None = None, out=None) -> int:
@@ -81,25 +110,13 @@ def main(argv: list[str] | None = None, out=None) -> int:
     summary = Summary()
     for path in args.inputs:
         try:
-            data = _read(path)
+            f = _open(path)
         except OSError as exc:
             print(f"rcn-decode: {path}: {exc.strerror or exc}", file=sys.stderr)
             unreadable = True
             continue
-        decoder = Decoder(args.fcip_port or [fcip.FCIP_PORT], args.log_port or [logentry.LOG_PORT])
-        for record in decoder.decode_file(data):
-            if len(args.inputs) > 1:
-                record["file"] = path
-            if any(part.get("errors") for part in walk(record)):
-                errors_seen = True
-            if not selection.matches(record):
-                continue
-            if args.summary:
-                summary.add(record)
-            elif args.json:
-                out.write(to_json(record) + "\n")
-            else:
-                out.write(to_tree(record) + "\n\n")
+        with f:
+            errors_seen |= _decode_one(path, f, args, selection, summary, out, len(args.inputs) > 1)
     if args.summary:
         report = summary.report()
         out.write((json.dumps(report) if args.json else render_summary(report)) + "\n")
@@ -107,6 +124,28 @@ def main(argv: list[str] | None = None, out=None) -> int:
     if unreadable:
         return 2
     return 1 if errors_seen else 0
+
+
+def _decode_one(path: str, f, args, selection, summary, out, name_file: bool) -> bool:
+    """Decode one input; True when it had errors."""
+    errors_seen = False
+    decoder = Decoder(args.fcip_port or [fcip.FCIP_PORT], args.log_port or [logentry.LOG_PORT])
+    progress = Progress(path, f)
+    for record in decoder.decode_file(f):
+        progress.update(decoder.frames)
+        if name_file:
+            record["file"] = path
+        if any(part.get("errors") for part in walk(record)):
+            errors_seen = True
+        if not selection.matches(record):
+            continue
+        if args.summary:
+            summary.add(record)
+        elif args.json:
+            out.write(to_json(record) + "\n")
+        else:
+            out.write(to_tree(record) + "\n\n")
+    return errors_seen
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ decoder goes on with the next frame.
 
 from __future__ import annotations
 
+import io
 import re
 from typing import Iterable, Iterator
 
@@ -19,6 +20,9 @@ from rcn.decode.reassembly import FcipDelineator, TcpStream
 
 DEFAULT_FCIP_PORTS = frozenset({fcip.FCIP_PORT})
 DEFAULT_LOG_PORTS = frozenset({logentry.LOG_PORT})
+MAX_WHOLE_INPUT = 256 << 20    # hex text and raw frames are read whole
+_SNIFF = 4096
+_CHUNK = 1 << 20
 _HEX_NOISE = re.compile(r"#[^\n]*|0x|[\s:,]")
 
 
@@ -71,19 +75,35 @@ class Decoder:
         self._streams: dict[tuple, tuple[TcpStream, FcipDelineator, dict]] = {}
 
     # -- entry points --------------------------------------------------
-    def decode_file(self, data: bytes) -> Iterator[dict]:
-        """Any supported input, recognised by its first bytes."""
-        if capture.is_capture(data):
-            yield from self.decode_capture(data)
-        elif data.startswith(fcip.SYNC_PATTERN):
-            yield from self.decode_fcip_stream(data)
-        elif _looks_like_text(data):
-            yield from self.decode_hex_text(data.decode("ascii"))
-        else:
-            yield from self.decode_bytes(data, {})
+    def decode_file(self, source) -> Iterator[dict]:
+        """Any supported input, recognised by its first bytes.
 
-    def decode_capture(self, data: bytes) -> Iterator[dict]:
-        for item in capture.read_capture(data):
+        ``source`` is ``bytes`` or a seekable binary file. Captures and FCIP
+        streams are read as they go; hex text and single frames must fit
+        :data:`MAX_WHOLE_INPUT`.
+        """
+        f = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+        start = f.tell()
+        head = f.read(_SNIFF)
+        f.seek(start)
+        if capture.is_capture(head):
+            yield from self.decode_capture(f)
+        elif head.startswith(fcip.SYNC_PATTERN):
+            yield from self.decode_fcip_stream(f)
+        else:
+            data = f.read(MAX_WHOLE_INPUT + 1)
+            if len(data) > MAX_WHOLE_INPUT:
+                yield self._error_record({}, DecodeError(
+                    "input", "size", MAX_WHOLE_INPUT,
+                    f"hex text or raw frames larger than {MAX_WHOLE_INPUT >> 20} MiB"))
+            elif _looks_like_text(data):
+                yield from self.decode_hex_text(data.decode("ascii", errors="replace"))
+            else:
+                yield from self.decode_bytes(data, {})
+
+    def decode_capture(self, source) -> Iterator[dict]:
+        """A pcap or pcapng file (``bytes`` or a seekable binary file)."""
+        for item in capture.read_capture(source):
             if isinstance(item, DecodeError):
                 yield self._error_record({"packet": None}, item)
                 continue
@@ -99,11 +119,13 @@ class Decoder:
                     "capture", "linktype", 0, f"link type {item.linktype} is not decoded"))
         yield from self.finish()
 
-    def decode_fcip_stream(self, data: bytes, context: dict | None = None) -> Iterator[dict]:
-        """A file of concatenated FCIP frames (a TCP payload stream)."""
-        delineator = FcipDelineator(max_buffer=max(len(data), 1 << 20))
-        for item in delineator.feed(data):
-            yield self._fcip_item(item, dict(context or {}))
+    def decode_fcip_stream(self, source, context: dict | None = None) -> Iterator[dict]:
+        """Concatenated FCIP frames (a TCP payload stream): ``bytes`` or a binary file."""
+        f = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+        delineator = FcipDelineator()
+        while chunk := f.read(_CHUNK):
+            for item in delineator.feed(chunk):
+                yield self._fcip_item(item, dict(context or {}))
         leftover = delineator.leftover()
         if leftover:
             yield self._error_record(dict(context or {}), leftover)

@@ -11,7 +11,7 @@ import sys
 from twisted.trial.unittest import TestCase
 
 from datapath.frames import capture, fc, fcip, fcp, gbe, logentry
-from rcn.decode.cli import main
+from rcn.decode.cli import PROGRESS_MIN_BYTES, Progress, main
 from rcn.decode.decoder import Decoder
 from rcn.decode.reassembly import FcipDelineator, TcpStream
 from tools.sample_traffic import SOURCE_WWN, TARGET_WWN, generate, write_exchange
@@ -113,6 +113,23 @@ class TcpReassemblyTests(TestCase):
 
 
 class InputFormatTests(TestCase):
+    def test_fcip_stream_file_larger_than_one_read_chunk(self):
+        frames = fcip_frames(20000)            # about 1.9 MiB: frames cross 1 MiB reads
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"".join(frames))
+        with open(path, "rb") as f:
+            records = list(Decoder().decode_file(f))
+        self.assertEqual(lbas(records), [100 + i for i in range(20000)])
+
+    def test_capture_read_from_a_file_object(self):
+        data = tcp_capture([(0, b"".join(fcip_frames(3)))])
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(data)
+        with open(path, "rb") as f:
+            self.assertEqual(lbas(list(Decoder().decode_file(f))), [100, 101, 102])
+
     def test_fcip_stream_file(self):
         records = decode(b"".join(fcip_frames(4)))
         self.assertEqual(lbas(records), [100, 101, 102, 103])
@@ -314,6 +331,40 @@ class CliTests(TestCase):
             generate(f, writes=3)    # README: python -m tools.sample_traffic sample.pcap --writes 3
         status, out = run_cli("--summary", path)
         self.assertEqual((status, out.strip()), (0, documented))
+
+    def test_standard_input(self):
+        with open(self.path, "rb") as f:
+            data = f.read()
+        script = os.path.join(os.path.dirname(sys.executable), "rcn-decode")
+        proc = subprocess.run([script, "--summary", "--json", "-"], input=data,
+                              capture_output=True, timeout=120)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(json.loads(proc.stdout)["frames"], self.packets)
+
+    def test_progress_on_a_terminal_for_large_files(self):
+        class Tty(io.StringIO):
+            def isatty(self):
+                return True
+        now = [0.0]
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.truncate(PROGRESS_MIN_BYTES)
+        with open(path, "rb") as f:
+            stream = Tty()
+            progress = Progress(path, f, stream, clock=lambda: now[0])
+            progress.update(10)                 # not yet due
+            f.seek(PROGRESS_MIN_BYTES // 4)
+            now[0] = 2.5
+            progress.update(20)
+        self.assertEqual(stream.getvalue(),
+                         f"rcn-decode: {path}: 25% of {PROGRESS_MIN_BYTES / 1e9:.1f} GB, 20 frames\n")
+
+    def test_no_progress_when_stderr_is_not_a_terminal(self):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.truncate(PROGRESS_MIN_BYTES)
+        with open(path, "rb") as f:
+            self.assertFalse(Progress(path, f, io.StringIO()).enabled)
 
     def test_installed_console_script(self):
         script = os.path.join(os.path.dirname(sys.executable), "rcn-decode")
