@@ -46,6 +46,12 @@ def _eof_name(code) -> str | None:
     return None if code is None else "EOF" + fc.Eof(code).name.lower()
 
 
+#: EOFs that say the frame's content must not be used
+_BAD_EOFS = {fc.Eof.A: "aborted by the sender", fc.Eof.NI: "invalid (sent on a detected error)",
+             fc.Eof.DTI: "invalid (sent on a detected error)",
+             fc.Eof.RTI: "invalid (sent on a detected error)"}
+
+
 def fc_layers(frame: fc.FcFrame, base: int = 0) -> dict:
     """The ``fc`` and ``fc4`` parts of a record for one decoded FC frame."""
     header = _plain(frame.header)
@@ -56,6 +62,9 @@ def fc_layers(frame: fc.FcFrame, base: int = 0) -> dict:
     if not frame.crc_ok:
         out["errors"].append({"layer": "fc", "field": "crc", "offset": base,
                               "reason": "FC CRC-32 mismatch"})
+    if frame.eof in _BAD_EOFS:
+        out["errors"].append({"layer": "fc", "field": "eof", "offset": base,
+                              "reason": f"frame ended with {_eof_name(frame.eof)}: {_BAD_EOFS[frame.eof]}"})
     try:
         out["fc4"] = decode_fc_payload(frame, base)
     except DecodeError as exc:

@@ -205,6 +205,13 @@ class BadInputTests(TestCase):
         self.assertEqual(record["fc"]["crc"], "bad")
         self.assertIn("crc", [e["field"] for e in record["errors"]])
 
+    def test_aborted_frame_is_flagged(self):
+        header = dict(r_ctl=fc.RCtl.FCP_DATA, d_id=0x010200, s_id=0x010100, type=fc.FcType.FCP)
+        record = decode(fcip.build_fcip_frame(header, bytes(512), eof=fc.Eof.A))[0]
+        self.assertEqual((record["fc"]["eof"], record["fc"]["crc"]), ("EOFa", "good"))
+        self.assertEqual([(e["field"], e["reason"][:24]) for e in record["errors"]],
+                         [("eof", "frame ended with EOFa: a")])
+
     def test_corrupted_crc32c_is_flagged(self):
         entry = bytearray(logentry.build_entry(logentry.EntryType.WR, b"\x00" * 8, sequence=1))
         entry[-1] ^= 1
