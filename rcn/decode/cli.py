@@ -1,7 +1,8 @@
 """``rcn-decode``: decode RCN traffic offline.
 
 Exit status: 0 when every frame decoded cleanly, 1 when any decode error,
-CRC failure or damaged capture was seen, 2 for bad usage or an unreadable file.
+CRC failure, abort/invalid EOF or damaged capture was seen, 2 for bad usage or
+an unreadable file.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ kinds for --type: fcp_cmnd fcp_data fcp_xfer_rdy fcp_rsp els_<command>
   a prefix matches a family (fcp, els, log); a log entry or batch matches
   through the FC units and entries inside it.
 
-exit status: 0 clean, 1 decode errors or CRC failures seen, 2 usage or
-unreadable input.
+exit status: 0 clean; 1 decode errors, CRC failures, aborted or invalid
+EOFs or damaged captures seen; 2 usage or unreadable input.
 """
 
 
