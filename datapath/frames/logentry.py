@@ -132,6 +132,19 @@ def build_entry(entry_type: int, body: bytes = b"", **fields) -> bytes:
     return header[:_CRC_AT] + crc.to_bytes(4, "big") + header[_CRC_AT + 4:] + body
 
 
+def segment_entry(entry_type: int, area: bytes, max_body: int, **fields) -> list[bytes]:
+    """One datagram per ``max_body`` bytes of the RIO area (patent 【0078】)."""
+    if max_body <= 0:
+        raise ValueError(f"log: segment body of {max_body} bytes")
+    count = max(1, -(-len(area) // max_body))
+    if count > 0xFFFF:
+        raise ValueError(f"log: {len(area)} bytes need {count} segments, more than 65535")
+    return [build_entry(entry_type, area[offset:offset + max_body], segment_index=index,
+                        segment_count=count, segment_offset=offset, total_length=len(area),
+                        **fields)
+            for index, offset in enumerate(range(0, max(len(area), 1), max_body))]
+
+
 def build_rio_area(units: list[bytes]) -> bytes:
     """Units are SOF..EOF frames (``fc.build_sof_eof_unit``)."""
     return b"".join(len(u).to_bytes(UNIT_LENGTH_SIZE, "big") + u for u in units)

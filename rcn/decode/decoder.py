@@ -16,7 +16,7 @@ from datapath.frames import capture, fc, fcip, gbe, logentry
 from datapath.frames.errors import DecodeError
 from datapath.frames.fc4 import decode_fc_payload, frame_kind
 from datapath.frames.names import format_wwn
-from rcn.decode.reassembly import FcipDelineator, TcpStream
+from rcn.decode.reassembly import FcipDelineator, SegmentAssembler, TcpStream
 
 DEFAULT_FCIP_PORTS = frozenset({fcip.FCIP_PORT})
 DEFAULT_LOG_PORTS = frozenset({logentry.LOG_PORT})
@@ -82,6 +82,7 @@ class Decoder:
         self.frames = 0
         self.ignored_packets = 0
         self._streams: dict[tuple, tuple[TcpStream, FcipDelineator, dict]] = {}
+        self.segments = SegmentAssembler()
 
     # -- entry points --------------------------------------------------
     def decode_file(self, source) -> Iterator[dict]:
@@ -109,6 +110,7 @@ class Decoder:
                 yield from self.decode_hex_text(data.decode("ascii", errors="replace"))
             else:
                 yield from self.decode_bytes(data, {})
+        yield from self.finish()
 
     def decode_capture(self, source) -> Iterator[dict]:
         """A pcap or pcapng file (``bytes`` or a seekable binary file)."""
@@ -126,7 +128,6 @@ class Decoder:
             else:
                 yield self._error_record(context, DecodeError(
                     "capture", "linktype", 0, f"link type {item.linktype} is not decoded"))
-        yield from self.finish()
 
     def decode_fcip_stream(self, source, context: dict | None = None) -> Iterator[dict]:
         """Concatenated FCIP frames (a TCP payload stream): ``bytes`` or a binary file."""
@@ -180,6 +181,12 @@ class Decoder:
             if leftover:
                 yield self._error_record(dict(context, packet=None), leftover)
         self._streams.clear()
+        incomplete = self.segments.pending_count()
+        if incomplete:
+            self.segments.clear()
+            yield self._error_record({"packet": None, "transport": "log"}, DecodeError(
+                "log", "segment_index", 0,
+                f"{incomplete} split entries incomplete at end of input"))
 
     def stream_stats(self) -> list[dict]:
         return [dict(context, **vars(stream.stats)) for stream, _, context in self._streams.values()]
@@ -272,12 +279,16 @@ class Decoder:
 
     def _log(self, data: bytes, context: dict, base: int = 0) -> dict:
         record = self._new_record(context, "log")
-        record.update(log_layers(data, base))
+        record.update(log_layers(data, base, self.segments))
         return record
 
 
-def log_layers(data: bytes, base: int = 0) -> dict:
-    """The ``log`` part of a record: the entry, its FC units, NAK ranges or batch."""
+def log_layers(data: bytes, base: int = 0, segments: SegmentAssembler | None = None) -> dict:
+    """The ``log`` part of a record: the entry, its FC units, NAK ranges or batch.
+
+    With ``segments``, the segment that completes a split entry carries the
+    units of the whole reassembled RIO area (offsets count from its start).
+    """
     out: dict = {"errors": []}
     try:
         entry = logentry.parse_datagram(data, base, fast=True)
@@ -303,13 +314,29 @@ def log_layers(data: bytes, base: int = 0) -> dict:
             out["keepalive"] = _plain(logentry.parse_keepalive(entry.payload, payload_base))
         elif entry_type == logentry.EntryType.BATCH:
             _, spans = logentry.parse_batch(data, base)
-            out["entries"] = [log_layers(data[start - base:start - base + length], start)
+            out["entries"] = [log_layers(data[start - base:start - base + length], start, segments)
                               for start, length in spans]
-        elif header["segment_count"] == 1 and entry.payload:
-            out["units"] = _units(entry.payload, payload_base, out["errors"])
+        elif entry_type in logentry.RIO_TYPES:
+            _rio_units(out, entry, base, segments)
     except DecodeError as exc:
         out["errors"].append(exc.as_dict())
     return out
+
+
+def _rio_units(out: dict, entry: logentry.LogEntry, base: int,
+               segments: SegmentAssembler | None) -> None:
+    """Units of an unsegmented entry, or of a split one once its last segment is in."""
+    header = entry.header
+    if header["segment_count"] == 1:
+        if entry.payload:
+            out["units"] = _units(entry.payload, base + logentry.HEADER_SIZE, out["errors"])
+        return
+    if segments is None or not entry.crc_ok:
+        return
+    area = segments.add(header, entry.payload, base + logentry.LOG_HEADER.offsets["segment_offset"])
+    if area is not None:
+        out["reassembled"] = {"segments": header["segment_count"], "total_length": len(area)}
+        out["units"] = _units(area, 0, out["errors"])
 
 
 def _units(area: bytes, base: int, errors: list) -> list[dict]:

@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 from datapath.frames import capture, fc, fcip, fcp, gbe, logentry
 from rcn.decode.cli import PROGRESS_MIN_BYTES, Progress, main
 from rcn.decode.decoder import Decoder
-from rcn.decode.reassembly import FcipDelineator, TcpStream
+from rcn.decode.reassembly import FcipDelineator, SegmentAssembler, TcpStream
 from tools.sample_traffic import SOURCE_WWN, TARGET_WWN, generate, write_exchange
 
 SRC, DST = ("10.0.0.1", 40000), ("10.0.0.2", fcip.FCIP_PORT)
@@ -179,6 +179,55 @@ class InputFormatTests(TestCase):
         self.assertEqual(inner[0]["units"][0]["fc4"]["cdb"]["lba"], 4242)
         self.assertEqual(inner[0]["units"][2]["fc4"]["relative_offset"], 2048)
         self.assertEqual(inner[1]["nak_ranges"], [[4, 6]])
+
+
+def split_write(max_body: int = 1000, sequence: int = 4) -> list[bytes]:
+    to_edge, _ = write_exchange(1, 2, 999, bytes(range(256)) * 16)
+    area = logentry.build_rio_area([fc.build_sof_eof_unit(h, p) for h, p in to_edge])
+    return logentry.segment_entry(logentry.EntryType.WR, area, max_body, group_id=3,
+                                  sequence=sequence, source_wwn=SOURCE_WWN, target_wwn=TARGET_WWN)
+
+
+def hex_input(datagrams: list[bytes]) -> bytes:
+    return "\n\n".join(d.hex() for d in datagrams).encode()
+
+
+class SegmentedEntryTests(TestCase):
+    def test_last_segment_to_arrive_carries_the_whole_exchange(self):
+        segments = split_write()
+        self.assertEqual(len(segments), 5)
+        arrival = [segments[i] for i in (3, 0, 4, 0, 2, 1)]    # out of order, one duplicate
+        records = decode(hex_input(arrival))
+        self.assertEqual([("units" in r) for r in records], [False] * 5 + [True])
+        last = records[-1]
+        # FCP_CMND unit 4 + 68 bytes, two 2048-byte FCP_DATA units 4 + 2084 each
+        self.assertEqual(last["reassembled"], {"segments": 5, "total_length": 72 + 2 * 2088})
+        self.assertEqual([u["kind"] for u in last["units"]], ["fcp_cmnd", "fcp_data", "fcp_data"])
+        self.assertEqual(last["units"][0]["fc4"]["cdb"]["lba"], 999)
+        self.assertEqual(last["errors"], [])
+
+    def test_incomplete_entry_is_reported_at_the_end(self):
+        records = decode(hex_input(split_write()[:-1]))
+        self.assertEqual(records[-1]["kind"], "error")
+        self.assertIn("1 split entries incomplete", records[-1]["errors"][0]["reason"])
+
+    def test_segments_that_do_not_tile_are_an_error(self):
+        first, second = split_write(max_body=3000)
+        header = dict(logentry.LOG_HEADER.parse(second), segment_offset=2000)     # overlaps the first segment, leaves a hole
+        bad = logentry.build_entry(logentry.EntryType.WR, second[logentry.HEADER_SIZE:],
+                                   **{k: v for k, v in header.items()
+                                      if k not in ("magic", "entry_type", "rio_length", "crc32c")})
+        record = decode(hex_input([first, bad]))[-1]
+        self.assertEqual(record["errors"][0]["field"], "segment_offset")
+
+    def test_assembler_holds_a_bounded_number_of_entries(self):
+        assembler = SegmentAssembler(max_entries=2)
+        for sequence in range(5):
+            first = split_write(sequence=sequence)[0]
+            entry = logentry.parse_datagram(first)
+            self.assertIsNone(assembler.add(entry.header, entry.payload))
+        self.assertEqual((assembler.pending_count(), assembler.evicted), (2, 3))
+        self.assertEqual(assembler.held_bytes, 2 * 1000)
 
 
 class BadInputTests(TestCase):
