@@ -1,8 +1,12 @@
 """Run the trial suite and end with a plain ``N passed, N failed`` line.
 
-Usage: python tools/run_tests.py [trial arguments...] (default: tests)
+Usage: python tools/run_tests.py [--nojit SUITE]... [trial arguments...] (default: tests)
+
+``--nojit SUITE`` runs SUITE once more with ``NUMBA_DISABLE_JIT=1`` (the
+kernels as plain Python, as CI requires); the counts of all runs are summed.
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -10,10 +14,10 @@ import sys
 SUMMARY = re.compile(r"^(PASSED|FAILED) \((.*)\)\s*$")
 
 
-def main(argv: list[str]) -> int:
-    args = argv or ["tests"]
+def run_trial(args: list[str], env: dict | None = None) -> tuple[int, dict[str, int]]:
+    """Run trial, echo its output, return (exit status, summary counts)."""
     proc = subprocess.Popen([sys.executable, "-m", "twisted.trial", *args],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, env=env)
     counts: dict[str, int] = {}
     for line in proc.stdout:
         sys.stdout.write(line)
@@ -22,18 +26,37 @@ def main(argv: list[str]) -> int:
             for item in match.group(2).split(","):
                 key, _, value = item.strip().partition("=")
                 counts[key] = int(value)
-    status = proc.wait()
-    passed = counts.get("successes", 0)
-    failed = sum(counts.get(k, 0) for k in ("failures", "errors", "unexpectedSuccesses"))
-    if status and not failed:
-        failed = 1  # trial failed before it could summarise (an import error, say)
-    if counts.get("skips"):
-        print(f"{counts['skips']} skipped")
+    return proc.wait(), counts
+
+
+def main(argv: list[str]) -> int:
+    nojit = []
+    while len(argv) >= 2 and argv[0] == "--nojit":
+        nojit.append(argv[1])
+        argv = argv[2:]
+    runs = [(argv or ["tests"], None)]
+    if nojit:
+        runs.append((nojit, dict(os.environ, NUMBA_DISABLE_JIT="1")))
+    passed = failed = skipped = 0
+    worst = 0
+    for args, env in runs:
+        if env is not None:
+            print(f"\n== again with NUMBA_DISABLE_JIT=1: {' '.join(args)}", flush=True)
+        status, counts = run_trial(args, env)
+        run_failed = sum(counts.get(k, 0) for k in ("failures", "errors", "unexpectedSuccesses"))
+        if status and not run_failed:
+            run_failed = 1  # trial failed before it could summarise (an import error, say)
+        passed += counts.get("successes", 0)
+        failed += run_failed
+        skipped += counts.get("skips", 0)
+        worst = worst or status
+    if skipped:
+        print(f"{skipped} skipped")
     print(f"{passed} passed, {failed} failed")
     if passed + failed == 0:
         print("no tests ran", file=sys.stderr)
         return 1
-    return status
+    return worst
 
 
 if __name__ == "__main__":
