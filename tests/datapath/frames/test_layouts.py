@@ -18,7 +18,7 @@ import numpy as np
 from twisted.trial.unittest import TestCase
 
 import datapath.frames
-from datapath.frames import ct, els, fc, fcip, fcp, gbe, logentry, names
+from datapath.frames import ct, dpok, els, fc, fcip, fcp, gbe, logentry, names
 from datapath.frames.fields import Layout
 from tests.support import check_layout_golden
 
@@ -219,6 +219,13 @@ VECTORS: dict[Layout, list[tuple[str, dict]]] = {
     logentry.KEEPALIVE: [
         ("00000000000000ab 0000018bcfe56800", dict(probe_id=0xAB, echo_time_ns=0x18BCFE56800)),
     ],
+    # 16 TiB volume in 64 KiB tracks, 3 dirty tracks sent as 2 runs
+    dpok.HEADER: [
+        ("44504f4b 01 01 0000 00010000 0000100000000000 0000000010000000 0000000000000003"
+         " 0000000000000002",
+         dict(magic=0x44504F4B, version=1, encoding=1, reserved=0, track_size=0x10000,
+              volume_bytes=1 << 44, track_count=1 << 28, dirty_tracks=3, items=2)),
+    ],
     gbe.ETHERNET: [
         ("020000000002 020000000001 0800",
          dict(dst=hx("020000000002"), src=hx("020000000001"), ethertype=0x0800)),
@@ -273,7 +280,7 @@ class GoldenVectorTests(TestCase):
     def test_every_layout_has_a_vector(self):
         self.assertEqual({layout.layer for layout in frame_layouts()},
                          {layout.layer for layout in VECTORS})
-        self.assertEqual(len(frame_layouts()), 25)
+        self.assertEqual(len(frame_layouts()), 26)
 
     def test_fc_header(self):
         self.check_vectors(fc.FC_HEADER)
@@ -338,6 +345,9 @@ class GoldenVectorTests(TestCase):
     def test_keepalive(self):
         self.check_vectors(logentry.KEEPALIVE)
 
+    def test_dpok_bitmap_header(self):
+        self.check_vectors(dpok.HEADER)
+
     def test_ethernet(self):
         self.check_vectors(gbe.ETHERNET)
 
@@ -360,7 +370,7 @@ class LayoutGeometryTests(TestCase):
                     "els_ls_rjt": 8, "els_logo": 16, "els_ls_acc": 4, "bls_ba_acc": 12,
                     "bls_ba_rjt": 4, "ct": 16, "ct_gid_pn": 8, "ct_gid_pn_acc": 4, "log": 88,
                     "log_count": 8, "log_nak_range": 16, "log_keepalive": 16, "eth": 14,
-                    "ipv4": 20, "udp": 8, "tcp": 20}
+                    "ipv4": 20, "udp": 8, "tcp": 20, "dpok_bitmap": 44}
         self.assertEqual({layout.layer: layout.size for layout in frame_layouts()}, expected)
 
     def test_standard_field_offsets(self):
