@@ -6,7 +6,7 @@ SOURCES := setup.cfg pyproject.toml $(shell find rcn datapath hdl_models twisted
 
 .PHONY: test venv clean
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.warm
 
 $(VENV)/.deps: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,16 @@ $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $@
 
+# Fill numba's cache for the installed copy (daemons, CLIs) and the checkout
+# (tests), so no later process pays the compile time.
+$(VENV)/.warm: $(VENV)/.installed
+	cd / && $(abspath $(PY)) -m datapath.kernels.warmup
+	$(PY) -m datapath.kernels.warmup
+	touch $@
+
+# The datapath suite runs a second time with the kernels as plain Python.
 test: venv
-	$(PY) tools/run_tests.py tests
+	$(PY) tools/run_tests.py --nojit tests.datapath tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp
