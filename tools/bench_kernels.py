@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown kernels: {', '.join(sorted(unknown))}")
 
-    header = (f"{'kernel':<10} {'operation':<22} {'unit':<10} {'kernel/s':>9} {'ref/s':>9} "
+    header = (f"{'kernel':<10} {'operation':<46} {'unit':<10} {'kernel/s':>9} {'ref/s':>9} "
               f"{'numpy/s':>9} {'vs ref':>8} {'vs numpy':>9} {'target/s':>9}  verdict")
     print(header)
     print("-" * len(header))
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 verdict = "meets"
             else:
                 verdict, misses = "MISSES", misses + 1
-            print(f"{row.kernel:<10} {row.operation:<22} {row.unit:<10} {_si(kernel):>9} "
+            print(f"{row.kernel:<10} {row.operation:<46} {row.unit:<10} {_si(kernel):>9} "
                   f"{_si(ref):>9} {_si(numpy_rate):>9} {_ratio(kernel, ref):>8} "
                   f"{_ratio(kernel, numpy_rate):>9} {_si(row.target_per_s):>9}  {verdict}",
                   flush=True)
