@@ -1,0 +1,128 @@
+"""The storage emulator's TOML configuration and pair table."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import TestCase
+
+from rcn.storage.config import ConfigError, load_config, parse_config, parse_size
+from rcn.storage.pairs import PairState, PairTable
+
+FULL = """
+[array]
+wwpn = "50:0a:09:80:00:00:00:01"
+data_dir = "vols"
+
+[nbd]
+port = 10900
+
+[control]
+host = "127.0.0.1"
+port = 0
+
+[edge]
+host = "127.0.0.1"
+port = 3225
+timeout = 5
+
+[[volume]]
+lun = 0
+capacity = "64MiB"
+
+[[volume]]
+lun = 3
+name = "db"
+capacity = 1048576
+
+[[pair]]
+lun = 3
+partner_wwpn = "500a098000000002"
+partner_lun = 1
+group = 7
+mode = "async"
+queue_limit = 16
+"""
+
+
+class ConfigTests(TestCase):
+    def write(self, text: str) -> str:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "array.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_full_file(self):
+        path = self.write(FULL)
+        config = load_config(path)
+        self.assertEqual(config.wwpn, 0x500A098000000001)
+        self.assertEqual(config.wwnn, 0x500A098000000000)
+        self.assertEqual(config.data_dir, os.path.join(os.path.dirname(os.path.abspath(path)), "vols"))
+        self.assertEqual((config.nbd.host, config.nbd.port), ("127.0.0.1", 10900))
+        self.assertEqual(config.edge.timeout, 5.0)
+        self.assertEqual([(v.lun, v.name, v.capacity) for v in config.volumes],
+                         [(0, "lun0", 64 << 20), (3, "db", 1 << 20)])
+        pair = config.pairs[0]
+        self.assertEqual((pair.lun, pair.partner_wwpn, pair.partner_lun, pair.group, pair.state,
+                          pair.mode, pair.queue_limit),
+                         (3, 0x500A098000000002, 1, 7, "duplex", "async", 16))
+
+    def test_defaults(self):
+        config = parse_config({"array": {"wwpn": "50:0a:09:80:00:00:00:01"},
+                               "volume": [{"lun": 1, "capacity": "1MiB"}]})
+        self.assertEqual((config.nbd.port, config.control.port, config.edge), (10809, 47200, None))
+        self.assertEqual(config.pairs, ())
+
+    def assertConfigError(self, doc: dict, fragment: str):
+        exc = self.assertRaises(ConfigError, parse_config, doc)
+        self.assertIn(fragment, str(exc))
+
+    def test_errors_name_the_key(self):
+        base = {"array": {"wwpn": "50:0a:09:80:00:00:00:01"},
+                "volume": [{"lun": 0, "capacity": "1MiB"}]}
+        self.assertConfigError({"volume": base["volume"]}, "array: missing")
+        self.assertConfigError(dict(base, array={"wwpn": "nope"}), "array.wwpn: not a WWN")
+        self.assertConfigError(dict(base, volume=[{"lun": 0, "capacity": "1000"}]),
+                               "volume[0].capacity: 1000 bytes is not a positive multiple of 512")
+        self.assertConfigError(dict(base, volume=[{"lun": 0, "capacity": "1MiB"},
+                                                  {"lun": 0, "capacity": "1MiB"}]),
+                               "volume: lun 0 appears twice")
+        self.assertConfigError(dict(base, nbd={"port": 70000}), "nbd.port: port 70000 outside")
+        self.assertConfigError(dict(base, nbd={"prot": 1}), "nbd.prot: unknown key")
+        self.assertConfigError(dict(base, pair=[{"lun": 5, "partner_wwpn": "500a098000000002",
+                                                 "partner_lun": 0, "group": 1}]),
+                               "pair[0].lun: no volume has LUN 5")
+        self.assertConfigError(dict(base, pair=[{"lun": 0, "partner_wwpn": "500a098000000002",
+                                                 "partner_lun": 0, "group": 1}]),
+                               "edge: pairs need an [edge]")
+        self.assertConfigError(dict(base, volume=[{"lun": "0", "capacity": "1MiB"}]),
+                               "volume[0].lun: expected int, got str")
+
+    def test_file_errors_name_the_file(self):
+        path = self.write("[array\n")
+        self.assertIn(f"{path}: not valid TOML", str(self.assertRaises(ConfigError, load_config, path)))
+        missing = os.path.join(self.mktemp(), "none.toml")
+        self.assertIn(missing, str(self.assertRaises(ConfigError, load_config, missing)))
+
+    def test_sizes(self):
+        self.assertEqual([parse_size(x) for x in (512, "4KiB", "1 GiB", "2TiB", "7")],
+                         [512, 4096, 1 << 30, 2 << 40, 7])
+        self.assertRaises(ValueError, parse_size, "1GB")
+
+
+class PairTableTests(TestCase):
+    def test_from_config(self):
+        config = parse_config({"array": {"wwpn": "50:0a:09:80:00:00:00:01"}, "edge": {},
+                               "volume": [{"lun": 0, "capacity": "1MiB"},
+                                          {"lun": 1, "capacity": "1MiB"}],
+                               "pair": [{"lun": 1, "partner_wwpn": "500a098000000002",
+                                         "partner_lun": 4, "group": 9, "state": "suspend"}]})
+        table = PairTable.from_config(config.pairs)
+        self.assertIsNone(table.for_lun(0))
+        pair = table.for_lun(1)
+        self.assertEqual((pair.state, pair.replicating), (PairState.SUSPEND, False))
+        self.assertEqual(table.partners(), {0x500A098000000002})
+        self.assertEqual(pair.as_dict()["partner_wwpn"], "50:0a:09:80:00:00:00:02")
+        self.assertRaises(ValueError, table.add, pair)
