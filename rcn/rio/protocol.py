@@ -1,0 +1,291 @@
+"""The FCIP link: bytes in, FC frames out (and back), plus the two factories.
+
+:class:`FcipProtocol` is thin. Inbound, every TCP chunk goes through the
+delineation kernel (:class:`datapath.kernels.delineate.StreamDelineator`);
+for each complete frame it checks the FC CRC (``crc_errors``: counted,
+logged, dropped) and the EOF (EOFa, EOFni, EOFdti, EOFrti: ``eof_errors``,
+dropped), and hands the frame to its endpoint as a
+:class:`datapath.frames.fc.FcFrame` (FC header dict from the kernel's record,
+payload without fill bytes, SOF and EOF codes). FCIP special frames are
+counted and ignored. A delineation error (bad complement, length or
+delimiter word) loses the framing for good: the reason is logged and counted
+(``stream_errors``), the endpoint is told ``link_down(reason)`` and the
+connection is closed.
+
+Outbound, :meth:`FcipProtocol.send_frame` (header dict) and the positional
+:meth:`FcipProtocol.send_fc` (the exchange layer's hot path) build exactly
+``fcip.encapsulate(fc.build_fc_frame(header, payload), sof, eof)`` (the tests
+hold them to it) from a precomputed FCIP header per frame length and one
+``struct`` pack of the FC header, and write each FCIP frame with one
+``transport.write``; TCP_NODELAY is set on the socket.
+
+An endpoint (:class:`rcn.rio.port.FcEndpoint`: the edge's
+:class:`~rcn.rio.fabric.FabricPort`, the array's
+:class:`~rcn.rio.array.ArrayPort`) gets ``link_up(protocol)``,
+``frame_received(frame)`` and ``link_down(reason)`` once.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from datapath.frames import fcip
+from datapath.frames.fc import MAX_PAYLOAD, Eof, FcFrame, Sof, delimiter_word
+from datapath.frames.names import format_port_id
+from datapath.kernels.delineate import StreamDelineator
+from rcn.rio.array import ArrayConfig, ArrayPort
+from rcn.rio.errors import LinkDown
+from rcn.rio.fabric import FabricConfig, FabricPort
+
+_FC_HEADER = struct.Struct(">IIIBBHHHI")      # r_ctl|d_id, cs_ctl|s_id, type|f_ctl, ...
+_CRC = struct.Struct("<I")
+_SOF_WORDS = {int(code): delimiter_word(code) for code in Sof}
+_EOF_WORDS = {int(code): delimiter_word(code) for code in Eof}
+_FILL = (b"", b"\x00", b"\x00\x00", b"\x00\x00\x00")
+_FCIP_HEADERS: dict[int, bytes] = {}          # frame length in words (15..545) -> FCIP header
+_FC_OFFSET = fcip.HEADER_SIZE + 4              # FC header after the FCIP header and SOF word
+_TRAILER = 8                                   # FC CRC and EOF word
+_FRAME_OVERHEAD = fcip.OVERHEAD + 24 + 4       # FCIP header, SOF, FC header, CRC, EOF: 64
+_HEADER_FIELDS = ("r_ctl", "d_id", "cs_ctl", "s_id", "type", "f_ctl", "seq_id", "df_ctl",
+                  "seq_cnt", "ox_id", "rx_id", "parameter")
+_FIELD_LIMITS = {"d_id": 0xFFFFFF, "s_id": 0xFFFFFF, "f_ctl": 0xFFFFFF}
+
+#: EOFs whose frame content must not be used (as rcn-decode treats them)
+BAD_EOFS = frozenset(int(code) for code in (Eof.A, Eof.NI, Eof.DTI, Eof.RTI))
+
+
+def _fcip_header(words: int) -> bytes:
+    header = _FCIP_HEADERS.get(words)
+    if header is None:
+        # built once per length by the reference encoder
+        header = fcip.encapsulate(bytes(words * 4 - fcip.OVERHEAD))[:fcip.HEADER_SIZE]
+        _FCIP_HEADERS[words] = header
+    return header
+
+
+def encode_frame(r_ctl: int, d_id: int, s_id: int, fc_type: int, f_ctl: int, seq_id: int,
+                 seq_cnt: int, ox_id: int, rx_id: int, parameter: int, payload=b"",
+                 sof: int = Sof.I3, eof: int = Eof.T, cs_ctl: int = 0, df_ctl: int = 0) -> bytes:
+    """One FCIP frame; F_CTL's fill-byte count is set here (as ``build_fc_frame`` does)."""
+    size = len(payload)
+    if size > MAX_PAYLOAD:
+        raise ValueError(f"fc: payload of {size} bytes exceeds {MAX_PAYLOAD}")
+    fill = -size & 3
+    header = _FC_HEADER.pack((r_ctl << 24) | d_id, (cs_ctl << 24) | s_id,
+                             (fc_type << 24) | (f_ctl & 0xFFFFFC) | fill, seq_id, df_ctl,
+                             seq_cnt, ox_id, rx_id, parameter)
+    pad = _FILL[fill]
+    crc = zlib.crc32(pad, zlib.crc32(payload, zlib.crc32(header)))
+    return b"".join((_fcip_header((_FRAME_OVERHEAD + size + fill) >> 2), _SOF_WORDS[sof], header,
+                     payload, pad, _CRC.pack(crc), _EOF_WORDS[eof]))
+
+
+def encode_frame_dict(header: dict, payload=b"", sof: int = Sof.I3, eof: int = Eof.T) -> bytes:
+    """:func:`encode_frame` from a header dict (missing fields 0, RX_ID 0xFFFF)."""
+    values = dict.fromkeys(_HEADER_FIELDS, 0)
+    values["rx_id"] = 0xFFFF
+    unknown = set(header) - set(values)
+    if unknown:
+        raise KeyError(f"fc: unknown header fields {sorted(unknown)}")
+    values.update(header)
+    for name, limit in _FIELD_LIMITS.items():
+        if not 0 <= int(values[name]) <= limit:
+            raise ValueError(f"fc: {name} 0x{int(values[name]):x} does not fit 24 bits")
+    v = [int(values[name]) for name in _HEADER_FIELDS]
+    try:
+        return encode_frame(v[0], v[1], v[3], v[4], v[5], v[6], v[8], v[9], v[10], v[11], payload,
+                            sof, eof, cs_ctl=v[2], df_ctl=v[7])
+    except struct.error as exc:
+        raise ValueError(f"fc: cannot build header {header}: {exc}") from None
+
+
+class FcipProtocol(Protocol):
+    """One FCIP connection (see the module doc). ``frame_tap(protocol, frame)`` sees each
+    FCIP frame as it is written (captures)."""
+
+    _log = Logger()
+
+    def __init__(self, endpoint, frame_tap=None):
+        self.endpoint = endpoint
+        self.frame_tap = frame_tap
+        self._delineator = StreamDelineator()
+        self._down: str | None = "not connected yet"
+        self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
+        self.crc_errors = self.eof_errors = self.stream_errors = 0
+        self.special_frames = self.handler_errors = 0
+
+    @property
+    def counters(self) -> dict:
+        return {"frames_in": self.frames_in, "frames_out": self.frames_out,
+                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+                "crc_errors": self.crc_errors, "eof_errors": self.eof_errors,
+                "stream_errors": self.stream_errors, "special_frames": self.special_frames,
+                "handler_errors": self.handler_errors}
+
+    @property
+    def connected_link(self) -> bool:
+        return self._down is None
+
+    def _peer(self) -> str:
+        try:
+            peer = self.transport.getPeer()
+        except Exception:
+            return "?"
+        host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+        return f"{host}:{port}" if host is not None else str(peer)
+
+    # -- connection events -----------------------------------------------------------
+    def connectionMade(self):
+        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            set_nodelay(True)
+        self._down = None
+        self.endpoint.link_up(self)
+
+    def connectionLost(self, reason=None):
+        if self._down is None:
+            self._down = reason.getErrorMessage() if reason is not None else "connection lost"
+            self.endpoint.link_down(self._down)
+
+    def close(self, reason: str) -> None:
+        """Drop the connection on purpose; the endpoint hears ``link_down(reason)``."""
+        if self._down is None:
+            self._down = reason
+            self.endpoint.link_down(reason)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- inbound ---------------------------------------------------------------------
+    def dataReceived(self, data):
+        if self._down is not None:
+            return
+        self.bytes_in += len(data)
+        block, result = self._delineator.feed(data)
+        if len(result.frames):
+            self._deliver(block, result.frames.tolist())
+        if result.error and self._down is None:
+            self.stream_errors += 1
+            reason = (f"FCIP stream from {self._peer()}: {result.error.name} at stream offset "
+                      f"{result.error_offset}; framing is lost, closing the connection")
+            self._log.warn("{reason}", reason=reason)
+            self.close(reason)
+
+    def _deliver(self, block, records) -> None:
+        view = memoryview(block)
+        crc32 = zlib.crc32
+        unpack_crc = _CRC.unpack_from
+        for (offset, length, r_ctl, d_id, cs_ctl, s_id, fc_type, f_ctl, seq_id, df_ctl, seq_cnt,
+             ox_id, rx_id, parameter, sof, eof, special) in records:
+            if special:
+                self.special_frames += 1
+                self._log.info("FCIP special frame from {peer} ignored", peer=self._peer())
+                continue
+            start = offset + _FC_OFFSET
+            crc_at = offset + length - _TRAILER
+            if crc32(view[start:crc_at]) != unpack_crc(block, crc_at)[0]:
+                self.crc_errors += 1
+                self._log.warn("FC CRC error in a frame from {peer} (R_CTL 0x{r_ctl:02x} "
+                               "{s_id} -> {d_id}, OX_ID 0x{ox_id:04x}); frame dropped",
+                               peer=self._peer(), r_ctl=r_ctl, s_id=format_port_id(s_id),
+                               d_id=format_port_id(d_id), ox_id=ox_id)
+                continue
+            if eof in BAD_EOFS:
+                self.eof_errors += 1
+                self._log.warn("frame from {peer} ended with EOF 0x{eof:02x} (R_CTL 0x{r_ctl:02x},"
+                               " OX_ID 0x{ox_id:04x}); frame dropped", peer=self._peer(), eof=eof,
+                               r_ctl=r_ctl, ox_id=ox_id)
+                continue
+            header = {"r_ctl": r_ctl, "d_id": d_id, "cs_ctl": cs_ctl, "s_id": s_id,
+                      "type": fc_type, "f_ctl": f_ctl, "seq_id": seq_id, "df_ctl": df_ctl,
+                      "seq_cnt": seq_cnt, "ox_id": ox_id, "rx_id": rx_id, "parameter": parameter}
+            payload_end = crc_at - (f_ctl & 3)
+            payload = bytes(view[start + 24:payload_end]) if payload_end > start + 24 else b""
+            self.frames_in += 1
+            try:
+                self.endpoint.frame_received(FcFrame(header, payload, True, sof, eof))
+            except Exception:
+                self.handler_errors += 1
+                self._log.failure("handling a frame from {peer} (R_CTL 0x{r_ctl:02x}, OX_ID "
+                                  "0x{ox_id:04x}) failed; frame dropped", peer=self._peer(),
+                                  r_ctl=r_ctl, ox_id=ox_id)
+            if self._down is not None:
+                return
+
+    # -- outbound --------------------------------------------------------------------
+    def send_fc(self, r_ctl, d_id, s_id, fc_type, f_ctl, seq_id, seq_cnt, ox_id, rx_id,
+                parameter, payload, sof, eof) -> None:
+        """Send one FC frame (positional header fields); raises LinkDown when down."""
+        if self._down is not None:
+            raise LinkDown(self._down)
+        self._write(encode_frame(r_ctl, d_id, s_id, fc_type, f_ctl, seq_id, seq_cnt, ox_id,
+                                 rx_id, parameter, payload, sof, eof))
+
+    def send_frame(self, header: dict, payload=b"", sof: int = Sof.I3, eof: int = Eof.T) -> None:
+        """Send one FC frame given as a header dict (fields as ``fc.FC_HEADER`` names them)."""
+        if self._down is not None:
+            raise LinkDown(self._down)
+        self._write(encode_frame_dict(header, payload, sof, eof))
+
+    def _write(self, frame: bytes) -> None:
+        self.frames_out += 1
+        self.bytes_out += len(frame)
+        if self.frame_tap is not None:
+            self.frame_tap(self, frame)
+        self.transport.write(frame)
+
+
+class FcipServerFactory(Factory):
+    """The edge side: one :class:`FabricPort` per accepted connection.
+
+    At most ``config.max_links`` links at a time (a connection beyond that is
+    refused, logged); link ``n`` (the lowest free number) assigns its array
+    the N_Port ID ``config.array_id_base + n``.
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock, config: FabricConfig, frame_tap=None):
+        self.clock = clock
+        self.config = config
+        self.frame_tap = frame_tap
+        self.ports: dict[int, FabricPort] = {}
+        self.refused = 0
+
+    def buildProtocol(self, addr):
+        index = next((n for n in range(self.config.max_links) if n not in self.ports), None)
+        if index is None:
+            self.refused += 1
+            self._log.warn("FCIP connection from {addr} refused: {limit} links already up "
+                           "(max_links)", addr=addr, limit=self.config.max_links)
+            return None
+        port = FabricPort(self.clock, self.config, index)
+        port.on_link_down = lambda reason, index=index: self.ports.pop(index, None)
+        self.ports[index] = port
+        protocol = FcipProtocol(port, self.frame_tap)
+        protocol.factory = self
+        return protocol
+
+
+    def recheck_access(self) -> int:
+        """Apply a changed ``config.access`` on every link (see FabricPort.recheck_access)."""
+        return sum(port.recheck_access() for port in list(self.ports.values()))
+
+
+class FcipClientFactory(Factory):
+    """The array side: an :class:`ArrayPort` for the connection (``self.port``, the last one)."""
+
+    def __init__(self, clock, config: ArrayConfig, frame_tap=None):
+        self.clock = clock
+        self.config = config
+        self.frame_tap = frame_tap
+        self.port: ArrayPort | None = None
+
+    def buildProtocol(self, addr):
+        self.port = ArrayPort(self.clock, self.config)
+        protocol = FcipProtocol(self.port, self.frame_tap)
+        protocol.factory = self
+        return protocol
