@@ -1,5 +1,12 @@
 """twistd plugins, one ServiceMaker per RCN role (DESIGN.md section 2).
 
-No role daemon exists yet; each role's ServiceMaker is added here with the
-issue that builds it. This file and its directory carry no ``__init__.py``.
+Each role's ServiceMaker is added here with the issue that builds it. This file
+and its directory carry no ``__init__.py``.
 """
+
+from twisted.application.service import ServiceMaker
+
+rcn_storage = ServiceMaker(
+    "rcn-storage", "rcn.storage.tap",
+    "Emulated storage array: volumes over NBD, remote copy through an edge (FCIP)",
+    "rcn-storage")

@@ -1,0 +1,165 @@
+"""`twistd rcn-storage` as a real process: NBD host writes replicate through a real FCIP link.
+
+The edge is a test double in this process: a FabricPort whose virtual
+storage records the RIOs it receives and answers GOOD. The array is the real
+daemon; qemu-io writes through its NBD export, `rcn array` reads its state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from rcn.rio.fabric import FabricConfig, VirtualStorageEntry
+from rcn.rio.fcp import ScsiResult, ScsiTarget
+from rcn.rio.protocol import FcipServerFactory
+from tests.support import require_tool
+
+ARRAY_WWN = 0x500A098000000001
+PARTNER_WWN = 0x500A098000000002
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RecordingTarget(ScsiTarget):
+    def __init__(self):
+        self.writes = []
+
+    def execute(self, command):
+        self.writes.append((command.lun, command.parsed["lba"], command.data))
+        return ScsiResult()
+
+
+class Daemon(protocol.ProcessProtocol):
+    def __init__(self):
+        self.output = []
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.output.append(data)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        self.ended.callback(b"".join(self.output).decode(errors="replace"))
+
+
+class EmulatorTests(TestCase):
+    timeout = 90
+
+    def setUp(self):
+        self.qemu_io = require_tool(self, "qemu-io")
+        self.edge_target = RecordingTarget()
+        self.virtual = []
+
+        def attach(vs):
+            vs.target = self.edge_target
+            self.virtual.append(vs)
+        config = FabricConfig(virtual_storages=[VirtualStorageEntry(wwn=PARTNER_WWN,
+                                                                    partner_wwn=PARTNER_WWN)],
+                              access=lambda array, virtual: True, attach=attach)
+        self.edge = FcipServerFactory(reactor, config)
+        self.edge_port = reactor.listenTCP(0, self.edge, interface="127.0.0.1")
+        self.addCleanup(self.edge_port.stopListening)
+        self.nbd_port, self.control_port = free_port(), free_port()
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.config = os.path.join(self.dir, "array.toml")
+        with open(self.config, "w") as f:
+            f.write(f"""
+[array]
+wwpn = "50:0a:09:80:00:00:00:01"
+data_dir = "vols"
+[nbd]
+port = {self.nbd_port}
+[control]
+port = {self.control_port}
+[edge]
+port = {self.edge_port.getHost().port}
+timeout = 10
+[[volume]]
+lun = 0
+name = "vol0"
+capacity = "4MiB"
+[[volume]]
+lun = 1
+name = "vol1"
+capacity = "4MiB"
+[[pair]]
+lun = 0
+partner_wwpn = "50:0a:09:80:00:00:00:02"
+partner_lun = 5
+group = 7
+""")
+        self.daemon = Daemon()
+        self.process = reactor.spawnProcess(
+            self.daemon, os.path.join(BIN, "twistd"),
+            ["twistd", "-n", "--pidfile=", "--logfile=-", "rcn-storage", "--config", self.config],
+            env=dict(os.environ), path=self.dir)
+        self.addCleanup(self._stop)
+        return self._until_logged_in()
+
+    def _until_logged_in(self):
+        """The array's PRLI is its last start-up step: by then NBD and control are serving."""
+        def check():
+            if self.virtual and self.virtual[0].array_logged_in:
+                poll.stop()
+            elif self.daemon.ended.called:
+                raise RuntimeError(f"rcn-storage exited: {self.daemon.ended.result}")
+        poll = task.LoopingCall(check)
+        return poll.start(0.05)
+
+    def _stop(self):
+        if self.daemon.ended.called:
+            return None
+        self.process.signalProcess("TERM")
+        return self.daemon.ended
+
+    def _volume(self, name: str) -> bytes:
+        with open(os.path.join(self.dir, "vols", f"{name}.img"), "rb") as f:
+            return f.read()
+
+    @defer.inlineCallbacks
+    def test_host_write_replicates_and_lands_on_disk(self):
+        url = f"nbd://127.0.0.1:{self.nbd_port}/vol0"
+        out, err, code = yield getProcessOutputAndValue(
+            self.qemu_io, ["-f", "raw", url, "-c", "write -P 0xab 4096 65536",
+                           "-c", "read -P 0xab 4096 65536"], env=dict(os.environ))
+        self.assertEqual(code, 0, (out + err).decode())
+        self.assertNotIn(b"Pattern verification failed", out)
+        self.assertEqual(self._volume("vol0")[4096:4096 + 65536], b"\xab" * 65536)
+        written = b"".join(data for lun, lba, data in sorted(self.edge_target.writes))
+        self.assertEqual({lun for lun, _, _ in self.edge_target.writes}, {5})
+        self.assertEqual(min(lba for _, lba, _ in self.edge_target.writes), 8)
+        self.assertEqual(written, b"\xab" * 65536)
+
+    @defer.inlineCallbacks
+    def test_edge_rio_write_applied_to_array_volume(self):
+        result = yield self.virtual[0].send_write(1, 16, b"\x5a" * 8192)
+        self.assertTrue(result.good)
+        self.assertEqual(self._volume("vol1")[16 * 512:16 * 512 + 8192], b"\x5a" * 8192)
+
+    @defer.inlineCallbacks
+    def test_rcn_array_shows_the_pair(self):
+        out, err, code = yield getProcessOutputAndValue(
+            os.path.join(BIN, "rcn"), ["array", "pairs", "--json", "--url",
+                                       f"http://127.0.0.1:{self.control_port}"], env=dict(os.environ))
+        self.assertEqual(code, 0, err.decode())
+        pair = json.loads(out)["pairs"][0]
+        self.assertEqual((pair["lun"], pair["partner_lun"], pair["state"], pair["group"]),
+                         (0, 5, "duplex", 7))
+        out, err, code = yield getProcessOutputAndValue(
+            os.path.join(BIN, "rcn"), ["array", "status", "--json", "--url",
+                                       f"http://127.0.0.1:{self.control_port}"], env=dict(os.environ))
+        self.assertEqual(json.loads(out)["edge_link"], "up")
