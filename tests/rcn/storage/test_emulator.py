@@ -2,7 +2,7 @@
 
 The edge is a test double in this process: a FabricPort whose virtual
 storage records the RIOs it receives and answers GOOD. The array is the real
-daemon; qemu-io writes through its NBD export, `rcn array` reads its state.
+daemon; qemu-io and nbdcopy write through its NBD export, `rcn array` reads its state.
 """
 
 from __future__ import annotations
@@ -143,6 +143,27 @@ group = 7
         self.assertEqual({lun for lun, _, _ in self.edge_target.writes}, {5})
         self.assertEqual(min(lba for _, lba, _ in self.edge_target.writes), 8)
         self.assertEqual(written, b"\xab" * 65536)
+
+    @defer.inlineCallbacks
+    def test_nbdcopy_in_and_out_replicates(self):
+        nbdcopy = require_tool(self, "nbdcopy")
+        size = 1 << 20
+        pattern = bytes((i * 13 + (i >> 9)) & 0xFF for i in range(size))
+        src, back = os.path.join(self.dir, "src.bin"), os.path.join(self.dir, "back.bin")
+        with open(src, "wb") as f:
+            f.write(pattern)
+        url = f"nbd://127.0.0.1:{self.nbd_port}/vol0"
+        for args in (["--request-size=65536", "--flush", src, url], [url, back]):
+            out, err, code = yield getProcessOutputAndValue(nbdcopy, args, env=dict(os.environ))
+            self.assertEqual(code, 0, (out + err).decode())
+        self.assertEqual(self._volume("vol0")[:size], pattern)
+        with open(back, "rb") as f:
+            self.assertEqual(f.read(size), pattern)
+        replica = bytearray(size)
+        for lun, lba, data in self.edge_target.writes:
+            self.assertEqual(lun, 5)
+            replica[lba * 512:lba * 512 + len(data)] = data
+        self.assertEqual(bytes(replica), pattern)
 
     @defer.inlineCallbacks
     def test_edge_rio_write_applied_to_array_volume(self):
