@@ -41,21 +41,21 @@ Errors name the key (``volume[1].capacity: ...``) and the file.
 from __future__ import annotations
 
 import os
-import re
-import tomllib
 from dataclasses import dataclass, field
 
 from datapath.frames.names import parse_wwn
+from rcn.config import ConfigError, load_toml, parse_size
+from rcn.config import Reader as _Reader
+from rcn.config import non_negative as _non_negative
+from rcn.config import one_of as _one_of
+from rcn.config import port as _port
+
+__all__ = ["ConfigError", "parse_size", "load_config", "parse_config", "StorageConfig",
+           "VolumeConfig", "PairConfig", "Endpoint", "EdgeConfig"]
 
 BLOCK_SIZE = 512
-_UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
 PAIR_STATES = ("simplex", "duplex", "suspend")
 PAIR_MODES = ("sync", "async")
-
-
-class ConfigError(ValueError):
-    """A configuration file that cannot be used; the message names file and key."""
 
 
 @dataclass(frozen=True)
@@ -99,70 +99,6 @@ class StorageConfig:
     pairs: tuple[PairConfig, ...] = field(default=())
 
 
-def parse_size(text) -> int:
-    """``4096``, ``"64KiB"``, ``"1 GiB"`` -> bytes."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        return text
-    match = _SIZE.match(str(text))
-    if not match or match.group(2).upper() not in _UNITS:
-        raise ValueError(f"{text!r} is not a size (bytes, or a number with KiB/MiB/GiB/TiB)")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
-
-
-class _Reader:
-    """Typed access to one table of the file, with key paths in errors."""
-
-    def __init__(self, table: dict, where: str):
-        self.table, self.where = table, where
-
-    def _fail(self, key, reason):
-        raise ConfigError(f"{self.where}{key}: {reason}")
-
-    def get(self, key, kind, default=..., check=None):
-        if key not in self.table:
-            if default is ...:
-                self._fail(key, "missing")
-            return default
-        value = self.table[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-            kinds = kind if isinstance(kind, tuple) else (kind,)
-            wanted = " or ".join(k.__name__ for k in kinds)
-            self._fail(key, f"expected {wanted}, got {type(value).__name__} {value!r}")
-        if check is not None:
-            try:
-                value = check(value)
-            except ValueError as exc:
-                self._fail(key, str(exc))
-        return value
-
-    def unknown(self, known: set[str]) -> None:
-        extra = sorted(set(self.table) - known)
-        if extra:
-            self._fail(extra[0], f"unknown key (known: {', '.join(sorted(known))})")
-
-
-def _port(value: int) -> int:
-    if not 0 <= value <= 65535:
-        raise ValueError(f"port {value} outside 0..65535")
-    return value
-
-
-def _non_negative(value: int) -> int:
-    if value < 0:
-        raise ValueError(f"{value} is negative")
-    return value
-
-
-def _one_of(choices):
-    def check(value):
-        if value not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-        return value
-    return check
-
-
 def _capacity(value) -> int:
     size = parse_size(value)
     if size <= 0 or size % BLOCK_SIZE:
@@ -181,17 +117,7 @@ def _endpoint(doc: dict, name: str, default_port: int, cls=Endpoint, **extra):
 
 
 def load_config(path: str) -> StorageConfig:
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return parse_config(doc, base_dir=os.path.dirname(os.path.abspath(path)))
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    return load_toml(path, parse_config)
 
 
 def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:

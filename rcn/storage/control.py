@@ -7,11 +7,12 @@ GET      /status                array names, edge link, counters
 GET      /volumes               the volumes: LUN, export name, capacity, file
 GET      /pairs                 the pair table
 GET      /pairs/<lun>           one pair (404 if the volume has none)
+GET      /metrics               Prometheus text format (the ``metrics`` resource)
 =======  =====================  ==============================================
 
-Every answer is a JSON object; errors are ``{"error": "..."}`` with 404 (no
-such path or pair) or 405 (method not allowed). The pair lifecycle issue adds
-the commands that change pair states.
+Every answer but /metrics is a JSON object; errors are ``{"error": "..."}``
+with 404 (no such path or pair) or 405 (method not allowed). The pair
+lifecycle issue adds the commands that change pair states.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ class ControlResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, array: Describable):
+    def __init__(self, array: Describable, metrics: resource.Resource | None = None):
         super().__init__()
         self.array = array
+        self.metrics = metrics          # a rcn.metrics.MetricsResource; None: no /metrics
 
     def render(self, request):
         if request.method not in (b"GET", b"HEAD"):
@@ -59,5 +61,7 @@ class ControlResource(resource.Resource):
                 if str(pair["lun"]) == parts[1]:
                     return _json(request, 200, pair)
             return _json(request, 404, {"error": f"LUN {parts[1]} is not the source of a pair"})
-        return _json(request, 404, {"error": f"no resource /{'/'.join(parts)}; "
-                                             "try /status, /volumes, /pairs"})
+        if parts == ["metrics"] and self.metrics is not None:
+            return self.metrics.render(request)
+        hint = "/status, /volumes, /pairs" + (", /metrics" if self.metrics is not None else "")
+        return _json(request, 404, {"error": f"no resource /{'/'.join(parts)}; try {hint}"})

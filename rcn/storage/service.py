@@ -2,7 +2,8 @@
 
 :class:`StorageArray` holds the parts (volumes, pair table, replicator, NBD
 exports, RIO target, the link to the edge) as plain objects; :func:`make_service`
-puts them behind sockets: the NBD host interface, the control API and, when the
+puts them behind sockets: the NBD host interface, the control API (with
+Prometheus ``/metrics``, from :attr:`StorageArray.metrics`) and, when the
 configuration names an edge, a RIO connection that reconnects with backoff.
 The reactor is passed in; nothing here imports the global one.
 """
@@ -18,6 +19,7 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from datapath.frames.names import format_wwn
+from rcn.metrics import MetricsRegistry, MetricsResource
 from rcn.nbd.export import ExportTable, VolumeExport
 from rcn.nbd.server import NbdServerFactory
 from rcn.rio.array import ArrayConfig, ArrayPort
@@ -58,11 +60,16 @@ class PartnerLoggingPort(ArrayPort):
 
 
 class ArrayLinkFactory(FcipClientFactory):
+    """``connections`` counts the FCIP connections made (each gets a new port and link,
+    whose counters start from 0)."""
+
     def __init__(self, clock, config: ArrayConfig, partners: set[int]):
         super().__init__(clock, config)
         self.partners = partners
+        self.connections = 0
 
     def buildProtocol(self, addr):
+        self.connections += 1
         self.port = PartnerLoggingPort(self.clock, self.config, self.partners)
         protocol = FcipProtocol(self.port, self.frame_tap)
         protocol.factory = self
@@ -92,6 +99,7 @@ class StorageArray:
             port_wwn=config.wwpn, node_wwn=config.wwnn, target=self.target,
             exchange_timeout=config.edge.timeout if config.edge else 30.0), self.pairs.partners())
         self.nbd = NbdServerFactory(self.exports, clock)
+        self.metrics = self._build_metrics()
 
     def session_for(self, partner_wwn: int):
         """Deferred[RioSession] to the partner through the current link (fails without one)."""
@@ -99,6 +107,46 @@ class StorageArray:
         if port is None or port.link is None:
             return fail(EdgeUnavailable("rio: no link to the edge"))
         return port.session(partner_wwn)
+
+    # -- what /metrics shows (read at scrape time) ------------------------
+    def _build_metrics(self) -> MetricsRegistry:
+        m = MetricsRegistry()
+        m.counters("nbd", lambda: self.nbd.counters, "NBD host interface",
+                   gauges=("connections_active",))
+        m.counters("replication", lambda: vars(self.replicator.counters),
+                   "remote copy of host writes (RIO WRs to the partner)")
+        m.counters("rio_target", lambda: {"applied": self.target.applied,
+                                          "refused": self.target.refused},
+                   "RIOs from the edge applied to this array's volumes, or refused")
+        m.gauge("rio_link_up", self._link_up, "the FCIP link to the edge: 1 up, 0 down")
+        m.counters("rio_link", lambda: {"connections": self.rio.connections},
+                   "FCIP connections to the edge made")
+        m.counters("rio_port", self._port_counters,
+                   "the array's FC port on the current FCIP link (exchanges, FCP, ELS)")
+        m.counters("fcip", self._fcip_counters, "the current FCIP link (frames, bytes, errors)")
+        m.labelled("pair_dirty_tracks", "gauge",
+                   "tracks marked in the pair's differential bitmap", ("lun",),
+                   lambda: [((str(lun),), link.bitmap.popcount())
+                            for lun, link in sorted(self.replicator.links.items())])
+        return m
+
+    def _link_up(self) -> int:
+        port = self.rio.port
+        return int(port is not None and port.link is not None)
+
+    def _fcip_counters(self) -> dict:
+        port = self.rio.port
+        return {} if port is None or port.link is None else port.link.counters
+
+    def _port_counters(self) -> dict:
+        """The port's own counters, without the link's (``port.counters`` includes them)."""
+        port = self.rio.port
+        if port is None:
+            return {}
+        out = port.counters
+        for key in self._fcip_counters():
+            out.pop(key, None)
+        return out
 
     # -- what the control API shows -------------------------------------
     def describe_status(self) -> dict:
@@ -138,6 +186,11 @@ class _Closing(service.Service):
         return super().stopService()
 
 
+def control_site(array: StorageArray) -> Site:
+    """The control API (JSON) with ``/metrics`` (Prometheus), as served on the control port."""
+    return Site(ControlResource(array, MetricsResource(array.metrics)))
+
+
 def make_service(config: StorageConfig, reactor) -> tuple[service.MultiService, StorageArray]:
     array = StorageArray(config, reactor)
     top = service.MultiService()
@@ -146,7 +199,7 @@ def make_service(config: StorageConfig, reactor) -> tuple[service.MultiService, 
     internet.StreamServerEndpointService(nbd, array.nbd).setServiceParent(top)
     control = endpoints.TCP4ServerEndpoint(reactor, config.control.port,
                                            interface=config.control.host)
-    internet.StreamServerEndpointService(control, Site(ControlResource(array))).setServiceParent(top)
+    internet.StreamServerEndpointService(control, control_site(array)).setServiceParent(top)
     if config.edge is not None:
         edge = endpoints.TCP4ClientEndpoint(reactor, config.edge.host, config.edge.port)
         internet.ClientService(edge, array.rio, clock=reactor).setServiceParent(top)

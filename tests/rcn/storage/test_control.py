@@ -1,16 +1,28 @@
-"""The array control API over real HTTP, and `rcn array` against it."""
+"""The array control API over real HTTP, `rcn array` against it, and its /metrics."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 
-from twisted.internet import reactor, threads
+from prometheus_client import CONTENT_TYPE_LATEST
+from twisted.internet import reactor, task, threads
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, readBody
 from twisted.web.server import Site
+from twisted.web.test.requesthelper import DummyRequest
 
+from datapath.frames import fcp
 from rcn.cli import main as rcn_main
+from rcn.nbd import protocol as P
+from rcn.rio.fcp import ScsiCommand
+from rcn.storage.config import EdgeConfig, Endpoint, PairConfig, StorageConfig, VolumeConfig
 from rcn.storage.control import ControlResource
+from rcn.storage.service import StorageArray, control_site
+from tests.rcn.nbd.helpers import Client
+from tests.rcn.test_metrics import parse_exposition
 
 
 class FakeArray:
@@ -90,3 +102,165 @@ class ControlApiTests(TestCase):
         d.addCallback(check, 404)
         d.addCallback(lambda _: agent.request(b"POST", f"{self.url}/pairs".encode()))
         return d.addCallback(check, 405)
+
+
+ARRAY_WWN = 0x500A098000000001
+PARTNER_WWN = 0x500A098000000002
+MiB = 1 << 20
+
+
+class MetricsTests(TestCase):
+    """GET /metrics of a real StorageArray (no edge process), served as make_service serves it."""
+
+    def setUp(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        config = StorageConfig(
+            wwpn=ARRAY_WWN, wwnn=ARRAY_WWN & ~1, data_dir=directory,
+            nbd=Endpoint("127.0.0.1", 0), control=Endpoint("127.0.0.1", 0),
+            edge=EdgeConfig("127.0.0.1", 3225),
+            volumes=(VolumeConfig(0, "vol0", 4 * MiB), VolumeConfig(1, "vol1", MiB)),
+            pairs=(PairConfig(0, PARTNER_WWN, 5, 7, "duplex", "sync"),))
+        self.array = StorageArray(config, task.Clock())      # no link to an edge is made
+        self.addCleanup(self.array.close)
+        self.port = reactor.listenTCP(0, control_site(self.array), interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
+
+    def fetch(self, path: str = "/metrics", method: bytes = b"GET"):
+        d = Agent(reactor).request(method, (self.url + path).encode())
+        return d.addCallback(lambda response: readBody(response).addCallback(
+            lambda body: (response, body)))
+
+    def scrape(self):
+        def parsed(result):
+            response, body = result
+            self.assertEqual(response.code, 200)
+            self.assertEqual(response.headers.getRawHeaders(b"content-type"),
+                             [CONTENT_TYPE_LATEST.encode()])
+            return parse_exposition(body)
+        return self.fetch().addCallback(parsed)
+
+    def nbd_writes(self) -> Client:
+        """Two host writes to vol0 over NBD; with no edge the first RIO WR fails (failure
+        Suspend) and both writes are recorded in the differential bitmap."""
+        client = Client(None, factory=self.array.nbd)
+        client.start("vol0")
+        client.take()
+        client.request(P.CMD_WRITE, 1, 0, 65536, data=b"\xab" * 65536)
+        client.request(P.CMD_WRITE, 2, MiB, 4096, data=b"\xcd" * 4096)
+        self.assertEqual([(cookie, error) for cookie, error, _ in client.replies()],
+                         [(1, 0), (2, 0)])
+        return client
+
+    def test_nbd_and_replication_counters(self):
+        self.nbd_writes()
+
+        def check(result):
+            samples, types = result
+            nbd = {k: v for k, v in samples.items() if k.startswith("rcn_nbd_") and v}
+            self.assertEqual(nbd, {"rcn_nbd_connections_total": 1.0,
+                                   "rcn_nbd_connections_active": 1.0,
+                                   "rcn_nbd_handshakes_total": 1.0,
+                                   "rcn_nbd_options_total": 1.0,
+                                   "rcn_nbd_requests_write_total": 2.0,
+                                   "rcn_nbd_bytes_written_total": 65536.0 + 4096.0})
+            self.assertEqual(types["rcn_nbd_connections_active"], "gauge")
+            self.assertEqual(types["rcn_nbd_requests_write"], "counter")
+            replication = {k: v for k, v in samples.items() if k.startswith("rcn_replication_")}
+            self.assertEqual(replication, {"rcn_replication_sent_total": 1.0,
+                                           "rcn_replication_acknowledged_total": 0.0,
+                                           "rcn_replication_failed_total": 1.0,
+                                           "rcn_replication_bytes_sent_total": 65536.0,
+                                           "rcn_replication_recorded_in_bitmap_total": 2.0,
+                                           "rcn_replication_waits_for_queue_total": 0.0})
+            # the same figures as /status
+            status = self.array.describe_status()
+            self.assertEqual(samples["rcn_nbd_requests_write_total"],
+                             status["nbd"]["requests_write"])
+            self.assertEqual(samples["rcn_replication_failed_total"],
+                             status["replication"]["failed"])
+        return self.scrape().addCallback(check)
+
+    def test_dirty_tracks_per_pair_labelled_by_lun(self):
+        self.nbd_writes()                  # 64 KiB at 0 and 4 KiB at 1 MiB: tracks 0 and 16
+
+        def check(result):
+            samples, types = result
+            self.assertEqual({k: v for k, v in samples.items() if "dirty" in k},
+                             {'rcn_pair_dirty_tracks{lun="0"}': 2.0})
+            self.assertEqual(types["rcn_pair_dirty_tracks"], "gauge")
+        return self.scrape().addCallback(check)
+
+    def test_rio_target_applied_and_refused(self):
+        def command(lun: int, lba: int, data: bytes):
+            cdb = fcp.build_write16(lba, len(data) // 512)
+            return ScsiCommand(0x010100, PARTNER_WWN, 0x010200, ARRAY_WWN, lun, cdb,
+                               fcp.parse_cdb(cdb), data=data)
+        self.assertTrue(self.array.target.execute(command(1, 0, bytes(1024))).good)
+        self.assertTrue(self.array.target.execute(command(1, 2, bytes(512))).good)
+        self.assertFalse(self.array.target.execute(command(9, 0, bytes(512))).good)
+
+        def check(result):
+            samples, _ = result
+            self.assertEqual((samples["rcn_rio_target_applied_total"],
+                              samples["rcn_rio_target_refused_total"]), (2.0, 1.0))
+        return self.scrape().addCallback(check)
+
+    def test_link_down_gauge_0_and_no_link_families(self):
+        def check(result):
+            samples, _ = result
+            self.assertEqual(samples["rcn_rio_link_up"], 0.0)
+            self.assertEqual(samples["rcn_rio_link_connections_total"], 0.0)
+            self.assertEqual([k for k in samples if k.startswith(("rcn_fcip_", "rcn_rio_port_"))],
+                             [])
+        return self.scrape().addCallback(check)
+
+    def test_link_up_gauge_1_with_fcip_and_port_counters(self):
+        transport = StringTransport()
+        protocol = self.array.rio.buildProtocol(None)
+        protocol.makeConnection(transport)         # the array sends FLOGI at once
+        port = self.array.rio.port
+
+        def up(result):
+            samples, types = result
+            self.assertEqual(samples["rcn_rio_link_up"], 1.0)
+            self.assertEqual(samples["rcn_rio_link_connections_total"], 1.0)
+            self.assertGreater(protocol.frames_out, 0)
+            self.assertEqual(samples["rcn_fcip_frames_out_total"], protocol.frames_out)
+            self.assertEqual(samples["rcn_fcip_bytes_out_total"], len(transport.value()))
+            self.assertEqual(samples["rcn_fcip_crc_errors_total"], 0.0)
+            self.assertEqual(samples["rcn_rio_port_originated_total"],
+                             port.table.counters["originated"])
+            self.assertGreater(samples["rcn_rio_port_originated_total"], 0)
+            self.assertNotIn("rcn_rio_port_frames_out_total", samples)   # only under fcip
+            self.assertEqual(types["rcn_fcip_frames_out"], "counter")
+            protocol.connectionLost(None)
+            return self.scrape()
+
+        def down(result):
+            samples, _ = result
+            self.assertEqual(samples["rcn_rio_link_up"], 0.0)
+            self.assertNotIn("rcn_fcip_frames_out_total", samples)
+        return self.scrape().addCallback(up).addCallback(down)
+
+    def test_status_is_still_json_and_post_metrics_is_405(self):
+        def status(result):
+            response, body = result
+            self.assertEqual(json.loads(body)["edge_link"], "down")
+            return self.fetch("/metrics", b"POST")
+
+        def post(result):
+            response, body = result
+            self.assertEqual(response.code, 405)
+            self.assertIn("error", json.loads(body))
+        return self.fetch("/status").addCallback(status).addCallback(post)
+
+
+class NoMetricsTests(TestCase):
+    def test_metrics_is_404_without_a_metrics_resource(self):
+        request = DummyRequest([b"metrics"])
+        body = ControlResource(FakeArray()).render(request)
+        self.assertEqual(request.responseCode, 404)
+        self.assertEqual(json.loads(body)["error"],
+                         "no resource /metrics; try /status, /volumes, /pairs")
