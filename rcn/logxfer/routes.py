@@ -1,0 +1,106 @@
+"""The route table (patent table 408): which device a log entry goes to next.
+
+A route is a path of device addresses for one (source WWN, target WWN): the
+source edge first, then cores, then the target edge. Every device on the path
+sends an entry to the address after its own; answers (WROK, CTRL_OK, NAK) go
+to the address before it. A device finds itself in a path by its own
+log-transfer address, so one table can be distributed to every device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from datapath.frames.logentry import EntryType
+from datapath.frames.names import format_wwn
+
+#: entry types that travel from the target edge back to the source edge
+BACKWARD_TYPES = frozenset({EntryType.WROK, EntryType.CTRL_OK, EntryType.NAK})
+
+
+class RouteError(ValueError):
+    """A route table that cannot be used (the message names the route)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Address":
+        """``"127.0.0.1:47001"`` (IPv4 or a name; ``[v6]:port`` for IPv6)."""
+        host, sep, port = str(text).strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise RouteError(f"address {text!r}: expected host:port with a port 1..65535")
+        return cls(host.strip("[]"), int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def pair(self) -> tuple[str, int]:
+        """What ``transport.write(data, addr)`` takes."""
+        return (self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    source_wwn: int
+    target_wwn: int
+    path: tuple[Address, ...]
+
+    def __post_init__(self):
+        if len(self.path) < 2:
+            raise RouteError(f"route {self}: a path needs at least the source and target edges")
+        if len(set(self.path)) != len(self.path):
+            raise RouteError(f"route {self}: a device appears twice in the path")
+
+    def __str__(self) -> str:
+        return (f"{format_wwn(self.source_wwn)} -> {format_wwn(self.target_wwn)} via "
+                + " ".join(str(a) for a in self.path))
+
+
+class RouteTable:
+    """Routes by (source WWN, target WWN); replaced whole when the table changes."""
+
+    def __init__(self, routes: Iterable[Route] = ()):
+        self._routes: dict[tuple[int, int], Route] = {}
+        for route in routes:
+            key = (route.source_wwn, route.target_wwn)
+            if key in self._routes:
+                raise RouteError(f"route {route}: a second route for the same storage pair")
+            self._routes[key] = route
+        # (source, target, me) -> (next, previous): a relay looks this up per datagram
+        self._hops: dict[tuple[int, int, Address], tuple[Address | None, Address | None]] = {}
+        for (source, target), route in self._routes.items():
+            for i, address in enumerate(route.path):
+                self._hops[(source, target, address)] = (
+                    route.path[i + 1] if i + 1 < len(route.path) else None,
+                    route.path[i - 1] if i > 0 else None)
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def __iter__(self):
+        return iter(self._routes.values())
+
+    def route(self, source_wwn: int, target_wwn: int) -> Route | None:
+        return self._routes.get((source_wwn, target_wwn))
+
+    def next_hop(self, source_wwn: int, target_wwn: int, me: Address,
+                 backward: bool = False) -> Address | None:
+        """The address after ``me`` (before it when ``backward``); None when ``me`` is the
+        end of the path in that direction, or there is no route through ``me``."""
+        hops = self._hops.get((source_wwn, target_wwn, me))
+        if hops is None:
+            return None
+        return hops[1] if backward else hops[0]
+
+    def on_path(self, source_wwn: int, target_wwn: int, me: Address) -> bool:
+        return (source_wwn, target_wwn, me) in self._hops
+
+    def describe(self) -> list[dict]:
+        return [{"source_wwn": format_wwn(r.source_wwn), "target_wwn": format_wwn(r.target_wwn),
+                 "path": [str(a) for a in r.path]} for r in self]

@@ -1,0 +1,281 @@
+"""The source edge's sender: windows, retransmission, NAKs and bandwidth limits.
+
+Every WR/CTRL entry handed to :meth:`Sender.submit` is sent toward its next
+hop and stays *outstanding* until :meth:`Sender.acknowledged` (its WROK or
+CTRL_OK). The entry itself stays in the log storage area; the sender keeps
+its datagrams (the segments) for retransmission.
+
+* **Window** -- per path (next hop), at most ``window_bytes`` of outstanding
+  datagrams; more entries wait in that path's FIFO queue. A single entry larger
+  than the window is sent when nothing else is outstanding.
+* **Retransmission** -- an entry unacknowledged ``rto`` seconds after its last
+  send is sent again (flag RETRANSMIT), and its timeout doubles (``backoff``) up
+  to ``rto_max``. A sweep every ``tick`` seconds checks the oldest sends first
+  (outstanding entries are kept in order of their last send), so the cost is
+  per retransmission, not per entry.
+* **NAK** -- the target edge names missing sequences; those outstanding are
+  sent again at once (at most once per ``nak_holdoff`` seconds each, so a
+  repeated NAK does not multiply traffic).
+* **Bandwidth** -- a token bucket per customer (``rate`` bytes/s, ``burst``
+  bytes) meters first sends and retransmissions alike; a path whose customer
+  has no tokens waits for the bucket's refill time.
+
+Everything runs on the injected ``clock`` (``seconds()``, ``callLater``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from datapath.frames.logentry import HEADER_SIZE, EntryFlag, LOG_HEADER, entry_crc
+from rcn.logxfer.routes import Address
+
+_FLAGS_AT = LOG_HEADER.offsets["flags"]
+_CRC_AT = LOG_HEADER.offsets["crc32c"]
+_RETRANSMIT = int(EntryFlag.RETRANSMIT)
+
+
+def mark_retransmit(datagram: bytes) -> bytes:
+    """The same datagram with the RETRANSMIT flag set and its CRC32C recomputed."""
+    flags = int.from_bytes(datagram[_FLAGS_AT:_FLAGS_AT + 2], "big")
+    if flags & _RETRANSMIT:
+        return datagram
+    header = bytearray(datagram[:HEADER_SIZE])
+    header[_FLAGS_AT:_FLAGS_AT + 2] = (flags | _RETRANSMIT).to_bytes(2, "big")
+    body = datagram[HEADER_SIZE:]
+    header[_CRC_AT:_CRC_AT + 4] = entry_crc(bytes(header), body).to_bytes(4, "big")
+    return bytes(header) + body
+
+
+class TokenBucket:
+    """``rate`` bytes/s with up to ``burst`` bytes saved; ``rate`` 0 means unlimited."""
+
+    def __init__(self, clock, rate: float, burst: float | None = None):
+        if rate < 0:
+            raise ValueError(f"token bucket rate {rate} < 0")
+        self.clock = clock
+        self.rate = float(rate)
+        self.burst = float(burst if burst is not None else max(rate / 10, 256 << 10))
+        self.tokens = self.burst
+        self.stamp = clock.seconds()
+
+    def _refill(self) -> None:
+        now = self.clock.seconds()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def take(self, size: int) -> float:
+        """0.0 and the tokens taken if ``size`` bytes may go now; else seconds to wait.
+
+        A datagram bigger than the burst goes when the bucket is full (tokens go
+        negative), so nothing is too big to ever pass.
+        """
+        if not self.rate:
+            return 0.0
+        self._refill()
+        if self.tokens >= min(size, self.burst):
+            self.tokens -= size
+            return 0.0
+        return (min(size, self.burst) - self.tokens) / self.rate
+
+
+@dataclass(eq=False, slots=True)
+class Outstanding:
+    group: int
+    sequence: int
+    datagrams: list[bytes] = field(repr=False)
+    path: Address
+    customer: str
+    size: int
+    first_sent: float = 0.0
+    last_sent: float = 0.0
+    attempts: int = 0
+    rto: float = 0.0
+    last_nak: float = float("-inf")
+
+
+@dataclass
+class _Path:
+    queue: deque = field(default_factory=deque)
+    in_flight_bytes: int = 0
+    in_flight: int = 0
+    queued_bytes: int = 0
+
+
+class Sender:
+    """See the module doc. ``transmit(datagram, address)`` puts one datagram on the wire."""
+
+    def __init__(self, clock, transmit: Callable[[bytes, Address], object], *,
+                 window_bytes: int = 64 << 20, rto: float = 0.5, rto_max: float = 5.0,
+                 backoff: float = 2.0, tick: float = 0.05, nak_holdoff: float = 0.05,
+                 buckets: dict[str, TokenBucket] | None = None):
+        if window_bytes <= 0 or rto <= 0 or rto_max < rto or backoff < 1 or tick <= 0:
+            raise ValueError("sender: window_bytes, rto and tick must be > 0, rto_max >= rto, "
+                             "backoff >= 1")
+        self.clock = clock
+        self.transmit = transmit
+        self.window_bytes = window_bytes
+        self.rto = rto
+        self.rto_max = rto_max
+        self.backoff = backoff
+        self.tick = tick
+        self.nak_holdoff = nak_holdoff
+        self.buckets = buckets or {}
+        self.paths: dict[Address, _Path] = {}
+        # (group, sequence) -> Outstanding, in order of last send (oldest first)
+        self.outstanding: OrderedDict[tuple[int, int], Outstanding] = OrderedDict()
+        self.queued: dict[tuple[int, int], Outstanding] = {}
+        self._pump_timers: dict[Address, object] = {}
+        self._sweep_call = None
+        self.counters = {"entries_sent": 0, "datagrams_sent": 0, "bytes_sent": 0,
+                         "retransmits": 0, "nak_retransmits": 0, "acknowledged": 0,
+                         "unknown_acks": 0, "throttled": 0}
+
+    # -- entries in -------------------------------------------------------
+    def submit(self, group: int, sequence: int, datagrams: list[bytes], path: Address,
+               customer: str = "") -> None:
+        key = (group, sequence)
+        if key in self.outstanding or key in self.queued:
+            raise ValueError(f"sender: group {group} sequence {sequence} submitted twice")
+        item = Outstanding(group, sequence, datagrams, path, customer,
+                           sum(len(d) for d in datagrams))
+        state = self.paths.setdefault(path, _Path())
+        state.queue.append(item)
+        state.queued_bytes += item.size
+        self.queued[key] = item
+        self._pump(path)
+
+    def acknowledged(self, group: int, sequence: int) -> Outstanding | None:
+        """The entry's WROK/CTRL_OK arrived: stop sending it; None if it was not outstanding."""
+        item = self.outstanding.pop((group, sequence), None)
+        if item is None:
+            item = self.queued.pop((group, sequence), None)
+            if item is None:
+                self.counters["unknown_acks"] += 1
+                return None
+            state = self.paths[item.path]
+            state.queue.remove(item)
+            state.queued_bytes -= item.size
+            self.counters["acknowledged"] += 1
+            return item
+        state = self.paths[item.path]
+        state.in_flight_bytes -= item.size
+        state.in_flight -= 1
+        self.counters["acknowledged"] += 1
+        self._pump(item.path)
+        return item
+
+    def nak(self, group: int, ranges: list[tuple[int, int]], limit: int = 4096) -> int:
+        """Send the named outstanding entries again now; returns how many were sent."""
+        now = self.clock.seconds()
+        sent = 0
+        for first, last in ranges:
+            for sequence in range(first, min(last, first + limit) + 1):
+                item = self.outstanding.get((group, sequence))
+                if item is None or now - item.last_nak < self.nak_holdoff:
+                    continue
+                item.last_nak = now
+                if self._send(item, now, retransmit=True):
+                    self.counters["nak_retransmits"] += 1
+                    sent += 1
+                limit -= 1
+                if limit <= 0:
+                    return sent
+        return sent
+
+    def cancel_group(self, group: int) -> int:
+        """Forget a group's entries (its pair left the RCN); returns how many."""
+        keys = [k for k in list(self.outstanding) + list(self.queued) if k[0] == group]
+        for key in keys:
+            self.acknowledged(*key)
+        self.counters["acknowledged"] -= len(keys)
+        return len(keys)
+
+    # -- sending ----------------------------------------------------------
+    def _pump(self, path: Address) -> None:
+        state = self.paths[path]
+        if path in self._pump_timers:
+            return
+        now = self.clock.seconds()
+        while state.queue:
+            item = state.queue[0]
+            if state.in_flight and state.in_flight_bytes + item.size > self.window_bytes:
+                return
+            wait = self._throttle(item)
+            if wait:
+                self._pump_timers[path] = self.clock.callLater(wait, self._resume, path)
+                return
+            state.queue.popleft()
+            state.queued_bytes -= item.size
+            del self.queued[(item.group, item.sequence)]
+            state.in_flight_bytes += item.size
+            state.in_flight += 1
+            item.first_sent = now
+            item.rto = self.rto
+            self.outstanding[(item.group, item.sequence)] = item
+            self._send(item, now, retransmit=False, metered=True)
+            self.counters["entries_sent"] += 1
+        self._arm_sweep()
+
+    def _resume(self, path: Address) -> None:
+        del self._pump_timers[path]
+        self._pump(path)
+
+    def _throttle(self, item: Outstanding) -> float:
+        bucket = self.buckets.get(item.customer)
+        if bucket is None:
+            return 0.0
+        wait = bucket.take(item.size)
+        if wait:
+            self.counters["throttled"] += 1
+        return wait
+
+    def _send(self, item: Outstanding, now: float, retransmit: bool, metered: bool = False) -> bool:
+        if retransmit:
+            if not metered and self._throttle(item):
+                return False       # over the customer's rate: the next sweep tries again
+            item.datagrams = [mark_retransmit(d) for d in item.datagrams]
+            self.counters["retransmits"] += 1
+        for datagram in item.datagrams:
+            self.transmit(datagram, item.path)
+            self.counters["datagrams_sent"] += 1
+            self.counters["bytes_sent"] += len(datagram)
+        item.attempts += 1
+        item.last_sent = now
+        self.outstanding.move_to_end((item.group, item.sequence))
+        return True
+
+    # -- the retransmission sweep ----------------------------------------
+    def _arm_sweep(self) -> None:
+        if self._sweep_call is None and self.outstanding:
+            self._sweep_call = self.clock.callLater(self.tick, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweep_call = None
+        now = self.clock.seconds()
+        due = []
+        for item in self.outstanding.values():
+            if now - item.last_sent < item.rto:
+                if now - item.last_sent < self.rto:
+                    break       # sends are in order: nothing older is left to check
+                continue
+            due.append(item)
+        for item in due:
+            if self._send(item, now, retransmit=True):
+                item.rto = min(item.rto * self.backoff, self.rto_max)
+        self._arm_sweep()
+
+    def stop(self) -> None:
+        for call in [self._sweep_call, *self._pump_timers.values()]:
+            if call is not None and call.active():
+                call.cancel()
+        self._sweep_call = None
+        self._pump_timers.clear()
+
+    # -- what metrics show ---------------------------------------------------
+    def path_stats(self) -> dict[str, dict]:
+        return {str(path): {"in_flight": s.in_flight, "in_flight_bytes": s.in_flight_bytes,
+                            "queued": len(s.queue), "queued_bytes": s.queued_bytes}
+                for path, s in self.paths.items()}
