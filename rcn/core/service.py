@@ -1,0 +1,116 @@
+"""The core device as a Twisted service.
+
+:func:`make_service` builds the relay (:class:`~rcn.core.relay.CoreRelay`, a
+plain object) and puts it behind its sockets: the log-transfer UDP socket
+(through ``rcn.logxfer.protocol.listen``, which sets ``maxPacketSize`` for the
+largest datagram and the kernel buffers from the configuration) and, when
+``[metrics] listen`` is set, Prometheus ``/metrics`` over HTTP. On stop, what
+waits in the batch queues is sent before the socket closes. The reactor is
+passed in; nothing here imports the global one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from twisted.application import internet, service
+from twisted.internet import endpoints
+from twisted.internet.defer import maybeDeferred
+from twisted.logger import Logger
+
+from rcn.core.config import CoreConfig
+from rcn.core.relay import CoreRelay
+from rcn.logxfer.protocol import Drops, LogTransferProtocol, listen
+from rcn.logxfer.routes import Address
+from rcn.metrics import MetricsRegistry, metrics_site
+
+_log = Logger()
+
+
+class UdpListenService(service.Service):
+    """Listens with :func:`rcn.logxfer.protocol.listen` while running (``port`` once started)."""
+
+    def __init__(self, reactor, protocol: LogTransferProtocol, address: Address):
+        self.reactor = reactor
+        self.protocol = protocol
+        self.address = address
+        self.port = None
+
+    def startService(self):
+        super().startService()
+        self.port = listen(self.reactor, self.protocol, self.address)
+
+    def stopService(self):
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return maybeDeferred(port.stopListening)
+        return None
+
+
+class _FlushOnStop(service.Service):
+    def __init__(self, relay: CoreRelay):
+        self.relay = relay
+
+    def stopService(self):
+        self.relay.flush_all()
+        return super().stopService()
+
+
+def register_metrics(registry: MetricsRegistry, relay: CoreRelay,
+                     protocol: LogTransferProtocol) -> None:
+    """The core's figures, read at scrape time: ``rcn_core_*`` (relay counters, drops by
+    reason, queue depth per next hop) and ``rcn_logxfer_*`` (the UDP socket's counters)."""
+    registry.counters("core", relay.counters, "core relay",
+                      gauges=("queued_entries", "queued_bytes"))
+    registry.counters("logxfer", lambda: protocol.counters, "log-transfer socket")
+    registry.labelled("core_dropped", "counter",
+                      "log datagrams and entries dropped, by reason", ("reason",),
+                      lambda: [((reason,), n) for reason, n in relay.drops.by_reason.items()])
+    registry.labelled("core_queue_entries", "gauge", "entries waiting for a batch, per next hop",
+                      ("next_hop",),
+                      lambda: [((hop,), n) for hop, (n, _) in relay.queue_depths().items()])
+    registry.labelled("core_queue_bytes", "gauge", "bytes waiting for a batch, per next hop",
+                      ("next_hop",),
+                      lambda: [((hop,), b) for hop, (_, b) in relay.queue_depths().items()])
+    registry.gauge("core_routes", lambda: len(relay.routes), "routes in the route table")
+
+
+def make_service(config: CoreConfig, reactor, metrics_registry: MetricsRegistry | None = None
+                 ) -> tuple[service.MultiService, CoreRelay]:
+    """The core's services and its relay. ``metrics_registry``: register the core's
+    figures there (else a new registry, served when ``[metrics] listen`` is set).
+
+    The UDP service is the child named ``"logxfer"`` (its ``port`` once started).
+    """
+    drops = Drops(config.id)
+    protocol = LogTransferProtocol(None, drops, receive_buffer=config.receive_buffer,
+                                   send_buffer=config.send_buffer)
+    relay = CoreRelay(config.routes, config.listen, protocol.send, reactor, batch=config.batch,
+                      drops=drops)
+    protocol.handler = relay
+    top = service.MultiService()
+    udp = UdpListenService(reactor, protocol, config.listen)
+    udp.setName("logxfer")
+    udp.setServiceParent(top)
+    _FlushOnStop(relay).setServiceParent(top)     # stops first: flushes while the socket is open
+    registry = metrics_registry
+    if registry is None and config.metrics is not None:
+        registry = MetricsRegistry()
+    if registry is not None:
+        register_metrics(registry, relay, protocol)
+    if config.metrics is not None:
+        endpoint_class = (endpoints.TCP6ServerEndpoint
+                          if ipaddress.ip_address(config.metrics.host).version == 6
+                          else endpoints.TCP4ServerEndpoint)
+        endpoint = endpoint_class(reactor, config.metrics.port, interface=config.metrics.host)
+        metrics = internet.StreamServerEndpointService(endpoint, metrics_site(registry))
+        metrics.setName("metrics")
+        metrics.setServiceParent(top)
+    policy = config.batch
+    _log.info("rcn-core {id}: relaying log entries on udp {listen}, {n} routes, batching {batch}, "
+              "metrics {metrics}", id=config.id, listen=str(config.listen), n=len(config.routes),
+              batch=(f"up to {policy.max_delay * 1000:g} ms / {policy.max_bytes} bytes / "
+                     f"{policy.max_entries} entries" if policy.enabled else "off"),
+              metrics=f"http://{config.metrics}/metrics" if config.metrics else "off")
+    return top, relay

@@ -1,0 +1,101 @@
+"""make_service in this process, on real loopback sockets: relay, batch, stop, /metrics."""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+
+from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import TestCase
+
+from datapath.frames.logentry import EntryType, parse_batch
+from rcn.core.config import parse_config
+from rcn.core.service import make_service
+from rcn.logxfer.routes import Address
+from rcn.metrics import MetricsRegistry
+from tests.rcn.core.support import Endpoint, core_toml, free_port, get_metrics, metric, wr
+
+
+class ServiceTests(TestCase):
+    timeout = 20
+
+    def start(self, **kw):
+        self.source, self.target = Endpoint(self), Endpoint(self)
+        self.core = Address("127.0.0.1", free_port())
+        self.config = parse_config(tomllib.loads(
+            core_toml(self.core, self.source.address, self.target.address, **kw)))
+        self.registry = MetricsRegistry()
+        self.top, self.relay = make_service(self.config, reactor, self.registry)
+        self.top.startService()
+        self.addCleanup(self._stop)
+
+    def _stop(self):
+        if self.top.running:
+            return self.top.stopService()
+
+    @defer.inlineCallbacks
+    def test_wr_forward_and_wrok_back(self):
+        self.start(batch=False)
+        self.source.send(wr(1), self.core)
+        entry, data, sender = yield self.target.next_entry()
+        self.assertEqual((entry.header["entry_type"], entry.header["sequence"], entry.header["ttl"]),
+                         (EntryType.WR, 1, 15))
+        self.assertEqual(sender, self.core)
+        self.target.send(wr(1, size=32, entry_type=EntryType.WROK), self.core)
+        entry, _, _ = yield self.source.next_entry()
+        self.assertEqual((entry.header["entry_type"], entry.header["ttl"]), (EntryType.WROK, 15))
+        text = self.registry.render().decode()
+        self.assertEqual(metric(text, "rcn_core_forwarded_total"), 2.0)
+        self.assertEqual(metric(text, "rcn_logxfer_received_total"), 2.0)
+        self.assertEqual(metric(text, "rcn_core_routes"), 1.0)
+
+    @defer.inlineCallbacks
+    def test_entries_of_one_read_leave_as_one_batch(self):
+        self.start(batch=True, max_delay_ms=5)
+        for sequence in (1, 2, 3):
+            self.source.send(wr(sequence), self.core)
+        entry, data, _ = yield self.target.next_entry()
+        self.assertEqual(entry.header["entry_type"], EntryType.BATCH)
+        _, spans = parse_batch(data)
+        self.assertEqual(len(spans), 3)
+        self.assertEqual(self.relay.counters()["batches_sent"], 1)
+
+    @defer.inlineCallbacks
+    def test_stop_sends_what_waits(self):
+        self.start(batch=True, max_delay_ms=1000)
+        self.source.send(wr(9), self.core)
+
+        def queued():
+            if self.relay.counters()["queued_entries"] == 1:
+                poll.stop()
+        poll = task.LoopingCall(queued)
+        yield poll.start(0.01)
+        self.assertEqual(self.target.arrived, [])
+        text = self.registry.render().decode()
+        self.assertEqual(metric(text, f'rcn_core_queue_entries{{next_hop="{self.target.address}"}}'),
+                         1.0)
+        self.assertEqual(metric(text, f'rcn_core_queue_bytes{{next_hop="{self.target.address}"}}'),
+                         float(len(wr(9))))
+        yield self.top.stopService()
+        entry, _, _ = yield self.target.next_entry()
+        self.assertEqual(entry.header["sequence"], 9)
+
+    @defer.inlineCallbacks
+    def test_metrics_over_http(self):
+        self.source, self.target = Endpoint(self), Endpoint(self)
+        self.core, port = Address("127.0.0.1", free_port()), free_port(socket.SOCK_STREAM)
+        config = parse_config(tomllib.loads(core_toml(
+            self.core, self.source.address, self.target.address, batch=False, metrics_port=port)))
+        self.top, self.relay = make_service(config, reactor)
+        self.top.startService()
+        self.addCleanup(self._stop)
+        self.source.send(b"not a log entry", self.core)
+        self.source.send(wr(1), self.core)
+        yield self.target.next_entry()
+        code, text = yield get_metrics(port)
+        self.assertEqual(code, 200)
+        self.assertEqual(metric(text, "rcn_core_forwarded_total"), 1.0)
+        self.assertEqual(metric(text, 'rcn_core_dropped_total{reason="malformed"}'), 1.0)
+        self.assertEqual(metric(text, f'rcn_core_queue_entries{{next_hop="{self.target.address}"}}'),
+                         None)                                       # no batching: no queues
+        self.assertEqual(metric(text, "rcn_core_queued_entries"), 0.0)
