@@ -1,0 +1,315 @@
+"""The target edge's persisted apply counters (DESIGN.md 4 table 413, invariant 5.3).
+
+For each order guarantee group the target edge keeps an *apply counter*: the
+highest sequence it has applied to the target array. Before it relies on a
+value -- before it sends the WROK that lets the source delete the entry, and
+when it decides after a restart which entries are duplicates -- the value must
+be durable, or a restart could apply a write twice out of order.
+
+``ApplyState`` keeps the table in memory and persists it with group commit: at
+most one write is in flight; it writes the whole table to ``path + ".tmp"``,
+fsyncs it, ``os.replace``s it onto ``path`` and fsyncs the directory, all in
+one ``run_sync`` call (a thread by default), so the reactor never waits for the
+disk. ``record`` calls that arrive while a write runs go into the next one,
+which starts as soon as it ends: one fsync covers every counter that moved in
+the meantime. The table is small (one item per group), so writing all of it is
+cheaper than any journal.
+
+File format (big-endian)::
+
+    offset  size  field
+    0       4     magic b"RCAS"
+    4       2     version, 1
+    6       2     reserved, zero
+    8       4     count n
+    12      4     CRC32C of the n items
+    16      12*n  n times: group u32, apply counter u64 (ascending groups)
+
+A file that does not check out raises ``ApplyStateError`` naming the path. A
+missing file is an empty table (a new edge); a left-over ``.tmp`` is the trace
+of a write interrupted before its rename and is removed (the file it was going
+to replace is intact: the rename is atomic).
+
+A failed write fails the Deferreds that waited for it with ``ApplyStateError``;
+the table on disk is still the previous one, and the next ``record`` (or
+``close``) tries again. With ``path=None`` the table lives in memory only and
+every value is "durable" at once.
+
+Bounds: the table holds one item per group; Deferreds waiting for durability
+are the caller's records of one write's duration (the receiver's apply window
+bounds them).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+import crc32c as _crc32c
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+MAGIC = b"RCAS"
+VERSION = 1
+HEADER = struct.Struct(">4sHHII")
+ITEM = struct.Struct(">IQ")
+MAX_GROUP = (1 << 32) - 1
+MAX_SEQUENCE = (1 << 64) - 1
+MAX_FILE_BYTES = HEADER.size + ITEM.size * (1 << 20)
+
+_fsync = os.fsync      # module globals, so tests can count calls
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_log = Logger(namespace="rcn.edge.applystate")
+
+COUNTER_NAMES = ("records", "records_ignored", "writes", "write_bytes", "write_ns_total",
+                 "write_ns_max", "fsyncs", "errors")
+
+
+class ApplyStateError(Exception):
+    """The apply-counter file is unreadable or corrupt, or cannot be written."""
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+
+def encode_table(table: dict[int, int]) -> bytes:
+    body = b"".join(ITEM.pack(group, table[group]) for group in sorted(table))
+    return HEADER.pack(MAGIC, VERSION, 0, len(table), _crc32c.crc32c(body)) + body
+
+
+def decode_table(data: bytes, path: str) -> dict[int, int]:
+    """Parse a table file's bytes; ``ApplyStateError`` says what is wrong and where."""
+    where = f"apply counter file {path}"
+    if len(data) < HEADER.size:
+        raise ApplyStateError(f"{where}: {len(data)} bytes, shorter than the {HEADER.size}-byte "
+                              f"header (a partial copy? restore it or remove it to start "
+                              f"from zero, which re-applies retained entries)", path)
+    magic, version, _, count, crc = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise ApplyStateError(f"{where}: bad magic {magic!r} at offset 0, expected {MAGIC!r}: "
+                              f"not an apply counter file", path)
+    if version != VERSION:
+        raise ApplyStateError(f"{where}: version {version} at offset 4, this edge reads "
+                              f"version {VERSION}", path)
+    expected = HEADER.size + count * ITEM.size
+    if len(data) != expected:
+        raise ApplyStateError(f"{where}: {len(data)} bytes, the header at offset 8 announces "
+                              f"{count} items ({expected} bytes)", path)
+    body = memoryview(data)[HEADER.size:]
+    if _crc32c.crc32c(body) != crc:
+        raise ApplyStateError(f"{where}: CRC32C mismatch over the {count} items from offset "
+                              f"{HEADER.size}: the file is corrupt", path)
+    return {group: value for group, value in
+            (ITEM.unpack_from(body, i * ITEM.size) for i in range(count))}
+
+
+def _write_table(path: str, data: bytes) -> tuple[int, int]:
+    """The thread side of a write: tmp file, fsync, rename, fsync the directory."""
+    started = time.monotonic_ns()
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        done = 0
+        while done < len(data):
+            wrote = os.write(fd, view[done:])
+            if wrote <= 0:
+                raise OSError(5, f"write to {tmp} returned 0 bytes")
+            done += wrote
+        _fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(os.path.abspath(path)),
+                  os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
+    try:
+        _fsync(dfd)
+    finally:
+        os.close(dfd)
+    return time.monotonic_ns() - started, 2
+
+
+def _default_run_sync(fn):
+    from twisted.internet.threads import deferToThread
+    return deferToThread(fn)
+
+
+class ApplyState:
+    """Apply counters of the groups a target edge applies. See the module docstring."""
+
+    def __init__(self, path: str | None, *, run_sync=None):
+        self.path = os.fspath(path) if path is not None else None
+        self._run_sync = run_sync or _default_run_sync
+        self._applied: dict[int, int] = {}
+        self._durable: dict[int, int] = {}
+        self._waiters: dict[int, list[tuple[int, Deferred]]] = {}
+        self._waiting = 0
+        self._loaded = path is None
+        self._dirty = False
+        self._writing = False
+        self._closing = False
+        self._closed = False
+        self._close_waiters: list[Deferred] = []
+        self._counters = dict.fromkeys(COUNTER_NAMES, 0)
+
+    def __repr__(self) -> str:
+        return f"<ApplyState {self.path or '(memory)'} {len(self._applied)} groups>"
+
+    def load(self) -> dict[int, int]:
+        """Read the table (empty when the file does not exist yet)."""
+        if self.path is None:
+            self._loaded = True
+            return dict(self._applied)
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise ApplyStateError(f"apply counter file {self.path}: directory {directory} "
+                                  f"does not exist; create it first", self.path)
+        try:
+            os.unlink(self.path + ".tmp")
+            _log.info("apply counter file {path}: removed {tmp} left by an interrupted write",
+                      path=self.path, tmp=self.path + ".tmp")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ApplyStateError(f"cannot remove {self.path}.tmp: {exc.strerror or exc}",
+                                  self.path) from exc
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)
+        except FileNotFoundError:
+            data = None
+        except OSError as exc:
+            raise ApplyStateError(f"cannot read apply counter file {self.path}: "
+                                  f"{exc.strerror or exc}", self.path) from exc
+        table = {} if data is None else decode_table(data, self.path)
+        self._applied = dict(table)
+        self._durable = dict(table)
+        self._loaded = True
+        return dict(table)
+
+    def applied(self, group: int) -> int:
+        """The group's apply counter in memory (0 if none)."""
+        return self._applied.get(group, 0)
+
+    def durable(self, group: int) -> int:
+        """The highest value of the group's counter known to be on disk."""
+        return self._durable.get(group, 0)
+
+    def record(self, group: int, sequence: int) -> Deferred:
+        """Set the group's counter to ``sequence`` (a lower value is ignored); the
+        Deferred fires (None) when a value >= ``sequence`` is durable."""
+        if self._closing:
+            raise ApplyStateError(f"record on a closed apply state {self.path or '(memory)'}",
+                                  self.path)
+        if not self._loaded:
+            raise ApplyStateError(f"record before load() on {self.path}: load the table "
+                                  f"first, or the first write would drop the other groups",
+                                  self.path)
+        if not isinstance(group, int) or not 0 <= group <= MAX_GROUP:
+            raise ValueError(f"group must be an integer from 0 to {MAX_GROUP}, got {group!r}")
+        if not isinstance(sequence, int) or not 0 <= sequence <= MAX_SEQUENCE:
+            raise ValueError(f"group {group}: sequence must be an integer from 0 to "
+                             f"{MAX_SEQUENCE}, got {sequence!r}")
+        self._counters["records"] += 1
+        if sequence > self._applied.get(group, 0):
+            self._applied[group] = sequence
+            if self.path is None:
+                self._durable[group] = sequence
+            else:
+                self._dirty = True
+        else:
+            self._counters["records_ignored"] += 1
+        if self._durable.get(group, 0) >= sequence:
+            return succeed(None)
+        d = Deferred()
+        self._waiters.setdefault(group, []).append((sequence, d))
+        self._waiting += 1
+        self._maybe_write()
+        return d
+
+    def _maybe_write(self) -> None:
+        if self._writing:
+            return
+        if self._dirty and self.path is not None:
+            self._dirty = False
+            self._writing = True
+            snapshot = dict(self._applied)
+            data = encode_table(snapshot)
+            path = self.path
+            self._counters["writes"] += 1
+            self._counters["write_bytes"] += len(data)
+            d = self._run_sync(lambda: _write_table(path, data))
+            d.addCallbacks(self._written, self._write_failed, callbackArgs=(snapshot,))
+        elif self._closing:
+            self._finish_close()
+
+    def _written(self, result: tuple[int, int], snapshot: dict[int, int]) -> None:
+        elapsed, fsyncs = result
+        self._counters["fsyncs"] += fsyncs
+        self._counters["write_ns_total"] += elapsed
+        self._counters["write_ns_max"] = max(self._counters["write_ns_max"], elapsed)
+        for group, value in snapshot.items():
+            if value > self._durable.get(group, 0):
+                self._durable[group] = value
+        for group in list(self._waiters):
+            durable = self._durable.get(group, 0)
+            waiters = self._waiters[group]
+            ready = [d for seq, d in waiters if seq <= durable]
+            if ready:
+                rest = [(seq, d) for seq, d in waiters if seq > durable]
+                if rest:
+                    self._waiters[group] = rest
+                else:
+                    del self._waiters[group]
+                self._waiting -= len(ready)
+                for d in ready:
+                    if not d.called:
+                        d.callback(None)
+        self._writing = False
+        self._maybe_write()
+
+    def _write_failed(self, failure) -> None:
+        self._counters["errors"] += 1
+        error = ApplyStateError(f"writing apply counter file {self.path} failed "
+                                f"({failure.getErrorMessage()}); the previous file is intact, "
+                                f"the next record tries again", self.path)
+        _log.failure("apply counter file {path}: write failed", failure, path=self.path)
+        waiters, self._waiters = self._waiters, {}
+        self._waiting = 0
+        self._dirty = True
+        self._writing = False
+        for items in waiters.values():
+            for _, d in items:
+                if not d.called:
+                    d.errback(error)
+        if self._closing:
+            self._finish_close()
+
+    def counters(self) -> dict[str, int]:
+        out = dict(self._counters)
+        out.update(groups=len(self._applied), waiting=self._waiting,
+                   writing=int(self._writing))
+        return out
+
+    def close(self) -> Deferred:
+        """Let the running write finish and write what is still dirty."""
+        d = Deferred()
+        if self._closed:
+            d.callback(None)
+            return d
+        self._close_waiters.append(d)
+        if not self._closing:
+            self._closing = True
+            if not self._writing:
+                self._maybe_write()
+        return d
+
+    def _finish_close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        waiters, self._close_waiters = self._close_waiters, []
+        for d in waiters:
+            d.callback(None)
