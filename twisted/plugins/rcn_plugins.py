@@ -10,3 +10,13 @@ rcn_storage = ServiceMaker(
     "rcn-storage", "rcn.storage.tap",
     "Emulated storage array: volumes over NBD, remote copy through an edge (FCIP)",
     "rcn-storage")
+
+rcn_edge = ServiceMaker(
+    "rcn-edge", "rcn.edge.tap",
+    "RCN edge device: FCIP front end for arrays, log storage, log transfer, ordered apply",
+    "rcn-edge")
+
+rcn_core = ServiceMaker(
+    "rcn-core", "rcn.core.tap",
+    "RCN core device: relays log entries along their paths, batching them",
+    "rcn-core")

@@ -1,0 +1,222 @@
+"""The edge device's configuration file (TOML).
+
+Until the management server distributes them, the edge's tables (404, 405,
+408, 411) come from this file. Example (every key; ``edge.id``, ``edge.log``
+and ``edge.data_dir`` are required)::
+
+    [edge]
+    id = "edgeA"                          # name in logs and metrics
+    log = "127.0.0.1:47001"               # log-transfer UDP address; paths name the edge by it
+    fcip = "127.0.0.1:3225"               # RIO channel: arrays connect here (FCIP)
+    data_dir = "edgeA"                    # log storage area and apply counters
+                                          # (relative: to this file)
+    ttl = 16                              # hops an entry may take
+    receive_buffer = "16MiB"              # kernel UDP buffers
+    send_buffer = "4MiB"
+
+    [log]                                 # log storage area
+    mode = "durable"                      # durable: GOOD after fsync (group commit)
+                                          # memory: GOOD at once, lost with the process
+    segment_size = "64MiB"
+    group_quota = "256MiB"                # retained bytes per group; beyond: back-pressure
+    max_datagram = 65000                  # largest datagram; larger entries are split
+
+    [sender]
+    window = "64MiB"                      # unacknowledged bytes per path
+    rto_ms = 500                          # first retransmission timeout; doubles up to
+    rto_max_ms = 5000
+
+    [receiver]                            # target side
+    window = 16384                        # reorder buffer entries per group (a power of two)
+    apply_window = 32                     # writes sent to the array and not yet durable
+    nak_delay_ms = 20                     # a gap this old is NAKed, then every nak_interval_ms
+    nak_interval_ms = 200
+    retry_ms = 500                        # a failed apply is retried after this
+
+    [fabric]                              # the RIO channel's fabric services
+    first_burst = true                    # PRLI accept disables XFER_RDY for writes
+    exchange_timeout = 30.0
+
+    [metrics]
+    listen = "127.0.0.1:47301"            # Prometheus /metrics and /status (JSON); omit: none
+
+    [[virtual_storage]]                   # table 404
+    wwn = "50:0a:09:80:00:00:00:02"       # the WWN the attached array sees
+    partner_wwn = "50:0a:09:80:00:00:00:02"   # the real storage behind it (default: wwn)
+    partner_edge = "edgeB"
+
+    [[access]]                            # table 405: storage_wwn may use virtual_wwn
+    virtual_wwn = "50:0a:09:80:00:00:00:02"
+    storage_wwn = "50:0a:09:80:00:00:00:01"
+
+    [[pair]]                              # table 411: pairs whose source is attached here
+    source_wwn = "50:0a:09:80:00:00:00:01"
+    source_lun = 0
+    target_wwn = "50:0a:09:80:00:00:00:02"
+    target_lun = 0
+    group = 7                             # order guarantee ID
+    customer = "acme"
+
+    [[customer]]
+    id = "acme"
+    bandwidth = "100MiB"                  # bytes per second on the log-transfer channel; 0: no limit
+
+    [[route]]                             # table 408
+    source_wwn = "50:0a:09:80:00:00:00:01"
+    target_wwn = "50:0a:09:80:00:00:00:02"
+    path = ["127.0.0.1:47001", "127.0.0.1:47002", "127.0.0.1:47003"]
+
+Errors name the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from datapath.frames.logentry import HEADER_SIZE
+from datapath.frames.names import parse_wwn
+from rcn.config import (ConfigError, Reader, in_range, ip_address, load_toml, non_negative,
+                        one_of, parse_size, read_routes)
+from rcn.edge.device import EdgeSettings, PairEntry
+from rcn.edge.receiver import ReceiverConfig
+from rcn.logxfer.protocol import DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER, MAX_UDP_PAYLOAD
+from rcn.logxfer.routes import Address
+from rcn.rio.fabric import VirtualStorageEntry
+
+__all__ = ["ConfigError", "EdgeConfig", "load_config", "parse_config"]
+
+
+@dataclass
+class EdgeConfig:
+    id: str
+    log: Address
+    fcip: Address | None
+    data_dir: str
+    settings: EdgeSettings
+    log_mode: str = "durable"
+    segment_size: int = 64 << 20
+    group_quota: int = 256 << 20
+    receive_buffer: int = DEFAULT_RECEIVE_BUFFER
+    send_buffer: int = DEFAULT_SEND_BUFFER
+    first_burst: bool = True
+    exchange_timeout: float = 30.0
+    metrics: Address | None = None
+    virtual_storages: list[VirtualStorageEntry] = field(default_factory=list)
+    access: set[tuple[int, int]] = field(default_factory=set)   # (storage, virtual)
+
+
+def load_config(path: str) -> EdgeConfig:
+    return load_toml(path, parse_config)
+
+
+def _power_of_two(value: int) -> int:
+    if value < 2 or value & (value - 1) or value > 1 << 20:
+        raise ValueError(f"{value} is not a power of two in 2..1048576")
+    return value
+
+
+def _ms(reader: Reader, key: str, default: float, low: float = 0.1, high: float = 600_000.0):
+    return reader.get(key, float, default, in_range(low, high, " ms")) / 1000.0
+
+
+def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
+    top = Reader(doc, "")
+    top.unknown({"edge", "log", "sender", "receiver", "fabric", "metrics", "virtual_storage",
+                 "access", "pair", "customer", "route"})
+    edge = Reader(top.get("edge", dict), "edge.")
+    edge.unknown({"id", "log", "fcip", "data_dir", "ttl", "receive_buffer", "send_buffer"})
+    name = edge.get("id", str)
+    if not name.strip():
+        raise ConfigError("edge.id: empty")
+    log_address = edge.get("log", str, check=ip_address)
+    fcip = edge.get("fcip", str, None, ip_address)
+    data_dir = os.path.join(base_dir, edge.get("data_dir", str))
+    ttl = edge.get("ttl", int, 16, in_range(1, 255))
+    buffers = {key: edge.get(key, (int, str), default, parse_size)
+               for key, default in (("receive_buffer", DEFAULT_RECEIVE_BUFFER),
+                                    ("send_buffer", DEFAULT_SEND_BUFFER))}
+
+    log = Reader(top.get("log", dict, {}), "log.")
+    log.unknown({"mode", "segment_size", "group_quota", "max_datagram"})
+    mode = log.get("mode", str, "durable", one_of(("durable", "memory")))
+    segment_size = log.get("segment_size", (int, str), 64 << 20, parse_size)
+    group_quota = log.get("group_quota", (int, str), 256 << 20, parse_size)
+    max_datagram = log.get("max_datagram", int, 65000, in_range(HEADER_SIZE + 512, MAX_UDP_PAYLOAD))
+
+    sender = Reader(top.get("sender", dict, {}), "sender.")
+    sender.unknown({"window", "rto_ms", "rto_max_ms"})
+    window = sender.get("window", (int, str), 64 << 20, parse_size)
+    rto = _ms(sender, "rto_ms", 500.0, 1.0)
+    rto_max = _ms(sender, "rto_max_ms", 5000.0, 1.0)
+    if rto_max < rto:
+        raise ConfigError("sender.rto_max_ms: smaller than rto_ms")
+
+    receiver = Reader(top.get("receiver", dict, {}), "receiver.")
+    receiver.unknown({"window", "apply_window", "nak_delay_ms", "nak_interval_ms", "retry_ms"})
+    receiver_config = ReceiverConfig(
+        window=receiver.get("window", int, 1 << 14, _power_of_two),
+        apply_window=receiver.get("apply_window", int, 32, in_range(1, 4096)),
+        nak_delay=_ms(receiver, "nak_delay_ms", 20.0),
+        nak_interval=_ms(receiver, "nak_interval_ms", 200.0),
+        retry_delay=_ms(receiver, "retry_ms", 500.0),
+        max_datagram_body=max_datagram - HEADER_SIZE)
+
+    fabric = Reader(top.get("fabric", dict, {}), "fabric.")
+    fabric.unknown({"first_burst", "exchange_timeout"})
+    first_burst = fabric.get("first_burst", bool, True)
+    exchange_timeout = fabric.get("exchange_timeout", float, 30.0, in_range(0.1, 3600.0, " s"))
+
+    metrics = Reader(top.get("metrics", dict, {}), "metrics.")
+    metrics.unknown({"listen"})
+    metrics_address = metrics.get("listen", str, None, ip_address)
+
+    virtual_storages = []
+    for i, table in enumerate(_tables(top, "virtual_storage")):
+        r = Reader(table, f"virtual_storage[{i}].")
+        r.unknown({"wwn", "partner_wwn", "partner_edge"})
+        wwn = r.get("wwn", str, check=parse_wwn)
+        virtual_storages.append(VirtualStorageEntry(
+            wwn=wwn, partner_wwn=r.get("partner_wwn", str, wwn, parse_wwn),
+            partner_edge_id=r.get("partner_edge", str, "")))
+    access = set()
+    for i, table in enumerate(_tables(top, "access")):
+        r = Reader(table, f"access[{i}].")
+        r.unknown({"virtual_wwn", "storage_wwn"})
+        access.add((r.get("storage_wwn", str, check=parse_wwn),
+                    r.get("virtual_wwn", str, check=parse_wwn)))
+    customers = {}
+    for i, table in enumerate(_tables(top, "customer")):
+        r = Reader(table, f"customer[{i}].")
+        r.unknown({"id", "bandwidth"})
+        customers[r.get("id", str)] = float(r.get("bandwidth", (int, str), 0, parse_size))
+    pairs = []
+    for i, table in enumerate(_tables(top, "pair")):
+        r = Reader(table, f"pair[{i}].")
+        r.unknown({"source_wwn", "source_lun", "target_wwn", "target_lun", "group", "customer"})
+        customer = r.get("customer", str, "")
+        if customer and customer not in customers:
+            raise ConfigError(f"pair[{i}].customer: {customer!r} is not a [[customer]] id")
+        pairs.append(PairEntry(r.get("source_wwn", str, check=parse_wwn),
+                               r.get("source_lun", int, check=non_negative),
+                               r.get("target_wwn", str, check=parse_wwn),
+                               r.get("target_lun", int, check=non_negative),
+                               r.get("group", int, check=in_range(0, 0xFFFFFFFF)), customer))
+    routes = read_routes(top)
+    settings = EdgeSettings(me=log_address, pairs=pairs, routes=routes, bandwidth=customers,
+                            receiver=receiver_config, window_bytes=window, rto=rto,
+                            rto_max=rto_max, max_datagram_body=max_datagram - HEADER_SIZE,
+                            ttl=ttl)
+    return EdgeConfig(id=name, log=log_address, fcip=fcip, data_dir=data_dir, settings=settings,
+                      log_mode=mode, segment_size=segment_size, group_quota=group_quota,
+                      receive_buffer=buffers["receive_buffer"], send_buffer=buffers["send_buffer"],
+                      first_burst=first_burst, exchange_timeout=exchange_timeout,
+                      metrics=metrics_address, virtual_storages=virtual_storages, access=access)
+
+
+def _tables(top: Reader, key: str) -> list[dict]:
+    items = top.get(key, list, [])
+    for i, table in enumerate(items):
+        if not isinstance(table, dict):
+            raise ConfigError(f"{key}[{i}]: expected a table ([[{key}]])")
+    return items

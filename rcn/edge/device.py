@@ -1,0 +1,425 @@
+"""The edge device's data plane as one plain object: :class:`EdgeDevice`.
+
+Source side (Fig. 16, 【0082】 steps 1-4): a write from an attached array to a
+virtual storage reaches :meth:`EdgeDevice.rio_command` (the virtual storage's
+SCSI target). The pair table (411) gives the order guarantee group; the
+group's generation counter gives the sequence; the entry (801-805, RIO area =
+the exchange's frames) is appended to the log storage area; once it is
+durable the array gets GOOD and the entry goes to the :class:`Sender`. A
+WROK deletes it (delete counter). Pair control RIOs and other commands travel
+as CTRL entries the same way, but the array's answer waits for the far
+side's CTRL_OK (the edge relays them, 【0080】).
+
+Target side (Fig. 19, 20): entries for storages attached here go to a
+:class:`~rcn.edge.receiver.GroupReceiver` per group, which applies them in
+order through the virtual storage that stands for the source array on the
+target array's link, and sends WROKs back along the path.
+
+Everything is driven by ``entry_received`` (the UDP protocol's handler) and
+the RIO target hook; the reactor (clock) is injected, so the whole device runs
+inside one simulated network in tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+
+from datapath.frames import fcp
+from datapath.frames.errors import DecodeError
+from datapath.frames.logentry import (HEADER_SIZE, EntryType, LOG_HEADER, LogEntry,
+                                      build_keepalive, parse_entry, parse_keepalive,
+                                      parse_nak_ranges, segment_entry)
+from datapath.frames.names import format_wwn
+from datapath.kernels import batching
+from rcn.decode.reassembly import SegmentAssembler
+from rcn.edge.receiver import ApplyTarget, GroupReceiver, ReceiverConfig
+from rcn.logxfer.protocol import Drops
+from rcn.logxfer.rioarea import RioCommand, command_area, parse_response_area
+from rcn.logxfer.routes import BACKWARD_TYPES, Address, RouteTable
+from rcn.logxfer.sender import Sender, TokenBucket
+from rcn.metrics import LatencyHistogram
+from rcn.rio.errors import NotLoggedIn
+from rcn.rio.fcp import ScsiCommand, ScsiResult, ScsiTarget, SenseKey, check_condition
+
+_log = Logger()
+_WRITE16 = int(fcp.Opcode.WRITE_16)
+_TUR = 0x00
+_LU_NOT_SUPPORTED = (0x25, 0x00)
+_INVALID_OPCODE = (0x20, 0x00)
+_BUSY = fcp.ScsiStatus.BUSY
+
+
+@dataclass(frozen=True)
+class PairEntry:
+    """A row of the pair table 411 as an edge needs it."""
+    source_wwn: int
+    source_lun: int
+    target_wwn: int
+    target_lun: int
+    group: int
+    customer: str = ""
+
+
+@dataclass
+class EdgeSettings:
+    """What an edge runs with (from its TOML file, or built directly in tests)."""
+    me: Address                              # this edge's log-transfer address
+    pairs: list[PairEntry] = field(default_factory=list)
+    routes: RouteTable = field(default_factory=RouteTable)
+    bandwidth: dict[str, float] = field(default_factory=dict)   # customer -> bytes/s
+    receiver: ReceiverConfig = field(default_factory=ReceiverConfig)
+    window_bytes: int = 64 << 20
+    rto: float = 0.5
+    rto_max: float = 5.0
+    max_datagram_body: int = 65000 - HEADER_SIZE
+    ttl: int = 16
+    max_segment_entries: int = 4096          # incomplete segmented entries held
+
+
+class SourceTarget(ScsiTarget):
+    """The SCSI target behind every virtual storage of an edge (``FabricConfig.attach``)."""
+
+    def __init__(self, edge: "EdgeDevice", partner_wwn: int):
+        self.edge = edge
+        self.partner_wwn = partner_wwn
+
+    def execute(self, command: ScsiCommand):
+        return self.edge.rio_command(command, self.partner_wwn)
+
+
+class FabricApplyTarget:
+    """Applies through the virtual storage standing for ``source_wwn`` on the link of the
+    array ``target_wwn`` (found afresh for each command: links come and go)."""
+
+    def __init__(self, links: Callable[[], list], target_wwn: int, source_wwn: int):
+        self.links = links
+        self.target_wwn = target_wwn
+        self.source_wwn = source_wwn
+
+    def _virtual_storage(self):
+        for port in self.links():
+            if port.array_wwn != self.target_wwn:
+                continue
+            for vs in port.virtual_storages:
+                if vs.partner_wwn == self.source_wwn and vs.array_logged_in:
+                    return vs
+        return None
+
+    def execute(self, command: RioCommand, lun: int):
+        vs = self._virtual_storage()
+        if vs is None:
+            return fail(NotLoggedIn(f"rio: array {format_wwn(self.target_wwn)} is not logged in "
+                                    f"to the virtual storage for {format_wwn(self.source_wwn)}"))
+        if command.cdb[0] == _WRITE16:
+            return vs.send_write(lun, command.parsed["lba"], command.data_out, command.attribute,
+                                 bool(command.parsed.get("cdb_flags", 0) & 0x08))
+        return vs.send_command(lun, command.cdb, command.data_out, command.data_in_length,
+                               command.attribute)
+
+
+class _BoundTarget:
+    """An ApplyTarget for one entry's target LUN."""
+
+    __slots__ = ("target", "lun")
+
+    def __init__(self, target, lun: int):
+        self.target = target
+        self.lun = lun
+
+    def execute(self, command: RioCommand):
+        return self.target.execute(command, self.lun)
+
+
+def _header_of(datagram: bytes) -> dict:
+    return LOG_HEADER.parse(datagram, 0, 0, True)
+
+
+def split_datagrams(blob: bytes) -> list[bytes]:
+    """The datagrams of a stored entry (they are stored back to back)."""
+    out, at = [], 0
+    rio_at = LOG_HEADER.offsets["rio_length"]
+    while at < len(blob):
+        length = HEADER_SIZE + int.from_bytes(blob[at + rio_at:at + rio_at + 4], "big")
+        out.append(blob[at:at + length])
+        at += length
+    return out
+
+
+class EdgeDevice:
+    """See the module doc. ``transmit(datagram, address)`` sends one UDP datagram."""
+
+    def __init__(self, clock, settings: EdgeSettings, log_store, apply_state,
+                 transmit: Callable[[bytes, Address], object],
+                 apply_target_for: Callable[[dict], object] | None = None,
+                 name: str = "edge"):
+        self.clock = clock
+        self.settings = settings
+        self.name = name
+        self.log_store = log_store
+        self.apply_state = apply_state
+        self.transmit = transmit
+        self.routes = settings.routes
+        self.me = settings.me
+        self._pairs = {(p.source_wwn, p.target_wwn, p.target_lun): p for p in settings.pairs}
+        self._group_pair = {}
+        for p in settings.pairs:
+            self._group_pair.setdefault(p.group, p)
+        buckets = {c: TokenBucket(clock, rate) for c, rate in settings.bandwidth.items() if rate}
+        self.sender = Sender(clock, transmit, window_bytes=settings.window_bytes, rto=settings.rto,
+                             rto_max=settings.rto_max, buckets=buckets)
+        self.receivers: dict[int, GroupReceiver] = {}
+        self.assembler = SegmentAssembler(max_entries=settings.max_segment_entries)
+        self.drops = Drops(name)
+        self.links: Callable[[], list] = lambda: []
+        self.apply_target_for = apply_target_for or self._fabric_target
+        self._fabric_targets: dict[tuple[int, int], FabricApplyTarget] = {}
+        self._waiting_ctrl: dict[tuple[int, int], Deferred] = {}
+        self.ack_latency = LatencyHistogram()
+        self.lag = LatencyHistogram()
+        self.counters = {"writes": 0, "write_bytes": 0, "controls": 0, "refused": 0, "busy": 0,
+                         "wroks": 0, "ctrl_oks": 0, "naks_received": 0, "entries_received": 0,
+                         "batches_received": 0, "keepalives": 0, "replayed": 0}
+
+    # -- start-up -----------------------------------------------------------------
+    def replay(self, replayed) -> int:
+        """Send again what the log storage area still holds (after a restart)."""
+        count = 0
+        for group, entries in replayed.entries.items():
+            for sequence, blob in entries:
+                datagrams = split_datagrams(blob)
+                header = _header_of(datagrams[0])
+                path = self._next_hop(header, backward=False)
+                if path is None:
+                    _log.warn("{edge}: replayed group {group} sequence {seq} has no route",
+                              edge=self.name, group=group, seq=sequence)
+                    continue
+                self.sender.submit(group, sequence, datagrams, path, self._customer(group))
+                count += 1
+        self.counters["replayed"] += count
+        return count
+
+    # -- source side: the array's commands --------------------------------------
+    def rio_command(self, command: ScsiCommand, partner_wwn: int):
+        """What the array sent to a virtual storage; partner_wwn: the real storage behind it."""
+        opcode = command.cdb[0] if command.cdb else -1
+        if opcode == _TUR:
+            return ScsiResult()
+        pair = self._pairs.get((command.initiator_wwn, partner_wwn, command.lun))
+        if opcode == _WRITE16:
+            if pair is None:
+                return self._refuse(command, partner_wwn, "no pair for this LUN")
+            return self._write(command, pair)
+        if opcode == int(fcp.Opcode.RCN_CONTROL):
+            group = command.parsed.get("group_id")
+            pair = pair or self._group_pair.get(group)
+            if pair is None:
+                return self._refuse(command, partner_wwn, "no pair for this group")
+            return self._control(command, pair, group)
+        return check_condition(SenseKey.ILLEGAL_REQUEST, _INVALID_OPCODE)
+
+    def _refuse(self, command: ScsiCommand, partner_wwn: int, why: str) -> ScsiResult:
+        self.counters["refused"] += 1
+        _log.warn("{edge}: {cmd} from {array} to {partner} LUN {lun} refused: {why}",
+                  edge=self.name, cmd=fcp.Opcode(command.cdb[0]).name
+                  if command.cdb[0] in fcp.Opcode._value2member_map_ else hex(command.cdb[0]),
+                  array=format_wwn(command.initiator_wwn), partner=format_wwn(partner_wwn),
+                  lun=command.lun, why=why)
+        return check_condition(SenseKey.ILLEGAL_REQUEST, _LU_NOT_SUPPORTED)
+
+    def _entry(self, entry_type: int, command: ScsiCommand, pair: PairEntry, group: int):
+        started = self.clock.seconds()
+        sequence = self.log_store.next_sequence(group)
+        area = command_area(command.initiator_port_id, command.target_port_id, command.ox_id,
+                            command.lun, command.cdb, command.data, command.data_in_length,
+                            command.attribute)
+        datagrams = segment_entry(entry_type, area, self.settings.max_datagram_body,
+                                  group_id=group, sequence=sequence,
+                                  io_time_ns=int(started * 1e9), target_wwn=pair.target_wwn,
+                                  target_lun=pair.target_lun, source_wwn=pair.source_wwn,
+                                  source_lun=pair.source_lun, ttl=self.settings.ttl)
+        path = self._next_hop(_header_of(datagrams[0]), backward=False)
+        try:
+            durable = self.log_store.append(group, sequence, b"".join(datagrams))
+        except Exception as exc:      # LogStoreFull: the array retries a BUSY
+            self.counters["busy"] += 1
+            _log.warn("{edge}: group {group} log full, answering BUSY: {why}", edge=self.name,
+                      group=group, why=exc)
+            return None, succeed(ScsiResult(status=_BUSY))
+        return (group, sequence, datagrams, path, started), durable
+
+    def _write(self, command: ScsiCommand, pair: PairEntry):
+        info, durable = self._entry(EntryType.WR, command, pair, pair.group)
+        if info is None:
+            return durable
+        self.counters["writes"] += 1
+        self.counters["write_bytes"] += len(command.data)
+        return durable.addCallback(self._written, info)
+
+    def _written(self, _, info) -> ScsiResult:
+        group, sequence, datagrams, path, started = info
+        self.ack_latency.observe(self.clock.seconds() - started)
+        self._submit(group, sequence, datagrams, path)
+        return ScsiResult()
+
+    def _submit(self, group, sequence, datagrams, path) -> None:
+        if path is None:
+            self.drops.drop("no_route", self.me, f"group {group} sequence {sequence} retained")
+            return
+        self.sender.submit(group, sequence, datagrams, path, self._customer(group))
+
+    def _control(self, command: ScsiCommand, pair: PairEntry, group: int):
+        info, durable = self._entry(EntryType.CTRL, command, pair, group)
+        if info is None:
+            return durable
+        self.counters["controls"] += 1
+        answer = Deferred()
+        self._waiting_ctrl[(group, info[1])] = answer
+
+        def sent(_):
+            self._submit(*info[:4])
+            return answer
+        return durable.addCallback(sent)
+
+    def _customer(self, group: int) -> str:
+        pair = self._group_pair.get(group)
+        return pair.customer if pair is not None else ""
+
+    # -- the log-transfer channel --------------------------------------------------
+    def entry_received(self, entry: LogEntry, data: bytes, sender: Address) -> None:
+        self.counters["entries_received"] += 1
+        entry_type = entry.header["entry_type"]
+        if entry_type == EntryType.BATCH:
+            self._batch(data, sender)
+            return
+        self._single(entry.header, entry.payload, data, sender)
+
+    def _batch(self, data: bytes, sender: Address) -> None:
+        self.counters["batches_received"] += 1
+        try:
+            offsets, lengths = batching.unpack(data)
+        except DecodeError as exc:
+            self.drops.drop("malformed_batch", sender, str(exc))
+            return
+        for offset, length in zip(offsets.tolist(), lengths.tolist()):
+            inner = parse_entry(data, offset, fast=True)
+            if not inner.crc_ok:
+                self.drops.drop("bad_crc", sender, "inside a batch")
+                continue
+            self._single(inner.header, inner.payload, data[offset:offset + length], sender)
+
+    def _single(self, header: dict, body: bytes, data: bytes, sender: Address) -> None:
+        entry_type = header["entry_type"]
+        if entry_type == EntryType.KEEPALIVE:
+            self.counters["keepalives"] += 1
+            probe = parse_keepalive(body)
+            self.transmit(build_keepalive(probe["probe_id"], probe["echo_time_ns"]), sender)
+            return
+        backward = entry_type in BACKWARD_TYPES
+        if not self.routes.on_path(header["source_wwn"], header["target_wwn"], self.me):
+            self.drops.drop("no_route", sender, f"{EntryType(entry_type).name} "
+                            f"{format_wwn(header['source_wwn'])} -> "
+                            f"{format_wwn(header['target_wwn'])} does not pass here")
+            return
+        onward = self._next_hop(header, backward)
+        if onward is not None:
+            self.drops.drop("not_an_end", sender, "edges do not relay")
+            return
+        if entry_type == EntryType.NAK:
+            self.counters["naks_received"] += 1
+            try:
+                ranges = parse_nak_ranges(body)
+            except DecodeError as exc:
+                self.drops.drop("malformed", sender, str(exc))
+                return
+            self.sender.nak(header["group_id"], ranges)
+            return
+        if header["segment_count"] > 1:
+            try:
+                area = self.assembler.add(header, body)
+            except DecodeError as exc:
+                self.drops.drop("malformed", sender, str(exc))
+                return
+            if area is None:
+                return
+        else:
+            area = body
+        if backward:
+            self._answer(header, area)
+        else:
+            self._receiver(header["group_id"]).entry(header, area)
+
+    def _answer(self, header: dict, area: bytes) -> None:
+        group, sequence = header["group_id"], header["sequence"]
+        self.sender.acknowledged(group, sequence)
+        self.log_store.delete(group, sequence)
+        if header["entry_type"] == EntryType.WROK:
+            self.counters["wroks"] += 1
+            return
+        self.counters["ctrl_oks"] += 1
+        waiting = self._waiting_ctrl.pop((group, sequence), None)
+        if waiting is None:
+            return
+        try:
+            result = parse_response_area(area)
+        except DecodeError as exc:
+            _log.warn("{edge}: CTRL_OK for group {group} sequence {seq} unreadable: {why}",
+                      edge=self.name, group=group, seq=sequence, why=exc)
+            result = check_condition(SenseKey.ABORTED_COMMAND, (0x00, 0x00))
+        waiting.callback(result)
+
+    def _next_hop(self, header: dict, backward: bool) -> Address | None:
+        return self.routes.next_hop(header["source_wwn"], header["target_wwn"], self.me, backward)
+
+    # -- target side -------------------------------------------------------------
+    def _receiver(self, group: int) -> GroupReceiver:
+        receiver = self.receivers.get(group)
+        if receiver is None:
+            receiver = GroupReceiver(group, self.clock, self.settings.receiver,
+                                     self.apply_state.applied(group), self._target_for,
+                                     self.apply_state.record, self._send_back, self.lag.observe)
+            self.receivers[group] = receiver
+        return receiver
+
+    def _target_for(self, header: dict) -> ApplyTarget | None:
+        target = self.apply_target_for(header)
+        return None if target is None else _BoundTarget(target, header["target_lun"])
+
+    def _fabric_target(self, header: dict):
+        key = (header["target_wwn"], header["source_wwn"])
+        target = self._fabric_targets.get(key)
+        if target is None:
+            target = self._fabric_targets[key] = FabricApplyTarget(lambda: self.links(), *key)
+        return target
+
+    def _send_back(self, header: dict, datagrams: list[bytes]) -> None:
+        back = self._next_hop(header, backward=True)
+        if back is None:
+            self.drops.drop("no_route", self.me, "no way back for an answer")
+            return
+        for datagram in datagrams:
+            self.transmit(datagram, back)
+
+    def stop(self) -> None:
+        self.sender.stop()
+        for receiver in self.receivers.values():
+            receiver.stop()
+        for waiting in list(self._waiting_ctrl.values()):
+            waiting.callback(check_condition(SenseKey.ABORTED_COMMAND, (0x00, 0x00)))
+        self._waiting_ctrl.clear()
+
+    # -- figures -------------------------------------------------------------------
+    def describe_groups(self) -> list[dict]:
+        out = []
+        groups = set(self.receivers) | {p.group for p in self.settings.pairs}
+        for group in sorted(groups):
+            info = {"group": group}
+            if hasattr(self.log_store, "group_stats"):
+                info.update({f"log_{k}": v for k, v in self.log_store.group_stats(group).items()})
+            if group in self.receivers:
+                info.update(self.receivers[group].describe())
+            out.append(info)
+        return out

@@ -1,0 +1,355 @@
+"""The target edge: entries in, ordered apply to the target array, WROKs back.
+
+For each order guarantee group a :class:`GroupReceiver` holds
+
+* a **reorder buffer** (``datapath.kernels.reorder``) of ``window`` entries:
+  entries arrive in any order and leave in sequence order; a sequence at or
+  below the persisted apply counter is a duplicate (its WROK is sent again,
+  flag RESENT_ACK), one buffered already is dropped, one beyond the window is
+  dropped (the source retransmits it);
+* the **apply pipeline**: released entries go to the target (an
+  :class:`ApplyTarget`: the target array over its RIO link, or an NBD server)
+  with the ORDERED task attribute, up to ``apply_window`` at a time;
+* the **apply counter**, persisted through :class:`rcn.edge.applystate.ApplyState`
+  (group commit) before any WROK that relies on it leaves, so a restart never
+  waits for an entry the source has already deleted nor applies one twice out
+  of order (DESIGN.md invariants 1 and 3).
+
+Why writes in flight never overlap: after a crash of this edge the entries
+sent to the array but not yet durably counted as applied are applied again,
+in order. Were two of them to touch the same block, replaying the older one
+after the newer had landed would briefly expose a state that is no prefix of
+the group's writes. So an entry whose blocks overlap an entry that is still
+*uncertain* (sent, not durably counted) waits until that one is durable;
+then replaying the uncertain set is harmless -- each of its blocks is written
+by one entry only, with the value it already has or is about to get. A CTRL
+entry (pair control, reads) is a barrier: it runs alone, after everything
+before it is durable.
+
+NAKs: while a gap holds entries back for longer than ``nak_delay``, the
+missing ranges (``ReorderBuffer.missing``) go back to the source, again every
+``nak_interval`` while the gap lasts.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+
+from datapath.frames import fcp
+from datapath.frames.errors import DecodeError
+from datapath.frames.logentry import EntryFlag, EntryType, build_entry, build_nak, segment_entry
+from datapath.kernels import reorder as reorder_kernel
+from rcn.logxfer.rioarea import RioCommand, parse_command_area, response_area
+from rcn.rio.fcp import ScsiResult
+
+_log = Logger()
+_WRITE16 = int(fcp.Opcode.WRITE_16)
+_ORDERED = int(fcp.TaskAttribute.ORDERED)
+_BLOCK = fcp.BLOCK_SIZE
+
+
+class ApplyTarget(Protocol):
+    def execute(self, command: RioCommand) -> Deferred:
+        """Run the command on the target storage; Deferred[ScsiResult]. Errors (no link,
+        not logged in) fail the Deferred; the receiver tries again later."""
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    window: int = 1 << 14              # reorder buffer entries per group (a power of two)
+    apply_window: int = 32             # entries sent to the target and not yet durable
+    max_pending_bytes: int = 256 << 20  # entries held per group waiting for their turn
+    nak_delay: float = 0.02
+    nak_interval: float = 0.2
+    max_nak_ranges: int = 64
+    retry_delay: float = 0.5           # apply failed (no link, CHECK CONDITION): again after
+    max_datagram_body: int = 65000 - 88
+
+
+@dataclass(eq=False, slots=True)
+class _Entry:
+    sequence: int
+    entry_type: int
+    header: dict
+    area: bytes = field(repr=False)
+    command: RioCommand | None = None
+    extent: tuple[int, int] | None = None      # (first block, end block) of a write
+    result: ScsiResult | None = None
+
+
+@dataclass
+class GroupStats:
+    received: int = 0
+    applied: int = 0
+    applied_bytes: int = 0
+    duplicates_applied: int = 0
+    duplicates_buffered: int = 0
+    beyond_window: int = 0
+    over_budget: int = 0
+    apply_errors: int = 0
+    naks_sent: int = 0
+    wroks_sent: int = 0
+    wroks_resent: int = 0
+    bad_areas: int = 0
+
+
+def _extent(command: RioCommand) -> tuple[int, int] | None:
+    if command.cdb and command.cdb[0] == _WRITE16:
+        lba = command.parsed["lba"]
+        return lba, lba + command.parsed["transfer_length"]
+    return None
+
+
+class GroupReceiver:
+    """One order guarantee group at the target edge (see the module doc)."""
+
+    def __init__(self, group: int, clock, config: ReceiverConfig, applied: int,
+                 target_for: Callable[[dict], ApplyTarget | None],
+                 record_applied: Callable[[int, int], Deferred],
+                 send_back: Callable[[dict, list[bytes]], None],
+                 observe_lag: Callable[[float], None] | None = None):
+        self.group = group
+        self.clock = clock
+        self.config = config
+        self.target_for = target_for
+        self.record_applied = record_applied
+        self.send_back = send_back
+        self.observe_lag = observe_lag
+        self.reorder = reorder_kernel.ReorderBuffer(config.window, first_sequence=applied + 1)
+        self.stats = GroupStats()
+        self.applied = applied                 # last sequence the target answered GOOD for
+        self.durable = applied                 # last sequence whose apply counter is durable
+        self.pending: dict[int, _Entry] = {}   # buffered in the reorder buffer, by handle
+        self.pending_bytes = 0
+        self.ready: deque[_Entry] = deque()    # released, in order, not yet sent
+        self.uncertain: deque[_Entry] = deque()  # sent to the target, not yet durable
+        self.done: dict[int, _Entry] = {}      # answered GOOD, waiting for durability
+        self.answers: dict[int, tuple[dict, bytes]] = {}   # recent CTRL answers (for resends)
+        self.last_header: dict | None = None
+        self._handle = 0
+        self._nak_call = None
+        self._retry_call = None
+        self._gap_since: float | None = None
+        self._verdict = np.zeros(1, np.uint8)
+        self._seq = np.zeros(1, np.uint64)
+        self._hnd = np.zeros(1, np.int64)
+        self._out = np.zeros(1024, np.int64)
+
+    # -- entries in ---------------------------------------------------------
+    def entry(self, header: dict, area: bytes) -> None:
+        """A whole WR or CTRL entry (segments joined)."""
+        self.stats.received += 1
+        sequence = header["sequence"]
+        self.last_header = header
+        if sequence <= self.durable:
+            self.stats.duplicates_applied += 1
+            self._resend_answer(header)
+            return
+        if sequence <= self.applied or self._in_flight(sequence):
+            self.stats.duplicates_buffered += 1   # answered soon, once durable
+            return
+        if (self.pending_bytes + len(area) > self.config.max_pending_bytes
+                and sequence != self.reorder.next_expected):
+            self.stats.over_budget += 1
+            return
+        handle = self._handle
+        self._handle += 1
+        self._seq[0] = sequence
+        self._hnd[0] = handle
+        verdict = int(self.reorder.insert(self._seq, self._hnd, out=self._verdict)[0])
+        if verdict == reorder_kernel.VERDICT_ACCEPTED:
+            self.pending[handle] = _Entry(sequence, header["entry_type"], header, area)
+            self.pending_bytes += len(area)
+            self._release()
+        elif verdict == reorder_kernel.VERDICT_BUFFERED_DUPLICATE:
+            self.stats.duplicates_buffered += 1
+        elif verdict == reorder_kernel.VERDICT_APPLIED_DUPLICATE:
+            self.stats.duplicates_buffered += 1
+        else:
+            self.stats.beyond_window += 1
+        self._check_gap()
+
+    def _in_flight(self, sequence: int) -> bool:
+        return sequence < self.reorder.next_expected
+
+    def _release(self) -> None:
+        count = 0
+        while True:
+            released, _ = self.reorder.release(self._out)
+            for handle in released.tolist():
+                item = self.pending.pop(handle)
+                self.pending_bytes -= len(item.area)
+                self.ready.append(item)
+            count += len(released)
+            if len(released) < len(self._out):
+                break
+        if count:
+            self.pump()
+
+    # -- applying -------------------------------------------------------------
+    def pump(self) -> None:
+        while self.ready and len(self.uncertain) < self.config.apply_window:
+            if self._retry_call is not None and self._retry_call.active():
+                return               # a failed apply waits for its retry; order keeps the rest
+            item = self.ready[0]
+            if item.command is None:
+                try:
+                    item.command = parse_command_area(item.area)
+                except DecodeError as exc:
+                    # The CRC32C was good, so the source built a bad area: nothing to
+                    # retry. Leave it at the head (order!) and say so loudly.
+                    self.stats.bad_areas += 1
+                    _log.error("group {group} sequence {seq}: unusable RIO area: {why}",
+                               group=self.group, seq=item.sequence, why=exc)
+                    return
+                item.extent = _extent(item.command)
+            if item.entry_type == EntryType.CTRL or item.extent is None:
+                if self.uncertain:
+                    return           # a barrier: everything before it durable first
+            elif self._overlaps(item.extent):
+                return
+            target = self.target_for(item.header)
+            if target is None:
+                self._retry_later()
+                return
+            self.ready.popleft()
+            self.uncertain.append(item)
+            command = item.command
+            if item.entry_type == EntryType.WR:
+                command.attribute = _ORDERED
+            maybeDeferred(target.execute, command).addCallbacks(
+                self._answered, self._failed, (item,), None, (item,), None)
+
+    def _overlaps(self, extent: tuple[int, int]) -> bool:
+        first, end = extent
+        for other in self.uncertain:
+            e = other.extent
+            if e is None or (first < e[1] and e[0] < end):
+                return True
+        return False
+
+    def _answered(self, result: ScsiResult, item: _Entry) -> None:
+        if item.entry_type == EntryType.WR and not result.good:
+            self._failed(None, item, result)
+            return
+        item.result = result
+        self.done[item.sequence] = item
+        advanced = False
+        while self.applied + 1 in self.done:
+            self.applied += 1
+            done = self.done[self.applied]
+            self.stats.applied += 1
+            self.stats.applied_bytes += len(done.command.data_out) if done.command else 0
+            if self.observe_lag is not None:
+                self.observe_lag(self.clock.seconds() - done.header["io_time_ns"] / 1e9)
+            advanced = True
+        if advanced:
+            self.record_applied(self.group, self.applied).addCallback(self._durable, self.applied)
+
+    def _failed(self, failure, item: _Entry, result: ScsiResult | None = None) -> None:
+        self.stats.apply_errors += 1
+        why = failure.getErrorMessage() if failure is not None else f"status {result.status!r}"
+        if self.stats.apply_errors <= 10 or self.stats.apply_errors % 1000 == 0:
+            _log.warn("group {group} sequence {seq}: apply failed ({why}); retrying in "
+                      "{delay} s", group=self.group, seq=item.sequence, why=why,
+                      delay=self.config.retry_delay)
+        # back to the head of the line, before anything released after it
+        self.uncertain.remove(item)
+        self.ready.appendleft(item)
+        self._retry_later()
+
+    def _retry_later(self) -> None:
+        if self._retry_call is None or not self._retry_call.active():
+            self._retry_call = self.clock.callLater(self.config.retry_delay, self._retry)
+
+    def _retry(self) -> None:
+        self._retry_call = None
+        self.pump()
+
+    def _durable(self, _, value: int) -> None:
+        durable = max(self.durable, value)
+        while self.uncertain and self.uncertain[0].sequence <= durable:
+            item = self.uncertain.popleft()
+            self.done.pop(item.sequence, None)
+            self._answer(item)
+        self.durable = durable
+        self.pump()
+
+    def _answer(self, item: _Entry) -> None:
+        header = item.header
+        result = item.result or ScsiResult()
+        answer_type = EntryType.CTRL_OK if item.entry_type == EntryType.CTRL else EntryType.WROK
+        area = response_area(0, 0, 0, 0, result, item.command.data_in_length if item.command else 0)
+        if answer_type == EntryType.CTRL_OK:
+            self.answers[item.sequence] = (header, area)
+            while len(self.answers) > 64:
+                del self.answers[next(iter(self.answers))]
+        self._send(answer_type, header, area, 0)
+        self.stats.wroks_sent += 1
+
+    def _resend_answer(self, header: dict) -> None:
+        kept = self.answers.get(header["sequence"])
+        if header["entry_type"] == EntryType.CTRL:
+            if kept is None:
+                return      # too old to have kept the answer: the source's retry will time out
+            self._send(EntryType.CTRL_OK, header, kept[1], EntryFlag.RESENT_ACK)
+        else:
+            self._send(EntryType.WROK, header, _GOOD_AREA, EntryFlag.RESENT_ACK)
+        self.stats.wroks_resent += 1
+
+    def _send(self, entry_type: int, header: dict, area: bytes, flags: int) -> None:
+        fields = {k: header[k] for k in _ANSWER_FIELDS}
+        datagrams = segment_entry(entry_type, area, self.config.max_datagram_body, flags=flags,
+                                  **fields)
+        self.send_back(header, datagrams)
+
+    # -- NAKs -----------------------------------------------------------------
+    def _check_gap(self) -> None:
+        if self.reorder.occupancy:
+            if self._gap_since is None:
+                self._gap_since = self.clock.seconds()
+            if self._nak_call is None or not self._nak_call.active():
+                self._nak_call = self.clock.callLater(self.config.nak_delay, self._nak)
+        else:
+            self._gap_since = None
+
+    def _nak(self) -> None:
+        self._nak_call = None
+        if not self.reorder.occupancy or self.last_header is None:
+            self._gap_since = None
+            return
+        ranges = self.reorder.missing(max_ranges=self.config.max_nak_ranges)
+        ranges = [(int(a), int(b)) for a, b in ranges]
+        if ranges:
+            fields = {k: self.last_header[k] for k in _ANSWER_FIELDS}
+            fields["sequence"] = self.reorder.next_expected
+            self.send_back(self.last_header, [build_nak(ranges, **fields)])
+            self.stats.naks_sent += 1
+        self._nak_call = self.clock.callLater(self.config.nak_interval, self._nak)
+
+    def stop(self) -> None:
+        for call in (self._nak_call, self._retry_call):
+            if call is not None and call.active():
+                call.cancel()
+
+    def describe(self) -> dict:
+        return {"group": self.group, "applied": self.applied, "durable": self.durable,
+                "next_expected": self.reorder.next_expected, "buffered": self.reorder.occupancy,
+                "ready": len(self.ready), "in_flight": len(self.uncertain),
+                **vars(self.stats)}
+
+
+_ANSWER_FIELDS = ("group_id", "sequence", "io_time_ns", "target_wwn", "target_lun",
+                  "source_wwn", "source_lun")
+_GOOD_AREA = response_area(0, 0, 0, 0, ScsiResult())
+
+
+def good_wrok(header: dict) -> bytes:
+    """A WROK for ``header``'s entry (single datagram)."""
+    return build_entry(EntryType.WROK, _GOOD_AREA, **{k: header[k] for k in _ANSWER_FIELDS})

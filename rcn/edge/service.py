@@ -1,0 +1,192 @@
+"""``rcn-edge`` as a Twisted service: the data plane behind its sockets.
+
+:func:`make_service` opens the log storage area (replaying what it holds),
+builds the :class:`~rcn.edge.device.EdgeDevice`, and serves
+
+* the RIO channel (FCIP over TCP) for attached arrays: every virtual storage
+  (table 404) answers through the device, access per table 405;
+* the log-transfer channel (UDP) with deliberate datagram and buffer sizes;
+* HTTP on ``[metrics] listen``: Prometheus ``/metrics`` and ``/status``
+  (JSON: groups with their generation, apply and delete counters, links).
+
+The reactor is passed in; nothing here imports the global one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from twisted.application import internet, service
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.web import resource
+from twisted.web.server import Site
+
+from datapath.frames.names import format_wwn
+from rcn.edge.applystate import ApplyState
+from rcn.edge.config import EdgeConfig
+from rcn.edge.device import EdgeDevice, SourceTarget
+from rcn.edge.logstore import LogStore
+from rcn.logxfer.protocol import LogTransferProtocol, listen
+from rcn.metrics import MetricsRegistry, MetricsResource
+from rcn.rio.fabric import FabricConfig
+from rcn.rio.protocol import FcipServerFactory
+
+_log = Logger()
+
+
+class Edge:
+    """The parts of one edge daemon (plain objects; sockets are the services')."""
+
+    def __init__(self, config: EdgeConfig, reactor):
+        self.config = config
+        self.reactor = reactor
+        os.makedirs(config.data_dir, exist_ok=True)
+        self.log_store = LogStore(None if config.log_mode == "memory" else
+                                  os.path.join(config.data_dir, "log"), mode=config.log_mode,
+                                  segment_bytes=config.segment_size,
+                                  group_quota_bytes=config.group_quota, clock=reactor)
+        self.replayed = self.log_store.open()
+        self.apply_state = ApplyState(os.path.join(config.data_dir, "applied.json"))
+        self.apply_state.load()
+        self.udp = LogTransferProtocol(None, receive_buffer=config.receive_buffer,
+                                       send_buffer=config.send_buffer)
+        self.device = EdgeDevice(reactor, config.settings, self.log_store, self.apply_state,
+                                 self.udp.send, name=config.id)
+        self.udp.handler = self.device
+        self.udp.drops = self.device.drops
+        access = config.access
+        self.fabric = FcipServerFactory(reactor, FabricConfig(
+            virtual_storages=config.virtual_storages,
+            access=lambda storage, virtual: (storage, virtual) in access,
+            first_burst=config.first_burst, exchange_timeout=config.exchange_timeout,
+            attach=self._attach))
+        self.device.links = lambda: list(self.fabric.ports.values())
+        self.metrics = self._build_metrics()
+
+    def _attach(self, vs) -> None:
+        vs.target = SourceTarget(self.device, vs.partner_wwn)
+
+    def start(self) -> None:
+        count = self.device.replay(self.replayed)
+        if count:
+            _log.info("{edge}: replaying {n} retained log entries", edge=self.config.id, n=count)
+
+    def status(self) -> dict:
+        return {"id": self.config.id, "log": str(self.config.log),
+                "fcip": str(self.config.fcip) if self.config.fcip else None,
+                "log_mode": self.config.log_mode,
+                "links": [{"link": port.index, "array_wwn": format_wwn(port.array_wwn)
+                           if port.array_wwn else None} for port in self.fabric.ports.values()],
+                "groups": self.device.describe_groups(),
+                "counters": dict(self.device.counters),
+                "sender": dict(self.device.sender.counters),
+                "paths": self.device.sender.path_stats(),
+                "drops": dict(self.device.drops.by_reason),
+                "ack_latency_p50_s": self.device.ack_latency.quantile(0.5),
+                "ack_latency_p99_s": self.device.ack_latency.quantile(0.99),
+                "lag_p50_s": self.device.lag.quantile(0.5),
+                "lag_p99_s": self.device.lag.quantile(0.99)}
+
+    def _build_metrics(self) -> MetricsRegistry:
+        m = MetricsRegistry()
+        labels = {"device": self.config.id}
+        d = self.device
+        m.counters("edge", lambda: d.counters, "edge data plane events", labels)
+        m.counters("sender", lambda: d.sender.counters, "log-transfer sender", labels)
+        m.counters("udp", lambda: self.udp.counters, "log-transfer socket", labels)
+        m.counters("log_store", self.log_store.counters, "log storage area", labels,
+                   gauges=("retained_entries", "retained_bytes", "segments"))
+        m.labelled("drops_total", "counter", "datagrams dropped, by reason", ("reason",),
+                   lambda: (((r,), n) for r, n in d.drops.by_reason.items()))
+        for key, doc, kind in (("generation", "generation counter (last sequence given)", "counter"),
+                               ("log_delete", "delete counter", "counter"),
+                               ("applied", "apply counter", "counter"),
+                               ("buffered", "entries in the reorder buffer", "gauge"),
+                               ("in_flight", "entries applying, not yet durable", "gauge"),
+                               ("naks_sent", "NAKs sent", "counter"),
+                               ("wroks_sent", "WROKs sent", "counter"),
+                               ("duplicates_applied", "duplicates of applied entries", "counter"),
+                               ("apply_errors", "failed applies (retried)", "counter")):
+            m.labelled(f"group_{key}", kind, doc, ("group",),
+                       lambda key=key: ((((str(g["group"]),), g[key]) for g in d.describe_groups()
+                                         if key in g)))
+        m.labelled("path_in_flight_bytes", "gauge", "unacknowledged bytes per path", ("path",),
+                   lambda: (((p,), s["in_flight_bytes"]) for p, s in d.sender.path_stats().items()))
+        m.histogram("edge_ack_latency_seconds", "WR received to GOOD answered",
+                    d.ack_latency.snapshot)
+        m.histogram("edge_lag_seconds", "apply time minus I/O time (target side)",
+                    d.lag.snapshot)
+        return m
+
+    def close(self):
+        self.device.stop()
+        d = self.log_store.close()
+        self.apply_state.close()
+        return d
+
+
+class _Status(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, edge: Edge):
+        super().__init__()
+        self.edge = edge
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(self.edge.status(), indent=1, sort_keys=True).encode() + b"\n"
+
+
+def http_site(edge: Edge) -> Site:
+    root = resource.Resource()
+    root.putChild(b"metrics", MetricsResource(edge.metrics))
+    root.putChild(b"status", _Status(edge))
+    return Site(root)
+
+
+class _Running(service.Service):
+    def __init__(self, edge: Edge):
+        self.edge = edge
+
+    def startService(self):
+        super().startService()
+        self.edge.start()
+
+    def stopService(self):
+        super().stopService()
+        return self.edge.close()
+
+
+class _Udp(service.Service):
+    def __init__(self, edge: Edge):
+        self.edge = edge
+        self.port = None
+
+    def startService(self):
+        super().startService()
+        self.port = listen(self.edge.reactor, self.edge.udp, self.edge.config.log)
+
+    def stopService(self):
+        super().stopService()
+        return self.port.stopListening() if self.port is not None else None
+
+
+def make_service(config: EdgeConfig, reactor) -> tuple[service.MultiService, Edge]:
+    edge = Edge(config, reactor)
+    top = service.MultiService()
+    _Running(edge).setServiceParent(top)
+    _Udp(edge).setServiceParent(top)
+    if config.fcip is not None:
+        fcip = endpoints.TCP4ServerEndpoint(reactor, config.fcip.port, interface=config.fcip.host)
+        internet.StreamServerEndpointService(fcip, edge.fabric).setServiceParent(top)
+    if config.metrics is not None:
+        http = endpoints.TCP4ServerEndpoint(reactor, config.metrics.port,
+                                            interface=config.metrics.host)
+        internet.StreamServerEndpointService(http, http_site(edge)).setServiceParent(top)
+    _log.info("rcn-edge {id}: log {log} ({mode}), FCIP {fcip}, {v} virtual storages, {p} pairs, "
+              "{r} routes", id=config.id, log=str(config.log), mode=config.log_mode,
+              fcip=str(config.fcip) if config.fcip else "none", v=len(config.virtual_storages),
+              p=len(config.settings.pairs), r=len(config.settings.routes))
+    return top, edge
