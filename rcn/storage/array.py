@@ -81,6 +81,8 @@ class Replicator:
         self.counters = ReplicationCounters()
         self.links: dict[int, PairLink] = {}
         for pair in pairs:
+            if pair.role != "source":
+                continue
             volume = volumes[pair.lun]
             self.links[pair.lun] = PairLink(pair, volume, DifferentialBitmap(volume.capacity))
 

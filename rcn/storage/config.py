@@ -25,8 +25,11 @@ Example (every key shown; only ``array.wwpn`` and one volume are required)::
     name = "vol0"                        # NBD export name; default "lun<N>"
     capacity = "1GiB"                    # bytes, or with KiB/MiB/GiB/TiB; a multiple of 512
 
-    [[pair]]                             # this array's volume as the source of a remote copy pair
+    [[pair]]                             # this array's volume in a remote copy pair
     lun = 0
+    role = "source"                      # source: host writes replicate to the partner;
+                                         # target: the partner's writes arrive here (the array
+                                         # logs in to the partner's virtual storage at start)
     partner_wwpn = "50:0a:09:80:00:00:00:02"
     partner_lun = 0
     group = 7                            # order guarantee ID
@@ -56,6 +59,7 @@ __all__ = ["ConfigError", "parse_size", "load_config", "parse_config", "StorageC
 BLOCK_SIZE = 512
 PAIR_STATES = ("simplex", "duplex", "suspend")
 PAIR_MODES = ("sync", "async")
+PAIR_ROLES = ("source", "target")
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class PairConfig:
     state: str = "duplex"
     mode: str = "sync"
     queue_limit: int = 1024
+    role: str = "source"
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,8 @@ def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:
     pairs = []
     for i, table in enumerate(top.get("pair", list, [])):
         r = _Reader(table, f"pair[{i}].")
-        r.unknown({"lun", "partner_wwpn", "partner_lun", "group", "state", "mode", "queue_limit"})
+        r.unknown({"lun", "partner_wwpn", "partner_lun", "group", "state", "mode", "queue_limit",
+                   "role"})
         lun = r.get("lun", int)
         if lun not in luns:
             raise ConfigError(f"pair[{i}].lun: no volume has LUN {lun}")
@@ -157,9 +163,10 @@ def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:
             r.get("partner_lun", int, check=_non_negative), r.get("group", int, check=_non_negative),
             r.get("state", str, "duplex", _one_of(PAIR_STATES)),
             r.get("mode", str, "sync", _one_of(PAIR_MODES)),
-            r.get("queue_limit", int, 1024, _non_negative)))
+            r.get("queue_limit", int, 1024, _non_negative),
+            r.get("role", str, "source", _one_of(PAIR_ROLES))))
     if len({p.lun for p in pairs}) != len(pairs):
-        raise ConfigError("pair: a volume can be the source of one pair only")
+        raise ConfigError("pair: a volume can be in one pair only")
 
     edge = _endpoint(doc, "edge", 3225, EdgeConfig, timeout=(float, 30.0)) if "edge" in doc else None
     if pairs and edge is None:

@@ -38,15 +38,16 @@ class Pair:
     state: PairState
     mode: str = "sync"            # "sync" or "async"
     queue_limit: int = 1024
+    role: str = "source"          # "source" or "target" (the partner writes to this volume)
 
     @property
     def replicating(self) -> bool:
-        return self.state in REPLICATING
+        return self.role == "source" and self.state in REPLICATING
 
     def as_dict(self) -> dict:
         return {"lun": self.lun, "partner_wwpn": format_wwn(self.partner_wwpn),
                 "partner_lun": self.partner_lun, "group": self.group, "state": self.state.value,
-                "mode": self.mode, "queue_limit": self.queue_limit}
+                "mode": self.mode, "queue_limit": self.queue_limit, "role": self.role}
 
 
 class PairTable:
@@ -60,18 +61,18 @@ class PairTable:
     @classmethod
     def from_config(cls, pair_configs) -> "PairTable":
         return cls(Pair(p.lun, p.partner_wwpn, p.partner_lun, p.group, PairState(p.state), p.mode,
-                        p.queue_limit) for p in pair_configs)
+                        p.queue_limit, p.role) for p in pair_configs)
 
     def add(self, pair: Pair) -> None:
         if pair.lun in self._by_lun:
-            raise ValueError(f"LUN {pair.lun} is already the source of a pair")
+            raise ValueError(f"LUN {pair.lun} is already in a pair")
         self._by_lun[pair.lun] = pair
 
     def for_lun(self, lun: int) -> Pair | None:
         return self._by_lun.get(lun)
 
     def partners(self) -> set[int]:
-        """WWNs of the partner arrays this array sends writes to."""
+        """WWNs of the partner arrays this array logs in to (as source or target)."""
         return {p.partner_wwpn for p in self._by_lun.values()}
 
     def __iter__(self):

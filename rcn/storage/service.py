@@ -91,7 +91,7 @@ class StorageArray:
         self.exports = ExportTable(
             ReplicatedExport(self.volumes[lun], self.names[lun], self.replicator,
                              f"LUN {lun} of {format_wwn(config.wwpn)}")
-            if self.pairs.for_lun(lun) else
+            if lun in self.replicator.links else
             VolumeExport(self.volumes[lun], self.names[lun], f"LUN {lun} of {format_wwn(config.wwpn)}")
             for lun in sorted(self.volumes))
         self.target = ArrayTarget(self.volumes)
@@ -168,7 +168,8 @@ class StorageArray:
         out = []
         for pair in self.pairs:
             info = pair.as_dict()
-            info["dirty_tracks"] = self.replicator.links[pair.lun].bitmap.popcount()
+            link = self.replicator.links.get(pair.lun)
+            info["dirty_tracks"] = link.bitmap.popcount() if link is not None else None
             out.append(info)
         return out
 
