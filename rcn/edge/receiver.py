@@ -250,7 +250,19 @@ class GroupReceiver:
                 self.observe_lag(self.clock.seconds() - done.header["io_time_ns"] / 1e9)
             advanced = True
         if advanced:
-            self.record_applied(self.group, self.applied).addCallback(self._durable, self.applied)
+            self._record(self.applied)
+
+    def _record(self, value: int) -> None:
+        self.record_applied(self.group, value).addCallbacks(
+            self._durable, self._record_failed, (value,), None, (value,), None)
+
+    def _record_failed(self, failure, value: int) -> None:
+        # No WROK may leave before the counter is durable: keep everything and try again.
+        self.stats.apply_errors += 1
+        _log.error("group {group}: apply counter {value} not persisted ({why}); retrying in "
+                   "{delay} s", group=self.group, value=value, why=failure.getErrorMessage(),
+                   delay=self.config.retry_delay)
+        self.clock.callLater(self.config.retry_delay, self._record, value)
 
     def _failed(self, failure, item: _Entry, result: ScsiResult | None = None) -> None:
         self.stats.apply_errors += 1

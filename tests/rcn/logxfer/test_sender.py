@@ -1,0 +1,115 @@
+"""Sender: window per path, retransmission with backoff, NAKs, token buckets."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from datapath.frames.logentry import EntryFlag, EntryType, build_entry, parse_datagram
+from rcn.logxfer.routes import Address
+from rcn.logxfer.sender import Sender, TokenBucket, mark_retransmit
+
+HOP = Address("10.0.0.2", 47001)
+OTHER = Address("10.0.0.3", 47001)
+
+
+def datagram(sequence: int, size: int = 1000) -> bytes:
+    return build_entry(EntryType.WR, bytes(size), group_id=7, sequence=sequence)
+
+
+class SenderTests(TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.sent: list[tuple[int, Address, int]] = []
+
+        def transmit(data, address):
+            entry = parse_datagram(data)
+            self.sent.append((entry.header["sequence"], address, entry.header["flags"]))
+        self.transmit = transmit
+
+    def sender(self, **kw) -> Sender:
+        return Sender(self.clock, self.transmit, **kw)
+
+    def test_window_holds_entries_until_acknowledged(self):
+        s = self.sender(window_bytes=2500)
+        for seq in (1, 2, 3):
+            s.submit(7, seq, [datagram(seq)], HOP)
+        self.assertEqual([x[0] for x in self.sent], [1, 2])
+        self.assertEqual(s.path_stats()[str(HOP)]["queued"], 1)
+        s.acknowledged(7, 1)
+        self.assertEqual([x[0] for x in self.sent], [1, 2, 3])
+
+    def test_entry_larger_than_window_goes_alone(self):
+        s = self.sender(window_bytes=500)
+        s.submit(7, 1, [datagram(1)], HOP)
+        s.submit(7, 2, [datagram(2)], HOP)
+        self.assertEqual([x[0] for x in self.sent], [1])
+
+    def test_paths_have_their_own_windows(self):
+        s = self.sender(window_bytes=1500)
+        s.submit(7, 1, [datagram(1)], HOP)
+        s.submit(8, 1, [datagram(1)], OTHER)
+        self.assertEqual([x[1] for x in self.sent], [HOP, OTHER])
+
+    def test_retransmits_with_flag_and_backoff(self):
+        s = self.sender(rto=0.1, rto_max=0.4, tick=0.01)
+        s.submit(7, 1, [datagram(1)], HOP)
+        times = []
+        for _ in range(120):
+            self.clock.advance(0.01)
+            if len(self.sent) > len(times) + 1:
+                times.append(round(self.clock.seconds(), 2))
+        # timeouts 0.1, 0.2, 0.4, 0.4 (capped), each noticed by the next 0.01 s sweep
+        self.assertEqual(len(times), 4)
+        self.assertTrue(0.1 <= times[0] <= 0.11, times)
+        self.assertEqual([round(b - a, 2) for a, b in zip(times, times[1:])], [0.2, 0.4, 0.4])
+        self.assertTrue(all(flags & EntryFlag.RETRANSMIT for _, _, flags in self.sent[1:]))
+        self.assertEqual(s.counters["retransmits"], 4)
+
+    def test_acknowledged_entry_is_not_retransmitted(self):
+        s = self.sender(rto=0.1, tick=0.01)
+        s.submit(7, 1, [datagram(1)], HOP)
+        self.assertIsNotNone(s.acknowledged(7, 1))
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.sent), 1)
+        self.assertIsNone(s.acknowledged(7, 1))
+        self.assertEqual(s.counters["unknown_acks"], 1)
+
+    def test_nak_resends_at_once_and_holds_off_repeats(self):
+        s = self.sender(rto=10, rto_max=10, nak_holdoff=0.05)
+        for seq in range(1, 6):
+            s.submit(7, seq, [datagram(seq)], HOP)
+        self.assertEqual(s.nak(7, [(2, 3), (5, 9)]), 3)
+        self.assertEqual([x[0] for x in self.sent[5:]], [2, 3, 5])
+        self.assertEqual(s.nak(7, [(2, 3)]), 0)
+        self.clock.advance(0.06)
+        self.assertEqual(s.nak(7, [(2, 3)]), 2)
+
+    def test_token_bucket_paces_a_customer(self):
+        buckets = {"acme": TokenBucket(self.clock, rate=10_000, burst=2_000)}
+        s = self.sender(buckets=buckets)
+        for seq in range(1, 6):
+            s.submit(7, seq, [datagram(seq, 912)], HOP, customer="acme")   # 1000-byte datagrams
+        self.assertEqual(len(self.sent), 2)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.sent), 3)
+        self.clock.advance(0.2)
+        self.assertEqual(len(self.sent), 5)
+        self.assertGreater(s.counters["throttled"], 0)
+
+    def test_token_bucket_lets_a_big_datagram_through_when_full(self):
+        bucket = TokenBucket(self.clock, rate=1000, burst=100)
+        self.assertEqual(bucket.take(5000), 0.0)
+        self.assertGreater(bucket.take(10), 0.0)
+
+    def test_submit_twice_is_an_error(self):
+        s = self.sender()
+        s.submit(7, 1, [datagram(1)], HOP)
+        self.assertRaises(ValueError, s.submit, 7, 1, [datagram(1)], HOP)
+
+    def test_mark_retransmit_keeps_the_crc_good(self):
+        marked = mark_retransmit(datagram(4))
+        entry = parse_datagram(marked)
+        self.assertTrue(entry.crc_ok)
+        self.assertEqual(entry.header["flags"], EntryFlag.RETRANSMIT)
+        self.assertIs(mark_retransmit(marked), marked)
