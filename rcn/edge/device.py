@@ -134,6 +134,10 @@ class _BoundTarget:
         return self.target.execute(command, self.lun)
 
 
+def _ids(command: ScsiCommand) -> tuple[int, int, int]:
+    return command.initiator_port_id, command.target_port_id, command.ox_id
+
+
 def _header_of(datagram: bytes) -> dict:
     return LOG_HEADER.parse(datagram, 0, 0, True)
 
@@ -212,13 +216,14 @@ class EdgeDevice:
         if opcode == _WRITE16:
             if pair is None:
                 return self._refuse(command, partner_wwn, "no pair for this LUN")
-            return self._write(command, pair)
+            return self.write(pair, command.cdb, command.data, command.attribute, _ids(command))
         if opcode == int(fcp.Opcode.RCN_CONTROL):
             group = command.parsed.get("group_id")
             pair = pair or self._group_pair.get(group)
             if pair is None:
                 return self._refuse(command, partner_wwn, "no pair for this group")
-            return self._control(command, pair, group)
+            return self.control(pair, group, command.cdb, command.data, command.data_in_length,
+                                command.attribute, _ids(command))
         return check_condition(SenseKey.ILLEGAL_REQUEST, _INVALID_OPCODE)
 
     def _refuse(self, command: ScsiCommand, partner_wwn: int, why: str) -> ScsiResult:
@@ -230,12 +235,13 @@ class EdgeDevice:
                   lun=command.lun, why=why)
         return check_condition(SenseKey.ILLEGAL_REQUEST, _LU_NOT_SUPPORTED)
 
-    def _entry(self, entry_type: int, command: ScsiCommand, pair: PairEntry, group: int):
+    def _entry(self, entry_type: int, pair: PairEntry, group: int, cdb: bytes, data_out,
+               data_in_length: int, attribute: int, ids: tuple[int, int, int]):
         started = self.clock.seconds()
         sequence = self.log_store.next_sequence(group)
-        area = command_area(command.initiator_port_id, command.target_port_id, command.ox_id,
-                            command.lun, command.cdb, command.data, command.data_in_length,
-                            command.attribute)
+        s_id, d_id, ox_id = ids
+        area = command_area(s_id, d_id, ox_id, pair.target_lun, cdb, data_out, data_in_length,
+                            attribute)
         datagrams = segment_entry(entry_type, area, self.settings.max_datagram_body,
                                   group_id=group, sequence=sequence,
                                   io_time_ns=int(started * 1e9), target_wwn=pair.target_wwn,
@@ -251,12 +257,14 @@ class EdgeDevice:
             return None, succeed(ScsiResult(status=_BUSY))
         return (group, sequence, datagrams, path, started), durable
 
-    def _write(self, command: ScsiCommand, pair: PairEntry):
-        info, durable = self._entry(EntryType.WR, command, pair, pair.group)
+    def write(self, pair: PairEntry, cdb: bytes, data, attribute: int = fcp.TaskAttribute.SIMPLE,
+              ids: tuple[int, int, int] = (0, 0, 0)) -> Deferred:
+        """Log a write (WRITE(16) ``cdb``) of ``pair``: Deferred[ScsiResult], GOOD once durable."""
+        info, durable = self._entry(EntryType.WR, pair, pair.group, cdb, data, 0, attribute, ids)
         if info is None:
             return durable
         self.counters["writes"] += 1
-        self.counters["write_bytes"] += len(command.data)
+        self.counters["write_bytes"] += len(data)
         return durable.addCallback(self._written, info)
 
     def _written(self, _, info) -> ScsiResult:
@@ -271,8 +279,13 @@ class EdgeDevice:
             return
         self.sender.submit(group, sequence, datagrams, path, self._customer(group))
 
-    def _control(self, command: ScsiCommand, pair: PairEntry, group: int):
-        info, durable = self._entry(EntryType.CTRL, command, pair, group)
+    def control(self, pair: PairEntry, group: int, cdb: bytes, data_out=b"",
+                data_in_length: int = 0, attribute: int = fcp.TaskAttribute.SIMPLE,
+                ids: tuple[int, int, int] = (0, 0, 0)) -> Deferred:
+        """Relay a command to the target storage in the group's order (CTRL entry);
+        Deferred[ScsiResult] with the far side's answer (data-in included)."""
+        info, durable = self._entry(EntryType.CTRL, pair, group, cdb, data_out, data_in_length,
+                                    attribute, ids)
         if info is None:
             return durable
         self.counters["controls"] += 1
