@@ -10,10 +10,14 @@ reader turns into a ``ConfigError`` naming the key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
 from typing import Callable, TypeVar
+
+from datapath.frames.names import parse_wwn
+from rcn.logxfer.routes import Address, Route, RouteError, RouteTable
 
 _UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
 _SIZE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
@@ -114,12 +118,9 @@ def load_toml(path: str, parse: Callable[..., T], **kw) -> T:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def ip_address(text: str):
+def ip_address(text: str) -> Address:
     """``"127.0.0.1:47001"`` -> ``Address``; the host must be an IP address (datagrams go to
     addresses as written, no name lookup)."""
-    import ipaddress
-
-    from rcn.logxfer.routes import Address, RouteError
     try:
         address = Address.parse(text)
     except RouteError as exc:
@@ -132,11 +133,8 @@ def ip_address(text: str):
     return address
 
 
-def read_routes(top: Reader):
+def read_routes(top: Reader) -> RouteTable:
     """The ``[[route]]`` tables (table 408) of a device's file as a ``RouteTable``."""
-    from datapath.frames.names import parse_wwn
-    from rcn.logxfer.routes import Route, RouteError, RouteTable
-
     routes, seen = [], {}
     for i, table in enumerate(top.get("route", list, [])):
         if not isinstance(table, dict):

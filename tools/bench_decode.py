@@ -16,7 +16,6 @@ Each row is the best of ``--repeat`` runs. Target: --json >= 10,000 frames/s.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil

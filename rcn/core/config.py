@@ -39,12 +39,12 @@ import ipaddress
 from dataclasses import dataclass
 
 from datapath.frames.logentry import MAX_BATCH
-from datapath.frames.names import parse_wwn
-from rcn.config import ConfigError, Reader, in_range, load_toml, parse_size
+from rcn.config import (ConfigError, Reader, in_range, ip_address, load_toml, parse_size,
+                        read_routes)
 from rcn.core.relay import MIN_BATCH_BYTES, BatchPolicy
 from rcn.logxfer.protocol import (DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER,
                                   MAX_UDP_PAYLOAD)
-from rcn.logxfer.routes import Address, Route, RouteError, RouteTable
+from rcn.logxfer.routes import Address, RouteTable
 
 __all__ = ["ConfigError", "CoreConfig", "load_config", "parse_config"]
 
@@ -60,19 +60,6 @@ class CoreConfig:
     batch: BatchPolicy
     metrics: Address | None
     routes: RouteTable
-
-
-def _ip_address(text: str) -> Address:
-    try:
-        address = Address.parse(text)
-    except RouteError as exc:
-        raise ValueError(str(exc).removeprefix("address ")) from None
-    try:
-        ipaddress.ip_address(address.host)
-    except ValueError:
-        raise ValueError(f"{text!r}: {address.host!r} is not an IP address (the relay sends "
-                         f"to addresses as written: resolve names first)") from None
-    return address
 
 
 def _buffer(value) -> int:
@@ -99,7 +86,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> CoreConfig:
     name = core.get("id", str)
     if not name.strip():
         raise ConfigError("core.id: empty")
-    listen = core.get("listen", str, check=_ip_address)
+    listen = core.get("listen", str, check=ip_address)
     receive_buffer = core.get("receive_buffer", (int, str), DEFAULT_RECEIVE_BUFFER, _buffer)
     send_buffer = core.get("send_buffer", (int, str), DEFAULT_SEND_BUFFER, _buffer)
 
@@ -113,43 +100,17 @@ def parse_config(doc: dict, base_dir: str = ".") -> CoreConfig:
 
     metrics_table = Reader(top.get("metrics", dict, {}), "metrics.")
     metrics_table.unknown({"listen"})
-    metrics = metrics_table.get("listen", str, None, _ip_address)
+    metrics = metrics_table.get("listen", str, None, ip_address)
 
-    routes = []
-    seen: dict[tuple[int, int], int] = {}
-    for i, table in enumerate(top.get("route", list, [])):
-        if not isinstance(table, dict):
-            raise ConfigError(f"route[{i}]: expected a table ([[route]])")
-        r = Reader(table, f"route[{i}].")
-        r.unknown({"source_wwn", "target_wwn", "path"})
-        source = r.get("source_wwn", str, check=parse_wwn)
-        target = r.get("target_wwn", str, check=parse_wwn)
-        items = r.get("path", list)
-        path = []
-        for j, item in enumerate(items):
-            if not isinstance(item, str):
-                raise ConfigError(f"route[{i}].path[{j}]: expected str, got "
-                                  f"{type(item).__name__} {item!r}")
-            try:
-                path.append(_ip_address(item))
-            except ValueError as exc:
-                raise ConfigError(f"route[{i}].path[{j}]: {exc}") from None
-        try:
-            route = Route(source, target, tuple(path))
-        except RouteError as exc:
-            raise ConfigError(f"route[{i}].path: {exc}") from None
-        if (source, target) in seen:
-            raise ConfigError(f"route[{i}]: a second route for {r.table['source_wwn']} -> "
-                              f"{r.table['target_wwn']} (the first is route[{seen[source, target]}])")
-        seen[source, target] = i
+    table = read_routes(top)
+    for i, route in enumerate(table):
+        path = route.path
         if listen in path:
             at = path.index(listen)
             for j in (at - 1, at + 1):
                 if 0 <= j < len(path) and _family(path[j]) != _family(listen):
                     raise ConfigError(f"route[{i}].path[{j}]: {path[j]} is not of core.listen's "
                                       f"address family (IPv{_family(listen)})")
-        routes.append(route)
-    table = RouteTable(routes)
     if not any(table.on_path(r.source_wwn, r.target_wwn, listen) for r in table):
         raise ConfigError(f"core.listen: {listen} is on no [[route]] path -- a core relays only "
                           f"along paths that name it (spelt as in core.listen)")
