@@ -81,7 +81,13 @@ class EdgeSettings:
 
 
 class SourceTarget(ScsiTarget):
-    """The SCSI target behind every virtual storage of an edge (``FabricConfig.attach``)."""
+    """The SCSI target behind every virtual storage of an edge (``FabricConfig.attach``).
+
+    ``rio_command`` takes the group's next sequence number synchronously, so the order of
+    the writes' effects is fixed when they are dispatched: ORDERED writes pipeline.
+    """
+
+    orders_by_dispatch = True
 
     def __init__(self, edge: "EdgeDevice", partner_wwn: int):
         self.edge = edge

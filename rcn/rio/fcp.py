@@ -148,6 +148,12 @@ class ScsiTarget:
     (LOGICAL UNIT NOT READY): nothing is plugged in yet.
     """
 
+    #: True for a target that fixes the order of a command's effects when ``execute`` is
+    #: called (the edge: a sequence number is taken at once). The task set then starts
+    #: ORDERED tasks in order without waiting for the older ones to *complete*: the SAM
+    #: rule is met, and commands pipeline instead of waiting a log commit each.
+    orders_by_dispatch = False
+
     def execute(self, command: ScsiCommand):
         """Run ``command``; return a :class:`ScsiResult` or a Deferred firing with one."""
         return check_condition(SenseKey.NOT_READY, LU_NOT_READY)
@@ -297,6 +303,8 @@ class _TaskSet:
                         if task.attribute == HEAD_OF_QUEUE or (
                                 not seen_ordered and (task.attribute != ORDERED or not seen_any)):
                             self.owner.start(task)
+                    if task.started and task.scsi.orders_by_dispatch:
+                        continue        # its place in the order is fixed: as good as done
                     seen_any = True
                     if task.attribute == ORDERED:
                         seen_ordered = True

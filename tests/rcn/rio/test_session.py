@@ -341,6 +341,16 @@ class InFlightTest(RioTestCase):
         self.link.flush()
         self.assertEqual(executed(), [0, 1, 2, 3])          # the SIMPLE ones run together
 
+    def test_target_that_orders_by_dispatch_pipelines_ordered_tasks(self):
+        self.target.orders_by_dispatch = True
+        session = self.session()
+        for n, attribute in enumerate((ORDERED, ORDERED, SIMPLE, ORDERED)):
+            session.write(0, n, pattern(512), attribute=attribute)
+        self.link.flush()
+        # all started at once, in arrival order, none completed yet
+        self.assertEqual([c.parsed["lba"] for c in self.target.commands], [0, 1, 2, 3])
+        self.assertEqual(len(self.target.pending), 4)
+
     def test_ordered_on_another_lun_is_independent(self):
         session = self.session()
         session.write(0, 0, pattern(512), attribute=ORDERED)
