@@ -66,6 +66,25 @@ and ``edge.data_dir`` are required)::
     target_wwn = "50:0a:09:80:00:00:00:02"
     path = ["127.0.0.1:47001", "127.0.0.1:47002", "127.0.0.1:47003"]
 
+    [nbd]                                 # NBD front end (DESIGN.md 3.2); omit: none
+    listen = "127.0.0.1:10810"            # fixed newstyle NBD server for the [[nbd_volume]]s
+    read_timeout = 10.0                   # seconds a READ may wait for the target's answer
+
+    [[nbd_volume]]                        # a virtual volume replicated through the RCN
+    name = "vm-disk"                      # NBD export name (the only volume is also the default)
+    capacity = "256MiB"                   # size (whole 512-byte blocks)
+    source_wwn = "50:0a:09:80:00:00:00:11"    # names this volume as the source storage: an
+    source_lun = 0                        #   attached array may not use it ([[access]])
+    target_wwn = "50:0a:09:80:00:00:00:02"    # the target storage and LUN holding the volume
+    target_lun = 1
+    group = 7                             # order guarantee ID (may be shared with [[pair]]s)
+    customer = "acme"                     # a [[customer]] id, or omit
+
+    [[route]]                             # each nbd_volume's (source_wwn, target_wwn) needs a
+    source_wwn = "50:0a:09:80:00:00:00:11"    # route starting at this edge
+    target_wwn = "50:0a:09:80:00:00:00:02"
+    path = ["127.0.0.1:47001", "127.0.0.1:47003"]
+
 Errors name the file and the key.
 """
 
@@ -84,7 +103,25 @@ from rcn.logxfer.protocol import DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER, MA
 from rcn.logxfer.routes import Address
 from rcn.rio.fabric import VirtualStorageEntry
 
-__all__ = ["ConfigError", "EdgeConfig", "load_config", "parse_config"]
+__all__ = ["ConfigError", "EdgeConfig", "NbdFront", "NbdVolume", "load_config", "parse_config"]
+
+DEFAULT_NBD_LISTEN = "127.0.0.1:10810"
+_BLOCK = 512
+
+
+@dataclass(frozen=True)
+class NbdFront:
+    """``[nbd]``: where the edge serves its NBD volumes."""
+    listen: Address
+    read_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class NbdVolume:
+    """An ``[[nbd_volume]]``: an NBD export whose pair's source is the volume itself."""
+    name: str
+    capacity: int
+    pair: PairEntry
 
 
 @dataclass
@@ -104,6 +141,8 @@ class EdgeConfig:
     metrics: Address | None = None
     virtual_storages: list[VirtualStorageEntry] = field(default_factory=list)
     access: set[tuple[int, int]] = field(default_factory=set)   # (storage, virtual)
+    nbd: NbdFront | None = None
+    nbd_volumes: list[NbdVolume] = field(default_factory=list)
 
 
 def load_config(path: str) -> EdgeConfig:
@@ -123,7 +162,7 @@ def _ms(reader: Reader, key: str, default: float, low: float = 0.1, high: float 
 def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
     top = Reader(doc, "")
     top.unknown({"edge", "log", "sender", "receiver", "fabric", "metrics", "virtual_storage",
-                 "access", "pair", "customer", "route"})
+                 "access", "pair", "customer", "route", "nbd", "nbd_volume"})
     edge = Reader(top.get("edge", dict), "edge.")
     edge.unknown({"id", "log", "fcip", "data_dir", "ttl", "receive_buffer", "send_buffer"})
     name = edge.get("id", str)
@@ -203,6 +242,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
                                r.get("target_lun", int, check=non_negative),
                                r.get("group", int, check=in_range(0, 0xFFFFFFFF)), customer))
     routes = read_routes(top)
+    nbd, nbd_volumes = _read_nbd(top, log_address, routes, pairs, access, customers)
     settings = EdgeSettings(me=log_address, pairs=pairs, routes=routes, bandwidth=customers,
                             receiver=receiver_config, window_bytes=window, rto=rto,
                             rto_max=rto_max, max_datagram_body=max_datagram - HEADER_SIZE,
@@ -211,7 +251,85 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
                       log_mode=mode, segment_size=segment_size, group_quota=group_quota,
                       receive_buffer=buffers["receive_buffer"], send_buffer=buffers["send_buffer"],
                       first_burst=first_burst, exchange_timeout=exchange_timeout,
-                      metrics=metrics_address, virtual_storages=virtual_storages, access=access)
+                      metrics=metrics_address, virtual_storages=virtual_storages, access=access,
+                      nbd=nbd, nbd_volumes=nbd_volumes)
+
+
+def _capacity(value) -> int:
+    size = parse_size(value)
+    if size <= 0 or size % _BLOCK:
+        raise ValueError(f"{size} bytes is not a positive multiple of {_BLOCK} (whole blocks)")
+    return size
+
+
+def _export_name(value: str) -> str:
+    if not value or "\0" in value or len(value.encode("utf-8")) > 4096:
+        raise ValueError(f"{value[:40]!r}: an NBD export name is 1..4096 bytes of UTF-8 "
+                         f"without NUL")
+    return value
+
+
+def _read_nbd(top: Reader, me: Address, routes, pairs: list[PairEntry],
+              access: set[tuple[int, int]], customers: dict):
+    """``[nbd]`` and the ``[[nbd_volume]]`` tables, checked against routes, pairs, access."""
+    volumes_raw = _tables(top, "nbd_volume")
+    if "nbd" not in top.table:
+        if volumes_raw:
+            raise ConfigError("nbd_volume[0]: an [nbd] table (listen) is needed to serve "
+                              "NBD volumes")
+        return None, []
+    nbd = Reader(top.get("nbd", dict), "nbd.")
+    nbd.unknown({"listen", "read_timeout"})
+    front = NbdFront(listen=nbd.get("listen", str, ip_address(DEFAULT_NBD_LISTEN), ip_address),
+                     read_timeout=nbd.get("read_timeout", float, 10.0,
+                                          in_range(0.1, 3600.0, " s")))
+    attached = {storage for storage, _ in access}
+    targets = {(p.target_wwn, p.target_lun): f"pair[{i}]" for i, p in enumerate(pairs)}
+    names, sources = {}, {}
+    volumes = []
+    for i, table in enumerate(volumes_raw):
+        where = f"nbd_volume[{i}]"
+        r = Reader(table, where + ".")
+        r.unknown({"name", "capacity", "source_wwn", "source_lun", "target_wwn", "target_lun",
+                   "group", "customer"})
+        name = r.get("name", str, check=_export_name)
+        if name in names:
+            raise ConfigError(f"{where}.name: {name!r} is already {names[name]}'s name")
+        names[name] = where
+        capacity = r.get("capacity", (int, str), check=_capacity)
+        customer = r.get("customer", str, "")
+        if customer and customer not in customers:
+            raise ConfigError(f"{where}.customer: {customer!r} is not a [[customer]] id")
+        pair = PairEntry(r.get("source_wwn", str, check=parse_wwn),
+                         r.get("source_lun", int, check=non_negative),
+                         r.get("target_wwn", str, check=parse_wwn),
+                         r.get("target_lun", int, check=non_negative),
+                         r.get("group", int, check=in_range(0, 0xFFFFFFFF)), customer)
+        source = f"{table['source_wwn']} LUN {pair.source_lun}"
+        target = f"{table['target_wwn']} LUN {pair.target_lun}"
+        if pair.source_wwn in attached:
+            raise ConfigError(f"{where}.source_wwn: {table['source_wwn']} is an attached "
+                              f"array's WWN ([[access]] storage_wwn); an NBD volume needs a "
+                              f"WWN of its own")
+        if (pair.source_wwn, pair.source_lun) in sources:
+            raise ConfigError(f"{where}.source_lun: {source} is already "
+                              f"{sources[pair.source_wwn, pair.source_lun]}'s source")
+        sources[pair.source_wwn, pair.source_lun] = where
+        if (pair.target_wwn, pair.target_lun) in targets:
+            raise ConfigError(f"{where}.target_lun: {target} is already the target of "
+                              f"{targets[pair.target_wwn, pair.target_lun]}; a target LUN has "
+                              f"one source")
+        targets[pair.target_wwn, pair.target_lun] = where
+        if routes.route(pair.source_wwn, pair.target_wwn) is None:
+            raise ConfigError(f"{where}: no [[route]] for source_wwn {table['source_wwn']} -> "
+                              f"target_wwn {table['target_wwn']}; add one whose path starts "
+                              f"at this edge ({me})")
+        if routes.next_hop(pair.source_wwn, pair.target_wwn, me) is None:
+            raise ConfigError(f"{where}: the [[route]] for {table['source_wwn']} -> "
+                              f"{table['target_wwn']} does not start at this edge ({me}): its "
+                              f"path must begin with edge.log")
+        volumes.append(NbdVolume(name, capacity, pair))
+    return front, volumes
 
 
 def _tables(top: Reader, key: str) -> list[dict]:

@@ -6,8 +6,14 @@ builds the :class:`~rcn.edge.device.EdgeDevice`, and serves
 * the RIO channel (FCIP over TCP) for attached arrays: every virtual storage
   (table 404) answers through the device, access per table 405;
 * the log-transfer channel (UDP) with deliberate datagram and buffer sizes;
+* the NBD front end on ``[nbd] listen`` when ``[nbd]`` is configured: one
+  :class:`~rcn.edge.nbdfront.VirtualVolumeExport` per ``[[nbd_volume]]``
+  (writes take the log path, reads are answered by the target through the
+  RCN); the volumes' pairs join the device's pair table (411) so their groups,
+  customers and bandwidth limits are those of any pair;
 * HTTP on ``[metrics] listen``: Prometheus ``/metrics`` and ``/status``
-  (JSON: groups with their generation, apply and delete counters, links).
+  (JSON: groups with their generation, apply and delete counters, links,
+  NBD volumes with their figures).
 
 The reactor is passed in; nothing here imports the global one.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 from twisted.application import internet, service
 from twisted.internet import endpoints
@@ -28,8 +35,12 @@ from rcn.edge.applystate import ApplyState
 from rcn.edge.config import EdgeConfig
 from rcn.edge.device import EdgeDevice, SourceTarget
 from rcn.edge.logstore import LogStore
+from rcn.edge.nbdfront import COUNTER_NAMES as NBD_VOLUME_COUNTERS
+from rcn.edge.nbdfront import VirtualVolumeExport
 from rcn.logxfer.protocol import LogTransferProtocol, listen
 from rcn.metrics import MetricsRegistry, MetricsResource
+from rcn.nbd.export import ExportTable
+from rcn.nbd.server import NbdServerFactory
 from rcn.rio.fabric import FabricConfig
 from rcn.rio.protocol import FcipServerFactory
 
@@ -52,7 +63,11 @@ class Edge:
         self.apply_state.load()
         self.udp = LogTransferProtocol(None, receive_buffer=config.receive_buffer,
                                        send_buffer=config.send_buffer)
-        self.device = EdgeDevice(reactor, config.settings, self.log_store, self.apply_state,
+        settings = config.settings
+        if config.nbd_volumes:
+            settings = replace(settings, pairs=[*settings.pairs,
+                                                *(v.pair for v in config.nbd_volumes)])
+        self.device = EdgeDevice(reactor, settings, self.log_store, self.apply_state,
                                  self.udp.send, name=config.id)
         self.udp.handler = self.device
         self.udp.drops = self.device.drops
@@ -63,6 +78,14 @@ class Edge:
             first_burst=config.first_burst, exchange_timeout=config.exchange_timeout,
             attach=self._attach))
         self.device.links = lambda: list(self.fabric.ports.values())
+        self.nbd_exports: list[VirtualVolumeExport] = []
+        self.nbd: NbdServerFactory | None = None
+        if config.nbd is not None:
+            self.nbd_exports = [
+                VirtualVolumeExport(self.device, v.pair, v.name, v.capacity, reactor,
+                                    config.nbd.read_timeout) for v in config.nbd_volumes]
+            default = self.nbd_exports[0].name if len(self.nbd_exports) == 1 else None
+            self.nbd = NbdServerFactory(ExportTable(self.nbd_exports, default=default), reactor)
         self.metrics = self._build_metrics()
 
     def _attach(self, vs) -> None:
@@ -87,7 +110,10 @@ class Edge:
                 "ack_latency_p50_s": self.device.ack_latency.quantile(0.5),
                 "ack_latency_p99_s": self.device.ack_latency.quantile(0.99),
                 "lag_p50_s": self.device.lag.quantile(0.5),
-                "lag_p99_s": self.device.lag.quantile(0.99)}
+                "lag_p99_s": self.device.lag.quantile(0.99),
+                "nbd": None if self.nbd is None else {
+                    "listen": str(self.config.nbd.listen), "server": dict(self.nbd.counters),
+                    "volumes": [export.describe() for export in self.nbd_exports]}}
 
     def _build_metrics(self) -> MetricsRegistry:
         m = MetricsRegistry()
@@ -118,9 +144,26 @@ class Edge:
                     d.ack_latency.snapshot)
         m.histogram("edge_lag_seconds", "apply time minus I/O time (target side)",
                     d.lag.snapshot)
+        if self.nbd is not None:
+            self._nbd_metrics(m, labels)
         return m
 
+    def _nbd_metrics(self, m: MetricsRegistry, labels: dict) -> None:
+        nbd, exports = self.nbd, self.nbd_exports
+        m.counters("nbd", lambda: nbd.counters, "NBD front end (all volumes)", labels,
+                   gauges=("connections_active",))
+        for key in NBD_VOLUME_COUNTERS:
+            m.labelled(f"nbd_volume_{key}", "counter", f"NBD volume: {key.replace('_', ' ')}",
+                       ("volume",),
+                       lambda key=key: (((e.name,), e.counters[key]) for e in exports))
+        m.labelled("nbd_volume_pending_writes", "gauge",
+                   "NBD volume: write requests waiting for the log", ("volume",),
+                   lambda: (((e.name,), e.pending_writes) for e in exports))
+
     def close(self):
+        if self.nbd is not None:
+            for connection in list(self.nbd.connections):
+                connection.close()
         self.device.stop()
         d = self.log_store.close()
         self.apply_state.close()
@@ -181,12 +224,21 @@ def make_service(config: EdgeConfig, reactor) -> tuple[service.MultiService, Edg
     if config.fcip is not None:
         fcip = endpoints.TCP4ServerEndpoint(reactor, config.fcip.port, interface=config.fcip.host)
         internet.StreamServerEndpointService(fcip, edge.fabric).setServiceParent(top)
+    if config.nbd is not None:
+        nbd = endpoints.TCP4ServerEndpoint(reactor, config.nbd.listen.port,
+                                           interface=config.nbd.listen.host)
+        internet.StreamServerEndpointService(nbd, edge.nbd).setServiceParent(top)
     if config.metrics is not None:
         http = endpoints.TCP4ServerEndpoint(reactor, config.metrics.port,
                                             interface=config.metrics.host)
         internet.StreamServerEndpointService(http, http_site(edge)).setServiceParent(top)
     _log.info("rcn-edge {id}: log {log} ({mode}), FCIP {fcip}, {v} virtual storages, {p} pairs, "
-              "{r} routes", id=config.id, log=str(config.log), mode=config.log_mode,
-              fcip=str(config.fcip) if config.fcip else "none", v=len(config.virtual_storages),
-              p=len(config.settings.pairs), r=len(config.settings.routes))
+              "{r} routes, NBD {nbd} ({n} volumes)", id=config.id, log=str(config.log),
+              mode=config.log_mode, fcip=str(config.fcip) if config.fcip else "none",
+              v=len(config.virtual_storages), p=len(config.settings.pairs),
+              r=len(config.settings.routes),
+              nbd=str(config.nbd.listen) if config.nbd else "none", n=len(config.nbd_volumes))
+    if config.nbd is not None and not config.nbd_volumes:
+        _log.warn("rcn-edge {id}: [nbd] is configured but there is no [[nbd_volume]]: the NBD "
+                  "server on {nbd} has nothing to export", id=config.id, nbd=str(config.nbd.listen))
     return top, edge
