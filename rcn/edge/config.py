@@ -28,7 +28,7 @@ and ``edge.data_dir`` are required)::
 
     [receiver]                            # target side
     window = 16384                        # reorder buffer entries per group (a power of two)
-    apply_window = 32                     # writes sent to the array and not yet durable
+    apply_window = 256                    # writes sent to the array and not yet durable
     nak_delay_ms = 20                     # a gap this old is NAKed, then every nak_interval_ms
     nak_interval_ms = 200
     retry_ms = 500                        # a failed apply is retried after this
@@ -195,7 +195,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
     receiver.unknown({"window", "apply_window", "nak_delay_ms", "nak_interval_ms", "retry_ms"})
     receiver_config = ReceiverConfig(
         window=receiver.get("window", int, 1 << 14, _power_of_two),
-        apply_window=receiver.get("apply_window", int, 32, in_range(1, 4096)),
+        apply_window=receiver.get("apply_window", int, 256, in_range(1, 4096)),
         nak_delay=_ms(receiver, "nak_delay_ms", 20.0),
         nak_interval=_ms(receiver, "nak_interval_ms", 200.0),
         retry_delay=_ms(receiver, "retry_ms", 500.0),

@@ -63,7 +63,7 @@ class ApplyTarget(Protocol):
 @dataclass(frozen=True)
 class ReceiverConfig:
     window: int = 1 << 14              # reorder buffer entries per group (a power of two)
-    apply_window: int = 32             # entries sent to the target and not yet durable
+    apply_window: int = 256            # entries sent to the target and not yet durable
     max_pending_bytes: int = 256 << 20  # entries held per group waiting for their turn
     nak_delay: float = 0.02
     nak_interval: float = 0.2

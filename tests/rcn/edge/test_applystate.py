@@ -8,8 +8,14 @@ import os
 from twisted.trial.unittest import TestCase
 
 from rcn.edge import applystate as applystate_module
-from rcn.edge.applystate import ApplyState, ApplyStateError, decode_table, encode_table
+from rcn.edge.applystate import (HEADER, SLOT_BYTES, ApplyState, ApplyStateError, encode_table,
+                                 read_slots)
 from tests.rcn.edge.test_logstore import FakeRunSync
+
+
+def on_disk(path: str) -> dict[int, int]:
+    with open(path, "rb") as f:
+        return read_slots(f.read(), path)[0]
 
 
 class ApplyStateTestCase(TestCase):
@@ -45,7 +51,7 @@ class MonotonicTests(ApplyStateTestCase):
         self.assertEqual(state.applied(2), 0)
         self.assertEqual(state.counters()["records_ignored"], 1)
         self.run_sync.run_all()
-        self.assertEqual(decode_table(open(self.path, "rb").read(), self.path), {1: 5})
+        self.assertEqual(on_disk(self.path), {1: 5})
 
     def test_lower_value_fires_when_a_higher_one_is_durable(self):
         state = self.make()
@@ -70,11 +76,11 @@ class DurabilityTests(ApplyStateTestCase):
         d = state.record(1, 5)
         self.assertFalse(d.called)
         self.assertEqual((state.applied(1), state.durable(1)), (5, 0))
-        self.assertFalse(os.path.exists(self.path))
+        self.assertEqual(on_disk(self.path), {})
         self.run_sync.run_next()
         self.assertTrue(d.called)
         self.assertEqual(state.durable(1), 5)
-        self.assertEqual(decode_table(open(self.path, "rb").read(), self.path), {1: 5})
+        self.assertEqual(on_disk(self.path), {1: 5})
 
     def test_records_during_a_write_share_the_next_one(self):
         state = self.make()
@@ -87,20 +93,18 @@ class DurabilityTests(ApplyStateTestCase):
         self.run_sync.run_next()
         self.assertTrue(first.called)
         self.assertEqual([d.called for d in later], [False] * 3)
-        self.assertEqual(len(syncs), 2)              # the file and its directory
+        self.assertEqual(len(syncs), 1)              # one fdatasync, no rename
         self.assertEqual(len(self.run_sync.calls), 1)
         self.run_sync.run_next()
         self.assertEqual([d.called for d in later], [True] * 3)
-        self.assertEqual(len(syncs), 4, "three records took more than one write")
+        self.assertEqual(len(syncs), 2, "three records took more than one write")
         self.assertEqual((state.durable(1), state.durable(2)), (3, 7))
         self.assertEqual(state.counters()["writes"], 2)
-        self.assertFalse(os.path.exists(self.path + ".tmp"))
 
     def test_failed_write_fails_the_waiters_and_keeps_the_old_file(self):
         state = self.make()
         state.record(1, 1)
         self.run_sync.run_all()
-        before = open(self.path, "rb").read()
 
         def broken(fd):
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -110,10 +114,13 @@ class DurabilityTests(ApplyStateTestCase):
         self.run_sync.run_all()
         failure = self.failureResultOf(d, ApplyStateError)
         self.assertIn("No space left", str(failure.value))
-        self.assertEqual(open(self.path, "rb").read(), before)
+        with open(self.path, "rb") as f:
+            data = f.read()
+        # generation 1 went to slot 1; the failed generation 2 to slot 0: slot 1 is untouched
+        self.assertEqual(read_slots(data[SLOT_BYTES:], self.path), ({1: 1}, 1))
         self.assertEqual(state.durable(1), 1)
         self.flushLoggedErrors(OSError)
-        self.patch(applystate_module, "_fsync", os.fsync)
+        self.patch(applystate_module, "_fsync", os.fdatasync)
         retry = state.record(1, 2)
         self.run_sync.run_all()
         self.assertTrue(retry.called)
@@ -149,11 +156,33 @@ class ReloadTests(ApplyStateTestCase):
         self.assertEqual(again.load(), {1: 10, 2: 21})
         self.assertEqual((again.applied(2), again.durable(2)), (21, 21))
 
-    def test_missing_file_is_an_empty_table_and_tmp_is_removed(self):
-        with open(self.path + ".tmp", "wb") as f:
-            f.write(b"half a write")
+    def test_missing_file_is_an_empty_table(self):
         self.assertEqual(self.make(load=False).load(), {})
-        self.assertFalse(os.path.exists(self.path + ".tmp"))
+        self.assertTrue(os.path.exists(self.path))
+
+    def test_torn_newest_slot_falls_back_to_the_other(self):
+        with open(self.path, "wb") as f:
+            f.write(encode_table({1: 5}, generation=2))
+            f.seek(SLOT_BYTES)
+            torn = bytearray(encode_table({1: 9}, generation=3))
+            torn[-1] ^= 0xFF
+            f.write(torn)
+        state = self.make(load=False)
+        self.assertEqual(state.load(), {1: 5})
+        state.record(1, 6)
+        self.run_sync.run_all()                  # generation 3 goes to the torn slot
+        self.assertEqual(on_disk(self.path), {1: 6})
+
+    def test_writes_alternate_between_the_slots(self):
+        state = self.make()
+        for value in (1, 2, 3):
+            state.record(1, value)
+            self.run_sync.run_all()
+        with open(self.path, "rb") as f:
+            data = f.read()
+        tables = [read_slots(data[:SLOT_BYTES], self.path), read_slots(data[SLOT_BYTES:], self.path)]
+        self.assertEqual(sorted(t[1] for t in tables), [2, 3])
+        self.assertEqual(read_slots(data, self.path), ({1: 3}, 3))
 
     def test_record_before_load_raises(self):
         state = self.make(load=False)
@@ -182,7 +211,7 @@ class CorruptTests(ApplyStateTestCase):
     def test_truncated_file(self):
         data = encode_table({1: 5, 2: 6})
         self.assertCorrupt(data[:-4], "announces 2 items")
-        self.assertCorrupt(data[:10], "shorter than the 16-byte header")
+        self.assertCorrupt(data[:10], f"shorter than the {HEADER.size}-byte header")
 
     def test_not_an_apply_state_file(self):
-        self.assertCorrupt(b"{\"1\": 5, \"2\": 6}  ", "bad magic")
+        self.assertCorrupt(b"{\"1\": 5, \"2\": 6, \"3\": 7, \"4\": 8}", "bad magic")
