@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SOURCES := setup.cfg pyproject.toml $(shell find rcn datapath hdl_models twisted -name '*.py' 2>/dev/null)
 
-.PHONY: test venv clean
+.PHONY: test demo venv clean
 
 venv: $(VENV)/.warm
 
@@ -32,6 +32,10 @@ $(VENV)/.warm: $(VENV)/.installed
 # The datapath suite runs a second time with the kernels as plain Python.
 test: venv
 	$(PY) tools/run_tests.py --nojit tests.datapath tests
+
+# A whole RCN on loopback (rcn lab), 256 MiB written through it, the copy compared.
+demo: venv
+	$(VENV)/bin/rcn demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp

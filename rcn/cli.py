@@ -1,7 +1,9 @@
 """``rcn``: the operator's and customer's command line.
 
-Today it has one group, ``rcn array``, which talks to a storage array
-emulator's control API (``rcn-storage``, JSON over HTTP).
+Groups: ``rcn array`` talks to a storage array emulator's control API
+(``rcn-storage``, JSON over HTTP); ``rcn lab up|status|down`` runs a whole RCN
+on this machine as real daemons (``rcn.lab``); ``rcn demo`` writes through such
+a lab and proves the target equals the source (``rcn.demo``).
 
 Exit status: 0 success, 1 the device answered with an error, 2 bad usage or
 the device could not be reached.
@@ -81,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     array.add_argument("--json", action="store_true", help="print the JSON answer")
     array.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     array.set_defaults(run=_array)
+    from rcn import demo, lab
+    lab.add_parser(groups)
+    demo.add_parser(groups)
     return parser
 
 
