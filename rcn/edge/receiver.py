@@ -86,7 +86,7 @@ class _Entry:
 @dataclass
 class GroupStats:
     received: int = 0
-    applied: int = 0
+    applied_entries: int = 0          # since this process started
     applied_bytes: int = 0
     duplicates_applied: int = 0
     duplicates_buffered: int = 0
@@ -244,7 +244,7 @@ class GroupReceiver:
         while self.applied + 1 in self.done:
             self.applied += 1
             done = self.done[self.applied]
-            self.stats.applied += 1
+            self.stats.applied_entries += 1
             self.stats.applied_bytes += len(done.command.data_out) if done.command else 0
             if self.observe_lag is not None:
                 self.observe_lag(self.clock.seconds() - done.header["io_time_ns"] / 1e9)

@@ -107,10 +107,10 @@ class Edge:
                 "sender": dict(self.device.sender.counters),
                 "paths": self.device.sender.path_stats(),
                 "drops": dict(self.device.drops.by_reason),
-                "ack_latency_p50_s": self.device.ack_latency.quantile(0.5),
-                "ack_latency_p99_s": self.device.ack_latency.quantile(0.99),
-                "lag_p50_s": self.device.lag.quantile(0.5),
-                "lag_p99_s": self.device.lag.quantile(0.99),
+                "ack_latency_p50_s": _figure(self.device.ack_latency.quantile(0.5)),
+                "ack_latency_p99_s": _figure(self.device.ack_latency.quantile(0.99)),
+                "lag_p50_s": _figure(self.device.lag.quantile(0.5)),
+                "lag_p99_s": _figure(self.device.lag.quantile(0.99)),
                 "nbd": None if self.nbd is None else {
                     "listen": str(self.config.nbd.listen), "server": dict(self.nbd.counters),
                     "volumes": [export.describe() for export in self.nbd_exports]}}
@@ -168,6 +168,11 @@ class Edge:
         d = self.log_store.close()
         self.apply_state.close()
         return d
+
+
+def _figure(value: float) -> float | None:
+    """None (JSON null) for a quantile of no samples, which is NaN."""
+    return None if value != value else value
 
 
 class _Status(resource.Resource):
