@@ -1,0 +1,196 @@
+"""The whole RCN on this machine: write throughput, IOPS, ack latency and lag.
+
+``python -m tools.bench_lab [--seconds S] [--cores N] [--log-mode durable|memory]``
+
+Each row starts a fresh lab (``rcn.lab.up``: 2 arrays, 2 edges, N cores, as
+real daemons on loopback), runs one workload through NBD against the source
+array's volume, waits until the target edge has applied everything, and
+reads the edges' ``/status`` (ack latency at the source edge, lag at the
+target edge -- fresh histograms, since every row has its own lab). The
+baseline rows write the same workload straight to the target array's volume
+(its NBD export, no replication), in the same run.
+
+Rows:
+  64 KiB writes, 16 in flight          MB/s            target >= 150 MB/s
+  4 KiB writes, 64 in flight           IOPS            target >= 10,000 (durable log)
+  4 KiB writes at half the max rate    ack p50/p99 at the source edge (target p99 < 2 ms)
+                                       lag p50/p99 at the target edge (target p99 < 100 ms)
+
+A workload runs in a child process (``--workload``), since a reactor runs
+once per process; it prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+MB = 1e6
+
+
+def workload(url: str, block: int, depth: int, seconds: float, rate: float, seed: int) -> dict:
+    """Write ``block``-byte writes for ``seconds`` (at most ``rate`` writes/s if > 0)."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred, ensureDeferred
+
+    from rcn.nbd.client import connect_url
+
+    out: dict = {}
+
+    async def run():
+        client = await connect_url(reactor, url)
+        blocks = client.size // block
+        rng = random.Random(seed)
+        payloads = [rng.randbytes(block) for _ in range(64)]
+        latencies: list[float] = []
+        state = {"inflight": 0, "issued": 0, "error": None}
+        finished = Deferred()
+        begin = time.perf_counter()
+        stop_at = begin + seconds
+
+        def issue():
+            now = time.perf_counter()
+            while state["inflight"] < depth and now < stop_at and state["error"] is None:
+                if rate > 0 and state["issued"] >= (now - begin) * rate:
+                    reactor.callLater(max(0.0, begin + (state["issued"] + 1) / rate - now), issue)
+                    return
+                offset = rng.randrange(blocks) * block
+                state["inflight"] += 1
+                state["issued"] += 1
+                client.write(offset, payloads[state["issued"] % 64]).addCallbacks(
+                    acked, failed, (time.perf_counter(),))
+            if state["inflight"] == 0 and not finished.called and (
+                    now >= stop_at or state["error"] is not None):
+                finished.callback(None)
+
+        def acked(_, started):
+            latencies.append(time.perf_counter() - started)
+            state["inflight"] -= 1
+            issue()
+
+        def failed(failure):
+            state["inflight"] -= 1
+            state["error"] = failure.getErrorMessage()
+            issue()
+
+        issue()
+        await finished
+        elapsed = time.perf_counter() - begin
+        await client.disconnect()
+        latencies.sort()
+        pick = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+                if latencies else None)
+        out.update(writes=len(latencies), seconds=elapsed, bytes=len(latencies) * block,
+                   p50=pick(0.5), p99=pick(0.99), error=state["error"])
+
+    def done(result):
+        if hasattr(result, "getErrorMessage"):
+            out["error"] = result.getErrorMessage()
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: ensureDeferred(run()).addBoth(done))
+    reactor.run(installSignalHandlers=False)
+    return out
+
+
+def run_workload(url: str, block: int, depth: int, seconds: float, rate: float = 0.0) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "tools.bench_lab", "--workload", url,
+                           str(block), str(depth), str(seconds), str(rate)],
+                          capture_output=True, text=True, timeout=seconds + 120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"workload failed: {proc.stderr.strip()[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result.get("error"):
+        raise RuntimeError(f"workload against {url}: {result['error']}")
+    return result
+
+
+def one_row(topology, block: int, depth: int, seconds: float, rate: float = 0.0,
+            baseline: bool = False) -> dict:
+    from rcn import demo, lab as lablib
+    directory = tempfile.mkdtemp(prefix="rcn-bench-")
+    lab = lablib.up(topology, directory)
+    try:
+        pair = lab["pairs"][0]
+        target = next(d for d in lab["devices"] if d["name"] == "arrayB")
+        url = target["volumes"][0]["nbd_url"] if baseline else pair["nbd_url"]
+        result = run_workload(url, block, depth, seconds, rate)
+        if not baseline:
+            started = time.monotonic()
+            edges = demo.wait_applied(lab, timeout=300)
+            result["apply_wait"] = time.monotonic() - started
+            result["edge_ack_p50"] = edges["source"].get("ack_latency_p50_s")
+            result["edge_ack_p99"] = edges["source"].get("ack_latency_p99_s")
+            result["lag_p50"] = edges["target"].get("lag_p50_s")
+            result["lag_p99"] = edges["target"].get("lag_p99_s")
+            result["retransmits"] = edges["source"].get("sender", {}).get("retransmits", 0)
+        return result
+    finally:
+        lablib.down(directory, quiet=True)
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value * 1000:.2f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per row (default 10)")
+    parser.add_argument("--cores", type=int, default=1, help="cores in the path (default 1)")
+    parser.add_argument("--log-mode", choices=("durable", "memory"), default="durable")
+    parser.add_argument("--workload", nargs=5, metavar=("URL", "BLOCK", "DEPTH", "SECONDS", "RATE"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.workload:
+        url, block, depth, seconds, rate = args.workload
+        print(json.dumps(workload(url, int(block), int(depth), float(seconds), float(rate), 1)))
+        return 0
+
+    from rcn import lab as lablib
+    topology = lablib.Topology(cores=args.cores, log_mode=args.log_mode, capacity=1 << 30)
+    print(f"whole lab on loopback: 2 arrays, 2 edges, {args.cores} core(s), log "
+          f"{args.log_mode}; {args.seconds:g} s per row; {os.cpu_count()} CPUs", flush=True)
+    rows = []
+
+    def row(name, result, target):
+        mbs = result["bytes"] / result["seconds"] / MB
+        iops = result["writes"] / result["seconds"]
+        rows.append((name, mbs, iops, result, target))
+        print(f"  measured: {name}: {mbs:.1f} MB/s, {iops:.0f} IOPS", file=sys.stderr, flush=True)
+
+    row("baseline 64K qd16 -> target array", one_row(topology, 65536, 16, args.seconds,
+                                                     baseline=True), "")
+    big = one_row(topology, 65536, 16, args.seconds)
+    row("RCN 64K qd16", big, ">= 150 MB/s")
+    row("baseline 4K qd64 -> target array", one_row(topology, 4096, 64, args.seconds,
+                                                    baseline=True), "")
+    small = one_row(topology, 4096, 64, args.seconds)
+    row("RCN 4K qd64", small, ">= 10,000 IOPS")
+    half = small["writes"] / small["seconds"] / 2
+    paced = one_row(topology, 4096, 64, args.seconds, rate=half)
+    row(f"RCN 4K at {half:.0f}/s (half)", paced, "ack p99 < 2 ms, lag p99 < 100 ms")
+
+    base64, base4 = rows[0][1], rows[2][2]
+    print(f"{'workload':38} {'MB/s':>8} {'IOPS':>8} {'vs base':>8} {'host p50/p99 ms':>16} "
+          f"{'edge ack p50/p99':>17} {'lag p50/p99 ms':>15}  target")
+    for name, mbs, iops, r, target in rows:
+        ratio = (mbs / base64) if "64K" in name else (iops / base4)
+        print(f"{name:38} {mbs:8.1f} {iops:8.0f} {ratio:8.2f} "
+              f"{_ms(r.get('p50')) + '/' + _ms(r.get('p99')):>16} "
+              f"{_ms(r.get('edge_ack_p50')) + '/' + _ms(r.get('edge_ack_p99')):>17} "
+              f"{_ms(r.get('lag_p50')) + '/' + _ms(r.get('lag_p99')):>15}  {target}")
+    print(f"targets: 64K {big['bytes'] / big['seconds'] / MB:.1f} MB/s (>= 150); "
+          f"4K {small['writes'] / small['seconds']:.0f} IOPS (>= 10000); ack p99 "
+          f"{_ms(paced.get('edge_ack_p99'))} ms (< 2); lag p99 {_ms(paced.get('lag_p99'))} ms "
+          f"(< 100)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
