@@ -94,6 +94,7 @@ class Layout:
         self._names = tuple(f.name for f in self.fields)
         self._wide = tuple(f.name for f in self.fields if not f.raw and f.width not in _STRUCT_CODES)
         self._raw = tuple(f for f in self.fields if f.raw)
+        self._known = frozenset(self._names) | {n for f in self.fields if f.bits for n, _ in f.bits}
         self._bit_fields = [f for f in self.fields if f.bits]
         self._bit_masks = [(f.name, f.bit_masks) for f in self._bit_fields]
         self.dtype = np.dtype([
@@ -152,7 +153,7 @@ class Layout:
                 merged[f.name] = sum(
                     (int(merged.get(name, 0)) & mask) << shift for name, shift, mask in f.bit_masks)
         full = {f.name: merged.get(f.name, bytes(f.width) if f.raw else 0) for f in self.fields}
-        unknown = set(merged) - set(full) - {n for f in self._bit_fields for n, _ in f.bits}
+        unknown = merged.keys() - self._known
         if unknown:
             raise KeyError(f"{self.layer}: unknown fields {sorted(unknown)}")
         if not self._wide:

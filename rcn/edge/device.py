@@ -253,7 +253,7 @@ class EdgeDevice:
                                   io_time_ns=int(started * 1e9), target_wwn=pair.target_wwn,
                                   target_lun=pair.target_lun, source_wwn=pair.source_wwn,
                                   source_lun=pair.source_lun, ttl=self.settings.ttl)
-        path = self._next_hop(_header_of(datagrams[0]), backward=False)
+        path = self.routes.next_hop(pair.source_wwn, pair.target_wwn, self.me)
         try:
             durable = self.log_store.append(group, sequence, b"".join(datagrams))
         except Exception as exc:      # LogStoreFull: the array retries a BUSY

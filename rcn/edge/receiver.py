@@ -33,6 +33,7 @@ missing ranges (``ReorderBuffer.missing``) go back to the source, again every
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -100,10 +101,10 @@ class GroupStats:
 
 
 def _extent(command: RioCommand) -> tuple[int, int] | None:
-    if command.cdb and command.cdb[0] == _WRITE16:
+    if command.cdb and command.cdb[0] == _WRITE16 and command.parsed["transfer_length"]:
         lba = command.parsed["lba"]
         return lba, lba + command.parsed["transfer_length"]
-    return None
+    return None         # not a write, or one of no blocks: a barrier
 
 
 class GroupReceiver:
@@ -129,6 +130,9 @@ class GroupReceiver:
         self.pending_bytes = 0
         self.ready: deque[_Entry] = deque()    # released, in order, not yet sent
         self.uncertain: deque[_Entry] = deque()  # sent to the target, not yet durable
+        self._starts: list[int] = []           # first blocks of the uncertain writes, sorted
+        self._ends: dict[int, int] = {}        # first block -> end block
+        self._barriers = 0                     # uncertain entries that are not writes
         self.done: dict[int, _Entry] = {}      # answered GOOD, waiting for durability
         self.answers: dict[int, tuple[dict, bytes]] = {}   # recent CTRL answers (for resends)
         self.last_header: dict | None = None
@@ -219,20 +223,36 @@ class GroupReceiver:
                 self._retry_later()
                 return
             self.ready.popleft()
-            self.uncertain.append(item)
+            self._hold(item)
             command = item.command
             if item.entry_type == EntryType.WR:
                 command.attribute = _ORDERED
             maybeDeferred(target.execute, command).addCallbacks(
                 self._answered, self._failed, (item,), None, (item,), None)
 
+    # The uncertain writes' extents are disjoint (an overlapping write waits), so they are
+    # kept sorted by first block: one bisection answers "does this extent overlap any?".
     def _overlaps(self, extent: tuple[int, int]) -> bool:
+        if self._barriers:
+            return True
         first, end = extent
-        for other in self.uncertain:
-            e = other.extent
-            if e is None or (first < e[1] and e[0] < end):
-                return True
-        return False
+        i = bisect.bisect_left(self._starts, end) - 1
+        return i >= 0 and self._ends[self._starts[i]] > first
+
+    def _hold(self, item: _Entry) -> None:
+        self.uncertain.append(item)
+        if item.extent is None or item.entry_type == EntryType.CTRL:
+            self._barriers += 1
+        else:
+            bisect.insort(self._starts, item.extent[0])
+            self._ends[item.extent[0]] = item.extent[1]
+
+    def _let_go(self, item: _Entry) -> None:
+        if item.extent is None or item.entry_type == EntryType.CTRL:
+            self._barriers -= 1
+        else:
+            del self._starts[bisect.bisect_left(self._starts, item.extent[0])]
+            del self._ends[item.extent[0]]
 
     def _answered(self, result: ScsiResult, item: _Entry) -> None:
         if item.entry_type == EntryType.WR and not result.good:
@@ -273,6 +293,7 @@ class GroupReceiver:
                       delay=self.config.retry_delay)
         # back to the head of the line, before anything released after it
         self.uncertain.remove(item)
+        self._let_go(item)
         self.ready.appendleft(item)
         self._retry_later()
 
@@ -288,6 +309,7 @@ class GroupReceiver:
         durable = max(self.durable, value)
         while self.uncertain and self.uncertain[0].sequence <= durable:
             item = self.uncertain.popleft()
+            self._let_go(item)
             self.done.pop(item.sequence, None)
             self._answer(item)
         self.durable = durable

@@ -67,6 +67,14 @@ class ReceiverTests(TestCase):
         self.records[0][1].callback(None)
         self.assertEqual([lba for lba, _ in self.target.calls], [0, 4, 100])
 
+    def test_disjoint_and_touching_writes_go_together(self):
+        for seq, (lba, blocks) in enumerate([(100, 8), (0, 4), (4, 4), (108, 1), (50, 10)], 1):
+            self.receiver.entry(header(seq), area(lba, blocks))
+        self.assertEqual([lba for lba, _ in self.target.calls], [100, 0, 4, 108, 50])
+        self.receiver.entry(header(6), area(55, 1))           # inside 50..59: waits
+        self.receiver.entry(header(7), area(200, 1))          # behind it: waits too (order)
+        self.assertEqual(len(self.target.calls), 5)
+
     def test_wrok_only_after_the_counter_is_durable(self):
         self.receiver.entry(header(1), area(0))
         self.target.calls[0][1].callback(ScsiResult())
