@@ -36,8 +36,10 @@ the virtual storage port establishes both directions, as an FC N_Port login
 does: the edge's PRLI accept offers the initiator function too, and the edge
 sends commands to the array only if the array's PRLI offered the target
 function (otherwise :class:`~rcn.rio.errors.NotLoggedIn`). The edge does not
-log in to the array itself. In this direction the edge always waits for the
-array's XFER_RDY (correct whatever the array's first-burst settings).
+log in to the array itself. In this direction the edge sends write data at once
+when the PRLI disabled write XFER_RDY (the array asked for it and the edge's
+``first_burst`` granted it: one agreement for both directions of the image
+pair), and otherwise waits for the array's XFER_RDY.
 
 Virtual WWN variant (DESIGN 3.1, 【0093】-【0098】): a virtual storage whose
 ``wwn`` differs from its ``partner_wwn`` is what the array sees under its own
@@ -287,7 +289,10 @@ class FabricPort(FcEndpoint):
         login.remote_params = params
         login.initiator = bool(params & els.FCP_INITIATOR_FUNCTION)
         login.target = bool(params & els.FCP_TARGET_FUNCTION)
-        login.write_xfer_rdy_disabled = False        # edge -> array writes wait for XFER_RDY
+        # The image pair serves both directions: when both sides agreed to disable write
+        # XFER_RDY, the edge's writes to the array send their data at once as well.
+        agreed = self.config.first_burst and bool(params & els.FCP_WRITE_XFER_RDY_DISABLED)
+        login.write_xfer_rdy_disabled = agreed
         accept = ACCEPT_PARAMS | (els.FCP_WRITE_XFER_RDY_DISABLED if self.config.first_burst else 0)
         self.ls_acc(frame, els.build_prli(accept, accept=True))
 

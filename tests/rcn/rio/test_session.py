@@ -395,11 +395,24 @@ class EdgeToArrayTest(SynchronousTestCase):
         self.assertTrue(self.successResultOf(d).good)
         edge = [frame_kind(f) for f in self.link.sent("edge")[5:]]
         array = [frame_kind(f) for f in self.link.sent("array")[5:]]
+        # both sides disabled write XFER_RDY at PRLI: the data follows the command at once
         self.assertEqual(edge, ["fcp_cmnd"] + ["fcp_data"] * 3)
-        self.assertEqual(array, ["fcp_xfer_rdy", "fcp_rsp"])
+        self.assertEqual(array, ["fcp_rsp"])
         cmnd = self.link.sent("edge")[5]
         self.assertEqual((cmnd.header["s_id"], cmnd.header["d_id"], cmnd.header["f_ctl"]),
-                         (VIRTUAL_ID, ARRAY_ID, 0x290000))
+                         (VIRTUAL_ID, ARRAY_ID, 0x280000))
+
+    def test_rio_wr_waits_for_xfer_rdy_when_the_array_wants_it(self):
+        target = RecordingTarget()
+        link = Link(array=array_config(target=target, first_burst=False))
+        d = link.array.session(PARTNER_WWN)
+        link.flush()
+        self.successResultOf(d)
+        done = link.virtual().send_write(2, 0x40, pattern(4096, seed=3))
+        link.flush()
+        self.assertTrue(self.successResultOf(done).good)
+        array = [frame_kind(f) for f in link.sent("array")[5:]]
+        self.assertEqual(array, ["fcp_xfer_rdy", "fcp_rsp"])
 
     def test_ordered_writes_applied_one_at_a_time(self):
         for n in range(3):
