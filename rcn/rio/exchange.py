@@ -86,6 +86,9 @@ class _NoLink:
     def send_fc(self, *args):
         raise LinkDown("not connected")
 
+    def send_fc_many(self, frames):
+        raise LinkDown("not connected")
+
 
 NO_LINK = _NoLink()
 
@@ -144,23 +147,31 @@ class Exchange:
         """
         if end <= start:
             raise ValueError(f"exchange: empty data sequence [{start}:{end}]")
-        send = self.table.link.send_fc
         view = memoryview(data)
         seq_id = self.next_seq_id()
         f_ctl = self._ec | RELATIVE_OFFSET
         remote, local, ox_id, rx_id = self.remote_id, self.local_id, self.ox_id, self.rx_id
-        count, offset, sof = 0, start, SOF_I3
+        frames, count, offset, sof = [], 0, start, SOF_I3
         while True:
             upto = offset + max_frame
             if upto >= end:
-                send(r_ctl, remote, local, fc_type, f_ctl | END_SEQUENCE | last_f_ctl, seq_id,
-                     count, ox_id, rx_id, offset, view[offset:end], sof, EOF_T)
-                return count + 1
-            send(r_ctl, remote, local, fc_type, f_ctl, seq_id, count, ox_id, rx_id, offset,
-                 view[offset:upto], sof, EOF_N)
+                frames.append((r_ctl, remote, local, fc_type, f_ctl | END_SEQUENCE | last_f_ctl,
+                               seq_id, count, ox_id, rx_id, offset, view[offset:end], sof, EOF_T))
+                break
+            frames.append((r_ctl, remote, local, fc_type, f_ctl, seq_id, count, ox_id, rx_id,
+                           offset, view[offset:upto], sof, EOF_N))
             count += 1
             offset = upto
             sof = SOF_N3
+        # the whole sequence in one write: per-write costs dominate 2 KiB frames
+        link = self.table.link
+        send_many = getattr(link, "send_fc_many", None)
+        if send_many is not None:
+            send_many(frames)
+        else:
+            for frame in frames:
+                link.send_fc(*frame)
+        return count + 1
 
     def close(self) -> None:
         """The exchange is complete; its IDs are free again."""

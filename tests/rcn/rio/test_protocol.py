@@ -194,6 +194,25 @@ class FcipProtocolTest(SynchronousTestCase):
         self.assertEqual(first.fc.payload, bytes(100))
         self.assertTrue(first.fc.crc_ok)
 
+    def test_many_frames_in_one_write_sequence(self):
+        sequences = []
+        self.transport.writeSequence = lambda chunks: (sequences.append(list(chunks)),
+                                                       StringTransport.writeSequence(
+                                                           self.transport, chunks))
+        frames = [(1, 2, 3, 8, 0x08, 0, n, 4, 5, n * 100, bytes([n]) * 100, Sof.N3, Eof.N)
+                  for n in range(3)]
+        self.protocol.send_fc_many(frames)
+        self.assertEqual(len(sequences), 1)
+        self.assertEqual(self.transport.writes, 0)
+        self.assertEqual(self.protocol.counters["frames_out"], 3)
+        stream, at = self.transport.value(), 0
+        for n in range(3):
+            frame = fcip.parse_fcip_frame(stream[at:])
+            self.assertEqual((frame.fc.payload, frame.fc.header["parameter"]),
+                             (bytes([n]) * 100, n * 100))
+            self.assertTrue(frame.fc.crc_ok)
+            at += len(sequences[0][n])
+
     def test_connection_lost_tells_endpoint(self):
         from twisted.python.failure import Failure
         from twisted.internet.error import ConnectionDone
