@@ -11,7 +11,7 @@ baseline rows write the same workload straight to the target array's volume
 (its NBD export, no replication), in the same run.
 
 Rows:
-  64 KiB writes, 16 in flight          MB/s            target >= 150 MB/s
+  64 KiB writes, 32 in flight          MB/s            target >= 150 MB/s
   4 KiB writes, 64 in flight           IOPS            target >= 10,000 (durable log)
   4 KiB writes at half the max rate    ack p50/p99 at the source edge (target p99 < 2 ms)
                                        lag p50/p99 at the target edge (target p99 < 100 ms)
@@ -164,10 +164,10 @@ def main(argv=None) -> int:
         rows.append((name, mbs, iops, result, target))
         print(f"  measured: {name}: {mbs:.1f} MB/s, {iops:.0f} IOPS", file=sys.stderr, flush=True)
 
-    row("baseline 64K qd16 -> target array", one_row(topology, 65536, 16, args.seconds,
+    row("baseline 64K qd32 -> target array", one_row(topology, 65536, 32, args.seconds,
                                                      baseline=True), "")
-    big = one_row(topology, 65536, 16, args.seconds)
-    row("RCN 64K qd16", big, ">= 150 MB/s")
+    big = one_row(topology, 65536, 32, args.seconds)
+    row("RCN 64K qd32", big, ">= 150 MB/s")
     row("baseline 4K qd64 -> target array", one_row(topology, 4096, 64, args.seconds,
                                                     baseline=True), "")
     small = one_row(topology, 4096, 64, args.seconds)

@@ -13,7 +13,10 @@ Types and bodies
         the RIO area (patent 805): the exchange's FC frames, each as a unit of a
         4-byte length then the frame between SOF and EOF ordered sets (the
         layout Wireshark's ``fcsof`` dissector reads). WROK and CTRL_OK carry
-        the answering FCP_RSP (and DPOK's bitmap data-in).
+        the answering FCP_RSP (and DPOK's bitmap data-in). A WROK with flag
+        CUMULATIVE answers every WR of its group up to and including its
+        sequence (CTRL entries keep their own CTRL_OK): a target edge that
+        makes many applies durable at once sends one.
     NAK
         count, reserved, then ``count`` (first, last) sequence ranges.
     KEEPALIVE
@@ -61,6 +64,7 @@ class EntryType(enum.IntEnum):
 class EntryFlag(enum.IntFlag):
     RETRANSMIT = 0x0001      # the source edge sent this entry before
     RESENT_ACK = 0x0002      # a WROK re-sent for an entry the target had already applied
+    CUMULATIVE = 0x0004      # a WROK for every WR of the group up to and including its sequence
 
 
 RIO_TYPES = frozenset({EntryType.WR, EntryType.WROK, EntryType.CTRL, EntryType.CTRL_OK})
@@ -70,7 +74,7 @@ LOG_HEADER = Layout("log", [
     uint("version", 1, "layout version, 1"),
     uint("entry_type", 1, "WR 1, WROK 2, CTRL 3, CTRL_OK 4, NAK 5, BATCH 6, KEEPALIVE 7",
          values={v.value: v.name for v in EntryType}),
-    uint("flags", 2, "0x0001 retransmit, 0x0002 re-sent acknowledgement"),
+    uint("flags", 2, "0x0001 retransmit, 0x0002 re-sent acknowledgement, 0x0004 cumulative WROK"),
     uint("group_id", 4, "order guarantee ID (803)"),
     uint("ttl", 1, "hops left; a relay drops the entry at 0"),
     raw("reserved", 3, "0"),

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 
 from datapath.frames import fcp
 from datapath.frames.errors import DecodeError
-from datapath.frames.logentry import (HEADER_SIZE, EntryType, LOG_HEADER, LogEntry,
+from datapath.frames.logentry import (HEADER_SIZE, EntryFlag, EntryType, LOG_HEADER, LogEntry,
                                       build_keepalive, parse_entry, parse_keepalive,
                                       parse_nak_ranges, segment_entry)
 from datapath.frames.names import format_wwn
@@ -51,6 +51,7 @@ _TUR = 0x00
 _LU_NOT_SUPPORTED = (0x25, 0x00)
 _INVALID_OPCODE = (0x20, 0x00)
 _BUSY = fcp.ScsiStatus.BUSY
+_CUMULATIVE = int(EntryFlag.CUMULATIVE)
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ class EdgeDevice:
         self.apply_target_for = apply_target_for or self._fabric_target
         self._fabric_targets: dict[tuple[int, int], FabricApplyTarget] = {}
         self._waiting_ctrl: dict[tuple[int, int], Deferred] = {}
+        self._acked_through: dict[int, int] = {}      # group -> highest cumulative WROK
         self.ack_latency = LatencyHistogram()
         self.lag = LatencyHistogram()
         self.counters = {"writes": 0, "write_bytes": 0, "controls": 0, "refused": 0, "busy": 0,
@@ -373,11 +375,16 @@ class EdgeDevice:
 
     def _answer(self, header: dict, area: bytes) -> None:
         group, sequence = header["group_id"], header["sequence"]
-        self.sender.acknowledged(group, sequence)
-        self.log_store.delete(group, sequence)
         if header["entry_type"] == EntryType.WROK:
             self.counters["wroks"] += 1
+            if header["flags"] & _CUMULATIVE:
+                self._acknowledge_through(group, sequence)
+            else:
+                self.sender.acknowledged(group, sequence)
+                self.log_store.delete(group, sequence)
             return
+        self.sender.acknowledged(group, sequence)
+        self.log_store.delete(group, sequence)
         self.counters["ctrl_oks"] += 1
         waiting = self._waiting_ctrl.pop((group, sequence), None)
         if waiting is None:
@@ -389,6 +396,18 @@ class EdgeDevice:
                       edge=self.name, group=group, seq=sequence, why=exc)
             result = check_condition(SenseKey.ABORTED_COMMAND, (0x00, 0x00))
         waiting.callback(result)
+
+    def _acknowledge_through(self, group: int, sequence: int) -> None:
+        """A cumulative WROK: every WR of the group up to ``sequence`` is applied."""
+        low = self._acked_through.get(group)
+        if low is None:
+            low = self.log_store.group_stats(group)["deleted"]
+        for seq in range(low + 1, sequence + 1):
+            if (group, seq) in self._waiting_ctrl or not self.sender.holds(group, seq):
+                continue            # a CTRL waits for its own answer; others are gone
+            self.sender.acknowledged(group, seq)
+            self.log_store.delete(group, seq)
+        self._acked_through[group] = max(low, sequence)
 
     def _next_hop(self, header: dict, backward: bool) -> Address | None:
         return self.routes.next_hop(header["source_wwn"], header["target_wwn"], self.me, backward)

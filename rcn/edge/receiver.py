@@ -10,6 +10,8 @@ For each order guarantee group a :class:`GroupReceiver` holds
 * the **apply pipeline**: released entries go to the target (an
   :class:`ApplyTarget`: the target array over its RIO link, or an NBD server)
   with the ORDERED task attribute, up to ``apply_window`` at a time;
+* **WROKs** are cumulative (flag CUMULATIVE): one per batch of writes made
+  durable together, for every write of the group up to its sequence;
 * the **apply counter**, persisted through :class:`rcn.edge.applystate.ApplyState`
   (group commit) before any WROK that relies on it leaves, so a restart never
   waits for an entry the source has already deleted nor applies one twice out
@@ -44,7 +46,7 @@ from twisted.logger import Logger
 
 from datapath.frames import fcp
 from datapath.frames.errors import DecodeError
-from datapath.frames.logentry import EntryFlag, EntryType, build_entry, build_nak, segment_entry
+from datapath.frames.logentry import EntryFlag, EntryType, build_nak, segment_entry
 from datapath.kernels import reorder as reorder_kernel
 from rcn.logxfer.rioarea import RioCommand, parse_command_area, response_area
 from rcn.rio.fcp import ScsiResult
@@ -307,24 +309,29 @@ class GroupReceiver:
 
     def _durable(self, _, value: int) -> None:
         durable = max(self.durable, value)
+        last_write = None
         while self.uncertain and self.uncertain[0].sequence <= durable:
             item = self.uncertain.popleft()
             self._let_go(item)
             self.done.pop(item.sequence, None)
-            self._answer(item)
+            if item.entry_type == EntryType.CTRL:
+                self._answer_control(item)
+            else:
+                last_write = item
         self.durable = durable
+        if last_write is not None:
+            # one WROK for every write that became durable together
+            self._send(EntryType.WROK, last_write.header, _GOOD_AREA, _CUMULATIVE)
+            self.stats.wroks_sent += 1
         self.pump()
 
-    def _answer(self, item: _Entry) -> None:
-        header = item.header
+    def _answer_control(self, item: _Entry) -> None:
         result = item.result or ScsiResult()
-        answer_type = EntryType.CTRL_OK if item.entry_type == EntryType.CTRL else EntryType.WROK
         area = response_area(0, 0, 0, 0, result, item.command.data_in_length if item.command else 0)
-        if answer_type == EntryType.CTRL_OK:
-            self.answers[item.sequence] = (header, area)
-            while len(self.answers) > 64:
-                del self.answers[next(iter(self.answers))]
-        self._send(answer_type, header, area, 0)
+        self.answers[item.sequence] = (item.header, area)
+        while len(self.answers) > 64:
+            del self.answers[next(iter(self.answers))]
+        self._send(EntryType.CTRL_OK, item.header, area, 0)
         self.stats.wroks_sent += 1
 
     def _resend_answer(self, header: dict) -> None:
@@ -334,7 +341,9 @@ class GroupReceiver:
                 return      # too old to have kept the answer: the source's retry will time out
             self._send(EntryType.CTRL_OK, header, kept[1], EntryFlag.RESENT_ACK)
         else:
-            self._send(EntryType.WROK, header, _GOOD_AREA, EntryFlag.RESENT_ACK)
+            # everything up to the durable counter, this duplicate included
+            self._send(EntryType.WROK, dict(header, sequence=self.durable), _GOOD_AREA,
+                       _CUMULATIVE | EntryFlag.RESENT_ACK)
         self.stats.wroks_resent += 1
 
     def _send(self, entry_type: int, header: dict, area: bytes, flags: int) -> None:
@@ -382,8 +391,5 @@ class GroupReceiver:
 _ANSWER_FIELDS = ("group_id", "sequence", "io_time_ns", "target_wwn", "target_lun",
                   "source_wwn", "source_lun")
 _GOOD_AREA = response_area(0, 0, 0, 0, ScsiResult())
+_CUMULATIVE = int(EntryFlag.CUMULATIVE)
 
-
-def good_wrok(header: dict) -> bytes:
-    """A WROK for ``header``'s entry (single datagram)."""
-    return build_entry(EntryType.WROK, _GOOD_AREA, **{k: header[k] for k in _ANSWER_FIELDS})

@@ -167,6 +167,11 @@ class Sender:
         self._pump(item.path)
         return item
 
+    def holds(self, group: int, sequence: int) -> bool:
+        """Whether the entry is outstanding or queued."""
+        key = (group, sequence)
+        return key in self.outstanding or key in self.queued
+
     def nak(self, group: int, ranges: list[tuple[int, int]], limit: int = 4096) -> int:
         """Send the named outstanding entries again now; returns how many were sent."""
         now = self.clock.seconds()

@@ -83,13 +83,25 @@ class ReceiverTests(TestCase):
         self.assertEqual([(b["entry_type"], b["sequence"]) for b in self.back],
                          [(EntryType.WROK, 1)])
 
+    def test_writes_durable_together_get_one_cumulative_wrok(self):
+        for seq in (1, 2, 3):
+            self.receiver.entry(header(seq), area(seq * 10))
+        for _, d in self.target.calls:
+            d.callback(ScsiResult())
+        self.assertEqual([v for v, _ in self.records], [1, 2, 3])
+        self.records[-1][1].callback(None)                   # 3 durable covers 1 and 2
+        wroks = [b for b in self.back if b["entry_type"] == EntryType.WROK]
+        self.assertEqual([(w["sequence"], w["flags"]) for w in wroks],
+                         [(3, EntryFlag.CUMULATIVE)])
+
     def test_duplicate_of_an_applied_entry_gets_its_wrok_again(self):
         self.receiver.entry(header(1), area(0))
         self.target.calls[0][1].callback(ScsiResult())
         self.records[0][1].callback(None)
         self.receiver.entry(header(1), area(0))
         self.assertEqual(len(self.target.calls), 1)
-        self.assertEqual(self.back[-1]["flags"], EntryFlag.RESENT_ACK)
+        self.assertEqual(self.back[-1]["flags"], EntryFlag.RESENT_ACK | EntryFlag.CUMULATIVE)
+        self.assertEqual(self.back[-1]["sequence"], 1)
         self.assertEqual(self.receiver.stats.duplicates_applied, 1)
 
     def test_gap_is_nakked_after_the_delay(self):

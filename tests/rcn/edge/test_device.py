@@ -1,0 +1,81 @@
+"""EdgeDevice, source side: WR and CTRL entries to the log and the sender; answers delete them."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from datapath.frames import fcp
+from datapath.frames.logentry import EntryFlag, EntryType, build_entry, parse_datagram
+from rcn.edge.applystate import ApplyState
+from rcn.edge.device import EdgeDevice, EdgeSettings, PairEntry
+from rcn.edge.logstore import LogStore
+from rcn.logxfer.rioarea import response_area
+from rcn.logxfer.routes import Address, Route, RouteTable
+from rcn.rio.fcp import ScsiCommand, ScsiResult, ScsiStatus, build_write16_cdb
+
+A, B = 0x500A098000000001, 0x500A098000000002
+ME, CORE, FAR = Address("10.0.0.1", 1), Address("10.0.0.2", 1), Address("10.0.0.3", 1)
+PAIR = PairEntry(A, 0, B, 4, 7)
+
+
+def write_command(lba: int) -> ScsiCommand:
+    cdb = build_write16_cdb(lba, 1)
+    return ScsiCommand(0x010100, A, 0x010200, B, 4, cdb, fcp.parse_cdb(cdb),
+                       fcp.TaskAttribute.ORDERED, bytes(512), 0, lba)
+
+
+class SourceEdgeTests(TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.sent: list[tuple[dict, Address]] = []
+        store = LogStore(None, mode="memory")
+        store.open()
+        state = ApplyState(None)
+        state.load()
+        settings = EdgeSettings(me=ME, pairs=[PAIR],
+                                routes=RouteTable([Route(A, B, (ME, CORE, FAR))]))
+        self.edge = EdgeDevice(self.clock, settings, store, state,
+                               lambda d, addr: self.sent.append((parse_datagram(d).header, addr)))
+
+    def answer(self, entry_type, sequence: int, flags: int = 0, result=None) -> None:
+        data = build_entry(entry_type, response_area(0, 0, 0, 0, result or ScsiResult()),
+                           group_id=7, sequence=sequence, source_wwn=A, target_wwn=B,
+                           flags=flags)
+        self.edge.entry_received(parse_datagram(data), data, CORE)
+
+    def test_write_is_logged_answered_and_sent_to_the_next_hop(self):
+        result = self.successResultOf(self.edge.rio_command(write_command(8), B))
+        self.assertTrue(result.good)
+        header, address = self.sent[0]
+        self.assertEqual(address, CORE)
+        self.assertEqual((header["entry_type"], header["group_id"], header["sequence"],
+                          header["target_lun"], header["source_wwn"]), (EntryType.WR, 7, 1, 4, A))
+        self.assertEqual(self.edge.log_store.retained(7), [1])
+
+    def test_write_to_a_lun_without_a_pair_is_refused(self):
+        command = write_command(8)
+        command.lun = 5
+        result = self.edge.rio_command(command, B)
+        self.assertEqual(result.status, ScsiStatus.CHECK_CONDITION)
+        self.assertEqual(self.sent, [])
+
+    def test_cumulative_wrok_deletes_every_write_up_to_it_but_not_a_control(self):
+        for lba in (1, 2):
+            self.edge.rio_command(write_command(lba), B)
+        cdb = fcp.build_rcn_control(fcp.RcnServiceAction.SUSPEND, 7, 0, 0)
+        control = self.edge.control(PAIR, 7, cdb)               # sequence 3
+        self.edge.rio_command(write_command(4), B)               # sequence 4
+        self.answer(EntryType.WROK, 4, EntryFlag.CUMULATIVE)
+        self.assertEqual(self.edge.log_store.retained(7), [3])
+        self.assertNoResult(control)
+        self.answer(EntryType.CTRL_OK, 3)
+        self.assertTrue(self.successResultOf(control).good)
+        self.assertEqual(self.edge.log_store.retained(7), [])
+        self.assertEqual(len(self.edge.sender.outstanding), 0)
+
+    def test_single_wrok_deletes_only_its_entry(self):
+        for lba in (1, 2):
+            self.edge.rio_command(write_command(lba), B)
+        self.answer(EntryType.WROK, 2)
+        self.assertEqual(self.edge.log_store.retained(7), [1])
