@@ -418,7 +418,8 @@ class EdgeDevice:
         if receiver is None:
             receiver = GroupReceiver(group, self.clock, self.settings.receiver,
                                      self.apply_state.applied(group), self._target_for,
-                                     self.apply_state.record, self._send_back, self.lag.observe)
+                                     self.apply_state.record, self._send_back, self.lag.observe,
+                                     self.apply_state.durable)
             self.receivers[group] = receiver
         return receiver
 

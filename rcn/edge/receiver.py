@@ -116,7 +116,8 @@ class GroupReceiver:
                  target_for: Callable[[dict], ApplyTarget | None],
                  record_applied: Callable[[int, int], Deferred],
                  send_back: Callable[[dict, list[bytes]], None],
-                 observe_lag: Callable[[float], None] | None = None):
+                 observe_lag: Callable[[float], None] | None = None,
+                 durable_of: Callable[[int], int] | None = None):
         self.group = group
         self.clock = clock
         self.config = config
@@ -124,6 +125,9 @@ class GroupReceiver:
         self.record_applied = record_applied
         self.send_back = send_back
         self.observe_lag = observe_lag
+        # what is durable now: one fsync fires many record() Deferreds, and the first of
+        # them can answer for all (one cumulative WROK instead of one each)
+        self.durable_of = durable_of
         self.reorder = reorder_kernel.ReorderBuffer(config.window, first_sequence=applied + 1)
         self.stats = GroupStats()
         self.applied = applied                 # last sequence the target answered GOOD for
@@ -309,6 +313,8 @@ class GroupReceiver:
 
     def _durable(self, _, value: int) -> None:
         durable = max(self.durable, value)
+        if self.durable_of is not None:
+            durable = max(durable, min(self.durable_of(self.group), self.applied))
         last_write = None
         while self.uncertain and self.uncertain[0].sequence <= durable:
             item = self.uncertain.popleft()

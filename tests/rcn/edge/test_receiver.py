@@ -94,6 +94,29 @@ class ReceiverTests(TestCase):
         self.assertEqual([(w["sequence"], w["flags"]) for w in wroks],
                          [(3, EntryFlag.CUMULATIVE)])
 
+    def test_first_of_several_records_fired_by_one_fsync_answers_for_all(self):
+        durable = {"value": 0}
+        receiver = GroupReceiver(7, self.clock, ReceiverConfig(window=16), 0,
+                                 lambda h: self.target, lambda g, v: self.records_for(v),
+                                 lambda h, d: self.back.extend(parse_datagram(x).header
+                                                               for x in d),
+                                 durable_of=lambda g: durable["value"])
+        self.pending_records = []
+        for seq in (1, 2, 3):
+            receiver.entry(header(seq), area(seq * 10))
+        for _, d in self.target.calls:
+            d.callback(ScsiResult())
+        durable["value"] = 3                                  # one fsync made all three durable
+        for d in self.pending_records:
+            d.callback(None)
+        wroks = [b for b in self.back if b["entry_type"] == EntryType.WROK]
+        self.assertEqual([w["sequence"] for w in wroks], [3])
+
+    def records_for(self, value):
+        d = Deferred()
+        self.pending_records.append(d)
+        return d
+
     def test_duplicate_of_an_applied_entry_gets_its_wrok_again(self):
         self.receiver.entry(header(1), area(0))
         self.target.calls[0][1].callback(ScsiResult())
