@@ -26,6 +26,7 @@ from dataclasses import replace
 
 from twisted.application import internet, service
 from twisted.internet import endpoints
+from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.server import Site
@@ -35,6 +36,7 @@ from rcn.edge.applystate import ApplyState
 from rcn.edge.config import EdgeConfig
 from rcn.edge.device import EdgeDevice, SourceTarget
 from rcn.edge.logstore import LogStore
+from rcn.edge.syncthread import SyncThread
 from rcn.edge.nbdfront import COUNTER_NAMES as NBD_VOLUME_COUNTERS
 from rcn.edge.nbdfront import VirtualVolumeExport
 from rcn.logxfer.protocol import LogTransferProtocol, listen
@@ -54,12 +56,15 @@ class Edge:
         self.config = config
         self.reactor = reactor
         os.makedirs(config.data_dir, exist_ok=True)
+        self.sync = SyncThread(reactor)
         self.log_store = LogStore(None if config.log_mode == "memory" else
                                   os.path.join(config.data_dir, "log"), mode=config.log_mode,
                                   segment_bytes=config.segment_size,
-                                  group_quota_bytes=config.group_quota, clock=reactor)
+                                  group_quota_bytes=config.group_quota, clock=reactor,
+                                  run_sync=self.sync.run)
         self.replayed = self.log_store.open()
-        self.apply_state = ApplyState(os.path.join(config.data_dir, "applied.json"))
+        self.apply_state = ApplyState(os.path.join(config.data_dir, "applied.json"),
+                                      run_sync=self.sync.run)
         self.apply_state.load()
         self.udp = LogTransferProtocol(None, receive_buffer=config.receive_buffer,
                                        send_buffer=config.send_buffer)
@@ -165,9 +170,12 @@ class Edge:
             for connection in list(self.nbd.connections):
                 connection.close()
         self.device.stop()
-        d = self.log_store.close()
-        self.apply_state.close()
-        return d
+        closed = gatherResults([self.log_store.close(), self.apply_state.close()])
+        return closed.addBoth(self._stop_sync)
+
+    def _stop_sync(self, result):
+        self.sync.stop()
+        return result
 
 
 def _figure(value: float) -> float | None:
