@@ -233,19 +233,27 @@ class _Task:
         if h["r_ctl"] != R_DATA or not self.write or self.ready:
             self.target.unexpected(exchange, frame, "target")
             return
-        offset, size = h["parameter"], len(frame.payload)
+        self.data_received(h["parameter"], frame.payload, h["f_ctl"])
+
+    @property
+    def wants_data(self) -> bool:
+        return self.write and not self.ready
+
+    def data_received(self, offset: int, payload: bytes, f_ctl: int) -> None:
+        """One FCP_DATA frame's payload (also the FCIP protocol's fast path)."""
+        size = len(payload)
         if offset != self.received or offset + size > self.window_end:
             self.target.data_error(self, f"FCP_DATA at relative offset {offset} ({size} bytes) "
                                          f"where {self.received} was next and the burst ends at "
                                          f"{self.window_end}")
             return
-        self.chunks.append(frame.payload)
+        self.chunks.append(payload)
         self.received += size
         if self.received == self.fcp_dl:
             self.command.data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
             self.chunks = None
             self.task_set.ready(self)
-        elif h["f_ctl"] & SEQUENCE_INITIATIVE:
+        elif f_ctl & SEQUENCE_INITIATIVE:
             self.target.request_data(self)
 
     def exchange_ended(self, exchange, error) -> None:

@@ -279,6 +279,19 @@ class FcEndpoint:
                        r_ctl=h["r_ctl"], type=fc_type, s_id=format_port_id(h["s_id"]),
                        d_id=format_port_id(h["d_id"]), ox=h["ox_id"])
 
+    def data_frame(self, s_id: int, ox_id: int, parameter: int, payload: bytes,
+                   f_ctl: int) -> bool:
+        """Fast path for FCP_DATA from an originator to a task that waits for data: no header
+        dict, no frame object. False: not such a frame; take :meth:`frame_received`."""
+        exchange = self.table.responded(s_id, ox_id)
+        if exchange is None or exchange.state != OPEN:
+            return False
+        handler = exchange.handler
+        if not getattr(handler, "wants_data", False):
+            return False
+        handler.data_received(parameter, payload, f_ctl)
+        return True
+
     def _els_request(self, frame) -> None:
         payload = frame.payload
         try:

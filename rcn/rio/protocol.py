@@ -6,7 +6,9 @@ for each complete frame it checks the FC CRC (``crc_errors``: counted,
 logged, dropped) and the EOF (EOFa, EOFni, EOFdti, EOFrti: ``eof_errors``,
 dropped), and hands the frame to its endpoint as a
 :class:`datapath.frames.fc.FcFrame` (FC header dict from the kernel's record,
-payload without fill bytes, SOF and EOF codes). FCIP special frames are
+payload without fill bytes, SOF and EOF codes) -- or, for FCP_DATA from an
+originator, first offers it to the endpoint's ``data_frame`` fast path (a task
+waiting for write data takes the payload without a dict or frame object). FCIP special frames are
 counted and ignored. A delineation error (bad complement, length or
 delimiter word) loses the framing for good: the reason is logged and counted
 (``stream_errors``), the endpoint is told ``link_down(reason)`` and the
@@ -36,7 +38,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from datapath.frames import fcip
-from datapath.frames.fc import MAX_PAYLOAD, Eof, FcFrame, Sof, delimiter_word
+from datapath.frames.fc import MAX_PAYLOAD, Eof, FcFrame, FcType, FCtl, RCtl, Sof, delimiter_word
 from datapath.frames.names import format_port_id
 from datapath.kernels.delineate import StreamDelineator
 from rcn.rio.array import ArrayConfig, ArrayPort
@@ -44,6 +46,9 @@ from rcn.rio.errors import LinkDown
 from rcn.rio.fabric import FabricConfig, FabricPort
 
 _FC_HEADER = struct.Struct(">IIIBBHHHI")      # r_ctl|d_id, cs_ctl|s_id, type|f_ctl, ...
+_R_DATA = int(RCtl.FCP_DATA)
+_TYPE_FCP = int(FcType.FCP)
+_EXCHANGE_CONTEXT = int(FCtl.EXCHANGE_CONTEXT)
 _CRC = struct.Struct("<I")
 _SOF_WORDS = {int(code): delimiter_word(code) for code in Sof}
 _EOF_WORDS = {int(code): delimiter_word(code) for code in Eof}
@@ -178,6 +183,7 @@ class FcipProtocol(Protocol):
 
     def _deliver(self, block, records) -> None:
         view = memoryview(block)
+        data_frame = getattr(self.endpoint, "data_frame", None)
         crc32 = zlib.crc32
         unpack_crc = _CRC.unpack_from
         for (offset, length, r_ctl, d_id, cs_ctl, s_id, fc_type, f_ctl, seq_id, df_ctl, seq_cnt,
@@ -201,14 +207,20 @@ class FcipProtocol(Protocol):
                                " OX_ID 0x{ox_id:04x}); frame dropped", peer=self._peer(), eof=eof,
                                r_ctl=r_ctl, ox_id=ox_id)
                 continue
-            header = {"r_ctl": r_ctl, "d_id": d_id, "cs_ctl": cs_ctl, "s_id": s_id,
-                      "type": fc_type, "f_ctl": f_ctl, "seq_id": seq_id, "df_ctl": df_ctl,
-                      "seq_cnt": seq_cnt, "ox_id": ox_id, "rx_id": rx_id, "parameter": parameter}
             payload_end = crc_at - (f_ctl & 3)
             payload = bytes(view[start + 24:payload_end]) if payload_end > start + 24 else b""
             self.frames_in += 1
             try:
-                self.endpoint.frame_received(FcFrame(header, payload, True, sof, eof))
+                # write data to a task waiting for it (most frames of a write) takes the
+                # endpoint's fast path, without a header dict or a frame object
+                if not (r_ctl == _R_DATA and fc_type == _TYPE_FCP
+                        and not f_ctl & _EXCHANGE_CONTEXT and data_frame is not None
+                        and data_frame(s_id, ox_id, parameter, payload, f_ctl)):
+                    header = {"r_ctl": r_ctl, "d_id": d_id, "cs_ctl": cs_ctl, "s_id": s_id,
+                              "type": fc_type, "f_ctl": f_ctl, "seq_id": seq_id,
+                              "df_ctl": df_ctl, "seq_cnt": seq_cnt, "ox_id": ox_id,
+                              "rx_id": rx_id, "parameter": parameter}
+                    self.endpoint.frame_received(FcFrame(header, payload, True, sof, eof))
             except Exception:
                 self.handler_errors += 1
                 self._log.failure("handling a frame from {peer} (R_CTL 0x{r_ctl:02x}, OX_ID "

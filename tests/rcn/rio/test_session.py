@@ -266,6 +266,17 @@ class WriteTest(RioTestCase):
         self.assertEqual([f.sof for f in frames], [Sof.I3] + [Sof.N3] * 31)
         self.assertEqual([f.eof for f in frames], [Eof.N] * 31 + [Eof.T])
 
+    def test_write_data_takes_the_fast_path(self):
+        session = self.session()
+        edge = self.link.edge
+        general = []
+        original = edge.frame_received
+        edge.frame_received = lambda frame: (general.append(frame_kind(frame)), original(frame))
+        d = self.pump(session.write(1, 0, pattern(16 << 10, seed=2)))
+        self.assertTrue(self.successResultOf(d).good)
+        self.assertEqual(general, ["fcp_cmnd"])       # the 8 data frames went the fast way
+        self.assertEqual(self.target.commands[0].data, pattern(16 << 10, seed=2))
+
     def test_bursts_of_max_burst(self):
         link = self.link = Link(edge_config(first_burst=False, max_burst=8192))
         link.virtual().target = self.target
