@@ -85,6 +85,11 @@ and ``edge.data_dir`` are required)::
     target_wwn = "50:0a:09:80:00:00:00:02"
     path = ["127.0.0.1:47001", "127.0.0.1:47003"]
 
+    [[nbd_target]]                        # target side: apply this target storage's LUN to an
+    target_wwn = "50:0a:09:80:00:00:00:03"    # NBD server (qemu-nbd, nbdkit) instead of an
+    target_lun = 0                        #   array attached over FCIP
+    url = "nbd://127.0.0.1:10809/backup"
+
 Errors name the file and the key.
 """
 
@@ -101,6 +106,7 @@ from rcn.edge.device import EdgeSettings, PairEntry
 from rcn.edge.receiver import ReceiverConfig
 from rcn.logxfer.protocol import DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER, MAX_UDP_PAYLOAD
 from rcn.logxfer.routes import Address
+from rcn.nbd.client import parse_nbd_url
 from rcn.rio.fabric import VirtualStorageEntry
 
 __all__ = ["ConfigError", "EdgeConfig", "NbdFront", "NbdVolume", "load_config", "parse_config"]
@@ -143,6 +149,7 @@ class EdgeConfig:
     access: set[tuple[int, int]] = field(default_factory=set)   # (storage, virtual)
     nbd: NbdFront | None = None
     nbd_volumes: list[NbdVolume] = field(default_factory=list)
+    nbd_targets: dict[tuple[int, int], str] = field(default_factory=dict)   # (wwn, lun) -> URL
 
 
 def load_config(path: str) -> EdgeConfig:
@@ -162,7 +169,7 @@ def _ms(reader: Reader, key: str, default: float, low: float = 0.1, high: float 
 def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
     top = Reader(doc, "")
     top.unknown({"edge", "log", "sender", "receiver", "fabric", "metrics", "virtual_storage",
-                 "access", "pair", "customer", "route", "nbd", "nbd_volume"})
+                 "access", "pair", "customer", "route", "nbd", "nbd_volume", "nbd_target"})
     edge = Reader(top.get("edge", dict), "edge.")
     edge.unknown({"id", "log", "fcip", "data_dir", "ttl", "receive_buffer", "send_buffer"})
     name = edge.get("id", str)
@@ -243,6 +250,15 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
                                r.get("group", int, check=in_range(0, 0xFFFFFFFF)), customer))
     routes = read_routes(top)
     nbd, nbd_volumes = _read_nbd(top, log_address, routes, pairs, access, customers)
+    nbd_targets = {}
+    for i, table in enumerate(_tables(top, "nbd_target")):
+        r = Reader(table, f"nbd_target[{i}].")
+        r.unknown({"target_wwn", "target_lun", "url"})
+        key = (r.get("target_wwn", str, check=parse_wwn),
+               r.get("target_lun", int, check=non_negative))
+        if key in nbd_targets:
+            raise ConfigError(f"nbd_target[{i}]: a second NBD server for the same target LUN")
+        nbd_targets[key] = r.get("url", str, check=_nbd_url)
     settings = EdgeSettings(me=log_address, pairs=pairs, routes=routes, bandwidth=customers,
                             receiver=receiver_config, window_bytes=window, rto=rto,
                             rto_max=rto_max, max_datagram_body=max_datagram - HEADER_SIZE,
@@ -252,7 +268,12 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
                       receive_buffer=buffers["receive_buffer"], send_buffer=buffers["send_buffer"],
                       first_burst=first_burst, exchange_timeout=exchange_timeout,
                       metrics=metrics_address, virtual_storages=virtual_storages, access=access,
-                      nbd=nbd, nbd_volumes=nbd_volumes)
+                      nbd=nbd, nbd_volumes=nbd_volumes, nbd_targets=nbd_targets)
+
+
+def _nbd_url(text: str) -> str:
+    parse_nbd_url(text)              # ValueError names the problem
+    return text
 
 
 def _capacity(value) -> int:

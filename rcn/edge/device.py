@@ -186,7 +186,7 @@ class EdgeDevice:
         self.assembler = SegmentAssembler(max_entries=settings.max_segment_entries)
         self.drops = Drops(name)
         self.links: Callable[[], list] = lambda: []
-        self.apply_target_for = apply_target_for or self._fabric_target
+        self.apply_target_for = apply_target_for or self.fabric_target
         self._fabric_targets: dict[tuple[int, int], FabricApplyTarget] = {}
         self._waiting_ctrl: dict[tuple[int, int], Deferred] = {}
         self._acked_through: dict[int, int] = {}      # group -> highest cumulative WROK
@@ -427,7 +427,8 @@ class EdgeDevice:
         target = self.apply_target_for(header)
         return None if target is None else _BoundTarget(target, header["target_lun"])
 
-    def _fabric_target(self, header: dict):
+    def fabric_target(self, header: dict):
+        """The apply target over the FCIP link of the entry's target array."""
         key = (header["target_wwn"], header["source_wwn"])
         target = self._fabric_targets.get(key)
         if target is None:

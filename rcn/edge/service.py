@@ -36,6 +36,7 @@ from rcn.edge.applystate import ApplyState
 from rcn.edge.config import EdgeConfig
 from rcn.edge.device import EdgeDevice, SourceTarget
 from rcn.edge.logstore import LogStore
+from rcn.edge.nbdapply import NbdApplyTarget
 from rcn.edge.syncthread import SyncThread
 from rcn.edge.nbdfront import COUNTER_NAMES as NBD_VOLUME_COUNTERS
 from rcn.edge.nbdfront import VirtualVolumeExport
@@ -72,8 +73,11 @@ class Edge:
         if config.nbd_volumes:
             settings = replace(settings, pairs=[*settings.pairs,
                                                 *(v.pair for v in config.nbd_volumes)])
+        self.nbd_targets = {key: NbdApplyTarget(reactor, url)
+                            for key, url in config.nbd_targets.items()}
         self.device = EdgeDevice(reactor, settings, self.log_store, self.apply_state,
-                                 self.udp.send, name=config.id)
+                                 self.udp.send, apply_target_for=self._apply_target,
+                                 name=config.id)
         self.udp.handler = self.device
         self.udp.drops = self.device.drops
         access = config.access
@@ -92,6 +96,11 @@ class Edge:
             default = self.nbd_exports[0].name if len(self.nbd_exports) == 1 else None
             self.nbd = NbdServerFactory(ExportTable(self.nbd_exports, default=default), reactor)
         self.metrics = self._build_metrics()
+
+    def _apply_target(self, header: dict):
+        """An NBD server for the target LUNs ``[[nbd_target]]`` names; else the array's link."""
+        target = self.nbd_targets.get((header["target_wwn"], header["target_lun"]))
+        return target if target is not None else self.device.fabric_target(header)
 
     def _attach(self, vs) -> None:
         vs.target = SourceTarget(self.device, vs.partner_wwn)
@@ -170,6 +179,8 @@ class Edge:
             for connection in list(self.nbd.connections):
                 connection.close()
         self.device.stop()
+        for target in self.nbd_targets.values():
+            target.close()
         closed = gatherResults([self.log_store.close(), self.apply_state.close()])
         return closed.addBoth(self._stop_sync)
 

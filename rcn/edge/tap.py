@@ -10,10 +10,11 @@ from rcn.edge.config import ConfigError, load_config
 class Options(usage.Options):
     synopsis = "--config FILE.toml"
     longdesc = ("Run an RCN edge device: FCIP front end for attached arrays (virtual "
-                "storages, access control), log storage area, log transfer over UDP with "
-                "retransmission, and ordered apply to attached target arrays. Serves "
-                "Prometheus /metrics and /status on [metrics] listen. The TOML options are "
-                "documented in rcn/edge/config.py and README.md.")
+                "storages, access control), optional NBD front end for virtual volumes "
+                "([nbd]), log storage area (durable or memory), log transfer over UDP with "
+                "retransmission, and ordered apply to attached target arrays or NBD "
+                "servers. Serves Prometheus /metrics and /status on [metrics] listen. The "
+                "TOML options are documented in rcn/edge/config.py and README.md.")
     optParameters = [["config", "c", None, "configuration file (TOML)"]]
 
     def postOptions(self):

@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import TestCase
 
@@ -138,3 +138,70 @@ class RealServerTests(TestCase):
             pid = int(f.read())
         self.addCleanup(os.kill, pid, signal.SIGTERM)
         return self.check_server(f"nbd://127.0.0.1:{port}/disk", path)
+
+
+class EdgeAppliesToNbdTargetTests(TestCase):
+    """``[[nbd_target]]`` in a real edge's configuration: entries for that LUN go to the
+    NBD server, through real UDP from a source edge in this process."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_writes_through_the_rcn_land_in_the_nbd_servers_file(self):
+        from rcn.edge.applystate import ApplyState
+        from rcn.edge.config import parse_config
+        from rcn.edge.device import EdgeDevice, EdgeSettings, PairEntry
+        from rcn.edge.logstore import LogStore
+        from rcn.edge.service import Edge
+        from rcn.logxfer.protocol import LogTransferProtocol, listen
+        from rcn.logxfer.routes import Address, Route, RouteTable
+
+        path = os.path.abspath(self.mktemp())
+        volume = Volume(path, 0, 4 * MiB)
+        self.addCleanup(volume.close)
+        server = reactor.listenTCP(0, NbdServerFactory(ExportTable([VolumeExport(volume, "b")]),
+                                                       reactor), interface="127.0.0.1")
+        self.addCleanup(server.stopListening)
+        ports = []
+        for _ in range(2):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", 0))
+                ports.append(s.getsockname()[1])
+        a, b = (f"127.0.0.1:{p}" for p in ports)
+        source_wwn, target_wwn = "50:0a:09:80:00:00:00:01", "50:0a:09:80:00:00:00:03"
+        config = parse_config({
+            "edge": {"id": "edgeB", "log": b, "data_dir": os.path.abspath(self.mktemp())},
+            "route": [{"source_wwn": source_wwn, "target_wwn": target_wwn, "path": [a, b]}],
+            "nbd_target": [{"target_wwn": target_wwn, "target_lun": 0,
+                            "url": f"nbd://127.0.0.1:{server.getHost().port}/b"}]})
+        edge_b = Edge(config, reactor)
+        self.addCleanup(edge_b.close)
+        port_b = listen(reactor, edge_b.udp, config.log)
+        self.addCleanup(port_b.stopListening)
+
+        pair = PairEntry(0x500A098000000001, 0, 0x500A098000000003, 0, 9)
+        routes = RouteTable([Route(pair.source_wwn, pair.target_wwn,
+                                   (Address.parse(a), Address.parse(b)))])
+        store, state = LogStore(None, mode="memory"), ApplyState(None)
+        store.open()
+        state.load()
+        proto = LogTransferProtocol(None)
+        source = EdgeDevice(reactor, EdgeSettings(me=Address.parse(a), pairs=[pair],
+                                                  routes=routes), store, state, proto.send)
+        proto.handler = source
+        self.addCleanup(source.stop)
+        port_a = listen(reactor, proto, Address.parse(a))
+        self.addCleanup(port_a.stopListening)
+
+        pattern = bytes(range(256)) * 16                     # 4 KiB
+        for n in range(4):
+            result = yield source.write(pair, build_write16_cdb(n * 8, 8), pattern)
+            self.assertTrue(result.good)
+        def check():
+            if not store.retained(9):
+                loop.stop()
+        loop = task.LoopingCall(check)
+        yield loop.start(0.01)           # every entry answered by edgeB's WROK
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(4 * 4096), pattern * 4)
+        self.assertEqual(edge_b.nbd_targets[(pair.target_wwn, 0)].counters["writes"], 4)
