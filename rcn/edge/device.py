@@ -77,6 +77,7 @@ class EdgeSettings:
     rto: float = 0.5
     rto_max: float = 5.0
     max_datagram_body: int = 65000 - HEADER_SIZE
+    batch_bytes: int = 65000                 # first sends batched up to this; 0: one per entry
     ttl: int = 16
     max_segment_entries: int = 4096          # incomplete segmented entries held
 
@@ -181,7 +182,8 @@ class EdgeDevice:
             self._group_pair.setdefault(p.group, p)
         buckets = {c: TokenBucket(clock, rate) for c, rate in settings.bandwidth.items() if rate}
         self.sender = Sender(clock, transmit, window_bytes=settings.window_bytes, rto=settings.rto,
-                             rto_max=settings.rto_max, buckets=buckets)
+                             rto_max=settings.rto_max, buckets=buckets,
+                             batch_bytes=settings.batch_bytes)
         self.receivers: dict[int, GroupReceiver] = {}
         self.assembler = SegmentAssembler(max_entries=settings.max_segment_entries)
         self.drops = Drops(name)

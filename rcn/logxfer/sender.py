@@ -16,6 +16,10 @@ its datagrams (the segments) for retransmission.
 * **NAK** -- the target edge names missing sequences; those outstanding are
   sent again at once (at most once per ``nak_holdoff`` seconds each, so a
   repeated NAK does not multiply traffic).
+* **Batching** -- with ``batch_bytes``, first sends are staged until the end of
+  the reactor turn and go out as BATCH datagrams of up to that size: the
+  entries one group commit made durable leave in one system call. A single
+  datagram goes as it is; retransmissions always go alone.
 * **Bandwidth** -- a token bucket per customer (``rate`` bytes/s, ``burst``
   bytes) meters first sends and retransmissions alike; a path whose customer
   has no tokens waits for the bucket's refill time.
@@ -29,12 +33,13 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from datapath.frames.logentry import HEADER_SIZE, EntryFlag, LOG_HEADER, entry_crc
+from datapath.frames.logentry import HEADER_SIZE, EntryFlag, LOG_HEADER, build_batch, entry_crc
 from rcn.logxfer.routes import Address
 
 _FLAGS_AT = LOG_HEADER.offsets["flags"]
 _CRC_AT = LOG_HEADER.offsets["crc32c"]
 _RETRANSMIT = int(EntryFlag.RETRANSMIT)
+BATCH_OVERHEAD = HEADER_SIZE + 8          # a BATCH's header and count prefix
 
 
 def mark_retransmit(datagram: bytes) -> bytes:
@@ -110,7 +115,7 @@ class Sender:
     def __init__(self, clock, transmit: Callable[[bytes, Address], object], *,
                  window_bytes: int = 64 << 20, rto: float = 0.5, rto_max: float = 5.0,
                  backoff: float = 2.0, tick: float = 0.05, nak_holdoff: float = 0.05,
-                 buckets: dict[str, TokenBucket] | None = None):
+                 buckets: dict[str, TokenBucket] | None = None, batch_bytes: int = 0):
         if window_bytes <= 0 or rto <= 0 or rto_max < rto or backoff < 1 or tick <= 0:
             raise ValueError("sender: window_bytes, rto and tick must be > 0, rto_max >= rto, "
                              "backoff >= 1")
@@ -123,6 +128,10 @@ class Sender:
         self.tick = tick
         self.nak_holdoff = nak_holdoff
         self.buckets = buckets or {}
+        self.batch_bytes = batch_bytes
+        self._staged: dict[Address, list[Outstanding]] = {}
+        self._flush_call = None
+        self._batches = 0
         self.paths: dict[Address, _Path] = {}
         # (group, sequence) -> Outstanding, in order of last send (oldest first)
         self.outstanding: OrderedDict[tuple[int, int], Outstanding] = OrderedDict()
@@ -131,7 +140,7 @@ class Sender:
         self._sweep_call = None
         self.counters = {"entries_sent": 0, "datagrams_sent": 0, "bytes_sent": 0,
                          "retransmits": 0, "nak_retransmits": 0, "acknowledged": 0,
-                         "unknown_acks": 0, "throttled": 0}
+                         "unknown_acks": 0, "throttled": 0, "batches_sent": 0}
 
     # -- entries in -------------------------------------------------------
     def submit(self, group: int, sequence: int, datagrams: list[bytes], path: Address,
@@ -220,9 +229,52 @@ class Sender:
             item.first_sent = now
             item.rto = self.rto
             self.outstanding[(item.group, item.sequence)] = item
-            self._send(item, now, retransmit=False, metered=True)
             self.counters["entries_sent"] += 1
+            if self.batch_bytes:
+                self._stage(path, item, now)
+            else:
+                self._send(item, now, retransmit=False, metered=True)
         self._arm_sweep()
+
+    # -- first sends, batched ---------------------------------------------------------
+    def _stage(self, path: Address, item: Outstanding, now: float) -> None:
+        """Entries made durable together are sent together: at the end of this reactor turn,
+        as BATCH datagrams of up to ``batch_bytes`` (one system call for many entries)."""
+        item.attempts += 1
+        item.last_sent = now
+        self._staged.setdefault(path, []).append(item)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        staged, self._staged = self._staged, {}
+        for path, items in staged.items():
+            pending: list[bytes] = []
+            size = BATCH_OVERHEAD
+            for item in items:
+                if (item.group, item.sequence) not in self.outstanding:
+                    continue                      # acknowledged or cancelled meanwhile
+                for datagram in item.datagrams:
+                    padded = len(datagram) + (-len(datagram) % 8)
+                    if pending and size + padded > self.batch_bytes:
+                        self._emit(pending, path)
+                        pending, size = [], BATCH_OVERHEAD
+                    pending.append(datagram)
+                    size += padded
+            if pending:
+                self._emit(pending, path)
+
+    def _emit(self, datagrams: list[bytes], path: Address) -> None:
+        if len(datagrams) == 1:
+            data = datagrams[0]
+        else:
+            self._batches += 1
+            data = build_batch(datagrams, ttl=1, sequence=self._batches)
+            self.counters["batches_sent"] += 1
+        self.transmit(data, path)
+        self.counters["datagrams_sent"] += 1
+        self.counters["bytes_sent"] += len(data)
 
     def _resume(self, path: Address) -> None:
         del self._pump_timers[path]
@@ -273,10 +325,10 @@ class Sender:
         self._arm_sweep()
 
     def stop(self) -> None:
-        for call in [self._sweep_call, *self._pump_timers.values()]:
+        for call in [self._sweep_call, self._flush_call, *self._pump_timers.values()]:
             if call is not None and call.active():
                 call.cancel()
-        self._sweep_call = None
+        self._sweep_call = self._flush_call = None
         self._pump_timers.clear()
 
     # -- what metrics show ---------------------------------------------------

@@ -47,6 +47,7 @@ class SourceEdgeTests(TestCase):
     def test_write_is_logged_answered_and_sent_to_the_next_hop(self):
         result = self.successResultOf(self.edge.rio_command(write_command(8), B))
         self.assertTrue(result.good)
+        self.clock.advance(0)                    # first sends leave at the end of the turn
         header, address = self.sent[0]
         self.assertEqual(address, CORE)
         self.assertEqual((header["entry_type"], header["group_id"], header["sequence"],

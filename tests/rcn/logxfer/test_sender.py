@@ -5,7 +5,8 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from datapath.frames.logentry import EntryFlag, EntryType, build_entry, parse_datagram
+from datapath.frames.logentry import (EntryFlag, EntryType, build_entry, parse_batch,
+                                      parse_datagram)
 from rcn.logxfer.routes import Address
 from rcn.logxfer.sender import Sender, TokenBucket, mark_retransmit
 
@@ -101,6 +102,30 @@ class SenderTests(TestCase):
         bucket = TokenBucket(self.clock, rate=1000, burst=100)
         self.assertEqual(bucket.take(5000), 0.0)
         self.assertGreater(bucket.take(10), 0.0)
+
+    def test_entries_staged_in_one_turn_leave_as_batches(self):
+        sent = []
+        s = Sender(self.clock, lambda data, address: sent.append(data), batch_bytes=4000)
+        for seq in range(1, 6):
+            s.submit(7, seq, [datagram(seq)], HOP)        # 1088-byte datagrams
+        self.assertEqual(sent, [])
+        self.clock.advance(0)
+        # 96 + 3 x 1088 fits 4000 bytes, a fourth would not
+        inner = []
+        for data in sent:
+            outer, spans = parse_batch(data)
+            self.assertEqual(outer.header["entry_type"], EntryType.BATCH)
+            inner.append([parse_datagram(data[at:at + n]).header["sequence"] for at, n in spans])
+        self.assertEqual(inner, [[1, 2, 3], [4, 5]])
+        self.assertEqual((s.counters["batches_sent"], s.counters["datagrams_sent"],
+                          s.counters["entries_sent"]), (2, 2, 5))
+
+    def test_a_lone_entry_is_sent_as_itself(self):
+        sent = []
+        s = Sender(self.clock, lambda data, address: sent.append(data), batch_bytes=60000)
+        s.submit(7, 1, [datagram(1)], HOP)
+        self.clock.advance(0)
+        self.assertEqual(sent, [datagram(1)])
 
     def test_submit_twice_is_an_error(self):
         s = self.sender()
