@@ -92,6 +92,8 @@ class Layout:
             f"{f.width}s" if f.raw or f.width not in _STRUCT_CODES else _STRUCT_CODES[f.width]
             for f in self.fields))
         self._names = tuple(f.name for f in self.fields)
+        #: the ``struct.Struct`` of the whole layout, fields in order (wide fields as bytes)
+        self.packer = self._unpacker
         self._wide = tuple(f.name for f in self.fields if not f.raw and f.width not in _STRUCT_CODES)
         self._raw = tuple(f for f in self.fields if f.raw)
         self._known = frozenset(self._names) | {n for f in self.fields if f.bits for n, _ in f.bits}

@@ -36,6 +36,7 @@ CRC32C covers the header (with ``crc32c`` zero) and the body.
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 
 import crc32c as _crc32c
@@ -125,15 +126,37 @@ def entry_crc(header: bytes, body: bytes) -> int:
     return _crc32c.crc32c(body, _crc32c.crc32c(zeroed))
 
 
+_HEADER_PACK = LOG_HEADER.packer          # every field of the header fits a struct code
+_BUILD_FIELDS = frozenset(LOG_HEADER.by_name) - {"magic", "entry_type", "rio_length", "crc32c"}
+_ENTRY_TYPES = frozenset(int(t) for t in EntryType)
+
+
 def build_entry(entry_type: int, body: bytes = b"", **fields) -> bytes:
-    """Header with CRC for ``body``; single segment unless segment fields are given."""
-    fields.setdefault("segment_count", 1)
-    fields.setdefault("total_length", len(body))
-    fields.setdefault("ttl", 16)
-    header = LOG_HEADER.build(fields, magic=MAGIC, version=fields.get("version", VERSION),
-                              entry_type=EntryType(entry_type), rio_length=len(body), crc32c=0)
-    crc = entry_crc(header, body)
-    return header[:_CRC_AT] + crc.to_bytes(4, "big") + header[_CRC_AT + 4:] + body
+    """Header with CRC for ``body``; single segment unless segment fields are given.
+
+    The daemons build one per log entry, so the header is one struct pack (the
+    layout's own, byte-identical to ``LOG_HEADER.build``) and the CRC32C runs over
+    the header as packed (its CRC field zero) and the body, without copies.
+    """
+    unknown = fields.keys() - _BUILD_FIELDS
+    if unknown:
+        raise KeyError(f"log: unknown fields {sorted(unknown)}")
+    if entry_type not in _ENTRY_TYPES:
+        raise ValueError(f"log: unknown entry type {entry_type}")
+    get = fields.get
+    size = len(body)
+    try:
+        header = _HEADER_PACK.pack(
+            MAGIC, get("version", VERSION), entry_type, get("flags", 0), get("group_id", 0),
+            get("ttl", 16), get("reserved", b"\x00\x00\x00"), get("sequence", 0),
+            get("io_time_ns", 0), get("target_wwn", 0), get("target_lun", 0),
+            get("source_wwn", 0), get("source_lun", 0), get("segment_index", 0),
+            get("segment_count", 1), get("segment_offset", 0), get("total_length", size), size,
+            0, get("reserved2", 0))
+    except struct.error as exc:
+        raise ValueError(f"log: cannot build: {exc}") from None
+    crc = _crc32c.crc32c(body, _crc32c.crc32c(header))
+    return b"".join((header[:_CRC_AT], crc.to_bytes(4, "big"), header[_CRC_AT + 4:], body))
 
 
 def segment_entry(entry_type: int, area: bytes, max_body: int, **fields) -> list[bytes]:
