@@ -140,16 +140,25 @@ class Edge:
                    gauges=("retained_entries", "retained_bytes", "segments"))
         m.labelled("drops_total", "counter", "datagrams dropped, by reason", ("reason",),
                    lambda: (((r,), n) for r, n in d.drops.by_reason.items()))
-        for key, doc, kind in (("generation", "generation counter (last sequence given)", "counter"),
-                               ("log_delete", "delete counter", "counter"),
-                               ("applied", "apply counter", "counter"),
-                               ("buffered", "entries in the reorder buffer", "gauge"),
-                               ("in_flight", "entries applying, not yet durable", "gauge"),
-                               ("naks_sent", "NAKs sent", "counter"),
-                               ("wroks_sent", "WROKs sent", "counter"),
-                               ("duplicates_applied", "duplicates of applied entries", "counter"),
-                               ("apply_errors", "failed applies (retried)", "counter")):
-            m.labelled(f"group_{key}", kind, doc, ("group",),
+        # table 413 per group: generation and delete counters (source side), apply counter
+        # and reorder/apply queues (target side)
+        for name, key, doc, kind in (
+                ("generation", "log_generation", "generation counter (last sequence given)",
+                 "counter"),
+                ("log_delete", "log_deleted", "delete counter (all entries up to it deleted)",
+                 "counter"),
+                ("log_retained_entries", "log_retained_entries", "entries retained until WROK",
+                 "gauge"),
+                ("applied", "applied", "apply counter", "counter"),
+                ("durable", "durable", "apply counter known durable", "counter"),
+                ("buffered", "buffered", "entries in the reorder buffer", "gauge"),
+                ("in_flight", "in_flight", "entries applying, not yet durable", "gauge"),
+                ("naks_sent", "naks_sent", "NAKs sent", "counter"),
+                ("wroks_sent", "wroks_sent", "WROKs sent", "counter"),
+                ("duplicates_applied", "duplicates_applied", "duplicates of applied entries",
+                 "counter"),
+                ("apply_errors", "apply_errors", "failed applies (retried)", "counter")):
+            m.labelled(f"group_{name}", kind, doc, ("group",),
                        lambda key=key: ((((str(g["group"]),), g[key]) for g in d.describe_groups()
                                          if key in g)))
         m.labelled("path_in_flight_bytes", "gauge", "unacknowledged bytes per path", ("path",),

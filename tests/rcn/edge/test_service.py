@@ -1,0 +1,74 @@
+"""The edge daemon's parts: /metrics carries the table 413 counters, latency, drops, bytes."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from datapath.frames.logentry import EntryFlag, EntryType, build_entry, parse_datagram
+from rcn.edge.config import parse_config
+from rcn.edge.service import Edge
+from rcn.logxfer.rioarea import response_area
+from rcn.logxfer.routes import Address
+from rcn.rio.fcp import ScsiResult, build_write16_cdb
+
+A, B = "50:0a:09:80:00:00:00:01", "50:0a:09:80:00:00:00:02"
+WWN_A, WWN_B = 0x500A098000000001, 0x500A098000000002
+
+
+def samples(text: str) -> dict:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k != "device")
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+class EdgeMetricsTests(TestCase):
+    def setUp(self):
+        config = parse_config({
+            "edge": {"id": "edgeA", "log": "127.0.0.1:47901",
+                     "data_dir": os.path.abspath(self.mktemp())},
+            "log": {"mode": "memory"},
+            "pair": [{"source_wwn": A, "source_lun": 0, "target_wwn": B, "target_lun": 0,
+                      "group": 7}],
+            "route": [{"source_wwn": A, "target_wwn": B,
+                       "path": ["127.0.0.1:47901", "127.0.0.1:47902"]}]})
+        self.edge = Edge(config, reactor)
+        self.addCleanup(self.edge.close)
+        self.sent = []
+        self.edge.device.sender.transmit = lambda data, address: self.sent.append(data)
+
+    def test_metrics_after_writes_an_answer_and_a_bad_datagram(self):
+        device = self.edge.device
+        pair = device.settings.pairs[0]
+        for lba in (0, 8):
+            self.assertTrue(self.successResultOf(
+                device.write(pair, build_write16_cdb(lba, 8), bytes(4096))).good)
+        wrok = build_entry(EntryType.WROK, response_area(0, 0, 0, 0, ScsiResult()),
+                           group_id=7, sequence=1, source_wwn=WWN_A, target_wwn=WWN_B,
+                           flags=EntryFlag.CUMULATIVE)
+        self.edge.udp.datagramReceived(wrok, ("127.0.0.1", 47902))
+        self.edge.udp.datagramReceived(b"garbage", ("127.0.0.1", 47902))
+        got = samples(self.edge.metrics.render().decode())
+        self.assertEqual(got["rcn_group_generation_total{group=7}"], 2)
+        self.assertEqual(got["rcn_group_log_delete_total{group=7}"], 1)
+        self.assertEqual(got["rcn_edge_writes_total"], 2)
+        self.assertEqual(got["rcn_edge_write_bytes_total"], 8192)
+        self.assertEqual(got["rcn_edge_wroks_total"], 1)
+        self.assertEqual(got["rcn_sender_acknowledged_total"], 1)
+        self.assertEqual(got["rcn_drops_total{reason=malformed}"], 1)
+        self.assertEqual(got["rcn_edge_ack_latency_seconds_count"], 2)
+        self.assertEqual(got["rcn_log_store_retained_entries"], 1)
+        self.assertEqual(got["rcn_group_log_retained_entries{group=7}"], 1)
+        self.assertIn("rcn_path_in_flight_bytes{path=127.0.0.1:47902}", got)
+
+    def test_status_is_json_friendly_before_any_sample(self):
+        status = self.edge.status()
+        self.assertIsNone(status["lag_p99_s"])
+        self.assertEqual(status["log_mode"], "memory")
+        self.assertEqual(status["groups"][0]["group"], 7)
