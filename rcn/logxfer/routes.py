@@ -10,7 +10,7 @@ log-transfer address, so one table can be distributed to every device.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from datapath.frames.logentry import EntryType
 from datapath.frames.names import format_wwn
@@ -23,8 +23,10 @@ class RouteError(ValueError):
     """A route table that cannot be used (the message names the route)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
+class Address(NamedTuple):
+    """A device's log-transfer address. A tuple underneath: it is hashed several times per
+    datagram (route and window lookups), and a tuple's hash is C code."""
+
     host: str
     port: int
 
