@@ -236,6 +236,9 @@ class ReorderBuffer:
         self.state = np.zeros(STATE_SIZE, dtype=np.uint64)
         self.state[STATE_NEXT] = first_sequence
         self.state[STATE_HIGHEST] = (first_sequence - 1) % SEQUENCE_MODULUS
+        self._one_sequence = np.zeros(1, dtype=np.uint64)     # insert_one's arguments
+        self._one_handle = np.zeros(1, dtype=np.int64)
+        self._one_verdict = np.zeros(1, dtype=np.uint8)
 
     # -- read-only views of the state -------------------------------------------------
 
@@ -278,6 +281,15 @@ class ReorderBuffer:
         _insert(self.slot_sequence, self.slot_handle, self.slot_full, self.state,
                 sequences, handles, out)
         return out
+
+    def insert_one(self, sequence: int, handle: int) -> int:
+        """One entry's verdict. The per-datagram path of a receiver: the same kernel on
+        arrays of one kept by the buffer, without the batch path's argument checks."""
+        self._one_sequence[0] = sequence
+        self._one_handle[0] = handle
+        _insert(self.slot_sequence, self.slot_handle, self.slot_full, self.state,
+                self._one_sequence, self._one_handle, self._one_verdict)
+        return int(self._one_verdict[0])
 
     def release(self, out_handles: np.ndarray | None = None,
                 limit: int | None = None) -> tuple[np.ndarray, int]:

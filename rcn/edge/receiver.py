@@ -146,9 +146,6 @@ class GroupReceiver:
         self._nak_call = None
         self._retry_call = None
         self._gap_since: float | None = None
-        self._verdict = np.zeros(1, np.uint8)
-        self._seq = np.zeros(1, np.uint64)
-        self._hnd = np.zeros(1, np.int64)
         self._out = np.zeros(1024, np.int64)
 
     # -- entries in ---------------------------------------------------------
@@ -170,9 +167,7 @@ class GroupReceiver:
             return
         handle = self._handle
         self._handle += 1
-        self._seq[0] = sequence
-        self._hnd[0] = handle
-        verdict = int(self.reorder.insert(self._seq, self._hnd, out=self._verdict)[0])
+        verdict = self.reorder.insert_one(sequence, handle)
         if verdict == reorder_kernel.VERDICT_ACCEPTED:
             self.pending[handle] = _Entry(sequence, header["entry_type"], header, area)
             self.pending_bytes += len(area)

@@ -151,6 +151,14 @@ class ModelEquivalenceTests(TestCase):
 # -- verdicts ---------------------------------------------------------------------------
 
 class InsertTests(TestCase):
+    def test_insert_one_gives_the_batch_verdicts(self):
+        one, batch = ReorderBuffer(8, 10), ReorderBuffer(8, 10)
+        sequences = [12, 10, 12, 9, 30, 11]
+        got = [one.insert_one(s, n) for n, s in enumerate(sequences)]
+        self.assertEqual(got, insert(batch, *sequences))
+        self.assertEqual(one.entries()[0].tolist(), batch.entries()[0].tolist())
+        self.assertEqual(one.next_expected, batch.next_expected)
+
     def test_first_sequence_defaults_to_one(self):
         buffer = ReorderBuffer(8)
         self.assertEqual(buffer.next_expected, 1)
