@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+
+from twisted.internet import defer, protocol
 
 from twisted.trial.unittest import SkipTest
 
@@ -22,6 +25,44 @@ def require_tool(testcase, name: str) -> str:
     if REQUIRE_EXTERNAL:
         testcase.fail(f"{reason} and RCN_REQUIRE_EXTERNAL=1")
     raise SkipTest(reason)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port on 127.0.0.1 that was free a moment ago (TCP by default)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CollectOutput(protocol.ProcessProtocol):
+    """A child process's stdout and stderr together; ``ended`` fires with them as text."""
+
+    def __init__(self):
+        self.output = []
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.output.append(data)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        self.ended.callback(b"".join(self.output).decode(errors="replace"))
+
+
+def wait_connections_closed(factory) -> defer.Deferred:
+    """Fire once an NBD server factory has seen every client connection close."""
+    if not factory.connections:
+        return defer.succeed(None)
+    d = defer.Deferred()
+    original = factory.connection_closed
+
+    def closed(proto):
+        original(proto)
+        if not factory.connections and not d.called:
+            d.callback(None)
+    factory.connection_closed = closed
+    return d
 
 
 def tshark_fields(testcase, capture_path: str, fields: list[str], *extra: str) -> list[list[str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 
 from twisted.internet import defer, reactor
 from twisted.web.client import Agent, readBody
@@ -13,12 +12,6 @@ from rcn.logxfer.routes import Address
 
 SRC = 0x500A098000000001
 DST = 0x500A098000000002
-
-
-def free_port(kind=socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wr(sequence: int, size: int = 4096, ttl: int = 16, entry_type=EntryType.WR) -> bytes:

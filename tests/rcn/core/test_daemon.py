@@ -11,28 +11,15 @@ import os
 import socket
 import sys
 
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from datapath.frames.logentry import EntryType, build_keepalive, parse_datagram
 from rcn.logxfer.routes import Address
-from tests.rcn.core.support import Endpoint, core_toml, free_port, get_metrics, metric, wr
+from tests.rcn.core.support import Endpoint, core_toml, get_metrics, metric, wr
+from tests.support import CollectOutput, free_port
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-class Daemon(protocol.ProcessProtocol):
-    def __init__(self):
-        self.output = []
-        self.ended = defer.Deferred()
-
-    def outReceived(self, data):
-        self.output.append(data)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        self.ended.callback(b"".join(self.output).decode(errors="replace"))
 
 
 class DaemonTests(TestCase):
@@ -40,7 +27,7 @@ class DaemonTests(TestCase):
 
     def setUp(self):
         self.source, self.target = Endpoint(self), Endpoint(self)
-        self.core = Address("127.0.0.1", free_port())
+        self.core = Address("127.0.0.1", free_port(socket.SOCK_DGRAM))
         self.metrics_port = free_port(socket.SOCK_STREAM)
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
@@ -48,7 +35,7 @@ class DaemonTests(TestCase):
         with open(config, "w") as f:
             f.write(core_toml(self.core, self.source.address, self.target.address,
                               metrics_port=self.metrics_port))
-        self.daemon = Daemon()
+        self.daemon = CollectOutput()
         self.process = reactor.spawnProcess(
             self.daemon, TWISTD,
             ["twistd", "-n", "--pidfile=", "--logfile=-", "rcn-core", "--config", config],

@@ -13,7 +13,8 @@ from rcn.core.config import parse_config
 from rcn.core.service import make_service
 from rcn.logxfer.routes import Address
 from rcn.metrics import MetricsRegistry
-from tests.rcn.core.support import Endpoint, core_toml, free_port, get_metrics, metric, wr
+from tests.rcn.core.support import Endpoint, core_toml, get_metrics, metric, wr
+from tests.support import free_port
 
 
 class ServiceTests(TestCase):
@@ -21,7 +22,7 @@ class ServiceTests(TestCase):
 
     def start(self, **kw):
         self.source, self.target = Endpoint(self), Endpoint(self)
-        self.core = Address("127.0.0.1", free_port())
+        self.core = Address("127.0.0.1", free_port(socket.SOCK_DGRAM))
         self.config = parse_config(tomllib.loads(
             core_toml(self.core, self.source.address, self.target.address, **kw)))
         self.registry = MetricsRegistry()
@@ -83,7 +84,7 @@ class ServiceTests(TestCase):
     @defer.inlineCallbacks
     def test_metrics_over_http(self):
         self.source, self.target = Endpoint(self), Endpoint(self)
-        self.core, port = Address("127.0.0.1", free_port()), free_port(socket.SOCK_STREAM)
+        self.core, port = Address("127.0.0.1", free_port(socket.SOCK_DGRAM)), free_port(socket.SOCK_STREAM)
         config = parse_config(tomllib.loads(core_toml(
             self.core, self.source.address, self.target.address, batch=False, metrics_port=port)))
         self.top, self.relay = make_service(config, reactor)

@@ -35,7 +35,7 @@ from rcn.nbd.export import Export, ExportTable, NbdError
 from rcn.nbd.server import NbdServerFactory
 from rcn.nbd.session import ServerLimits, block_sizes
 from rcn.rio.fcp import ScsiResult, SenseKey, check_condition
-from tests.support import require_tool
+from tests.support import require_tool, wait_connections_closed
 
 MiB = 1 << 20
 SOURCE_WWN = 0x500A098000000011
@@ -480,20 +480,6 @@ class MemoryTarget:
         return check_condition(SenseKey.ILLEGAL_REQUEST, (0x20, 0x00))
 
 
-def _wait_closed(factory) -> Deferred:
-    """Fire once the server has seen every client connection close."""
-    if not factory.connections:
-        return succeed(None)
-    d = Deferred()
-    original = factory.connection_closed
-
-    def closed(proto):
-        original(proto)
-        if not factory.connections and not d.called:
-            d.callback(None)
-    factory.connection_closed = closed
-    return d
-
 
 class RealRcnTests(TestCase):
     timeout = 120
@@ -534,7 +520,7 @@ class RealRcnTests(TestCase):
 
     def tearDown(self):
         self.assertEqual(self.factory.counters["protocol_errors"], 0)
-        return _wait_closed(self.factory)
+        return wait_connections_closed(self.factory)
 
     @defer.inlineCallbacks
     def client(self, tool: str, *args: str):

@@ -8,11 +8,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from datapath.frames.logentry import EntryFlag, EntryType, build_entry, parse_datagram
+from datapath.frames.logentry import EntryFlag, EntryType, build_entry
 from rcn.edge.config import parse_config
 from rcn.edge.service import Edge
 from rcn.logxfer.rioarea import response_area
-from rcn.logxfer.routes import Address
 from rcn.rio.fcp import ScsiResult, build_write16_cdb
 
 A, B = "50:0a:09:80:00:00:00:01", "50:0a:09:80:00:00:00:02"

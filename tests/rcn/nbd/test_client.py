@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import socket
 
-from twisted.internet import defer, error, protocol, reactor, task
+from twisted.internet import defer, error, reactor, task
 from twisted.trial.unittest import TestCase
 
 from rcn.nbd import protocol as P
@@ -15,7 +15,7 @@ from rcn.nbd.export import ExportTable
 from rcn.nbd.export import NbdError as ExportError
 from rcn.nbd.server import NbdServerFactory
 from tests.rcn.nbd.helpers import MemoryExport
-from tests.support import require_tool
+from tests.support import CollectOutput, require_tool
 
 MiB = 1 << 20
 
@@ -275,20 +275,6 @@ class OwnServerTests(TestCase):
         return poll.start(0.01)
 
 
-class _Quiet(protocol.ProcessProtocol):
-    def __init__(self):
-        self.output = []
-        self.ended = defer.Deferred()
-
-    def outReceived(self, data):
-        self.output.append(data)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        self.ended.callback(b"".join(self.output).decode(errors="replace"))
-
-
 class QemuNbdTests(TestCase):
     """Against qemu-nbd serving a file (as the edge will apply to it later)."""
 
@@ -304,7 +290,7 @@ class QemuNbdTests(TestCase):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.proc = _Quiet()
+        self.proc = CollectOutput()
         self.process = reactor.spawnProcess(
             self.proc, qemu_nbd, [qemu_nbd, "-f", "raw", "-x", "disk", "-b", "127.0.0.1",
                                   "-p", str(self.port), "--shared", "4", "--persistent",

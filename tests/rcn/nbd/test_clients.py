@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 from rcn.nbd.export import ExportTable, VolumeExport
 from rcn.nbd.server import NbdServerFactory
 from rcn.storage.volume import Volume
-from tests.support import require_tool
+from tests.support import require_tool, wait_connections_closed
 
 MiB = 1 << 20
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
@@ -64,22 +64,8 @@ class ClientTestCase(TestCase):
     def tearDown(self):
         # Every connection the clients opened must be gone when they exit.
         self.assertEqual(self.factory.counters["protocol_errors"], 0)
-        return _wait_closed(self.factory)
+        return wait_connections_closed(self.factory)
 
-
-def _wait_closed(factory):
-    """Fire once the server has seen every client connection close."""
-    if not factory.connections:
-        return defer.succeed(None)
-    d = defer.Deferred()
-    original = factory.connection_closed
-
-    def closed(proto):
-        original(proto)
-        if not factory.connections and not d.called:
-            d.callback(None)
-    factory.connection_closed = closed
-    return d
 
 
 class QemuTests(ClientTestCase):

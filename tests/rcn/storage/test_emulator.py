@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from rcn.rio.fabric import FabricConfig, VirtualStorageEntry
 from rcn.rio.fcp import ScsiResult, ScsiTarget
 from rcn.rio.protocol import FcipServerFactory
-from tests.support import require_tool
+from tests.support import CollectOutput, free_port, require_tool
 
 ARRAY_WWN = 0x500A098000000001
 PARTNER_WWN = 0x500A098000000002
 BIN = os.path.dirname(sys.executable)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RecordingTarget(ScsiTarget):
@@ -39,20 +32,6 @@ class RecordingTarget(ScsiTarget):
     def execute(self, command):
         self.writes.append((command.lun, command.parsed["lba"], command.data))
         return ScsiResult()
-
-
-class Daemon(protocol.ProcessProtocol):
-    def __init__(self):
-        self.output = []
-        self.ended = defer.Deferred()
-
-    def outReceived(self, data):
-        self.output.append(data)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        self.ended.callback(b"".join(self.output).decode(errors="replace"))
 
 
 class EmulatorTests(TestCase):
@@ -102,7 +81,7 @@ partner_wwpn = "50:0a:09:80:00:00:00:02"
 partner_lun = 5
 group = 7
 """)
-        self.daemon = Daemon()
+        self.daemon = CollectOutput()
         self.process = reactor.spawnProcess(
             self.daemon, os.path.join(BIN, "twistd"),
             ["twistd", "-n", "--pidfile=", "--logfile=-", "rcn-storage", "--config", self.config],
