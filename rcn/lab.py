@@ -71,13 +71,12 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 
 from datapath.frames.names import format_wwn, parse_wwn
-from rcn.config import ConfigError, Reader, in_range, one_of, parse_size
+from rcn.config import ConfigError, Reader, in_range, load_toml, one_of, parse_size
 
 __all__ = ["LabError", "Topology", "PairSpec", "parse_topology", "load_topology", "plan",
            "device_configs", "up", "status", "down", "restart", "signal_device", "load_lab",
@@ -174,17 +173,7 @@ def load_topology(path: str | None) -> Topology:
     """The topology in ``path`` (None: the built-in default); ConfigError names the file."""
     if path is None:
         return Topology()
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return parse_topology(doc)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    return load_toml(path, parse_topology)
 
 
 # -- TOML out ---------------------------------------------------------------------------------
