@@ -11,29 +11,26 @@ own link (new exchange IDs; the data and CDB are what matter there).
 The FC CRCs in the units are computed (for Wireshark) but not checked on
 parsing: the entry's CRC32C already covers the whole area.
 
-Encoding and decoding are hot paths (every replicated write), so units are
-packed with one ``struct`` call per frame, as ``rcn.rio.protocol.encode_frame`` does.
+Encoding and decoding are hot paths (every replicated write): a unit wraps
+``rcn.rio.protocol.fc_frame_parts``, the FC frame the FCIP encoder sends too.
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass, field
 
 from datapath.frames import fcp
 from datapath.frames.errors import DecodeError
 from datapath.frames.fc import EOF_ORDERED_SETS, SOF_ORDERED_SETS, Eof, FcType, FCtl, RCtl, Sof
 from datapath.frames.logentry import UNIT_LENGTH_SIZE
-from rcn.rio.fcp import ScsiResult, build_cmnd, parse_response, response_payload
+from rcn.rio.fcp import CMND_IU, ScsiResult, build_cmnd, parse_response, response_payload
+from rcn.rio.protocol import fc_frame_parts
 
 MAX_DATA_FRAME = 2048
 
-_FC_HEADER = struct.Struct(">IIIBBHHHI")
-_CMND_IU = struct.Struct(">QBBBB16sI")        # as rcn.rio.fcp builds it
+_FC_HEADER = struct.Struct(">IIIBBHHHI")      # the fields read back out of a unit
 _UNIT_HEAD = struct.Struct(">II")             # unit length, SOF ordered set
-_TAIL = struct.Struct("<I")                   # FC CRC (little-endian), then the EOF set
-_FILL = (b"", b"\x00", b"\x00\x00", b"\x00\x00\x00")
 _SOF_I3 = SOF_ORDERED_SETS[Sof.I3]
 _SOF_N3 = SOF_ORDERED_SETS[Sof.N3]
 _EOF_T = EOF_ORDERED_SETS[Eof.T][0].to_bytes(4, "big")
@@ -57,14 +54,10 @@ def encode_unit(r_ctl: int, d_id: int, s_id: int, f_ctl: int, seq_id: int, seq_c
                 ox_id: int, rx_id: int, parameter: int, payload=b"", sof: int = _SOF_I3,
                 eof: bytes = _EOF_T) -> bytes:
     """One unit: length, SOF ordered set, FCP frame (type 8), CRC, EOF ordered set."""
-    size = len(payload)
-    fill = -size & 3
-    header = _FC_HEADER.pack((r_ctl << 24) | d_id, s_id, (_FCP << 24) | (f_ctl & 0xFFFFFC) | fill,
-                             seq_id, 0, seq_cnt, ox_id, rx_id, parameter)
-    pad = _FILL[fill]
-    crc = zlib.crc32(pad, zlib.crc32(payload, zlib.crc32(header)))
-    return b"".join((_UNIT_HEAD.pack(_UNIT_OVERHEAD + size + fill, sof), header, payload, pad,
-                     _TAIL.pack(crc), eof))
+    header, pad, crc = fc_frame_parts(r_ctl, d_id, s_id, _FCP, f_ctl, seq_id, seq_cnt, ox_id,
+                                      rx_id, parameter, payload)
+    return b"".join((_UNIT_HEAD.pack(_UNIT_OVERHEAD + len(payload) + len(pad), sof), header,
+                     payload, pad, crc, eof))
 
 
 def _data_units(out: list, d_id: int, s_id: int, f_ctl: int, seq_id: int, ox_id: int,
@@ -153,10 +146,10 @@ def parse_command_area(area, base: int = 0) -> RioCommand:
             if r_ctl != _CMND:
                 raise DecodeError("log_rio", "r_ctl", at, f"first unit is R_CTL 0x{r_ctl:02x}, "
                                   "not FCP_CMND")
-            if len(payload) != _CMND_IU.size:
+            if len(payload) != CMND_IU.size:
                 raise DecodeError("fcp_cmnd", "fcp_dl", at + 24,
-                                  f"FCP_CMND of {len(payload)} bytes, not {_CMND_IU.size}")
-            fcp_lun, _, attribute, _, flags, cdb, fcp_dl = _CMND_IU.unpack(payload)
+                                  f"FCP_CMND of {len(payload)} bytes, not {CMND_IU.size}")
+            fcp_lun, _, attribute, _, flags, cdb, fcp_dl = CMND_IU.unpack(payload)
             cmnd = (fcp.decode_lun(fcp_lun), attribute & 7, flags, cdb, fcp_dl)
             if flags & 1:
                 data = bytearray(fcp_dl)

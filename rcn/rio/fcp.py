@@ -67,7 +67,7 @@ SIMPLE, HEAD_OF_QUEUE, ORDERED = (int(TaskAttribute.SIMPLE), int(TaskAttribute.H
 DEFAULT_MAX_TRANSFER = 16 << 20
 DEFAULT_MAX_BUFFERED = 256 << 20
 
-_CMND = struct.Struct(">QBBBB16sI")    # FCP_CMND: LUN, CRN, attribute, TMF, RDDATA/WRDATA, CDB, DL
+CMND_IU = struct.Struct(">QBBBB16sI")    # FCP_CMND: LUN, CRN, attribute, TMF, RDDATA/WRDATA, CDB, DL
 _WRITE16 = struct.Struct(">BBQIBB")
 _XFER_RDY = struct.Struct(">III")
 _RSP_GOOD = fcp.build_fcp_rsp()
@@ -168,7 +168,7 @@ def build_cmnd(lun: int, cdb: bytes, fcp_dl: int, write: bool = False, read: boo
     """The FCP_CMND payload, byte-identical to ``fcp.build_fcp_cmnd`` (one struct pack)."""
     if len(cdb) > fcp.CDB_SIZE:
         raise ValueError(f"fcp_cmnd: CDB of {len(cdb)} bytes; additional CDBs are not supported")
-    return _CMND.pack(fcp.encode_lun(lun), crn, attribute & 0x7, 0,
+    return CMND_IU.pack(fcp.encode_lun(lun), crn, attribute & 0x7, 0,
                       (2 if read else 0) | (1 if write else 0), cdb, fcp_dl)
 
 

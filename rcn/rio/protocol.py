@@ -74,10 +74,14 @@ def _fcip_header(words: int) -> bytes:
     return header
 
 
-def encode_frame(r_ctl: int, d_id: int, s_id: int, fc_type: int, f_ctl: int, seq_id: int,
-                 seq_cnt: int, ox_id: int, rx_id: int, parameter: int, payload=b"",
-                 sof: int = Sof.I3, eof: int = Eof.T, cs_ctl: int = 0, df_ctl: int = 0) -> bytes:
-    """One FCIP frame; F_CTL's fill-byte count is set here (as ``build_fc_frame`` does)."""
+def fc_frame_parts(r_ctl: int, d_id: int, s_id: int, fc_type: int, f_ctl: int, seq_id: int,
+                   seq_cnt: int, ox_id: int, rx_id: int, parameter: int, payload=b"",
+                   cs_ctl: int = 0, df_ctl: int = 0) -> tuple[bytes, bytes, bytes]:
+    """An FC frame as ``(header, fill, crc)``; the payload goes between header and fill.
+
+    One ``struct`` pack; F_CTL's fill-byte count is set here (as ``build_fc_frame``
+    does). The FCIP encoder and the log entry's RIO area both wrap these parts.
+    """
     size = len(payload)
     if size > MAX_PAYLOAD:
         raise ValueError(f"fc: payload of {size} bytes exceeds {MAX_PAYLOAD}")
@@ -87,8 +91,17 @@ def encode_frame(r_ctl: int, d_id: int, s_id: int, fc_type: int, f_ctl: int, seq
                              seq_cnt, ox_id, rx_id, parameter)
     pad = _FILL[fill]
     crc = zlib.crc32(pad, zlib.crc32(payload, zlib.crc32(header)))
-    return b"".join((_fcip_header((_FRAME_OVERHEAD + size + fill) >> 2), _SOF_WORDS[sof], header,
-                     payload, pad, _CRC.pack(crc), _EOF_WORDS[eof]))
+    return header, pad, _CRC.pack(crc)
+
+
+def encode_frame(r_ctl: int, d_id: int, s_id: int, fc_type: int, f_ctl: int, seq_id: int,
+                 seq_cnt: int, ox_id: int, rx_id: int, parameter: int, payload=b"",
+                 sof: int = Sof.I3, eof: int = Eof.T, cs_ctl: int = 0, df_ctl: int = 0) -> bytes:
+    """One FCIP frame (:func:`fc_frame_parts` between the FCIP header and delimiters)."""
+    header, pad, crc = fc_frame_parts(r_ctl, d_id, s_id, fc_type, f_ctl, seq_id, seq_cnt, ox_id,
+                                      rx_id, parameter, payload, cs_ctl, df_ctl)
+    return b"".join((_fcip_header((_FRAME_OVERHEAD + len(payload) + len(pad)) >> 2),
+                     _SOF_WORDS[sof], header, payload, pad, crc, _EOF_WORDS[eof]))
 
 
 def encode_frame_dict(header: dict, payload=b"", sof: int = Sof.I3, eof: int = Eof.T) -> bytes:
