@@ -205,8 +205,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
         apply_window=receiver.get("apply_window", int, 256, in_range(1, 4096)),
         nak_delay=_ms(receiver, "nak_delay_ms", 20.0),
         nak_interval=_ms(receiver, "nak_interval_ms", 200.0),
-        retry_delay=_ms(receiver, "retry_ms", 500.0),
-        max_datagram_body=max_datagram - HEADER_SIZE)
+        retry_delay=_ms(receiver, "retry_ms", 500.0))
 
     fabric = Reader(top.get("fabric", dict, {}), "fabric.")
     fabric.unknown({"first_burst", "exchange_timeout"})

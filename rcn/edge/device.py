@@ -421,7 +421,7 @@ class EdgeDevice:
             receiver = GroupReceiver(group, self.clock, self.settings.receiver,
                                      self.apply_state.applied(group), self._target_for,
                                      self.apply_state.record, self._send_back, self.lag.observe,
-                                     self.apply_state.durable)
+                                     self.apply_state.durable, self.settings.max_datagram_body)
             self.receivers[group] = receiver
         return receiver
 
@@ -459,8 +459,7 @@ class EdgeDevice:
         groups = set(self.receivers) | {p.group for p in self.settings.pairs}
         for group in sorted(groups):
             info = {"group": group}
-            if hasattr(self.log_store, "group_stats"):
-                info.update({f"log_{k}": v for k, v in self.log_store.group_stats(group).items()})
+            info.update({f"log_{k}": v for k, v in self.log_store.group_stats(group).items()})
             if group in self.receivers:
                 info.update(self.receivers[group].describe())
             out.append(info)

@@ -46,7 +46,7 @@ from twisted.logger import Logger
 
 from datapath.frames import fcp
 from datapath.frames.errors import DecodeError
-from datapath.frames.logentry import EntryFlag, EntryType, build_nak, segment_entry
+from datapath.frames.logentry import HEADER_SIZE, EntryFlag, EntryType, build_nak, segment_entry
 from datapath.kernels import reorder as reorder_kernel
 from rcn.logxfer.rioarea import RioCommand, parse_command_area, response_area
 from rcn.rio.fcp import ScsiResult
@@ -72,7 +72,6 @@ class ReceiverConfig:
     nak_interval: float = 0.2
     max_nak_ranges: int = 64
     retry_delay: float = 0.5           # apply failed (no link, CHECK CONDITION): again after
-    max_datagram_body: int = 65000 - 88
 
 
 @dataclass(eq=False, slots=True)
@@ -117,7 +116,8 @@ class GroupReceiver:
                  record_applied: Callable[[int, int], Deferred],
                  send_back: Callable[[dict, list[bytes]], None],
                  observe_lag: Callable[[float], None] | None = None,
-                 durable_of: Callable[[int], int] | None = None):
+                 durable_of: Callable[[int], int] | None = None,
+                 max_datagram_body: int = 65000 - HEADER_SIZE):
         self.group = group
         self.clock = clock
         self.config = config
@@ -125,6 +125,7 @@ class GroupReceiver:
         self.record_applied = record_applied
         self.send_back = send_back
         self.observe_lag = observe_lag
+        self.max_datagram_body = max_datagram_body     # the edge's: answers are split like entries
         # what is durable now: one fsync fires many record() Deferreds, and the first of
         # them can answer for all (one cumulative WROK instead of one each)
         self.durable_of = durable_of
@@ -349,7 +350,7 @@ class GroupReceiver:
 
     def _send(self, entry_type: int, header: dict, area: bytes, flags: int) -> None:
         fields = {k: header[k] for k in _ANSWER_FIELDS}
-        datagrams = segment_entry(entry_type, area, self.config.max_datagram_body, flags=flags,
+        datagrams = segment_entry(entry_type, area, self.max_datagram_body, flags=flags,
                                   **fields)
         self.send_back(header, datagrams)
 

@@ -94,7 +94,6 @@ class Outstanding:
     path: Address
     customer: str
     size: int
-    first_sent: float = 0.0
     last_sent: float = 0.0
     attempts: int = 0
     rto: float = 0.0
@@ -199,14 +198,6 @@ class Sender:
                     return sent
         return sent
 
-    def cancel_group(self, group: int) -> int:
-        """Forget a group's entries (its pair left the RCN); returns how many."""
-        keys = [k for k in list(self.outstanding) + list(self.queued) if k[0] == group]
-        for key in keys:
-            self.acknowledged(*key)
-        self.counters["acknowledged"] -= len(keys)
-        return len(keys)
-
     # -- sending ----------------------------------------------------------
     def _pump(self, path: Address) -> None:
         state = self.paths[path]
@@ -226,7 +217,6 @@ class Sender:
             del self.queued[(item.group, item.sequence)]
             state.in_flight_bytes += item.size
             state.in_flight += 1
-            item.first_sent = now
             item.rto = self.rto
             self.outstanding[(item.group, item.sequence)] = item
             self.counters["entries_sent"] += 1
