@@ -337,8 +337,12 @@ class EdgeDevice:
     def _single(self, header: dict, body: bytes, data: bytes, sender: Address) -> None:
         entry_type = header["entry_type"]
         if entry_type == EntryType.KEEPALIVE:
+            try:
+                probe = parse_keepalive(body)
+            except DecodeError as exc:
+                self.drops.drop("malformed", sender, str(exc))
+                return
             self.counters["keepalives"] += 1
-            probe = parse_keepalive(body)
             self.transmit(build_keepalive(probe["probe_id"], probe["echo_time_ns"]), sender)
             return
         backward = entry_type in BACKWARD_TYPES

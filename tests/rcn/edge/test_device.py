@@ -6,7 +6,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from datapath.frames import fcp
-from datapath.frames.logentry import EntryFlag, EntryType, build_entry, parse_datagram
+from datapath.frames.logentry import (EntryFlag, EntryType, build_entry, build_keepalive,
+                                      parse_datagram)
 from rcn.edge.applystate import ApplyState
 from rcn.edge.device import EdgeDevice, EdgeSettings, PairEntry
 from rcn.edge.logstore import LogStore
@@ -74,6 +75,15 @@ class SourceEdgeTests(TestCase):
         self.assertTrue(self.successResultOf(control).good)
         self.assertEqual(self.edge.log_store.retained(7), [])
         self.assertEqual(len(self.edge.sender.outstanding), 0)
+
+    def test_keepalive_is_echoed_and_a_malformed_one_counted(self):
+        probe = build_keepalive(5, 123, target_wwn=0)
+        self.edge.entry_received(parse_datagram(probe), probe, CORE)
+        self.assertEqual([(h["entry_type"], a) for h, a in self.sent], [(EntryType.KEEPALIVE, CORE)])
+        bad = build_entry(EntryType.KEEPALIVE, b"short")
+        self.edge.entry_received(parse_datagram(bad), bad, CORE)
+        self.assertEqual(self.edge.drops.by_reason, {"malformed": 1})
+        self.assertEqual(len(self.sent), 1)
 
     def test_single_wrok_deletes_only_its_entry(self):
         for lba in (1, 2):
