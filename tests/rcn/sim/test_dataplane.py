@@ -68,7 +68,7 @@ class SimulatedRcnTests(TestCase):
                 return _later(sim, original, held)
             return original(command, lun)
         sim.target_array.execute = swap
-        with self.assertRaises((PrefixViolation, AssertionError)):
+        with self.assertRaises(PrefixViolation):
             sim.run(50)
             sim.assert_equal()
 
