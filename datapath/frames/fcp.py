@@ -53,6 +53,7 @@ class RcnServiceAction(enum.IntEnum):
     RESYNC = 3
     SUSPEND = 4
     TAKEOVER = 5
+    DELETE = 6
 
 
 class Opcode(enum.IntEnum):
@@ -70,7 +71,8 @@ class Opcode(enum.IntEnum):
     RCN_CONTROL = 0xC1
 
 
-RCN_CONTROL_FAST = 0x01
+RCN_CONTROL_FAST = 0x01      # SUSPEND from the target side: answer at once (【0087】)
+RCN_CONTROL_FAILURE = 0x02   # SUSPEND sent by an edge: go to failure Suspend (【0084】)
 RSP_RESID_UNDER = 0x08
 RSP_RESID_OVER = 0x04
 RSP_SNS_LEN_VALID = 0x02
@@ -118,7 +120,7 @@ RCN_CONTROL = Layout("rcn_control", [
     uint("opcode", 1, "0xC1 RCN CONTROL"),
     uint("service_action", 1, "pair operation",
          values={v.value: v.name for v in RcnServiceAction}),
-    uint("control_flags", 1, "0x01 FAST"),
+    uint("control_flags", 1, "0x01 FAST, 0x02 FAILURE"),
     uint("reserved1", 1, "0"),
     uint("group_id", 4, "order guarantee (consistency group) ID"),
     uint("source_lun", 2, "the pair's source LUN"),
@@ -126,6 +128,21 @@ RCN_CONTROL = Layout("rcn_control", [
     uint("reserved2", 1, "0"),
     uint("control", 1, "control byte"),
 ], doc="RCN CONTROL vendor-specific CDB")
+
+RCN_PAIR_PARAMS = Layout("rcn_pair_params", [
+    uint("capacity", 8, "source volume size in bytes"),
+    uint("block_size", 4, "source volume block size in bytes"),
+    uint("track_size", 4, "differential bitmap track size in bytes"),
+    uint("mode", 1, "0 sync, 1 async"),
+    raw("reserved", 7, "0"),
+], doc="PAIR_CREATE data-out: what the target side needs to know of the source volume")
+
+RCN_RESIDUAL_REPORT = Layout("rcn_residual_report", [
+    uint("applied", 8, "the group's last sequence applied to the target array"),
+    uint("received_max", 8, "highest sequence of the group the target edge has received"),
+    uint("discarded", 4, "entries received past a gap and dropped (cannot apply in order)"),
+    uint("known_missing", 4, "sequences between applied and received_max never received"),
+], doc="TAKEOVER / fast SUSPEND data-in: what the target side has of the group")
 
 CDB_SIZE = 16
 FLAT_LUN_LIMIT = 1 << 14
@@ -167,10 +184,38 @@ def build_read16(lba: int, blocks: int) -> bytes:
 
 
 def build_rcn_control(service_action: int, group_id: int, source_lun: int,
-                      allocation_length: int = 0, fast: bool = False) -> bytes:
+                      allocation_length: int = 0, fast: bool = False,
+                      failure: bool = False) -> bytes:
+    flags = (RCN_CONTROL_FAST if fast else 0) | (RCN_CONTROL_FAILURE if failure else 0)
     return RCN_CONTROL.build(opcode=Opcode.RCN_CONTROL, service_action=RcnServiceAction(service_action),
-                             control_flags=RCN_CONTROL_FAST if fast else 0, group_id=group_id,
+                             control_flags=flags, group_id=group_id,
                              source_lun=source_lun, allocation_length=allocation_length)
+
+
+def build_pair_params(capacity: int, block_size: int, track_size: int, mode: int = 0) -> bytes:
+    return RCN_PAIR_PARAMS.build(capacity=capacity, block_size=block_size,
+                                 track_size=track_size, mode=mode)
+
+
+def parse_pair_params(data: bytes) -> dict:
+    """PAIR_CREATE data-out; ``DecodeError`` when short or with bytes after it."""
+    if len(data) != RCN_PAIR_PARAMS.size:
+        raise DecodeError("rcn_pair_params", "capacity", 0,
+                          f"{len(data)} bytes, expected {RCN_PAIR_PARAMS.size}")
+    return dict(RCN_PAIR_PARAMS.parse(data, 0, 0, False))
+
+
+def build_residual_report(applied: int, received_max: int, discarded: int = 0,
+                          known_missing: int = 0) -> bytes:
+    return RCN_RESIDUAL_REPORT.build(applied=applied, received_max=received_max,
+                                     discarded=discarded, known_missing=known_missing)
+
+
+def parse_residual_report(data: bytes) -> dict:
+    if len(data) != RCN_RESIDUAL_REPORT.size:
+        raise DecodeError("rcn_residual_report", "applied", 0,
+                          f"{len(data)} bytes, expected {RCN_RESIDUAL_REPORT.size}")
+    return dict(RCN_RESIDUAL_REPORT.parse(data, 0, 0, False))
 
 
 def build_xfer_rdy(relative_offset: int, burst_length: int) -> bytes:

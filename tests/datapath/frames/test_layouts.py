@@ -19,6 +19,7 @@ from twisted.trial.unittest import TestCase
 
 import datapath.frames
 from datapath.frames import ct, dpok, els, fc, fcip, fcp, gbe, logentry, names
+from datapath.frames.errors import DecodeError
 from datapath.frames.fields import Layout
 from tests.support import check_layout_golden
 
@@ -138,6 +139,16 @@ VECTORS: dict[Layout, list[tuple[str, dict]]] = {
         ("c1 03 01 00 00000007 0002 00001000 00 00",
          dict(opcode=0xC1, service_action=3, control_flags=1, reserved1=0, group_id=7,
               source_lun=2, allocation_length=4096, reserved2=0, control=0)),
+    ],
+    fcp.RCN_PAIR_PARAMS: [
+        # 1 GiB, 512-byte blocks, 64 KiB tracks, async
+        ("0000000040000000 00000200 00010000 01 00000000000000",
+         dict(capacity=1 << 30, block_size=512, track_size=65536, mode=1, reserved=bytes(7))),
+    ],
+    fcp.RCN_RESIDUAL_REPORT: [
+        # applied through 5, 9 seen, 1 dropped past a gap, 3 never received
+        ("0000000000000005 0000000000000009 00000001 00000003",
+         dict(applied=5, received_max=9, discarded=1, known_missing=3)),
     ],
     els.LOGIN: [
         (PLOGI_HEX,
@@ -280,7 +291,7 @@ class GoldenVectorTests(TestCase):
     def test_every_layout_has_a_vector(self):
         self.assertEqual({layout.layer for layout in frame_layouts()},
                          {layout.layer for layout in VECTORS})
-        self.assertEqual(len(frame_layouts()), 26)
+        self.assertEqual(len(frame_layouts()), 28)
 
     def test_fc_header(self):
         self.check_vectors(fc.FC_HEADER)
@@ -302,6 +313,20 @@ class GoldenVectorTests(TestCase):
 
     def test_rcn_control(self):
         self.check_vectors(fcp.RCN_CONTROL)
+
+    def test_rcn_pair_params(self):
+        self.check_vectors(fcp.RCN_PAIR_PARAMS)
+
+    def test_rcn_residual_report(self):
+        self.check_vectors(fcp.RCN_RESIDUAL_REPORT)
+
+    def test_pair_params_and_residual_report_round_trip(self):
+        params = fcp.build_pair_params(1 << 30, 512, 65536, 1)
+        self.assertEqual(fcp.parse_pair_params(params)["track_size"], 65536)
+        self.assertRaises(DecodeError, fcp.parse_pair_params, params[:-1])
+        report = fcp.build_residual_report(5, 9, 1, 3)
+        self.assertEqual(fcp.parse_residual_report(report)["known_missing"], 3)
+        self.assertRaises(DecodeError, fcp.parse_residual_report, report + b"\0")
 
     def test_login(self):
         self.check_vectors(els.LOGIN)
@@ -370,7 +395,8 @@ class LayoutGeometryTests(TestCase):
                     "els_ls_rjt": 8, "els_logo": 16, "els_ls_acc": 4, "bls_ba_acc": 12,
                     "bls_ba_rjt": 4, "ct": 16, "ct_gid_pn": 8, "ct_gid_pn_acc": 4, "log": 88,
                     "log_count": 8, "log_nak_range": 16, "log_keepalive": 16, "eth": 14,
-                    "ipv4": 20, "udp": 8, "tcp": 20, "dpok_bitmap": 44}
+                    "ipv4": 20, "udp": 8, "tcp": 20, "dpok_bitmap": 44,
+                    "rcn_pair_params": 24, "rcn_residual_report": 24}
         self.assertEqual({layout.layer: layout.size for layout in frame_layouts()}, expected)
 
     def test_standard_field_offsets(self):
