@@ -66,6 +66,8 @@ class EntryFlag(enum.IntFlag):
     RETRANSMIT = 0x0001      # the source edge sent this entry before
     RESENT_ACK = 0x0002      # a WROK re-sent for an entry the target had already applied
     CUMULATIVE = 0x0004      # a WROK for every WR of the group up to and including its sequence
+    RESTART = 0x0008         # a CTRL: every unapplied sequence of the group below it is void
+    REVERSE = 0x0010         # a CTRL from the target edge to the source edge (failover)
 
 
 RIO_TYPES = frozenset({EntryType.WR, EntryType.WROK, EntryType.CTRL, EntryType.CTRL_OK})
@@ -75,7 +77,8 @@ LOG_HEADER = Layout("log", [
     uint("version", 1, "layout version, 1"),
     uint("entry_type", 1, "WR 1, WROK 2, CTRL 3, CTRL_OK 4, NAK 5, BATCH 6, KEEPALIVE 7",
          values={v.value: v.name for v in EntryType}),
-    uint("flags", 2, "0x0001 retransmit, 0x0002 re-sent acknowledgement, 0x0004 cumulative WROK"),
+    uint("flags", 2, "0x0001 retransmit, 0x0002 re-sent acknowledgement, 0x0004 cumulative WROK, "
+                     "0x0008 restart (CTRL), 0x0010 reverse (CTRL)"),
     uint("group_id", 4, "order guarantee ID (803)"),
     uint("ttl", 1, "hops left; a relay drops the entry at 0"),
     raw("reserved", 3, "0"),

@@ -17,8 +17,8 @@ What happens to an entry
       one that arrives with ttl n > 0 leaves with n - 1, so it may leave with
       0 -- the next relay drops it, an edge (the end of the path) takes it.
       Every entry that leaves gets its CRC32C recomputed.
-    * **Direction**: WROK, CTRL_OK and NAK (``routes.BACKWARD_TYPES``) go to the
-      address *before* this core in the path of their (source WWN, target WWN);
+    * **Direction**: WROK, CTRL_OK, NAK and a CTRL with flag REVERSE
+      (``routes.goes_backward``) go to the address *before* this core in the path of their (source WWN, target WWN);
       everything else to the address after it. No route through this core, or
       no address in that direction: dropped (``no_route``).
     * **KEEPALIVE with target WWN 0** is a probe of this hop, addressed to
@@ -64,7 +64,7 @@ from datapath.frames.logentry import HEADER_SIZE, LOG_HEADER, MAX_BATCH, EntryTy
 from datapath.frames.names import format_wwn
 from datapath.kernels.batching import BATCH_OVERHEAD, pack, plan_batches, unpack
 from rcn.logxfer.protocol import MAX_UDP_PAYLOAD, Drops
-from rcn.logxfer.routes import BACKWARD_TYPES, Address, RouteTable
+from rcn.logxfer.routes import Address, RouteTable, goes_backward
 
 _TYPE_AT = LOG_HEADER.offsets["entry_type"]
 _TTL_AT = LOG_HEADER.offsets["ttl"]
@@ -73,12 +73,13 @@ _TARGET_AT = LOG_HEADER.offsets["target_wwn"]
 _SOURCE_AT = LOG_HEADER.offsets["source_wwn"]
 _SEQUENCE_AT = LOG_HEADER.offsets["sequence"]
 _GROUP_AT = LOG_HEADER.offsets["group_id"]
+_U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _ZERO_CRC = bytes(4)
 _BATCH = int(EntryType.BATCH)
 _KEEPALIVE = int(EntryType.KEEPALIVE)
-_BACKWARD = frozenset(int(t) for t in BACKWARD_TYPES)
+_FLAGS_AT = LOG_HEADER.offsets["flags"]
 #: the smallest BATCH that can hold two entries (two bare 88-byte headers)
 MIN_BATCH_BYTES = BATCH_OVERHEAD + 2 * HEADER_SIZE
 
@@ -166,7 +167,7 @@ class CoreRelay:
             return
         self._counts["received"] += 1
         self._route(memoryview(data), entry_type, header["ttl"], header["source_wwn"],
-                    header["target_wwn"], sender)
+                    header["target_wwn"], sender, header["flags"])
 
     def _batch_received(self, data: bytes, sender: Address) -> None:
         counts = self._counts
@@ -188,10 +189,11 @@ class CoreRelay:
                 continue
             self._route(entry, entry[_TYPE_AT], entry[_TTL_AT],
                         _U64.unpack_from(entry, _SOURCE_AT)[0],
-                        _U64.unpack_from(entry, _TARGET_AT)[0], sender)
+                        _U64.unpack_from(entry, _TARGET_AT)[0], sender,
+                        _U16.unpack_from(entry, _FLAGS_AT)[0])
 
     def _route(self, entry: memoryview, entry_type: int, ttl: int, source: int, target: int,
-               sender: Address) -> None:
+               sender: Address, flags: int = 0) -> None:
         if ttl == 0:
             self.drops.drop("ttl_expired", sender, self._describe(entry, entry_type, source, target))
             return
@@ -199,7 +201,7 @@ class CoreRelay:
             self._counts["keepalives_answered"] += 1
             self.send(_rewrite(entry, ttl), sender)
             return
-        backward = entry_type in _BACKWARD
+        backward = goes_backward(entry_type, flags)
         hop = self.routes.next_hop(source, target, self.me, backward)
         if hop is None:
             why = (f"{self.me} ends its path going {'backward' if backward else 'forward'}"

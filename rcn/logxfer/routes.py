@@ -12,11 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
-from datapath.frames.logentry import EntryType
+from datapath.frames.logentry import EntryFlag, EntryType
 from datapath.frames.names import format_wwn
 
 #: entry types that travel from the target edge back to the source edge
 BACKWARD_TYPES = frozenset({EntryType.WROK, EntryType.CTRL_OK, EntryType.NAK})
+_REVERSE = int(EntryFlag.REVERSE)
+_CTRL = int(EntryType.CTRL)
+
+
+def goes_backward(entry_type: int, flags: int) -> bool:
+    """Whether an entry travels its path from the target end to the source end: the
+    answers, and a CTRL the target edge sends (flag REVERSE, a failover's SUSPEND)."""
+    return entry_type in BACKWARD_TYPES or (entry_type == _CTRL and bool(flags & _REVERSE))
 
 
 class RouteError(ValueError):

@@ -20,6 +20,11 @@ its datagrams (the segments) for retransmission.
   the reactor turn and go out as BATCH datagrams of up to that size: the
   entries one group commit made durable leave in one system call. A single
   datagram goes as it is; retransmissions always go alone.
+* **Giving up** -- with ``failure_timeout``, an entry still unacknowledged that
+  long after its first send makes the sender call ``on_failure(group, why)``
+  once for its group (the edge then puts the group's pairs in failure Suspend,
+  【0084】); the group's entries go on being retransmitted until the edge
+  cancels them or :meth:`Sender.recovered` re-arms the check.
 * **Bandwidth** -- a token bucket per customer (``rate`` bytes/s, ``burst``
   bytes) meters first sends and retransmissions alike; a path whose customer
   has no tokens waits for the bucket's refill time.
@@ -98,6 +103,7 @@ class Outstanding:
     attempts: int = 0
     rto: float = 0.0
     last_nak: float = float("-inf")
+    first_sent: float | None = None
 
 
 @dataclass
@@ -114,7 +120,9 @@ class Sender:
     def __init__(self, clock, transmit: Callable[[bytes, Address], object], *,
                  window_bytes: int = 64 << 20, rto: float = 0.5, rto_max: float = 5.0,
                  backoff: float = 2.0, tick: float = 0.05, nak_holdoff: float = 0.05,
-                 buckets: dict[str, TokenBucket] | None = None, batch_bytes: int = 0):
+                 buckets: dict[str, TokenBucket] | None = None, batch_bytes: int = 0,
+                 failure_timeout: float | None = None,
+                 on_failure: Callable[[int, str], object] | None = None):
         if window_bytes <= 0 or rto <= 0 or rto_max < rto or backoff < 1 or tick <= 0:
             raise ValueError("sender: window_bytes, rto and tick must be > 0, rto_max >= rto, "
                              "backoff >= 1")
@@ -128,6 +136,9 @@ class Sender:
         self.nak_holdoff = nak_holdoff
         self.buckets = buckets or {}
         self.batch_bytes = batch_bytes
+        self.failure_timeout = failure_timeout
+        self.on_failure = on_failure
+        self.failed_groups: set[int] = set()
         self._staged: dict[Address, list[Outstanding]] = {}
         self._flush_call = None
         self._batches = 0
@@ -139,7 +150,8 @@ class Sender:
         self._sweep_call = None
         self.counters = {"entries_sent": 0, "datagrams_sent": 0, "bytes_sent": 0,
                          "retransmits": 0, "nak_retransmits": 0, "acknowledged": 0,
-                         "unknown_acks": 0, "throttled": 0, "batches_sent": 0}
+                         "unknown_acks": 0, "throttled": 0, "batches_sent": 0, "cancelled": 0,
+                         "gave_up": 0}
 
     # -- entries in -------------------------------------------------------
     def submit(self, group: int, sequence: int, datagrams: list[bytes], path: Address,
@@ -174,6 +186,23 @@ class Sender:
         self.counters["acknowledged"] += 1
         self._pump(item.path)
         return item
+
+    def cancel(self, group: int, sequence: int) -> bool:
+        """Stop sending an entry without an acknowledgement (failure Suspend dropped it)."""
+        if self.acknowledged(group, sequence) is None:
+            self.counters["unknown_acks"] -= 1
+            return False
+        self.counters["acknowledged"] -= 1
+        self.counters["cancelled"] += 1
+        return True
+
+    def entries_of(self, group: int) -> list[int]:
+        """Sequences of the group still outstanding or queued, in order."""
+        return sorted(seq for g, seq in (*self.outstanding, *self.queued) if g == group)
+
+    def recovered(self, group: int) -> None:
+        """The group is in service again: a later timeout may give it up again."""
+        self.failed_groups.discard(group)
 
     def holds(self, group: int, sequence: int) -> bool:
         """Whether the entry is outstanding or queued."""
@@ -232,6 +261,8 @@ class Sender:
         as BATCH datagrams of up to ``batch_bytes`` (one system call for many entries)."""
         item.attempts += 1
         item.last_sent = now
+        if item.first_sent is None:
+            item.first_sent = now
         self._staged.setdefault(path, []).append(item)
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self._flush)
@@ -291,6 +322,8 @@ class Sender:
             self.counters["bytes_sent"] += len(datagram)
         item.attempts += 1
         item.last_sent = now
+        if item.first_sent is None:
+            item.first_sent = now
         self.outstanding.move_to_end((item.group, item.sequence))
         return True
 
@@ -309,9 +342,20 @@ class Sender:
                     break       # sends are in order: nothing older is left to check
                 continue
             due.append(item)
+        give_up: dict[int, Outstanding] = {}
         for item in due:
             if self._send(item, now, retransmit=True):
                 item.rto = min(item.rto * self.backoff, self.rto_max)
+            if (self.failure_timeout is not None and item.group not in self.failed_groups
+                    and now - item.first_sent >= self.failure_timeout):
+                give_up.setdefault(item.group, item)
+        for group, item in give_up.items():
+            self.failed_groups.add(group)
+            self.counters["gave_up"] += 1
+            if self.on_failure is not None:
+                self.on_failure(group, f"sequence {item.sequence} unacknowledged for "
+                                       f"{now - item.first_sent:.1f} s after {item.attempts} "
+                                       f"sends to {item.path}")
         self._arm_sweep()
 
     def stop(self) -> None:

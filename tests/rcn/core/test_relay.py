@@ -7,7 +7,7 @@ import random
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
-from datapath.frames.logentry import (COUNT_HEADER, HEADER_SIZE, EntryType, build_batch,
+from datapath.frames.logentry import (COUNT_HEADER, HEADER_SIZE, EntryFlag, EntryType, build_batch,
                                       build_entry, build_keepalive, build_nak, parse_batch,
                                       parse_datagram)
 from rcn.core.relay import BatchPolicy, CoreRelay, crc_ok
@@ -101,6 +101,16 @@ class ForwardingTests(RelayTestCase):
         for entry_type in (EntryType.WR, EntryType.CTRL):
             self.deliver(entry(entry_type))
         self.assertEqual([to for _, to in self.sent], [EDGE_B] * 2)
+
+    def test_a_reverse_ctrl_goes_backward_alone_and_in_a_batch(self):
+        reverse = entry(EntryType.CTRL, sequence=9, flags=EntryFlag.REVERSE)
+        self.deliver(reverse, EDGE_B)
+        self.deliver(build_batch([entry(sequence=1), reverse], ttl=1, sequence=3), CORE_2)
+        self.assertEqual([to for _, to in self.sent], [EDGE_A, EDGE_B, EDGE_A])
+        self.assertEqual(self.sent[0][0], leaving(reverse))
+        restart = entry(EntryType.CTRL, sequence=10, flags=EntryFlag.RESTART)
+        self.deliver(restart)
+        self.assertEqual(self.sent[-1], (leaving(restart), EDGE_B))
 
     def test_no_route_is_dropped_and_counted(self):
         self.deliver(entry(source=DST, target=SRC))                # no such pair

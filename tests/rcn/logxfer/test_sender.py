@@ -127,6 +127,44 @@ class SenderTests(TestCase):
         self.clock.advance(0)
         self.assertEqual(sent, [datagram(1)])
 
+    def test_gives_up_a_group_once_after_failure_timeout(self):
+        failures = []
+        s = self.sender(rto=0.1, rto_max=0.2, tick=0.01, failure_timeout=1.0,
+                        on_failure=lambda group, why: failures.append((group, why)))
+        s.submit(7, 1, [datagram(1)], HOP)
+        s.submit(7, 2, [datagram(2)], HOP)
+        s.submit(8, 1, [datagram(1)], HOP)
+        s.acknowledged(8, 1)
+        self.clock.pump([0.01] * 95)
+        self.assertEqual(failures, [])
+        self.clock.pump([0.01] * 20)
+        self.assertEqual([g for g, _ in failures], [7])
+        self.assertIn("sequence 1 unacknowledged for 1.", failures[0][1])
+        self.clock.pump([0.01] * 300)          # still retransmitting, not called again
+        self.assertEqual(len(failures), 1)
+        self.assertEqual(s.counters["gave_up"], 1)
+        before = len(self.sent)
+        self.clock.advance(0.3)
+        self.assertGreater(len(self.sent), before)
+        s.recovered(7)
+        self.clock.pump([0.01] * 30)
+        self.assertEqual(len(failures), 2)
+
+    def test_cancel_stops_an_entry_without_counting_an_ack(self):
+        s = self.sender(rto=0.1, tick=0.01, window_bytes=1500)
+        s.submit(7, 1, [datagram(1)], HOP)
+        s.submit(7, 2, [datagram(2)], HOP)       # queued behind the window
+        self.assertEqual(s.entries_of(7), [1, 2])
+        self.assertTrue(s.cancel(7, 1))
+        self.assertTrue(s.cancel(7, 2))
+        self.assertFalse(s.cancel(7, 3))
+        self.assertEqual(s.entries_of(7), [])
+        self.assertEqual((s.counters["acknowledged"], s.counters["cancelled"],
+                          s.counters["unknown_acks"]), (0, 2, 0))
+        sent = len(self.sent)
+        self.clock.pump([0.01] * 50)
+        self.assertEqual(len(self.sent), sent)
+
     def test_submit_twice_is_an_error(self):
         s = self.sender()
         s.submit(7, 1, [datagram(1)], HOP)
