@@ -28,6 +28,14 @@ by one entry only, with the value it already has or is about to get. A CTRL
 entry (pair control, reads) is a barrier: it runs alone, after everything
 before it is durable.
 
+Restart and close (the pair lifecycle, docs/pairs.md): a CTRL entry with flag
+RESTART voids every sequence below it that is not applied -- what the reorder
+buffer holds below it and what waits to be sent is dropped, and the apply
+counter jumps to just below it when it runs (a barrier, so everything sent
+before it is durable by then). :meth:`GroupReceiver.close` stops the group
+(failover, TAKEOVER): what is held is dropped, what is in flight completes,
+and later entries are ignored until a RESTART reopens it.
+
 NAKs: while a gap holds entries back for longer than ``nak_delay``, the
 missing ranges (``ReorderBuffer.missing``) go back to the source, again every
 ``nak_interval`` while the gap lasts.
@@ -99,6 +107,8 @@ class GroupStats:
     wroks_sent: int = 0
     wroks_resent: int = 0
     bad_areas: int = 0
+    voided: int = 0                   # dropped by a RESTART or close
+    after_close: int = 0              # arrived while the group was closed
 
 
 def _extent(command: RioCommand) -> tuple[int, int] | None:
@@ -143,6 +153,8 @@ class GroupReceiver:
         self.done: dict[int, _Entry] = {}      # answered GOOD, waiting for durability
         self.answers: dict[int, tuple[dict, bytes]] = {}   # recent CTRL answers (for resends)
         self.last_header: dict | None = None
+        self.highest_seen = applied            # highest sequence received
+        self.closed_after: int | None = None   # closed: nothing past this is applied
         self._handle = 0
         self._nak_call = None
         self._retry_call = None
@@ -155,6 +167,14 @@ class GroupReceiver:
         self.stats.received += 1
         sequence = header["sequence"]
         self.last_header = header
+        if sequence > self.highest_seen:
+            self.highest_seen = sequence
+        restart = header["entry_type"] == EntryType.CTRL and header["flags"] & _RESTART
+        if self.closed_after is not None and sequence > self.closed_after and not restart:
+            self.stats.after_close += 1
+            return
+        if restart and sequence > self.reorder.next_expected:
+            self._restart_at(sequence)
         if sequence <= self.durable:
             self.stats.duplicates_applied += 1
             self._resend_answer(header)
@@ -180,6 +200,48 @@ class GroupReceiver:
         else:
             self.stats.beyond_window += 1
         self._check_gap()
+
+    def _restart_at(self, sequence: int) -> None:
+        """Void every sequence below ``sequence`` not yet sent to the target."""
+        self.closed_after = None
+        self._drop_held(keep_from=sequence)
+        self.reorder = self._rebuilt(sequence)
+
+    def _rebuilt(self, first: int) -> reorder_kernel.ReorderBuffer:
+        """A reorder buffer expecting ``first`` next, holding the pending entries."""
+        buffer = reorder_kernel.ReorderBuffer(self.config.window, first_sequence=first)
+        for handle, item in self.pending.items():
+            buffer.insert_one(item.sequence, handle)
+        return buffer
+
+    def _drop_held(self, keep_from: int | None = None) -> int:
+        """Drop what waits (buffered or released, not sent) below ``keep_from`` (all if
+        None); returns how many."""
+        dropped = len(self.ready)
+        self.ready.clear()
+        for handle, item in list(self.pending.items()):
+            if keep_from is None or item.sequence < keep_from:
+                del self.pending[handle]
+                self.pending_bytes -= len(item.area)
+                dropped += 1
+        self.stats.voided += dropped
+        return dropped
+
+    def close(self) -> dict:
+        """Stop applying (failover, TAKEOVER): drop what is held, let what is in flight
+        complete, ignore later entries; returns the residual report's fields."""
+        last = self.uncertain[-1].sequence if self.uncertain else self.applied
+        discarded = self._drop_held()
+        self.reorder = self._rebuilt(last + 1)
+        self.closed_after = last
+        return {"applied": last, "received_max": self.highest_seen, "discarded": discarded,
+                "known_missing": max(0, self.highest_seen - last - discarded)}
+
+    def residual(self) -> dict:
+        """The residual report now, closing nothing (the fast failover's answer)."""
+        held = self.reorder.occupancy + len(self.ready) + len(self.uncertain)
+        return {"applied": self.applied, "received_max": self.highest_seen, "discarded": 0,
+                "known_missing": max(0, self.highest_seen - self.applied - held)}
 
     def _in_flight(self, sequence: int) -> bool:
         return sequence < self.reorder.next_expected
@@ -224,6 +286,8 @@ class GroupReceiver:
             if target is None:
                 self._retry_later()
                 return
+            if item.header["flags"] & _RESTART and item.sequence - 1 > self.applied:
+                self.applied = item.sequence - 1      # the voided ones count as done
             self.ready.popleft()
             self._hold(item)
             command = item.command
@@ -387,6 +451,7 @@ class GroupReceiver:
         return {"group": self.group, "applied": self.applied, "durable": self.durable,
                 "next_expected": self.reorder.next_expected, "buffered": self.reorder.occupancy,
                 "ready": len(self.ready), "in_flight": len(self.uncertain),
+                "highest_seen": self.highest_seen, "closed": self.closed_after is not None,
                 **vars(self.stats)}
 
 
@@ -394,4 +459,5 @@ _ANSWER_FIELDS = ("group_id", "sequence", "io_time_ns", "target_wwn", "target_lu
                   "source_wwn", "source_lun")
 _GOOD_AREA = response_area(0, 0, 0, 0, ScsiResult())
 _CUMULATIVE = int(EntryFlag.CUMULATIVE)
+_RESTART = int(EntryFlag.RESTART)
 

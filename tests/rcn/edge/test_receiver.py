@@ -6,15 +6,20 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from datapath.frames import fcp
 from datapath.frames.logentry import EntryFlag, EntryType, parse_datagram, parse_nak_ranges
 from rcn.edge.receiver import GroupReceiver, ReceiverConfig
 from rcn.logxfer.rioarea import command_area
 from rcn.rio.fcp import ScsiResult, build_write16_cdb
 
 
-def header(sequence: int) -> dict:
-    return {"entry_type": EntryType.WR, "group_id": 7, "sequence": sequence, "io_time_ns": 0,
-            "target_wwn": 2, "target_lun": 0, "source_wwn": 1, "source_lun": 0}
+def header(sequence: int, entry_type: int = EntryType.WR, flags: int = 0) -> dict:
+    return {"entry_type": entry_type, "flags": flags, "group_id": 7, "sequence": sequence,
+            "io_time_ns": 0, "target_wwn": 2, "target_lun": 0, "source_wwn": 1, "source_lun": 0}
+
+
+def control_area() -> bytes:
+    return command_area(1, 2, 3, 0, fcp.build_rcn_control(fcp.RcnServiceAction.RESYNC, 7, 0), b"")
 
 
 def area(lba: int, blocks: int = 1) -> bytes:
@@ -150,3 +155,80 @@ class ReceiverTests(TestCase):
         receiver.entry(header(5), area(50))
         receiver.entry(header(6), area(60))
         self.assertEqual([lba for lba, _ in self.target.calls], [60])
+
+
+class RestartAndCloseTests(TestCase):
+    """A RESTART CTRL voids the holes failure Suspend left; close() stops the group."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.applied: list[tuple[str, int]] = []
+        self.records: list[int] = []
+        self.back: list[dict] = []
+        receiver_self = self
+
+        class Target:
+            def execute(self, command):
+                what = "ctrl" if command.cdb[0] == fcp.Opcode.RCN_CONTROL else "wr"
+                receiver_self.applied.append((what, command.parsed.get("lba", -1)))
+                return succeed(ScsiResult())
+
+        def record(group, value):
+            self.records.append(value)
+            return succeed(None)
+
+        def send_back(hdr, datagrams):
+            for d in datagrams:
+                entry = parse_datagram(d)
+                self.back.append(dict(entry.header))
+        self.receiver = GroupReceiver(7, self.clock, ReceiverConfig(window=16), 0,
+                                      lambda h: Target(), record, send_back)
+
+    def test_restart_voids_the_holes_and_what_waits_behind_them(self):
+        r = self.receiver
+        r.entry(header(1), area(10))
+        r.entry(header(3), area(30))           # 2 never comes: source dropped 2..5
+        r.entry(header(5), area(50))
+        r.entry(header(6, EntryType.CTRL, EntryFlag.RESTART), control_area())
+        r.entry(header(7), area(70))
+        self.assertEqual(self.applied, [("wr", 10), ("ctrl", -1), ("wr", 70)])
+        self.assertEqual((r.applied, r.durable), (7, 7))
+        self.assertEqual(self.records[-1], 7)
+        self.assertEqual(r.stats.voided, 2)
+        ctrl_ok = [b for b in self.back if b["entry_type"] == EntryType.CTRL_OK]
+        self.assertEqual([b["sequence"] for b in ctrl_ok], [6])
+        # a late copy of a voided entry is a duplicate, never applied
+        r.entry(header(4), area(40))
+        self.assertNotIn(("wr", 40), self.applied)
+
+    def test_restart_without_holes_changes_nothing(self):
+        r = self.receiver
+        r.entry(header(1), area(10))
+        r.entry(header(2, EntryType.CTRL, EntryFlag.RESTART), control_area())
+        self.assertEqual(self.applied, [("wr", 10), ("ctrl", -1)])
+        self.assertEqual(r.stats.voided, 0)
+
+    def test_close_stops_the_group_and_reports_what_is_missing(self):
+        r = self.receiver
+        for seq in (1, 2, 4, 5):
+            r.entry(header(seq), area(seq * 10))
+        r.entry(header(9), area(90))
+        report = r.close()
+        self.assertEqual(report, {"applied": 2, "received_max": 9, "discarded": 3,
+                                  "known_missing": 4})
+        r.entry(header(3), area(30))           # too late: the target is the host's now
+        self.assertEqual(self.applied, [("wr", 10), ("wr", 20)])
+        self.assertEqual(r.stats.after_close, 1)
+        # a RESTART (resync) opens it again
+        r.entry(header(12, EntryType.CTRL, EntryFlag.RESTART), control_area())
+        self.assertEqual(self.applied[-1], ("ctrl", -1))
+        self.assertEqual(r.applied, 12)
+
+    def test_residual_counts_without_closing(self):
+        r = self.receiver
+        for seq in (1, 2, 5):
+            r.entry(header(seq), area(seq * 10))
+        self.assertEqual(r.residual(), {"applied": 2, "received_max": 5, "discarded": 0,
+                                        "known_missing": 2})
+        r.entry(header(3), area(30))
+        self.assertEqual(self.applied[-1], ("wr", 30))
