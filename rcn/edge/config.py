@@ -40,6 +40,14 @@ and ``edge.data_dir`` are required)::
     [metrics]
     listen = "127.0.0.1:47301"            # Prometheus /metrics and /status (JSON); omit: none
 
+    [pairs]                               # the pair lifecycle (docs/pairs.md)
+    group_policy = "B"                    # order guarantee IDs of pairs made by PAIR_CREATE:
+                                          # A-1 per (source array, target array), A-2 per
+                                          # (source edge, target edge), B only [[pair]]s below
+    failure_timeout = 60.0                # seconds an entry may stay unacknowledged before
+                                          # its group goes to failure Suspend
+    failover_timeout = 30.0               # seconds a failover SUSPEND waits for the SOK
+
     [[virtual_storage]]                   # table 404
     wwn = "50:0a:09:80:00:00:00:02"       # the WWN the attached array sees
     partner_wwn = "50:0a:09:80:00:00:00:02"   # the real storage behind it (default: wwn)
@@ -169,7 +177,8 @@ def _ms(reader: Reader, key: str, default: float, low: float = 0.1, high: float 
 def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
     top = Reader(doc, "")
     top.unknown({"edge", "log", "sender", "receiver", "fabric", "metrics", "virtual_storage",
-                 "access", "pair", "customer", "route", "nbd", "nbd_volume", "nbd_target"})
+                 "access", "pair", "customer", "route", "nbd", "nbd_volume", "nbd_target",
+                 "pairs"})
     edge = Reader(top.get("edge", dict), "edge.")
     edge.unknown({"id", "log", "fcip", "data_dir", "ttl", "receive_buffer", "send_buffer"})
     name = edge.get("id", str)
@@ -189,6 +198,14 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
     segment_size = log.get("segment_size", (int, str), 64 << 20, parse_size)
     group_quota = log.get("group_quota", (int, str), 256 << 20, parse_size)
     max_datagram = log.get("max_datagram", int, 65000, in_range(HEADER_SIZE + 512, MAX_UDP_PAYLOAD))
+
+    lifecycle = Reader(top.get("pairs", dict, {}), "pairs.")
+    lifecycle.unknown({"group_policy", "failure_timeout", "failover_timeout"})
+    group_policy = lifecycle.get("group_policy", str, "B", one_of(("A-1", "A-2", "B")))
+    failure_timeout = float(lifecycle.get("failure_timeout", (int, float), 60.0,
+                                          in_range(0.1, 86400.0)))
+    failover_timeout = float(lifecycle.get("failover_timeout", (int, float), 30.0,
+                                           in_range(0.1, 86400.0)))
 
     sender = Reader(top.get("sender", dict, {}), "sender.")
     sender.unknown({"window", "rto_ms", "rto_max_ms"})
@@ -261,7 +278,8 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
     settings = EdgeSettings(me=log_address, pairs=pairs, routes=routes, bandwidth=customers,
                             receiver=receiver_config, window_bytes=window, rto=rto,
                             rto_max=rto_max, max_datagram_body=max_datagram - HEADER_SIZE,
-                            ttl=ttl)
+                            ttl=ttl, group_policy=group_policy, failure_timeout=failure_timeout,
+                            failover_timeout=failover_timeout)
     return EdgeConfig(id=name, log=log_address, fcip=fcip, data_dir=data_dir, settings=settings,
                       log_mode=mode, segment_size=segment_size, group_quota=group_quota,
                       receive_buffer=buffers["receive_buffer"], send_buffer=buffers["send_buffer"],

@@ -36,12 +36,16 @@ from datapath.frames.logentry import (HEADER_SIZE, EntryFlag, EntryType, LOG_HEA
 from datapath.frames.names import format_wwn
 from datapath.kernels import batching
 from rcn.decode.reassembly import SegmentAssembler
+from rcn.edge.control import PairControl
+from rcn.edge.logstore import LogStoreFull
+from rcn.edge.pairs import EdgePairs, PairEntry, PairRow
 from rcn.edge.receiver import ApplyTarget, GroupReceiver, ReceiverConfig
 from rcn.logxfer.protocol import Drops
 from rcn.logxfer.rioarea import RioCommand, command_area, parse_response_area
-from rcn.logxfer.routes import BACKWARD_TYPES, Address, RouteTable
+from rcn.logxfer.routes import Address, RouteTable, goes_backward
 from rcn.logxfer.sender import Sender, TokenBucket
 from rcn.metrics import LatencyHistogram
+from rcn.pairstate import REPLICATING, PairState, state_refusal
 from rcn.rio.errors import NotLoggedIn
 from rcn.rio.fcp import ScsiCommand, ScsiResult, ScsiTarget, SenseKey, check_condition
 
@@ -52,17 +56,6 @@ _LU_NOT_SUPPORTED = (0x25, 0x00)
 _INVALID_OPCODE = (0x20, 0x00)
 _BUSY = fcp.ScsiStatus.BUSY
 _CUMULATIVE = int(EntryFlag.CUMULATIVE)
-
-
-@dataclass(frozen=True)
-class PairEntry:
-    """A row of the pair table 411 as an edge needs it."""
-    source_wwn: int
-    source_lun: int
-    target_wwn: int
-    target_lun: int
-    group: int
-    customer: str = ""
 
 
 @dataclass
@@ -80,6 +73,9 @@ class EdgeSettings:
     batch_bytes: int = 65000                 # first sends batched up to this; 0: one per entry
     ttl: int = 16
     max_segment_entries: int = 4096          # incomplete segmented entries held
+    group_policy: str = "B"                  # order guarantee IDs of new pairs (【0064】)
+    failure_timeout: float | None = 60.0     # an entry unacknowledged this long: failure Suspend
+    failover_timeout: float = 30.0           # a failover SUSPEND waits this long for the SOK
 
 
 class SourceTarget(ScsiTarget):
@@ -129,6 +125,20 @@ class FabricApplyTarget:
                                command.attribute)
 
 
+class _ControlTarget:
+    """A CTRL entry's apply target: pair control sees it before the target array does."""
+
+    __slots__ = ("controls", "header", "bound")
+
+    def __init__(self, controls, header: dict, bound):
+        self.controls = controls
+        self.header = header
+        self.bound = bound
+
+    def execute(self, command: RioCommand):
+        return self.controls.at_target(self.header, command, self.bound)
+
+
 class _BoundTarget:
     """An ApplyTarget for one entry's target LUN."""
 
@@ -167,7 +177,7 @@ class EdgeDevice:
     def __init__(self, clock, settings: EdgeSettings, log_store, apply_state,
                  transmit: Callable[[bytes, Address], object],
                  apply_target_for: Callable[[dict], object] | None = None,
-                 name: str = "edge"):
+                 name: str = "edge", pairs_path: str | None = None):
         self.clock = clock
         self.settings = settings
         self.name = name
@@ -176,14 +186,17 @@ class EdgeDevice:
         self.transmit = transmit
         self.routes = settings.routes
         self.me = settings.me
-        self._pairs = {(p.source_wwn, p.target_wwn, p.target_lun): p for p in settings.pairs}
-        self._group_pair = {}
+        self.pairs = EdgePairs(settings.group_policy, pairs_path)
         for p in settings.pairs:
-            self._group_pair.setdefault(p.group, p)
+            self.pairs.add(PairRow(p, "source", PairState.DUPLEX))
+        self.pairs.load()
+        self.controls = PairControl(self)
         buckets = {c: TokenBucket(clock, rate) for c, rate in settings.bandwidth.items() if rate}
         self.sender = Sender(clock, transmit, window_bytes=settings.window_bytes, rto=settings.rto,
                              rto_max=settings.rto_max, buckets=buckets,
-                             batch_bytes=settings.batch_bytes)
+                             batch_bytes=settings.batch_bytes,
+                             failure_timeout=settings.failure_timeout,
+                             on_failure=lambda group, why: self.controls.group_failed(group, why))
         self.receivers: dict[int, GroupReceiver] = {}
         self.assembler = SegmentAssembler(max_entries=settings.max_segment_entries)
         self.drops = Drops(name)
@@ -222,18 +235,14 @@ class EdgeDevice:
         opcode = command.cdb[0] if command.cdb else -1
         if opcode == _TUR:
             return ScsiResult()
-        pair = self._pairs.get((command.initiator_wwn, partner_wwn, command.lun))
         if opcode == _WRITE16:
-            if pair is None:
+            row = self.pairs.find(command.initiator_wwn, partner_wwn, command.lun)
+            if row is None or row.side != "source":
                 return self._refuse(command, partner_wwn, "no pair for this LUN")
-            return self.write(pair, command.cdb, command.data, command.attribute, _ids(command))
+            return self.write(row.entry, command.cdb, command.data, command.attribute,
+                              _ids(command))
         if opcode == int(fcp.Opcode.RCN_CONTROL):
-            group = command.parsed.get("group_id")
-            pair = pair or self._group_pair.get(group)
-            if pair is None:
-                return self._refuse(command, partner_wwn, "no pair for this group")
-            return self.control(pair, group, command.cdb, command.data, command.data_in_length,
-                                command.attribute, _ids(command))
+            return self.controls.from_array(command, partner_wwn)
         return check_condition(SenseKey.ILLEGAL_REQUEST, _INVALID_OPCODE)
 
     def _refuse(self, command: ScsiCommand, partner_wwn: int, why: str) -> ScsiResult:
@@ -246,7 +255,7 @@ class EdgeDevice:
         return check_condition(SenseKey.ILLEGAL_REQUEST, _LU_NOT_SUPPORTED)
 
     def _entry(self, entry_type: int, pair: PairEntry, group: int, cdb: bytes, data_out,
-               data_in_length: int, attribute: int, ids: tuple[int, int, int]):
+               data_in_length: int, attribute: int, ids: tuple[int, int, int], flags: int = 0):
         started = self.clock.seconds()
         sequence = self.log_store.next_sequence(group)
         s_id, d_id, ox_id = ids
@@ -256,20 +265,27 @@ class EdgeDevice:
                                   group_id=group, sequence=sequence,
                                   io_time_ns=int(started * 1e9), target_wwn=pair.target_wwn,
                                   target_lun=pair.target_lun, source_wwn=pair.source_wwn,
-                                  source_lun=pair.source_lun, ttl=self.settings.ttl)
+                                  source_lun=pair.source_lun, ttl=self.settings.ttl,
+                                  flags=flags)
         path = self.routes.next_hop(pair.source_wwn, pair.target_wwn, self.me)
         try:
             durable = self.log_store.append(group, sequence, b"".join(datagrams))
-        except Exception as exc:      # LogStoreFull: the array retries a BUSY
+        except LogStoreFull as exc:   # quota overflow is failure Suspend
             self.counters["busy"] += 1
-            _log.warn("{edge}: group {group} log full, answering BUSY: {why}", edge=self.name,
-                      group=group, why=exc)
+            self.controls.group_failed(group, f"log quota overflow ({exc})")
+            row = self.pairs.rows.get(pair.key)
+            if row is not None and row.state is not PairState.DUPLEX:
+                return None, succeed(state_refusal(row.state))
             return None, succeed(ScsiResult(status=_BUSY))
         return (group, sequence, datagrams, path, started), durable
 
     def write(self, pair: PairEntry, cdb: bytes, data, attribute: int = fcp.TaskAttribute.SIMPLE,
               ids: tuple[int, int, int] = (0, 0, 0)) -> Deferred:
         """Log a write (WRITE(16) ``cdb``) of ``pair``: Deferred[ScsiResult], GOOD once durable."""
+        row = self.pairs.rows.get(pair.key)
+        if row is not None and row.state not in REPLICATING:
+            self.counters["refused"] += 1
+            return succeed(state_refusal(row.state))
         info, durable = self._entry(EntryType.WR, pair, pair.group, cdb, data, 0, attribute, ids)
         if info is None:
             return durable
@@ -286,16 +302,17 @@ class EdgeDevice:
     def _submit(self, group, sequence, datagrams, path) -> None:
         if path is None:
             self.drops.drop("no_route", self.me, f"group {group} sequence {sequence} retained")
+            self.controls.group_failed(group, "no route to the target")
             return
         self.sender.submit(group, sequence, datagrams, path, self._customer(group))
 
     def control(self, pair: PairEntry, group: int, cdb: bytes, data_out=b"",
                 data_in_length: int = 0, attribute: int = fcp.TaskAttribute.SIMPLE,
-                ids: tuple[int, int, int] = (0, 0, 0)) -> Deferred:
+                ids: tuple[int, int, int] = (0, 0, 0), flags: int = 0) -> Deferred:
         """Relay a command to the target storage in the group's order (CTRL entry);
         Deferred[ScsiResult] with the far side's answer (data-in included)."""
         info, durable = self._entry(EntryType.CTRL, pair, group, cdb, data_out, data_in_length,
-                                    attribute, ids)
+                                    attribute, ids, flags)
         if info is None:
             return durable
         self.counters["controls"] += 1
@@ -308,8 +325,21 @@ class EdgeDevice:
         return durable.addCallback(sent)
 
     def _customer(self, group: int) -> str:
-        pair = self._group_pair.get(group)
-        return pair.customer if pair is not None else ""
+        rows = self.pairs.in_group(group)
+        return rows[0].entry.customer if rows else ""
+
+    def customer_of(self, source_wwn: int, target_wwn: int) -> str:
+        """The customer of a new pair: that of a configured pair between the same arrays."""
+        for row in self.pairs:
+            if (row.entry.source_wwn, row.entry.target_wwn) == (source_wwn, target_wwn):
+                return row.entry.customer
+        return ""
+
+    @staticmethod
+    def stored_entry(blob: bytes) -> tuple[dict, bytes]:
+        """The header and RIO area of an entry as the log storage area keeps it."""
+        datagrams = split_datagrams(blob)
+        return _header_of(datagrams[0]), b"".join(d[HEADER_SIZE:] for d in datagrams)
 
     # -- the log-transfer channel --------------------------------------------------
     def entry_received(self, entry: LogEntry, data: bytes, sender: Address) -> None:
@@ -345,7 +375,7 @@ class EdgeDevice:
             self.counters["keepalives"] += 1
             self.transmit(build_keepalive(probe["probe_id"], probe["echo_time_ns"]), sender)
             return
-        backward = entry_type in BACKWARD_TYPES
+        backward = goes_backward(entry_type, header["flags"])
         if not self.routes.on_path(header["source_wwn"], header["target_wwn"], self.me):
             self.drops.drop("no_route", sender, f"{EntryType(entry_type).name} "
                             f"{format_wwn(header['source_wwn'])} -> "
@@ -374,10 +404,15 @@ class EdgeDevice:
                 return
         else:
             area = body
-        if backward:
+        if entry_type == EntryType.CTRL and backward:
+            self.controls.failover_request(header)
+        elif backward:
             self._answer(header, area)
         else:
-            self._receiver(header["group_id"]).entry(header, area)
+            if (header["source_wwn"], header["target_wwn"], header["target_lun"]) \
+                    not in self.pairs.rows and entry_type == EntryType.WR:
+                self._learn_pair(header)
+            self.receiver(header["group_id"]).entry(header, area)
 
     def _answer(self, header: dict, area: bytes) -> None:
         group, sequence = header["group_id"], header["sequence"]
@@ -419,19 +454,30 @@ class EdgeDevice:
         return self.routes.next_hop(header["source_wwn"], header["target_wwn"], self.me, backward)
 
     # -- target side -------------------------------------------------------------
-    def _receiver(self, group: int) -> GroupReceiver:
+    def _learn_pair(self, header: dict) -> None:
+        """A WR for a pair set up before the RCN: the target side's row, in Duplex."""
+        self.pairs.add(PairRow(PairEntry(header["source_wwn"], header["source_lun"],
+                                         header["target_wwn"], header["target_lun"],
+                                         header["group_id"]), "target", PairState.DUPLEX))
+
+    def receiver(self, group: int) -> GroupReceiver:
         receiver = self.receivers.get(group)
         if receiver is None:
             receiver = GroupReceiver(group, self.clock, self.settings.receiver,
                                      self.apply_state.applied(group), self._target_for,
-                                     self.apply_state.record, self._send_back, self.lag.observe,
+                                     self.apply_state.record, self.send_back, self.lag.observe,
                                      self.apply_state.durable, self.settings.max_datagram_body)
             self.receivers[group] = receiver
         return receiver
 
     def _target_for(self, header: dict) -> ApplyTarget | None:
         target = self.apply_target_for(header)
-        return None if target is None else _BoundTarget(target, header["target_lun"])
+        if target is None:
+            return None
+        bound = _BoundTarget(target, header["target_lun"])
+        if header["entry_type"] == EntryType.CTRL:
+            return _ControlTarget(self.controls, header, bound)
+        return bound
 
     def fabric_target(self, header: dict):
         """The apply target over the FCIP link of the entry's target array."""
@@ -441,7 +487,7 @@ class EdgeDevice:
             target = self._fabric_targets[key] = FabricApplyTarget(lambda: self.links(), *key)
         return target
 
-    def _send_back(self, header: dict, datagrams: list[bytes]) -> None:
+    def send_back(self, header: dict, datagrams: list[bytes]) -> None:
         back = self._next_hop(header, backward=True)
         if back is None:
             self.drops.drop("no_route", self.me, "no way back for an answer")

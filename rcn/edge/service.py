@@ -77,7 +77,8 @@ class Edge:
                             for key, url in config.nbd_targets.items()}
         self.device = EdgeDevice(reactor, settings, self.log_store, self.apply_state,
                                  self.udp.send, apply_target_for=self._apply_target,
-                                 name=config.id)
+                                 name=config.id,
+                                 pairs_path=os.path.join(config.data_dir, "pairs.json"))
         self.udp.handler = self.device
         self.udp.drops = self.device.drops
         access = config.access

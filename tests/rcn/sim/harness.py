@@ -53,7 +53,7 @@ class RecordingStore(LogStore):
         area = b"".join(d[HEADER_SIZE:] for d in datagrams)
         header = LOG_HEADER.parse(datagrams[0], 0, 0, True)
         command = parse_command_area(area)
-        if command.data_out:
+        if command.data_out and command.cdb[0] == fcp.Opcode.WRITE_16:
             self.checker.logged(group, sequence, (header["target_wwn"], header["target_lun"]),
                                 command.parsed["lba"], command.data_out)
         return super().append(group, sequence, entry)

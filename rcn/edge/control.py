@@ -1,0 +1,412 @@
+"""Pair control at an edge: the state of each pair as control RIOs pass (docs/pairs.md).
+
+:class:`PairControl` is a plain object beside the :class:`~rcn.edge.device.EdgeDevice`
+it serves. At the **source edge** it takes the array's RCN CONTROL commands
+(PAIR_CREATE, DUPLEX, SUSPEND, RESYNC, DELETE), checks them against the pair's
+state, relays them as CTRL entries in the group's order and moves the pair when
+the far side's answer comes back (merging the target's DPOK bitmap 1213 with
+727 into 1209 on RESYNC). It puts a group in **failure Suspend** when the sender
+gives it up, the route is gone or the log quota overflows: retained WRs become
+727, the array is told, and a failure notice (flag RESTART) waits for the RCN to
+carry it to the target edge. At the **target edge** it sees every CTRL entry
+before the target array does (making and moving the target-side rows, refusing a
+group ID another source uses) and serves the target array's own commands:
+SUSPEND (failover, Fig. 13; FAST for 【0087】) and TAKEOVER.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from datapath.frames import fcp
+from datapath.frames.errors import DecodeError
+from datapath.frames.logentry import EntryFlag, EntryType, segment_entry
+from datapath.kernels.bitmap import DifferentialBitmap, merge_into
+from rcn.edge.pairs import PairEntry, PairRow
+from rcn.logxfer.rioarea import RioCommand, command_area, parse_command_area
+from rcn.pairstate import (ASC_GROUP_CONFLICT, ASC_IN_PROGRESS, ASC_NO_PAIR, ASC_PAIR_PARAMS,
+                           ASC_RCN_FAILED, REPLICATING, Event, PairState, PairStateError, allows,
+                           explain, refusal, state_refusal)
+from rcn.rio.fcp import ScsiCommand, ScsiResult, SenseKey, check_condition
+
+_log = Logger()
+A = fcp.RcnServiceAction
+_CONTROL = int(fcp.Opcode.RCN_CONTROL)
+_WRITE16 = int(fcp.Opcode.WRITE_16)
+_FAILURE = fcp.RCN_CONTROL_FAILURE
+_FAST = fcp.RCN_CONTROL_FAST
+_INVALID_FIELD = (0x24, 0x00)
+#: the event a GOOD answer to each relayed command brings
+_ON_GOOD = {A.PAIR_CREATE: Event.CREATED, A.DUPLEX: Event.DUPLEXED, A.SUSPEND: Event.SUSPENDED,
+            A.RESYNC: Event.RESYNCED, A.DELETE: Event.DELETED}
+
+
+@dataclass
+class _Failover:
+    answer: Deferred
+    row: PairRow
+    timer: object
+    resend: object = None
+
+
+def _control_command(row: PairRow, action: int, failure: bool = False) -> RioCommand:
+    cdb = fcp.build_rcn_control(action, row.entry.group, row.entry.source_lun, failure=failure)
+    return RioCommand(row.entry.target_lun, cdb, fcp.TaskAttribute.SIMPLE, b"", 0,
+                      fcp.parse_cdb(cdb))
+
+
+class PairControl:
+    def __init__(self, edge):
+        self.edge = edge
+        self.pairs = edge.pairs
+        self.failed_groups: set[int] = set()        # source side: dropped, notice queued
+        self.restart_pending: set[int] = set()      # the next CTRL of the group has RESTART
+        self.failovers: dict[int, _Failover] = {}   # target side: group -> waiting SUSPEND
+        self.sok_sent: set[int] = set()             # source side: failover answered
+        self.counters = {"controls_refused": 0, "failure_suspends": 0, "entries_to_bitmap": 0,
+                         "failovers": 0, "takeovers": 0, "notices_to_arrays": 0}
+
+    # -- the source array's commands (source edge) --------------------------------
+    def from_array(self, command: ScsiCommand, partner_wwn: int):
+        parsed = command.parsed
+        action = parsed["service_action"]
+        row = self.pairs.find(command.initiator_wwn, partner_wwn, command.lun)
+        if row is None and action in (A.SUSPEND, A.TAKEOVER):
+            mirror = self.pairs.find(partner_wwn, command.initiator_wwn, command.lun)
+            if mirror is not None and mirror.side == "target":
+                return self._target_command(mirror, action, bool(parsed["control_flags"] & _FAST))
+        if action == A.PAIR_CREATE:
+            return self._create(command, partner_wwn, row)
+        if row is None or row.side != "source" or action == A.TAKEOVER:
+            return self._refused(ASC_NO_PAIR, command, "no pair here for this command")
+        if row.busy:
+            return self._refused(ASC_IN_PROGRESS, command, f"{row.busy} still running")
+        if action == A.SUSPEND:
+            if not allows(row.state, Event.SUSPEND_REQUESTED):
+                return self._state_refused(row, A.SUSPEND)
+            before = row.state
+            row.apply(Event.SUSPEND_REQUESTED)
+            return self._relay(row, command, action, before)
+        if not allows(row.state, _ON_GOOD[action]):
+            return self._state_refused(row, action)
+        return self._relay(row, command, action, row.state)
+
+    def _create(self, command: ScsiCommand, partner_wwn: int, row: PairRow | None):
+        if row is not None and row.state is not PairState.SIMPLEX:
+            return self._state_refused(row, A.PAIR_CREATE)
+        try:
+            params = fcp.parse_pair_params(bytes(command.data))
+        except DecodeError as exc:
+            self.counters["controls_refused"] += 1
+            _log.warn("{edge}: PAIR_CREATE with bad parameters: {why}", edge=self.edge.name,
+                      why=exc)
+            return check_condition(SenseKey.ILLEGAL_REQUEST, _INVALID_FIELD)
+        created = row is None
+        if created:
+            if self.pairs.policy == "B" and not command.parsed["group_id"]:
+                return self._refused(ASC_NO_PAIR, command, "policy B: the pair must be "
+                                     "configured with its order guarantee ID first")
+            route = self.edge.routes.route(command.initiator_wwn, partner_wwn)
+            if route is None:
+                return self._refused(ASC_RCN_FAILED, command, "no route to the target")
+            group = command.parsed["group_id"] or self.pairs.group_for(
+                command.initiator_wwn, partner_wwn, route.path[0], route.path[-1])
+            entry = PairEntry(command.initiator_wwn, command.parsed["source_lun"], partner_wwn,
+                              command.lun, group, self.edge.customer_of(command.initiator_wwn,
+                                                                        partner_wwn))
+            row = self.pairs.add(PairRow(entry, "source", PairState.SIMPLEX))
+        row.geometry = (params["capacity"], params["block_size"], params["track_size"])
+        self.pairs.save()
+        return self._relay(row, command, A.PAIR_CREATE, PairState.SIMPLEX, drop_on_refusal=created)
+
+    def _relay(self, row: PairRow, command: ScsiCommand, action: int, before: PairState,
+               drop_on_refusal: bool = False) -> Deferred:
+        group = row.entry.group
+        row.busy = A(action).name
+        flags = 0
+        if group in self.restart_pending:
+            flags = int(EntryFlag.RESTART)
+            self.restart_pending.discard(group)
+        d = self.edge.control(row.entry, group, command.cdb, command.data,
+                              command.data_in_length, command.attribute,
+                              (command.initiator_port_id, command.target_port_id, command.ox_id),
+                              flags=flags)
+        return d.addCallback(self._answered, row, action, before, drop_on_refusal)
+
+    def _answered(self, result: ScsiResult, row: PairRow, action: int, before: PairState,
+                  drop_on_refusal: bool) -> ScsiResult:
+        row.busy = None
+        if not result.good:
+            _log.warn("{edge}: {what} {action} refused by the far side: {why}",
+                      edge=self.edge.name, what=row.entry.describe(), action=A(action).name,
+                      why=explain(result))
+            if drop_on_refusal:
+                self.pairs.remove(row)
+            elif row.state is PairState.SUSPENDING and before is not PairState.SUSPENDING:
+                row.state = before
+            self.pairs.save()
+            return result
+        if action == A.RESYNC:
+            result = self._merge_dpok(row, result)
+            if not result.good:
+                return result
+            self.failed_groups.discard(row.entry.group)
+            self.edge.sender.recovered(row.entry.group)
+        if action == A.DELETE:
+            self.pairs.remove(row)
+        else:
+            self._follow(row, _ON_GOOD[action])
+        self.pairs.save()
+        return result
+
+    def _merge_dpok(self, row: PairRow, result: ScsiResult) -> ScsiResult:
+        """1213 (the target's, in the answer) | 727 (ours) -> 1209, for the source array."""
+        try:
+            bitmap_1213 = DifferentialBitmap.deserialize(result.data_in)
+            bitmap_1209 = merge_into(bitmap_1213, row.bitmap_727(*bitmap_1213.geometry))
+        except (DecodeError, ValueError) as exc:
+            _log.error("{edge}: {what}: cannot merge the DPOK bitmap: {why}",
+                       edge=self.edge.name, what=row.entry.describe(), why=exc)
+            return refusal(ASC_PAIR_PARAMS)
+        row.clear_727()
+        return ScsiResult(data_in=bitmap_1209.serialize())
+
+    # -- failure Suspend (source edge, 【0084】) --------------------------------------
+    def group_failed(self, group: int, why: str) -> None:
+        rows = [r for r in self.pairs.in_group(group, "source")
+                if r.state in REPLICATING or r.state is PairState.SUSPENDING]
+        if group in self.failed_groups or not rows:
+            return
+        self.failed_groups.add(group)
+        self.counters["failure_suspends"] += 1
+        _log.error("{edge}: group {group} goes to failure Suspend: {why}; {n} retained "
+                   "entries become differential bitmaps", edge=self.edge.name, group=group,
+                   why=why, n=len(self.edge.log_store.retained(group)))
+        for row in rows:
+            self._follow(row, Event.FAILED)
+        self._drop_retained(group)
+        self.restart_pending.add(group)
+        for row in rows:
+            self._notify_array(row)
+        for row in rows:     # the notice waits in the log for the RCN to carry it
+            self.edge.control(row.entry, group, _control_command(row, A.SUSPEND, True).cdb,
+                              flags=self._take_restart(group)).addErrback(lambda _: None)
+        self.pairs.save()
+
+    def _take_restart(self, group: int) -> int:
+        if group in self.restart_pending:
+            self.restart_pending.discard(group)
+            return int(EntryFlag.RESTART)
+        return 0
+
+    def _drop_retained(self, group: int) -> None:
+        edge = self.edge
+        extents: dict[tuple, tuple[list, list]] = {}
+        for sequence in edge.log_store.retained(group):
+            blob = edge.log_store.get(group, sequence)
+            waiting = edge._waiting_ctrl.pop((group, sequence), None)
+            if waiting is not None:
+                waiting.callback(refusal(ASC_RCN_FAILED))
+            elif blob is not None:
+                header, area = edge.stored_entry(blob)
+                try:
+                    command = parse_command_area(area)
+                except DecodeError:
+                    command = None
+                if command is not None and command.cdb[0] == _WRITE16:
+                    key = (header["source_wwn"], header["target_wwn"], header["target_lun"])
+                    lbas, blocks = extents.setdefault(key, ([], []))
+                    lbas.append(command.parsed["lba"])
+                    blocks.append(command.parsed["transfer_length"])
+            edge.sender.cancel(group, sequence)
+            edge.log_store.delete(group, sequence)
+            self.counters["entries_to_bitmap"] += 1
+        for key, (lbas, blocks) in extents.items():
+            row = self.pairs.rows.get(key)
+            if row is not None:
+                row.dropped(np.array(lbas, np.uint64), np.array(blocks, np.uint64))
+
+    def _notify_array(self, row: PairRow) -> None:
+        """SUSPEND+FAILURE to this edge's array of the pair (source or target side)."""
+        e = row.entry
+        mine, other = ((e.source_wwn, e.target_wwn) if row.side == "source"
+                       else (e.target_wwn, e.source_wwn))
+        target = self.edge.fabric_target({"target_wwn": mine, "source_wwn": other})
+        self.counters["notices_to_arrays"] += 1
+        d = target.execute(_control_command(row, A.SUSPEND, failure=True), e.target_lun)
+        d.addErrback(lambda f: _log.warn("{edge}: could not tell the array of {what} about "
+                                         "failure Suspend: {why}", edge=self.edge.name,
+                                         what=e.describe(), why=f.getErrorMessage()))
+
+    # -- failover (Fig. 13), at the source edge -----------------------------------------
+    def failover_request(self, header: dict) -> None:
+        """The target edge's SUSPEND (a REVERSE CTRL): SOK after every retained entry."""
+        group = header["group_id"]
+        row = self.pairs.find(header["source_wwn"], header["target_wwn"], header["target_lun"])
+        if row is None or row.side != "source" or group in self.sok_sent:
+            return
+        self.sok_sent.add(group)
+        self.counters["failovers"] += 1
+        rows = self.pairs.in_group(group, "source")
+        for r in rows:
+            self._follow(r, Event.FAILED)
+            self._notify_array(r)
+        self.edge.control(row.entry, group, _control_command(row, A.SUSPEND, True).cdb,
+                          flags=self._take_restart(group)).addErrback(lambda _: None)
+        self.pairs.save()
+
+    # -- the target edge ----------------------------------------------------------------
+    def _target_command(self, row: PairRow, action: int, fast: bool):
+        group = row.entry.group
+        receiver = self.edge.receiver(group)
+        if action == A.TAKEOVER:
+            self.counters["takeovers"] += 1
+            report = receiver.close()
+            self._fail_target_group(group, except_row=row)
+            _log.warn("{edge}: TAKEOVER of group {group}: applied through {applied}, {missing} "
+                      "known missing, {discarded} discarded", edge=self.edge.name, group=group,
+                      applied=report["applied"], missing=report["known_missing"],
+                      discarded=report["discarded"])
+            return ScsiResult(data_in=fcp.build_residual_report(**report))
+        if row.state in (PairState.SUSPEND, PairState.FAILURE_SUSPEND):
+            return ScsiResult()
+        if group in self.failovers:
+            return self._refused(ASC_IN_PROGRESS, None, "a failover of this group is running")
+        self.counters["failovers"] += 1
+        if fast:
+            report = receiver.residual()
+            self._fail_target_group(group, except_row=row)
+            self._ask_source(self.failovers.setdefault(group, _Failover(None, row, None)))
+            return ScsiResult(data_in=fcp.build_residual_report(**report))
+        answer = Deferred()
+        timer = self.edge.clock.callLater(self.edge.settings.failover_timeout,
+                                          self._failover_timed_out, group)
+        self._ask_source(self.failovers.setdefault(group, _Failover(answer, row, timer)))
+        return answer
+
+    def _ask_source(self, failover: _Failover) -> None:
+        """Send the SUSPEND back to the source edge, again every rto until the SOK."""
+        e = failover.row.entry
+        cdb = fcp.build_rcn_control(A.SUSPEND, e.group, e.source_lun)
+        area = command_area(0, 0, 0, e.target_lun, cdb)
+        datagrams = segment_entry(EntryType.CTRL, area, self.edge.settings.max_datagram_body,
+                                  flags=int(EntryFlag.REVERSE), group_id=e.group, sequence=0,
+                                  io_time_ns=int(self.edge.clock.seconds() * 1e9),
+                                  target_wwn=e.target_wwn, target_lun=e.target_lun,
+                                  source_wwn=e.source_wwn, source_lun=e.source_lun,
+                                  ttl=self.edge.settings.ttl)
+
+        def send():
+            if self.failovers.get(e.group) is not failover:
+                return
+            self.edge.send_back({"source_wwn": e.source_wwn, "target_wwn": e.target_wwn},
+                                datagrams)
+            failover.resend = self.edge.clock.callLater(self.edge.settings.rto, send)
+        send()
+
+    def _failover_timed_out(self, group: int) -> None:
+        failover = self.failovers.pop(group, None)
+        if failover is None:
+            return
+        self._cancel(failover)
+        report = self.edge.receiver(group).close()
+        self._fail_target_group(group, except_row=failover.row)
+        _log.error("{edge}: failover of group {group}: no SOK from the source edge in "
+                   "{t} s; stopped at sequence {applied}", edge=self.edge.name, group=group,
+                   t=self.edge.settings.failover_timeout, applied=report["applied"])
+        result = refusal(ASC_RCN_FAILED)
+        result.data_in = fcp.build_residual_report(**report)
+        failover.answer.callback(result)
+
+    def _cancel(self, failover: _Failover) -> None:
+        for call in (failover.timer, failover.resend):
+            if call is not None and call.active():
+                call.cancel()
+
+    def _fail_target_group(self, group: int, except_row: PairRow) -> None:
+        for r in self.pairs.in_group(group, "target"):
+            self._follow(r, Event.FAILED)
+            if r is not except_row:
+                self._notify_array(r)
+        self.pairs.save()
+
+    def at_target(self, header: dict, command: RioCommand, target) -> Deferred | ScsiResult:
+        """A CTRL entry reaching its turn at the target edge (``target``: the bound apply
+        target of the target array)."""
+        if command.cdb[0] != _CONTROL:
+            return target.execute(command)
+        action = command.parsed["service_action"]
+        flags = command.parsed["control_flags"]
+        group = header["group_id"]
+        key = (header["source_wwn"], header["target_wwn"], header["target_lun"])
+        row = self.pairs.rows.get(key)
+        if action == A.PAIR_CREATE:
+            if row is not None and row.state is not PairState.SIMPLEX:
+                return state_refusal(row.state)
+            others = self.pairs.group_sources(group) - {key[:2]}
+            if others:
+                _log.warn("{edge}: PAIR_CREATE for group {group} refused: the ID is in use by "
+                          "another source", edge=self.edge.name, group=group)
+                return refusal(ASC_GROUP_CONFLICT)
+            if row is None:
+                row = self.pairs.add(PairRow(PairEntry(header["source_wwn"], header["source_lun"],
+                                                       header["target_wwn"], header["target_lun"],
+                                                       group), "target", PairState.SIMPLEX))
+            created = row
+        else:
+            created = None
+        if action == A.SUSPEND and flags & _FAILURE:
+            return self._sok_or_notice(group, row, command, target)
+        return target.execute(command).addCallback(self._target_answered, row, action, created)
+
+    def _target_answered(self, result: ScsiResult, row: PairRow | None, action: int,
+                         created: PairRow | None) -> ScsiResult:
+        if row is None:
+            return result
+        if not result.good:
+            if created is not None:
+                self.pairs.remove(created)
+        elif action == A.DELETE:
+            self.pairs.remove(row)
+        else:
+            self._follow(row, _ON_GOOD[action])
+        self.pairs.save()
+        return result
+
+    def _sok_or_notice(self, group: int, row: PairRow | None, command: RioCommand, target):
+        """SUSPEND+FAILURE from the source edge: the failover's SOK, or a failure notice."""
+        failover = self.failovers.pop(group, None)
+        if failover is not None:
+            self._cancel(failover)
+            report = self.edge.receiver(group).close()
+            self._fail_target_group(group, except_row=failover.row)
+            if failover.answer is not None:
+                failover.answer.callback(ScsiResult(data_in=fcp.build_residual_report(**report)))
+            return ScsiResult()
+        if row is not None:
+            self._follow(row, Event.FAILED)
+            self.pairs.save()
+        return target.execute(command)
+
+    # -- helpers --------------------------------------------------------------------
+    def _follow(self, row: PairRow, event: Event) -> None:
+        try:
+            row.apply(event)
+        except PairStateError as exc:
+            _log.warn("{edge}: {why}; the pair stays so", edge=self.edge.name, why=exc)
+
+    def _state_refused(self, row: PairRow, action: int) -> ScsiResult:
+        self.counters["controls_refused"] += 1
+        _log.warn("{edge}: {what} is {state}: {action} refused", edge=self.edge.name,
+                  what=row.entry.describe(), state=row.state.value, action=A(action).name)
+        return state_refusal(row.state)
+
+    def _refused(self, asc: int, command: ScsiCommand | None, why: str) -> ScsiResult:
+        self.counters["controls_refused"] += 1
+        _log.warn("{edge}: control command refused: {why}", edge=self.edge.name, why=why)
+        return refusal(asc)
+

@@ -1,0 +1,201 @@
+"""Pair control through two edges and a core on the simulated network (docs/pairs.md).
+
+The arrays are stand-ins here (the storage emulator has its own tests): the
+source array is the test calling ``rio_command`` with RCN CONTROL and WRITE(16)
+commands, the target array a :class:`ControlArray` that applies writes and
+answers control commands as a real one would.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import succeed
+from twisted.trial.unittest import TestCase
+
+from datapath.frames import fcp
+from datapath.kernels.bitmap import DifferentialBitmap
+from rcn.logxfer.routes import Address
+from rcn.pairstate import PairState, explain
+from rcn.rio.fcp import ScsiCommand, ScsiResult, build_write16_cdb
+from tests.rcn.sim.harness import BLOCK, GROUP, SOURCE_WWN, TARGET_WWN, SimRcn, SimTargetArray
+
+A = fcp.RcnServiceAction
+CAPACITY = 256 * BLOCK
+TRACK = 4096
+CORE = Address("10.0.1.1", 47001)
+
+
+class ControlArray(SimTargetArray):
+    """Applies WRs; answers RCN CONTROL, DPOK with a bitmap of tracks 1 and 3."""
+
+    def __init__(self, sim: SimRcn):
+        super().__init__(sim.clock, sim.rng, sim.target_volumes, sim.checker, max_delay=0)
+        self.controls: list[tuple[str, int, int]] = []
+
+    def execute(self, command, lun: int):
+        if command.cdb[0] != fcp.Opcode.RCN_CONTROL:
+            if lun < 2:                      # the checked volumes of the harness
+                return super().execute(command, lun)
+            lba = command.parsed["lba"]
+            volume = self.volumes[(TARGET_WWN, lun)]
+            volume[lba * BLOCK:lba * BLOCK + len(command.data_out)] = command.data_out
+            return succeed(ScsiResult())
+        parsed = command.parsed
+        self.controls.append((parsed["service_action_name"], lun, parsed["control_flags"]))
+        if parsed["service_action"] == A.RESYNC:
+            bitmap = DifferentialBitmap(CAPACITY, TRACK)
+            bitmap.set_range(1, 1)
+            bitmap.set_range(3, 1)
+            return succeed(ScsiResult(data_in=bitmap.serialize()))
+        return succeed(ScsiResult())
+
+
+class ControlFlowTests(TestCase):
+    def setUp(self):
+        self.sim = SimRcn(seed=5, volume_blocks=256)
+        self.array = self.sim.target_array = ControlArray(self.sim)
+        self.sim.source.pairs.policy = "A-1"
+        self.answers: list[ScsiResult] = []
+        self.ox = 0
+
+    def command(self, cdb: bytes, lun: int, data: bytes = b"", data_in: int = 0,
+                initiator: int = SOURCE_WWN, partner: int = TARGET_WWN, edge=None):
+        self.ox += 1
+        cmd = ScsiCommand(0x010100, initiator, 0x010200, partner, lun, cdb, fcp.parse_cdb(cdb),
+                          fcp.TaskAttribute.ORDERED, data, data_in, self.ox)
+        result = (edge or self.sim.source).rio_command(cmd, partner)
+        box: list[ScsiResult] = []
+        if isinstance(result, ScsiResult):
+            box.append(result)
+        else:
+            result.addCallback(box.append)
+        return box
+
+    def control(self, action: int, lun: int = 5, **kw):
+        params = fcp.build_pair_params(CAPACITY, BLOCK, TRACK) if action == A.PAIR_CREATE else b""
+        data_in = 44 + 8 * 4 if action == A.RESYNC else 0
+        return self.command(fcp.build_rcn_control(action, 0, lun, data_in), lun, params, data_in,
+                            **kw)
+
+    def write(self, lun: int, lba: int, blocks: int = 1):
+        data = bytes([lba & 0xFF]) * (blocks * BLOCK)
+        self.sim.source_volumes.setdefault((SOURCE_WWN, lun), bytearray(CAPACITY))
+        self.sim.source_volumes[(SOURCE_WWN, lun)][lba * BLOCK:(lba + blocks) * BLOCK] = data
+        self.sim.target_volumes.setdefault((TARGET_WWN, lun), bytearray(CAPACITY))
+        return self.command(build_write16_cdb(lba, blocks), lun, data)
+
+    def settle(self, seconds: float = 1.0) -> None:
+        self.sim.clock.pump([0.001] * int(seconds * 1000))
+
+    def row(self, edge, lun: int = 5):
+        return edge.pairs.find(SOURCE_WWN, TARGET_WWN, lun)
+
+    def test_create_duplex_suspend_resync_move_every_party(self):
+        box = self.control(A.PAIR_CREATE)
+        self.assertEqual(self.row(self.sim.source).state, PairState.SIMPLEX)
+        self.settle()
+        self.assertTrue(box and box[0].good)
+        source, target = self.row(self.sim.source), self.row(self.sim.target)
+        self.assertEqual((source.state, target.state), (PairState.INITIAL_COPYING,) * 2)
+        self.assertEqual(source.entry.group, target.entry.group)
+        self.assertEqual(source.entry.group >> 30, 1)            # policy A-1
+        self.assertEqual(source.geometry, (CAPACITY, BLOCK, TRACK))
+        self.write(5, 10)                    # host writes go on during the initial copy
+        self.control(A.DUPLEX)
+        self.settle()
+        self.assertEqual((source.state, target.state), (PairState.DUPLEX,) * 2)
+        self.assertEqual(self.sim.target_volumes[(TARGET_WWN, 5)][10 * BLOCK], 10)
+        self.control(A.SUSPEND)
+        self.assertEqual(source.state, PairState.SUSPENDING)
+        self.settle()
+        self.assertEqual((source.state, target.state), (PairState.SUSPEND,) * 2)
+        refused = self.write(5, 20)
+        self.assertEqual(explain(refused[0]), "the partner's pair is suspend")
+        box = self.control(A.RESYNC)
+        self.settle()
+        self.assertEqual((source.state, target.state), (PairState.DUPLEX_PENDING,) * 2)
+        bitmap = DifferentialBitmap.deserialize(box[0].data_in)
+        self.assertEqual(bitmap.popcount(), 2)
+        self.assertEqual([a for a, _, _ in self.array.controls],
+                         ["PAIR_CREATE", "DUPLEX", "SUSPEND", "RESYNC"])
+
+    def test_refusals_name_the_state(self):
+        box = self.control(A.RESYNC)
+        self.assertEqual(explain(box[0]), "no such pair")
+        self.control(A.PAIR_CREATE)
+        self.settle()
+        box = self.control(A.RESYNC)
+        self.assertEqual(explain(box[0]), "the partner's pair is initial-copying")
+        box = self.control(A.PAIR_CREATE)
+        self.assertEqual(explain(box[0]), "the partner's pair is initial-copying")
+
+    def test_failure_suspend_turns_retained_writes_into_727_and_resync_brings_them(self):
+        sim = self.sim
+        sim.source.sender.failure_timeout = 1.0
+        for lba in range(0, 8):
+            self.write(0, lba * 8)
+        self.settle(0.1)
+        sim.net.down.add(CORE)
+        for lba in (100, 140, 180):                 # 0x100..: tracks 12, 17, 22 at 4 KiB
+            self.write(0, lba)
+        self.settle(0.1)
+        self.assertEqual(len(sim.source.log_store.retained(GROUP)), 3)
+        self.settle(2.0)
+        row = self.row(sim.source, 0)
+        self.assertEqual(row.state, PairState.FAILURE_SUSPEND)
+        # the notice waits in the log; the dropped writes do not
+        self.assertEqual(len(sim.source.log_store.retained(GROUP)), 2)   # notices for LUN 0, 1
+        refused = self.write(0, 200)
+        self.assertEqual(explain(refused[0]), "the partner's pair is failure-suspend")
+        sim.net.down.discard(CORE)
+        self.settle(12.0)
+        self.assertEqual(self.row(sim.target, 0).state, PairState.FAILURE_SUSPEND)
+        self.assertIn(("SUSPEND", 0, fcp.RCN_CONTROL_FAILURE), self.array.controls)
+        receiver = sim.target.receivers[GROUP]
+        self.assertGreaterEqual(receiver.stats.voided + receiver.stats.duplicates_buffered, 0)
+        self.assertEqual(sim.source.log_store.retained(GROUP), [])
+        # resync: the target's tracks 1 and 3 plus ours (the three dropped writes)
+        box = self.control(A.RESYNC, lun=0)
+        self.settle()
+        bitmap = DifferentialBitmap.deserialize(box[0].data_in)
+        dirty = set()
+        first, count, _ = bitmap.dirty_runs()
+        for f, c in zip(first.tolist(), count.tolist()):
+            dirty.update(range(f, f + c))
+        self.assertEqual(dirty, {1, 3, 100 * BLOCK // TRACK, 140 * BLOCK // TRACK,
+                                 180 * BLOCK // TRACK})
+        self.assertEqual(row.state, PairState.DUPLEX_PENDING)
+
+    def test_failover_applies_everything_before_the_sok(self):
+        sim = self.sim
+        for lba in range(0, 40, 2):
+            self.write(0, lba)
+        while sim.target.pairs.find(SOURCE_WWN, TARGET_WWN, 0) is None:
+            sim.clock.advance(0.0001)
+        for lba in range(40, 80, 2):
+            self.write(0, lba)
+        self.assertEqual(sim.target.receivers[GROUP].applied, 20)   # 20 more in flight
+        # the target array's host fails over while writes are in flight
+        box = self.control(A.SUSPEND, lun=0, initiator=TARGET_WWN, partner=SOURCE_WWN,
+                           edge=sim.target)
+        self.assertEqual(box, [])
+        self.settle()
+        self.assertTrue(box and box[0].good, box)
+        self.assertEqual(sim.source_volumes[(SOURCE_WWN, 0)], sim.target_volumes[(TARGET_WWN, 0)])
+        self.assertEqual(self.row(sim.source, 0).state, PairState.FAILURE_SUSPEND)
+        self.assertEqual(self.row(sim.target, 0).state, PairState.FAILURE_SUSPEND)
+        report = fcp.parse_residual_report(box[0].data_in)
+        self.assertEqual(report["known_missing"], 0)
+        refused = self.write(0, 50)
+        self.assertEqual(explain(refused[0]), "the partner's pair is failure-suspend")
+
+    def test_takeover_stops_at_the_applied_prefix(self):
+        sim = self.sim
+        for lba in range(0, 10):
+            self.write(0, lba)
+        self.settle(0.2)
+        sim.net.down.add(CORE)
+        box = self.control(A.TAKEOVER, lun=0, initiator=TARGET_WWN, partner=SOURCE_WWN,
+                           edge=sim.target)
+        report = fcp.parse_residual_report(box[0].data_in)
+        self.assertEqual(report["applied"], 10)
+        self.assertEqual(self.row(sim.target, 0).state, PairState.FAILURE_SUSPEND)
