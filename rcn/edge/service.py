@@ -44,10 +44,18 @@ from rcn.logxfer.protocol import LogTransferProtocol, listen
 from rcn.metrics import MetricsRegistry, MetricsResource
 from rcn.nbd.export import ExportTable
 from rcn.nbd.server import NbdServerFactory
+from rcn.pairstate import PairState
 from rcn.rio.fabric import FabricConfig
 from rcn.rio.protocol import FcipServerFactory
 
 _log = Logger()
+
+
+def _pair_label(row, end: str) -> str:
+    e = row.entry
+    if end == "source":
+        return f"{format_wwn(e.source_wwn)}/{e.source_lun}"
+    return f"{format_wwn(e.target_wwn)}/{e.target_lun}"
 
 
 class Edge:
@@ -118,6 +126,8 @@ class Edge:
                 "links": [{"link": port.index, "array_wwn": format_wwn(port.array_wwn)
                            if port.array_wwn else None} for port in self.fabric.ports.values()],
                 "groups": self.device.describe_groups(),
+                "pairs": [row.describe() for row in self.device.pairs],
+                "pair_control": dict(self.device.controls.counters),
                 "counters": dict(self.device.counters),
                 "sender": dict(self.device.sender.counters),
                 "paths": self.device.sender.path_stats(),
@@ -162,6 +172,15 @@ class Edge:
             m.labelled(f"group_{name}", kind, doc, ("group",),
                        lambda key=key: ((((str(g["group"]),), g[key]) for g in d.describe_groups()
                                          if key in g)))
+        # the pair table: one series per pair and state, 1 for the state it is in
+        m.counters("pair_control", lambda: d.controls.counters, "pair control events", labels)
+        m.labelled("pair_state", "gauge", "pair state (1 for the current one)",
+                   ("source", "target", "side", "state"), lambda: self._pair_states())
+        m.labelled("pair_bitmap_727_tracks", "gauge",
+                   "dirty tracks of the bitmap 727 (entries failure Suspend dropped)",
+                   ("source", "target"), lambda: (((_pair_label(r, "source"),
+                                                    _pair_label(r, "target")), r.dirty_tracks())
+                                                  for r in d.pairs if r.side == "source"))
         m.labelled("path_in_flight_bytes", "gauge", "unacknowledged bytes per path", ("path",),
                    lambda: (((p,), s["in_flight_bytes"]) for p, s in d.sender.path_stats().items()))
         m.histogram("edge_ack_latency_seconds", "WR received to GOOD answered",
@@ -171,6 +190,12 @@ class Edge:
         if self.nbd is not None:
             self._nbd_metrics(m, labels)
         return m
+
+    def _pair_states(self):
+        for row in self.device.pairs:
+            source, target = _pair_label(row, "source"), _pair_label(row, "target")
+            for state in PairState:
+                yield (source, target, row.side, state.value), int(row.state is state)
 
     def _nbd_metrics(self, m: MetricsRegistry, labels: dict) -> None:
         nbd, exports = self.nbd, self.nbd_exports

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -65,6 +66,19 @@ class EdgeMetricsTests(TestCase):
         self.assertEqual(got["rcn_log_store_retained_entries"], 1)
         self.assertEqual(got["rcn_group_log_retained_entries{group=7}"], 1)
         self.assertIn("rcn_path_in_flight_bytes{path=127.0.0.1:47902}", got)
+
+    def test_pair_states_and_727_in_metrics_and_status(self):
+        got = samples(self.edge.metrics.render().decode())
+        key = ("rcn_pair_state{side=source,source=50:0a:09:80:00:00:00:01/0,state=%s,"
+               "target=50:0a:09:80:00:00:00:02/0}")
+        self.assertEqual(got[key % "duplex"], 1)
+        self.assertEqual(got[key % "suspend"], 0)
+        self.assertEqual(got["rcn_pair_bitmap_727_tracks{source=50:0a:09:80:00:00:00:01/0,"
+                             "target=50:0a:09:80:00:00:00:02/0}"], 0)
+        self.assertEqual(got["rcn_pair_control_failure_suspends_total"], 0)
+        row, = self.edge.status()["pairs"]
+        self.assertEqual((row["state"], row["side"], row["group"]), ("duplex", "source", 7))
+        json.dumps(self.edge.status())
 
     def test_status_is_json_friendly_before_any_sample(self):
         status = self.edge.status()
