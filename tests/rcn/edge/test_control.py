@@ -22,6 +22,7 @@ A = fcp.RcnServiceAction
 CAPACITY = 256 * BLOCK
 TRACK = 4096
 CORE = Address("10.0.1.1", 47001)
+OTHER_WWN = 0x500A098000000003
 
 
 class ControlArray(SimTargetArray):
@@ -199,3 +200,46 @@ class ControlFlowTests(TestCase):
         report = fcp.parse_residual_report(box[0].data_in)
         self.assertEqual(report["applied"], 10)
         self.assertEqual(self.row(sim.target, 0).state, PairState.FAILURE_SUSPEND)
+
+
+class SeveralArraysTests(TestCase):
+    """Claim 9: pairs of two source arrays (two customers) on the same edges stay apart."""
+
+    def setUp(self):
+        from rcn.logxfer.routes import Route, RouteTable
+        self.sim = SimRcn(seed=9, volume_blocks=256)
+        self.sim.target_array = ControlArray(self.sim)
+        path = next(iter(self.sim.source.routes)).path
+        routes = RouteTable([Route(SOURCE_WWN, TARGET_WWN, path),
+                             Route(OTHER_WWN, TARGET_WWN, path)])
+        for device in (self.sim.source, self.sim.target):
+            device.routes = routes
+        for core in self.sim.cores:
+            core.set_routes(routes)
+        self.sim.source.pairs.policy = "A-1"
+        self.sim.source.sender.failure_timeout = 1.0
+        self.flows = ControlFlowTests("test_refusals_name_the_state")
+        self.flows.sim, self.flows.array, self.flows.ox = self.sim, self.sim.target_array, 0
+
+    def test_groups_counters_and_failures_stay_apart(self):
+        f, sim = self.flows, self.sim
+        f.control(A.PAIR_CREATE, lun=5)
+        f.control(A.PAIR_CREATE, lun=6, initiator=OTHER_WWN)
+        f.settle()
+        mine = sim.source.pairs.find(SOURCE_WWN, TARGET_WWN, 5)
+        other = sim.source.pairs.find(OTHER_WWN, TARGET_WWN, 6)
+        self.assertNotEqual(mine.entry.group, other.entry.group)
+        self.assertEqual(sim.target.pairs.find(OTHER_WWN, TARGET_WWN, 6).entry.group,
+                         other.entry.group)
+        # a failure of one group leaves the other's pairs and log alone
+        sim.source.controls.group_failed(other.entry.group, "test")
+        self.assertEqual(other.state, PairState.FAILURE_SUSPEND)
+        self.assertEqual(mine.state, PairState.INITIAL_COPYING)
+        f.control(A.DUPLEX, lun=5)
+        f.settle()
+        self.assertEqual(mine.state, PairState.DUPLEX)
+        self.assertEqual(sim.source.log_store.group_stats(mine.entry.group)["deleted"], 2)
+        # the other source cannot drive this source's pair: it is not its pair
+        box = f.control(A.SUSPEND, lun=5, initiator=OTHER_WWN)
+        self.assertEqual(explain(box[0]), "no such pair")
+        self.assertEqual(mine.state, PairState.DUPLEX)
