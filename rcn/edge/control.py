@@ -81,6 +81,9 @@ class PairControl:
                 return self._target_command(mirror, action, bool(parsed["control_flags"] & _FAST))
         if action == A.PAIR_CREATE:
             return self._create(command, partner_wwn, row)
+        if row is None and action == A.RESYNC:
+            row = self._reversed(partner_wwn, command.initiator_wwn, parsed["source_lun"],
+                                 command.lun, "source")
         if row is None or row.side != "source" or action == A.TAKEOVER:
             return self._refused(ASC_NO_PAIR, command, "no pair here for this command")
         if row.busy:
@@ -94,6 +97,27 @@ class PairControl:
         if not allows(row.state, _ON_GOOD[action]):
             return self._state_refused(row, action)
         return self._relay(row, command, action, row.state)
+
+    def _reversed(self, source_wwn: int, target_wwn: int, target_lun: int, new_target_lun: int,
+                  side: str) -> PairRow | None:
+        """Failback (docs/pairs.md): a RESYNC the other way round finds the pair's row of the
+        old direction, suspended, and turns it round in place, keeping group and 727."""
+        old = self.pairs.find(source_wwn, target_wwn, target_lun)
+        if old is None or old.side == side or old.state not in (PairState.SUSPEND,
+                                                                PairState.FAILURE_SUSPEND):
+            return None
+        e = old.entry
+        self.pairs.remove(old)
+        row = self.pairs.add(PairRow(PairEntry(e.target_wwn, e.target_lun, e.source_wwn,
+                                               new_target_lun, e.group, e.customer), side,
+                                     old.state, old.geometry, old.bitmap, old._extents))
+        self.restart_pending.add(e.group)      # a new direction: sequences start afresh
+        self.failed_groups.discard(e.group)
+        self.sok_sent.discard(e.group)
+        _log.info("{edge}: {old} turned round for failback: {new}", edge=self.edge.name,
+                  old=e.describe(), new=row.entry.describe())
+        self.pairs.save()
+        return row
 
     def _create(self, command: ScsiCommand, partner_wwn: int, row: PairRow | None):
         if row is not None and row.state is not PairState.SIMPLEX:
@@ -359,6 +383,9 @@ class PairControl:
             created = row
         else:
             created = None
+        if row is None and action == A.RESYNC:
+            row = self._reversed(header["target_wwn"], header["source_wwn"],
+                                 header["source_lun"], header["target_lun"], "target")
         if action == A.SUSPEND and flags & _FAILURE:
             return self._sok_or_notice(group, row, command, target)
         return target.execute(command).addCallback(self._target_answered, row, action, created)
@@ -373,6 +400,10 @@ class PairControl:
         elif action == A.DELETE:
             self.pairs.remove(row)
         else:
+            if action == A.RESYNC and (row.bitmap is not None or row._extents):
+                result = self._merge_dpok(row, result)   # failback: our 727 travels too
+                if not result.good:
+                    return result
             self._follow(row, _ON_GOOD[action])
         self.pairs.save()
         return result

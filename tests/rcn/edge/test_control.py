@@ -243,3 +243,50 @@ class SeveralArraysTests(TestCase):
         box = f.control(A.SUSPEND, lun=5, initiator=OTHER_WWN)
         self.assertEqual(explain(box[0]), "no such pair")
         self.assertEqual(mine.state, PairState.DUPLEX)
+
+
+class FailbackTests(TestCase):
+    """After failure Suspend the pair is resynced the other way round, with bitmaps."""
+
+    def setUp(self):
+        from rcn.logxfer.routes import Route, RouteTable
+        self.sim = SimRcn(seed=11, volume_blocks=256)
+        self.sim.target_array = ControlArray(self.sim)
+        path = next(iter(self.sim.source.routes)).path
+        routes = RouteTable([Route(SOURCE_WWN, TARGET_WWN, path),
+                             Route(TARGET_WWN, SOURCE_WWN, tuple(reversed(path)))])
+        for device in (self.sim.source, self.sim.target):
+            device.routes = routes
+        for core in self.sim.cores:
+            core.set_routes(routes)
+        self.sim.source.sender.failure_timeout = 1.0
+        # the old source array, as the new target, answers like the stand-in array
+        self.sim.source.apply_target_for = lambda header: self.sim.target_array
+        self.flows = ControlFlowTests("test_refusals_name_the_state")
+        self.flows.sim, self.flows.array, self.flows.ox = self.sim, self.sim.target_array, 0
+
+    def test_reverse_resync_carries_the_old_source_edges_727(self):
+        f, sim = self.flows, self.sim
+        f.write(0, 0)
+        f.settle(0.1)
+        sim.net.down.add(CORE)
+        f.write(0, 120)                          # never reaches the target: 727 track 15
+        f.settle(2.0)
+        sim.net.down.discard(CORE)
+        f.settle(12.0)
+        self.assertEqual(f.row(sim.target, 0).state, PairState.FAILURE_SUSPEND)
+        # the old target array resyncs towards the old source: FCP LUN = the old source LUN
+        box = f.command(fcp.build_rcn_control(A.RESYNC, 0, 0, 44 + 8 * 4), 0, b"", 44 + 8 * 4,
+                        initiator=TARGET_WWN, partner=SOURCE_WWN, edge=sim.target)
+        f.settle()
+        self.assertTrue(box and box[0].good, box)
+        bitmap = DifferentialBitmap.deserialize(box[0].data_in)
+        first, count, _ = bitmap.dirty_runs()
+        dirty = {t for a, c in zip(first.tolist(), count.tolist()) for t in range(a, a + c)}
+        self.assertEqual(dirty, {1, 3, 120 * BLOCK // TRACK})
+        new_source = sim.target.pairs.find(TARGET_WWN, SOURCE_WWN, 0)
+        new_target = sim.source.pairs.find(TARGET_WWN, SOURCE_WWN, 0)
+        self.assertEqual((new_source.side, new_source.state), ("source", PairState.DUPLEX_PENDING))
+        self.assertEqual((new_target.side, new_target.state), ("target", PairState.DUPLEX_PENDING))
+        self.assertIsNone(sim.source.pairs.find(SOURCE_WWN, TARGET_WWN, 0))
+        self.assertEqual(new_target.dirty_tracks(), 0)
