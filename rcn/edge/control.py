@@ -423,6 +423,11 @@ class PairControl:
             self.pairs.save()
         return target.execute(command)
 
+    def stop(self) -> None:
+        """Cancel the failovers' timers (the device is shutting down)."""
+        for failover in self.failovers.values():
+            self._cancel(failover)
+
     # -- helpers --------------------------------------------------------------------
     def _follow(self, row: PairRow, event: Event) -> None:
         try:

@@ -497,6 +497,7 @@ class EdgeDevice:
 
     def stop(self) -> None:
         self.sender.stop()
+        self.controls.stop()
         for receiver in self.receivers.values():
             receiver.stop()
         for waiting in list(self._waiting_ctrl.values()):
