@@ -45,6 +45,7 @@ import time
 
 from rcn import lab as lablib
 from rcn.config import parse_size
+from rcn.progress import Progress
 
 MB = 1_000_000
 
@@ -75,41 +76,6 @@ def _number(value) -> float | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return value
-
-
-class Progress:
-    """Progress of the write phase: a bar on a terminal, plain lines otherwise, or nothing."""
-
-    def __init__(self, total: int, out, mode: str):
-        self.total, self.out, self.mode = total, out, mode
-        self.start = time.perf_counter()
-        self.last = self.start       # the first line after one interval: a rate worth showing
-
-    def line(self, done: int) -> str:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = done / elapsed
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        eta_text = f"{eta:5.1f}s" if math.isfinite(eta) else "    ?"
-        return (f"{done / (1 << 20):8.1f} / {self.total / (1 << 20):.1f} MiB  "
-                f"{rate / MB:7.1f} MB/s  ETA {eta_text}")
-
-    def update(self, done: int, final: bool = False) -> None:
-        if self.mode == "none":
-            return
-        now = time.perf_counter()
-        if self.mode == "bar":
-            if not final and now - self.last < 0.2:
-                return
-            width = 30
-            filled = int(width * done / self.total) if self.total else width
-            self.out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.line(done)}"
-                           + ("\n" if final else ""))
-        else:
-            if not final and now - self.last < 2.0:
-                return
-            self.out.write(f"writing: {self.line(done)}\n")
-        self.out.flush()
-        self.last = now
 
 
 def write_volume(url: str, size: int, block: int, depth: int, seed: int, progress: Progress

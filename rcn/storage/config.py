@@ -6,6 +6,7 @@ Example (every key shown; only ``array.wwpn`` and one volume are required)::
     wwpn = "50:0a:09:80:00:00:00:01"     # the array's port name (its WWN)
     wwnn = "50:0a:09:80:00:00:00:00"     # node name; default: wwpn with the low bit cleared
     data_dir = "/var/lib/rcn-storage"    # volume files live here (relative: to the config file)
+    track_size = "64KiB"                 # differential bitmap track (a power of two >= 512 bytes)
 
     [nbd]                                # host interface
     host = "127.0.0.1"
@@ -19,6 +20,9 @@ Example (every key shown; only ``array.wwpn`` and one volume are required)::
     host = "127.0.0.1"
     port = 3225
     timeout = 30.0                       # seconds per exchange
+    partners = ["50:0a:09:80:00:00:00:02"]   # partner arrays to log in to at link-up besides
+                                         # the pairs' (a target needs the source's virtual
+                                         # storage before PAIR_CREATE comes)
 
     [[volume]]
     lun = 0
@@ -33,10 +37,14 @@ Example (every key shown; only ``array.wwpn`` and one volume are required)::
     partner_wwpn = "50:0a:09:80:00:00:00:02"
     partner_lun = 0
     group = 7                            # order guarantee ID
-    state = "duplex"                     # simplex | duplex | suspend (transitions come later)
+    state = "duplex"                     # at start: simplex | duplex | suspend | failure-suspend
     mode = "sync"                        # sync: a host write completes after the WROK
                                          # async: after the local write; RIOs queue (bounded)
     queue_limit = 1024                   # async mode: RIOs waiting at most
+    track_size = "64KiB"                 # this pair's bitmap track; default array.track_size
+
+Pairs can also be made at run time (``rcn array pair-create``); those are not
+written back to this file.
 
 Errors name the key (``volume[1].capacity: ...``) and the file.
 """
@@ -57,7 +65,8 @@ __all__ = ["ConfigError", "parse_size", "load_config", "parse_config", "StorageC
            "VolumeConfig", "PairConfig", "Endpoint", "EdgeConfig"]
 
 BLOCK_SIZE = 512
-PAIR_STATES = ("simplex", "duplex", "suspend")
+PAIR_STATES = ("simplex", "duplex", "suspend", "failure-suspend")
+DEFAULT_TRACK_SIZE = 65536
 PAIR_MODES = ("sync", "async")
 PAIR_ROLES = ("source", "target")
 
@@ -79,6 +88,7 @@ class PairConfig:
     mode: str = "sync"
     queue_limit: int = 1024
     role: str = "source"
+    track_size: int = DEFAULT_TRACK_SIZE
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,7 @@ class Endpoint:
 @dataclass(frozen=True)
 class EdgeConfig(Endpoint):
     timeout: float = 30.0
+    partners: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,7 @@ class StorageConfig:
     edge: EdgeConfig | None
     volumes: tuple[VolumeConfig, ...]
     pairs: tuple[PairConfig, ...] = field(default=())
+    track_size: int = DEFAULT_TRACK_SIZE
 
 
 def _capacity(value) -> int:
@@ -111,13 +123,32 @@ def _capacity(value) -> int:
     return size
 
 
+def _track_size(value) -> int:
+    size = parse_size(value)
+    if size < BLOCK_SIZE or size > 1 << 30 or size & (size - 1):
+        raise ValueError(f"{size} bytes is not a power of two from {BLOCK_SIZE} to 1GiB")
+    return size
+
+
+def _wwn_list(value) -> tuple[int, ...]:
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ValueError(f"item {i}: expected a WWN string, got {type(item).__name__} {item!r}")
+        try:
+            out.append(parse_wwn(item))
+        except ValueError as exc:
+            raise ValueError(f"item {i}: {exc}") from None
+    return tuple(out)
+
+
 def _endpoint(doc: dict, name: str, default_port: int, cls=Endpoint, **extra):
     table = doc.get(name, {})
     if not isinstance(table, dict):
         raise ConfigError(f"{name}: expected a table")
     r = _Reader(table, f"{name}.")
     r.unknown({"host", "port", *extra})
-    values = {k: r.get(k, kind, default) for k, (kind, default) in extra.items()}
+    values = {k: r.get(k, kind, default, check) for k, (kind, default, check) in extra.items()}
     return cls(r.get("host", str, "127.0.0.1"), r.get("port", int, default_port, _port), **values)
 
 
@@ -129,10 +160,11 @@ def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:
     top = _Reader(doc, "")
     top.unknown({"array", "nbd", "control", "edge", "volume", "pair"})
     array = _Reader(top.get("array", dict), "array.")
-    array.unknown({"wwpn", "wwnn", "data_dir"})
+    array.unknown({"wwpn", "wwnn", "data_dir", "track_size"})
     wwpn = array.get("wwpn", str, check=parse_wwn)
     wwnn = array.get("wwnn", str, None, parse_wwn)
     data_dir = os.path.join(base_dir, array.get("data_dir", str, "volumes"))
+    track_size = array.get("track_size", (int, str), DEFAULT_TRACK_SIZE, _track_size)
 
     volumes = []
     for i, table in enumerate(top.get("volume", list)):
@@ -154,7 +186,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:
     for i, table in enumerate(top.get("pair", list, [])):
         r = _Reader(table, f"pair[{i}].")
         r.unknown({"lun", "partner_wwpn", "partner_lun", "group", "state", "mode", "queue_limit",
-                   "role"})
+                   "role", "track_size"})
         lun = r.get("lun", int)
         if lun not in luns:
             raise ConfigError(f"pair[{i}].lun: no volume has LUN {lun}")
@@ -164,14 +196,16 @@ def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:
             r.get("state", str, "duplex", _one_of(PAIR_STATES)),
             r.get("mode", str, "sync", _one_of(PAIR_MODES)),
             r.get("queue_limit", int, 1024, _non_negative),
-            r.get("role", str, "source", _one_of(PAIR_ROLES))))
+            r.get("role", str, "source", _one_of(PAIR_ROLES)),
+            r.get("track_size", (int, str), track_size, _track_size)))
     if len({p.lun for p in pairs}) != len(pairs):
         raise ConfigError("pair: a volume can be in one pair only")
 
-    edge = _endpoint(doc, "edge", 3225, EdgeConfig, timeout=(float, 30.0)) if "edge" in doc else None
+    edge = (_endpoint(doc, "edge", 3225, EdgeConfig, timeout=(float, 30.0, None),
+                      partners=(list, (), _wwn_list)) if "edge" in doc else None)
     if pairs and edge is None:
         raise ConfigError("edge: pairs need an [edge] to send their writes to")
     return StorageConfig(
         wwpn=wwpn, wwnn=wwnn if wwnn is not None else wwpn & ~1, data_dir=data_dir,
         nbd=_endpoint(doc, "nbd", 10809), control=_endpoint(doc, "control", 47200), edge=edge,
-        volumes=tuple(volumes), pairs=tuple(pairs))
+        volumes=tuple(volumes), pairs=tuple(pairs), track_size=track_size)

@@ -1,7 +1,7 @@
 """The storage array emulator as a Twisted service.
 
-:class:`StorageArray` holds the parts (volumes, pair table, replicator, NBD
-exports, RIO target, the link to the edge) as plain objects; :func:`make_service`
+:class:`StorageArray` holds the parts (volumes, pair table, the remote copy
+program, NBD exports, RIO target, the link to the edge) as plain objects; :func:`make_service`
 puts them behind sockets: the NBD host interface, the control API (with
 Prometheus ``/metrics``, from :attr:`StorageArray.metrics`) and, when the
 configuration names an edge, a RIO connection that reconnects with backoff.
@@ -20,15 +20,17 @@ from twisted.web.server import Site
 
 from datapath.frames.names import format_wwn
 from rcn.metrics import MetricsRegistry, MetricsResource
-from rcn.nbd.export import ExportTable, VolumeExport
+from rcn.nbd.export import ExportTable
 from rcn.nbd.server import NbdServerFactory
 from rcn.rio.array import ArrayConfig, ArrayPort
 from rcn.rio.errors import RioError
 from rcn.rio.protocol import FcipClientFactory, FcipProtocol
-from rcn.storage.array import ArrayTarget, ReplicatedExport, Replicator
+from rcn.pairstate import PairState
+from rcn.storage.array import ArrayTarget, ReplicatedExport
 from rcn.storage.config import StorageConfig
 from rcn.storage.control import ControlResource
 from rcn.storage.pairs import PairTable
+from rcn.storage.remotecopy import RemoteCopy
 from rcn.storage.volume import Volume
 
 _log = Logger()
@@ -43,15 +45,16 @@ class PartnerLoggingPort(ArrayPort):
 
     So the edge can send RIOs to the array (the target side) before this array
     has written anything, and a first host write does not wait for logins.
+    ``partners()`` is asked at each link-up: pairs made at run time count too.
     """
 
-    def __init__(self, clock, config: ArrayConfig, partners: set[int]):
+    def __init__(self, clock, config: ArrayConfig, partners):
         super().__init__(clock, config)
         self.partners = partners
 
     def link_up(self, link) -> None:
         super().link_up(link)
-        for wwn in sorted(self.partners):
+        for wwn in sorted(self.partners()):
             self.session(wwn).addErrback(self._session_failed, wwn)
 
     def _session_failed(self, failure, wwn: int) -> None:
@@ -63,9 +66,9 @@ class ArrayLinkFactory(FcipClientFactory):
     """``connections`` counts the FCIP connections made (each gets a new port and link,
     whose counters start from 0)."""
 
-    def __init__(self, clock, config: ArrayConfig, partners: set[int]):
+    def __init__(self, clock, config: ArrayConfig, partners):
         super().__init__(clock, config)
-        self.partners = partners
+        self.partners = partners            # () -> set of WWNs
         self.connections = 0
 
     def buildProtocol(self, addr):
@@ -86,23 +89,30 @@ class StorageArray:
         self.volumes = {v.lun: Volume(os.path.join(config.data_dir, f"{v.name}.img"), v.lun,
                                       v.capacity) for v in config.volumes}
         self.names = {v.lun: v.name for v in config.volumes}
-        self.pairs = PairTable.from_config(config.pairs)
-        self.replicator = Replicator(self.session_for, self.volumes, self.pairs)
+        self.pairs = PairTable.from_config(
+            config.pairs, {lun: v.capacity for lun, v in self.volumes.items()}, config.track_size)
+        self.remote_copy = RemoteCopy(clock, self.session_for, self.volumes, self.pairs,
+                                      track_size=config.track_size)
+        # every volume may join a pair at run time, so every export asks the remote copy
         self.exports = ExportTable(
-            ReplicatedExport(self.volumes[lun], self.names[lun], self.replicator,
+            ReplicatedExport(self.volumes[lun], self.names[lun], self.remote_copy,
                              f"LUN {lun} of {format_wwn(config.wwpn)}")
-            if lun in self.replicator.links else
-            VolumeExport(self.volumes[lun], self.names[lun], f"LUN {lun} of {format_wwn(config.wwpn)}")
             for lun in sorted(self.volumes))
-        self.target = ArrayTarget(self.volumes)
+        self.target = ArrayTarget(self.volumes, self.remote_copy)
         self.rio = ArrayLinkFactory(clock, ArrayConfig(
             port_wwn=config.wwpn, node_wwn=config.wwnn, target=self.target,
-            exchange_timeout=config.edge.timeout if config.edge else 30.0), self.pairs.partners())
+            exchange_timeout=config.edge.timeout if config.edge else 30.0), self.partners)
         self.nbd = NbdServerFactory(self.exports, clock)
         self.metrics = self._build_metrics()
 
+    def partners(self) -> set[int]:
+        """WWNs to log in to at link-up: ``[edge] partners``, the pairs', commands'."""
+        extra = set(self.config.edge.partners) if self.config.edge is not None else set()
+        return extra | self.remote_copy.partners()
+
     def session_for(self, partner_wwn: int):
-        """Deferred[RioSession] to the partner through the current link (fails without one)."""
+        """Deferred[RioSession] to the partner through the current link (fails without one);
+        a partner not logged in to yet is logged in to now."""
         port = self.rio.port
         if port is None or port.link is None:
             return fail(EdgeUnavailable("rio: no link to the edge"))
@@ -113,22 +123,54 @@ class StorageArray:
         m = MetricsRegistry()
         m.counters("nbd", lambda: self.nbd.counters, "NBD host interface",
                    gauges=("connections_active",))
-        m.counters("replication", lambda: vars(self.replicator.counters),
+        m.counters("replication", lambda: vars(self.remote_copy.counters),
                    "remote copy of host writes (RIO WRs to the partner)")
+        m.counters("pair_control", lambda: self.remote_copy.control,
+                   "RCN CONTROL RIOs: sent (good, refused, unreachable) and received (refused)")
         m.counters("rio_target", lambda: {"applied": self.target.applied,
-                                          "refused": self.target.refused},
-                   "RIOs from the edge applied to this array's volumes, or refused")
+                                          "refused": self.target.refused,
+                                          "controls": self.target.controls},
+                   "RIOs from the edge: WRs applied to this array's volumes, RIOs refused, "
+                   "RCN CONTROLs")
         m.gauge("rio_link_up", self._link_up, "the FCIP link to the edge: 1 up, 0 down")
         m.counters("rio_link", lambda: {"connections": self.rio.connections},
                    "FCIP connections to the edge made")
         m.counters("rio_port", self._port_counters,
                    "the array's FC port on the current FCIP link (exchanges, FCP, ELS)")
         m.counters("fcip", self._fcip_counters, "the current FCIP link (frames, bytes, errors)")
-        m.labelled("pair_dirty_tracks", "gauge",
-                   "tracks marked in the pair's differential bitmap", ("lun",),
-                   lambda: [((str(lun),), link.bitmap.popcount())
-                            for lun, link in sorted(self.replicator.links.items())])
+        self._pair_metrics(m)
         return m
+
+    def _pair_metrics(self, m: MetricsRegistry) -> None:
+        """Per pair, labelled lun, role, partner (the partner's WWN)."""
+        labels = ("lun", "role", "partner")
+
+        def per_pair(value):
+            return lambda: [((str(p.lun), p.role, format_wwn(p.partner_wwpn)), value(p))
+                            for p in self.pairs]
+        m.labelled("pair_state", "gauge",
+                   "1 for the pair's current state, 0 for the others (label state)",
+                   labels + ("state",),
+                   lambda: [((str(p.lun), p.role, format_wwn(p.partner_wwpn), s.value),
+                             int(p.state is s)) for p in self.pairs for s in PairState])
+        m.labelled("pair_dirty_tracks", "gauge",
+                   "tracks marked in the pair's differential bitmap (1211 source, 1213 target)",
+                   labels, per_pair(lambda p: p.bitmap.popcount()))
+        m.labelled("pair_copy_bytes_to_copy", "gauge",
+                   "bytes the current (or last) initial copy or resync copies", labels,
+                   per_pair(lambda p: p.copy.bytes_total if p.copy else 0))
+        m.labelled("pair_copy_tracks", "gauge",
+                   "bitmap tracks the current (or last) copy set out to copy", labels,
+                   per_pair(lambda p: p.copy.tracks if p.copy else 0))
+        m.labelled("pair_copy_bytes_copied", "gauge",
+                   "bytes of the current (or last) copy acknowledged by the partner", labels,
+                   per_pair(lambda p: p.copy.bytes_copied if p.copy else 0))
+        m.labelled("pair_copied_bytes", "counter",
+                   "bytes copied by initial copies and resyncs (all runs)", labels,
+                   per_pair(lambda p: p.bytes_copied_total))
+        m.labelled("pair_copies_completed", "counter",
+                   "initial copies and resyncs that ended in duplex", labels,
+                   per_pair(lambda p: p.copies_completed))
 
     def _link_up(self) -> int:
         port = self.rio.port
@@ -157,21 +199,17 @@ class StorageArray:
                 "edge_link": "up" if port is not None and port.link is not None else "down",
                 "n_port_id": None if port is None else port.port_id,
                 "nbd": dict(self.nbd.counters),
-                "replication": vars(self.replicator.counters),
-                "rio_target": {"applied": self.target.applied, "refused": self.target.refused}}
+                "replication": vars(self.remote_copy.counters),
+                "pair_control": dict(self.remote_copy.control),
+                "rio_target": {"applied": self.target.applied, "refused": self.target.refused,
+                               "controls": self.target.controls}}
 
     def describe_volumes(self) -> list[dict]:
         return [{"lun": lun, "name": self.names[lun], "capacity": v.capacity, "path": v.path,
                  "block_size": v.block_size} for lun, v in sorted(self.volumes.items())]
 
     def describe_pairs(self) -> list[dict]:
-        out = []
-        for pair in self.pairs:
-            info = pair.as_dict()
-            link = self.replicator.links.get(pair.lun)
-            info["dirty_tracks"] = link.bitmap.popcount() if link is not None else None
-            out.append(info)
-        return out
+        return self.remote_copy.describe_pairs()
 
     def close(self) -> None:
         for volume in self.volumes.values():

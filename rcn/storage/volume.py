@@ -278,6 +278,40 @@ class Volume:
         """Bytes the file system has allocated for the file (sparse files hold less)."""
         return os.fstat(self.fileno()).st_blocks * 512
 
+    def allocated_extents(self) -> list[tuple[int, int]]:
+        """``[(offset, length)]`` of the file's data, sorted (SEEK_DATA / SEEK_HOLE).
+
+        What an initial copy must send: holes read as zeroes. A file system or
+        platform that cannot tell gets one extent, the whole volume.
+        """
+        fd = self.fileno()
+        whole = [(0, self.capacity)]
+        seek_data, seek_hole = getattr(os, "SEEK_DATA", None), getattr(os, "SEEK_HOLE", None)
+        if seek_data is None or seek_hole is None:
+            return whole
+        out: list[tuple[int, int]] = []
+        pos = 0
+        try:
+            while pos < self.capacity:
+                try:
+                    start = os.lseek(fd, pos, seek_data)
+                except OSError as exc:
+                    if exc.errno == _errno.ENXIO:          # no data after pos
+                        break
+                    raise
+                if start >= self.capacity:
+                    break
+                end = min(os.lseek(fd, start, seek_hole), self.capacity)
+                if end <= start:                           # a file system that lies: be safe
+                    return whole
+                out.append((start, end - start))
+                pos = end
+        except OSError as exc:
+            if exc.errno in (_errno.EINVAL, _errno.EOPNOTSUPP, _errno.ENOTSUP, _errno.ENOSYS):
+                return whole
+            raise self._os_error("allocated_extents", pos, 0, exc) from exc
+        return out
+
     def close(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:

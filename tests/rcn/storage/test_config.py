@@ -6,6 +6,7 @@ import os
 
 from twisted.trial.unittest import TestCase
 
+from rcn import pairstate
 from rcn.storage.config import ConfigError, load_config, parse_config, parse_size
 from rcn.storage.pairs import PairState, PairTable
 
@@ -114,15 +115,57 @@ class ConfigTests(TestCase):
 
 class PairTableTests(TestCase):
     def test_from_config(self):
-        config = parse_config({"array": {"wwpn": "50:0a:09:80:00:00:00:01"}, "edge": {},
+        config = parse_config({"array": {"wwpn": "50:0a:09:80:00:00:00:01", "track_size": "128KiB"},
+                               "edge": {},
                                "volume": [{"lun": 0, "capacity": "1MiB"},
-                                          {"lun": 1, "capacity": "1MiB"}],
+                                          {"lun": 1, "capacity": "1MiB"},
+                                          {"lun": 2, "capacity": "2MiB"}],
                                "pair": [{"lun": 1, "partner_wwpn": "500a098000000002",
-                                         "partner_lun": 4, "group": 9, "state": "suspend"}]})
-        table = PairTable.from_config(config.pairs)
+                                         "partner_lun": 4, "group": 9, "state": "suspend"},
+                                        {"lun": 2, "partner_wwpn": "500a098000000003",
+                                         "partner_lun": 0, "group": 9, "role": "target",
+                                         "state": "failure-suspend", "track_size": 4096}]})
+        table = PairTable.from_config(config.pairs, {v.lun: v.capacity for v in config.volumes},
+                                      config.track_size)
         self.assertIsNone(table.for_lun(0))
         pair = table.for_lun(1)
-        self.assertEqual((pair.state, pair.replicating), (PairState.SUSPEND, False))
-        self.assertEqual(table.partners(), {0x500A098000000002})
+        self.assertEqual((pair.state, pair.replicating, pair.track_size, pair.capacity),
+                         (PairState.SUSPEND, False, 128 << 10, 1 << 20))
+        target = table.for_lun(2)
+        self.assertEqual((target.role, target.state, target.track_size, target.bitmap.track_count),
+                         ("target", PairState.FAILURE_SUSPEND, 4096, 512))
+        self.assertEqual(table.partners(), {0x500A098000000002, 0x500A098000000003})
         self.assertEqual(pair.as_dict()["partner_wwpn"], "50:0a:09:80:00:00:00:02")
         self.assertRaises(ValueError, table.add, pair)
+
+    def test_pair_state_is_the_shared_one(self):
+        self.assertIs(PairState, pairstate.PairState)
+
+
+class NewKeyTests(TestCase):
+    BASE = {"array": {"wwpn": "50:0a:09:80:00:00:00:01"},
+            "volume": [{"lun": 0, "capacity": "1MiB"}]}
+
+    def test_edge_partners_and_track_size(self):
+        config = parse_config(dict(self.BASE, edge={"partners": ["50:0a:09:80:00:00:00:02",
+                                                                 "500a098000000003"]}))
+        self.assertEqual(config.edge.partners, (0x500A098000000002, 0x500A098000000003))
+        self.assertEqual(config.track_size, 65536)
+
+    def test_errors_name_the_key(self):
+        for doc, fragment in (
+                (dict(self.BASE, edge={"partners": ["nope"]}), "edge.partners: item 0: not a WWN"),
+                (dict(self.BASE, edge={"partners": "50:0a:09:80:00:00:00:02"}),
+                 "edge.partners: expected list"),
+                (dict(self.BASE, array={"wwpn": "50:0a:09:80:00:00:00:01", "track_size": 1000}),
+                 "array.track_size: 1000 bytes is not a power of two"),
+                (dict(self.BASE, edge={}, pair=[{"lun": 0, "partner_wwpn": "500a098000000002",
+                                                 "partner_lun": 0, "group": 1,
+                                                 "state": "initial-copying"}]),
+                 "pair[0].state: 'initial-copying' is not one of"),
+                (dict(self.BASE, edge={}, pair=[{"lun": 0, "partner_wwpn": "500a098000000002",
+                                                 "partner_lun": 0, "group": 1,
+                                                 "track_size": "256"}]),
+                 "pair[0].track_size: 256 bytes")):
+            exc = self.assertRaises(ConfigError, parse_config, doc)
+            self.assertIn(fragment, str(exc))

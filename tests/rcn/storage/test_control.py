@@ -8,6 +8,7 @@ import os
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet import reactor, task, threads
+from twisted.internet.defer import succeed
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
@@ -22,6 +23,7 @@ from rcn.storage.config import EdgeConfig, Endpoint, PairConfig, StorageConfig, 
 from rcn.storage.control import ControlResource
 from rcn.storage.service import StorageArray, control_site
 from tests.rcn.nbd.helpers import Client
+from tests.rcn.storage.support import FakeSession
 from tests.rcn.test_metrics import parse_exposition
 
 
@@ -120,7 +122,8 @@ class MetricsTests(TestCase):
             nbd=Endpoint("127.0.0.1", 0), control=Endpoint("127.0.0.1", 0),
             edge=EdgeConfig("127.0.0.1", 3225),
             volumes=(VolumeConfig(0, "vol0", 4 * MiB), VolumeConfig(1, "vol1", MiB)),
-            pairs=(PairConfig(0, PARTNER_WWN, 5, 7, "duplex", "sync"),))
+            pairs=(PairConfig(0, PARTNER_WWN, 5, 7, "duplex", "sync"),
+                   PairConfig(1, PARTNER_WWN, 3, 7, "duplex", role="target")))
         self.array = StorageArray(config, task.Clock())      # no link to an edge is made
         self.addCleanup(self.array.close)
         self.port = reactor.listenTCP(0, control_site(self.array), interface="127.0.0.1")
@@ -173,7 +176,8 @@ class MetricsTests(TestCase):
                                            "rcn_replication_failed_total": 1.0,
                                            "rcn_replication_bytes_sent_total": 65536.0,
                                            "rcn_replication_recorded_in_bitmap_total": 2.0,
-                                           "rcn_replication_waits_for_queue_total": 0.0})
+                                           "rcn_replication_waits_for_queue_total": 0.0,
+                                           "rcn_replication_host_writes_refused_total": 0.0})
             # the same figures as /status
             status = self.array.describe_status()
             self.assertEqual(samples["rcn_nbd_requests_write_total"],
@@ -182,14 +186,46 @@ class MetricsTests(TestCase):
                              status["replication"]["failed"])
         return self.scrape().addCallback(check)
 
-    def test_dirty_tracks_per_pair_labelled_by_lun(self):
+    def test_per_pair_figures_labelled_lun_role_partner(self):
         self.nbd_writes()                  # 64 KiB at 0 and 4 KiB at 1 MiB: tracks 0 and 16
+        source = 'lun="0",partner="50:0a:09:80:00:00:00:02",role="source"'
+        target = 'lun="1",partner="50:0a:09:80:00:00:00:02",role="target"'
 
         def check(result):
             samples, types = result
             self.assertEqual({k: v for k, v in samples.items() if "dirty" in k},
-                             {'rcn_pair_dirty_tracks{lun="0"}': 2.0})
+                             {f"rcn_pair_dirty_tracks{{{source}}}": 2.0,
+                              f"rcn_pair_dirty_tracks{{{target}}}": 0.0})
             self.assertEqual(types["rcn_pair_dirty_tracks"], "gauge")
+            states = {k: v for k, v in samples.items() if k.startswith("rcn_pair_state{")
+                      and 'lun="0"' in k and v}
+            self.assertEqual(states, {f'rcn_pair_state{{{source},state="failure-suspend"}}': 1.0})
+            self.assertEqual(sum(v for k, v in samples.items() if k.startswith("rcn_pair_state{")),
+                             2.0)
+            for name in ("rcn_pair_copy_bytes_to_copy", "rcn_pair_copy_bytes_copied",
+                         "rcn_pair_copy_tracks",
+                         "rcn_pair_copied_bytes_total", "rcn_pair_copies_completed_total"):
+                self.assertEqual(samples[f"{name}{{{source}}}"], 0.0, name)
+            self.assertEqual(types["rcn_pair_copies_completed"], "counter")
+        return self.scrape().addCallback(check)
+
+    def test_copy_figures_after_a_pair_create(self):
+        session = FakeSession()
+        self.array.remote_copy.session_for = lambda wwn: succeed(session)
+        self.successResultOf(self.array.remote_copy.pair_delete(0, local=True))
+        self.array.volumes[0].write(MiB, b"\x01" * 131072)
+        self.successResultOf(self.array.remote_copy.pair_create(0, PARTNER_WWN, 5))
+        labels = 'lun="0",partner="50:0a:09:80:00:00:00:02",role="source"'
+
+        def check(result):
+            samples, _ = result
+            self.assertEqual(
+                [samples[f"rcn_pair_{name}{{{labels}}}"] for name in (
+                    "copy_bytes_to_copy", "copy_bytes_copied", "copy_tracks",
+                    "copied_bytes_total", "copies_completed_total", "dirty_tracks")],
+                [131072.0, 131072.0, 2.0, 131072.0, 1.0, 0.0])
+            self.assertEqual(samples[f'rcn_pair_state{{{labels},state="duplex"}}'], 1.0)
+            self.assertEqual(samples["rcn_pair_control_sent_total"], 2.0)   # PAIR_CREATE, DUPLEX
         return self.scrape().addCallback(check)
 
     def test_rio_target_applied_and_refused(self):
@@ -201,10 +237,12 @@ class MetricsTests(TestCase):
         self.assertTrue(self.array.target.execute(command(1, 2, bytes(512))).good)
         self.assertFalse(self.array.target.execute(command(9, 0, bytes(512))).good)
 
+        self.assertFalse(self.array.target.execute(command(0, 0, bytes(512))).good)  # a source
+
         def check(result):
             samples, _ = result
             self.assertEqual((samples["rcn_rio_target_applied_total"],
-                              samples["rcn_rio_target_refused_total"]), (2.0, 1.0))
+                              samples["rcn_rio_target_refused_total"]), (2.0, 2.0))
         return self.scrape().addCallback(check)
 
     def test_link_down_gauge_0_and_no_link_families(self):
@@ -264,3 +302,28 @@ class NoMetricsTests(TestCase):
         self.assertEqual(request.responseCode, 404)
         self.assertEqual(json.loads(body)["error"],
                          "no resource /metrics; try /status, /volumes, /pairs")
+
+
+class PartnerTests(TestCase):
+    def test_partners_to_log_in_to(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        extra = 0x500A098000000009
+        config = StorageConfig(
+            wwpn=ARRAY_WWN, wwnn=ARRAY_WWN & ~1, data_dir=directory,
+            nbd=Endpoint("127.0.0.1", 0), control=Endpoint("127.0.0.1", 0),
+            edge=EdgeConfig("127.0.0.1", 3225, partners=(extra,)),
+            volumes=(VolumeConfig(0, "vol0", MiB), VolumeConfig(1, "vol1", MiB)),
+            pairs=(PairConfig(0, PARTNER_WWN, 5, 7, "duplex", "sync"),))
+        array = StorageArray(config, task.Clock())
+        self.addCleanup(array.close)
+        self.assertEqual(array.partners(), {PARTNER_WWN, extra})
+        # a partner met by a pair stays one after the pair is gone
+        array.remote_copy.known_partners.add(0x500A098000000003)
+        self.successResultOf(array.remote_copy.pair_delete(0, local=True))
+        self.assertEqual(array.partners(), {extra, 0x500A098000000003})
+        # a pair-create names a new partner: logged in to on demand (fails here: no link)
+        d = array.remote_copy.pair_create(1, 0x500A098000000004, 0)
+        self.assertIn("no link to the edge", str(self.failureResultOf(d).value))
+        self.assertNotIn(0x500A098000000004, array.partners())
+        self.assertIs(array.rio.partners.__self__, array)

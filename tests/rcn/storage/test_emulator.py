@@ -2,7 +2,8 @@
 
 The edge is a test double in this process: a FabricPort whose virtual
 storage records the RIOs it receives and answers GOOD. The array is the real
-daemon; qemu-io and nbdcopy write through its NBD export, `rcn array` reads its state.
+daemon; qemu-io and nbdcopy write through its NBD export, `rcn array` reads its state
+and runs a pair-create whose initial copy crosses the FCIP link.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from datapath.frames import fcp
 from rcn.rio.fabric import FabricConfig, VirtualStorageEntry
 from rcn.rio.fcp import ScsiResult, ScsiTarget
 from rcn.rio.protocol import FcipServerFactory
@@ -28,9 +30,14 @@ BIN = os.path.dirname(sys.executable)
 class RecordingTarget(ScsiTarget):
     def __init__(self):
         self.writes = []
+        self.controls = []
 
     def execute(self, command):
-        self.writes.append((command.lun, command.parsed["lba"], command.data))
+        if command.parsed["opcode_name"] == "RCN_CONTROL":
+            self.controls.append((command.lun, command.parsed["service_action_name"],
+                                  command.parsed["source_lun"], command.data))
+        else:
+            self.writes.append((command.lun, command.parsed["lba"], command.data))
         return ScsiResult()
 
 
@@ -75,10 +82,20 @@ capacity = "4MiB"
 lun = 1
 name = "vol1"
 capacity = "4MiB"
+[[volume]]
+lun = 2
+name = "vol2"
+capacity = "4MiB"
 [[pair]]
 lun = 0
 partner_wwpn = "50:0a:09:80:00:00:00:02"
 partner_lun = 5
+group = 7
+[[pair]]
+lun = 1
+role = "target"
+partner_wwpn = "50:0a:09:80:00:00:00:02"
+partner_lun = 3
 group = 7
 """)
         self.daemon = CollectOutput()
@@ -149,6 +166,30 @@ group = 7
         result = yield self.virtual[0].send_write(1, 16, b"\x5a" * 8192)
         self.assertTrue(result.good)
         self.assertEqual(self._volume("vol1")[16 * 512:16 * 512 + 8192], b"\x5a" * 8192)
+
+    @defer.inlineCallbacks
+    def test_pair_create_copies_over_fcip_then_duplex(self):
+        url = f"nbd://127.0.0.1:{self.nbd_port}/vol2"
+        out, err, code = yield getProcessOutputAndValue(
+            self.qemu_io, ["-f", "raw", url, "-c", "write -P 0x3c 1048576 131072"],
+            env=dict(os.environ))
+        self.assertEqual(code, 0, (out + err).decode())
+        self.assertEqual(self.edge_target.writes, [])            # LUN 2 is in no pair yet
+        out, err, code = yield getProcessOutputAndValue(
+            os.path.join(BIN, "rcn"), ["array", "pair-create", "2", "--partner",
+                                       "50:0a:09:80:00:00:00:02", "--partner-lun", "7", "--wait",
+                                       "--interval", "0.05", "--url",
+                                       f"http://127.0.0.1:{self.control_port}"],
+            env=dict(os.environ))
+        self.assertEqual(code, 0, (out + err).decode())
+        self.assertIn(b": duplex", out)
+        self.assertEqual([c[:3] for c in self.edge_target.controls],
+                         [(7, "PAIR_CREATE", 2), (7, "DUPLEX", 2)])
+        self.assertEqual(fcp.parse_pair_params(self.edge_target.controls[0][3])["capacity"],
+                         4 << 20)
+        copied = sorted((lba, data) for lun, lba, data in self.edge_target.writes if lun == 7)
+        self.assertEqual(b"".join(data for _, data in copied), b"\x3c" * 131072)
+        self.assertEqual(copied[0][0], 2048)
 
     @defer.inlineCallbacks
     def test_rcn_array_shows_the_pair(self):
