@@ -21,6 +21,12 @@ group 7 with 256 MiB volumes)::
     pair_mode = "sync"                    # the source array's pairs: sync | async
     source_wwn = "50:0a:09:80:00:00:00:01"   # arrayA's port name
     target_wwn = "50:0a:09:80:00:00:00:02"   # arrayB's port name
+    pair_setup = "config"                 # config: the pairs start in Duplex from the files;
+                                          # create: the volumes only -- make the pairs with
+                                          # ``rcn array pair-create`` (initial copy, docs/pairs.md)
+    virtual_wwns = false                  # true: each edge shows the partner array under a
+                                          # virtual WWN of its own and translates (【0093】)
+    failure_timeout = 60.0                # the edges' [pairs] failure_timeout (seconds)
 
     [[pair]]                              # one per replicated volume (default: the one above)
     lun = 0                               # LUN on arrayA; its volume is "vol<lun>"
@@ -118,6 +124,9 @@ class Topology:
     source_wwn: int = DEFAULT_SOURCE_WWN
     target_wwn: int = DEFAULT_TARGET_WWN
     pairs: tuple[PairSpec, ...] = field(default=())
+    pair_setup: str = "config"
+    virtual_wwns: bool = False
+    failure_timeout: float = 60.0
 
     def __post_init__(self):
         if not self.pairs:
@@ -138,7 +147,7 @@ def parse_topology(doc: dict, base_dir: str = ".") -> Topology:
     lab = top.get("lab", dict, {})
     r = Reader(lab, "lab.")
     r.unknown({"cores", "capacity", "log_mode", "batching", "pair_mode", "source_wwn",
-               "target_wwn"})
+               "target_wwn", "pair_setup", "virtual_wwns", "failure_timeout"})
     capacity = r.get("capacity", (int, str), DEFAULT_CAPACITY, _capacity)
     source_wwn = r.get("source_wwn", str, DEFAULT_SOURCE_WWN, parse_wwn)
     target_wwn = r.get("target_wwn", str, DEFAULT_TARGET_WWN, parse_wwn)
@@ -166,7 +175,11 @@ def parse_topology(doc: dict, base_dir: str = ".") -> Topology:
                     log_mode=r.get("log_mode", str, "durable", one_of(("durable", "memory"))),
                     batching=r.get("batching", bool, True),
                     pair_mode=r.get("pair_mode", str, "sync", one_of(("sync", "async"))),
-                    source_wwn=source_wwn, target_wwn=target_wwn, pairs=tuple(pairs))
+                    source_wwn=source_wwn, target_wwn=target_wwn, pairs=tuple(pairs),
+                    pair_setup=r.get("pair_setup", str, "config", one_of(("config", "create"))),
+                    virtual_wwns=r.get("virtual_wwns", bool, False),
+                    failure_timeout=float(r.get("failure_timeout", (int, float), 60.0,
+                                                in_range(0.1, 86400.0))))
 
 
 def load_topology(path: str | None) -> Topology:
@@ -289,25 +302,36 @@ def _path(lab: dict) -> list[str]:
             + [f"{HOST}:{by_name['edgeB']['ports']['log']}"])
 
 
+def virtual_wwn(wwn: str) -> str:
+    """The WWN an edge shows for the array ``wwn`` in the virtual WWN variant."""
+    return format_wwn(parse_wwn(wwn) ^ (0x80 << 16))
+
+
 def device_configs(lab: dict) -> dict[str, dict]:
     """Each device's configuration document (name -> TOML tables), from the lab record."""
     topo = lab["topology"]
     by_name = {d["name"]: d for d in lab["devices"]}
     source, target = topo["source_wwn"], topo["target_wwn"]
-    route = [{"source_wwn": source, "target_wwn": target, "path": _path(lab)}]
+    # what each array sees its partner as (the virtual storage's WWN, table 404)
+    seen = {wwn: virtual_wwn(wwn) if topo.get("virtual_wwns") else wwn for wwn in (source, target)}
+    created = topo.get("pair_setup", "config") == "create"
+    path = _path(lab)
+    route = [{"source_wwn": source, "target_wwn": target, "path": path},
+             {"source_wwn": target, "target_wwn": source, "path": path[::-1]}]   # failback
     out = {}
     for name, partner, role in (("arrayA", target, "source"), ("arrayB", source, "target")):
         d = by_name[name]
         edge = by_name[d["edge"]]
-        pairs = [p for p in lab["pairs"] if p[f"{role}_array"] == name]
+        pairs = [] if created else [p for p in lab["pairs"] if p[f"{role}_array"] == name]
         out[name] = {
             "array": {"wwpn": d["wwn"], "data_dir": os.path.basename(d["data_dir"])},
             "nbd": {"host": HOST, "port": d["ports"]["nbd"]},
             "control": {"host": HOST, "port": d["ports"]["control"]},
-            "edge": {"host": HOST, "port": edge["ports"]["fcip"], "timeout": 30.0},
+            "edge": {"host": HOST, "port": edge["ports"]["fcip"], "timeout": 30.0,
+                     "partners": [seen[partner]]},
             "volume": [{"lun": v["lun"], "name": v["name"], "capacity": v["capacity"]}
                        for v in d["volumes"]],
-            "pair": [{"lun": p[f"{role}_lun"], "role": role, "partner_wwpn": partner,
+            "pair": [{"lun": p[f"{role}_lun"], "role": role, "partner_wwpn": seen[partner],
                       "partner_lun": p["target_lun" if role == "source" else "source_lun"],
                       "group": p["group"], "state": "duplex",
                       **({"mode": topo["pair_mode"]} if role == "source" else {})}
@@ -319,11 +343,13 @@ def device_configs(lab: dict) -> dict[str, dict]:
                         "fcip": f"{HOST}:{d['ports']['fcip']}",
                         "data_dir": os.path.basename(d["data_dir"])},
                "log": {"mode": topo["log_mode"]},
+               "pairs": {"failure_timeout": topo.get("failure_timeout", 60.0)},
                "metrics": {"listen": f"{HOST}:{d['ports']['metrics']}"},
                # the attached array sees its partner through this virtual storage (table 404)
-               "virtual_storage": [{"wwn": partner, "partner_wwn": partner, "partner_edge": peer}],
-               "access": [{"virtual_wwn": partner, "storage_wwn": wwn}]}
-        if name == "edgeA":
+               "virtual_storage": [{"wwn": seen[partner], "partner_wwn": partner,
+                                    "partner_edge": peer}],
+               "access": [{"virtual_wwn": seen[partner], "storage_wwn": wwn}]}
+        if name == "edgeA" and not created:
             doc["pair"] = [{"source_wwn": source, "source_lun": p["source_lun"],
                             "target_wwn": target, "target_lun": p["target_lun"],
                             "group": p["group"]} for p in lab["pairs"]]
@@ -672,6 +698,9 @@ def device_figures(device: dict) -> dict:
         if device["role"] == "edge":
             body = get_json(device["urls"]["status"])
             return {"links": body.get("links"),
+                    "pairs": [{k: p.get(k) for k in ("source_lun", "target_lun", "group", "side",
+                                                     "state", "bitmap_727_tracks")}
+                              for p in body.get("pairs", [])],
                     "groups": [{k: g.get(k) for k in ("group", "log_generation", "log_deleted",
                                                       "log_retained_entries", "log_outstanding",
                                                       "applied", "durable") if k in g}
@@ -719,8 +748,12 @@ def summary(row: dict) -> str:
             f"group {g['group']} gen {g.get('log_generation', 0)} applied "
             f"{applied_counter(g) if 'durable' in g or 'applied' in g else '-'} "
             f"retained {g.get('log_retained_entries', 0)}" for g in row["groups"])
-        return (f"{groups or 'no groups'}; ack p99 {_ms(row['ack_latency_p99_s'])} "
-                f"lag p99 {_ms(row['lag_p99_s'])}")
+        pairs = ", ".join(f"{p['side']} LUN {p['source_lun']}->{p['target_lun']} {p['state']}"
+                          + (f" (727: {p['bitmap_727_tracks']} tracks)"
+                             if p.get("bitmap_727_tracks") else "")
+                          for p in row.get("pairs", []))
+        return (f"{groups or 'no groups'}; pairs: {pairs or 'none'}; ack p99 "
+                f"{_ms(row['ack_latency_p99_s'])} lag p99 {_ms(row['lag_p99_s'])}")
     drops = sum(row["drops"].values())
     return f"forwarded {row['forwarded']}, batches {row['batches_sent']}, drops {drops}" + (
         f" ({', '.join(f'{k} {v}' for k, v in sorted(row['drops'].items()))})" if drops else "")

@@ -9,6 +9,7 @@ import tomllib
 
 from twisted.trial.unittest import TestCase
 
+from datapath.frames.names import format_wwn
 from rcn import lab
 from rcn.config import ConfigError
 from rcn.core.config import load_config as load_core
@@ -145,16 +146,35 @@ class GeneratedConfigTests(TestCase):
         self.assertEqual(edge_b.settings.pairs, [])
         self.assertEqual((edge_a.log_mode, edge_b.log_mode), ("durable", "durable"))
         self.assertNotEqual(edge_a.data_dir, edge_b.data_dir)
-        # one path, the same everywhere: edgeA, core1, edgeB
+        # one path, the same everywhere: edgeA, core1, edgeB; and back for failback
         path = (edge_a.log, core.listen, edge_b.log)
         for routes in (edge_a.settings.routes, edge_b.settings.routes, core.routes):
-            (route,) = list(routes)
-            self.assertEqual((route.source_wwn, route.target_wwn, tuple(route.path)), (A, B, path))
+            forward, back = list(routes)
+            self.assertEqual((forward.source_wwn, forward.target_wwn, tuple(forward.path)),
+                             (A, B, path))
+            self.assertEqual((back.source_wwn, back.target_wwn, tuple(back.path)),
+                             (B, A, path[::-1]))
+        self.assertEqual(edge_a.settings.failure_timeout, 60.0)
         self.assertTrue(core.batch.enabled)
         self.assertEqual(devices["edgeA"]["urls"]["status"],
                          f"http://127.0.0.1:{edge_a.metrics.port}/status")
         self.assertEqual(devices["core1"]["urls"]["metrics"],
                          f"http://127.0.0.1:{core.metrics.port}/metrics")
+
+    def test_pairs_created_at_run_time_with_virtual_wwns(self):
+        topology = parse('[lab]\npair_setup = "create"\nvirtual_wwns = true\n'
+                         'failure_timeout = 3\n')
+        c = self.loaded(self.write(topology))
+        va, vb = lab.virtual_wwn(format_wwn(A)), lab.virtual_wwn(format_wwn(B))
+        self.assertNotIn(va, (format_wwn(A), format_wwn(B)))
+        self.assertEqual((c["arrayA"].pairs, c["arrayB"].pairs, c["edgeA"].settings.pairs),
+                         ((), (), []))
+        self.assertEqual([format_wwn(w) for w in c["arrayA"].edge.partners], [vb])
+        self.assertEqual([format_wwn(w) for w in c["arrayB"].edge.partners], [va])
+        (vs,) = c["edgeA"].virtual_storages
+        self.assertEqual((format_wwn(vs.wwn), vs.partner_wwn), (vb, B))
+        self.assertEqual({(a, format_wwn(v)) for a, v in c["edgeA"].access}, {(A, vb)})
+        self.assertEqual(c["edgeB"].settings.failure_timeout, 3.0)
 
     def test_every_port_differs(self):
         record = lab.plan(lab.Topology(cores=3), self.mktemp())
@@ -235,9 +255,12 @@ class ProcessHelperTests(TestCase):
         self.assertEqual(lab.summary({"alive": False, "role": "edge"}), "not running")
         edge = {"alive": True, "role": "edge", "groups": [
             {"group": 7, "log_generation": 5, "applied": 4, "log_retained_entries": 1}],
-            "ack_latency_p99_s": 0.002, "lag_p99_s": float("nan")}
+            "ack_latency_p99_s": 0.002, "lag_p99_s": float("nan"),
+            "pairs": [{"side": "source", "source_lun": 0, "target_lun": 1,
+                       "state": "failure-suspend", "bitmap_727_tracks": 3}]}
         self.assertEqual(lab.summary(edge),
-                         "group 7 gen 5 applied 4 retained 1; ack p99 2.00ms lag p99 -")
+                         "group 7 gen 5 applied 4 retained 1; pairs: source LUN 0->1 "
+                         "failure-suspend (727: 3 tracks); ack p99 2.00ms lag p99 -")
         core = {"alive": True, "role": "core", "forwarded": 9, "batches_sent": 2,
                 "drops": {"no_route": 1}}
         self.assertEqual(lab.summary(core), "forwarded 9, batches 2, drops 1 (no_route 1)")
