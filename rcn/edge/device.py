@@ -507,7 +507,7 @@ class EdgeDevice:
     # -- figures -------------------------------------------------------------------
     def describe_groups(self) -> list[dict]:
         out = []
-        groups = set(self.receivers) | {p.group for p in self.settings.pairs}
+        groups = set(self.receivers) | {row.entry.group for row in self.pairs}
         for group in sorted(groups):
             info = {"group": group}
             info.update({f"log_{k}": v for k, v in self.log_store.group_stats(group).items()})
