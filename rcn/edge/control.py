@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from datapath.frames import fcp
@@ -259,9 +259,14 @@ class PairControl:
         e = row.entry
         mine, other = ((e.source_wwn, e.target_wwn) if row.side == "source"
                        else (e.target_wwn, e.source_wwn))
-        target = self.edge.fabric_target({"target_wwn": mine, "source_wwn": other})
+        target = self.edge.apply_target_for({"target_wwn": mine, "source_wwn": other,
+                                             "target_lun": e.target_lun,
+                                             "entry_type": EntryType.CTRL})
         self.counters["notices_to_arrays"] += 1
-        d = target.execute(_control_command(row, A.SUSPEND, failure=True), e.target_lun)
+        if target is None:
+            return
+        d = maybeDeferred(target.execute, _control_command(row, A.SUSPEND, failure=True),
+                          e.target_lun)
         d.addErrback(lambda f: _log.warn("{edge}: could not tell the array of {what} about "
                                          "failure Suspend: {why}", edge=self.edge.name,
                                          what=e.describe(), why=f.getErrorMessage()))

@@ -53,9 +53,11 @@ class RecordingStore(LogStore):
         area = b"".join(d[HEADER_SIZE:] for d in datagrams)
         header = LOG_HEADER.parse(datagrams[0], 0, 0, True)
         command = parse_command_area(area)
-        if command.data_out and command.cdb[0] == fcp.Opcode.WRITE_16:
-            self.checker.logged(group, sequence, (header["target_wwn"], header["target_lun"]),
-                                command.parsed["lba"], command.data_out)
+        # every entry takes a place in the group's order; a CTRL changes no block
+        write = command.cdb[0] == fcp.Opcode.WRITE_16
+        self.checker.logged(group, sequence, (header["target_wwn"], header["target_lun"]),
+                            command.parsed["lba"] if write else 0,
+                            command.data_out if write else b"")
         return super().append(group, sequence, entry)
 
 
