@@ -25,6 +25,13 @@ CORE = Address("10.0.1.1", 47001)
 OTHER_WWN = 0x500A098000000003
 
 
+def add_volumes(sim: SimRcn, luns=(5, 6)) -> None:
+    """Volumes for the pairs the tests create (the harness has LUNs 0 and 1)."""
+    for lun in luns:
+        sim.source_volumes.setdefault((SOURCE_WWN, lun), bytearray(CAPACITY))
+        sim.target_volumes.setdefault((TARGET_WWN, lun), bytearray(CAPACITY))
+
+
 class ControlArray(SimTargetArray):
     """Applies WRs; answers RCN CONTROL, DPOK with a bitmap of tracks 1 and 3."""
 
@@ -55,6 +62,7 @@ class ControlFlowTests(TestCase):
         self.sim = SimRcn(seed=5, volume_blocks=256)
         self.array = self.sim.target_array = ControlArray(self.sim)
         self.sim.source.pairs.policy = "A-1"
+        add_volumes(self.sim)
         self.answers: list[ScsiResult] = []
         self.ox = 0
 
@@ -218,6 +226,7 @@ class SeveralArraysTests(TestCase):
             core.set_routes(routes)
         self.sim.source.pairs.policy = "A-1"
         self.sim.source.sender.failure_timeout = 1.0
+        add_volumes(self.sim)
         self.flows = ControlFlowTests("test_refusals_name_the_state")
         self.flows.sim, self.flows.array, self.flows.ox = self.sim, self.sim.target_array, 0
 
