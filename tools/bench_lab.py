@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,7 @@ def one_row(topology, block: int, depth: int, seconds: float, rate: float = 0.0,
         return result
     finally:
         lablib.down(directory, quiet=True)
+        shutil.rmtree(directory, ignore_errors=True)     # a row's volumes and logs
 
 
 def _ms(value) -> str:
