@@ -291,6 +291,8 @@ class PairControl:
     # -- the target edge ----------------------------------------------------------------
     def _target_command(self, row: PairRow, action: int, fast: bool):
         group = row.entry.group
+        if not allows(row.state, Event.FAILED):
+            return self._state_refused(row, action)
         receiver = self.edge.receiver(group)
         if action == A.TAKEOVER:
             self.counters["takeovers"] += 1

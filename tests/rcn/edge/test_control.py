@@ -299,3 +299,85 @@ class FailbackTests(TestCase):
         self.assertEqual((new_target.side, new_target.state), ("target", PairState.DUPLEX_PENDING))
         self.assertIsNone(sim.source.pairs.find(SOURCE_WWN, TARGET_WWN, 0))
         self.assertEqual(new_target.dirty_tracks(), 0)
+
+
+class EdgeStateMachineTests(TestCase):
+    """Every control command from the source array in every state of the source edge's row:
+    relayed as a CTRL entry, or refused with a sense code that names the state."""
+
+    ALLOWED = {
+        A.PAIR_CREATE: {PairState.SIMPLEX},
+        A.DUPLEX: {PairState.INITIAL_COPYING, PairState.DUPLEX_PENDING},
+        A.SUSPEND: {PairState.INITIAL_COPYING, PairState.DUPLEX, PairState.DUPLEX_PENDING},
+        A.RESYNC: {PairState.SUSPEND, PairState.FAILURE_SUSPEND},
+        A.DELETE: set(PairState),
+    }
+
+    def setUp(self):
+        self.flows = ControlFlowTests("test_refusals_name_the_state")
+        self.flows.setUp()
+
+    def test_source_edge_commands_in_every_state(self):
+        f = self.flows
+        f.control(A.PAIR_CREATE)
+        f.settle()
+        row = f.row(f.sim.source)
+        for action, allowed in self.ALLOWED.items():
+            for state in PairState:
+                row.state, row.busy = state, None
+                mirror = f.row(f.sim.target)
+                if mirror is not None:
+                    mirror.state = state         # the target edge in step
+                generation = f.sim.source.log_store.group_stats(row.entry.group)["generation"]
+                box = f.control(action)
+                relayed = f.sim.source.log_store.group_stats(row.entry.group)["generation"] \
+                    > generation
+                what = f"{A(action).name} in {state.value}"
+                self.assertEqual(relayed, state in allowed, what)
+                if relayed:
+                    f.settle()
+                    self.assertTrue(box and box[0].good, what)
+                    if f.row(f.sim.source) is None:          # DELETE removed it: back again
+                        row = f.sim.source.pairs.add(row)
+                else:
+                    self.assertEqual(explain(box[0]), f"the partner's pair is {state.value}",
+                                     what)
+
+    def test_writes_only_in_replicating_states(self):
+        f = self.flows
+        f.control(A.PAIR_CREATE)
+        f.settle()
+        row = f.row(f.sim.source)
+        for state in PairState:
+            row.state = state
+            box = f.write(5, 1)
+            if state in (PairState.INITIAL_COPYING, PairState.DUPLEX, PairState.DUPLEX_PENDING):
+                f.settle(0.05)
+                self.assertTrue(box and box[0].good, state)
+            else:
+                self.assertEqual(explain(box[0]), f"the partner's pair is {state.value}")
+
+    def test_target_array_commands_at_the_target_edge(self):
+        f = self.flows
+        f.control(A.PAIR_CREATE)
+        f.settle()
+        row = f.row(f.sim.target)
+        for state in PairState:
+            row.state = state
+            f.sim.target.controls.failovers.clear()
+            box = f.control(A.SUSPEND, initiator=TARGET_WWN, partner=SOURCE_WWN,
+                            edge=f.sim.target)
+            if state in (PairState.SUSPEND, PairState.FAILURE_SUSPEND):
+                self.assertTrue(box and box[0].good, state)     # already stopped: at once
+                continue
+            if state is PairState.SIMPLEX:
+                self.assertEqual(explain(box[0]), "the partner's pair is simplex")
+                continue
+            f.settle()
+            self.assertTrue(box and box[0].good, state)
+            self.assertEqual(row.state, PairState.FAILURE_SUSPEND, state)
+            f.sim.target.receivers[row.entry.group].closed_after = None
+            f.sim.source.controls.sok_sent.clear()
+        box = f.control(A.TAKEOVER, initiator=TARGET_WWN, partner=SOURCE_WWN, edge=f.sim.target)
+        self.assertTrue(box[0].good)
+        self.assertEqual(len(fcp.parse_residual_report(box[0].data_in)), 4)
