@@ -139,3 +139,39 @@ class PairLifecycleProcessTests(TestCase):
         self.assertEqual(self.pair("arrayB")["copy"]["bytes_total"], 2 * 64 * 1024)
         yield self.until("equal after failback", self.equal)
         self.assertEqual(volume(self.source)[24 * MiB:24 * MiB + 4], b"\x41" * 4)
+
+    @defer.inlineCallbacks
+    def test_virtual_wwns_are_translated_both_ways(self):
+        """【0093】-【0098】: each array sees its partner under a WWN the edge made up."""
+        self.qemu_io = require_tool(self, "qemu-io")
+        path = os.path.join(self.dir, "topology.toml")
+        with open(path, "w") as f:
+            f.write('[lab]\ncapacity = "8MiB"\npair_setup = "create"\nvirtual_wwns = true\n')
+        out, err, code = yield run(RCN, "lab", "up", "--dir", self.dir, "--topology", path,
+                                   "--json")
+        self.assertEqual(code, 0, (out + err).decode())
+        lab = json.loads(out)
+        self.devices = {d["name"]: d for d in lab["devices"]}
+        self.urls = {n: self.devices[n]["urls"]["control"] for n in ("arrayA", "arrayB")}
+        pair = lab["pairs"][0]
+        self.source, self.target = pair["source_volume"], pair["target_volume"]
+        a_wwn, b_wwn = self.devices["arrayA"]["wwn"], self.devices["arrayB"]["wwn"]
+        virtual_b = lablib.virtual_wwn(b_wwn)
+        # arrayA addresses arrayB by the virtual WWN edgeA shows it
+        yield self.write(pair["nbd_url"], "write -P 0x51 0 1M")
+        yield self.array("arrayA", "pair-create", "0", "--partner", virtual_b,
+                         "--partner-lun", "0", "--group", "7")
+        yield self.until("duplex", lambda: self.pair("arrayA")["state"] == "duplex")
+        yield self.write(pair["nbd_url"], "write -P 0x52 4M 64K")
+        yield self.until("equal", self.equal)
+        # arrayB sees arrayA under edgeB's virtual WWN; the edges' rows hold the real ones
+        self.assertEqual(self.pair("arrayB")["partner_wwpn"], lablib.virtual_wwn(a_wwn))
+        self.assertEqual(self.pair("arrayA")["partner_wwpn"], virtual_b)
+        for edge in ("edgeA", "edgeB"):
+            row = self.edge_pair(edge)
+            self.assertEqual((row["source_wwn"], row["target_wwn"]), (a_wwn, b_wwn))
+        # and back: a failover from arrayB reaches the source edge through the translation
+        answer = yield self.array("arrayB", "suspend", "0")
+        self.assertEqual(answer["state"], "failure-suspend")
+        yield self.until("failure Suspend at the source",
+                         lambda: self.pair("arrayA")["state"] == "failure-suspend")
