@@ -381,3 +381,54 @@ class EdgeStateMachineTests(TestCase):
         box = f.control(A.TAKEOVER, initiator=TARGET_WWN, partner=SOURCE_WWN, edge=f.sim.target)
         self.assertTrue(box[0].good)
         self.assertEqual(len(fcp.parse_residual_report(box[0].data_in)), 4)
+
+
+class FailureTriggerTests(TestCase):
+    """Failure Suspend also comes from a lost route and from a log quota overflow (【0084】)."""
+
+    def setUp(self):
+        self.flows = ControlFlowTests("test_refusals_name_the_state")
+        self.flows.setUp()
+        self.sim = self.flows.sim
+
+    def test_quota_overflow(self):
+        f, sim = self.flows, self.sim
+        sim.source.log_store.group_quota_bytes = 16 * 1024
+        sim.source.log_store.max_waiters = 0           # no back-pressure: overflow at once
+        sim.net.down.add(CORE)
+        boxes = [f.write(0, lba * 8, 8) for lba in range(8)]
+        f.settle(0.01)
+        row = f.row(sim.source, 0)
+        self.assertEqual(row.state, PairState.FAILURE_SUSPEND)
+        self.assertEqual(explain(boxes[-1][0]), "the partner's pair is failure-suspend")
+        self.assertTrue(boxes[0][0].good)              # acknowledged before the overflow...
+        self.assertGreater(len(row._extents), 0)       # ...and now in 727
+        self.assertEqual(sim.source.controls.counters["failure_suspends"], 1)
+
+    def test_route_gone(self):
+        from rcn.logxfer.routes import RouteTable
+        f, sim = self.flows, self.sim
+        sim.source.routes = RouteTable([])
+        box = f.write(0, 0, 8)
+        f.settle(0.01)
+        self.assertTrue(box[0].good)                   # durable in the log before it is sent
+        row = f.row(sim.source, 0)
+        self.assertEqual(row.state, PairState.FAILURE_SUSPEND)
+        self.assertIn("no_route", sim.source.drops.by_reason)
+
+    def test_group_policies(self):
+        from rcn.edge.pairs import EdgePairs
+        a1, a2, b = EdgePairs("A-1"), EdgePairs("A-2"), EdgePairs("B")
+        one = a1.group_for(SOURCE_WWN, TARGET_WWN, "e1", "e2")
+        self.assertEqual(one >> 30, 1)
+        self.assertEqual(one, a1.group_for(SOURCE_WWN, TARGET_WWN, "e3", "e4"))   # per arrays
+        self.assertNotEqual(one, a1.group_for(OTHER_WWN, TARGET_WWN, "e1", "e2"))
+        two = a2.group_for(SOURCE_WWN, TARGET_WWN, "e1", "e2")
+        self.assertEqual(two >> 30, 2)
+        self.assertEqual(two, a2.group_for(OTHER_WWN, TARGET_WWN, "e1", "e2"))    # per edges
+        self.assertEqual(b.group_for(SOURCE_WWN, TARGET_WWN, "e1", "e2"), 0)
+        with self.assertRaises(ValueError):
+            EdgePairs("C")
+        # policy B without a group in the command: refused, naming no pair
+        self.sim.source.pairs.policy = "B"
+        self.assertEqual(explain(self.flows.control(A.PAIR_CREATE, lun=6)[0]), "no such pair")

@@ -49,6 +49,7 @@ class RecordingStore(LogStore):
         self.checker = checker
 
     def append(self, group, sequence, entry):
+        stored = super().append(group, sequence, entry)     # a refused append logs nothing
         datagrams = split_datagrams(entry)
         area = b"".join(d[HEADER_SIZE:] for d in datagrams)
         header = LOG_HEADER.parse(datagrams[0], 0, 0, True)
@@ -58,7 +59,7 @@ class RecordingStore(LogStore):
         self.checker.logged(group, sequence, (header["target_wwn"], header["target_lun"]),
                             command.parsed["lba"] if write else 0,
                             command.data_out if write else b"")
-        return super().append(group, sequence, entry)
+        return stored
 
 
 class SimTargetArray:
