@@ -693,7 +693,8 @@ def device_figures(device: dict) -> dict:
             return {"edge_link": body.get("edge_link"), "replication": body.get("replication"),
                     "rio_target": body.get("rio_target"),
                     "pairs": [{k: p.get(k) for k in ("lun", "role", "partner_lun", "group",
-                                                     "state", "mode", "dirty_tracks")}
+                                                     "state", "mode", "dirty_tracks",
+                                                     "copy_progress")}
                               for p in pairs]}
         if device["role"] == "edge":
             body = get_json(device["urls"]["status"])
@@ -741,6 +742,11 @@ def summary(row: dict) -> str:
         return f"not answering: {row['error']}"
     if row["role"] == "storage":
         pairs = ", ".join(f"LUN {p['lun']} {p['role']} group {p['group']} {p['state']}"
+                          + (f" ({p['dirty_tracks']} dirty tracks)" if p.get("dirty_tracks")
+                             else "")
+                          + (f" copy {p['copy_progress']:.0%}"
+                             if p.get("copy_progress") is not None and p["copy_progress"] < 1
+                             else "")
                           for p in row["pairs"])
         return f"link {row['edge_link']}; pairs: {pairs or 'none'}"
     if row["role"] == "edge":

@@ -261,6 +261,11 @@ class ProcessHelperTests(TestCase):
         self.assertEqual(lab.summary(edge),
                          "group 7 gen 5 applied 4 retained 1; pairs: source LUN 0->1 "
                          "failure-suspend (727: 3 tracks); ack p99 2.00ms lag p99 -")
+        array = {"alive": True, "role": "storage", "edge_link": "up", "pairs": [
+            {"lun": 0, "role": "source", "group": 7, "state": "duplex-pending",
+             "dirty_tracks": 12, "copy_progress": 0.25}]}
+        self.assertEqual(lab.summary(array), "link up; pairs: LUN 0 source group 7 "
+                                             "duplex-pending (12 dirty tracks) copy 25%")
         core = {"alive": True, "role": "core", "forwarded": 9, "batches_sent": 2,
                 "drops": {"no_route": 1}}
         self.assertEqual(lab.summary(core), "forwarded 9, batches 2, drops 1 (no_route 1)")
