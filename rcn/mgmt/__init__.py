@@ -1,0 +1,1 @@
+"""The management server (``rcn-mgmt``): settings, derived tables, routes, distribution."""
