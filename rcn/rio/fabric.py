@@ -331,6 +331,50 @@ class FabricPort(FcEndpoint):
                                                         why=failure.getErrorMessage()))
         return revoked
 
+    def reconfigure(self, config: FabricConfig) -> tuple[int, int]:
+        """New tables 404 and 405 (from the management server) for this live link.
+
+        Virtual storages that are gone, or now stand for another partner, log the
+        array out and disappear; new ones get free port IDs (existing ones keep
+        theirs) and the name server finds them; then ``recheck_access`` withdraws
+        logins the new access table refuses. Returns (added, removed).
+        """
+        self.config = config
+        wanted = {entry.wwn: entry for entry in config.virtual_storages}
+        removed = 0
+        for vs in list(self.virtual_storages):
+            if wanted.get(vs.wwn) != vs.entry:
+                self._withdraw(vs, "virtual storage removed (table 404)")
+                removed += 1
+        used = {vs.port_id for vs in self.virtual_storages}
+        free = (config.virtual_id_base + i for i in range(len(used) + len(wanted)))
+        added = 0
+        for entry in config.virtual_storages:
+            if entry.wwn in self._by_wwn:
+                continue
+            port_id = next(i for i in free if i not in used)
+            vs = VirtualStorage(self, entry, port_id)
+            self.virtual_storages.append(vs)
+            self._by_id[port_id] = vs
+            self._by_wwn[vs.wwn] = vs
+            if config.attach is not None:
+                config.attach(vs)
+            added += 1
+        self.recheck_access()
+        return added, removed
+
+    def _withdraw(self, vs: VirtualStorage, why: str) -> None:
+        if self.login(vs.port_id, self.array_id) is not None:
+            self.forget_login(vs.port_id, self.array_id, why)
+            d = self.request(vs.port_id, self.array_id, R_ELS_REQUEST, TYPE_ELS,
+                             els.build_logo(vs.port_id, vs.wwn), "LOGO")
+            d.addErrback(lambda failure: self._log.info("{name}: LOGO not answered: {why}",
+                                                        name=self.name,
+                                                        why=failure.getErrorMessage()))
+        self.virtual_storages.remove(vs)
+        del self._by_id[vs.port_id]
+        del self._by_wwn[vs.wwn]
+
     def _fabric_logout(self, why: str) -> None:
         self.logins.clear()
         self.table.end_all(ExchangeAborted("open exchanges", self.array_id, why))

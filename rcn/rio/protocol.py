@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import replace
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -293,6 +294,13 @@ class FcipServerFactory(Factory):
         self.frame_tap = frame_tap
         self.ports: dict[int, FabricPort] = {}
         self.refused = 0
+
+    def reconfigure(self, virtual_storages, access) -> None:
+        """Tables 404 and 405 changed: new links use them, live links are updated."""
+        self.config = replace(self.config, virtual_storages=list(virtual_storages),
+                              access=access)
+        for port in self.ports.values():
+            port.reconfigure(self.config)
 
     def buildProtocol(self, addr):
         index = next((n for n in range(self.config.max_links) if n not in self.ports), None)

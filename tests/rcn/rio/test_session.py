@@ -793,3 +793,40 @@ class ShutdownTest(RioTestCase):
         self.assertTrue(vs.is_virtual_wwn)
         self.assertEqual(vs.partner_wwn, 0x500A0980000000BB)
         self.assertFalse(self.link.virtual().is_virtual_wwn)
+
+
+class ReconfigureTest(RioTestCase):
+    """Tables 404 and 405 change while the link is up (the management server's snapshot)."""
+
+    NEW_WWN = 0x500A0980000000CC
+
+    def entries(self, *wwns):
+        return [VirtualStorageEntry(wwn=w, partner_wwn=w, partner_edge_id="edge-b") for w in wwns]
+
+    def test_added_virtual_storage_is_found_and_removed_one_logs_the_array_out(self):
+        self.session()
+        factory = self.link.server_factory
+        factory.reconfigure(self.entries(PARTNER_WWN, self.NEW_WWN),
+                            access_table([(PARTNER_WWN, ARRAY_WWN), (self.NEW_WWN, ARRAY_WWN)]))
+        edge = self.link.edge
+        self.assertIsNone(edge.virtual_storage(FORBIDDEN_WWN))
+        new = edge.virtual_storage(self.NEW_WWN)
+        self.assertEqual(new.port_id, VIRTUAL_IDS[FORBIDDEN_WWN])     # the freed ID
+        self.assertEqual(edge.virtual_storage(PARTNER_WWN).port_id, VIRTUAL_ID)   # kept
+        d = self.link.array.session(self.NEW_WWN)
+        self.link.flush()
+        self.assertTrue(self.successResultOf(d).active)
+        # the partner's row goes: the array is logged out of it with a LOGO
+        factory.reconfigure(self.entries(self.NEW_WWN), access_table([(self.NEW_WWN, ARRAY_WWN)]))
+        self.link.flush()
+        logos = [f for f in self.link.sent("edge") if frame_kind(f) == "els_logo"]
+        self.assertEqual([f.header["s_id"] for f in logos], [VIRTUAL_ID])
+        self.assertIsNone(edge.virtual_storage(PARTNER_WWN))
+        self.assertEqual(factory.config.virtual_storages, self.entries(self.NEW_WWN))
+
+    def test_access_withdrawn_by_a_new_table(self):
+        self.session()
+        self.link.server_factory.reconfigure(self.entries(PARTNER_WWN), access_table([]))
+        self.link.flush()
+        self.assertEqual(self.link.edge.counters["access_revoked"], 1)
+        self.assertFalse(self.link.virtual().array_logged_in)
