@@ -5,7 +5,8 @@ Groups: ``rcn array`` talks to a storage array emulator's control API
 lifecycle (pair-create, suspend, resync, takeover, reverse, pair-delete);
 ``rcn lab up|status|down`` runs a whole RCN on this machine as real daemons
 (``rcn.lab``); ``rcn demo`` writes through such a lab and proves the target
-equals the source (``rcn.demo``).
+equals the source (``rcn.demo``); ``rcn customer|device|link|storage|pair|
+route|status|lag`` talk to the management server's REST API (``rcn.mgmt.cli``).
 
 Exit status: 0 success, 1 the device answered with an error (the message is
 the device's), 2 bad usage or the device could not be reached.
@@ -32,10 +33,15 @@ class CliError(Exception):
         self.status = status
 
 
-def _request(url: str, timeout: float, method: str = "GET", body: dict | None = None) -> dict:
+def request_json(url: str, timeout: float, method: str = "GET", body: dict | None = None,
+                 token: str | None = None) -> dict:
+    """One JSON request; ``CliError`` with the server's message (status 1) or why it could
+    not be reached (status 2)."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"content-type": "application/json"} if data else {})
+    headers = {"content-type": "application/json"} if data else {}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.load(response)
@@ -51,10 +57,10 @@ def _request(url: str, timeout: float, method: str = "GET", body: dict | None = 
 
 
 def _get(url: str, timeout: float) -> dict:
-    return _request(url, timeout)
+    return request_json(url, timeout)
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
+def table(rows: list[dict], columns: list[str]) -> str:
     if not rows:
         return "(none)"
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
@@ -145,7 +151,7 @@ def _array(args) -> str:
             for k, v in sorted(body.items())))
     if cmd == "volumes":
         body = _get(f"{base}/volumes", timeout)
-        return show(body, _table(body["volumes"], ["lun", "name", "capacity", "path"]))
+        return show(body, table(body["volumes"], ["lun", "name", "capacity", "path"]))
     if cmd == "pairs":
         if args.lun is not None:
             body = _get(f"{base}/pairs/{args.lun}", timeout)
@@ -153,21 +159,21 @@ def _array(args) -> str:
         else:
             body = _get(f"{base}/pairs", timeout)
             rows = body["pairs"]
-        return show(body, _table(rows, ["lun", "partner_wwpn", "partner_lun", "group", "state",
+        return show(body, table(rows, ["lun", "partner_wwpn", "partner_lun", "group", "state",
                                         "mode"]))
     if cmd == "pair-status":
         return _pair_status(args, base)
     if cmd == "pair-create":
         body = {"lun": args.lun, "partner_wwpn": args.partner, "partner_lun": args.partner_lun,
                 "mode": args.mode, "group": args.group}
-        pair = _request(f"{base}/pairs", timeout, "POST", body)
+        pair = request_json(f"{base}/pairs", timeout, "POST", body)
     elif cmd == "suspend":
-        pair = _request(f"{base}/pairs/{args.lun}/suspend", timeout, "POST", {"fast": args.fast})
+        pair = request_json(f"{base}/pairs/{args.lun}/suspend", timeout, "POST", {"fast": args.fast})
     elif cmd == "pair-delete":
         query = "?local=1" if args.local else ""
-        pair = _request(f"{base}/pairs/{args.lun}{query}", timeout, "DELETE")
+        pair = request_json(f"{base}/pairs/{args.lun}{query}", timeout, "DELETE")
     else:                                      # resync, takeover, reverse
-        pair = _request(f"{base}/pairs/{args.lun}/{cmd}", timeout, "POST", {})
+        pair = request_json(f"{base}/pairs/{args.lun}/{cmd}", timeout, "POST", {})
     if getattr(args, "wait", False):
         pair = wait_for_duplex(base, args.lun, timeout, args.err, args.interval)
     if cmd == "pair-delete":
@@ -183,7 +189,7 @@ def _pair_status(args, base: str) -> str:
             return json.dumps(pair, indent=1, sort_keys=True) if args.json else _summary(pair)
         body = _get(f"{base}/pairs", args.timeout)
         return (json.dumps(body, indent=1, sort_keys=True) if args.json
-                else _table(_pair_rows(body["pairs"]), PAIR_COLUMNS))
+                else table(_pair_rows(body["pairs"]), PAIR_COLUMNS))
     if not args.watch:
         return once()
     try:
@@ -280,8 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", required=True, metavar="GROUP")
     _add_array_parser(groups)
     from rcn import demo, lab
+    from rcn.mgmt import cli as mgmt_cli
     lab.add_parser(groups)
     demo.add_parser(groups)
+    mgmt_cli.add_parsers(groups)
     return parser
 
 
