@@ -48,6 +48,11 @@ and ``edge.data_dir`` are required)::
                                           # its group goes to failure Suspend
     failover_timeout = 30.0               # seconds a failover SUSPEND waits for the SOK
 
+    [mgmt]                                # the management server (rcn-mgmt); omit: tables
+    connect = "tcp:127.0.0.1:47100"       # come from this file only. With it, the server's
+                                          # snapshots replace the tables below (kept in
+                                          # DATA_DIR/mgmt.json across restarts)
+
     [[virtual_storage]]                   # table 404
     wwn = "50:0a:09:80:00:00:00:02"       # the WWN the attached array sees
     partner_wwn = "50:0a:09:80:00:00:00:02"   # the real storage behind it (default: wwn)
@@ -158,6 +163,7 @@ class EdgeConfig:
     nbd: NbdFront | None = None
     nbd_volumes: list[NbdVolume] = field(default_factory=list)
     nbd_targets: dict[tuple[int, int], str] = field(default_factory=dict)   # (wwn, lun) -> URL
+    mgmt: str | None = None          # the management server's AMP endpoint ("tcp:HOST:PORT")
 
 
 def load_config(path: str) -> EdgeConfig:
@@ -178,7 +184,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
     top = Reader(doc, "")
     top.unknown({"edge", "log", "sender", "receiver", "fabric", "metrics", "virtual_storage",
                  "access", "pair", "customer", "route", "nbd", "nbd_volume", "nbd_target",
-                 "pairs"})
+                 "pairs", "mgmt"})
     edge = Reader(top.get("edge", dict), "edge.")
     edge.unknown({"id", "log", "fcip", "data_dir", "ttl", "receive_buffer", "send_buffer"})
     name = edge.get("id", str)
@@ -233,6 +239,50 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
     metrics.unknown({"listen"})
     metrics_address = metrics.get("listen", str, None, ip_address)
 
+    mgmt = Reader(top.get("mgmt", dict, {}), "mgmt.")
+    mgmt.unknown({"connect"})
+    mgmt_endpoint = mgmt.get("connect", str, None, _client_endpoint)
+    tables = read_tables(top)
+    virtual_storages, access, customers, pairs = (
+        tables.virtual_storages, tables.access, tables.customers, tables.pairs)
+    routes = tables.routes
+    nbd, nbd_volumes = _read_nbd(top, log_address, routes, pairs, access, customers)
+    nbd_targets = {}
+    for i, table in enumerate(_tables(top, "nbd_target")):
+        r = Reader(table, f"nbd_target[{i}].")
+        r.unknown({"target_wwn", "target_lun", "url"})
+        key = (r.get("target_wwn", str, check=parse_wwn),
+               r.get("target_lun", int, check=non_negative))
+        if key in nbd_targets:
+            raise ConfigError(f"nbd_target[{i}]: a second NBD server for the same target LUN")
+        nbd_targets[key] = r.get("url", str, check=_nbd_url)
+    settings = EdgeSettings(me=log_address, pairs=pairs, routes=routes, bandwidth=customers,
+                            receiver=receiver_config, window_bytes=window, rto=rto,
+                            rto_max=rto_max, max_datagram_body=max_datagram - HEADER_SIZE,
+                            ttl=ttl, group_policy=group_policy, failure_timeout=failure_timeout,
+                            failover_timeout=failover_timeout)
+    return EdgeConfig(id=name, log=log_address, fcip=fcip, data_dir=data_dir, settings=settings,
+                      log_mode=mode, segment_size=segment_size, group_quota=group_quota,
+                      receive_buffer=buffers["receive_buffer"], send_buffer=buffers["send_buffer"],
+                      first_burst=first_burst, exchange_timeout=exchange_timeout,
+                      metrics=metrics_address, virtual_storages=virtual_storages, access=access,
+                      nbd=nbd, nbd_volumes=nbd_volumes, nbd_targets=nbd_targets,
+                      mgmt=mgmt_endpoint)
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The tables a management server distributes (404, 405, 411, 408, customers' limits);
+    the same keys in the file and in a snapshot (``rcn.mgmt.settings``)."""
+    virtual_storages: list
+    access: set
+    customers: dict
+    pairs: list
+    routes: object
+
+
+def read_tables(top: Reader) -> Tables:
+    """``[[virtual_storage]]``, ``[[access]]``, ``[[customer]]``, ``[[pair]]``, ``[[route]]``."""
     virtual_storages = []
     for i, table in enumerate(_tables(top, "virtual_storage")):
         r = Reader(table, f"virtual_storage[{i}].")
@@ -264,28 +314,16 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
                                r.get("target_wwn", str, check=parse_wwn),
                                r.get("target_lun", int, check=non_negative),
                                r.get("group", int, check=in_range(0, 0xFFFFFFFF)), customer))
-    routes = read_routes(top)
-    nbd, nbd_volumes = _read_nbd(top, log_address, routes, pairs, access, customers)
-    nbd_targets = {}
-    for i, table in enumerate(_tables(top, "nbd_target")):
-        r = Reader(table, f"nbd_target[{i}].")
-        r.unknown({"target_wwn", "target_lun", "url"})
-        key = (r.get("target_wwn", str, check=parse_wwn),
-               r.get("target_lun", int, check=non_negative))
-        if key in nbd_targets:
-            raise ConfigError(f"nbd_target[{i}]: a second NBD server for the same target LUN")
-        nbd_targets[key] = r.get("url", str, check=_nbd_url)
-    settings = EdgeSettings(me=log_address, pairs=pairs, routes=routes, bandwidth=customers,
-                            receiver=receiver_config, window_bytes=window, rto=rto,
-                            rto_max=rto_max, max_datagram_body=max_datagram - HEADER_SIZE,
-                            ttl=ttl, group_policy=group_policy, failure_timeout=failure_timeout,
-                            failover_timeout=failover_timeout)
-    return EdgeConfig(id=name, log=log_address, fcip=fcip, data_dir=data_dir, settings=settings,
-                      log_mode=mode, segment_size=segment_size, group_quota=group_quota,
-                      receive_buffer=buffers["receive_buffer"], send_buffer=buffers["send_buffer"],
-                      first_burst=first_burst, exchange_timeout=exchange_timeout,
-                      metrics=metrics_address, virtual_storages=virtual_storages, access=access,
-                      nbd=nbd, nbd_volumes=nbd_volumes, nbd_targets=nbd_targets)
+    return Tables(virtual_storages, access, customers, pairs, read_routes(top))
+
+
+def _client_endpoint(text: str) -> str:
+    """A Twisted client endpoint string naming a host and port ("tcp:HOST:PORT")."""
+    kind, _, rest = text.partition(":")
+    host, _, port = rest.partition(":")
+    if kind != "tcp" or not host or not port.split(":")[0].isdigit():
+        raise ValueError(f"{text!r} is not a client endpoint like tcp:HOST:PORT")
+    return text
 
 
 def _nbd_url(text: str) -> str:

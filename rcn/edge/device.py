@@ -211,6 +211,19 @@ class EdgeDevice:
                          "wroks": 0, "ctrl_oks": 0, "naks_received": 0, "entries_received": 0,
                          "batches_received": 0, "keepalives": 0, "replayed": 0}
 
+    # -- tables from the management server -----------------------------------------
+    def set_tables(self, routes: RouteTable, pairs: list[PairEntry],
+                   bandwidth: dict[str, float]) -> None:
+        """A snapshot's tables 408 and 411 and the customers' bandwidth. New pairs start in
+        Simplex (the arrays create them); the rows of known pairs keep their state."""
+        self.routes = routes
+        for entry in pairs:
+            if entry.key not in self.pairs.rows:
+                self.pairs.add(PairRow(entry, "source", PairState.SIMPLEX))
+        self.sender.buckets = {c: TokenBucket(self.clock, rate)
+                               for c, rate in bandwidth.items() if rate}
+        self.pairs.save()
+
     # -- start-up -----------------------------------------------------------------
     def replay(self, replayed) -> int:
         """Send again what the log storage area still holds (after a restart)."""

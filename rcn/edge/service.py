@@ -41,7 +41,10 @@ from rcn.edge.syncthread import SyncThread
 from rcn.edge.nbdfront import COUNTER_NAMES as NBD_VOLUME_COUNTERS
 from rcn.edge.nbdfront import VirtualVolumeExport
 from rcn.logxfer.protocol import LogTransferProtocol, listen
+from rcn.config import Reader
+from rcn.edge.config import read_tables
 from rcn.metrics import MetricsRegistry, MetricsResource
+from rcn.mgmt.client import MgmtClient, client_service
 from rcn.nbd.export import ExportTable
 from rcn.nbd.server import NbdServerFactory
 from rcn.pairstate import PairState
@@ -49,6 +52,7 @@ from rcn.rio.fabric import FabricConfig
 from rcn.rio.protocol import FcipServerFactory
 
 _log = Logger()
+SNAPSHOT_TABLES = ("virtual_storage", "access", "customer", "pair", "route")
 
 
 def _pair_label(row, end: str) -> str:
@@ -104,7 +108,55 @@ class Edge:
                                     config.nbd.read_timeout) for v in config.nbd_volumes]
             default = self.nbd_exports[0].name if len(self.nbd_exports) == 1 else None
             self.nbd = NbdServerFactory(ExportTable(self.nbd_exports, default=default), reactor)
+        self.mgmt: MgmtClient | None = None
+        if config.mgmt is not None:
+            version = self._load_snapshot()
+            self.mgmt = MgmtClient(reactor, config.id, "edge", str(config.log),
+                                   self.apply_snapshot, self.status, self.residual,
+                                   version=version)
         self.metrics = self._build_metrics()
+
+    # -- the management server ---------------------------------------------------------
+    def apply_snapshot(self, version: int, doc: dict, persist: bool = True) -> None:
+        """Tables 404, 405, 408, 411 and the customers from the management server; the
+        same keys as this edge's file. Kept in DATA_DIR/mgmt.json for a restart."""
+        tables = read_tables(Reader({key: doc.get(key, []) for key in SNAPSHOT_TABLES},
+                                    "snapshot."))
+        self.device.set_tables(tables.routes, tables.pairs, tables.customers)
+        access = tables.access
+        self.fabric.reconfigure(tables.virtual_storages,
+                                lambda storage, virtual: (storage, virtual) in access)
+        if persist:
+            path = os.path.join(self.config.data_dir, "mgmt.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump({"version": version, "snapshot": doc}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(path + ".tmp", path)
+        _log.info("{edge}: settings version {version} applied: {v} virtual storages, {p} pairs, "
+                  "{r} routes", edge=self.config.id, version=version,
+                  v=len(tables.virtual_storages), p=len(tables.pairs), r=len(tables.routes))
+
+    def _load_snapshot(self) -> int:
+        """The snapshot this edge applied last (0: none): applied again at start."""
+        path = os.path.join(self.config.data_dir, "mgmt.json")
+        if not os.path.exists(path):
+            return 0
+        with open(path) as f:
+            held = json.load(f)
+        self.apply_snapshot(held["version"], held["snapshot"], persist=False)
+        return held["version"]
+
+    def residual(self, group: int) -> dict:
+        """The residual-entry query of 【0087】: what the log still holds of ``group``."""
+        if group not in self.log_store.groups():
+            raise LookupError(f"no group {group} in this edge's log")
+        retained = self.log_store.retained(group)
+        stats = self.log_store.group_stats(group)
+        return {"group": group, "retained_entries": len(retained),
+                "retained_bytes": stats["retained_bytes"],
+                "first": retained[0] if retained else None,
+                "last": retained[-1] if retained else None}
 
     def _apply_target(self, header: dict):
         """An NBD server for the target LUNs ``[[nbd_target]]`` names; else the array's link."""
@@ -287,6 +339,8 @@ def make_service(config: EdgeConfig, reactor) -> tuple[service.MultiService, Edg
         nbd = endpoints.TCP4ServerEndpoint(reactor, config.nbd.listen.port,
                                            interface=config.nbd.listen.host)
         internet.StreamServerEndpointService(nbd, edge.nbd).setServiceParent(top)
+    if edge.mgmt is not None:
+        client_service(edge.mgmt, reactor, config.mgmt).setServiceParent(top)
     if config.metrics is not None:
         http = endpoints.TCP4ServerEndpoint(reactor, config.metrics.port,
                                             interface=config.metrics.host)
