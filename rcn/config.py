@@ -162,3 +162,12 @@ def read_routes(top: Reader) -> RouteTable:
         seen[source, target] = i
         routes.append(route)
     return RouteTable(routes)
+
+
+def client_endpoint(text: str) -> str:
+    """A Twisted client endpoint string naming a host and port ("tcp:HOST:PORT")."""
+    kind, _, rest = text.partition(":")
+    host, _, port = rest.partition(":")
+    if kind != "tcp" or not host or not port.split(":")[0].isdigit():
+        raise ValueError(f"{text!r} is not a client endpoint like tcp:HOST:PORT")
+    return text

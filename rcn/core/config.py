@@ -39,8 +39,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from datapath.frames.logentry import MAX_BATCH
-from rcn.config import (ConfigError, Reader, in_range, ip_address, load_toml, parse_size,
-                        read_routes)
+from rcn.config import (ConfigError, Reader, client_endpoint, in_range, ip_address, load_toml,
+                        parse_size, read_routes)
 from rcn.core.relay import MIN_BATCH_BYTES, BatchPolicy
 from rcn.logxfer.protocol import (DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER,
                                   MAX_UDP_PAYLOAD)
@@ -60,6 +60,7 @@ class CoreConfig:
     batch: BatchPolicy
     metrics: Address | None
     routes: RouteTable
+    mgmt: str | None = None          # the management server's AMP endpoint ("tcp:HOST:PORT")
 
 
 def _buffer(value) -> int:
@@ -79,7 +80,7 @@ def load_config(path: str) -> CoreConfig:
 
 def parse_config(doc: dict, base_dir: str = ".") -> CoreConfig:
     top = Reader(doc, "")
-    top.unknown({"core", "batch", "metrics", "route"})
+    top.unknown({"core", "batch", "metrics", "route", "mgmt"})
 
     core = Reader(top.get("core", dict), "core.")
     core.unknown({"id", "listen", "receive_buffer", "send_buffer"})
@@ -102,6 +103,9 @@ def parse_config(doc: dict, base_dir: str = ".") -> CoreConfig:
     metrics_table.unknown({"listen"})
     metrics = metrics_table.get("listen", str, None, ip_address)
 
+    mgmt = Reader(top.get("mgmt", dict, {}), "mgmt.")
+    mgmt.unknown({"connect"})
+    mgmt_endpoint = mgmt.get("connect", str, None, client_endpoint)
     table = read_routes(top)
     for i, route in enumerate(table):
         path = route.path
@@ -111,8 +115,10 @@ def parse_config(doc: dict, base_dir: str = ".") -> CoreConfig:
                 if 0 <= j < len(path) and _family(path[j]) != _family(listen):
                     raise ConfigError(f"route[{i}].path[{j}]: {path[j]} is not of core.listen's "
                                       f"address family (IPv{_family(listen)})")
-    if not any(table.on_path(r.source_wwn, r.target_wwn, listen) for r in table):
+    if mgmt_endpoint is None and not any(table.on_path(r.source_wwn, r.target_wwn, listen)
+                                         for r in table):
         raise ConfigError(f"core.listen: {listen} is on no [[route]] path -- a core relays only "
                           f"along paths that name it (spelt as in core.listen)")
     return CoreConfig(id=name, listen=listen, receive_buffer=receive_buffer,
-                      send_buffer=send_buffer, batch=policy, metrics=metrics, routes=table)
+                      send_buffer=send_buffer, batch=policy, metrics=metrics, routes=table,
+                      mgmt=mgmt_endpoint)

@@ -18,10 +18,12 @@ from twisted.internet import endpoints
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 
+from rcn.config import Reader, read_routes
 from rcn.core.config import CoreConfig
 from rcn.core.relay import CoreRelay
 from rcn.logxfer.protocol import Drops, LogTransferProtocol, listen
 from rcn.logxfer.routes import Address
+from rcn.mgmt.client import MgmtClient, client_service
 from rcn.metrics import MetricsRegistry, metrics_site
 
 _log = Logger()
@@ -76,6 +78,18 @@ def register_metrics(registry: MetricsRegistry, relay: CoreRelay,
     registry.gauge("core_routes", lambda: len(relay.routes), "routes in the route table")
 
 
+def apply_snapshot(relay: CoreRelay, version: int, doc: dict) -> None:
+    """The routes (table 408) of a management server's snapshot replace the relay's.
+    (A core keeps no copy: until the server is reached again it uses its file's routes.)"""
+    relay.set_routes(read_routes(Reader({"route": doc.get("route", [])}, "snapshot.")))
+    _log.info("core: settings version {version} applied: {n} routes", version=version,
+              n=len(relay.routes))
+
+
+def _no_groups(group: int) -> dict:
+    raise LookupError("a core keeps no log entries")
+
+
 def make_service(config: CoreConfig, reactor, metrics_registry: MetricsRegistry | None = None
                  ) -> tuple[service.MultiService, CoreRelay]:
     """The core's services and its relay. ``metrics_registry``: register the core's
@@ -107,6 +121,11 @@ def make_service(config: CoreConfig, reactor, metrics_registry: MetricsRegistry 
         metrics = internet.StreamServerEndpointService(endpoint, metrics_site(registry))
         metrics.setName("metrics")
         metrics.setServiceParent(top)
+    if config.mgmt is not None:
+        client = MgmtClient(reactor, config.id, "core", str(config.listen),
+                            lambda version, doc: apply_snapshot(relay, version, doc),
+                            relay.counters, _no_groups)
+        client_service(client, reactor, config.mgmt).setServiceParent(top)
     policy = config.batch
     _log.info("rcn-core {id}: relaying log entries on udp {listen}, {n} routes, batching {batch}, "
               "metrics {metrics}", id=config.id, listen=str(config.listen), n=len(config.routes),

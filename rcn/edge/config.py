@@ -113,8 +113,8 @@ from dataclasses import dataclass, field
 
 from datapath.frames.logentry import HEADER_SIZE
 from datapath.frames.names import parse_wwn
-from rcn.config import (ConfigError, Reader, in_range, ip_address, load_toml, non_negative,
-                        one_of, parse_size, read_routes)
+from rcn.config import (ConfigError, Reader, client_endpoint, in_range, ip_address, load_toml,
+                        non_negative, one_of, parse_size, read_routes)
 from rcn.edge.device import EdgeSettings, PairEntry
 from rcn.edge.receiver import ReceiverConfig
 from rcn.logxfer.protocol import DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER, MAX_UDP_PAYLOAD
@@ -241,7 +241,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
 
     mgmt = Reader(top.get("mgmt", dict, {}), "mgmt.")
     mgmt.unknown({"connect"})
-    mgmt_endpoint = mgmt.get("connect", str, None, _client_endpoint)
+    mgmt_endpoint = mgmt.get("connect", str, None, client_endpoint)
     tables = read_tables(top)
     virtual_storages, access, customers, pairs = (
         tables.virtual_storages, tables.access, tables.customers, tables.pairs)
@@ -315,15 +315,6 @@ def read_tables(top: Reader) -> Tables:
                                r.get("target_lun", int, check=non_negative),
                                r.get("group", int, check=in_range(0, 0xFFFFFFFF)), customer))
     return Tables(virtual_storages, access, customers, pairs, read_routes(top))
-
-
-def _client_endpoint(text: str) -> str:
-    """A Twisted client endpoint string naming a host and port ("tcp:HOST:PORT")."""
-    kind, _, rest = text.partition(":")
-    host, _, port = rest.partition(":")
-    if kind != "tcp" or not host or not port.split(":")[0].isdigit():
-        raise ValueError(f"{text!r} is not a client endpoint like tcp:HOST:PORT")
-    return text
 
 
 def _nbd_url(text: str) -> str:

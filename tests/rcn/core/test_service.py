@@ -100,3 +100,21 @@ class ServiceTests(TestCase):
         self.assertEqual(metric(text, f'rcn_core_queue_entries{{next_hop="{self.target.address}"}}'),
                          None)                                       # no batching: no queues
         self.assertEqual(metric(text, "rcn_core_queued_entries"), 0.0)
+
+
+class ManagedCoreTests(TestCase):
+    def test_a_core_under_a_server_starts_without_routes_and_takes_a_snapshots(self):
+        from rcn.core.relay import CoreRelay
+        from rcn.core.service import apply_snapshot
+        config = parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
+                               "mgmt": {"connect": "tcp:127.0.0.1:47100"}})
+        self.assertEqual((len(config.routes), config.mgmt), (0, "tcp:127.0.0.1:47100"))
+        relay = CoreRelay(config.routes, config.listen, lambda data, to: None, task.Clock())
+        apply_snapshot(relay, 4, {"route": [{
+            "source_wwn": "50:0a:09:80:00:00:00:01", "target_wwn": "50:0a:09:80:00:00:00:02",
+            "path": ["127.0.0.1:47001", "127.0.0.1:47950", "127.0.0.1:47002"]}]})
+        self.assertEqual(relay.routes.next_hop(0x500A098000000001, 0x500A098000000002,
+                                               config.listen), Address("127.0.0.1", 47002))
+        with self.assertRaises(Exception):
+            parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
+                          "mgmt": {"connect": "udp:nowhere"}})
