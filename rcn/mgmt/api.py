@@ -34,21 +34,10 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from rcn.mgmt.model import OPERATOR, Caller  # noqa: F401 (the API's callers)
+
 _log = Logger()
 MAX_BODY = 1 << 20          # bytes of JSON a request may carry
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling: the operator, or one customer."""
-    operator: bool = False
-    customer_id: str | None = None
-
-    def describe(self) -> str:
-        return "operator" if self.operator else f"customer {self.customer_id}"
-
-
-OPERATOR = Caller(operator=True)
 
 
 class ApiError(Exception):

@@ -102,3 +102,16 @@ class RouteEntry:
     source_wwn: int
     target_wwn: int
     path: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling the management server: the operator, or one customer."""
+    operator: bool = False
+    customer_id: str | None = None
+
+    def describe(self) -> str:
+        return "operator" if self.operator else f"customer {self.customer_id}"
+
+
+OPERATOR = Caller(operator=True)

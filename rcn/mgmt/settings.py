@@ -89,7 +89,8 @@ from typing import Iterable, Mapping
 from datapath.frames.names import format_wwn, parse_wwn
 from rcn.edge.pairs import EdgePairs
 from rcn.logxfer.routes import Address
-from rcn.mgmt.model import Access, Device, Link, OrderedPair, RouteEntry, VirtualStorage
+from rcn.mgmt.model import (OPERATOR, Access, Caller, Device, Link, OrderedPair, RouteEntry,
+                            VirtualStorage)
 from rcn.mgmt.store import (Conflict, CustomerRecord, Forbidden, LimitExceeded, NotFound,
                             SettingsError, Store, StorageRecord, Unauthorized)
 
@@ -101,19 +102,6 @@ MIN_TOKEN = 16                 # characters; shorter ones are guessable
 _MISSING = object()
 # one table per policy: its group_for is the edges' own (they must agree)
 _POLICY = {policy: EdgePairs(policy) for policy in ("A-1", "A-2")}
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling: the operator, or one customer (the REST layer's has this shape)."""
-    operator: bool = False
-    customer_id: str | None = None
-
-    def describe(self) -> str:
-        return "operator" if self.operator else f"customer {self.customer_id}"
-
-
-OPERATOR = Caller(operator=True)
 
 
 def group_id(policy: str, group: int, source_wwn: int, target_wwn: int,
