@@ -154,6 +154,7 @@ class GroupReceiver:
         self.answers: dict[int, tuple[dict, bytes]] = {}   # recent CTRL answers (for resends)
         self.last_header: dict | None = None
         self.highest_seen = applied            # highest sequence received
+        self.last_lag: float | None = None     # apply time minus I/O time of the last applied
         self.closed_after: int | None = None   # closed: nothing past this is applied
         self._handle = 0
         self._nak_call = None
@@ -332,8 +333,10 @@ class GroupReceiver:
             done = self.done[self.applied]
             self.stats.applied_entries += 1
             self.stats.applied_bytes += len(done.command.data_out) if done.command else 0
+            lag = self.clock.seconds() - done.header["io_time_ns"] / 1e9
+            self.last_lag = lag                  # table 413's apply lag (735)
             if self.observe_lag is not None:
-                self.observe_lag(self.clock.seconds() - done.header["io_time_ns"] / 1e9)
+                self.observe_lag(lag)
             advanced = True
         if advanced:
             self._record(self.applied)
@@ -452,6 +455,7 @@ class GroupReceiver:
                 "next_expected": self.reorder.next_expected, "buffered": self.reorder.occupancy,
                 "ready": len(self.ready), "in_flight": len(self.uncertain),
                 "highest_seen": self.highest_seen, "closed": self.closed_after is not None,
+                "lag_s": self.last_lag,
                 **vars(self.stats)}
 
 
