@@ -20,3 +20,8 @@ rcn_core = ServiceMaker(
     "rcn-core", "rcn.core.tap",
     "RCN core device: relays log entries along their paths, batching them",
     "rcn-core")
+
+rcn_mgmt = ServiceMaker(
+    "rcn-mgmt", "rcn.mgmt.tap",
+    "RCN management server: settings, routes, distribution over AMP, REST API, dashboard",
+    "rcn-mgmt")

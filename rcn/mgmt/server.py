@@ -1,0 +1,170 @@
+"""The management server as one plain object: settings, routes, distribution, collection.
+
+:class:`MgmtServer` ties the parts together (【0054】-【0067】, Fig. 9):
+
+* :class:`~rcn.mgmt.settings.Settings` over a :class:`~rcn.mgmt.store.Store` --
+  what the operator and customers enter, with its rules;
+* route computation (:mod:`rcn.mgmt.routing`) -- run again after every settings
+  change and whenever a device is lost or comes back (a device that was
+  registered and is now disconnected or stale counts as failed: routes avoid it);
+* distribution (:class:`~rcn.mgmt.amp.DistributionServer`) -- each device's
+  snapshot; the snapshot version is ``settings version * 1,000,000 + reroutes``
+  since that settings version, so a reroute alone also reaches the devices;
+* collection -- the devices' reports (every second, a bounded series per
+  device in the distribution server) read back as per-pair figures: state (the
+  source edge's row), lag (the target edge's group), residual entries (the
+  source edge's log) and throughput (bytes applied per second at the target).
+
+The REST endpoints (:mod:`rcn.mgmt.endpoints`) call it; it knows no HTTP.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+from rcn.mgmt.amp import DistributionServer
+from rcn.mgmt.routing import Demand, RoutingResult, reroute_without
+from rcn.mgmt.settings import Settings
+from rcn.mgmt.store import Store
+
+_log = Logger()
+REROUTE_STEP = 1_000_000
+
+
+class MgmtServer:
+    def __init__(self, clock, store: Store, *, history: int = 300, stale_after: float = 5.0,
+                 health_interval: float = 1.0):
+        self.clock = clock
+        self.store = store
+        self.settings = Settings(store)
+        self.distribution = DistributionServer(clock, self.snapshot_for, self._reported,
+                                               stale_after=stale_after, history=history)
+        self.routing: RoutingResult | None = None
+        self.failed: frozenset[str] = frozenset()
+        self._settings_version = -1
+        self._reroutes = 0
+        self.health_interval = health_interval
+        self._health_call = None
+        self.counters = {"recomputations": 0, "publishes": 0, "reports": 0}
+        self.recompute()
+
+    # -- routes and distribution --------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self._settings_version * REROUTE_STEP + self._reroutes
+
+    def recompute(self) -> RoutingResult:
+        """Routes for the current settings, around the failed devices."""
+        settings_version = self.settings.version()
+        if settings_version != self._settings_version:
+            self._settings_version, self._reroutes = settings_version, 0
+        else:
+            self._reroutes += 1
+        devices = self.store.list_devices()
+        known = {d.id for d in devices}
+        demands = [Demand(**d) for d in self.settings.demands(reverse=True)]
+        self.routing = reroute_without(devices, self.store.list_links(), demands,
+                                       set(self.failed & known))
+        self.counters["recomputations"] += 1
+        for key, why in self.routing.infeasible.items():
+            _log.warn("no feasible path for {source:x} -> {target:x}: {why}", source=key[0],
+                      target=key[1], why=why)
+        return self.routing
+
+    def changed(self) -> int:
+        """After a settings change: routes again, snapshots to the devices."""
+        self.recompute()
+        self.counters["publishes"] += 1
+        return self.distribution.publish()
+
+    def snapshot_for(self, device_id: str) -> tuple[int, dict]:
+        doc = self.settings.snapshot_for(device_id, self.routing.routes)
+        doc["version"] = self.version
+        return self.version, doc
+
+    def check_health(self) -> bool:
+        """Devices lost or back since the last look: reroute and publish. Returns whether
+        the routes changed."""
+        failed = frozenset(d["id"] for d in self.distribution.devices()
+                           if d.get("status") in ("disconnected", "stale"))
+        if failed == self.failed:
+            return False
+        _log.warn("devices down: {down}; routes computed again",
+                  down=", ".join(sorted(failed)) or "none")
+        self.failed = failed
+        self.recompute()
+        self.distribution.publish()
+        return True
+
+    def start(self) -> None:
+        from twisted.internet.task import LoopingCall
+        self._health_call = LoopingCall(self.check_health)
+        self._health_call.clock = self.clock
+        self._health_call.start(self.health_interval, now=False)
+
+    def stop(self) -> None:
+        if self._health_call is not None and self._health_call.running:
+            self._health_call.stop()
+
+    # -- collection -------------------------------------------------------------------------
+    def _reported(self, device_id: str, figures: dict) -> None:
+        self.counters["reports"] += 1
+
+    def pair_figures(self, pairs: list[dict]) -> list[dict]:
+        """``pairs`` (Settings' JSON) with state, lag, residual entries and throughput."""
+        out = []
+        for p in pairs:
+            source = self._latest(p["source_edge"]) or {}
+            row = next((r for r in source.get("pairs", [])
+                        if (r["source_wwn"], r["source_lun"], r["target_wwn"], r["target_lun"])
+                        == (p["source_wwn"], p["source_lun"], p["target_wwn"], p["target_lun"])),
+                       None)
+            target_group = _group(self._latest(p["target_edge"]), p["group"])
+            source_group = _group(source, p["group"])
+            out.append(dict(p, state=row["state"] if row else None,
+                            lag_s=target_group.get("lag_s"),
+                            residual_entries=source_group.get("log_retained_entries"),
+                            throughput_bps=self._throughput(p["target_edge"], p["group"])))
+        return out
+
+    def _latest(self, device_id: str) -> dict | None:
+        try:
+            return self.distribution.latest(device_id)
+        except LookupError:           # never registered: no figures yet
+            return None
+
+    def _series(self, device_id: str) -> list:
+        try:
+            return self.distribution.series(device_id)
+        except LookupError:
+            return []
+
+    def _throughput(self, edge: str, group: int) -> float | None:
+        series = self._series(edge)
+        if len(series) < 2:
+            return None
+        (t0, a), (t1, b) = series[-2], series[-1]
+        before, after = _group(a, group), _group(b, group)
+        if t1 <= t0 or "applied_bytes" not in after:
+            return None
+        return max(0.0, (after["applied_bytes"] - before.get("applied_bytes", 0)) / (t1 - t0))
+
+    def lag_series(self, groups: dict[int, str], seconds: float) -> dict[str, list]:
+        """Per group (-> its target edge): ``[(time, lag_s), ...]`` over the last ``seconds``."""
+        now = self.clock.seconds()
+        out = {}
+        for group, edge in groups.items():
+            points = []
+            for t, figures in self._series(edge):
+                lag = _group(figures, group).get("lag_s")
+                if lag is not None and now - t <= seconds:
+                    points.append((t, lag))
+            out[str(group)] = points
+        return out
+
+
+def _group(figures: dict | None, group: int) -> dict:
+    for g in (figures or {}).get("groups", []):
+        if g.get("group") == group:
+            return g
+    return {}

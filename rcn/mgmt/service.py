@@ -1,0 +1,132 @@
+"""``rcn-mgmt``'s services: the HTTP site (API, OpenAPI, metrics, dashboard) and AMP.
+
+The site's tree::
+
+    /                 the web dashboard (rcn/mgmt/web: plain HTML and JavaScript)
+    /api/v1/...       the REST API (rcn.mgmt.endpoints)
+    /openapi.json     the OpenAPI document of that API
+    /metrics          Prometheus: per-pair lag and residual entries (labelled by customer),
+                      devices up to date, API requests, reports, route recomputations
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+
+from twisted.application import internet, service
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.web import resource, static
+from twisted.web.server import Site
+
+from rcn.metrics import MetricsRegistry, MetricsResource
+from rcn.mgmt.amp import server_service
+from rcn.mgmt.api import ApiResource, openapi
+from rcn.mgmt.config import MgmtConfig
+from rcn.mgmt.endpoints import endpoints as api_endpoints
+from rcn.mgmt.model import OPERATOR
+from rcn.mgmt.server import MgmtServer
+from rcn.mgmt.store import SettingsError, SQLiteStore
+
+_log = Logger()
+WEB = os.path.join(os.path.dirname(__file__), "web")
+
+
+def operator_token(server: MgmtServer, path: str) -> str:
+    """The operator's token: the file's, set in the store; or a new one written there."""
+    if os.path.exists(path):
+        with open(path) as f:
+            token = f.read().strip()
+        server.settings.set_token(OPERATOR, None, token)
+        return token
+    token = secrets.token_urlsafe(32)
+    server.settings.set_token(OPERATOR, None, token)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    _log.info("operator token written to {path}", path=path)
+    return token
+
+
+def build_metrics(server: MgmtServer, api: ApiResource) -> MetricsRegistry:
+    m = MetricsRegistry()
+
+    def pairs():
+        return server.pair_figures(server.settings.list_pairs(OPERATOR))
+    m.labelled("mgmt_pair_lag_seconds", "gauge", "apply lag of each pair's group",
+               ("customer", "pair"), lambda: (((p["customer_id"], str(p["id"])), p["lag_s"])
+                                              for p in pairs() if p["lag_s"] is not None))
+    m.labelled("mgmt_pair_residual_entries", "gauge",
+               "entries the source edge still holds for the pair's group",
+               ("customer", "pair"),
+               lambda: (((p["customer_id"], str(p["id"])), p["residual_entries"])
+                        for p in pairs() if p["residual_entries"] is not None))
+    m.labelled("mgmt_device_up_to_date", "gauge", "1 when the device runs the current settings",
+               ("device",), lambda: (((d["id"],), int(bool(d.get("up_to_date"))))
+                                     for d in server.distribution.devices()))
+    m.counters("mgmt", lambda: server.counters, "management server events")
+    m.counters("mgmt_api", lambda: api.counters, "REST API")
+    m.gauge("mgmt_settings_version", lambda: server.version, "the distributed settings version")
+    return m
+
+
+class _Json(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, body: dict):
+        super().__init__()
+        self.body = json.dumps(body, indent=1).encode()
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        return self.body
+
+
+def site(server: MgmtServer) -> tuple[Site, ApiResource, MetricsRegistry]:
+    def authenticate(token):
+        try:
+            return server.settings.authenticate(token)
+        except SettingsError:
+            return None
+    rows = api_endpoints(server)
+    api = ApiResource(rows, authenticate)
+    registry = build_metrics(server, api)
+    root = static.File(WEB)
+    v1 = resource.Resource()
+    v1.putChild(b"v1", api)
+    root.putChild(b"api", v1)
+    root.putChild(b"openapi.json", _Json(openapi(rows, "RCN management API", "1")))
+    root.putChild(b"metrics", MetricsResource(registry))
+    return Site(root), api, registry
+
+
+class _Health(service.Service):
+    def __init__(self, server: MgmtServer):
+        self.server = server
+
+    def startService(self):
+        super().startService()
+        self.server.start()
+
+    def stopService(self):
+        self.server.stop()
+        return super().stopService()
+
+
+def make_service(config: MgmtConfig, reactor) -> tuple[service.MultiService, MgmtServer]:
+    store = SQLiteStore(config.database)
+    server = MgmtServer(reactor, store, history=config.history, stale_after=config.stale_after)
+    operator_token(server, config.operator_token_file)
+    top = service.MultiService()
+    http, _, _ = site(server)
+    endpoint = endpoints.TCP4ServerEndpoint(reactor, config.http.port, interface=config.http.host)
+    internet.StreamServerEndpointService(endpoint, http).setServiceParent(top)
+    server_service(server.distribution, reactor,
+                   f"tcp:{config.amp.port}:interface={config.amp.host}").setServiceParent(top)
+    _Health(server).setServiceParent(top)
+    _log.info("rcn-mgmt {id}: API and dashboard on http://{http}/, devices on {amp}, settings "
+              "in {db} (version {version})", id=config.id, http=str(config.http),
+              amp=str(config.amp), db=config.database, version=server.version)
+    return top, server
