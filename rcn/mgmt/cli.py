@@ -31,9 +31,10 @@ def _out(args, body, rows, columns) -> str:
 
 
 def _wwn_lun(text: str) -> tuple[str, int]:
+    from rcn.cli import CliError
     wwn, sep, lun = text.rpartition(":")
-    if not sep or not lun.isdigit():
-        raise ValueError(f"{text!r}: expected WWN:LUN, e.g. 50:0a:09:80:00:00:00:01:0")
+    if not sep or not lun.isdigit() or not wwn:
+        raise CliError(f"{text!r}: expected WWN:LUN, e.g. 50:0a:09:80:00:00:00:01:0", 2)
     return wwn, int(lun)
 
 
@@ -45,7 +46,11 @@ def _pair_rows(pairs: list[dict]) -> list[dict]:
     rows = []
     for p in pairs:
         lag, rate = p.get("lag_s"), p.get("throughput_bps")
-        rows.append(dict(p, lag_ms="-" if lag is None else f"{lag * 1000:.1f}",
+        rows.append(dict(p, customer=p.get("customer_id"),
+                         source=f"{p['source_wwn']}:{p['source_lun']}",
+                         target=f"{p['target_wwn']}:{p['target_lun']}",
+                         state=p.get("state") or "-",
+                         lag_ms="-" if lag is None else f"{lag * 1000:.1f}",
                          throughput_mbs="-" if rate is None else f"{rate / 1e6:.2f}",
                          residual_entries="-" if p.get("residual_entries") is None
                          else p["residual_entries"]))

@@ -99,7 +99,15 @@ def site(server: MgmtServer) -> tuple[Site, ApiResource, MetricsRegistry]:
     root.putChild(b"api", v1)
     root.putChild(b"openapi.json", _Json(openapi(rows, "RCN management API", "1")))
     root.putChild(b"metrics", MetricsResource(registry))
-    return Site(root), api, registry
+    return QuietSite(root), api, registry
+
+
+class QuietSite(Site):
+    """No access-log line per request: the dashboard polls the API every second."""
+
+    def log(self, request):
+        if request.code >= 400:
+            super().log(request)
 
 
 class _Health(service.Service):

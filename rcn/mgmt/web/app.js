@@ -42,8 +42,8 @@ function showPairs(pairs) {
   for (const p of pairs) {
     const row = body.insertRow();
     row.dataset.pair = p.id;
-    cell(row, `${p.source} → ${p.target}`);
-    cell(row, p.customer);
+    cell(row, `${p.source_wwn}:${p.source_lun} → ${p.target_wwn}:${p.target_lun}`);
+    cell(row, p.customer_id);
     cell(row, p.group);
     cell(row, p.state || "unknown", "state state-" + (p.state || "unknown"));
     cell(row, ms(p.lag_s), "num lag");
