@@ -27,6 +27,10 @@ group 7 with 256 MiB volumes)::
     virtual_wwns = false                  # true: each edge shows the partner array under a
                                           # virtual WWN of its own and translates (【0093】)
     failure_timeout = 60.0                # the edges' [pairs] failure_timeout (seconds)
+    mgmt = true                           # true: an rcn-mgmt server gives the edges and cores
+                                          # their tables (set up through its API), and the
+                                          # pairs are made with pair-create; false: static
+                                          # tables in every device's file
 
     [[pair]]                              # one per replicated volume (default: the one above)
     lun = 0                               # LUN on arrayA; its volume is "vol<lun>"
@@ -86,13 +90,15 @@ from rcn.config import ConfigError, Reader, in_range, load_toml, one_of, parse_s
 
 __all__ = ["LabError", "Topology", "PairSpec", "parse_topology", "load_topology", "plan",
            "device_configs", "up", "status", "down", "restart", "signal_device", "load_lab",
-           "render_toml", "applied_counter", "pid_alive"]
+           "render_toml", "applied_counter", "pid_alive", "api", "settings_requests"]
 
 DEFAULT_SOURCE_WWN = 0x500A098000000001
 DEFAULT_TARGET_WWN = 0x500A098000000002
 DEFAULT_CAPACITY = 256 << 20
 LAB_FILE = "lab.json"
-PLUGINS = {"storage": "rcn-storage", "edge": "rcn-edge", "core": "rcn-core"}
+PLUGINS = {"storage": "rcn-storage", "edge": "rcn-edge", "core": "rcn-core",
+           "mgmt": "rcn-mgmt"}
+LAB_CUSTOMER = "lab"
 HOST = "127.0.0.1"
 
 
@@ -127,6 +133,7 @@ class Topology:
     pair_setup: str = "config"
     virtual_wwns: bool = False
     failure_timeout: float = 60.0
+    mgmt: bool = True
 
     def __post_init__(self):
         if not self.pairs:
@@ -147,7 +154,7 @@ def parse_topology(doc: dict, base_dir: str = ".") -> Topology:
     lab = top.get("lab", dict, {})
     r = Reader(lab, "lab.")
     r.unknown({"cores", "capacity", "log_mode", "batching", "pair_mode", "source_wwn",
-               "target_wwn", "pair_setup", "virtual_wwns", "failure_timeout"})
+               "target_wwn", "pair_setup", "virtual_wwns", "failure_timeout", "mgmt"})
     capacity = r.get("capacity", (int, str), DEFAULT_CAPACITY, _capacity)
     source_wwn = r.get("source_wwn", str, DEFAULT_SOURCE_WWN, parse_wwn)
     target_wwn = r.get("target_wwn", str, DEFAULT_TARGET_WWN, parse_wwn)
@@ -179,7 +186,8 @@ def parse_topology(doc: dict, base_dir: str = ".") -> Topology:
                     pair_setup=r.get("pair_setup", str, "config", one_of(("config", "create"))),
                     virtual_wwns=r.get("virtual_wwns", bool, False),
                     failure_timeout=float(r.get("failure_timeout", (int, float), 60.0,
-                                                in_range(0.1, 86400.0))))
+                                                in_range(0.1, 86400.0))),
+                    mgmt=r.get("mgmt", bool, True))
 
 
 def load_topology(path: str | None) -> Topology:
@@ -242,7 +250,7 @@ def plan(topology: Topology, directory: str, ports: tuple[list[int], list[int]] 
     directory = os.path.abspath(directory)
     cores = [f"core{i + 1}" for i in range(topology.cores)]
     if ports is None:
-        ports = free_ports(2 * 2 + 2 * 2 + len(cores), 2 + len(cores))
+        ports = free_ports(2 * 2 + 2 * 2 + len(cores) + 2, 2 + len(cores))
     tcp, udp = list(ports[0]), list(ports[1])
     devices = []
 
@@ -278,6 +286,15 @@ def plan(topology: Topology, directory: str, ports: tuple[list[int], list[int]] 
         devices.append({"name": name, "role": "core", "plugin": PLUGINS["core"], **files(name),
                         "ports": {"log": listen, "metrics": metrics},
                         "urls": {"metrics": f"http://{HOST}:{metrics}/metrics"}})
+    if topology.mgmt:
+        http, amp = tcp.pop(0), tcp.pop(0)
+        devices.insert(0, {"name": "mgmt", "role": "mgmt", "plugin": PLUGINS["mgmt"],
+                           **files("mgmt"), "data_dir": os.path.join(directory, "mgmt"),
+                           "token_file": os.path.join(directory, "mgmt", "operator.token"),
+                           "ports": {"http": http, "amp": amp},
+                           "urls": {"api": f"http://{HOST}:{http}/api/v1",
+                                    "dashboard": f"http://{HOST}:{http}/",
+                                    "metrics": f"http://{HOST}:{http}/metrics"}})
     by_name = {d["name"]: d for d in devices}
     volume_a = {v["lun"]: v for v in by_name["arrayA"]["volumes"]}
     volume_b = {v["lun"]: v for v in by_name["arrayB"]["volumes"]}
@@ -314,7 +331,11 @@ def device_configs(lab: dict) -> dict[str, dict]:
     source, target = topo["source_wwn"], topo["target_wwn"]
     # what each array sees its partner as (the virtual storage's WWN, table 404)
     seen = {wwn: virtual_wwn(wwn) if topo.get("virtual_wwns") else wwn for wwn in (source, target)}
-    created = topo.get("pair_setup", "config") == "create"
+    managed = bool(topo.get("mgmt"))
+    # managed: pairs are made with pair-create once the server has set the edges up;
+    # after that (a restart) the arrays start with them in Duplex, as the edges do
+    created = (topo.get("pair_setup", "config") == "create"
+               or (managed and not lab.get("pairs_created")))
     path = _path(lab)
     route = [{"source_wwn": source, "target_wwn": target, "path": path},
              {"source_wwn": target, "target_wwn": source, "path": path[::-1]}]   # failback
@@ -344,11 +365,15 @@ def device_configs(lab: dict) -> dict[str, dict]:
                         "data_dir": os.path.basename(d["data_dir"])},
                "log": {"mode": topo["log_mode"]},
                "pairs": {"failure_timeout": topo.get("failure_timeout", 60.0)},
-               "metrics": {"listen": f"{HOST}:{d['ports']['metrics']}"},
-               # the attached array sees its partner through this virtual storage (table 404)
-               "virtual_storage": [{"wwn": seen[partner], "partner_wwn": partner,
-                                    "partner_edge": peer}],
-               "access": [{"virtual_wwn": seen[partner], "storage_wwn": wwn}]}
+               "metrics": {"listen": f"{HOST}:{d['ports']['metrics']}"}}
+        if managed:            # tables 404, 405, 408, 411 come from the server
+            doc["mgmt"] = {"connect": f"tcp:{HOST}:{by_name['mgmt']['ports']['amp']}"}
+            out[name] = doc
+            continue
+        # the attached array sees its partner through this virtual storage (table 404)
+        doc["virtual_storage"] = [{"wwn": seen[partner], "partner_wwn": partner,
+                                   "partner_edge": peer}]
+        doc["access"] = [{"virtual_wwn": seen[partner], "storage_wwn": wwn}]
         if name == "edgeA" and not created:
             doc["pair"] = [{"source_wwn": source, "source_lun": p["source_lun"],
                             "target_wwn": target, "target_lun": p["target_lun"],
@@ -359,8 +384,46 @@ def device_configs(lab: dict) -> dict[str, dict]:
         if d["role"] == "core":
             out[d["name"]] = {"core": {"id": d["name"], "listen": f"{HOST}:{d['ports']['log']}"},
                               "batch": {"enabled": bool(topo["batching"])},
-                              "metrics": {"listen": f"{HOST}:{d['ports']['metrics']}"},
-                              "route": route}
+                              "metrics": {"listen": f"{HOST}:{d['ports']['metrics']}"}}
+            if managed:
+                out[d["name"]]["mgmt"] = {"connect": f"tcp:{HOST}:{by_name['mgmt']['ports']['amp']}"}
+            else:
+                out[d["name"]]["route"] = route
+        elif d["role"] == "mgmt":
+            out["mgmt"] = {"mgmt": {"id": "mgmt", "database": "mgmt/mgmt.sqlite",
+                                    "http": f"{HOST}:{d['ports']['http']}",
+                                    "amp": f"{HOST}:{d['ports']['amp']}",
+                                    "operator_token_file": "mgmt/operator.token"}}
+    return out
+
+
+def settings_requests(lab: dict) -> list[tuple[str, str, dict]]:
+    """What ``rcn lab up`` tells the management server, as (method, path, body): the
+    devices and links of the lab's path, a customer, its storages and ordered pairs."""
+    topo = lab["topology"]
+    by_name = {d["name"]: d for d in lab["devices"]}
+    chain = ["edgeA"] + [d["name"] for d in lab["devices"] if d["role"] == "core"] + ["edgeB"]
+    out = []
+    for name in chain:
+        role = by_name[name]["role"]
+        out.append(("POST", "/devices", {"id": name, "role": role,
+                                         "log_address": f"{HOST}:{by_name[name]['ports']['log']}"}))
+    for a, b in zip(chain, chain[1:]):
+        out.append(("POST", "/links", {"a": a, "b": b}))
+    out.append(("POST", "/customers", {"id": LAB_CUSTOMER, "name": "the lab's customer"}))
+    for array, edge in (("arrayA", "edgeA"), ("arrayB", "edgeB")):
+        wwn = by_name[array]["wwn"]
+        body = {"storage_wwn": wwn, "edge_id": edge, "customer_id": LAB_CUSTOMER}
+        if topo.get("virtual_wwns"):
+            body["virtual_wwn"] = virtual_wwn(wwn)
+        out.append(("POST", "/storages", body))
+    for p in lab["pairs"]:
+        out.append(("POST", "/pairs", {"customer_id": LAB_CUSTOMER,
+                                       "source_wwn": topo["source_wwn"],
+                                       "source_lun": p["source_lun"],
+                                       "target_wwn": topo["target_wwn"],
+                                       "target_lun": p["target_lun"],
+                                       "policy": "B", "group": p["group"]}))
     return out
 
 
@@ -493,6 +556,9 @@ def _not_ready(device: dict) -> str | None:
         if device["role"] == "storage":
             body = get_json(device["urls"]["control"] + "/status")
             return None if body.get("edge_link") == "up" else f"edge_link {body.get('edge_link')}"
+        if device["role"] == "mgmt":
+            get_text(device["urls"]["dashboard"])
+            return None if os.path.exists(device["token_file"]) else "no operator token yet"
         if device["role"] == "edge":
             body = get_json(device["urls"]["status"])
             wwns = [link.get("array_wwn") for link in body.get("links", [])]
@@ -520,27 +586,131 @@ def up(topology: Topology, directory: str, timeout: float = 60.0, progress=None)
                            + f"): run `rcn lab down --dir {directory}` first", 2)
     os.makedirs(directory, exist_ok=True)
     lab = plan(topology, directory)
+    if old is not None:             # a restart: what the last run set up stays set up
+        for key in ("configured", "pairs_created", "customer_token"):
+            if key in old:
+                lab[key] = old[key]
+    if topology.mgmt:
+        os.makedirs(os.path.join(directory, "mgmt"), exist_ok=True)
     for name, doc in device_configs(lab).items():
         device = next(d for d in lab["devices"] if d["name"] == name)
         with open(device["config"], "w") as f:
             f.write(f"# written by rcn lab up for {name}\n" + render_toml(doc))
     lab["started"] = time.time()
-    # edges and cores first: the arrays connect to their edges (and retry with backoff)
-    order = sorted(lab["devices"], key=lambda d: {"core": 0, "edge": 1, "storage": 2}[d["role"]])
+    # edges and cores first: the arrays connect to their edges (and retry with backoff);
+    # under a management server, it first, and the arrays once it has set the edges up
+    rank = {"mgmt": 0, "core": 1, "edge": 2, "storage": 3}
+    order = sorted(lab["devices"], key=lambda d: rank[d["role"]])
+    deadline = time.monotonic() + timeout
     try:
         for device in order:
+            if topology.mgmt and device["role"] == "storage" and "arrays" not in lab:
+                _configure(lab, deadline, progress)
+                lab["arrays"] = True
             device["pid"] = _start(device, directory)
             _save(lab)
-        _wait_ready(lab, timeout, progress)
+            if device["role"] == "mgmt":
+                _wait_ready(lab, max(1.0, deadline - time.monotonic()), progress, ["mgmt"])
+        lab.pop("arrays", None)
+        _wait_ready(lab, max(1.0, deadline - time.monotonic()), progress)
+        if topology.mgmt and topology.pair_setup == "config" and not lab.get("pairs_created"):
+            _create_pairs(lab, deadline, progress)
+            lab["pairs_created"] = True
+            _save(lab)
     except BaseException:
         down(directory, quiet=True)
         raise
     return lab
 
 
-def _wait_ready(lab: dict, timeout: float, progress) -> None:
+def operator_token(lab: dict) -> str:
+    with open(_device(lab, "mgmt")["token_file"]) as f:
+        return f.read().strip()
+
+
+def api(lab: dict, method: str, path: str, body: dict | None = None, token: str | None = None,
+        timeout: float = 10.0) -> dict:
+    """One request to the lab's management server (the operator's token by default)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        _device(lab, "mgmt")["urls"]["api"] + path, data=data, method=method,
+        headers={"content-type": "application/json",
+                 "authorization": f"Bearer {token or operator_token(lab)}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            why = json.load(exc).get("error", exc.reason)
+        except ValueError:
+            why = exc.reason
+        raise LabError(f"management server: {method} {path}: {why} (HTTP {exc.code})") from None
+
+
+def _configure(lab: dict, deadline: float, progress) -> None:
+    """Settings through the API (once per lab), then wait until every edge and core runs
+    them: the arrays log in to virtual storages the snapshots create."""
+    if not lab.get("configured"):
+        for method, path, body in settings_requests(lab):
+            answer = api(lab, method, path, body)
+            if path == "/customers":
+                lab["customer_token"] = answer["token"]
+        lab["configured"] = True
+        _save(lab)
+        if progress:
+            progress("management server configured")
+    else:                         # a restart: the devices listen on new ports
+        for method, path, body in settings_requests(lab):
+            if path == "/devices":
+                api(lab, "PATCH", f"/devices/{body['id']}", {"log_address": body["log_address"]})
+    names = {d["name"] for d in lab["devices"] if d["role"] in ("edge", "core")}
+    while True:
+        devices = {d["id"]: d for d in api(lab, "GET", "/devices")["devices"]}
+        behind = sorted(n for n in names if not devices.get(n, {}).get("up_to_date"))
+        if not behind:
+            return
+        for name in names:
+            device = _device(lab, name)
+            if not pid_alive(device["pid"]):
+                raise LabError(f"{name} ({device['plugin']}, pid {device['pid']}) exited during "
+                               f"start-up; the end of {device['log']}:\n{tail(device['log'])}")
+        if time.monotonic() > deadline:
+            raise LabError("the management server's settings did not reach "
+                           + ", ".join(behind) + " in time")
+        time.sleep(0.05)
+
+
+def _create_pairs(lab: dict, deadline: float, progress) -> None:
+    """pair-create on the source array for every pair, then wait until each is Duplex."""
+    array = _device(lab, "arrayA")
+    topo = lab["topology"]
+    partner = virtual_wwn(topo["target_wwn"]) if topo.get("virtual_wwns") else topo["target_wwn"]
+    control = array["urls"]["control"]
+    for p in lab["pairs"]:
+        body = json.dumps({"lun": p["source_lun"], "partner_wwpn": partner,
+                           "partner_lun": p["target_lun"], "group": p["group"],
+                           "mode": topo["pair_mode"]}).encode()
+        request = urllib.request.Request(control + "/pairs", data=body, method="POST",
+                                         headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            raise LabError(f"pair-create of arrayA LUN {p['source_lun']}: "
+                           f"{json.load(exc).get('error', exc.reason)}") from None
+    for p in lab["pairs"]:
+        while get_json(f"{control}/pairs/{p['source_lun']}").get("state") != "duplex":
+            if time.monotonic() > deadline:
+                raise LabError(f"pair arrayA LUN {p['source_lun']} not Duplex in time")
+            time.sleep(0.05)
+        if progress:
+            progress(f"pair arrayA LUN {p['source_lun']} -> arrayB LUN {p['target_lun']} duplex")
+
+
+def _wait_ready(lab: dict, timeout: float, progress, names: list[str] | None = None) -> None:
     deadline = time.monotonic() + timeout
-    waiting = {d["name"]: "starting" for d in lab["devices"]}
+    waiting = {d["name"]: "starting" for d in lab["devices"]
+               if names is None or d["name"] in names}
     by_name = {d["name"]: d for d in lab["devices"]}
     while waiting:
         for name in list(waiting):
@@ -683,6 +853,18 @@ def _core_figures(text: str) -> dict:
     return out
 
 
+def _mgmt_figures(text: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+    out = {"version": None, "up_to_date": {}}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "rcn_mgmt_settings_version":
+                out["version"] = int(sample.value)
+            elif sample.name == "rcn_mgmt_device_up_to_date":
+                out["up_to_date"][sample.labels.get("device", "")] = bool(sample.value)
+    return out
+
+
 def device_figures(device: dict) -> dict:
     """A device's key figures from its HTTP interface (``error`` when it does not answer)."""
     try:
@@ -710,6 +892,8 @@ def device_figures(device: dict) -> dict:
                     "ack_latency_p99_s": body.get("ack_latency_p99_s"),
                     "lag_p50_s": body.get("lag_p50_s"), "lag_p99_s": body.get("lag_p99_s"),
                     "sender": body.get("sender"), "drops": body.get("drops")}
+        if device["role"] == "mgmt":
+            return _mgmt_figures(get_text(device["urls"]["metrics"]))
         return _core_figures(get_text(device["urls"]["metrics"]))
     except (urllib.error.URLError, OSError, ValueError) as exc:
         return {"error": f"{getattr(exc, 'reason', exc)}"}
@@ -760,6 +944,10 @@ def summary(row: dict) -> str:
                           for p in row.get("pairs", []))
         return (f"{groups or 'no groups'}; pairs: {pairs or 'none'}; ack p99 "
                 f"{_ms(row['ack_latency_p99_s'])} lag p99 {_ms(row['lag_p99_s'])}")
+    if row["role"] == "mgmt":
+        current = [d for d, ok in sorted(row["up_to_date"].items()) if ok]
+        return (f"settings version {row['version']}; {len(current)} of "
+                f"{len(row['up_to_date'])} devices up to date")
     drops = sum(row["drops"].values())
     return f"forwarded {row['forwarded']}, batches {row['batches_sent']}, drops {drops}" + (
         f" ({', '.join(f'{k} {v}' for k, v in sorted(row['drops'].items()))})" if drops else "")

@@ -6,7 +6,9 @@
   what the operator and customers enter, with its rules;
 * route computation (:mod:`rcn.mgmt.routing`) -- run again after every settings
   change and whenever a device is lost or comes back (a device that was
-  registered and is now disconnected or stale counts as failed: routes avoid it);
+  registered and is now disconnected or stale counts as failed: routes avoid it
+  where another path exists; where none does, the path through it stays, and the
+  edges' retransmission budget decides on failure Suspend);
 * distribution (:class:`~rcn.mgmt.amp.DistributionServer`) -- each device's
   snapshot; the snapshot version is ``settings version * 1,000,000 + reroutes``
   since that settings version, so a reroute alone also reaches the devices;
@@ -20,10 +22,12 @@ The REST endpoints (:mod:`rcn.mgmt.endpoints`) call it; it knows no HTTP.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.logger import Logger
 
 from rcn.mgmt.amp import DistributionServer
-from rcn.mgmt.routing import Demand, RoutingResult, reroute_without
+from rcn.mgmt.routing import Demand, RoutingResult, compute_routes, reroute_without
 from rcn.mgmt.settings import Settings
 from rcn.mgmt.store import Store
 
@@ -63,8 +67,17 @@ class MgmtServer:
         devices = self.store.list_devices()
         known = {d.id for d in devices}
         demands = [Demand(**d) for d in self.settings.demands(reverse=True)]
-        self.routing = reroute_without(devices, self.store.list_links(), demands,
-                                       set(self.failed & known))
+        links = self.store.list_links()
+        routing = reroute_without(devices, links, demands, set(self.failed & known))
+        if routing.infeasible and self.failed:
+            # No way around a lost device: keep the path through it. The edges retransmit
+            # until it is back, and their retransmission budget decides on failure Suspend.
+            full = compute_routes(devices, links, demands)
+            kept = {k: full.routes[k] for k in routing.infeasible if k in full.routes}
+            routing = replace(routing, routes={**routing.routes, **kept},
+                              infeasible={k: why for k, why in routing.infeasible.items()
+                                          if k not in kept})
+        self.routing = routing
         self.counters["recomputations"] += 1
         for key, why in self.routing.infeasible.items():
             _log.warn("no feasible path for {source:x} -> {target:x}: {why}", source=key[0],

@@ -14,6 +14,7 @@ from rcn import lab
 from rcn.config import ConfigError
 from rcn.core.config import load_config as load_core
 from rcn.edge.config import load_config as load_edge
+from rcn.mgmt.config import load_config as load_mgmt
 from rcn.storage.config import load_config as load_storage
 
 A, B = 0x500A098000000001, 0x500A098000000002
@@ -105,11 +106,12 @@ class GeneratedConfigTests(TestCase):
         return record
 
     def loaded(self, record):
-        loaders = {"storage": load_storage, "edge": load_edge, "core": load_core}
+        loaders = {"storage": load_storage, "edge": load_edge, "core": load_core,
+                   "mgmt": load_mgmt}
         return {d["name"]: loaders[d["role"]](d["config"]) for d in record["devices"]}
 
     def test_default_lab(self):
-        record = self.write(lab.Topology(capacity=16 << 20))
+        record = self.write(lab.Topology(capacity=16 << 20, mgmt=False))
         json.dumps(record)     # lab.json is plain JSON
         c = self.loaded(record)
         devices = {d["name"]: d for d in record["devices"]}
@@ -162,7 +164,7 @@ class GeneratedConfigTests(TestCase):
                          f"http://127.0.0.1:{core.metrics.port}/metrics")
 
     def test_pairs_created_at_run_time_with_virtual_wwns(self):
-        topology = parse('[lab]\npair_setup = "create"\nvirtual_wwns = true\n'
+        topology = parse('[lab]\nmgmt = false\npair_setup = "create"\nvirtual_wwns = true\n'
                          'failure_timeout = 3\n')
         c = self.loaded(self.write(topology))
         va, vb = lab.virtual_wwn(format_wwn(A)), lab.virtual_wwn(format_wwn(B))
@@ -176,14 +178,39 @@ class GeneratedConfigTests(TestCase):
         self.assertEqual({(a, format_wwn(v)) for a, v in c["edgeA"].access}, {(A, vb)})
         self.assertEqual(c["edgeB"].settings.failure_timeout, 3.0)
 
+    def test_a_managed_lab_leaves_the_tables_to_the_server(self):
+        record = self.write(lab.Topology(capacity=16 << 20, virtual_wwns=True))
+        c = self.loaded(record)
+        amp = next(d for d in record["devices"] if d["name"] == "mgmt")["ports"]["amp"]
+        for name in ("edgeA", "edgeB", "core1"):
+            self.assertEqual(c[name].mgmt, f"tcp:127.0.0.1:{amp}", name)
+        self.assertEqual((c["edgeA"].virtual_storages, c["edgeA"].settings.pairs,
+                          len(c["edgeA"].settings.routes), len(c["core1"].routes)),
+                         ([], [], 0, 0))
+        self.assertEqual((c["arrayA"].pairs, c["arrayB"].pairs), ((), ()))   # pair-create
+        self.assertEqual(c["mgmt"].amp.port, amp)
+        requests = lab.settings_requests(record)
+        paths = [path for _, path, _ in requests]
+        self.assertEqual(paths.count("/devices"), 3)
+        self.assertEqual(paths.count("/links"), 2)
+        storage = [body for _, path, body in requests if path == "/storages"]
+        self.assertEqual([s["virtual_wwn"] for s in storage],
+                         [lab.virtual_wwn(format_wwn(A)), lab.virtual_wwn(format_wwn(B))])
+        (pair,) = [body for _, path, body in requests if path == "/pairs"]
+        self.assertEqual((pair["policy"], pair["group"]), ("B", 7))
+        # after the pairs were made, a restart gives the arrays their rows in Duplex
+        record["pairs_created"] = True
+        configs = lab.device_configs(record)
+        self.assertEqual([p["state"] for p in configs["arrayA"]["pair"]], ["duplex"])
+
     def test_every_port_differs(self):
         record = lab.plan(lab.Topology(cores=3), self.mktemp())
         ports = [p for d in record["devices"] for p in d["ports"].values()]
         self.assertEqual(len(ports), len(set(ports)))
-        self.assertEqual(len(ports), 4 + 6 + 6)
+        self.assertEqual(len(ports), 4 + 6 + 6 + 2)          # and the management server's
 
     def test_cores_pairs_and_options(self):
-        topology = parse('[lab]\ncores = 3\nbatching = false\nlog_mode = "memory"\n'
+        topology = parse('[lab]\nmgmt = false\ncores = 3\nbatching = false\nlog_mode = "memory"\n'
                          'pair_mode = "async"\ncapacity = "1MiB"\n'
                          '[[pair]]\nlun = 0\ngroup = 7\n'
                          '[[pair]]\nlun = 2\ntarget_lun = 5\ngroup = 9\ncapacity = "2MiB"\n')
@@ -212,7 +239,7 @@ class GeneratedConfigTests(TestCase):
                          ["vol0", "vol2"])
 
     def test_zero_cores(self):
-        c = self.loaded(self.write(lab.Topology(cores=0)))
+        c = self.loaded(self.write(lab.Topology(cores=0, mgmt=False)))
         self.assertNotIn("core1", c)
         self.assertEqual(tuple(list(c["edgeA"].settings.routes)[0].path),
                          (c["edgeA"].log, c["edgeB"].log))
@@ -243,7 +270,7 @@ class ProcessHelperTests(TestCase):
         with open(os.path.join(directory, "lab.json"), "w") as f:
             json.dump(record, f)
         report = lab.down(directory)
-        self.assertEqual(len(report), 5)
+        self.assertEqual(len(report), 6)
         self.assertTrue(all("left alone" in row["result"] for row in report), report)
 
     def test_applied_counter_prefers_the_durable_counter(self):

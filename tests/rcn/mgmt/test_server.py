@@ -140,6 +140,14 @@ class ServerApiTests(TestCase):
         self.assertFalse(devices[used]["connected"])
         self.assertTrue(devices["edgeA"]["up_to_date"])
 
+    def test_with_no_way_around_a_lost_device_the_path_through_it_stays(self):
+        self.pair(self.acme, S1, T1)
+        before = dict(self.server.routing.routes)
+        self.server.failed = frozenset({"core1", "core2"})
+        routing = self.server.recompute()
+        self.assertEqual(routing.routes, before)
+        self.assertEqual(routing.infeasible, {})
+
     def test_status_lag_and_metrics_from_reports(self):
         pair = self.pair(self.acme, S1, T1)[1]
         group = pair["group"]
