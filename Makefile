@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SOURCES := setup.cfg pyproject.toml $(shell find rcn datapath hdl_models twisted -name '*.py' 2>/dev/null)
+SOURCES := setup.cfg pyproject.toml $(shell find rcn datapath hdl_models twisted -name '*.py' \
+	-o -name '*.html' -o -name '*.js' -o -name '*.css' 2>/dev/null)
 
 .PHONY: test demo venv clean
 

@@ -170,6 +170,7 @@ function logout(message) {
   document.getElementById("board").hidden = true;
   document.getElementById("logout").hidden = true;
   document.getElementById("who").textContent = "";
+  document.getElementById("token").value = "";
   document.getElementById("login-error").textContent = message || "";
 }
 
