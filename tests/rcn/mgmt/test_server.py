@@ -21,7 +21,9 @@ S1, T1 = "50:0a:09:80:00:00:00:01", "50:0a:09:80:00:00:00:02"
 S2, T2 = "50:0a:09:80:00:00:00:11", "50:0a:09:80:00:00:00:12"
 
 
-class ServerApiTests(TestCase):
+class ServerTestCase(TestCase):
+    """A server with four devices, two customers and their storages; API calls."""
+
     def setUp(self):
         self.clock = task.Clock()
         self.server = MgmtServer(self.clock, SQLiteStore(":memory:"))
@@ -67,6 +69,9 @@ class ServerApiTests(TestCase):
                                                  "policy": "A-1", "load_entries": 100}, **kw),
                          token)
 
+
+
+class ServerApiTests(ServerTestCase):
     def test_pairs_get_routes_and_customers_see_only_their_own(self):
         status, mine = self.pair(self.acme, S1, T1)
         self.assertEqual(status, 201)
@@ -188,3 +193,47 @@ class ServerApiTests(TestCase):
         doc = openapi(self.api.endpoints, "t", "1")
         self.assertIn("/pairs/{id}/residual", doc["paths"])
         self.assertEqual(sorted(doc["paths"]["/pairs/{id}"]), ["delete", "get", "patch"])
+
+
+class EveryEndpointTests(ServerTestCase):
+    """The endpoints the other tests do not reach, each with its refusal."""
+
+    def test_customers_devices_links_storages_and_pairs_change_and_go(self):
+        # customers: read own, change contract, new token, delete
+        self.assertEqual(self.ok("GET", "/customers/acme", token=self.acme)["id"], "acme")
+        self.assertEqual(self.call("GET", "/customers/globex", token=self.acme)[0], 403)
+        self.assertEqual(self.ok("PATCH", "/customers/acme", {"max_pairs": 5})["max_pairs"], 5)
+        new = self.ok("POST", "/customers/acme/token", {})["token"]
+        self.assertEqual(self.call("GET", "/pairs", token=self.acme)[0], 401)   # old one: gone
+        self.assertEqual(self.ok("GET", "/whoami", token=new)["customer"], "acme")
+        self.assertEqual(len(self.ok("GET", "/customers")["customers"]), 2)
+        # devices: one, change, refuse unknown
+        self.assertEqual(self.ok("GET", "/devices/core1")["role"], "core")
+        self.assertEqual(self.ok("PATCH", "/devices/core1", {"processing_limit": 5})
+                         ["processing_limit"], 5)
+        self.assertEqual(self.call("GET", "/devices/nope")[0], 404)
+        # a pair: one, change its load, residual (no edge connected: 503), delete
+        status, pair = self.pair(new, S1, T1)
+        self.assertEqual(status, 201)
+        self.assertEqual(self.ok("PATCH", f"/pairs/{pair['id']}", {"load_bytes": 1e6},
+                                 token=new)["load_bytes"], 1e6)
+        status, answer = self.call("GET", f"/pairs/{pair['id']}/residual", token=new)
+        self.assertEqual(status, 503)
+        self.assertIn("edgeA", answer["error"])
+        self.assertEqual(self.call("PATCH", f"/pairs/{pair['id']}", {"load_bytes": "x"},
+                                   token=new)[1]["field"], "load_bytes")
+        self.ok("DELETE", f"/pairs/{pair['id']}", token=new)
+        self.assertEqual(self.call("GET", f"/pairs/{pair['id']}", token=new)[0], 404)
+        # storages and links go; a device still linked cannot
+        self.ok("DELETE", f"/storages/{S2}")
+        self.assertEqual(self.call("DELETE", f"/storages/{S2}")[0], 404)
+        self.assertEqual(self.call("DELETE", "/devices/core2")[0], 409)
+        self.ok("DELETE", "/links/edgeA/core2")
+        self.ok("DELETE", "/links/core2/edgeB")
+        self.ok("DELETE", "/devices/core2")
+        self.assertNotIn("core2", [d["id"] for d in self.ok("GET", "/devices")["devices"]])
+        self.assertEqual(self.ok("POST", "/routes/recompute", {})["infeasible"], [])
+        self.ok("DELETE", f"/storages/{T2}")
+        self.ok("DELETE", "/customers/globex")
+        self.assertEqual(self.call("GET", "/customers/globex")[0], 404)
+        self.assertEqual(self.call("PUT", "/customers")[0], 405)
