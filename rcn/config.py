@@ -14,6 +14,7 @@ import ipaddress
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from datapath.frames.names import parse_wwn
@@ -171,3 +172,28 @@ def client_endpoint(text: str) -> str:
     if kind != "tcp" or not host or not port.split(":")[0].isdigit():
         raise ValueError(f"{text!r} is not a client endpoint like tcp:HOST:PORT")
     return text
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """``[console]``: where a daemon serves its operator console."""
+    serial: str | None = None         # a serial device path (or a pty)
+    speed: int = 115200
+    tcp: Address | None = None
+
+
+def read_console(top: Reader) -> ConsoleConfig | None:
+    """The ``[console]`` table (None without one)."""
+    table = top.get("console", dict, None)
+    if table is None:
+        return None
+    r = Reader(table, "console.")
+    r.unknown({"serial", "speed", "tcp"})
+    config = ConsoleConfig(serial=r.get("serial", str, None),
+                           speed=r.get("speed", int, 115200,
+                                       one_of((1200, 2400, 4800, 9600, 19200, 38400, 57600,
+                                               115200, 230400, 460800, 921600))),
+                           tcp=r.get("tcp", str, None, ip_address))
+    if config.serial is None and config.tcp is None:
+        raise ConfigError("console: give serial (a device path) or tcp (HOST:PORT), or both")
+    return config

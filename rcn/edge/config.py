@@ -53,6 +53,11 @@ and ``edge.data_dir`` are required)::
                                           # snapshots replace the tables below (kept in
                                           # DATA_DIR/mgmt.json across restarts)
 
+    [console]                             # the operator's console (show ..., help); omit: none
+    serial = "/dev/ttyS1"                 # a serial port (or a pty) ...
+    speed = 115200                        # ... at this speed
+    tcp = "127.0.0.1:2301"                # and/or a TCP port (console servers)
+
     [[virtual_storage]]                   # table 404
     wwn = "50:0a:09:80:00:00:00:02"       # the WWN the attached array sees
     partner_wwn = "50:0a:09:80:00:00:00:02"   # the real storage behind it (default: wwn)
@@ -113,8 +118,9 @@ from dataclasses import dataclass, field
 
 from datapath.frames.logentry import HEADER_SIZE
 from datapath.frames.names import parse_wwn
-from rcn.config import (ConfigError, Reader, client_endpoint, in_range, ip_address, load_toml,
-                        non_negative, one_of, parse_size, read_routes)
+from rcn.config import (ConfigError, ConsoleConfig, Reader, client_endpoint, in_range,
+                        ip_address, load_toml, non_negative, one_of, parse_size, read_console,
+                        read_routes)
 from rcn.edge.device import EdgeSettings, PairEntry
 from rcn.edge.receiver import ReceiverConfig
 from rcn.logxfer.protocol import DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER, MAX_UDP_PAYLOAD
@@ -164,6 +170,7 @@ class EdgeConfig:
     nbd_volumes: list[NbdVolume] = field(default_factory=list)
     nbd_targets: dict[tuple[int, int], str] = field(default_factory=dict)   # (wwn, lun) -> URL
     mgmt: str | None = None          # the management server's AMP endpoint ("tcp:HOST:PORT")
+    console: ConsoleConfig | None = None
 
 
 def load_config(path: str) -> EdgeConfig:
@@ -184,7 +191,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
     top = Reader(doc, "")
     top.unknown({"edge", "log", "sender", "receiver", "fabric", "metrics", "virtual_storage",
                  "access", "pair", "customer", "route", "nbd", "nbd_volume", "nbd_target",
-                 "pairs", "mgmt"})
+                 "pairs", "mgmt", "console"})
     edge = Reader(top.get("edge", dict), "edge.")
     edge.unknown({"id", "log", "fcip", "data_dir", "ttl", "receive_buffer", "send_buffer"})
     name = edge.get("id", str)
@@ -242,6 +249,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
     mgmt = Reader(top.get("mgmt", dict, {}), "mgmt.")
     mgmt.unknown({"connect"})
     mgmt_endpoint = mgmt.get("connect", str, None, client_endpoint)
+    console = read_console(top)
     tables = read_tables(top)
     virtual_storages, access, customers, pairs = (
         tables.virtual_storages, tables.access, tables.customers, tables.pairs)
@@ -267,7 +275,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
                       first_burst=first_burst, exchange_timeout=exchange_timeout,
                       metrics=metrics_address, virtual_storages=virtual_storages, access=access,
                       nbd=nbd, nbd_volumes=nbd_volumes, nbd_targets=nbd_targets,
-                      mgmt=mgmt_endpoint)
+                      mgmt=mgmt_endpoint, console=console)
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,7 @@ class EdgeDevice:
         self._acked_through: dict[int, int] = {}      # group -> highest cumulative WROK
         self.ack_latency = LatencyHistogram()
         self.lag = LatencyHistogram()
+        self.debug = False                            # the console's debug log-transfer
         self.counters = {"writes": 0, "write_bytes": 0, "controls": 0, "refused": 0, "busy": 0,
                          "wroks": 0, "ctrl_oks": 0, "naks_received": 0, "entries_received": 0,
                          "batches_received": 0, "keepalives": 0, "replayed": 0}
@@ -358,6 +359,11 @@ class EdgeDevice:
     def entry_received(self, entry: LogEntry, data: bytes, sender: Address) -> None:
         self.counters["entries_received"] += 1
         entry_type = entry.header["entry_type"]
+        if self.debug:
+            h = entry.header
+            _log.info("{edge}: {type} from {sender}: group {group} sequence {seq}, {n} bytes",
+                      edge=self.name, type=EntryType(entry_type).name, sender=sender,
+                      group=h["group_id"], seq=h["sequence"], n=len(data))
         if entry_type == EntryType.BATCH:
             self._batch(data, sender)
             return

@@ -42,7 +42,9 @@ from rcn.edge.nbdfront import COUNTER_NAMES as NBD_VOLUME_COUNTERS
 from rcn.edge.nbdfront import VirtualVolumeExport
 from rcn.logxfer.protocol import LogTransferProtocol, listen
 from rcn.config import Reader
+from rcn.console.service import serve_console
 from rcn.edge.config import read_tables
+from rcn.edge.console import EdgeConsole
 from rcn.metrics import MetricsRegistry, MetricsResource
 from rcn.mgmt.client import MgmtClient, client_service
 from rcn.nbd.export import ExportTable
@@ -331,7 +333,11 @@ def make_service(config: EdgeConfig, reactor) -> tuple[service.MultiService, Edg
     edge = Edge(config, reactor)
     top = service.MultiService()
     _Running(edge).setServiceParent(top)
-    _Udp(edge).setServiceParent(top)
+    udp = _Udp(edge)
+    udp.setServiceParent(top)
+    if config.console is not None:
+        serve_console(EdgeConsole(edge, udp).tree, config.id, f"RCN edge {config.id}",
+                      config.console, reactor).setServiceParent(top)
     if config.fcip is not None:
         fcip = endpoints.TCP4ServerEndpoint(reactor, config.fcip.port, interface=config.fcip.host)
         internet.StreamServerEndpointService(fcip, edge.fabric).setServiceParent(top)
