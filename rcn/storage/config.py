@@ -55,7 +55,7 @@ import os
 from dataclasses import dataclass, field
 
 from datapath.frames.names import parse_wwn
-from rcn.config import ConfigError, load_toml, parse_size
+from rcn.config import ConfigError, ConsoleConfig, load_toml, parse_size, read_console
 from rcn.config import Reader as _Reader
 from rcn.config import non_negative as _non_negative
 from rcn.config import one_of as _one_of
@@ -114,6 +114,7 @@ class StorageConfig:
     volumes: tuple[VolumeConfig, ...]
     pairs: tuple[PairConfig, ...] = field(default=())
     track_size: int = DEFAULT_TRACK_SIZE
+    console: ConsoleConfig | None = None     # [console]: serial and/or tcp, as the edge's
 
 
 def _capacity(value) -> int:
@@ -158,7 +159,7 @@ def load_config(path: str) -> StorageConfig:
 
 def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:
     top = _Reader(doc, "")
-    top.unknown({"array", "nbd", "control", "edge", "volume", "pair"})
+    top.unknown({"array", "nbd", "control", "edge", "volume", "pair", "console"})
     array = _Reader(top.get("array", dict), "array.")
     array.unknown({"wwpn", "wwnn", "data_dir", "track_size"})
     wwpn = array.get("wwpn", str, check=parse_wwn)
@@ -208,4 +209,5 @@ def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:
     return StorageConfig(
         wwpn=wwpn, wwnn=wwnn if wwnn is not None else wwpn & ~1, data_dir=data_dir,
         nbd=_endpoint(doc, "nbd", 10809), control=_endpoint(doc, "control", 47200), edge=edge,
-        volumes=tuple(volumes), pairs=tuple(pairs), track_size=track_size)
+        volumes=tuple(volumes), pairs=tuple(pairs), track_size=track_size,
+        console=read_console(_Reader(doc, "")))

@@ -26,6 +26,8 @@ from rcn.rio.array import ArrayConfig, ArrayPort
 from rcn.rio.errors import RioError
 from rcn.rio.protocol import FcipClientFactory, FcipProtocol
 from rcn.pairstate import PairState
+from rcn.console.service import serve_console
+from rcn.storage.console import array_console
 from rcn.storage.array import ArrayTarget, ReplicatedExport
 from rcn.storage.config import StorageConfig
 from rcn.storage.control import ControlResource
@@ -239,6 +241,10 @@ def make_service(config: StorageConfig, reactor) -> tuple[service.MultiService, 
     control = endpoints.TCP4ServerEndpoint(reactor, config.control.port,
                                            interface=config.control.host)
     internet.StreamServerEndpointService(control, control_site(array)).setServiceParent(top)
+    if config.console is not None:
+        serve_console(array_console(array), format_wwn(config.wwpn),
+                      f"RCN storage emulator {format_wwn(config.wwpn)}", config.console,
+                      reactor).setServiceParent(top)
     if config.edge is not None:
         edge = endpoints.TCP4ClientEndpoint(reactor, config.edge.host, config.edge.port)
         internet.ClientService(edge, array.rio, clock=reactor).setServiceParent(top)
