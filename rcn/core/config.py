@@ -39,8 +39,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from datapath.frames.logentry import MAX_BATCH
-from rcn.config import (ConfigError, Reader, client_endpoint, in_range, ip_address, load_toml,
-                        parse_size, read_routes)
+from rcn.config import (ConfigError, ConsoleConfig, Reader, client_endpoint, in_range,
+                        ip_address, load_toml, parse_size, read_console, read_routes)
 from rcn.core.relay import MIN_BATCH_BYTES, BatchPolicy
 from rcn.logxfer.protocol import (DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER,
                                   MAX_UDP_PAYLOAD)
@@ -61,6 +61,7 @@ class CoreConfig:
     metrics: Address | None
     routes: RouteTable
     mgmt: str | None = None          # the management server's AMP endpoint ("tcp:HOST:PORT")
+    console: ConsoleConfig | None = None
 
 
 def _buffer(value) -> int:
@@ -80,7 +81,7 @@ def load_config(path: str) -> CoreConfig:
 
 def parse_config(doc: dict, base_dir: str = ".") -> CoreConfig:
     top = Reader(doc, "")
-    top.unknown({"core", "batch", "metrics", "route", "mgmt"})
+    top.unknown({"core", "batch", "metrics", "route", "mgmt", "console"})
 
     core = Reader(top.get("core", dict), "core.")
     core.unknown({"id", "listen", "receive_buffer", "send_buffer"})
@@ -121,4 +122,4 @@ def parse_config(doc: dict, base_dir: str = ".") -> CoreConfig:
                           f"along paths that name it (spelt as in core.listen)")
     return CoreConfig(id=name, listen=listen, receive_buffer=receive_buffer,
                       send_buffer=send_buffer, batch=policy, metrics=metrics, routes=table,
-                      mgmt=mgmt_endpoint)
+                      mgmt=mgmt_endpoint, console=read_console(top))

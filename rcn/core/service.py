@@ -19,7 +19,9 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 
 from rcn.config import Reader, read_routes
+from rcn.console.service import serve_console
 from rcn.core.config import CoreConfig
+from rcn.core.console import core_console
 from rcn.core.relay import CoreRelay
 from rcn.logxfer.protocol import Drops, LogTransferProtocol, listen
 from rcn.logxfer.routes import Address
@@ -121,6 +123,9 @@ def make_service(config: CoreConfig, reactor, metrics_registry: MetricsRegistry 
         metrics = internet.StreamServerEndpointService(endpoint, metrics_site(registry))
         metrics.setName("metrics")
         metrics.setServiceParent(top)
+    if config.console is not None:
+        serve_console(core_console(config, relay, udp), config.id, f"RCN core {config.id}",
+                      config.console, reactor).setServiceParent(top)
     if config.mgmt is not None:
         client = MgmtClient(reactor, config.id, "core", str(config.listen),
                             lambda version, doc: apply_snapshot(relay, version, doc),

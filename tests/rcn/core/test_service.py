@@ -118,3 +118,29 @@ class ManagedCoreTests(TestCase):
         with self.assertRaises(Exception):
             parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
                           "mgmt": {"connect": "udp:nowhere"}})
+
+
+class CoreConsoleTests(TestCase):
+    def test_commands(self):
+        from twisted.application import service as app_service
+
+        from rcn.core.console import core_console
+        from rcn.core.relay import CoreRelay
+        config = parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
+                               "console": {"tcp": "127.0.0.1:2303"},
+                               "route": [{"source_wwn": "50:0a:09:80:00:00:00:01",
+                                          "target_wwn": "50:0a:09:80:00:00:00:02",
+                                          "path": ["127.0.0.1:47001", "127.0.0.1:47950",
+                                                   "127.0.0.1:47002"]}]})
+        relay = CoreRelay(config.routes, config.listen, lambda data, to: None, task.Clock())
+        udp = app_service.Service()
+        udp.startService()
+        t = core_console(config, relay, udp)
+        self.assertIn("device c1", t.run("sh ver"))
+        self.assertIn("127.0.0.1:47001 > 127.0.0.1:47950", t.run("show routes"))
+        self.assertRegex(t.run("show counters"), r"forwarded\s+0")
+        t.run("clear counters")
+        self.assertIn("administratively down", t.run("shutdown log-transfer"))
+        self.assertIn("administratively down", t.run("show interfaces"))
+        self.assertIn("interface up", t.run("no shut log"))
+        self.assertIn("batching", t.run("show config"))

@@ -1,0 +1,65 @@
+"""The core's console (issue 8): ``show version|interfaces|counters|routes|config``, ``clear
+counters`` (console only), ``shutdown`` / ``no shutdown log-transfer`` (the UDP socket)."""
+
+from __future__ import annotations
+
+from rcn.console.commands import CommandTree, columns
+
+VERSION = "rcn-core 0.1.0"
+
+
+def core_console(config, relay, udp_service) -> CommandTree:
+    t = CommandTree()
+    t.prefer("sh", "show")
+    baseline: dict[str, int] = {}
+
+    def counters_now() -> dict[str, int]:
+        return dict(relay.counters())
+
+    def counters(args):
+        now = counters_now()
+        return columns([[k, v - baseline.get(k, 0)] for k, v in sorted(now.items())],
+                       ["counter", "value"])
+
+    def clear(args):
+        baseline.clear()
+        baseline.update(counters_now())
+        return "counters cleared (console only; /metrics keeps counting)"
+
+    def interfaces(args):
+        state = "up" if udp_service.running else "administratively down"
+        rows = [["log-transfer", str(config.listen), state]]
+        return columns(rows, ["interface", "address", "state"])
+
+    def routes(args):
+        return columns([[r["source_wwn"], r["target_wwn"], " > ".join(r["path"])]
+                        for r in relay.routes.describe()], ["source", "target", "path"])
+
+    def show_config(args):
+        b = config.batch
+        return columns([["id", config.id], ["listen", str(config.listen)],
+                        ["batching", f"{b.max_delay * 1000:g} ms / {b.max_bytes} bytes / "
+                                     f"{b.max_entries} entries" if b.enabled else "off"],
+                        ["management server", config.mgmt or "none"]], ["setting", "value"])
+
+    def shutdown(args):
+        if not udp_service.running:
+            return "log-transfer is already down"
+        udp_service.stopService()
+        return "log-transfer interface administratively down"
+
+    def no_shutdown(args):
+        if udp_service.running:
+            return "log-transfer is already up"
+        udp_service.startService()
+        return "log-transfer interface up"
+
+    t.add("show version", lambda a: f"{VERSION}, device {config.id}", "software version")
+    t.add("show interfaces", interfaces, "the log-transfer socket")
+    t.add("show counters", counters, "relay counters since the last clear")
+    t.add("show routes", routes, "the route table (408)")
+    t.add("show config", show_config, "the settings this core runs with")
+    t.add("clear counters", clear, "count from zero again (console only)")
+    t.add("shutdown log-transfer", shutdown, "close the log-transfer socket")
+    t.add("no shutdown log-transfer", no_shutdown, "open it again")
+    return t
