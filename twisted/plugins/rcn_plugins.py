@@ -25,3 +25,8 @@ rcn_mgmt = ServiceMaker(
     "rcn-mgmt", "rcn.mgmt.tap",
     "RCN management server: settings, routes, distribution over AMP, REST API, dashboard",
     "rcn-mgmt")
+
+rcn_wanem = ServiceMaker(
+    "rcn-wanem", "rcn.wanem.tap",
+    "WAN emulator appliance: delayed, lossy, rate-limited UDP links under SCPI control",
+    "rcn-wanem")
