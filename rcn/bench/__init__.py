@@ -1,0 +1,1 @@
+"""``rcn-bench``: bench testing against serial-controlled appliances (issue 8)."""
