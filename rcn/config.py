@@ -197,3 +197,10 @@ def read_console(top: Reader) -> ConsoleConfig | None:
     if config.serial is None and config.tcp is None:
         raise ConfigError("console: give serial (a device path) or tcp (HOST:PORT), or both")
     return config
+
+
+def read_mgmt(top: Reader) -> str | None:
+    """``[mgmt] connect``: the management server's AMP endpoint, or None without one."""
+    mgmt = Reader(top.get("mgmt", dict, {}), "mgmt.")
+    mgmt.unknown({"connect"})
+    return mgmt.get("connect", str, None, client_endpoint)

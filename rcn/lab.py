@@ -631,20 +631,12 @@ def operator_token(lab: dict) -> str:
 def api(lab: dict, method: str, path: str, body: dict | None = None, token: str | None = None,
         timeout: float = 10.0) -> dict:
     """One request to the lab's management server (the operator's token by default)."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        _device(lab, "mgmt")["urls"]["api"] + path, data=data, method=method,
-        headers={"content-type": "application/json",
-                 "authorization": f"Bearer {token or operator_token(lab)}"})
+    from rcn.cli import CliError, request_json
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as exc:
-        try:
-            why = json.load(exc).get("error", exc.reason)
-        except ValueError:
-            why = exc.reason
-        raise LabError(f"management server: {method} {path}: {why} (HTTP {exc.code})") from None
+        return request_json(_device(lab, "mgmt")["urls"]["api"] + path, timeout, method, body,
+                            token or operator_token(lab))
+    except CliError as exc:
+        raise LabError(f"management server: {exc}") from None
 
 
 def _configure(lab: dict, deadline: float, progress) -> None:
@@ -686,18 +678,15 @@ def _create_pairs(lab: dict, deadline: float, progress) -> None:
     topo = lab["topology"]
     partner = virtual_wwn(topo["target_wwn"]) if topo.get("virtual_wwns") else topo["target_wwn"]
     control = array["urls"]["control"]
+    from rcn.cli import CliError, request_json
     for p in lab["pairs"]:
-        body = json.dumps({"lun": p["source_lun"], "partner_wwpn": partner,
-                           "partner_lun": p["target_lun"], "group": p["group"],
-                           "mode": topo["pair_mode"]}).encode()
-        request = urllib.request.Request(control + "/pairs", data=body, method="POST",
-                                         headers={"content-type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                response.read()
-        except urllib.error.HTTPError as exc:
-            raise LabError(f"pair-create of arrayA LUN {p['source_lun']}: "
-                           f"{json.load(exc).get('error', exc.reason)}") from None
+            request_json(control + "/pairs", 30, "POST",
+                         {"lun": p["source_lun"], "partner_wwpn": partner,
+                          "partner_lun": p["target_lun"], "group": p["group"],
+                          "mode": topo["pair_mode"]})
+        except CliError as exc:
+            raise LabError(f"pair-create of arrayA LUN {p['source_lun']}: {exc}") from None
     for p in lab["pairs"]:
         while get_json(f"{control}/pairs/{p['source_lun']}").get("state") != "duplex":
             if time.monotonic() > deadline:

@@ -15,7 +15,6 @@ full copy.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -81,14 +80,6 @@ def host_writes(url: str, capacity: int, changed: float, block: int, seed: int) 
     return count * block
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--capacity", default="4GiB", help="volume size (default 4GiB)")
@@ -128,7 +119,8 @@ def main(argv=None) -> int:
         print(f"  measured: resync {resync_bytes / MB:.1f} MB in {resync_s:.2f} s",
               file=sys.stderr, flush=True)
         demo.wait_applied(lab, timeout=300)
-        equal = sha256(pair["source_volume"]) == sha256(pair["target_volume"])
+        equal = (demo.sha256_file(pair["source_volume"])
+                 == demo.sha256_file(pair["target_volume"]))
     finally:
         lablib.down(directory, quiet=True)
         if not args.keep:

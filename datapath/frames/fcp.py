@@ -197,12 +197,17 @@ def build_pair_params(capacity: int, block_size: int, track_size: int, mode: int
                                  track_size=track_size, mode=mode)
 
 
+def _parse_exact(layout: Layout, data: bytes) -> dict:
+    """A whole payload of ``layout``; ``DecodeError`` when short or with bytes after it."""
+    if len(data) != layout.size:
+        raise DecodeError(layout.layer, layout.fields[0].name, 0,
+                          f"{len(data)} bytes, expected {layout.size}")
+    return dict(layout.parse(data, 0, 0, False))
+
+
 def parse_pair_params(data: bytes) -> dict:
-    """PAIR_CREATE data-out; ``DecodeError`` when short or with bytes after it."""
-    if len(data) != RCN_PAIR_PARAMS.size:
-        raise DecodeError("rcn_pair_params", "capacity", 0,
-                          f"{len(data)} bytes, expected {RCN_PAIR_PARAMS.size}")
-    return dict(RCN_PAIR_PARAMS.parse(data, 0, 0, False))
+    """PAIR_CREATE data-out (exactly its 24 bytes)."""
+    return _parse_exact(RCN_PAIR_PARAMS, data)
 
 
 def build_residual_report(applied: int, received_max: int, discarded: int = 0,
@@ -212,10 +217,8 @@ def build_residual_report(applied: int, received_max: int, discarded: int = 0,
 
 
 def parse_residual_report(data: bytes) -> dict:
-    if len(data) != RCN_RESIDUAL_REPORT.size:
-        raise DecodeError("rcn_residual_report", "applied", 0,
-                          f"{len(data)} bytes, expected {RCN_RESIDUAL_REPORT.size}")
-    return dict(RCN_RESIDUAL_REPORT.parse(data, 0, 0, False))
+    """TAKEOVER / fast SUSPEND data-in (exactly its 24 bytes)."""
+    return _parse_exact(RCN_RESIDUAL_REPORT, data)
 
 
 def build_xfer_rdy(relative_offset: int, burst_length: int) -> bytes:

@@ -150,3 +150,21 @@ def columns(rows: Sequence[Sequence[object]], headings: Sequence[str] | None) ->
               for i in range(max(len(r) for r in table))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
                      for row in table)
+
+
+def add_shutdown(tree: CommandTree, interface: str, svc) -> None:
+    """``shutdown INTERFACE`` / ``no shutdown INTERFACE`` over a Twisted service (stopped and
+    started again: a socket closed and reopened)."""
+    def shutdown(args):
+        if not svc.running:
+            return f"{interface} is already down"
+        svc.stopService()
+        return f"{interface} interface administratively down"
+
+    def no_shutdown(args):
+        if svc.running:
+            return f"{interface} is already up"
+        svc.startService()
+        return f"{interface} interface up"
+    tree.add(f"shutdown {interface}", shutdown, f"close the {interface} socket")
+    tree.add(f"no shutdown {interface}", no_shutdown, "open it again")

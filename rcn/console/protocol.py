@@ -22,13 +22,36 @@ MAX_LINE = 1024
 _log = Logger()
 
 
-class ConsoleProtocol(Protocol):
+class LineProtocol(Protocol):
+    """Lines from a terminal: CR, LF or CRLF ends one; longer than :data:`MAX_LINE` is
+    refused (``too_long``), not buffered. Subclasses answer in :meth:`line`."""
+
+    def __init__(self):
+        self._buffer = b""
+
+    def dataReceived(self, data: bytes):
+        self._buffer += data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            self.line(line)
+        if len(self._buffer) > MAX_LINE:
+            self._buffer = b""
+            self.too_long()
+
+    def line(self, raw: bytes) -> None:
+        raise NotImplementedError
+
+    def too_long(self) -> None:
+        raise NotImplementedError
+
+
+class ConsoleProtocol(LineProtocol):
     def __init__(self, tree: CommandTree, name: str, banner: str = "", closable: bool = True):
+        super().__init__()
         self.tree = tree
         self.name = name
         self.banner = banner
         self.closable = closable
-        self._buffer = b""
         self.lines = 0
 
     @property
@@ -40,14 +63,8 @@ class ConsoleProtocol(Protocol):
             self.transport.write(self.banner.encode() + b"\r\n")
         self.transport.write(self.prompt)
 
-    def dataReceived(self, data: bytes):
-        self._buffer += data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            self.line(line)
-        if len(self._buffer) > MAX_LINE:
-            self._buffer = b""
-            self._answer(f"% line longer than {MAX_LINE} bytes: ignored")
+    def too_long(self) -> None:
+        self._answer(f"% line longer than {MAX_LINE} bytes: ignored")
 
     def line(self, raw: bytes) -> None:
         self.lines += 1

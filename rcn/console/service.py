@@ -13,24 +13,24 @@ from rcn.console.protocol import ConsoleFactory, ConsoleProtocol
 _log = Logger()
 
 
-class _SerialConsole(service.Service):
-    """Opens the serial device at start (a missing device is logged, the daemon runs on)."""
+class SerialService(service.Service):
+    """A protocol on a serial device, opened at start (a missing device is logged and the
+    daemon runs on). ``make_protocol()`` builds the protocol."""
 
-    def __init__(self, tree: CommandTree, name: str, banner: str, device: str, speed: int,
-                 reactor):
-        self.tree, self.name, self.banner = tree, name, banner
-        self.device, self.speed, self.reactor = device, speed, reactor
+    def __init__(self, make_protocol, device: str, speed: int, reactor, what: str = "console"):
+        self.make_protocol, self.device, self.speed = make_protocol, device, speed
+        self.reactor, self.what = reactor, what
         self.port = None
 
     def startService(self):
         super().startService()
         from twisted.internet.serialport import SerialPort
         try:
-            self.port = SerialPort(ConsoleProtocol(self.tree, self.name, self.banner,
-                                                   closable=False),
-                                   self.device, self.reactor, baudrate=self.speed)
+            self.port = SerialPort(self.make_protocol(), self.device, self.reactor,
+                                   baudrate=self.speed)
         except Exception as exc:                 # serial.SerialException and OSError
-            _log.error("console: cannot open {device}: {why}", device=self.device, why=exc)
+            _log.error("{what}: cannot open {device}: {why}", what=self.what,
+                       device=self.device, why=exc)
 
     def stopService(self):
         super().stopService()
@@ -43,8 +43,8 @@ def serve_console(tree: CommandTree, name: str, banner: str, config: ConsoleConf
                   reactor) -> service.MultiService:
     top = service.MultiService()
     if config.serial is not None:
-        _SerialConsole(tree, name, banner, config.serial, config.speed,
-                       reactor).setServiceParent(top)
+        SerialService(lambda: ConsoleProtocol(tree, name, banner, closable=False),
+                      config.serial, config.speed, reactor).setServiceParent(top)
     if config.tcp is not None:
         endpoint = endpoints.TCP4ServerEndpoint(reactor, config.tcp.port,
                                                 interface=config.tcp.host)

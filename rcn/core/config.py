@@ -39,8 +39,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from datapath.frames.logentry import MAX_BATCH
-from rcn.config import (ConfigError, ConsoleConfig, Reader, client_endpoint, in_range,
-                        ip_address, load_toml, parse_size, read_console, read_routes)
+from rcn.config import (ConfigError, ConsoleConfig, Reader, in_range, ip_address, load_toml,
+                        parse_size, read_console, read_mgmt, read_routes)
 from rcn.core.relay import MIN_BATCH_BYTES, BatchPolicy
 from rcn.logxfer.protocol import (DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER,
                                   MAX_UDP_PAYLOAD)
@@ -104,9 +104,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> CoreConfig:
     metrics_table.unknown({"listen"})
     metrics = metrics_table.get("listen", str, None, ip_address)
 
-    mgmt = Reader(top.get("mgmt", dict, {}), "mgmt.")
-    mgmt.unknown({"connect"})
-    mgmt_endpoint = mgmt.get("connect", str, None, client_endpoint)
+    mgmt_endpoint = read_mgmt(top)
     table = read_routes(top)
     for i, route in enumerate(table):
         path = route.path

@@ -3,7 +3,7 @@ counters`` (console only), ``shutdown`` / ``no shutdown log-transfer`` (the UDP 
 
 from __future__ import annotations
 
-from rcn.console.commands import CommandTree, columns
+from rcn.console.commands import CommandTree, add_shutdown, columns
 
 VERSION = "rcn-core 0.1.0"
 
@@ -42,24 +42,11 @@ def core_console(config, relay, udp_service) -> CommandTree:
                                      f"{b.max_entries} entries" if b.enabled else "off"],
                         ["management server", config.mgmt or "none"]], ["setting", "value"])
 
-    def shutdown(args):
-        if not udp_service.running:
-            return "log-transfer is already down"
-        udp_service.stopService()
-        return "log-transfer interface administratively down"
-
-    def no_shutdown(args):
-        if udp_service.running:
-            return "log-transfer is already up"
-        udp_service.startService()
-        return "log-transfer interface up"
-
     t.add("show version", lambda a: f"{VERSION}, device {config.id}", "software version")
     t.add("show interfaces", interfaces, "the log-transfer socket")
     t.add("show counters", counters, "relay counters since the last clear")
     t.add("show routes", routes, "the route table (408)")
     t.add("show config", show_config, "the settings this core runs with")
     t.add("clear counters", clear, "count from zero again (console only)")
-    t.add("shutdown log-transfer", shutdown, "close the log-transfer socket")
-    t.add("no shutdown log-transfer", no_shutdown, "open it again")
+    add_shutdown(t, "log-transfer", udp_service)
     return t

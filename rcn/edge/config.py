@@ -118,9 +118,8 @@ from dataclasses import dataclass, field
 
 from datapath.frames.logentry import HEADER_SIZE
 from datapath.frames.names import parse_wwn
-from rcn.config import (ConfigError, ConsoleConfig, Reader, client_endpoint, in_range,
-                        ip_address, load_toml, non_negative, one_of, parse_size, read_console,
-                        read_routes)
+from rcn.config import (ConfigError, ConsoleConfig, Reader, in_range, ip_address, load_toml,
+                        non_negative, one_of, parse_size, read_console, read_mgmt, read_routes)
 from rcn.edge.device import EdgeSettings, PairEntry
 from rcn.edge.receiver import ReceiverConfig
 from rcn.logxfer.protocol import DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER, MAX_UDP_PAYLOAD
@@ -246,9 +245,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
     metrics.unknown({"listen"})
     metrics_address = metrics.get("listen", str, None, ip_address)
 
-    mgmt = Reader(top.get("mgmt", dict, {}), "mgmt.")
-    mgmt.unknown({"connect"})
-    mgmt_endpoint = mgmt.get("connect", str, None, client_endpoint)
+    mgmt_endpoint = read_mgmt(top)
     console = read_console(top)
     tables = read_tables(top)
     virtual_storages, access, customers, pairs = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from rcn.console.commands import CommandTree, columns
+from rcn.console.commands import CommandTree, add_shutdown, columns
 
 VERSION = "rcn-edge 0.1.0"
 
@@ -36,8 +36,7 @@ class EdgeConsole:
         t.add("clear counters", self.clear, "count from zero again (console only)")
         t.add("debug log-transfer", self.debug, "log every entry received",
               choices=("on", "off"))
-        t.add("shutdown log-transfer", self.shutdown, "close the log-transfer socket")
-        t.add("no shutdown log-transfer", self.no_shutdown, "open it again")
+        add_shutdown(t, "log-transfer", udp_service)
 
     def _all_counters(self) -> dict[str, int]:
         d = self.edge.device
@@ -107,15 +106,3 @@ class EdgeConsole:
     def debug(self, args) -> str:
         self.edge.device.debug = args[0] == "on"
         return f"log-transfer debugging is {args[0]}"
-
-    def shutdown(self, args) -> str:
-        if not self.udp_service.running:
-            return "log-transfer is already down"
-        self.udp_service.stopService()
-        return "log-transfer interface administratively down"
-
-    def no_shutdown(self, args) -> str:
-        if self.udp_service.running:
-            return "log-transfer is already up"
-        self.udp_service.startService()
-        return "log-transfer interface up"

@@ -232,7 +232,7 @@ class PairControl:
         extents: dict[tuple, tuple[list, list]] = {}
         for sequence in edge.log_store.retained(group):
             blob = edge.log_store.get(group, sequence)
-            waiting = edge._waiting_ctrl.pop((group, sequence), None)
+            waiting = edge.take_waiting_control(group, sequence)
             if waiting is not None:
                 waiting.callback(refusal(ASC_RCN_FAILED))
             elif blob is not None:

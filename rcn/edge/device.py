@@ -338,6 +338,10 @@ class EdgeDevice:
             return answer
         return durable.addCallback(sent)
 
+    def take_waiting_control(self, group: int, sequence: int) -> Deferred | None:
+        """The array's exchange waiting for a CTRL's answer, taken out (None if none)."""
+        return self._waiting_ctrl.pop((group, sequence), None)
+
     def _customer(self, group: int) -> str:
         rows = self.pairs.in_group(group)
         return rows[0].entry.customer if rows else ""
@@ -428,8 +432,8 @@ class EdgeDevice:
         elif backward:
             self._answer(header, area)
         else:
-            if (header["source_wwn"], header["target_wwn"], header["target_lun"]) \
-                    not in self.pairs.rows and entry_type == EntryType.WR:
+            if entry_type == EntryType.WR and (header["source_wwn"], header["target_wwn"],
+                                                header["target_lun"]) not in self.pairs.rows:
                 self._learn_pair(header)
             self.receiver(header["group_id"]).entry(header, area)
 

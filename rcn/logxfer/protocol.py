@@ -89,10 +89,7 @@ class LogTransferProtocol(DatagramProtocol):
                          "send_errors": 0}
 
     def startProtocol(self):
-        sock = getattr(self.transport, "socket", None)
-        if sock is not None:
-            _set_buffer(sock, socket.SO_RCVBUF, _SO_RCVBUFFORCE, self.receive_buffer)
-            _set_buffer(sock, socket.SO_SNDBUF, _SO_SNDBUFFORCE, self.send_buffer)
+        size_buffers(self.transport, self.receive_buffer, self.send_buffer)
 
     def datagramReceived(self, data: bytes, addr) -> None:
         sender = Address(addr[0], addr[1])
@@ -132,6 +129,14 @@ class LogTransferProtocol(DatagramProtocol):
         # An ICMP port unreachable for an earlier datagram: the next hop is down. The
         # sender's retransmission covers it; counting is all there is to do.
         self.counters["send_errors"] += 1
+
+
+def size_buffers(transport, receive: int, send: int) -> None:
+    """Set a UDP transport's kernel buffers (the FORCE options when privileged)."""
+    sock = getattr(transport, "socket", None)
+    if sock is not None:
+        _set_buffer(sock, socket.SO_RCVBUF, _SO_RCVBUFFORCE, receive)
+        _set_buffer(sock, socket.SO_SNDBUF, _SO_SNDBUFFORCE, send)
 
 
 def _set_buffer(sock, option: int, force: int, size: int) -> None:

@@ -9,6 +9,7 @@ customer only its own storages, pairs, routes and figures.
 
 from __future__ import annotations
 
+from datapath.frames.names import format_wwn
 from rcn.mgmt.api import ApiError, Endpoint
 from rcn.mgmt.server import MgmtServer
 from rcn.mgmt.store import SettingsError
@@ -47,7 +48,6 @@ def endpoints(server: MgmtServer) -> list[Endpoint]:
         pairs = own_pairs(caller)
         keys = {(p["source_wwn"], p["target_wwn"]) for p in pairs}
         keys |= {(t, s_) for s_, t in keys}
-        from datapath.frames.names import format_wwn
         routes = [{"source_wwn": format_wwn(r.source_wwn), "target_wwn": format_wwn(r.target_wwn),
                    "path": list(r.path)} for r in server.routing.routes.values()]
         infeasible = [{"source_wwn": format_wwn(k[0]), "target_wwn": format_wwn(k[1]),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from rcn.mgmt.amp import DistributionServer
@@ -110,7 +111,6 @@ class MgmtServer:
         return True
 
     def start(self) -> None:
-        from twisted.internet.task import LoopingCall
         self._health_call = LoopingCall(self.check_health)
         self._health_call.clock = self.clock
         self._health_call.start(self.health_interval, now=False)

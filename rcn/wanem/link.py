@@ -61,7 +61,6 @@ from __future__ import annotations
 import heapq
 import math
 import random
-import socket
 from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable, Mapping
@@ -70,7 +69,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from rcn.logxfer.protocol import (DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER, MAX_UDP_PAYLOAD,
-                                  _SO_RCVBUFFORCE, _SO_SNDBUFFORCE, _set_buffer)
+                                  size_buffers)
 
 _log = Logger()
 
@@ -448,10 +447,7 @@ class _RelaySocket(DatagramProtocol):
         self.send_buffer = send_buffer
 
     def startProtocol(self):
-        sock = getattr(self.transport, "socket", None)
-        if sock is not None:
-            _set_buffer(sock, socket.SO_RCVBUF, _SO_RCVBUFFORCE, self.receive_buffer)
-            _set_buffer(sock, socket.SO_SNDBUF, _SO_SNDBUFFORCE, self.send_buffer)
+        size_buffers(self.transport, self.receive_buffer, self.send_buffer)
 
     def datagramReceived(self, data, addr):
         self.receive(data, addr)

@@ -3,34 +3,33 @@
 from __future__ import annotations
 
 from twisted.application import service
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from rcn.console.protocol import MAX_LINE, LineProtocol
+from rcn.console.service import SerialService
 from rcn.wanem.config import WanemConfig
 from rcn.wanem.link import WanEmulator
-from rcn.wanem.scpi import MAX_LINE, ScpiConsole, ScpiError
+from rcn.wanem.scpi import ScpiConsole, ScpiError
 
 _log = Logger()
 
 
-class ScpiProtocol(Protocol):
+class ScpiProtocol(LineProtocol):
     """SCPI over a line: a command per line (CR, LF or CRLF), answers to queries only."""
 
     def __init__(self, console: ScpiConsole):
+        super().__init__()
         self.console = console
-        self._buffer = b""
 
-    def dataReceived(self, data: bytes):
-        self._buffer += data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            answer = self.console.handle(line.decode("ascii", "replace"))
-            if answer is not None:
-                self.transport.write(answer.encode() + b"\n")
-        if len(self._buffer) > MAX_LINE:
-            self._buffer = b""
-            self.console.push_error(ScpiError(-223, "Too much data",
-                                              f"a line over {MAX_LINE} bytes"))
+    def line(self, raw: bytes) -> None:
+        answer = self.console.handle(raw.decode("ascii", "replace"))
+        if answer is not None:
+            self.transport.write(answer.encode() + b"\n")
+
+    def too_long(self) -> None:
+        self.console.push_error(ScpiError(-223, "Too much data",
+                                          f"a line over {MAX_LINE} bytes"))
 
 
 class ScpiFactory(Factory):
@@ -65,8 +64,8 @@ def make_service(config: WanemConfig, reactor) -> tuple[service.MultiService, Wa
     _Links(emulator, reactor).setServiceParent(top)
     if config.console is not None:
         if config.console.serial is not None:
-            top.addService(_SerialScpi(console, config.console.serial, config.console.speed,
-                                       reactor))
+            SerialService(lambda: ScpiProtocol(console), config.console.serial,
+                          config.console.speed, reactor, "SCPI console").setServiceParent(top)
         if config.console.tcp is not None:
             endpoint = endpoints.TCP4ServerEndpoint(reactor, config.console.tcp.port,
                                                     interface=config.console.tcp.host)
@@ -74,23 +73,3 @@ def make_service(config: WanemConfig, reactor) -> tuple[service.MultiService, Wa
                                                  ).setServiceParent(top)
     _log.info("rcn-wanem {id}: {n} links", id=config.id, n=len(config.links))
     return top, emulator
-
-
-class _SerialScpi(service.Service):
-    def __init__(self, console, device, speed, reactor):
-        self.console, self.device, self.speed, self.reactor = console, device, speed, reactor
-        self.port = None
-
-    def startService(self):
-        super().startService()
-        from twisted.internet.serialport import SerialPort
-        try:
-            self.port = SerialPort(ScpiProtocol(self.console), self.device, self.reactor,
-                                   baudrate=self.speed)
-        except Exception as exc:
-            _log.error("SCPI console: cannot open {device}: {why}", device=self.device, why=exc)
-
-    def stopService(self):
-        super().stopService()
-        if self.port is not None:
-            self.port.loseConnection()

@@ -25,6 +25,16 @@ CORE = Address("10.0.1.1", 47001)
 OTHER_WWN = 0x500A098000000003
 
 
+def set_routes(sim: SimRcn, routes) -> None:
+    """One new route table for every device of the simulation."""
+    from rcn.logxfer.routes import RouteTable
+    table = RouteTable(routes)
+    for device in (sim.source, sim.target):
+        device.routes = table
+    for core in sim.cores:
+        core.set_routes(table)
+
+
 def add_volumes(sim: SimRcn, luns=(5, 6)) -> None:
     """Volumes for the pairs the tests create (the harness has LUNs 0 and 1)."""
     for lun in luns:
@@ -214,16 +224,12 @@ class SeveralArraysTests(TestCase):
     """Claim 9: pairs of two source arrays (two customers) on the same edges stay apart."""
 
     def setUp(self):
-        from rcn.logxfer.routes import Route, RouteTable
+        from rcn.logxfer.routes import Route
         self.sim = SimRcn(seed=9, volume_blocks=256)
         self.sim.target_array = ControlArray(self.sim)
         path = next(iter(self.sim.source.routes)).path
-        routes = RouteTable([Route(SOURCE_WWN, TARGET_WWN, path),
-                             Route(OTHER_WWN, TARGET_WWN, path)])
-        for device in (self.sim.source, self.sim.target):
-            device.routes = routes
-        for core in self.sim.cores:
-            core.set_routes(routes)
+        set_routes(self.sim, [Route(SOURCE_WWN, TARGET_WWN, path),
+                              Route(OTHER_WWN, TARGET_WWN, path)])
         self.sim.source.pairs.policy = "A-1"
         self.sim.source.sender.failure_timeout = 1.0
         add_volumes(self.sim)
@@ -258,16 +264,12 @@ class FailbackTests(TestCase):
     """After failure Suspend the pair is resynced the other way round, with bitmaps."""
 
     def setUp(self):
-        from rcn.logxfer.routes import Route, RouteTable
+        from rcn.logxfer.routes import Route
         self.sim = SimRcn(seed=11, volume_blocks=256)
         self.sim.target_array = ControlArray(self.sim)
         path = next(iter(self.sim.source.routes)).path
-        routes = RouteTable([Route(SOURCE_WWN, TARGET_WWN, path),
-                             Route(TARGET_WWN, SOURCE_WWN, tuple(reversed(path)))])
-        for device in (self.sim.source, self.sim.target):
-            device.routes = routes
-        for core in self.sim.cores:
-            core.set_routes(routes)
+        set_routes(self.sim, [Route(SOURCE_WWN, TARGET_WWN, path),
+                              Route(TARGET_WWN, SOURCE_WWN, tuple(reversed(path)))])
         self.sim.source.sender.failure_timeout = 1.0
         # the old source array, as the new target, answers like the stand-in array
         self.sim.source.apply_target_for = lambda header: self.sim.target_array

@@ -64,15 +64,13 @@ class PairLifecycleProcessTests(TestCase):
         out, err, code = yield run(self.qemu_io, *args)
         self.assertEqual(code, 0, (out + err).decode())
 
-    def equal(self) -> bool:
-        return volume(self.source) == volume(self.target)
-
     @defer.inlineCallbacks
-    def test_create_failure_suspend_resync_failover_failback(self):
+    def up(self, topology: str) -> dict:
+        """``rcn lab up`` with ``topology``; keeps the devices, array URLs and volume paths."""
         self.qemu_io = require_tool(self, "qemu-io")
         path = os.path.join(self.dir, "topology.toml")
         with open(path, "w") as f:
-            f.write('[lab]\ncapacity = "32MiB"\npair_setup = "create"\nfailure_timeout = 2\n')
+            f.write(topology)
         out, err, code = yield run(RCN, "lab", "up", "--dir", self.dir, "--topology", path,
                                    "--json")
         self.assertEqual(code, 0, (out + err).decode())
@@ -81,6 +79,16 @@ class PairLifecycleProcessTests(TestCase):
         self.urls = {n: self.devices[n]["urls"]["control"] for n in ("arrayA", "arrayB")}
         pair = lab["pairs"][0]
         self.source, self.target = pair["source_volume"], pair["target_volume"]
+        return lab
+
+    def equal(self) -> bool:
+        return volume(self.source) == volume(self.target)
+
+    @defer.inlineCallbacks
+    def test_create_failure_suspend_resync_failover_failback(self):
+        lab = yield self.up('[lab]\ncapacity = "32MiB"\npair_setup = "create"\n'
+                            'failure_timeout = 2\n')
+        pair = lab["pairs"][0]
         url_a = pair["nbd_url"]
         url_b = self.devices["arrayB"]["volumes"][0]["nbd_url"]
         b_wwn = self.devices["arrayB"]["wwn"]
@@ -143,18 +151,9 @@ class PairLifecycleProcessTests(TestCase):
     @defer.inlineCallbacks
     def test_virtual_wwns_are_translated_both_ways(self):
         """【0093】-【0098】: each array sees its partner under a WWN the edge made up."""
-        self.qemu_io = require_tool(self, "qemu-io")
-        path = os.path.join(self.dir, "topology.toml")
-        with open(path, "w") as f:
-            f.write('[lab]\ncapacity = "8MiB"\npair_setup = "create"\nvirtual_wwns = true\n')
-        out, err, code = yield run(RCN, "lab", "up", "--dir", self.dir, "--topology", path,
-                                   "--json")
-        self.assertEqual(code, 0, (out + err).decode())
-        lab = json.loads(out)
-        self.devices = {d["name"]: d for d in lab["devices"]}
-        self.urls = {n: self.devices[n]["urls"]["control"] for n in ("arrayA", "arrayB")}
+        lab = yield self.up('[lab]\ncapacity = "8MiB"\npair_setup = "create"\n'
+                            'virtual_wwns = true\n')
         pair = lab["pairs"][0]
-        self.source, self.target = pair["source_volume"], pair["target_volume"]
         a_wwn, b_wwn = self.devices["arrayA"]["wwn"], self.devices["arrayB"]["wwn"]
         virtual_b = lablib.virtual_wwn(b_wwn)
         # arrayA addresses arrayB by the virtual WWN edgeA shows it

@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rcn.wanem.link import (DEFAULTS, RANGES, EmulatedLink, LinkSpec, LinkStats, RelayLink,
                             WanEmulator)
+from tests.rcn.logxfer.test_protocol import FakeTransport
 
 N = 10_000
 _INDEX = struct.Struct(">I")
@@ -351,17 +352,6 @@ A_HOST = ("10.0.0.1", 5000)
 B_ADDRESS = ("10.0.9.9", 47001)
 
 
-class FakeTransport:
-    """What a UDP port offers the protocol: write(data, addr)."""
-
-    def __init__(self, fail: OSError | None = None):
-        self.written = []
-        self.fail = fail
-
-    def write(self, data, addr):
-        if self.fail is not None:
-            raise self.fail
-        self.written.append((data, addr))
 
 
 class RelayTests(SynchronousTestCase):
