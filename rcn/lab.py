@@ -30,7 +30,20 @@ group 7 with 256 MiB volumes)::
     mgmt = true                           # true: an rcn-mgmt server gives the edges and cores
                                           # their tables (set up through its API), and the
                                           # pairs are made with pair-create; false: static
-                                          # tables in every device's file
+                                          # tables in every device's file (the default when
+                                          # the lab has [[wanem]] links: see below)
+    consoles = false                      # true: every daemon serves its console on a pty
+                                          # of its own, linked as DIR/NAME.tty (open it
+                                          # with any terminal program, e.g. pyserial's
+                                          # miniterm)
+
+    [[wanem]]                             # a WAN emulator link between two neighbours on
+    between = ["edgeA", "core1"]          # the path (edgeA, core1 .. coreN, edgeB), in
+                                          # path order; LINK1, LINK2 ... in file order
+    delay_ms = 20.0                       # initial impairments, the keys of rcn-wanem's
+    loss = 0.01                           # [[link]] (rcn/wanem/config.py): delay_ms,
+    seed = 1                              # jitter_ms, loss, duplicate, reorder, rate,
+                                          # queue, seed
 
     [[pair]]                              # one per replicated volume (default: the one above)
     lun = 0                               # LUN on arrayA; its volume is "vol<lun>"
@@ -65,6 +78,16 @@ arrays also ``wwn``, ``data_dir``, ``volumes`` with ``lun``, ``name``, ``path``,
 and target array, LUN, group, volume paths, the source's ``nbd_url``) and
 ``nbd_url`` (the first pair's source volume).
 
+WAN emulator links (``[[wanem]]``): one ``rcn-wanem`` daemon (device ``wanem``,
+role wanem) relays every link; its SCPI console is on a pty linked as
+``DIR/wanem.tty`` (what ``rcn-bench`` drives over pyserial) and on TCP
+(``urls.scpi``, a ``socket://`` URL). A link's two neighbours address each other
+through it: the upstream one sends to the link's A port, the downstream one
+answers to its B port. That needs route tables per device (each sees its
+neighbours' addresses through the emulator), so a lab with wanem links uses
+static tables: ``mgmt`` defaults to false there, and ``mgmt = true`` is refused
+(the management server gives every device the same addresses).
+
 Library use (``rcn demo`` and the crash tests do this): :func:`up`, :func:`status`,
 :func:`down`, and for one device :func:`signal_device` (SIGKILL, SIGSTOP...) and
 :func:`restart` (same file and ports, new pid in ``lab.json``); they raise
@@ -90,14 +113,15 @@ from rcn.config import ConfigError, Reader, in_range, load_toml, one_of, parse_s
 
 __all__ = ["LabError", "Topology", "PairSpec", "parse_topology", "load_topology", "plan",
            "device_configs", "up", "status", "down", "restart", "signal_device", "load_lab",
-           "render_toml", "applied_counter", "pid_alive", "api", "settings_requests"]
+           "render_toml", "applied_counter", "pid_alive", "api", "settings_requests",
+           "WanemSpec", "path_names"]
 
 DEFAULT_SOURCE_WWN = 0x500A098000000001
 DEFAULT_TARGET_WWN = 0x500A098000000002
 DEFAULT_CAPACITY = 256 << 20
 LAB_FILE = "lab.json"
 PLUGINS = {"storage": "rcn-storage", "edge": "rcn-edge", "core": "rcn-core",
-           "mgmt": "rcn-mgmt"}
+           "mgmt": "rcn-mgmt", "wanem": "rcn-wanem"}
 LAB_CUSTOMER = "lab"
 HOST = "127.0.0.1"
 
@@ -121,6 +145,14 @@ class PairSpec:
 
 
 @dataclass(frozen=True)
+class WanemSpec:
+    """A WAN emulator link between two neighbours on the path (upstream first)."""
+    between: tuple[str, str]
+    settings: tuple[tuple[str, object], ...] = ()     # rcn-wanem [[link]] keys and values
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
 class Topology:
     cores: int = 1
     capacity: int = DEFAULT_CAPACITY
@@ -134,6 +166,8 @@ class Topology:
     virtual_wwns: bool = False
     failure_timeout: float = 60.0
     mgmt: bool = True
+    wanem: tuple[WanemSpec, ...] = ()
+    consoles: bool = False
 
     def __post_init__(self):
         if not self.pairs:
@@ -150,11 +184,12 @@ def _capacity(value) -> int:
 def parse_topology(doc: dict, base_dir: str = ".") -> Topology:
     """A topology from a parsed TOML document (``base_dir`` unused: nothing is a path)."""
     top = Reader(doc, "")
-    top.unknown({"lab", "pair"})
+    top.unknown({"lab", "pair", "wanem"})
     lab = top.get("lab", dict, {})
     r = Reader(lab, "lab.")
     r.unknown({"cores", "capacity", "log_mode", "batching", "pair_mode", "source_wwn",
-               "target_wwn", "pair_setup", "virtual_wwns", "failure_timeout", "mgmt"})
+               "target_wwn", "pair_setup", "virtual_wwns", "failure_timeout", "mgmt",
+               "consoles"})
     capacity = r.get("capacity", (int, str), DEFAULT_CAPACITY, _capacity)
     source_wwn = r.get("source_wwn", str, DEFAULT_SOURCE_WWN, parse_wwn)
     target_wwn = r.get("target_wwn", str, DEFAULT_TARGET_WWN, parse_wwn)
@@ -178,7 +213,14 @@ def parse_topology(doc: dict, base_dir: str = ".") -> Topology:
                 raise ConfigError(f"pair[{i}].target_lun: LUN {target_lun} is in two pairs "
                                   f"(pair[{j}] too)")
         pairs.append(spec)
-    return Topology(cores=r.get("cores", int, 1, in_range(0, 16)), capacity=capacity,
+    cores = r.get("cores", int, 1, in_range(0, 16))
+    wanem = _wanem_links(top.get("wanem", list, []), cores)
+    mgmt = r.get("mgmt", bool, not wanem)
+    if mgmt and wanem:
+        raise ConfigError("lab.mgmt: a lab with [[wanem]] links needs static route tables "
+                          "(each device sees its neighbours through the emulator); leave mgmt "
+                          "out or set it to false")
+    return Topology(cores=cores, capacity=capacity,
                     log_mode=r.get("log_mode", str, "durable", one_of(("durable", "memory"))),
                     batching=r.get("batching", bool, True),
                     pair_mode=r.get("pair_mode", str, "sync", one_of(("sync", "async"))),
@@ -187,7 +229,43 @@ def parse_topology(doc: dict, base_dir: str = ".") -> Topology:
                     virtual_wwns=r.get("virtual_wwns", bool, False),
                     failure_timeout=float(r.get("failure_timeout", (int, float), 60.0,
                                                 in_range(0.1, 86400.0))),
-                    mgmt=r.get("mgmt", bool, True))
+                    mgmt=mgmt, wanem=wanem, consoles=r.get("consoles", bool, False))
+
+
+def path_names(cores: int) -> list[str]:
+    """The devices of the lab's path in order: edgeA, core1 .. coreN, edgeB."""
+    return ["edgeA"] + [f"core{i + 1}" for i in range(cores)] + ["edgeB"]
+
+
+def _wanem_links(tables: list, cores: int) -> tuple[WanemSpec, ...]:
+    from rcn.wanem.config import SETTING_KEYS, read_link_settings
+    chain = path_names(cores)
+    links: list[WanemSpec] = []
+    for i, table in enumerate(tables):
+        if not isinstance(table, dict):
+            raise ConfigError(f"wanem[{i}]: expected a table ([[wanem]])")
+        r = Reader(table, f"wanem[{i}].")
+        r.unknown({"between", "seed", *SETTING_KEYS})
+        between = r.get("between", list)
+        if len(between) != 2 or not all(isinstance(n, str) for n in between):
+            raise ConfigError(f"wanem[{i}].between: expected two device names, like "
+                              f'["edgeA", "{chain[1]}"]')
+        a, b = between
+        for name in (a, b):
+            if name not in chain:
+                raise ConfigError(f"wanem[{i}].between: no device {name!r} on the path "
+                                  f"({', '.join(chain)})")
+        if chain.index(b) != chain.index(a) + 1:
+            raise ConfigError(f"wanem[{i}].between: {a} and {b} are not neighbours on the path "
+                              f"in that order ({' > '.join(chain)})")
+        for j, other in enumerate(links):
+            if other.between == (a, b):
+                raise ConfigError(f"wanem[{i}].between: {a} - {b} has a link already "
+                                  f"(wanem[{j}])")
+        read_link_settings(r, f"wanem[{i}].")            # checks the values
+        settings = tuple((k, table[k]) for k in SETTING_KEYS if k in table)
+        links.append(WanemSpec((a, b), settings, r.get("seed", int, None)))
+    return tuple(links)
 
 
 def load_topology(path: str | None) -> Topology:
@@ -250,7 +328,8 @@ def plan(topology: Topology, directory: str, ports: tuple[list[int], list[int]] 
     directory = os.path.abspath(directory)
     cores = [f"core{i + 1}" for i in range(topology.cores)]
     if ports is None:
-        ports = free_ports(2 * 2 + 2 * 2 + len(cores) + 2, 2 + len(cores))
+        ports = free_ports(2 * 2 + 2 * 2 + len(cores) + 2 + (1 if topology.wanem else 0),
+                           2 + len(cores) + 2 * len(topology.wanem))
     tcp, udp = list(ports[0]), list(ports[1])
     devices = []
 
@@ -295,6 +374,18 @@ def plan(topology: Topology, directory: str, ports: tuple[list[int], list[int]] 
                            "urls": {"api": f"http://{HOST}:{http}/api/v1",
                                     "dashboard": f"http://{HOST}:{http}/",
                                     "metrics": f"http://{HOST}:{http}/metrics"}})
+    if topology.wanem:
+        scpi = tcp.pop(0)
+        links = [{"number": n, "between": list(w.between), "a_port": udp.pop(0),
+                  "b_port": udp.pop(0)} for n, w in enumerate(topology.wanem, 1)]
+        devices.insert(0, {"name": "wanem", "role": "wanem", "plugin": PLUGINS["wanem"],
+                           **files("wanem"), "console": os.path.join(directory, "wanem.tty"),
+                           "ports": {"scpi": scpi, **{f"link{k['number']}_{side}": k[f"{side}_port"]
+                                                      for k in links for side in "ab"}},
+                           "urls": {"scpi": f"socket://{HOST}:{scpi}"}, "links": links})
+    if topology.consoles:
+        for d in devices:
+            d.setdefault("console", os.path.join(directory, f"{d['name']}.tty"))
     by_name = {d["name"]: d for d in devices}
     volume_a = {v["lun"]: v for v in by_name["arrayA"]["volumes"]}
     volume_b = {v["lun"]: v for v in by_name["arrayB"]["volumes"]}
@@ -311,12 +402,18 @@ def plan(topology: Topology, directory: str, ports: tuple[list[int], list[int]] 
             "devices": devices, "pairs": pairs, "nbd_url": pairs[0]["nbd_url"]}
 
 
-def _path(lab: dict) -> list[str]:
+def _path(lab: dict, viewer: str | None = None) -> list[str]:
+    """The log-transfer path edgeA .. edgeB as ``viewer`` addresses it: a neighbour behind a
+    WAN emulator link is the link's A port (seen from upstream) or B port (from downstream)."""
     by_name = {d["name"]: d for d in lab["devices"]}
-    cores = [d for d in lab["devices"] if d["role"] == "core"]
-    return ([f"{HOST}:{by_name['edgeA']['ports']['log']}"]
-            + [f"{HOST}:{c['ports']['log']}" for c in cores]
-            + [f"{HOST}:{by_name['edgeB']['ports']['log']}"])
+    through = {}
+    for link in by_name.get("wanem", {}).get("links", []):
+        up, down = link["between"]
+        through[(up, down)] = link["a_port"]
+        through[(down, up)] = link["b_port"]
+    chain = path_names(lab["topology"]["cores"])
+    return [f"{HOST}:{through.get((viewer, name), by_name[name]['ports']['log'])}"
+            for name in chain]
 
 
 def virtual_wwn(wwn: str) -> str:
@@ -336,9 +433,10 @@ def device_configs(lab: dict) -> dict[str, dict]:
     # after that (a restart) the arrays start with them in Duplex, as the edges do
     created = (topo.get("pair_setup", "config") == "create"
                or (managed and not lab.get("pairs_created")))
-    path = _path(lab)
-    route = [{"source_wwn": source, "target_wwn": target, "path": path},
-             {"source_wwn": target, "target_wwn": source, "path": path[::-1]}]   # failback
+    def routes(viewer: str) -> list[dict]:
+        path = _path(lab, viewer)
+        return [{"source_wwn": source, "target_wwn": target, "path": path},
+                {"source_wwn": target, "target_wwn": source, "path": path[::-1]}]   # failback
     out = {}
     for name, partner, role in (("arrayA", target, "source"), ("arrayB", source, "target")):
         d = by_name[name]
@@ -378,7 +476,7 @@ def device_configs(lab: dict) -> dict[str, dict]:
             doc["pair"] = [{"source_wwn": source, "source_lun": p["source_lun"],
                             "target_wwn": target, "target_lun": p["target_lun"],
                             "group": p["group"]} for p in lab["pairs"]]
-        doc["route"] = route
+        doc["route"] = routes(name)
         out[name] = doc
     for d in lab["devices"]:
         if d["role"] == "core":
@@ -388,13 +486,34 @@ def device_configs(lab: dict) -> dict[str, dict]:
             if managed:
                 out[d["name"]]["mgmt"] = {"connect": f"tcp:{HOST}:{by_name['mgmt']['ports']['amp']}"}
             else:
-                out[d["name"]]["route"] = route
+                out[d["name"]]["route"] = routes(d["name"])
         elif d["role"] == "mgmt":
             out["mgmt"] = {"mgmt": {"id": "mgmt", "database": "mgmt/mgmt.sqlite",
                                     "http": f"{HOST}:{d['ports']['http']}",
                                     "amp": f"{HOST}:{d['ports']['amp']}",
                                     "operator_token_file": "mgmt/operator.token"}}
+        elif d["role"] == "wanem":
+            out["wanem"] = _wanem_config(lab, d)
+    for d in lab["devices"]:
+        if d.get("console") and d["role"] != "wanem":
+            out[d["name"]]["console"] = {"serial": "pty", "pty_link": d["console"]}
     return out
+
+
+def _wanem_config(lab: dict, device: dict) -> dict:
+    """rcn-wanem's file: a [[link]] per lab link, SCPI on a pty and on TCP."""
+    by_name = {d["name"]: d for d in lab["devices"]}
+    links = []
+    for link, spec in zip(device["links"], lab["topology"]["wanem"]):
+        up, down = (by_name[n]["ports"]["log"] for n in link["between"])
+        links.append({"a": f"{HOST}:{link['a_port']}", "b": f"{HOST}:{down}",
+                      "b_from": f"{HOST}:{link['b_port']}", "a_to": f"{HOST}:{up}",
+                      **({"seed": spec["seed"]} if spec.get("seed") is not None else {}),
+                      **dict(spec["settings"])})
+    return {"wanem": {"id": "wanem"},
+            "console": {"serial": "pty", "pty_link": device["console"],
+                        "tcp": f"{HOST}:{device['ports']['scpi']}"},
+            "link": links}
 
 
 def settings_requests(lab: dict) -> list[tuple[str, str, dict]]:
@@ -559,6 +678,10 @@ def _not_ready(device: dict) -> str | None:
         if device["role"] == "mgmt":
             get_text(device["urls"]["dashboard"])
             return None if os.path.exists(device["token_file"]) else "no operator token yet"
+        if device["role"] == "wanem":
+            with socket.create_connection((HOST, device["ports"]["scpi"]), timeout=2.0):
+                pass
+            return None if os.path.islink(device["console"]) else "no console pty yet"
         if device["role"] == "edge":
             body = get_json(device["urls"]["status"])
             wwns = [link.get("array_wwn") for link in body.get("links", [])]
@@ -599,7 +722,7 @@ def up(topology: Topology, directory: str, timeout: float = 60.0, progress=None)
     lab["started"] = time.time()
     # edges and cores first: the arrays connect to their edges (and retry with backoff);
     # under a management server, it first, and the arrays once it has set the edges up
-    rank = {"mgmt": 0, "core": 1, "edge": 2, "storage": 3}
+    rank = {"mgmt": 0, "wanem": 0, "core": 1, "edge": 2, "storage": 3}
     order = sorted(lab["devices"], key=lambda d: rank[d["role"]])
     deadline = time.monotonic() + timeout
     try:
@@ -854,6 +977,30 @@ def _mgmt_figures(text: str) -> dict:
     return out
 
 
+def _wanem_figures(device: dict) -> dict:
+    """Each link's state, delay, loss and counters, asked over the SCPI TCP port."""
+    from rcn.bench.drivers import ApplianceError, WanemDriver, open_port
+    try:
+        driver = WanemDriver(open_port(device["urls"]["scpi"], timeout=2.0))
+    except Exception as exc:                  # serial.SerialException: cannot connect
+        raise OSError(str(exc)) from None
+    try:
+        links = []
+        for link in device["links"]:
+            n = link["number"]
+            state, delay, loss = driver.query(f"LINK{n}:STATE?;DEL?;LOSS?").split(";")
+            stats = driver.stats(n)
+            links.append({"link": n, "between": link["between"], "state": state,
+                          "delay_ms": float(delay), "loss_percent": float(loss),
+                          "in": stats.packets_in, "out": stats.packets_out,
+                          "dropped": stats.dropped})
+        return {"links": links}
+    except (ApplianceError, ValueError) as exc:
+        raise OSError(f"SCPI: {exc}") from None
+    finally:
+        driver.close()
+
+
 def device_figures(device: dict) -> dict:
     """A device's key figures from its HTTP interface (``error`` when it does not answer)."""
     try:
@@ -867,6 +1014,10 @@ def device_figures(device: dict) -> dict:
                                                      "state", "mode", "dirty_tracks",
                                                      "copy_progress")}
                               for p in pairs]}
+        if device["role"] == "wanem":
+            with socket.create_connection((HOST, device["ports"]["scpi"]), timeout=2.0):
+                pass
+            return None if os.path.islink(device["console"]) else "no console pty yet"
         if device["role"] == "edge":
             body = get_json(device["urls"]["status"])
             return {"links": body.get("links"),
@@ -883,6 +1034,8 @@ def device_figures(device: dict) -> dict:
                     "sender": body.get("sender"), "drops": body.get("drops")}
         if device["role"] == "mgmt":
             return _mgmt_figures(get_text(device["urls"]["metrics"]))
+        if device["role"] == "wanem":
+            return _wanem_figures(device)
         return _core_figures(get_text(device["urls"]["metrics"]))
     except (urllib.error.URLError, OSError, ValueError) as exc:
         return {"error": f"{getattr(exc, 'reason', exc)}"}
@@ -933,6 +1086,10 @@ def summary(row: dict) -> str:
                           for p in row.get("pairs", []))
         return (f"{groups or 'no groups'}; pairs: {pairs or 'none'}; ack p99 "
                 f"{_ms(row['ack_latency_p99_s'])} lag p99 {_ms(row['lag_p99_s'])}")
+    if row["role"] == "wanem":
+        return "; ".join(f"LINK{k['link']} {'>'.join(k['between'])} {k['state']} "
+                         f"{k['delay_ms']:g} ms {k['loss_percent']:g}% loss: in {k['in']} "
+                         f"out {k['out']} dropped {k['dropped']}" for k in row["links"])
     if row["role"] == "mgmt":
         current = [d for d, ok in sorted(row["up_to_date"].items()) if ok]
         return (f"settings version {row['version']}; {len(current)} of "

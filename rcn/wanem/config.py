@@ -4,7 +4,8 @@
     id = "wanem1"
 
     [console]                             # SCPI over a serial port and/or TCP
-    serial = "/dev/ttyS2"
+    serial = "/dev/ttyS2"                 # or "pty": a pty of its own, with pty_link =
+                                          # "PATH" for a symlink to it
     speed = 115200
     tcp = "127.0.0.1:5025"                # the usual SCPI-over-TCP port
 
@@ -54,23 +55,12 @@ def parse_config(doc: dict, base_dir: str = ".") -> WanemConfig:
         if not isinstance(table, dict):
             raise ConfigError(f"link[{i}]: expected a table ([[link]])")
         r = Reader(table, f"link[{i}].")
-        r.unknown({"a", "b", "b_from", "a_to", "seed", "delay_ms", "jitter_ms", "loss",
-                   "duplicate", "reorder", "rate", "queue"})
+        r.unknown({"a", "b", "b_from", "a_to", "seed", *SETTING_KEYS})
         a = r.get("a", str, check=ip_address)
         b = r.get("b", str, check=ip_address)
         b_from = r.get("b_from", str, None, ip_address)
         a_to = r.get("a_to", str, None, ip_address)
-        settings = {}
-        for key, name_, scale in (("delay_ms", "delay", 1e-3), ("jitter_ms", "jitter", 1e-3),
-                                  ("loss", "loss", 1.0), ("duplicate", "duplicate", 1.0),
-                                  ("reorder", "reorder", 1.0)):
-            value = r.get(key, (int, float), None)
-            if value is not None:
-                settings[name_] = _checked(f"link[{i}].{key}", name_, value * scale)
-        for key, name_ in (("rate", "rate"), ("queue", "queue_limit")):
-            value = r.get(key, (int, str), None, parse_size)
-            if value is not None:
-                settings[name_] = _checked(f"link[{i}].{key}", name_, value)
+        settings = read_link_settings(r, f"link[{i}].")
         links.append(LinkSpec(a_port=a.port, b_address=(b.host, b.port), interface=a.host,
                               b_port=b_from.port if b_from else 0,
                               a_address=(a_to.host, a_to.port) if a_to else None,
@@ -78,6 +68,27 @@ def parse_config(doc: dict, base_dir: str = ".") -> WanemConfig:
     if not links:
         raise ConfigError("link: at least one [[link]] is needed")
     return WanemConfig(id=name, links=tuple(links), console=read_console(top))
+
+
+#: a [[link]] table's impairment keys: key -> (setting, scale to the setting's unit)
+SETTING_KEYS = {"delay_ms": ("delay", 1e-3), "jitter_ms": ("jitter", 1e-3), "loss": ("loss", 1.0),
+                "duplicate": ("duplicate", 1.0), "reorder": ("reorder", 1.0),
+                "rate": ("rate", None), "queue": ("queue_limit", None)}
+
+
+def read_link_settings(r: Reader, where: str) -> dict:
+    """The impairment keys of one link table (:data:`SETTING_KEYS`) as link settings;
+    ConfigError naming ``where`` + the key for a value out of range."""
+    settings = {}
+    for key, (name, scale) in SETTING_KEYS.items():
+        if scale is None:                      # sizes: "100MiB" or a number of bytes
+            value = r.get(key, (int, str), None, parse_size)
+        else:
+            value = r.get(key, (int, float), None)
+            value = None if value is None else value * scale
+        if value is not None:
+            settings[name] = _checked(f"{where}{key}", name, value)
+    return settings
 
 
 def _checked(where: str, name: str, value):

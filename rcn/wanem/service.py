@@ -65,7 +65,8 @@ def make_service(config: WanemConfig, reactor) -> tuple[service.MultiService, Wa
     if config.console is not None:
         if config.console.serial is not None:
             SerialService(lambda: ScpiProtocol(console), config.console.serial,
-                          config.console.speed, reactor, "SCPI console").setServiceParent(top)
+                          config.console.speed, reactor, "SCPI console",
+                          pty_link=config.console.pty_link).setServiceParent(top)
         if config.console.tcp is not None:
             endpoint = endpoints.TCP4ServerEndpoint(reactor, config.console.tcp.port,
                                                     interface=config.console.tcp.host)

@@ -16,6 +16,7 @@ from rcn.core.config import load_config as load_core
 from rcn.edge.config import load_config as load_edge
 from rcn.mgmt.config import load_config as load_mgmt
 from rcn.storage.config import load_config as load_storage
+from rcn.wanem.config import load_config as load_wanem
 
 A, B = 0x500A098000000001, 0x500A098000000002
 
@@ -107,7 +108,7 @@ class GeneratedConfigTests(TestCase):
 
     def loaded(self, record):
         loaders = {"storage": load_storage, "edge": load_edge, "core": load_core,
-                   "mgmt": load_mgmt}
+                   "mgmt": load_mgmt, "wanem": load_wanem}
         return {d["name"]: loaders[d["role"]](d["config"]) for d in record["devices"]}
 
     def test_default_lab(self):
@@ -243,6 +244,74 @@ class GeneratedConfigTests(TestCase):
         self.assertNotIn("core1", c)
         self.assertEqual(tuple(list(c["edgeA"].settings.routes)[0].path),
                          (c["edgeA"].log, c["edgeB"].log))
+
+
+class WanemLabTests(TestCase):
+    """[[wanem]] links: each device addresses its neighbours through the emulator."""
+
+    write, loaded = GeneratedConfigTests.write, GeneratedConfigTests.loaded
+
+    def test_each_device_sees_its_neighbours_through_the_links(self):
+        topology = parse('[lab]\ncores = 2\nconsoles = true\n'
+                         '[[wanem]]\nbetween = ["edgeA", "core1"]\ndelay_ms = 20\nloss = 0.01\n'
+                         'seed = 3\n'
+                         '[[wanem]]\nbetween = ["core2", "edgeB"]\nrate = "10MiB"\n')
+        self.assertFalse(topology.mgmt)               # static tables by default
+        record = self.write(topology)
+        c = self.loaded(record)
+        w = c["wanem"]
+        a1, b1 = [("127.0.0.1", record["devices"][0]["ports"][f"link1_{s}"]) for s in "ab"]
+        a2, b2 = [("127.0.0.1", record["devices"][0]["ports"][f"link2_{s}"]) for s in "ab"]
+        real = {n: tuple(c[n].log if n.startswith("edge") else c[n].listen)
+                for n in ("edgeA", "core1", "core2", "edgeB")}
+
+        def path(name):
+            routes = c[name].settings.routes if name.startswith("edge") else c[name].routes
+            return [tuple(a) for a in list(routes)[0].path]
+        self.assertEqual(path("edgeA"), [real["edgeA"], a1, real["core2"], real["edgeB"]])
+        self.assertEqual(path("core1"), [b1, real["core1"], real["core2"], real["edgeB"]])
+        self.assertEqual(path("core2"), [real["edgeA"], real["core1"], real["core2"], a2])
+        self.assertEqual(path("edgeB"), [real["edgeA"], real["core1"], b2, real["edgeB"]])
+        # the failback route is the same path backwards, seen the same way
+        routes = list(c["core1"].routes)
+        self.assertEqual([tuple(a) for a in routes[1].path], path("core1")[::-1])
+        # the emulator relays A port -> the downstream device, answers to the upstream one
+        self.assertEqual([(k.a_port, k.b_address, k.b_port, k.a_address) for k in w.links],
+                         [(a1[1], real["core1"], b1[1], real["edgeA"]),
+                          (a2[1], real["edgeB"], b2[1], real["core2"])])
+        self.assertEqual((w.links[0].seed, w.links[0].settings), (3, {"delay": 0.02,
+                                                                      "loss": 0.01}))
+        self.assertEqual(w.links[1].settings, {"rate": 10 << 20})
+        wanem = record["devices"][0]
+        self.assertEqual((wanem["name"], wanem["console"], w.console.serial, w.console.pty_link),
+                         ("wanem", os.path.join(record["dir"], "wanem.tty"), "pty",
+                          os.path.join(record["dir"], "wanem.tty")))
+        self.assertEqual(wanem["urls"]["scpi"], f"socket://127.0.0.1:{w.console.tcp.port}")
+        # consoles = true: every daemon on a pty of its own, linked as DIR/NAME.tty
+        for name in ("arrayA", "arrayB", "edgeA", "edgeB", "core1", "core2"):
+            self.assertEqual((c[name].console.serial, c[name].console.pty_link),
+                             ("pty", os.path.join(record["dir"], f"{name}.tty")), name)
+        ports = [p for d in record["devices"] for p in d["ports"].values()]
+        self.assertEqual(len(ports), len(set(ports)))
+
+    def test_wanem_errors_name_the_key(self):
+        for text, message in [
+            ('[lab]\nmgmt = true\n[[wanem]]\nbetween = ["edgeA", "core1"]\n',
+             "lab.mgmt: a lab with [[wanem]] links needs static route tables"),
+            ('[[wanem]]\nbetween = ["core1", "edgeA"]\n',
+             "wanem[0].between: core1 and edgeA are not neighbours on the path in that order"),
+            ('[[wanem]]\nbetween = ["edgeA", "core2"]\n',
+             "wanem[0].between: no device 'core2' on the path (edgeA, core1, edgeB)"),
+            ('[[wanem]]\nbetween = ["edgeA"]\n', "wanem[0].between: expected two device names"),
+            ('[[wanem]]\nbetween = ["edgeA", "core1"]\n[[wanem]]\nbetween = ["edgeA", "core1"]\n',
+             "wanem[1].between: edgeA - core1 has a link already (wanem[0])"),
+            ('[[wanem]]\nbetween = ["edgeA", "core1"]\nloss = 1.5\n',
+             "wanem[0].loss: loss 1.5 (fraction) is outside 0..1"),
+            ('[[wanem]]\nbetween = ["edgeA", "core1"]\ndelay = 5\n', "wanem[0].delay"),
+        ]:
+            with self.assertRaises(ConfigError, msg=text) as caught:
+                parse(text)
+            self.assertIn(message, str(caught.exception))
 
 
 class ProcessHelperTests(TestCase):
