@@ -1014,10 +1014,6 @@ def device_figures(device: dict) -> dict:
                                                      "state", "mode", "dirty_tracks",
                                                      "copy_progress")}
                               for p in pairs]}
-        if device["role"] == "wanem":
-            with socket.create_connection((HOST, device["ports"]["scpi"]), timeout=2.0):
-                pass
-            return None if os.path.islink(device["console"]) else "no console pty yet"
         if device["role"] == "edge":
             body = get_json(device["urls"]["status"])
             return {"links": body.get("links"),
