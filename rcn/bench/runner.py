@@ -10,7 +10,7 @@ their times while it samples the RCN every ``sample_interval`` seconds:
   edge's log generation, it is the target's last apply lag (I/O time to applied);
   otherwise the time since the source's generation first passed the target's apply
   counter (at least that last apply lag) -- so a cut link shows lag growing.
-* **throughput**: host writes acknowledged (the workloads' status files) and bytes
+* **throughput**: host writes acknowledged (the workloads' journals) and bytes
   applied at the target (the target edge's per-group ``applied_bytes``), MB/s.
 * **source ack latency** p50/p99 of the writes the workloads completed in the interval
   (their journals: issue and completion times of every write).
@@ -26,7 +26,6 @@ reported with the record so far.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -69,7 +68,7 @@ class Workload:
     pair: dict
     read_at: int = JOURNAL_HEADER.size
     latencies: list = field(default_factory=list)      # numpy arrays: completed_at, latency
-    bytes_acked: int = 0
+    block: int = 0
 
     def read_new(self) -> np.ndarray:
         """Journal records completed since the last call."""
@@ -93,12 +92,6 @@ class Workload:
         chosen = (both[0] > start) & (both[0] <= end)
         return both[1][chosen]
 
-    def read_status(self) -> dict:
-        try:
-            with open(self.status) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
 
 
 class Runner:
@@ -114,7 +107,7 @@ class Runner:
         self.events: list[dict] = []
         self.checks: list[dict] = []
         self._generations: dict[int, list[tuple[float, int]]] = {}
-        self._last = {"t": None, "write_bytes": 0, "applied_bytes": None}
+        self._last = {"t": None, "applied_bytes": None}
         self._next_sample = 0.0
         self._next_progress = 0.0
         self.error: str | None = None
@@ -259,7 +252,7 @@ class Runner:
                  "--seed", str(a["seed"]), "--run-id", str(run_id)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self.workloads[name] = Workload(name, process, files["journal"], files["status"],
-                                        files["log"], (0, a["region"]), pair)
+                                        files["log"], (0, a["region"]), pair, block=a["block"])
         self._event("workload", f"{name} start ({a['rate']:g}/s)" if a["rate"]
                     else f"{name} start (depth {a['depth']})")
 
@@ -397,7 +390,10 @@ class Runner:
         try:
             time.sleep(0.2)
             for w in self._chosen(a["workload"]):
-                result = check_prefix(read_journal(w.journal), w.pair["target_volume"], *w.region)
+                # the target is frozen: the full rule (one cut time over the whole region);
+                # the journal path: read after the scan, so it holds every completion
+                result = check_prefix(w.journal, w.pair["target_volume"], *w.region,
+                                      live=False)
                 passed = passed and result.ok
                 details.append(f"{w.name}: {result.summary}"
                                + ("" if result.ok else "; " + "; ".join(result.violations[:3])))
@@ -461,16 +457,14 @@ class Runner:
             applied_bytes = (applied_bytes or 0) + g.get("applied_bytes", 0)
         last_t = self._last["t"]
         latencies = []
-        write_bytes = 0
         for w in self.workloads.values():
             w.read_new()
             if last_t is not None:
                 latencies.append(w.latency_between(self.t0 + last_t, now))
-            write_bytes += w.read_status().get("bytes_acked", 0)
         if last_t is not None and t > last_t:
             dt = t - last_t
-            sample["write_mb_s"] = round(max(0, write_bytes - self._last["write_bytes"])
-                                         / dt / 1e6, 3) if self.workloads else 0.0
+            written = sum(len(x) * w.block for x, w in zip(latencies, self.workloads.values()))
+            sample["write_mb_s"] = round(written / dt / 1e6, 3)
             if applied_bytes is not None and self._last["applied_bytes"] is not None \
                     and applied_bytes >= self._last["applied_bytes"]:
                 sample["applied_mb_s"] = round((applied_bytes - self._last["applied_bytes"])
@@ -479,7 +473,7 @@ class Runner:
         if len(both):
             sample["ack_p50_ms"] = _ms(float(np.percentile(both, 50, method="inverted_cdf")))
             sample["ack_p99_ms"] = _ms(float(np.percentile(both, 99, method="inverted_cdf")))
-        self._last.update(t=t, write_bytes=write_bytes, applied_bytes=applied_bytes)
+        self._last.update(t=t, applied_bytes=applied_bytes)
         self.samples.append(sample)
 
     def _progress(self, sample: dict) -> None:
