@@ -176,10 +176,16 @@ def client_endpoint(text: str) -> str:
 
 @dataclass(frozen=True)
 class ConsoleConfig:
-    """``[console]``: where a daemon serves its operator console."""
-    serial: str | None = None         # a serial device path (or a pty)
+    """``[console]``: where a daemon serves its operator console. ``serial = "pty"``: a
+    pseudo-terminal the daemon makes itself (QEMU's ``-serial pty``), its name logged and,
+    with ``pty_link``, a symlink to it at that path."""
+    serial: str | None = None         # a serial device path, or "pty"
     speed: int = 115200
     tcp: Address | None = None
+    pty_link: str | None = None       # serial = "pty" only: a symlink to the pty's slave
+
+
+PTY = "pty"
 
 
 def read_console(top: Reader) -> ConsoleConfig | None:
@@ -188,14 +194,23 @@ def read_console(top: Reader) -> ConsoleConfig | None:
     if table is None:
         return None
     r = Reader(table, "console.")
-    r.unknown({"serial", "speed", "tcp"})
+    r.unknown({"serial", "speed", "tcp", "pty_link"})
     config = ConsoleConfig(serial=r.get("serial", str, None),
                            speed=r.get("speed", int, 115200,
                                        one_of((1200, 2400, 4800, 9600, 19200, 38400, 57600,
                                                115200, 230400, 460800, 921600))),
-                           tcp=r.get("tcp", str, None, ip_address))
+                           tcp=r.get("tcp", str, None, ip_address),
+                           pty_link=r.get("pty_link", str, None))
     if config.serial is None and config.tcp is None:
-        raise ConfigError("console: give serial (a device path) or tcp (HOST:PORT), or both")
+        raise ConfigError("console: give serial (a device path or \"pty\") or tcp (HOST:PORT), "
+                          "or both")
+    if config.serial is not None and not config.serial.strip():
+        raise ConfigError("console.serial: empty (a device path, or \"pty\")")
+    if config.pty_link is not None and config.serial != PTY:
+        raise ConfigError(f"console.pty_link: only with serial = \"{PTY}\" (serial is "
+                          f"{config.serial!r})")
+    if config.pty_link is not None and not config.pty_link.strip():
+        raise ConfigError("console.pty_link: empty (a path for the symlink to the pty)")
     return config
 
 

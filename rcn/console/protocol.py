@@ -5,7 +5,9 @@ which a device opens from its ``[console] serial`` setting) and on TCP (for
 console servers). Terminals end lines with CR, LF or CRLF: any of them ends a
 line. A prompt with the device name follows every answer; errors start with
 ``% ``. ``exit`` ends a TCP session (a serial line just gets a new prompt).
-Lines over :data:`MAX_LINE` bytes are refused, not buffered.
+Lines over :data:`MAX_LINE` bytes are refused, not buffered, and answers no one reads do
+not pile up: while the transport holds more than its buffer size (64 KiB) unsent, the
+console takes no more lines and the transport stops reading (flow control).
 
 The commands never block: handlers read the daemon's state objects in the reactor
 thread and return text.
@@ -24,17 +26,44 @@ _log = Logger()
 
 class LineProtocol(Protocol):
     """Lines from a terminal: CR, LF or CRLF ends one; longer than :data:`MAX_LINE` is
-    refused (``too_long``), not buffered. Subclasses answer in :meth:`line`."""
+    refused (``too_long``), not buffered. Subclasses answer in :meth:`line`.
+
+    The protocol is its transport's producer: when the transport holds more unsent output
+    than its buffer size, it calls :meth:`pauseProducing`; the protocol then takes no
+    more lines and the transport reads no more input until the output has drained."""
 
     def __init__(self):
         self._buffer = b""
+        self.paused = False
+
+    def connectionMade(self):
+        self.transport.registerProducer(self, True)
+
+    def pauseProducing(self):
+        self.paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self):
+        self.paused = False
+        self.transport.resumeProducing()
+        self._take_lines()
+
+    def stopProducing(self):
+        pass
 
     def dataReceived(self, data: bytes):
         self._buffer += data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        while b"\n" in self._buffer:
+        self._take_lines()
+
+    def _take_lines(self):
+        # paused, the lines of the last read wait here: one read's worth at most
+        while not self.paused and b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
-            self.line(line)
-        if len(self._buffer) > MAX_LINE:
+            if len(line) > MAX_LINE:       # whole in one read: refused all the same
+                self.too_long()
+            else:
+                self.line(line)
+        if b"\n" not in self._buffer and len(self._buffer) > MAX_LINE:
             self._buffer = b""
             self.too_long()
 
@@ -59,6 +88,7 @@ class ConsoleProtocol(LineProtocol):
         return f"{self.name}> ".encode()
 
     def connectionMade(self):
+        super().connectionMade()
         if self.banner:
             self.transport.write(self.banner.encode() + b"\r\n")
         self.transport.write(self.prompt)
@@ -70,6 +100,7 @@ class ConsoleProtocol(LineProtocol):
         self.lines += 1
         text = raw.decode("utf-8", "replace").strip()
         if text.lower() in ("exit", "quit", "logout") and self.closable:
+            self.transport.unregisterProducer()    # a registered producer keeps it open
             self.transport.write(b"bye\r\n")
             self.transport.loseConnection()
             return

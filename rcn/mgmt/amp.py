@@ -27,8 +27,8 @@ which drops the connection.
 
 :class:`DistributionServer` is the server's registry of devices and what it
 sends them; :class:`MgmtServerFactory` (``server.factory()``) makes one
-:class:`ServerProtocol` per connection; :func:`server_service` listens on an
-endpoint string. The device's side is :mod:`rcn.mgmt.client`.
+:class:`ServerProtocol` per connection (``rcn.mgmt.service`` listens with it). The
+device's side is :mod:`rcn.mgmt.client`.
 """
 
 from __future__ import annotations
@@ -38,9 +38,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -48,15 +46,14 @@ from twisted.protocols import amp
 
 from rcn.mgmt.model import ROLES
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_ENDPOINT", "MAX_DOCUMENT", "BigString", "Register",
+__all__ = ["DEFAULT_PORT", "MAX_DOCUMENT", "BigString", "Register",
            "Snapshot", "Report", "ResidualQuery", "MgmtError", "BadArguments", "BadJSON",
            "BadRegistration", "UnknownDevice", "NotRegistered", "ApplyFailed",
            "ResidualFailed", "ServerFailed", "DeviceUnavailable", "encode_json",
            "decode_json", "MgmtAMP", "DeviceRecord", "DistributionServer", "ServerProtocol",
-           "MgmtServerFactory", "server_service"]
+           "MgmtServerFactory"]
 
 DEFAULT_PORT = 47100
-DEFAULT_ENDPOINT = f"tcp:{DEFAULT_PORT}"
 #: the largest JSON document one command carries (a snapshot of a large network is a
 #: few MB); beyond it the sender refuses and the receiver answers BadArguments
 MAX_DOCUMENT = 64 << 20
@@ -617,8 +614,3 @@ class MgmtServerFactory(Factory):
         proto.factory = self
         return proto
 
-
-def server_service(server: DistributionServer, reactor,
-                   endpoint: str = DEFAULT_ENDPOINT) -> StreamServerEndpointService:
-    """A service listening for devices on ``endpoint`` (e.g. ``tcp:47100:interface=::``)."""
-    return StreamServerEndpointService(serverFromString(reactor, endpoint), server.factory())

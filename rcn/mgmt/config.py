@@ -14,6 +14,14 @@
     stale_after = 5.0                     # seconds without a report: the device is stale
                                           # (routes avoid it until it reports again)
 
+    [console]                             # the operator's console (show ..., help); omit: none
+    serial = "/dev/ttyS1"                 # a serial port, or "pty": a pseudo-terminal of its
+                                          # own (its name is logged) ...
+    pty_link = "/run/rcn/mgmt.console"    # ... and a symlink to it here (serial = "pty"
+                                          # only; relative: to the working directory)
+    speed = 115200                        # a serial port's speed
+    tcp = "127.0.0.1:2304"                # and/or a TCP port (console servers)
+
 Errors name the file and the key.
 """
 
@@ -22,7 +30,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from rcn.config import ConfigError, Reader, in_range, ip_address, load_toml
+from rcn.config import (ConfigError, ConsoleConfig, Reader, in_range, ip_address, load_toml,
+                        read_console)
 from rcn.logxfer.routes import Address
 
 __all__ = ["ConfigError", "MgmtConfig", "load_config", "parse_config"]
@@ -37,6 +46,7 @@ class MgmtConfig:
     operator_token_file: str
     history: int = 300
     stale_after: float = 5.0
+    console: ConsoleConfig | None = None
 
 
 def load_config(path: str) -> MgmtConfig:
@@ -45,7 +55,7 @@ def load_config(path: str) -> MgmtConfig:
 
 def parse_config(doc: dict, base_dir: str = ".") -> MgmtConfig:
     top = Reader(doc, "")
-    top.unknown({"mgmt"})
+    top.unknown({"mgmt", "console"})
     m = Reader(top.get("mgmt", dict), "mgmt.")
     m.unknown({"id", "database", "http", "amp", "operator_token_file", "history", "stale_after"})
     name = m.get("id", str)
@@ -59,4 +69,5 @@ def parse_config(doc: dict, base_dir: str = ".") -> MgmtConfig:
         operator_token_file=os.path.join(base_dir, m.get("operator_token_file", str,
                                                          "operator.token")),
         history=m.get("history", int, 300, in_range(2, 86400)),
-        stale_after=float(m.get("stale_after", (int, float), 5.0, in_range(0.5, 3600.0))))
+        stale_after=float(m.get("stale_after", (int, float), 5.0, in_range(0.5, 3600.0))),
+        console=read_console(top))

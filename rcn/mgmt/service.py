@@ -17,14 +17,18 @@ import secrets
 
 from twisted.application import internet, service
 from twisted.internet import endpoints
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web import resource, static
 from twisted.web.server import Site
 
+from rcn.console.service import serve_console
+from rcn.logxfer.routes import Address
 from rcn.metrics import MetricsRegistry, MetricsResource
-from rcn.mgmt.amp import server_service
 from rcn.mgmt.api import ApiResource, openapi
 from rcn.mgmt.config import MgmtConfig
+from rcn.mgmt.console import MgmtConsole
 from rcn.mgmt.endpoints import endpoints as api_endpoints
 from rcn.mgmt.model import OPERATOR
 from rcn.mgmt.server import MgmtServer
@@ -123,17 +127,58 @@ class _Health(service.Service):
         return super().stopService()
 
 
+class TcpListenService(service.Service):
+    """Listens on ``address`` while running: stopping closes the socket, starting opens it
+    again (the console's ``shutdown amp`` / ``no shutdown amp``). A port that cannot be
+    had is logged and kept in ``error``; the daemon runs on."""
+
+    def __init__(self, reactor, factory, address: Address):
+        self.reactor, self.factory, self.address = reactor, factory, address
+        self.port = None
+        self.error: str | None = None
+
+    @property
+    def listening_on(self) -> str | None:
+        if self.port is None:
+            return None
+        host = self.port.getHost()
+        return str(Address(host.host, host.port))
+
+    def startService(self):
+        super().startService()
+        try:
+            self.port = self.reactor.listenTCP(self.address.port, self.factory,
+                                               interface=self.address.host)
+            self.error = None
+        except CannotListenError as exc:
+            self.error = f"cannot listen: {exc.socketError}"
+            _log.error("cannot listen on {address}: {why}", address=str(self.address),
+                       why=exc.socketError)
+
+    def stopService(self):
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return maybeDeferred(port.stopListening)
+        return None
+
+
 def make_service(config: MgmtConfig, reactor) -> tuple[service.MultiService, MgmtServer]:
     store = SQLiteStore(config.database)
     server = MgmtServer(reactor, store, history=config.history, stale_after=config.stale_after)
     operator_token(server, config.operator_token_file)
     top = service.MultiService()
-    http, _, _ = site(server)
+    http, api, _ = site(server)
     endpoint = endpoints.TCP4ServerEndpoint(reactor, config.http.port, interface=config.http.host)
-    internet.StreamServerEndpointService(endpoint, http).setServiceParent(top)
-    server_service(server.distribution, reactor,
-                   f"tcp:{config.amp.port}:interface={config.amp.host}").setServiceParent(top)
+    http_service = internet.StreamServerEndpointService(endpoint, http)
+    http_service.setServiceParent(top)
+    amp = TcpListenService(reactor, server.distribution.factory(), config.amp)
+    amp.setServiceParent(top)
     _Health(server).setServiceParent(top)
+    if config.console is not None:
+        console = MgmtConsole(config, server, api.counters, http_service, amp)
+        serve_console(console.tree, config.id, f"RCN management server {config.id}",
+                      config.console, reactor).setServiceParent(top)
     _log.info("rcn-mgmt {id}: API and dashboard on http://{http}/, devices on {amp}, settings "
               "in {db} (version {version})", id=config.id, http=str(config.http),
               amp=str(config.amp), db=config.database, version=server.version)

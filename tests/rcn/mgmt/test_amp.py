@@ -18,8 +18,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from rcn.mgmt.amp import (DEFAULT_PORT, BadArguments, BadJSON, BadRegistration,
                           BigString, DeviceUnavailable, DistributionServer, NotRegistered,
                           Register, Report, ResidualFailed, ServerFailed, UnknownDevice,
-                          encode_json, server_service)
+                          encode_json)
+from rcn.logxfer.routes import Address
 from rcn.mgmt.client import MgmtClient, client_service
+from rcn.mgmt.service import TcpListenService
 
 
 class Settings:
@@ -465,7 +467,8 @@ class ServiceTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         settings = Settings("edge-a", version=1)
         server = DistributionServer(reactor, settings.snapshot_for, lambda d, f: None)
-        server_service(server, reactor).startService()
+        TcpListenService(reactor, server.factory(),
+                         Address("127.0.0.1", DEFAULT_PORT)).startService()
         self.assertEqual(reactor.tcpServers[0][0], DEFAULT_PORT)
         dev = Device(reactor, "edge-a")
         service = client_service(dev.client, reactor, f"tcp:127.0.0.1:{DEFAULT_PORT}",
