@@ -1,5 +1,6 @@
 """The core's console (issue 8): ``show version|interfaces|counters|routes|config``, ``clear
-counters`` (console only), ``shutdown`` / ``no shutdown log-transfer`` (the UDP socket)."""
+counters`` (console only), ``debug log-transfer on|off`` (a log line per entry relayed),
+``shutdown`` / ``no shutdown log-transfer`` (the UDP socket)."""
 
 from __future__ import annotations
 
@@ -48,5 +49,10 @@ def core_console(config, relay, udp_service) -> CommandTree:
     t.add("show routes", routes, "the route table (408)")
     t.add("show config", show_config, "the settings this core runs with")
     t.add("clear counters", clear, "count from zero again (console only)")
+
+    def debug(args):
+        relay.debug = args[0] == "on"
+        return f"log-transfer debugging is {args[0]}"
+    t.add("debug log-transfer", debug, "log every entry relayed", choices=("on", "off"))
     add_shutdown(t, "log-transfer", udp_service)
     return t

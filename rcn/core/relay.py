@@ -58,6 +58,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from crc32c import crc32c
+from twisted.logger import Logger
 
 from datapath.frames.errors import DecodeError
 from datapath.frames.logentry import HEADER_SIZE, LOG_HEADER, MAX_BATCH, EntryType, LogEntry
@@ -65,6 +66,8 @@ from datapath.frames.names import format_wwn
 from datapath.kernels.batching import BATCH_OVERHEAD, pack, plan_batches, unpack
 from rcn.logxfer.protocol import MAX_UDP_PAYLOAD, Drops
 from rcn.logxfer.routes import Address, RouteTable, goes_backward
+
+_log = Logger()
 
 _TYPE_AT = LOG_HEADER.offsets["entry_type"]
 _TTL_AT = LOG_HEADER.offsets["ttl"]
@@ -151,6 +154,7 @@ class CoreRelay:
         self.drops = drops if drops is not None else Drops()
         self._queues: dict[Address, _HopQueue] = {}
         self._batch_sequence = 0
+        self.debug = False                # the console's debug log-transfer: a line per entry
         # enough for any split plan_batches could make of one queue
         self._out = np.empty(self.policy.max_bytes + BATCH_OVERHEAD * self.policy.max_entries,
                              dtype=np.uint8)
@@ -210,6 +214,9 @@ class CoreRelay:
             self.drops.drop("no_route", sender,
                             f"{self._describe(entry, entry_type, source, target)}: {why}")
             return
+        if self.debug:
+            _log.info("{me}: {entry} from {sender} to {hop}", me=str(self.me), hop=str(hop),
+                      entry=self._describe(entry, entry_type, source, target), sender=str(sender))
         policy = self.policy
         if not policy.enabled:
             self._send_one(_rewrite(entry, ttl), hop)

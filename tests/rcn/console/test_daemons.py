@@ -306,6 +306,10 @@ class DaemonConsoleTests(TestCase):
             ("clear counters", lambda a: self.assertEqual(
                 a, "counters cleared (console only; /metrics keeps counting)")),
             ("show counters", counters),
+            ("debug log-transfer on", lambda a: self.assertEqual(
+                a, "log-transfer debugging is on")),
+            ("debug log-transfer off", lambda a: self.assertEqual(
+                a, "log-transfer debugging is off")),
             ("shutdown log-transfer", self.socket_closed(
                 log, "log-transfer interface administratively down")),
             ("show interfaces", interfaces("administratively down")),

@@ -89,6 +89,24 @@ class ForwardingTests(RelayTestCase):
         self.assertEqual((header["ttl"], header["sequence"]), (15, 5))
         self.assertTrue(parse_datagram(self.sent[0][0]).crc_ok)
 
+    def test_debug_logs_a_line_per_entry_relayed(self):
+        from twisted.logger import globalLogPublisher
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        self.deliver(entry(sequence=1))
+        self.relay.debug = True
+        self.deliver(entry(sequence=2))
+        self.deliver(entry(EntryType.WROK, sequence=2), EDGE_B)
+        self.relay.debug = False
+        self.deliver(entry(sequence=3))
+        lines = [e["entry"] for e in seen if "entry" in e and e.get("me") == str(CORE)]
+        self.assertEqual(len(lines), 2)
+        self.assertIn("WR group", lines[0])
+        self.assertIn("sequence 2", lines[0])
+        self.assertIn("WROK", lines[1])
+        self.assertEqual(len(self.sent), 4)            # debugging changes nothing relayed
+
     def test_answers_go_backward(self):
         for entry_type in (EntryType.WROK, EntryType.CTRL_OK):
             self.deliver(entry(entry_type), EDGE_B)

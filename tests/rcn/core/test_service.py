@@ -144,3 +144,7 @@ class CoreConsoleTests(TestCase):
         self.assertIn("administratively down", t.run("show interfaces"))
         self.assertIn("interface up", t.run("no shut log"))
         self.assertIn("batching", t.run("show config"))
+        self.assertEqual(t.run("debug log on"), "log-transfer debugging is on")
+        self.assertTrue(relay.debug)
+        self.assertEqual(t.run("debug log-transfer off"), "log-transfer debugging is off")
+        self.assertFalse(relay.debug)
