@@ -12,7 +12,7 @@ venv: $(VENV)/.warm
 $(VENV)/.deps: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q '.[test]'
+	$(PY) -m pip install -q '.[test,hdl]'
 	touch $@
 
 # Reinstall the project (not its dependencies) when a source file changes, so
