@@ -67,7 +67,10 @@ def run(dut, payloads: Sequence[int], *, seed: int = 0, valid_p: float = 0.7,
                 await ctx.tick()
             ctx.set(dut.i.payload, payload)
             ctx.set(dut.i.valid, 1)
-            await ctx.tick().until(dut.i.ready)
+            while True:     # not tick().until(): it cannot be closed when the run ends first
+                _, _, ready = await ctx.tick().sample(dut.i.ready)
+                if ready:
+                    break
             accepted_at.append(state["cycle"])
             ctx.set(dut.i.valid, 0)
         state["inputs_done"] = True
