@@ -546,3 +546,12 @@ def vectors(rng: random.Random, n: int, max_bytes: int, max_entries: int,
 
 def units(item) -> int:
     return len(item.data) if isinstance(item, EntryBeat) else 0
+
+
+def rate_vectors(rng, n: int, max_bytes: int, max_entries: int, max_entry: int) -> list:
+    """Steady state for the line rate (tools/hdl_export.py): 512-byte entries (a 4 KiB
+    write's log entry is larger; a batch of small entries is the busy case), then a flush."""
+    out: list = []
+    while len(out) < n:
+        out += entry_beats(rng.randbytes(512))
+    return out + [Flush()]

@@ -562,3 +562,11 @@ def vectors(rng: random.Random, n: int, volume_bytes: int, track_size: int,
 
 def units(item) -> int:
     return 1
+
+
+def rate_vectors(rng, n: int, *, volume_bytes: int, track_size: int, block_size: int) -> list:
+    """Steady state for the line rate (tools/hdl_export.py): host writes of 8 blocks (one
+    track, one word each) marked, then one POPCOUNT."""
+    blocks = volume_bytes // block_size
+    marks = [Mark(rng.randrange(0, blocks - 8), 8) for _ in range(max(1, n - 1))]
+    return marks + [Popcount()]

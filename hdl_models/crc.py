@@ -202,3 +202,11 @@ def vectors(rng, n: int, variant: str) -> list[Beat]:
 
 def units(item: Beat) -> int:
     return len(item.data)
+
+
+def rate_vectors(rng, n: int, variant: str) -> list[Beat]:
+    """Steady state for the line rate (tools/hdl_export.py): 64-byte messages of full beats."""
+    out: list[Beat] = []
+    while len(out) < n:
+        out += beats(rng.randbytes(64))
+    return out[:n - n % 8] or out[:8]

@@ -319,3 +319,11 @@ def vectors(rng: random.Random, n: int, *, slots: int, seq_bits: int, handle_bit
 
 def units(item) -> int:
     return 1
+
+
+def rate_vectors(rng: random.Random, n: int, *, slots: int, seq_bits: int, handle_bits: int,
+                 first_sequence: int) -> list:
+    """Steady state for the line rate (tools/hdl_export.py): entries in sequence order, each
+    released as it arrives."""
+    mask = (1 << seq_bits) - 1
+    return [Entry((first_sequence + k) & mask, rng.getrandbits(handle_bits)) for k in range(n)]

@@ -19,7 +19,9 @@ block says why in ``ICE40_NOTE``):
    payload bits need no pins and every path is register to register): the maximum
    clock frequency and the logic cells used.
 5. **Cycles per item** from the Amaranth co-simulation at full rate (valid and ready
-   always high), and the line rate it gives at that Fmax.
+   always high) on the block's steady-state workload (its ``rate_vectors``: full
+   beats, in-order entries, one-track marks...), and the line rate it gives at that
+   Fmax.
 
 Prints a table; ``OUT/report.json`` has the same figures. Exit status 1 when a block's
 Verilog run disagrees with its reference or a tool fails; 2 when a tool is missing.
@@ -40,6 +42,7 @@ import time
 
 TOOLS = ("iverilog", "vvp", "yosys", "nextpnr-ice40")
 DRAIN = 200          # idle output cycles that end a testbench run
+MIN_OUTPUTS = 10     # a Verilog run compares at least this many outputs
 
 TESTBENCH = """`timescale 1ns/1ps
 // Generic testbench for an exported hdl_models block: one stream in, one stream out.
@@ -125,8 +128,12 @@ def verilog_run(mod, params: dict, out: str, n: int, seed: int) -> dict:
     with open(os.path.join(out, f"{name}.v"), "w") as f:
         f.write(verilog.convert(dut, name=top))
     codec = mod.codec(**params)
-    items = mod.vectors(random.Random(seed), n, **params)
-    expected = mod.reference(items, **params)
+    for _ in range(5):         # enough inputs for at least MIN_OUTPUTS outputs to compare
+        items = mod.vectors(random.Random(seed), n, **params)
+        expected = mod.reference(items, **params)
+        if len(expected) >= MIN_OUTPUTS:
+            break
+        n *= 2
     digits = (w_in + 3) // 4
     with open(os.path.join(out, f"{name}.in.hex"), "w") as f:
         f.writelines(f"{codec.encode(x):0{digits}x}\n" for x in items)
@@ -168,7 +175,8 @@ def place(mod, params: dict, out: str, freq: float) -> dict:
     _run(["yosys", "-q", "-p", f"read_verilog -sv {name}_pnr.v; synth_ice40 -top {name}_pnr "
           f"-json {name}_pnr.json"], out)
     log = _run(["nextpnr-ice40", "--hx8k", "--package", "ct256", "--json", f"{name}_pnr.json",
-                "--pcf-allow-unconstrained", "--freq", f"{freq:g}", "--seed", "1",
+                "--pcf-allow-unconstrained", "--timing-allow-fail", "--freq", f"{freq:g}",
+                "--seed", "1",
                 "--asc", f"{name}_pnr.asc"], out)
     fmax = re.findall(r"Max frequency for clock\s+'[^']*':\s+([\d.]+) MHz", log)
     lcs = re.findall(r"ICESTORM_LC:\s+(\d+)/\s*(\d+)", log)
@@ -179,10 +187,11 @@ def place(mod, params: dict, out: str, freq: float) -> dict:
 
 
 def full_rate(mod, params: dict, n: int, seed: int) -> dict:
-    """Cycles per item with valid and ready always high (Amaranth's simulator)."""
+    """Cycles per item with valid and ready always high (Amaranth's simulator), on the
+    block's steady-state workload (``rate_vectors``; else its random vectors)."""
     from hdl_models.cosim import run
     codec = mod.codec(**params)
-    items = mod.vectors(random.Random(seed), n, **params)
+    items = getattr(mod, "rate_vectors", mod.vectors)(random.Random(seed), n, **params)
     drain = 64
     result = run(mod.build(**params), [codec.encode(x) for x in items], seed=seed,
                  valid_p=1.0, ready_p=1.0, drain=drain)
