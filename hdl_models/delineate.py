@@ -483,3 +483,8 @@ def vectors(rng: random.Random, n: int, offset_bits: int = 64, damage: str | Non
         victim = rng.randrange(len(frames))
         frames[victim] = _damage(rng, frames[victim], damage)
     return _cut(rng, b"".join(frames), how)[:n]
+
+
+def rate_vectors(rng: random.Random, n: int, offset_bits: int = 64) -> list[bytes]:
+    """Steady state for the line rate (tools/hdl_export.py): clean frames in full 8-byte beats."""
+    return vectors(rng, n, offset_bits, damage=None, cut="full")
