@@ -32,7 +32,7 @@ class HdlExportTests(TestCase):
         text = io.StringIO()
         with contextlib.redirect_stdout(text), contextlib.redirect_stderr(io.StringIO()):
             code = hdl_export.main(["--block", "tests.hdl_models.increment", "--out", self.out,
-                                    "--vectors", "100", *extra])
+                                    "--vectors", "100", "--rate-items", "100", *extra])
         with open(os.path.join(self.out, "report.json")) as f:
             return code, text.getvalue(), json.load(f)
 
@@ -58,3 +58,30 @@ class HdlExportTests(TestCase):
         self.assertEqual(code, 1)
         self.assertFalse(row["verilog_equal"])
         self.assertIn("DIFFER", text)
+
+
+class EveryBlockTests(TestCase):
+    """Every real block through Icarus against its reference and through yosys (no place
+    and route here: tools/hdl_export.py does that when run by hand, minutes per block)."""
+    skip = SKIP
+
+    def test_every_block_equal_in_icarus_and_synthesised(self):
+        import hdl_models
+        for tool in ("iverilog", "vvp", "yosys"):
+            require_tool(self, tool)
+        out = os.path.abspath(self.mktemp())
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            code = hdl_export.main(["--no-pnr", "--vectors", "150", "--rate-items", "600",
+                                    "--out", out])
+        with open(os.path.join(out, "report.json")) as f:
+            rows = {r["block"]: r for r in json.load(f)}
+        self.assertEqual(code, 0, rows)
+        self.assertEqual(sorted(rows), sorted(hdl_models.BLOCKS))
+        for name, row in rows.items():
+            self.assertTrue(row["verilog_equal"], name)
+            self.assertEqual(row["undefined_outputs"], 0, name)
+            self.assertGreaterEqual(row["expected"], hdl_export.MIN_OUTPUTS, name)
+            self.assertGreater(row["luts"], 0, name)
+            self.assertLessEqual(row["luts"], 7680, name)        # fits an HX8K
+            self.assertLessEqual(row["brams"], 32, name)
+            self.assertGreaterEqual(row["units_per_cycle"], 0.4, name)
