@@ -70,6 +70,8 @@ from datapath.frames import logentry
 from datapath.frames.logentry import COUNT_HEADER, HEADER_SIZE, LOG_HEADER, MAX_BATCH
 from datapath.reference import batching as ref
 from hdl_models.cosim import Codec
+from hdl_models.crc import POLYNOMIALS, equations
+from hdl_models.crc import WIDTH as CRC_WIDTH
 
 NAME = "batching"
 # the core relay's BatchPolicy defaults (rcn/core/relay.py) and the largest log datagram
@@ -83,7 +85,7 @@ RATE_UNIT = "bytes"
 
 BEAT_BYTES = 8
 HEADER_BEATS = (HEADER_SIZE + COUNT_HEADER.size) // BEAT_BYTES      # 12: header + count prefix
-CRC_POLY = 0x82F63B78            # CRC32C, reflected
+CRC_POLY = POLYNOMIALS["crc32c"]  # reflected
 CRC_ONES = 0xFFFFFFFF
 ZERO_STRIDES = (512, 64, 8, 1)   # beats of zeros the finisher can skip in one cycle
 
@@ -180,30 +182,20 @@ class Geometry:
         return max(self.budget_beats, self.entry_beats)
 
 
-# -- CRC32C equations ----------------------------------------------------------------------
-def _crc_bytes(register: int, chunk: bytes) -> int:
-    """The reflected CRC32C register after ``chunk`` (no init, no xor-out)."""
-    for byte in chunk:
-        register ^= byte
-        for _ in range(8):
-            register = (register >> 1) ^ (CRC_POLY if register & 1 else 0)
-    return register
+# -- CRC32C equations (hdl_models.crc's, as XOR masks) ----------------------------------------
+def _rows(beats: int, data: bool) -> list[int]:
+    """Register bit ``i`` after ``beats`` beats as the mask of what it is the XOR of
+    (:func:`hdl_models.crc.equations`): over the register before (``data`` False: zero
+    data) or over one beat's 64 data bits (``data`` True: from register 0)."""
+    eqs = equations(CRC_POLY, BEAT_BYTES * beats)
+    return [e >> CRC_WIDTH for e in eqs] if data else [e & CRC_ONES for e in eqs]
 
 
-def _columns(beats: int, data: bool) -> list[int]:
-    """Register after ``beats`` beats, as the image of each input bit: the register's 32
-    bits (``data`` False, zero data) or one beat's 64 data bits from register 0."""
-    if data:
-        return [_crc_bytes(0, (1 << b).to_bytes(BEAT_BYTES, "little")) for b in range(64)]
-    return [_crc_bytes(1 << b, bytes(BEAT_BYTES * beats)) for b in range(32)]
-
-
-def _apply(m: Module, name: str, columns: list[int], value: Signal) -> Signal:
+def _apply(m: Module, name: str, rows: list[int], value: Signal) -> Signal:
     """The GF(2) matrix-vector product as 32 XOR trees over ``value``'s bits, named
     (a signal, so the simulator and the netlist see each tree once)."""
     product = Signal(32, name=name)
-    masks = [sum(1 << b for b, col in enumerate(columns) if col >> i & 1) for i in range(32)]
-    m.d.comb += product.eq(Cat(*[(value & Const(mask, len(value))).xor() for mask in masks]))
+    m.d.comb += product.eq(Cat(*[(value & Const(mask, len(value))).xor() for mask in rows]))
     return product
 
 
@@ -213,9 +205,9 @@ def _named(m: Module, name: str, value) -> Signal:
     return signal
 
 
-_STEP_REGISTER = _columns(1, data=False)
-_STEP_DATA = _columns(1, data=True)
-_STRIDE_REGISTERS = {stride: _columns(stride, data=False) for stride in ZERO_STRIDES}
+_STEP_REGISTER = _rows(1, data=False)
+_STEP_DATA = _rows(1, data=True)
+_STRIDE_REGISTERS = {stride: _rows(stride, data=False) for stride in ZERO_STRIDES}
 
 
 def _header_beats(sequence, body_beats, count, crc) -> list:
@@ -359,8 +351,8 @@ class BatchPacker(wiring.Component):
         _select(m, "comb", header_for_crc, fin_step,
                 _header_beats(fin_sequence, fin_beats, fin_count, Const(0, 32)))
         header_term = _apply(m, "fin_header_term", _STEP_DATA, header_for_crc)
-        skipped = {stride: _apply(m, f"fin_skip_{stride}", columns, fin_register)
-                   for stride, columns in _STRIDE_REGISTERS.items()}
+        skipped = {stride: _apply(m, f"fin_skip_{stride}", rows, fin_register)
+                   for stride, rows in _STRIDE_REGISTERS.items()}
 
         with m.If(~fin_busy & ~fin_done & slot_full):
             m.d.sync += [slot_full.eq(0), fin_dropped.eq(slot_dropped), fin_beats.eq(slot_beats),

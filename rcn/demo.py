@@ -151,8 +151,26 @@ def write_volume(url: str, size: int, block: int, depth: int, seed: int, progres
     return result
 
 
-def _group(body: dict, group: int) -> dict:
-    return next((g for g in body.get("groups", []) if g.get("group") == group), {})
+def group_status(body: dict | None, group: int) -> dict:
+    """One group's entry in an edge's ``/status`` (empty when it has none)."""
+    return next((g for g in (body or {}).get("groups", []) if g.get("group") == group), {})
+
+
+def unapplied(source: dict, target: dict, groups) -> list[str]:
+    """The groups the target edge has not applied yet, described (empty: all applied and
+    nothing retained, outstanding or in flight at the source edge)."""
+    in_flight = sum(p.get("in_flight", 0) for p in source.get("paths", {}).values())
+    behind = []
+    for group in groups:
+        s, t = group_status(source, group), group_status(target, group)
+        generation = s.get("log_generation", 0)
+        applied = lablib.applied_counter(t)
+        retained, outstanding = s.get("log_retained_entries", 0), s.get("log_outstanding", 0)
+        if retained or outstanding or in_flight or applied != generation:
+            behind.append(f"group {group}: source generation {generation}, retained {retained}, "
+                          f"outstanding {outstanding}, in flight {in_flight}; target applied "
+                          f"{applied}")
+    return behind
 
 
 def wait_applied(lab: dict, timeout: float) -> dict:
@@ -166,23 +184,11 @@ def wait_applied(lab: dict, timeout: float) -> dict:
             target = lablib.get_json(devices["edgeB"]["urls"]["status"])
         except (OSError, ValueError) as exc:
             raise DemoError(f"edge /status not answering: {getattr(exc, 'reason', exc)}") from None
-        figures = []
-        done = True
-        for group in groups:
-            s, t = _group(source, group), _group(target, group)
-            generation = s.get("log_generation", 0)
-            applied = lablib.applied_counter(t)
-            retained, outstanding = s.get("log_retained_entries", 0), s.get("log_outstanding", 0)
-            in_flight = sum(p.get("in_flight", 0) for p in source.get("paths", {}).values())
-            figures.append(f"group {group}: source generation {generation}, retained {retained}, "
-                           f"outstanding {outstanding}, in flight {in_flight}; target applied "
-                           f"{applied}")
-            if retained or outstanding or in_flight or applied != generation:
-                done = False
-        if done:
+        behind = unapplied(source, target, groups)
+        if not behind:
             return {"source": source, "target": target}
         if time.monotonic() > deadline:
-            raise DemoError(f"not everything applied after {timeout:g} s: " + "; ".join(figures)
+            raise DemoError(f"not everything applied after {timeout:g} s: " + "; ".join(behind)
                             + f" (logs in {lab['dir']})")
         time.sleep(0.05)
 
@@ -196,10 +202,10 @@ def report(lab: dict, size: int, block: int, depth: int, written: dict, edges: d
     seconds = max(written["seconds"], 1e-9)
     lat = written["latencies"]
     ms = (lambda v: None if v is None else round(v * 1000, 3))
-    groups_t = [_group(target, p["group"]) for p in lab["pairs"]]
+    groups_t = [group_status(target, p["group"]) for p in lab["pairs"]]
     sender = source.get("sender", {})
     counters = {
-        "entries": sum(_group(source, p["group"]).get("log_generation", 0) for p in lab["pairs"]),
+        "entries": sum(group_status(source, p["group"]).get("log_generation", 0) for p in lab["pairs"]),
         "retransmits": sender.get("retransmits", 0),
         "nak_retransmits": sender.get("nak_retransmits", 0),
         "naks_sent": sum(g.get("naks_sent", 0) for g in groups_t),

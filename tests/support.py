@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, task
 
 from twisted.trial.unittest import SkipTest
 
@@ -105,3 +105,17 @@ def assert_decode_error(testcase, func, *args, layer: str | None = None, **kw) -
             testcase.assertEqual(exc.layer, layer, str(exc))
         return exc
     testcase.fail(f"{func.__name__} accepted bad input")
+
+
+def poll(condition, limit: float, clock=None) -> defer.Deferred:
+    """Fires with ``condition()`` once it holds, or after ``limit`` seconds (every 10 ms)."""
+    if clock is None:
+        from twisted.internet import reactor as clock
+    start = clock.seconds()
+
+    def check():
+        if condition() or clock.seconds() - start > limit:
+            loop.stop()
+    loop = task.LoopingCall(check)
+    loop.clock = clock
+    return loop.start(0.01).addCallback(lambda _: condition())

@@ -43,6 +43,7 @@ from rcn.bench.consistency import (JOURNAL_DTYPE, JOURNAL_HEADER, check_final, c
                                    read_journal)
 from rcn.bench.drivers import DRIVERS, ApplianceError, open_port
 from rcn.bench.scenario import Scenario, Step
+from rcn.demo import group_status, sha256_file, unapplied
 
 PROGRESS_EVERY = 5.0          # seconds between progress lines of figures
 WORKLOAD_STOP_WAIT = 40.0     # a workload waits up to 30 s for its writes in flight
@@ -320,14 +321,7 @@ class Runner:
             target = lablib.get_json(self._devices["edgeB"]["urls"]["status"])
         except (OSError, ValueError) as exc:
             return False, f"edge /status not answering: {getattr(exc, 'reason', exc)}"
-        behind = []
-        for group in sorted({p["group"] for p in self.lab["pairs"]}):
-            s, t = _group(source, group), _group(target, group)
-            generation, applied = s.get("log_generation", 0), lablib.applied_counter(t)
-            retained = s.get("log_retained_entries", 0)
-            if applied != generation or retained:
-                behind.append(f"group {group}: generation {generation}, applied {applied}, "
-                              f"retained {retained}")
+        behind = unapplied(source, target, sorted({p["group"] for p in self.lab["pairs"]}))
         return not behind, "; ".join(behind) or "drained"
 
     def _latest_lag(self) -> float | None:
@@ -416,7 +410,7 @@ class Runner:
         details = [f"drained in {time.monotonic() - began:.1f} s"]
         passed = True
         for p in self.lab["pairs"]:
-            same = _sha256(p["source_volume"]) == _sha256(p["target_volume"])
+            same = sha256_file(p["source_volume"]) == sha256_file(p["target_volume"])
             passed = passed and same
             details.append(f"LUN {p['source_lun']}->{p['target_lun']} "
                            + ("equal" if same else "DIFFER"))
@@ -442,7 +436,7 @@ class Runner:
             if source is None:
                 sample["lag_ms"][str(group)] = None
                 continue
-            s, g = _group(source, group), _group(target, group)
+            s, g = group_status(source, group), group_status(target, group)
             generation, applied = s.get("log_generation", 0), lablib.applied_counter(g)
             history = self._generations.setdefault(group, [])
             if not history or history[-1][1] != generation:
@@ -483,15 +477,6 @@ class Runner:
         self.say(f"[{sample['t']:6.1f} s] lag: {lags}; writes {show(sample['write_mb_s'], 'MB/s')},"
                  f" applied {show(sample['applied_mb_s'], 'MB/s')}; ack p50/p99 "
                  f"{show(sample['ack_p50_ms'], 'ms')} / {show(sample['ack_p99_ms'], 'ms')}")
-
-
-def _group(body: dict | None, group: int) -> dict:
-    return next((g for g in (body or {}).get("groups", []) if g.get("group") == group), {})
-
-
-def _sha256(path: str) -> str:
-    from rcn.demo import sha256_file
-    return sha256_file(path)
 
 
 def run_scenario(scenario: Scenario, directory: str | None = None, out: str = ".",

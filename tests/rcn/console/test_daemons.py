@@ -23,7 +23,7 @@ import sys
 import tty
 
 import serial
-from twisted.internet import defer, error, reactor, task
+from twisted.internet import defer, error, reactor
 from twisted.trial.unittest import TestCase
 
 from rcn import lab
@@ -38,7 +38,7 @@ from rcn.mgmt.settings import Settings
 from rcn.mgmt.store import SQLiteStore
 from rcn.nbd.client import connect_url
 from rcn.storage.console import array_console
-from tests.support import CollectOutput
+from tests.support import CollectOutput, poll
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 ANSWER_WITHIN = 2.0                        # seconds a command may take to answer
@@ -75,17 +75,6 @@ def ambiguous(tree: CommandTree) -> tuple[str, list[str]]:
         if len(matches) > 1:
             return letter, matches
     raise AssertionError(f"no two words after show share a first letter: {words}")
-
-
-def poll(condition, limit: float):
-    """Fires with ``condition()`` once it holds, or after ``limit`` seconds (every 10 ms)."""
-    start = reactor.seconds()
-
-    def check():
-        if condition() or reactor.seconds() - start > limit:
-            loop.stop()
-    loop = task.LoopingCall(check)
-    return loop.start(0.01).addCallback(lambda _: condition())
 
 
 def table(text: str) -> dict[str, list[str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.test import iosim
 
 from rcn.console.commands import ConsoleError
@@ -14,6 +14,7 @@ from rcn.mgmt.client import MgmtClient
 from rcn.mgmt.config import parse_config
 from rcn.mgmt.console import MgmtConsole
 from rcn.mgmt.service import TcpListenService
+from tests.support import poll
 from tests.rcn.mgmt.test_server import S1, S2, T1, ServerTestCase
 
 S3 = "50:0a:09:80:00:00:00:21"
@@ -159,7 +160,7 @@ class MgmtConsoleTests(ServerTestCase):
         self.assertEqual(self.cmd("shutdown amp"), "amp interface administratively down")
         self.assertEqual(self.cmd("shut amp"), "amp is already down")
         self.assertEqual(rows(self.cmd("show interfaces"))["amp"][2], "administratively down")
-        refused = yield self._until(lambda: not _accepts(host, int(port)))
+        refused = yield poll(lambda: not _accepts(host, int(port)), 5.0)
         self.assertTrue(refused, "the AMP socket still accepts after shutdown")
         self.assertEqual(self.cmd("no shutdown amp"), "amp interface up")
         self.assertEqual(self.cmd("no shut amp"), "amp is already up")
@@ -180,15 +181,6 @@ class MgmtConsoleTests(ServerTestCase):
         self.assertEqual(row[1], "127.0.0.1:47100")          # not listening: as configured
         self.assertTrue(row[2].startswith("down: cannot listen: "), row)
         self.assertIn("Address already in use", row[2])
-
-    def _until(self, condition, limit: float = 5.0):
-        start = reactor.seconds()
-
-        def check():
-            if condition() or reactor.seconds() - start > limit:
-                loop.stop()
-        loop = task.LoopingCall(check)
-        return loop.start(0.01).addCallback(lambda _: condition())
 
     def test_abbreviations_help_and_bad_words(self):
         self.assertEqual(self.cmd("sh dev"), self.cmd("show devices"))
