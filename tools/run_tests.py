@@ -12,15 +12,41 @@ import subprocess
 import sys
 
 SUMMARY = re.compile(r"^(PASSED|FAILED) \((.*)\)\s*$")
+FLAVOUR = re.compile(r"^\[(FAIL|ERROR|UNEXPECTED SUCCESS)\]\s*$")
+TEST_ID = re.compile(r"^tests(\.\w+)+\s*$")
 
 
-def run_trial(args: list[str], env: dict | None = None) -> tuple[int, dict[str, int]]:
+class FailureNames:
+    """Collect the names trial lists under each [FAIL]/[ERROR] traceback.
+
+    CI shows only the head and tail of a long log, so the names are repeated
+    at the end where they cannot be cut out.
+    """
+
+    def __init__(self):
+        self.flavour = None
+        self.names: list[tuple[str, str]] = []
+
+    def feed(self, line: str) -> None:
+        match = FLAVOUR.match(line)
+        if match:
+            self.flavour = match.group(1)
+        elif line.startswith("-" * 20):          # the closing summary rule
+            self.flavour = None
+        elif self.flavour and TEST_ID.match(line):
+            self.names.append((self.flavour, line.strip()))
+
+
+def run_trial(args: list[str], env: dict | None = None,
+              failures: FailureNames | None = None) -> tuple[int, dict[str, int]]:
     """Run trial, echo its output, return (exit status, summary counts)."""
     proc = subprocess.Popen([sys.executable, "-m", "twisted.trial", *args],
                             stdout=subprocess.PIPE, text=True, env=env)
     counts: dict[str, int] = {}
     for line in proc.stdout:
         sys.stdout.write(line)
+        if failures is not None:
+            failures.feed(line)
         match = SUMMARY.match(line)
         if match:
             for item in match.group(2).split(","):
@@ -39,10 +65,11 @@ def main(argv: list[str]) -> int:
         runs.append((nojit, dict(os.environ, NUMBA_DISABLE_JIT="1")))
     passed = failed = skipped = 0
     worst = 0
+    failures = FailureNames()
     for args, env in runs:
         if env is not None:
             print(f"\n== again with NUMBA_DISABLE_JIT=1: {' '.join(args)}", flush=True)
-        status, counts = run_trial(args, env)
+        status, counts = run_trial(args, env, failures)
         run_failed = sum(counts.get(k, 0) for k in ("failures", "errors", "unexpectedSuccesses"))
         if status and not run_failed:
             run_failed = 1  # trial failed before it could summarise (an import error, say)
@@ -50,6 +77,8 @@ def main(argv: list[str]) -> int:
         failed += run_failed
         skipped += counts.get("skips", 0)
         worst = worst or status
+    for flavour, name in failures.names:
+        print(f"[{flavour}] {name}")
     if skipped:
         print(f"{skipped} skipped")
     print(f"{passed} passed, {failed} failed")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
@@ -152,7 +153,9 @@ class BenchRunTests(TestCase):
         results = {c["name"]: c["passed"] for c in record["checks"]}
         self.assertEqual(results, {"prefix@1.5s": True, "a bound no RCN meets": False,
                                    "ack_p99@3s": True, "equal@3s": True}, text)
-        self.assertRegex(text, r"a bound no RCN meets\s+3\.\d+\s+FAIL")
+        # due at 3 s; the waits before it may push it later on a slow machine
+        at = float(re.search(r"a bound no RCN meets\s+(\d+\.\d)\s+FAIL", text).group(1))
+        self.assertGreaterEqual(at, 3.0, text)
         self.assertIn("4 checks: 3 passed, 1 failed — FAIL", text)
         kinds = [(e["kind"], e["state"]) for e in record["events"]]
         for wanted in [("impair", None), ("link", "down"), ("link", "up"), ("pair", None),
