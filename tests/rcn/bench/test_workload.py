@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -204,7 +205,8 @@ class WorkloadProcessTests(TestCase):
              "--port", "0", "--quiet"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         self.addCleanup(self._stop, self.server)
-        line = self.server.stdout.readline()
+        ready, _, _ = select.select([self.server.stdout], [], [], 30)
+        line = self.server.stdout.readline() if ready else "(nothing in 30 s)\n"
         if not line.startswith("listening on "):
             self.server.kill()
             self.fail(f"the NBD server did not start: {line}{self.server.stderr.read()}")

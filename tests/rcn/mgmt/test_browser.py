@@ -4,6 +4,7 @@ customer's pair."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 import time
@@ -51,7 +52,8 @@ class DashboardBrowserTests(TestCase):
         qemu_io = require_tool(self, "qemu-io")
         browser = _selenium(self)
         self.addCleanup(browser.quit)
-        directory = tempfile.mkdtemp(prefix="rcn-browser-")
+        directory = tempfile.mkdtemp(prefix="rcn-browser-")   # short: unix socket paths
+        self.addCleanup(shutil.rmtree, directory, True)        # runs after lab down
         record = lablib.up(lablib.Topology(capacity=8 << 20), directory)
         self.addCleanup(lablib.down, directory, quiet=True)
         # another customer with a pair of its own on the same edges
