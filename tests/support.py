@@ -9,7 +9,7 @@ import subprocess
 
 from twisted.internet import defer, protocol, task
 
-from twisted.trial.unittest import SkipTest
+from twisted.trial.unittest import FailTest, SkipTest
 
 from datapath.frames.errors import DecodeError
 
@@ -107,8 +107,8 @@ def assert_decode_error(testcase, func, *args, layer: str | None = None, **kw) -
     testcase.fail(f"{func.__name__} accepted bad input")
 
 
-def poll(condition, limit: float, clock=None) -> defer.Deferred:
-    """Fires with ``condition()`` once it holds, or after ``limit`` seconds (every 10 ms)."""
+def poll(condition, limit: float, clock=None, interval: float = 0.01) -> defer.Deferred:
+    """Fires with ``condition()`` once it holds, or after ``limit`` seconds."""
     if clock is None:
         from twisted.internet import reactor as clock
     start = clock.seconds()
@@ -118,4 +118,15 @@ def poll(condition, limit: float, clock=None) -> defer.Deferred:
             loop.stop()
     loop = task.LoopingCall(check)
     loop.clock = clock
-    return loop.start(0.01).addCallback(lambda _: condition())
+    return loop.start(interval).addCallback(lambda _: condition())
+
+
+def until(what: str, condition, limit: float, describe=None,
+          interval: float = 0.05) -> defer.Deferred:
+    """Fires once ``condition()`` holds; after ``limit`` seconds fails the test
+    ("not WHAT after LIMIT s", with ``describe()`` appended when given)."""
+    def judged(held):
+        if not held:
+            detail = f": {describe()}" if describe else ""
+            raise FailTest(f"not {what} after {limit} s{detail}")
+    return poll(condition, limit, interval=interval).addCallback(judged)

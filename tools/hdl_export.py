@@ -158,8 +158,8 @@ def verilog_run(mod, params: dict, out: str, n: int, seed: int) -> dict:
 
 def synth(mod, params: dict, out: str) -> dict:
     name = mod.NAME
-    text = _run(["yosys", "-q", "-p", f"read_verilog -sv {name}.v; synth_ice40 -top rcn_{name}; "
-                 f"tee -o {name}.stat.txt stat"], out)
+    _run(["yosys", "-q", "-p", f"read_verilog -sv {name}.v; synth_ice40 -top rcn_{name}; "
+          f"tee -o {name}.stat.txt stat"], out)
     with open(os.path.join(out, f"{name}.stat.txt")) as f:
         stat = f.read()
 

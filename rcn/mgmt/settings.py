@@ -83,7 +83,7 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from typing import Iterable, Mapping
 
 from datapath.frames.names import format_wwn, parse_wwn

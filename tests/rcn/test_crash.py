@@ -20,32 +20,26 @@ import os
 import random
 import signal
 
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
 from rcn import demo
 from rcn import lab as lablib
 from rcn.nbd.client import connect_url
+from tests.support import until
 
 MiB = 1 << 20
 CAPACITY = 16 * MiB
 
 
-def _wait(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Poll ``predicate`` on the reactor until it is true; fail after ``timeout`` s."""
-    deadline = reactor.seconds() + timeout
-
-    def check():
+def _wait(predicate, timeout: float, what: str):
+    """``until`` for a predicate that may raise while a daemon restarts (counts as false)."""
+    def tolerant():
         try:
-            ok = predicate()
+            return predicate()
         except Exception:
-            ok = False
-        if ok:
-            loop.stop()
-        elif reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-    loop = task.LoopingCall(check)
-    return loop.start(interval)
+            return False
+    return until(what, tolerant, timeout)
 
 
 class CrashTests(TestCase):

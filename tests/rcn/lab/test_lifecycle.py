@@ -13,13 +13,13 @@ import os
 import signal
 import urllib.error
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from rcn import lab as lablib
 from rcn.lab import get_json
 from tests.rcn.lab.test_process import RCN, run, volume
-from tests.support import require_tool
+from tests.support import require_tool, until
 
 MiB = 1 << 20
 
@@ -33,15 +33,7 @@ class PairLifecycleProcessTests(TestCase):
         self.addCleanup(lambda: run(RCN, "lab", "down", "--dir", self.dir))
 
     def until(self, what: str, predicate, limit: float = 60.0):
-        start = reactor.seconds()
-
-        def check():
-            if predicate():
-                poll.stop()
-            elif reactor.seconds() - start > limit:
-                raise AssertionError(f"not {what} after {limit} s")
-        poll = task.LoopingCall(check)
-        return poll.start(0.05)
+        return until(what, predicate, limit)
 
     @defer.inlineCallbacks
     def array(self, name: str, *args: str) -> dict:

@@ -13,13 +13,13 @@ import os
 import signal
 import sys
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from rcn import lab as lablib
 from rcn.lab import get_json, pid_alive
-from tests.support import require_tool
+from tests.support import require_tool, until
 
 BIN = os.path.dirname(sys.executable)
 RCN = os.path.join(BIN, "rcn")
@@ -60,30 +60,20 @@ class LabProcessTests(TestCase):
         generation and the source retains nothing; fail with the figures after ``limit``."""
         devices = {d["name"]: d for d in lab["devices"]}
         groups = sorted({p["group"] for p in lab["pairs"]})
-        start = reactor.seconds()
         seen = {}
 
         def figures():
             source = get_json(devices["edgeA"]["urls"]["status"])
             target = get_json(devices["edgeB"]["urls"]["status"])
-            out = {}
             for group in groups:
                 s = next((g for g in source["groups"] if g["group"] == group), {})
                 t = next((g for g in target["groups"] if g["group"] == group), {})
-                out[group] = (s.get("log_generation", 0), s.get("log_retained_entries", 0),
-                              lablib.applied_counter(t))
-            return out
-
-        def check():
-            seen.update(figures())
-            if all(gen > 0 and retained == 0 and applied == gen
-                   for gen, retained, applied in seen.values()):
-                poll.stop()
-            elif reactor.seconds() - start > limit:
-                raise AssertionError(f"not applied after {limit} s: (generation, retained, "
-                                     f"applied) per group {seen}")
-        poll = task.LoopingCall(check)
-        return poll.start(0.05)
+                seen[group] = (s.get("log_generation", 0), s.get("log_retained_entries", 0),
+                               lablib.applied_counter(t))
+            return all(gen > 0 and retained == 0 and applied == gen
+                       for gen, retained, applied in seen.values())
+        return until("applied", figures, limit,
+                     lambda: f"(generation, retained, applied) per group {seen}")
 
     @defer.inlineCallbacks
     def test_qemu_io_writes_replicate_to_the_target_volume(self):

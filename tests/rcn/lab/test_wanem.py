@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
 
 from rcn.bench.drivers import WanemDriver, open_port
 from rcn.lab import applied_counter, get_json
 from tests.rcn.lab.test_process import RCN, run, volume
-from tests.support import require_tool
+from tests.support import require_tool, until
 
 TOPOLOGY = """
 [lab]
@@ -48,16 +48,6 @@ class WanemLabTests(TestCase):
         t = next((g for g in target["groups"] if g["group"] == 7), {})
         return s.get("log_generation", 0), s.get("log_retained_entries", 0), applied_counter(t)
 
-    def until(self, condition, limit: float, what: str):
-        start = reactor.seconds()
-
-        def poll():
-            if condition():
-                loop.stop()
-            elif reactor.seconds() - start > limit:
-                raise AssertionError(f"{what}: not within {limit} s")
-        loop = task.LoopingCall(poll)
-        return loop.start(0.05)
 
     @defer.inlineCallbacks
     def test_replication_through_the_link_cut_and_restored_over_the_console(self):
@@ -80,8 +70,8 @@ class WanemLabTests(TestCase):
         url = lab["nbd_url"]
         out, err, code = yield run(qemu_io, "-f", "raw", url, "-c", "write -P 0x5a 0 1M")
         self.assertEqual(code, 0, (out + err).decode())
-        yield self.until(lambda: (lambda g, r, a: g > 0 and r == 0 and a == g)(
-            *self.figures(lab)), 30, "applied through the link")
+        yield until("applied through the link", lambda: (lambda g, r, a: g > 0 and r == 0 and a == g)(
+            *self.figures(lab)), 30)
         through = driver.stats(1)
         self.assertGreater(through.packets_in, 0)       # the traffic took the emulator
         self.assertEqual(through.dropped, 0)
@@ -98,12 +88,12 @@ class WanemLabTests(TestCase):
         self.assertEqual(applied, before[2])            # nothing reached the target
         pair = lab["pairs"][0]
         self.assertNotEqual(volume(pair["target_volume"])[2 << 20:3 << 20], b"\xc3" * (1 << 20))
-        yield self.until(lambda: driver.stats(1).down > 0, 10, "retransmissions dropped as down")
+        yield until("retransmissions dropped as down", lambda: driver.stats(1).down > 0, 10)
 
         # restored: everything retained drains, the volumes agree
         driver.set_up(1, True)
-        yield self.until(lambda: (lambda g, r, a: r == 0 and a == g)(*self.figures(lab)), 60,
-                         "drained after the link came back")
+        yield until("drained after the link came back",
+                    lambda: (lambda g, r, a: r == 0 and a == g)(*self.figures(lab)), 60)
         self.assertTrue(volume(pair["source_volume"]) == volume(pair["target_volume"]),
                         "the target volume differs from the source volume")
 
