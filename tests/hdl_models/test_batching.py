@@ -10,7 +10,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from datapath.frames import logentry
 
 try:
-    from amaranth.back import verilog
 
     from hdl_models import batching, crc
     from hdl_models.batching import BatchBeat, Dropped, EntryBeat, Flush, entry_beats
@@ -238,9 +237,3 @@ class CosimTests(SynchronousTestCase):
         result = run(batching.PARAMS, items, 7, valid_p=0.9, ready_p=0.8, drain=200)
         self.assertEqual(sum(batching.decode(x).last for x in result.outputs), 2)
 
-    def test_verilog_export_has_the_stream_ports(self):
-        text = verilog.convert(batching.build(**batching.ICE40), name="rcn_batching")
-        self.assertIn("module rcn_batching", text)
-        for port in ("i__payload", "i__valid", "i__ready", "o__payload", "o__valid",
-                     "o__ready"):
-            self.assertRegex(text, rf"(input|output) (\[\d+:0\] )?{port};")

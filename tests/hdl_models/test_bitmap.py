@@ -8,7 +8,6 @@ import random
 from twisted.trial.unittest import SynchronousTestCase
 
 try:
-    from amaranth.back import verilog
 
     from datapath.kernels.bitmap import geometry as kernel_geometry
     from hdl_models import bitmap
@@ -226,9 +225,3 @@ class CodecAndBuildTests(SynchronousTestCase):
                 bitmap.build(**params)
             self.assertTrue(str(caught.exception).startswith(field), caught.exception)
 
-    def test_verilog_export(self):
-        text = verilog.convert(bitmap.build(**bitmap.ICE40), name="rcn_bitmap")
-        self.assertIn("module rcn_bitmap", text)
-        for port in ("i__payload", "i__valid", "i__ready", "o__payload", "o__valid",
-                     "o__ready"):
-            self.assertRegex(text, rf"(input|output) (\[\d+:0\] )?{port};")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from twisted.trial.unittest import SynchronousTestCase
 
 try:
@@ -9,6 +11,9 @@ try:
     from amaranth.lib import stream, wiring
     from amaranth.lib.wiring import In, Out
 
+    from amaranth.back import verilog
+
+    import hdl_models
     from hdl_models.cosim import CosimError, check, run
     from tests.hdl_models import increment
     SKIP = None
@@ -52,3 +57,16 @@ class CosimTests(SynchronousTestCase):
         with self.assertRaises(CosimError) as caught:
             run(Stuck(), [1, 2], max_cycles=500)
         self.assertIn("0 of 2 inputs taken", str(caught.exception))
+
+
+class VerilogExportTests(SynchronousTestCase):
+    skip = SKIP
+
+    def test_every_block_exports_at_ice40_parameters_with_the_stream_ports(self):
+        for name in hdl_models.BLOCKS:
+            block = importlib.import_module(f"hdl_models.{name}")
+            text = verilog.convert(block.build(**block.ICE40), name=f"rcn_{name}")
+            self.assertIn(f"module rcn_{name}", text)
+            for port in ("i__payload", "i__valid", "i__ready", "o__payload", "o__valid",
+                         "o__ready"):
+                self.assertRegex(text, rf"(input|output) (\[\d+:0\] )?{port};", name)

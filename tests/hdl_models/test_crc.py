@@ -7,7 +7,6 @@ import unittest
 import zlib
 
 try:
-    from amaranth.back import verilog
     from amaranth.sim import Simulator
 
     from hdl_models import cosim, crc
@@ -171,11 +170,3 @@ class CosimTests(unittest.TestCase):
         self.assertEqual(seen["next"], zlib.crc32(b"b"))
 
 
-class VerilogTests(unittest.TestCase):
-    skip = SKIP
-
-    def test_export_has_the_stream_ports(self):
-        text = verilog.convert(crc.build(**crc.ICE40), name="rcn_crc")
-        self.assertIn("module rcn_crc", text)
-        for port in ("i__payload", "i__valid", "i__ready", "o__payload", "o__valid", "o__ready"):
-            self.assertRegex(text, rf"(input|output) .*\b{port}\b")

@@ -13,7 +13,6 @@ import random
 from twisted.trial.unittest import SynchronousTestCase
 
 try:
-    from amaranth.back import verilog
     from amaranth.sim import Simulator
 
     from hdl_models import cosim, delineate
@@ -301,11 +300,3 @@ class StreamRuleTests(SynchronousTestCase):
         self.assertEqual(sum(1 for valid, ready, _ in seen if valid and ready), 40)
 
 
-class VerilogTests(SynchronousTestCase):
-    skip = SKIP
-
-    def test_ice40_parameters_export_with_the_stream_ports(self):
-        text = verilog.convert(delineate.build(**delineate.ICE40), name="rcn_delineate")
-        self.assertIn("module rcn_delineate", text)
-        for port in ("i__payload", "i__valid", "i__ready", "o__payload", "o__valid", "o__ready"):
-            self.assertRegex(text, rf"(input|output) (\[\d+:0\] )?{port};")

@@ -8,7 +8,6 @@ import numpy as np
 from twisted.trial.unittest import SynchronousTestCase
 
 try:
-    from amaranth.back import verilog
 
     from hdl_models import cosim, reorder
     from hdl_models.reorder import Beat, Entry, Tag
@@ -220,9 +219,3 @@ class InterfaceTests(SynchronousTestCase):
         self.assertEqual(reorder.PARAMS["slots"], 16384)       # the receiver's default window
         self.assertTrue(reorder.ICE40_NOTE)                     # ICE40 is smaller: says why
 
-    def test_verilog_export(self):
-        text = verilog.convert(reorder.build(**reorder.ICE40), name="rcn_reorder")
-        self.assertIn("module rcn_reorder", text)
-        for port in ("i__payload", "i__valid", "i__ready", "o__payload", "o__valid",
-                     "o__ready"):
-            self.assertRegex(text, rf"(input|output) .*\b{port};")
