@@ -34,6 +34,17 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
+def tcp_accepts(host: str, port: int) -> bool:
+    """Whether a TCP connection to HOST:PORT is accepted (within a second)."""
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        try:
+            s.connect((host, port))
+        except OSError:
+            return False
+    return True
+
+
 class CollectOutput(protocol.ProcessProtocol):
     """A child process's stdout and stderr together; ``ended`` fires with them as text."""
 

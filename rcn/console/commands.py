@@ -152,6 +152,23 @@ def columns(rows: Sequence[Sequence[object]], headings: Sequence[str] | None) ->
                      for row in table)
 
 
+def add_counters(tree: CommandTree, counters_now, help: str) -> None:
+    """``show counters`` (``counters_now()`` less the values at the last clear) and ``clear
+    counters``, which only moves the console's baseline: /metrics keeps counting."""
+    baseline: dict[str, int] = {}
+
+    def show(args):
+        return columns([[k, v - baseline.get(k, 0)] for k, v in sorted(counters_now().items())],
+                       ["counter", "value"])
+
+    def clear(args):
+        baseline.clear()
+        baseline.update(counters_now())
+        return "counters cleared (console only; /metrics keeps counting)"
+    tree.add("show counters", show, help)
+    tree.add("clear counters", clear, "count from zero again (console only)")
+
+
 def add_shutdown(tree: CommandTree, interface: str, svc) -> None:
     """``shutdown INTERFACE`` / ``no shutdown INTERFACE`` over a Twisted service (stopped and
     started again: a socket closed and reopened)."""

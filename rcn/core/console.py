@@ -4,7 +4,7 @@ counters`` (console only), ``debug log-transfer on|off`` (a log line per entry r
 
 from __future__ import annotations
 
-from rcn.console.commands import CommandTree, add_shutdown, columns
+from rcn.console.commands import CommandTree, add_counters, add_shutdown, columns
 
 VERSION = "rcn-core 0.1.0"
 
@@ -12,21 +12,6 @@ VERSION = "rcn-core 0.1.0"
 def core_console(config, relay, udp_service) -> CommandTree:
     t = CommandTree()
     t.prefer("sh", "show")
-    baseline: dict[str, int] = {}
-
-    def counters_now() -> dict[str, int]:
-        return dict(relay.counters())
-
-    def counters(args):
-        now = counters_now()
-        return columns([[k, v - baseline.get(k, 0)] for k, v in sorted(now.items())],
-                       ["counter", "value"])
-
-    def clear(args):
-        baseline.clear()
-        baseline.update(counters_now())
-        return "counters cleared (console only; /metrics keeps counting)"
-
     def interfaces(args):
         state = "up" if udp_service.running else "administratively down"
         rows = [["log-transfer", str(config.listen), state]]
@@ -45,10 +30,9 @@ def core_console(config, relay, udp_service) -> CommandTree:
 
     t.add("show version", lambda a: f"{VERSION}, device {config.id}", "software version")
     t.add("show interfaces", interfaces, "the log-transfer socket")
-    t.add("show counters", counters, "relay counters since the last clear")
+    add_counters(t, lambda: dict(relay.counters()), "relay counters since the last clear")
     t.add("show routes", routes, "the route table (408)")
     t.add("show config", show_config, "the settings this core runs with")
-    t.add("clear counters", clear, "count from zero again (console only)")
 
     def debug(args):
         relay.debug = args[0] == "on"

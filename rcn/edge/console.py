@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from rcn.console.commands import CommandTree, add_shutdown, columns
+from rcn.console.commands import CommandTree, add_counters, add_shutdown, columns
 
 VERSION = "rcn-edge 0.1.0"
 
@@ -21,19 +21,17 @@ class EdgeConsole:
         self.edge = edge
         self.udp_service = udp_service
         self.started = time.time()
-        self.baseline: dict[str, int] = {}
         self.tree = CommandTree()
         t = self.tree
         t.prefer("sh", "show")
         t.add("show version", self.version, "software version and uptime")
         t.add("show interfaces", self.interfaces, "log-transfer socket, FCIP links")
-        t.add("show counters", self.counters, "event counters since the last clear")
+        add_counters(t, self._all_counters, "event counters since the last clear")
         t.add("show groups", self.groups, "order guarantee groups (table 413)")
         t.add("show pairs", self.pairs, "the pair table (411) and states")
         t.add("show routes", self.routes, "the route table (408)")
         t.add("show log-store", self.log_store, "the log storage area")
         t.add("show config", self.config, "the settings this edge runs with")
-        t.add("clear counters", self.clear, "count from zero again (console only)")
         t.add("debug log-transfer", self.debug, "log every entry received",
               choices=("on", "off"))
         add_shutdown(t, "log-transfer", udp_service)
@@ -59,15 +57,6 @@ class EdgeConsole:
             array = f"{port.array_wwn:016x}" if port.array_wwn else "-"
             rows.append([f"fcip link {port.index}", str(cfg.fcip), "up", f"array {array}"])
         return columns(rows, ["interface", "address", "state", "detail"])
-
-    def counters(self, args) -> str:
-        now = self._all_counters()
-        rows = [[k, v - self.baseline.get(k, 0)] for k, v in sorted(now.items())]
-        return columns(rows, ["counter", "value"])
-
-    def clear(self, args) -> str:
-        self.baseline = self._all_counters()
-        return "counters cleared (console only; /metrics keeps counting)"
 
     def groups(self, args) -> str:
         rows = [[g["group"], g.get("log_generation", 0), g.get("log_deleted", 0),

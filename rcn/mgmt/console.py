@@ -13,7 +13,7 @@ the settings in SQLite (a few small local queries) and the devices' last reports
 from __future__ import annotations
 
 from datapath.frames.names import format_wwn
-from rcn.console.commands import CommandTree, add_shutdown, columns
+from rcn.console.commands import CommandTree, add_counters, add_shutdown, columns
 from rcn.mgmt.model import OPERATOR
 from rcn.mgmt.server import REROUTE_STEP
 
@@ -29,7 +29,6 @@ class MgmtConsole:
         self.config, self.server, self.api_counters = config, server, api_counters
         self.http, self.amp = http, amp
         self.started = server.clock.seconds()
-        self.baseline: dict[str, int] = {}
         self.tree = t = CommandTree()
         t.prefer("sh", "show")
         t.add("show version", self.version, "software and settings version, uptime")
@@ -38,9 +37,8 @@ class MgmtConsole:
         t.add("show customers", self.customers, "customers and their contracts")
         t.add("show pairs", self.pairs, "ordered pairs with state and lag")
         t.add("show routes", self.routes, "the route table (408) and infeasible pairs")
-        t.add("show counters", self.counters, "server, AMP and API counters since the clear")
+        add_counters(t, self._all_counters, "server, AMP and API counters since the clear")
         t.add("show config", self.show_config, "the settings this server runs with")
-        t.add("clear counters", self.clear, "count from zero again (console only)")
         add_shutdown(t, "amp", amp)
 
     def _all_counters(self) -> dict[str, int]:
@@ -119,15 +117,6 @@ class MgmtConsole:
             text += "\ndevices avoided (disconnected or stale): " + ", ".join(
                 sorted(self.server.failed))
         return text
-
-    def counters(self, args) -> str:
-        now = self._all_counters()
-        return columns([[k, v - self.baseline.get(k, 0)] for k, v in sorted(now.items())],
-                       ["counter", "value"])
-
-    def clear(self, args) -> str:
-        self.baseline = self._all_counters()
-        return "counters cleared (console only; /metrics keeps counting)"
 
     def show_config(self, args) -> str:
         c = self.config

@@ -38,7 +38,7 @@ from rcn.mgmt.settings import Settings
 from rcn.mgmt.store import SQLiteStore
 from rcn.nbd.client import connect_url
 from rcn.storage.console import array_console
-from tests.support import CollectOutput, poll
+from tests.support import CollectOutput, poll, tcp_accepts
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 ANSWER_WITHIN = 2.0                        # seconds a command may take to answer
@@ -94,16 +94,6 @@ def udp_port_free(port: int) -> bool:
             if exc.errno == errno.EADDRINUSE:
                 return False
             raise
-    return True
-
-
-def tcp_accepts(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1.0)
-        try:
-            s.connect((HOST, port))
-        except OSError:
-            return False
     return True
 
 
@@ -514,12 +504,12 @@ class DaemonConsoleTests(TestCase):
 
         def amp_closed(answer):
             self.assertEqual(answer, "amp interface administratively down")
-            return poll(lambda: not tcp_accepts(amp), ANSWER_WITHIN).addCallback(
+            return poll(lambda: not tcp_accepts(HOST, amp), ANSWER_WITHIN).addCallback(
                 self.assertTrue, "the AMP port still accepts")
 
         def amp_open(answer):
             self.assertEqual(answer, "amp interface up")
-            self.assertTrue(tcp_accepts(amp))
+            self.assertTrue(tcp_accepts(HOST, amp))
         yield self.every_command(term, MgmtConsole(None, FakeServer(), {}, None, None).tree, [
             ("show version", lambda a: self.assertRegex(
                 a, rf"^rcn-mgmt 0\.1\.0, server mgmt, settings version {version // 10**6}, "

@@ -14,7 +14,7 @@ from rcn.mgmt.client import MgmtClient
 from rcn.mgmt.config import parse_config
 from rcn.mgmt.console import MgmtConsole
 from rcn.mgmt.service import TcpListenService
-from tests.support import poll
+from tests.support import poll, tcp_accepts
 from tests.rcn.mgmt.test_server import S1, S2, T1, ServerTestCase
 
 S3 = "50:0a:09:80:00:00:00:21"
@@ -160,12 +160,12 @@ class MgmtConsoleTests(ServerTestCase):
         self.assertEqual(self.cmd("shutdown amp"), "amp interface administratively down")
         self.assertEqual(self.cmd("shut amp"), "amp is already down")
         self.assertEqual(rows(self.cmd("show interfaces"))["amp"][2], "administratively down")
-        refused = yield poll(lambda: not _accepts(host, int(port)), 5.0)
+        refused = yield poll(lambda: not tcp_accepts(host, int(port)), 5.0)
         self.assertTrue(refused, "the AMP socket still accepts after shutdown")
         self.assertEqual(self.cmd("no shutdown amp"), "amp interface up")
         self.assertEqual(self.cmd("no shut amp"), "amp is already up")
         host, port = self.amp.listening_on.split(":")
-        self.assertTrue(_accepts(host, int(port)))
+        self.assertTrue(tcp_accepts(host, int(port)))
         self.assertEqual(rows(self.cmd("show interfaces"))["amp"][2], "up")
 
     def test_a_port_in_use_is_shown_not_fatal(self):
@@ -203,12 +203,3 @@ class MgmtConsoleTests(ServerTestCase):
         for command in ("clear counters", "shutdown amp", "no shutdown amp", "show routes"):
             self.assertIn(command, listed)
 
-
-def _accepts(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1.0)
-        try:
-            s.connect((host, port))
-        except OSError:
-            return False
-    return True
