@@ -123,13 +123,15 @@ def poll(condition, limit: float, clock=None, interval: float = 0.01) -> defer.D
     if clock is None:
         from twisted.internet import reactor as clock
     start = clock.seconds()
+    last = [None]
 
     def check():
-        if condition() or clock.seconds() - start > limit:
+        last[0] = condition()
+        if last[0] or clock.seconds() - start > limit:
             loop.stop()
     loop = task.LoopingCall(check)
     loop.clock = clock
-    return loop.start(interval).addCallback(lambda _: condition())
+    return loop.start(interval).addCallback(lambda _: last[0])
 
 
 def until(what: str, condition, limit: float, describe=None,
