@@ -79,6 +79,10 @@ TRANSITIONS: dict[tuple[PairState, Event], PairState] = {
     (S.SUSPEND, E.FAILED): S.SUSPEND,            # already stopped by request: stays so
     (S.SUSPEND, E.RESYNCED): S.DUPLEX_PENDING,
     (S.FAILURE_SUSPEND, E.RESYNCED): S.DUPLEX_PENDING,
+    # A source array that lost its link alone (its edge crashed, the FCIP link dropped) is in
+    # failure Suspend while the edges and the target still replicate: its RESYNC meets them
+    # there. The source array itself sends RESYNC only when stopped (RemoteCopy.resync).
+    **{(s, E.RESYNCED): S.DUPLEX_PENDING for s in _COPYING},
     **{(s, E.DELETED): S.SIMPLEX for s in PairState},
 }
 del S, E

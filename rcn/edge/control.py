@@ -63,10 +63,13 @@ class PairControl:
     def __init__(self, edge):
         self.edge = edge
         self.pairs = edge.pairs
-        self.failed_groups: set[int] = set()        # source side: dropped, notice queued
-        self.restart_pending: set[int] = set()      # the next CTRL of the group has RESTART
+        # kept in the pair file with the rows (a restart must not forget a pending RESTART)
+        self.failed_groups = self.pairs.failed_groups        # source side: dropped
+        self.restart_pending = self.pairs.restart_pending    # group -> mark: next CTRL RESTART
+        self.sok_sent = self.pairs.sok_sent                  # source side: failover answered
+        self._restart_in_flight: set[int] = set()   # a CTRL carrying RESTART, unanswered
+        self._marks = max(self.restart_pending.values(), default=0)
         self.failovers: dict[int, _Failover] = {}   # target side: group -> waiting SUSPEND
-        self.sok_sent: set[int] = set()             # source side: failover answered
         self.counters = {"controls_refused": 0, "failure_suspends": 0, "entries_to_bitmap": 0,
                          "failovers": 0, "takeovers": 0, "notices_to_arrays": 0}
 
@@ -111,7 +114,7 @@ class PairControl:
         row = self.pairs.add(PairRow(PairEntry(e.target_wwn, e.target_lun, e.source_wwn,
                                                new_target_lun, e.group, e.customer), side,
                                      old.state, old.geometry, old.bitmap, old._extents))
-        self.restart_pending.add(e.group)      # a new direction: sequences start afresh
+        self._mark_restart(e.group)            # a new direction: sequences start afresh
         self.failed_groups.discard(e.group)
         self.sok_sent.discard(e.group)
         _log.info("{edge}: {old} turned round for failback: {new}", edge=self.edge.name,
@@ -151,15 +154,42 @@ class PairControl:
                drop_on_refusal: bool = False) -> Deferred:
         group = row.entry.group
         row.busy = A(action).name
-        flags = 0
-        if group in self.restart_pending:
-            flags = int(EntryFlag.RESTART)
-            self.restart_pending.discard(group)
-        d = self.edge.control(row.entry, group, command.cdb, command.data,
-                              command.data_in_length, command.attribute,
-                              (command.initiator_port_id, command.target_port_id, command.ox_id),
-                              flags=flags)
+        d = self._send_control(row, group, command.cdb, command.data, command.data_in_length,
+                               command.attribute,
+                               (command.initiator_port_id, command.target_port_id, command.ox_id))
         return d.addCallback(self._answered, row, action, before, drop_on_refusal)
+
+    def _send_control(self, row: PairRow, group: int, cdb: bytes, data_out=b"",
+                      data_in_length: int = 0, attribute: int = fcp.TaskAttribute.SIMPLE,
+                      ids=(0, 0, 0)) -> Deferred:
+        """A CTRL entry of the group; the first after a drop or a failover carries RESTART.
+
+        The mark leaves the pair file only when that CTRL is answered: a crash before then
+        replays it from the log with its flag and marks the next CTRL too, which is harmless
+        (nothing of the group is sent between the two). Two CTRLs in flight never both
+        take it (the second could void the first at the target edge)."""
+        mark = self.restart_pending.get(group)
+        flags = 0
+        if mark is not None and group not in self._restart_in_flight:
+            flags = int(EntryFlag.RESTART)
+            self._restart_in_flight.add(group)
+        d = self.edge.control(row.entry, group, cdb, data_out, data_in_length, attribute, ids,
+                              flags=flags)
+        if flags:
+            d.addBoth(self._restart_carried, group, mark)
+        return d
+
+    def _restart_carried(self, result, group: int, mark: int):
+        self._restart_in_flight.discard(group)
+        if self.restart_pending.get(group) == mark:     # not marked again meanwhile
+            del self.restart_pending[group]
+            self.pairs.save()
+        return result
+
+    def _mark_restart(self, group: int) -> None:
+        """The next CTRL of the group carries RESTART (saved with the pair file)."""
+        self._marks += 1
+        self.restart_pending[group] = self._marks
 
     def _answered(self, result: ScsiResult, row: PairRow, action: int, before: PairState,
                   drop_on_refusal: bool) -> ScsiResult:
@@ -179,6 +209,7 @@ class PairControl:
             if not result.good:
                 return result
             self.failed_groups.discard(row.entry.group)
+            self.sok_sent.discard(row.entry.group)        # a later failover is a new one
             self.edge.sender.recovered(row.entry.group)
         if action == A.DELETE:
             self.pairs.remove(row)
@@ -213,19 +244,13 @@ class PairControl:
         for row in rows:
             self._follow(row, Event.FAILED)
         self._drop_retained(group)
-        self.restart_pending.add(group)
+        self._mark_restart(group)
         for row in rows:
             self._notify_array(row)
         for row in rows:     # the notice waits in the log for the RCN to carry it
-            self.edge.control(row.entry, group, _control_command(row, A.SUSPEND, True).cdb,
-                              flags=self._take_restart(group)).addErrback(lambda _: None)
+            self._send_control(row, group, _control_command(row, A.SUSPEND, True).cdb
+                               ).addErrback(lambda _: None)
         self.pairs.save()
-
-    def _take_restart(self, group: int) -> int:
-        if group in self.restart_pending:
-            self.restart_pending.discard(group)
-            return int(EntryFlag.RESTART)
-        return 0
 
     def _drop_retained(self, group: int) -> None:
         edge = self.edge
@@ -284,8 +309,11 @@ class PairControl:
         for r in rows:
             self._follow(r, Event.FAILED)
             self._notify_array(r)
-        self.edge.control(row.entry, group, _control_command(row, A.SUSPEND, True).cdb,
-                          flags=self._take_restart(group)).addErrback(lambda _: None)
+        self._send_control(row, group, _control_command(row, A.SUSPEND, True).cdb
+                           ).addErrback(lambda _: None)
+        # the SOK closes the group at the target edge: the next CTRL (a RESYNC from the
+        # source array) reopens it
+        self._mark_restart(group)
         self.pairs.save()
 
     # -- the target edge ----------------------------------------------------------------

@@ -126,6 +126,10 @@ class EdgePairs:
         self.policy = policy
         self.path = path
         self.rows: dict[tuple[int, int, int], PairRow] = {}
+        # per-group pair control marks that must survive a restart (rcn.edge.control)
+        self.failed_groups: set[int] = set()      # source side: dropped, notice queued
+        self.restart_pending: dict[int, int] = {}  # group -> mark: next CTRL has RESTART
+        self.sok_sent: set[int] = set()           # source side: failover answered
 
     def save(self) -> None:
         if self.path is None:
@@ -141,7 +145,10 @@ class EdgePairs:
                                      for lba, blocks, bs in row._extents]})
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"version": 1, "rows": rows}, f)
+            json.dump({"version": 1, "rows": rows,
+                       "failed_groups": sorted(self.failed_groups),
+                       "sok_sent": sorted(self.sok_sent),
+                       "restart_pending": sorted(self.restart_pending.items())}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
@@ -161,6 +168,10 @@ class EdgePairs:
             row._extents = [(np.array(a, np.uint64), np.array(b, np.uint64), bs)
                             for a, b, bs in item["extents"]]
             self.rows[entry.key] = row
+        self.failed_groups.update(doc.get("failed_groups", ()))
+        self.sok_sent.update(doc.get("sok_sent", ()))
+        self.restart_pending.update((group, mark) for group, mark in
+                                    doc.get("restart_pending", ()))
         return len(doc["rows"])
 
     def add(self, row: PairRow) -> PairRow:

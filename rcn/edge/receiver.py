@@ -174,8 +174,8 @@ class GroupReceiver:
         if self.closed_after is not None and sequence > self.closed_after and not restart:
             self.stats.after_close += 1
             return
-        if restart and sequence > self.reorder.next_expected:
-            self._restart_at(sequence)
+        if restart and sequence >= self.reorder.next_expected:
+            self._restart_at(sequence)     # reopens a closed group even with no hole below
         if sequence <= self.durable:
             self.stats.duplicates_applied += 1
             self._resend_answer(header)

@@ -20,6 +20,9 @@ Example (every key shown; only ``array.wwpn`` and one volume are required)::
     host = "127.0.0.1"
     port = 3225
     timeout = 30.0                       # seconds per exchange
+    auto_resync = true                   # a source pair in failure Suspend because its RIOs
+                                         # got no answer (the link dropped, the edge crashed)
+                                         # resyncs by itself when the link is back
     partners = ["50:0a:09:80:00:00:00:02"]   # partner arrays to log in to at link-up besides
                                          # the pairs' (a target needs the source's virtual
                                          # storage before PAIR_CREATE comes)
@@ -101,6 +104,7 @@ class Endpoint:
 class EdgeConfig(Endpoint):
     timeout: float = 30.0
     partners: tuple[int, ...] = ()
+    auto_resync: bool = True
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,8 @@ def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:
         raise ConfigError("pair: a volume can be in one pair only")
 
     edge = (_endpoint(doc, "edge", 3225, EdgeConfig, timeout=(float, 30.0, None),
-                      partners=(list, (), _wwn_list)) if "edge" in doc else None)
+                      partners=(list, (), _wwn_list), auto_resync=(bool, True, None))
+            if "edge" in doc else None)
     if pairs and edge is None:
         raise ConfigError("edge: pairs need an [edge] to send their writes to")
     return StorageConfig(

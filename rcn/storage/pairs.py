@@ -73,6 +73,7 @@ class Pair:
     bytes_copied_total: int = 0
     residual: dict | None = None  # the last residual report (failover, takeover)
     busy: str | None = None       # the host command in progress, if any
+    link_lost: bool = False       # failure Suspend because RIOs got no answer (link/edge gone)
     outstanding: int = 0          # async: RIO WRs in flight
     waiting: list = field(default_factory=list)   # async: Deferreds of writes waiting a place
 
@@ -144,7 +145,8 @@ class Pair:
                 "copy": copy.as_dict() if copy else None,
                 "copies_completed": self.copies_completed,
                 "bytes_copied_total": self.bytes_copied_total,
-                "last_error": self.last_error, "residual": self.residual, "busy": self.busy}
+                "last_error": self.last_error, "residual": self.residual, "busy": self.busy,
+                "link_lost": self.link_lost}
 
 
 class PairTable:

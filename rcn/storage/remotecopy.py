@@ -287,11 +287,11 @@ class _CopyRun:
         self.pump()
 
     def _failed(self, failure, offset: int, length: int) -> None:
-        self._lost(offset, length, f"a copy WR failed: {failure.getErrorMessage()}")
+        self._lost(offset, length, f"a copy WR failed: {failure.getErrorMessage()}", True)
 
-    def _lost(self, offset: int, length: int, why: str) -> None:
+    def _lost(self, offset: int, length: int, why: str, unanswered: bool = False) -> None:
         self.outstanding -= 1
-        self.owner._wr_failed(self.pair, offset, length, why)
+        self.owner._wr_failed(self.pair, offset, length, why, unanswered)
 
     def _finish(self) -> None:
         bitmap = self.pair.bitmap
@@ -308,8 +308,9 @@ class RemoteCopy:
 
     def __init__(self, clock, session_for, volumes: dict, pairs: PairTable | None = None, *,
                  track_size: int = DEFAULT_TRACK_SIZE, copy_chunk: int = COPY_CHUNK,
-                 copy_window: int = COPY_WINDOW):
+                 copy_window: int = COPY_WINDOW, auto_resync: bool = True):
         self.clock = clock
+        self.auto_resync = auto_resync
         self.session_for = session_for
         self.volumes = volumes
         self.pairs = pairs if pairs is not None else PairTable()
@@ -572,6 +573,7 @@ class RemoteCopy:
             if not self._present(pair):
                 raise Conflict(f"{pair.name} was deleted while resync ran")
             self._merge_dpok(pair, result.data_in)
+            pair.link_lost = False
             if not self._event(pair, Event.RESYNCED):
                 raise PairStateError(f"{pair.name} is {pair.state.value} after DPOK: "
                                      f"resync cannot go on", pair.state)
@@ -581,6 +583,31 @@ class RemoteCopy:
         return self._start(pair, "resync", lambda: self._send_control(
             pair, Action.RESYNC, data_in_length=allocation).addCallback(dpok)).addErrback(
             self._failed_command, pair, "resync")
+
+    def link_restored(self) -> list[Deferred]:
+        """The RIO link to the edge is up again. With ``auto_resync``, every source pair in
+        failure Suspend because its RIOs got no answer (``Pair.link_lost``: the link dropped
+        or the edge crashed) resynchronises by itself: the edge answered GOOD only for
+        writes it had made durable, so its log still carries every write this array was
+        told was sent, and 1211 holds the rest. Returns the resyncs started."""
+        if not self.auto_resync:
+            return []
+        started = []
+        for pair in self.pairs:
+            if (pair.role == "source" and pair.link_lost and not pair.busy
+                    and pair.state is S.FAILURE_SUSPEND):
+                _log.info("{pair}: the link to the edge is back; resynchronising by itself "
+                          "(auto_resync)", pair=pair.name)
+                started.append(self.resync(pair.lun).addErrback(self._auto_resync_failed, pair))
+        return started
+
+    def _auto_resync_failed(self, failure, pair: Pair) -> None:
+        # last_error has the reason (_failed_command); the next link-up tries again if the
+        # partner was unreachable, a refusal needs the operator (rcn array resync)
+        if not failure.check(PartnerUnreachable):
+            pair.link_lost = False
+        _log.warn("{pair}: automatic resync failed: {why}", pair=pair.name,
+                  why=failure.getErrorMessage())
 
     def _merge_dpok(self, pair: Pair, data: bytes) -> None:
         """OR the partner's bitmap (1209) into ours; an unusable one dirties everything."""
@@ -777,16 +804,21 @@ class RemoteCopy:
 
     def _host_wr_failed(self, failure, pair: Pair, offset: int, length: int) -> None:
         self.counters.failed += 1
-        self._wr_failed(pair, offset, length, f"RIO WR failed: {failure.getErrorMessage()}")
+        self._wr_failed(pair, offset, length, f"RIO WR failed: {failure.getErrorMessage()}",
+                        True)
 
-    def _wr_failed(self, pair: Pair, offset: int, length: int, why: str) -> None:
-        """A WR (host or copy) did not land: mark it, and stop replicating (【0084】)."""
+    def _wr_failed(self, pair: Pair, offset: int, length: int, why: str,
+                   unanswered: bool = False) -> None:
+        """A WR (host or copy) did not land: mark it, and stop replicating (【0084】).
+        ``unanswered``: no answer at all (the link or the edge went away), so the pair
+        resynchronises by itself when the link is back (:meth:`link_restored`)."""
         if not self._present(pair):
             return
         pair.mark(offset, length)
         self.counters.recorded_in_bitmap += 1
         if pair.state in REPLICATING or pair.state is S.SUSPENDING:
             pair.last_error = why
+            pair.link_lost = unanswered
             _log.error("{pair}: {why}; failure Suspend, writes are recorded in the "
                        "differential bitmap", pair=pair.name, why=why)
             self._event(pair, Event.FAILED)

@@ -50,14 +50,16 @@ class PartnerLoggingPort(ArrayPort):
     ``partners()`` is asked at each link-up: pairs made at run time count too.
     """
 
-    def __init__(self, clock, config: ArrayConfig, partners):
+    def __init__(self, clock, config: ArrayConfig, partners, restored=lambda: None):
         super().__init__(clock, config)
         self.partners = partners
+        self.restored = restored
 
     def link_up(self, link) -> None:
         super().link_up(link)
         for wwn in sorted(self.partners()):
             self.session(wwn).addErrback(self._session_failed, wwn)
+        self.restored()
 
     def _session_failed(self, failure, wwn: int) -> None:
         _log.warn("rio: login to partner {wwn} failed: {why}", wwn=format_wwn(wwn),
@@ -68,14 +70,15 @@ class ArrayLinkFactory(FcipClientFactory):
     """``connections`` counts the FCIP connections made (each gets a new port and link,
     whose counters start from 0)."""
 
-    def __init__(self, clock, config: ArrayConfig, partners):
+    def __init__(self, clock, config: ArrayConfig, partners, restored=lambda: None):
         super().__init__(clock, config)
         self.partners = partners            # () -> set of WWNs
+        self.restored = restored            # called at every link-up
         self.connections = 0
 
     def buildProtocol(self, addr):
         self.connections += 1
-        self.port = PartnerLoggingPort(self.clock, self.config, self.partners)
+        self.port = PartnerLoggingPort(self.clock, self.config, self.partners, self.restored)
         protocol = FcipProtocol(self.port, self.frame_tap)
         protocol.factory = self
         return protocol
@@ -94,7 +97,9 @@ class StorageArray:
         self.pairs = PairTable.from_config(
             config.pairs, {lun: v.capacity for lun, v in self.volumes.items()}, config.track_size)
         self.remote_copy = RemoteCopy(clock, self.session_for, self.volumes, self.pairs,
-                                      track_size=config.track_size)
+                                      track_size=config.track_size,
+                                      auto_resync=config.edge.auto_resync if config.edge
+                                      else False)
         # every volume may join a pair at run time, so every export asks the remote copy
         self.exports = ExportTable(
             ReplicatedExport(self.volumes[lun], self.names[lun], self.remote_copy,
@@ -103,7 +108,8 @@ class StorageArray:
         self.target = ArrayTarget(self.volumes, self.remote_copy)
         self.rio = ArrayLinkFactory(clock, ArrayConfig(
             port_wwn=config.wwpn, node_wwn=config.wwnn, target=self.target,
-            exchange_timeout=config.edge.timeout if config.edge else 30.0), self.partners)
+            exchange_timeout=config.edge.timeout if config.edge else 30.0), self.partners,
+            self.remote_copy.link_restored)
         self.nbd = NbdServerFactory(self.exports, clock)
         self.metrics = self._build_metrics()
 

@@ -142,8 +142,14 @@ class ControlFlowTests(TestCase):
         self.assertEqual(explain(box[0]), "no such pair")
         self.control(A.PAIR_CREATE)
         self.settle()
+        box = self.control(A.DUPLEX)
+        self.settle()
+        box = self.control(A.PAIR_CREATE)
+        self.assertEqual(explain(box[0]), "the partner's pair is duplex")
+        self.row(self.sim.source).state = PairState.SUSPENDING
         box = self.control(A.RESYNC)
-        self.assertEqual(explain(box[0]), "the partner's pair is initial-copying")
+        self.assertEqual(explain(box[0]), "the partner's pair is suspending")
+        self.row(self.sim.source).state = PairState.INITIAL_COPYING
         box = self.control(A.PAIR_CREATE)
         self.assertEqual(explain(box[0]), "the partner's pair is initial-copying")
 
@@ -311,7 +317,9 @@ class EdgeStateMachineTests(TestCase):
         A.PAIR_CREATE: {PairState.SIMPLEX},
         A.DUPLEX: {PairState.INITIAL_COPYING, PairState.DUPLEX_PENDING},
         A.SUSPEND: {PairState.INITIAL_COPYING, PairState.DUPLEX, PairState.DUPLEX_PENDING},
-        A.RESYNC: {PairState.SUSPEND, PairState.FAILURE_SUSPEND},
+        # in a replicating state too: the source array failed alone (its link dropped)
+        A.RESYNC: {PairState.SUSPEND, PairState.FAILURE_SUSPEND, PairState.INITIAL_COPYING,
+                   PairState.DUPLEX, PairState.DUPLEX_PENDING},
         A.DELETE: set(PairState),
     }
 

@@ -18,7 +18,7 @@ class PairTableTests(TestCase):
         row = PairRow(PairEntry(S, 0, T, 1, 7), "source", PairState.SIMPLEX)
         self.assertIs(row.apply(Event.CREATED), PairState.INITIAL_COPYING)
         with self.assertRaises(PairStateError) as caught:
-            row.apply(Event.RESYNCED)
+            row.apply(Event.CREATED)
         self.assertIn("LUN 0 -> 50:0a:09:80:00:00:00:02 LUN 1 at the source edge is "
                       "initial-copying", str(caught.exception))
 
@@ -43,6 +43,9 @@ class PairTableTests(TestCase):
         a.dropped(np.array([16]), np.array([4]))
         b = pairs.add(PairRow(PairEntry(S, 1, T, 1, 9), "target", PairState.SUSPEND))
         b.dropped(np.array([5]), np.array([1]))
+        pairs.failed_groups.add(7)
+        pairs.restart_pending[7] = 3
+        pairs.sok_sent.add(9)
         pairs.save()
         again = EdgePairs("A-1", path)
         again.add(PairRow(PairEntry(S, 0, T, 0, 7, "acme"), "source"))   # from the config
@@ -52,6 +55,9 @@ class PairTableTests(TestCase):
                          (PairState.FAILURE_SUSPEND, (1 << 20, 512, 65536), 1, "acme"))
         self.assertEqual((b2.side, b2.state), ("target", PairState.SUSPEND))
         self.assertEqual(b2.bitmap_727(1 << 20, 4096).popcount(), 1)
+        # pair control's marks come back too: a pending RESTART must not be forgotten
+        self.assertEqual((again.failed_groups, again.restart_pending, again.sok_sent),
+                         ({7}, {7: 3}, {9}))
         self.assertEqual(EdgePairs("B", path + ".none").load(), 0)
 
     def test_duplicate_rows_are_refused(self):

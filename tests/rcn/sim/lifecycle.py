@@ -17,10 +17,11 @@ writes -- must again apply as a prefix of what the source edge logs next.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 
 from datapath.frames import fcp
 from rcn.logxfer.routes import Route, RouteTable
+from rcn.rio.errors import LinkDown
 from rcn.rio.fcp import ScsiCommand, ScsiResult, build_write16_cdb
 from rcn.storage.array import ArrayTarget
 from rcn.storage.pairs import PairTable
@@ -34,10 +35,25 @@ _CONTROL = int(fcp.Opcode.RCN_CONTROL)
 
 
 class EdgeSession:
-    """An array's session to its edge's virtual storage for ``partner``: direct calls."""
+    """An array's session to its edge's virtual storage for ``partner``: direct calls.
+
+    ``link_down()`` is the FCIP link dropping: every command in flight fails with
+    ``LinkDown`` at the array (what the edge already took, it keeps), and new ones fail
+    at once until ``link_up()``."""
 
     def __init__(self, sim: "LifecycleSim", edge, initiator: int, partner: int):
         self.sim, self.edge, self.initiator, self.partner = sim, edge, initiator, partner
+        self.up = True
+        self.in_flight: set[Deferred] = set()
+
+    def link_down(self) -> None:
+        self.up = False
+        for d in list(self.in_flight):
+            self.in_flight.discard(d)
+            d.errback(LinkDown("the simulated link was cut"))
+
+    def link_up(self) -> None:
+        self.up = True
 
     def write(self, lun: int, lba: int, data, attribute=fcp.TaskAttribute.SIMPLE, fua=False):
         cdb = build_write16_cdb(lba, len(data) // BLOCK)
@@ -49,7 +65,17 @@ class EdgeSession:
         command = ScsiCommand(0x010100, self.initiator, 0x010200, self.partner, lun, cdb,
                               fcp.parse_cdb(cdb), attribute, bytes(data_out), data_in_length,
                               self.sim.ox & 0xFFFF)
-        return maybeDeferred(self.edge.rio_command, command, self.partner)
+        if not self.up:
+            return fail(LinkDown("the simulated link is cut"))
+        answer = Deferred()
+        self.in_flight.add(answer)
+
+        def done(result):
+            if answer in self.in_flight:        # not already failed by link_down
+                self.in_flight.discard(answer)
+                answer.callback(result)
+        maybeDeferred(self.edge.rio_command, command, self.partner).addBoth(done)
+        return answer
 
 
 class ArrayPort:
@@ -73,7 +99,8 @@ class ArrayPort:
 
 
 class LifecycleSim(SimRcn):
-    def __init__(self, seed: int, luns: int = 1, volume_blocks: int = 1024, **kw):
+    def __init__(self, seed: int, luns: int = 1, volume_blocks: int = 1024,
+                 auto_resync: bool = True, **kw):
         super().__init__(seed, luns=luns, volume_blocks=volume_blocks, **kw)
         self.ox = 0
         size = volume_blocks * BLOCK
@@ -95,12 +122,15 @@ class LifecycleSim(SimRcn):
         self.source.log_store.checker = self.checker
         self.checking = True
         self.arrays: dict[int, RemoteCopy] = {}
+        self.sessions: dict[int, EdgeSession] = {}
         ports = {}
         for wwn, partner, edge in ((SOURCE_WWN, TARGET_WWN, self.source),
                                    (TARGET_WWN, SOURCE_WWN, self.target)):
-            session = EdgeSession(self, edge, wwn, partner)
-            rc = RemoteCopy(self.clock, lambda _wwn, s=session: succeed(s), self.volumes[wwn],
-                            PairTable(), track_size=TRACK, copy_chunk=16 * BLOCK)
+            session = self.sessions[wwn] = EdgeSession(self, edge, wwn, partner)
+            rc = RemoteCopy(self.clock, lambda _wwn, s=session: succeed(s) if s.up else
+                            fail(LinkDown("the simulated link is cut")), self.volumes[wwn],
+                            PairTable(), track_size=TRACK, copy_chunk=16 * BLOCK,
+                            auto_resync=auto_resync)
             self.arrays[wwn] = rc
             ports[wwn] = ArrayPort(self, wwn, partner, ArrayTarget(self.volumes[wwn], rc))
         for edge in (self.source, self.target):
@@ -116,6 +146,15 @@ class LifecycleSim(SimRcn):
     @property
     def target_array_rc(self) -> RemoteCopy:
         return self.arrays[TARGET_WWN]
+
+    def cut_array_link(self, wwn: int = SOURCE_WWN) -> None:
+        """The array's FCIP link to its edge drops (the edge crashed, a cable was pulled)."""
+        self.sessions[wwn].link_down()
+
+    def restore_array_link(self, wwn: int = SOURCE_WWN) -> None:
+        """The link is back: the array's service calls ``link_restored`` at link-up."""
+        self.sessions[wwn].link_up()
+        self.arrays[wwn].link_restored()
 
     # -- what the checker sees -------------------------------------------------------
     def target_changed(self, wwn: int, lun: int) -> None:

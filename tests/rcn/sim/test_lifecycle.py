@@ -107,6 +107,56 @@ class LifecycleFlowTests(TestCase):
             self.assertEqual(pair.copy.bytes_total, len(expected) * TRACK, f"seed {seed}")
             self.assertTrue(sim.equal(), f"seed {seed}: volumes differ after resync")
 
+    def _source_link_lost(self, sim: LifecycleSim) -> set[int]:
+        """Cut the source array's link under host writes until the array alone is in failure
+        Suspend (the edges and the target still duplex); more host writes go to 1211.
+        Returns the tracks 1211 holds then."""
+        sim.step(0.02, writes_per_ms=0.5)
+        sim.cut_array_link()
+        sim.until("failure Suspend at the source array",
+                  lambda: sim.state(S) == "failure-suspend", writes_per_ms=0.5)
+        sim.step(0.03, writes_per_ms=0.5)
+        sim.until("host writes answered", lambda: sim.host_outstanding == 0)
+        self.settle(sim)
+        self.assertEqual((sim.source.pairs.find(S, T, 0).state.value, sim.state(T)),
+                         ("duplex", "duplex"), f"seed {sim.seed}")
+        return tracks_of(_runs(sim.source_array.pairs.for_lun(0).bitmap))
+
+    def test_source_array_that_lost_its_link_resyncs_by_itself_when_it_is_back(self):
+        for seed in range(50, 56):
+            sim = self.sim(seed)
+            sim.fill()
+            self.create(sim, writes_per_ms=0)
+            dirty = self._source_link_lost(sim)
+            self.assertTrue(dirty, f"seed {seed}")
+            self.assertTrue(sim.source_array.pairs.for_lun(0).link_lost)
+            sim.restore_array_link()
+            sim.until("duplex again", lambda: sim.state(S) == "duplex")
+            self.settle(sim)
+            pair = sim.source_array.pairs.for_lun(0)
+            self.assertEqual(pair.copy.kind, "resync")
+            self.assertEqual(pair.copy.bytes_total, len(dirty) * TRACK, f"seed {seed}")
+            self.assertEqual((sim.source.pairs.find(S, T, 0).state.value,
+                              sim.target.pairs.find(S, T, 0).state.value, sim.state(T)),
+                             ("duplex",) * 3, f"seed {seed}")
+            self.assertTrue(sim.equal(), f"seed {seed}: volumes differ after the resync")
+
+    def test_documented_resync_after_the_source_array_lost_its_link(self):
+        for seed in range(56, 60):
+            sim = self.sim(seed, auto_resync=False)
+            sim.fill()
+            self.create(sim, writes_per_ms=0)
+            dirty = self._source_link_lost(sim)
+            sim.restore_array_link()
+            sim.step(0.05)
+            self.assertEqual(sim.state(S), "failure-suspend")    # nothing by itself
+            self.done(sim, sim.command(sim.source_array.resync(0)))
+            sim.until("duplex again", lambda: sim.state(S) == "duplex", writes_per_ms=0.3)
+            self.settle(sim)
+            pair = sim.source_array.pairs.for_lun(0)
+            self.assertEqual(pair.copy.bytes_total, len(dirty) * TRACK, f"seed {seed}")
+            self.assertTrue(sim.equal(), f"seed {seed}: volumes differ after the resync")
+
     def test_failover_with_writes_in_flight_loses_no_acknowledged_write(self):
         for seed, fast in ((30, False), (31, True), (32, False), (33, True)):
             sim = self.sim(seed)
@@ -128,6 +178,26 @@ class LifecycleFlowTests(TestCase):
             self.assertEqual(sim.state(S), "failure-suspend")
             sim.step(0.01, writes_per_ms=1.0, wwn=T)          # the target host writes now
             self.assertFalse(sim.equal())
+
+    def test_resync_from_the_source_after_a_failover(self):
+        for seed, fast in ((60, False), (61, True), (62, False)):
+            sim = self.sim(seed)
+            sim.fill()
+            self.create(sim, writes_per_ms=0)
+            self.done(sim, sim.command(sim.target_array_rc.suspend(0, fast=fast)))
+            sim.checking = False                              # the target's host writes now
+            sim.step(0.02, writes_per_ms=1.0, wwn=T)
+            sim.step(0.02, writes_per_ms=1.0, wwn=S)          # refused by the edge: 1211
+            self.settle(sim)
+            sim.until("failure Suspend everywhere", lambda: sim.state(S) == "failure-suspend")
+            union = (tracks_of(_runs(sim.target_array_rc.pairs.for_lun(0).bitmap))
+                     | tracks_of(_runs(sim.source_array.pairs.for_lun(0).bitmap)))
+            self.done(sim, sim.command(sim.source_array.resync(0)))
+            sim.until("duplex again", lambda: sim.state(S) == "duplex" == sim.state(T))
+            self.settle(sim)
+            pair = sim.source_array.pairs.for_lun(0)
+            self.assertEqual(pair.copy.bytes_total, len(union) * TRACK, f"seed {seed}")
+            self.assertTrue(sim.equal(), f"seed {seed} fast={fast}: volumes differ")
 
     def test_failback_in_reverse_copies_the_bitmaps_only(self):
         for seed in range(40, 44):

@@ -257,7 +257,7 @@ class PairTableTests(TestCase):
         pair = Pair(3, PARTNER, 1, 7, S.SIMPLEX, capacity=MiB)
         pair.apply(Event.CREATED)
         self.assertEqual(pair.state, S.INITIAL_COPYING)
-        exc = self.assertRaises(PairStateError, pair.apply, Event.RESYNCED)
+        exc = self.assertRaises(PairStateError, pair.apply, Event.CREATED)
         self.assertIn("pair LUN 3 (source, -> 50:0a:09:80:00:00:00:02 LUN 1) is initial-copying",
                       str(exc))
 

@@ -52,7 +52,7 @@ TARGET_CONTROLS = {
     (A.DUPLEX, False): {IC: D, DP: D},
     (A.SUSPEND, False): {IC: SP, D: SP, DP: SP, SG: SP},
     (A.SUSPEND, True): {IC: FS, D: FS, DP: FS, SG: FS, FS: FS, SP: SP},
-    (A.RESYNC, False): {SP: DP, FS: DP},
+    (A.RESYNC, False): {SP: DP, FS: DP, IC: DP, D: DP, DP: DP},   # the source failed alone
     (A.DELETE, False): {s: None for s in ALL},
 }
 # the FAILURE notice to a source-role volume
