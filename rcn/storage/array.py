@@ -42,19 +42,23 @@ class ReplicatedExport(VolumeExport):
         self.remote_copy = remote_copy
 
     def write(self, offset: int, data, fua: bool):
-        self.remote_copy.check_host_write(self.volume.lun)
-        super().write(offset, data, fua)
-        return self.remote_copy.written(self.volume.lun, offset, len(data), fua)
+        return self.remote_copy.around_host_write(self.volume.lun, offset, len(data), fua,
+                                                  lambda: super(ReplicatedExport, self).write(
+                                                      offset, data, fua))
+
+    def flush(self):
+        super().flush()
+        self.remote_copy.flush()
 
     def trim(self, offset: int, length: int):
-        self.remote_copy.check_host_write(self.volume.lun)
-        super().trim(offset, length)
-        return self.remote_copy.written(self.volume.lun, offset, length)
+        return self.remote_copy.around_host_write(self.volume.lun, offset, length, False,
+                                                  lambda: super(ReplicatedExport, self).trim(
+                                                      offset, length))
 
     def write_zeroes(self, offset: int, length: int, may_trim: bool):
-        self.remote_copy.check_host_write(self.volume.lun)
-        super().write_zeroes(offset, length, may_trim)
-        return self.remote_copy.written(self.volume.lun, offset, length)
+        return self.remote_copy.around_host_write(
+            self.volume.lun, offset, length, False,
+            lambda: super(ReplicatedExport, self).write_zeroes(offset, length, may_trim))
 
 
 class ArrayTarget(ScsiTarget):

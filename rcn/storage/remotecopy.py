@@ -273,9 +273,13 @@ class _CopyRun:
             self.cursor = upto
         self.progress.bytes_sent += length
         self.outstanding += 1
+        store = self.owner.store         # cleared above, not yet at the partner: intent
+        span = store.intend(pair, offset, length) if store is not None else None
         d = self.owner._rio_write(pair, offset // self.volume.block_size, data, False)
         d.addCallbacks(self._answered, self._failed, callbackArgs=(offset, length),
                        errbackArgs=(offset, length))
+        if span is not None:
+            d.addBoth(_then, lambda: store.done(pair, span))
 
     def _answered(self, result: ScsiResult, offset: int, length: int) -> None:
         if not result.good:
@@ -308,9 +312,10 @@ class RemoteCopy:
 
     def __init__(self, clock, session_for, volumes: dict, pairs: PairTable | None = None, *,
                  track_size: int = DEFAULT_TRACK_SIZE, copy_chunk: int = COPY_CHUNK,
-                 copy_window: int = COPY_WINDOW, auto_resync: bool = True):
+                 copy_window: int = COPY_WINDOW, auto_resync: bool = True, store=None):
         self.clock = clock
         self.auto_resync = auto_resync
+        self.store = store            # a PairStore: rows and bitmaps on disk (None: memory)
         self.session_for = session_for
         self.volumes = volumes
         self.pairs = pairs if pairs is not None else PairTable()
@@ -376,8 +381,18 @@ class RemoteCopy:
         if pair.state is not before:
             _log.info("{pair}: {before} -> {after} ({why})", pair=pair.name,
                       before=before.value, after=pair.state.value, why=why)
+        self._save()
         for observer in self.observers:
             observer(pair, before, why)
+
+    def _save(self) -> None:
+        if self.store is not None:
+            self.store.save(self.pairs)
+
+    def flush(self) -> None:
+        """The host flushed: the bitmaps go to the disk with the volume's data."""
+        if self.store is not None:
+            self.store.flush()
 
     @staticmethod
     def _require(pair: Pair, command: str, states) -> None:
@@ -606,6 +621,7 @@ class RemoteCopy:
         # partner was unreachable, a refusal needs the operator (rcn array resync)
         if not failure.check(PartnerUnreachable):
             pair.link_lost = False
+            self._save()
         _log.warn("{pair}: automatic resync failed: {why}", pair=pair.name,
                   why=failure.getErrorMessage())
 
@@ -653,6 +669,7 @@ class RemoteCopy:
         if self._present(pair):
             self._event(pair, Event.DELETED)
             self.pairs.remove(pair.lun)
+            self._save()
             self._runs.pop(pair.lun, None)
             _log.info("{pair}: deleted", pair=pair.name)
         waiting, pair.waiting = pair.waiting, []
@@ -737,33 +754,61 @@ class RemoteCopy:
 
     def host_write(self, lun: int, offset: int, data, fua: bool = False) -> Deferred:
         """Check, write the volume, replicate: Deferred firing when the host may be answered."""
+        volume = self.volumes.get(lun)
         try:
-            self.check_host_write(lun)
-            self._volume(lun).write(offset, data, fua)
+            self._volume(lun)
+            return maybeDeferred(self.around_host_write, lun, offset, len(data), fua,
+                                 lambda: volume.write(offset, data, fua))
         except Exception as exc:
             return fail(exc)
-        return maybeDeferred(self.written, lun, offset, len(data), fua)
 
-    def written(self, lun: int, offset: int, length: int, fua: bool = False):
-        """The host wrote ``length`` bytes at ``offset`` of ``lun`` (already on the volume)."""
+    def around_host_write(self, lun: int, offset: int, length: int, fua: bool, apply):
+        """A host's change of ``length`` bytes at ``offset``: check it, mark its write intent
+        (``store``), ``apply()`` it to the volume, replicate it; returns what :meth:`written`
+        does. The intent is cleared once the partner has the write or 1211 has it."""
+        self.check_host_write(lun)
         pair = self.pairs.for_lun(lun)
-        if pair is None or length <= 0 or pair.state is S.SIMPLEX:
-            return None
-        if pair.role == "target":
-            if pair.state in _STOPPED:
-                self._record(pair, offset, length)
-            return None
-        if not pair.replicating:
-            self._record(pair, offset, length)
-            return None
+        span = None
+        if self.store is not None and pair is not None and pair.replicating:
+            span = self.store.intend(pair, offset, length)
+        sent = None if span is None else lambda: self.store.done(pair, span)
+        try:
+            apply()
+        except Exception:
+            if sent is not None:
+                sent()
+            raise
+        return self.written(lun, offset, length, fua, sent)
+
+    def written(self, lun: int, offset: int, length: int, fua: bool = False, sent=None):
+        """The host wrote ``length`` bytes at ``offset`` of ``lun`` (already on the volume).
+        ``sent()`` is called once the write is at the partner or in the bitmap."""
+        pair = self.pairs.for_lun(lun)
+        if pair is None or length <= 0 or pair.state is S.SIMPLEX or not pair.replicating:
+            result = self._written_locally(pair, offset, length)
+            if sent is not None:
+                sent()
+            return result
         volume = self.volumes[lun]
         bs = volume.block_size
         first, last = offset // bs, -(-(offset + length) // bs)
         step = max(self.copy_chunk // bs, 1)
         sends = [(start, min(last - start, step)) for start in range(first, last, step)]
         if pair.mode == "sync":
-            return self._send_all(pair, sends, fua)
-        return self._admit(pair).addCallback(lambda _: self._send_async(pair, sends, fua))
+            d = self._send_all(pair, sends, fua)
+            return d if sent is None else d.addBoth(_then, sent)
+        return self._admit(pair).addCallback(lambda _: self._send_async(pair, sends, fua, sent))
+
+    def _written_locally(self, pair: Pair | None, offset: int, length: int) -> None:
+        """A host write that is not replicated: 1211 or 1213 records it where it must."""
+        if pair is None or length <= 0 or pair.state is S.SIMPLEX:
+            return None
+        if pair.role == "target":
+            if pair.state in _STOPPED:
+                self._record(pair, offset, length)
+            return None
+        self._record(pair, offset, length)
+        return None
 
     def _record(self, pair: Pair, offset: int, length: int) -> None:
         pair.mark(offset, length)
@@ -839,8 +884,10 @@ class RemoteCopy:
         else:
             pair.outstanding -= 1
 
-    def _send_async(self, pair: Pair, sends, fua) -> None:
-        self._send_all(pair, sends, fua).addBoth(self._release, pair)
+    def _send_async(self, pair: Pair, sends, fua, sent=None) -> None:
+        d = self._send_all(pair, sends, fua).addBoth(self._release, pair)
+        if sent is not None:
+            d.addBoth(_then, sent)
 
     # -- RIOs from the edge ------------------------------------------------------------
     def admit_write(self, command: ScsiCommand) -> ScsiResult | None:
@@ -982,6 +1029,11 @@ class RemoteCopy:
         self._event(pair, Event.RESYNCED)
         pair.bitmap.clear_range(0, pair.bitmap.track_count)
         return ScsiResult(data_in=data)
+
+
+def _then(result, call):
+    call()
+    return result
 
 
 def allocated_ranges(volume, limit: int) -> list[tuple[int, int]]:

@@ -32,6 +32,7 @@ from rcn.storage.array import ArrayTarget, ReplicatedExport
 from rcn.storage.config import StorageConfig
 from rcn.storage.control import ControlResource
 from rcn.storage.pairs import PairTable
+from rcn.storage.pairstore import PairStore
 from rcn.storage.remotecopy import RemoteCopy
 from rcn.storage.volume import Volume
 
@@ -96,10 +97,12 @@ class StorageArray:
         self.names = {v.lun: v.name for v in config.volumes}
         self.pairs = PairTable.from_config(
             config.pairs, {lun: v.capacity for lun, v in self.volumes.items()}, config.track_size)
+        self.pair_store = PairStore(config.data_dir)      # rows and bitmaps survive a restart
+        self.pair_store.load(self.pairs, self.volumes)
         self.remote_copy = RemoteCopy(clock, self.session_for, self.volumes, self.pairs,
                                       track_size=config.track_size,
                                       auto_resync=config.edge.auto_resync if config.edge
-                                      else False)
+                                      else False, store=self.pair_store)
         # every volume may join a pair at run time, so every export asks the remote copy
         self.exports = ExportTable(
             ReplicatedExport(self.volumes[lun], self.names[lun], self.remote_copy,
