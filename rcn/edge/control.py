@@ -70,8 +70,10 @@ class PairControl:
         self._restart_in_flight: set[int] = set()   # a CTRL carrying RESTART, unanswered
         self._marks = max(self.restart_pending.values(), default=0)
         self.failovers: dict[int, _Failover] = {}   # target side: group -> waiting SUSPEND
+        self.target_failures: dict[int, _Failover] = {}   # target side: stopped, asking
         self.counters = {"controls_refused": 0, "failure_suspends": 0, "entries_to_bitmap": 0,
-                         "failovers": 0, "takeovers": 0, "notices_to_arrays": 0}
+                         "failovers": 0, "takeovers": 0, "notices_to_arrays": 0,
+                         "target_failures": 0}
 
     # -- the source array's commands (source edge) --------------------------------
     def from_array(self, command: ScsiCommand, partner_wwn: int):
@@ -243,6 +245,7 @@ class PairControl:
                    why=why, n=len(self.edge.log_store.retained(group)))
         for row in rows:
             self._follow(row, Event.FAILED)
+            row.last_error = why
         self._drop_retained(group)
         self._mark_restart(group)
         for row in rows:
@@ -297,11 +300,26 @@ class PairControl:
                                          what=e.describe(), why=f.getErrorMessage()))
 
     # -- failover (Fig. 13), at the source edge -----------------------------------------
-    def failover_request(self, header: dict) -> None:
-        """The target edge's SUSPEND (a REVERSE CTRL): SOK after every retained entry."""
+    def failover_request(self, header: dict, area: bytes = b"") -> None:
+        """The target edge's SUSPEND (a REVERSE CTRL): SOK after every retained entry; with
+        the FAILURE flag, the target edge stopped the group (:meth:`target_group_failed`)."""
         group = header["group_id"]
         row = self.pairs.find(header["source_wwn"], header["target_wwn"], header["target_lun"])
-        if row is None or row.side != "source" or group in self.sok_sent:
+        if row is None or row.side != "source":
+            return
+        try:
+            flags = parse_command_area(area).parsed["control_flags"] if area else 0
+        except DecodeError:
+            flags = 0
+        if flags & _FAILURE:
+            # only while the entry it names is still retained: a late copy of the notice
+            # must not fail the group again after a resync
+            sequence = header["sequence"]
+            if self.edge.sender.holds(group, sequence):
+                self.group_failed(group, f"the target edge could not apply sequence "
+                                         f"{sequence}")
+            return
+        if group in self.sok_sent:
             return
         self.sok_sent.add(group)
         self.counters["failovers"] += 1
@@ -347,20 +365,42 @@ class PairControl:
         self._ask_source(self.failovers.setdefault(group, _Failover(answer, row, timer)))
         return answer
 
-    def _ask_source(self, failover: _Failover) -> None:
-        """Send the SUSPEND back to the source edge, again every rto until the SOK."""
+    def target_group_failed(self, group: int, sequence: int, why: str) -> None:
+        """The receiver stopped ``group`` at ``sequence``, which can never be applied: the
+        target-side rows go to failure Suspend and the source edge is asked (a REVERSE CTRL
+        SUSPEND+FAILURE naming the sequence, again every rto) to fail the group as
+        【0084】 does -- its retained entries become 727, and its failure notice (RESTART)
+        reopens the group here and tells the target array."""
+        if group in self.target_failures:
+            return
+        self.counters["target_failures"] += 1
+        rows = self.pairs.in_group(group, "target")
+        for r in rows:
+            self._follow(r, Event.FAILED)
+            r.last_error = why
+        self.pairs.save()
+        if not rows:
+            return
+        failure = self.target_failures[group] = _Failover(None, rows[0], None)
+        self._ask_source(failure, failure=True, sequence=sequence)
+
+    def _ask_source(self, failover: _Failover, failure: bool = False, sequence: int = 0) -> None:
+        """Send the SUSPEND back to the source edge, again every rto until the SOK (or, with
+        ``failure``, until the source edge's failure notice)."""
         e = failover.row.entry
-        cdb = fcp.build_rcn_control(A.SUSPEND, e.group, e.source_lun)
+        cdb = fcp.build_rcn_control(A.SUSPEND, e.group, e.source_lun, failure=failure)
         area = command_area(0, 0, 0, e.target_lun, cdb)
+        waiting = self.target_failures if failure else self.failovers
         datagrams = segment_entry(EntryType.CTRL, area, self.edge.settings.max_datagram_body,
-                                  flags=int(EntryFlag.REVERSE), group_id=e.group, sequence=0,
+                                  flags=int(EntryFlag.REVERSE), group_id=e.group,
+                                  sequence=sequence,
                                   io_time_ns=int(self.edge.clock.seconds() * 1e9),
                                   target_wwn=e.target_wwn, target_lun=e.target_lun,
                                   source_wwn=e.source_wwn, source_lun=e.source_lun,
                                   ttl=self.edge.settings.ttl)
 
         def send():
-            if self.failovers.get(e.group) is not failover:
+            if waiting.get(e.group) is not failover:
                 return
             self.edge.send_back({"source_wwn": e.source_wwn, "target_wwn": e.target_wwn},
                                 datagrams)
@@ -445,6 +485,9 @@ class PairControl:
 
     def _sok_or_notice(self, group: int, row: PairRow | None, command: RioCommand, target):
         """SUSPEND+FAILURE from the source edge: the failover's SOK, or a failure notice."""
+        stopped = self.target_failures.pop(group, None)
+        if stopped is not None:
+            self._cancel(stopped)                # asked for this: the group reopened
         failover = self.failovers.pop(group, None)
         if failover is not None:
             self._cancel(failover)
@@ -460,7 +503,7 @@ class PairControl:
 
     def stop(self) -> None:
         """Cancel the failovers' timers (the device is shutting down)."""
-        for failover in self.failovers.values():
+        for failover in (*self.failovers.values(), *self.target_failures.values()):
             self._cancel(failover)
 
     # -- helpers --------------------------------------------------------------------

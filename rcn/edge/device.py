@@ -428,7 +428,7 @@ class EdgeDevice:
         else:
             area = body
         if entry_type == EntryType.CTRL and backward:
-            self.controls.failover_request(header)
+            self.controls.failover_request(header, area)
         elif backward:
             self._answer(header, area)
         else:
@@ -489,7 +489,8 @@ class EdgeDevice:
             receiver = GroupReceiver(group, self.clock, self.settings.receiver,
                                      self.apply_state.applied(group), self._target_for,
                                      self.apply_state.record, self.send_back, self.lag.observe,
-                                     self.apply_state.durable, self.settings.max_datagram_body)
+                                     self.apply_state.durable, self.settings.max_datagram_body,
+                                     self.controls.target_group_failed)
             self.receivers[group] = receiver
         return receiver
 

@@ -63,6 +63,7 @@ class PairRow:
     bitmap: DifferentialBitmap | None = None     # 727 (source side)
     _extents: list = field(default_factory=list, repr=False)   # dropped, geometry unknown
     busy: str | None = None                      # the control command under way
+    last_error: str | None = None                # why the pair last went to failure Suspend
 
     def apply(self, event: Event) -> PairState:
         """Move on ``event``; ``PairStateError`` (naming the pair and state) if not allowed."""
@@ -109,7 +110,7 @@ class PairRow:
                 "target_wwn": format_wwn(e.target_wwn), "target_lun": e.target_lun,
                 "group": e.group, "customer": e.customer, "side": self.side,
                 "state": self.state.value, "bitmap_727_tracks": self.dirty_tracks(),
-                "busy": self.busy}
+                "busy": self.busy, "last_error": self.last_error}
 
 
 class EdgePairs:
@@ -142,7 +143,8 @@ class EdgePairs:
                          "state": row.state.value, "geometry": row.geometry,
                          "bitmap": row.bitmap.serialize().hex() if row.bitmap else None,
                          "extents": [[lba.tolist(), blocks.tolist(), bs]
-                                     for lba, blocks, bs in row._extents]})
+                                     for lba, blocks, bs in row._extents],
+                         "last_error": row.last_error})
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             json.dump({"version": 1, "rows": rows,
@@ -167,6 +169,7 @@ class EdgePairs:
                 row.bitmap = DifferentialBitmap.deserialize(bytes.fromhex(item["bitmap"]))
             row._extents = [(np.array(a, np.uint64), np.array(b, np.uint64), bs)
                             for a, b, bs in item["extents"]]
+            row.last_error = item.get("last_error")
             self.rows[entry.key] = row
         self.failed_groups.update(doc.get("failed_groups", ()))
         self.sok_sent.update(doc.get("sok_sent", ()))

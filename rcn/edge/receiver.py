@@ -39,6 +39,16 @@ and later entries are ignored until a RESTART reopens it.
 NAKs: while a gap holds entries back for longer than ``nak_delay``, the
 missing ranges (``ReorderBuffer.missing``) go back to the source, again every
 ``nak_interval`` while the gap lasts.
+
+Entries that can never be applied do not wedge the group. The RIO area is parsed as
+the entry arrives: one that does not parse (its CRC32C was good, so the source built
+it so, or something on the way did) is dropped and asked for again at once by NAK; a
+second unusable copy of the same sequence stops the group. So does an answer from the
+target that retrying cannot change (CHECK CONDITION with ILLEGAL REQUEST or DATA
+PROTECT: no such pair, a state that refuses writes, ...), where a failed apply of any
+other kind (no link, not logged in, BUSY, NOT READY) is tried again every
+``retry_delay``. Stopping is :meth:`GroupReceiver.close` plus ``on_unusable(group,
+sequence, why)``, once: the edge puts the group in failure Suspend (rcn.edge.control).
 """
 
 from __future__ import annotations
@@ -57,7 +67,8 @@ from datapath.frames.errors import DecodeError
 from datapath.frames.logentry import HEADER_SIZE, EntryFlag, EntryType, build_nak, segment_entry
 from datapath.kernels import reorder as reorder_kernel
 from rcn.logxfer.rioarea import RioCommand, parse_command_area, response_area
-from rcn.rio.fcp import ScsiResult
+from rcn.pairstate import explain
+from rcn.rio.fcp import ScsiResult, SenseKey, parse_sense
 
 _log = Logger()
 _WRITE16 = int(fcp.Opcode.WRITE_16)
@@ -106,7 +117,8 @@ class GroupStats:
     naks_sent: int = 0
     wroks_sent: int = 0
     wroks_resent: int = 0
-    bad_areas: int = 0
+    bad_areas: int = 0                # RIO areas that did not parse (dropped, NAKed)
+    refused: int = 0                  # answers retrying cannot change
     voided: int = 0                   # dropped by a RESTART or close
     after_close: int = 0              # arrived while the group was closed
 
@@ -127,8 +139,12 @@ class GroupReceiver:
                  send_back: Callable[[dict, list[bytes]], None],
                  observe_lag: Callable[[float], None] | None = None,
                  durable_of: Callable[[int], int] | None = None,
-                 max_datagram_body: int = 65000 - HEADER_SIZE):
+                 max_datagram_body: int = 65000 - HEADER_SIZE,
+                 on_unusable: Callable[[int, int, str], None] | None = None):
         self.group = group
+        self.on_unusable = on_unusable
+        self.unusable: str | None = None       # why the group stopped (see the module doc)
+        self._bad_copies: dict[int, int] = {}  # sequence -> unusable copies seen
         self.clock = clock
         self.config = config
         self.target_for = target_for
@@ -187,11 +203,16 @@ class GroupReceiver:
                 and sequence != self.reorder.next_expected):
             self.stats.over_budget += 1
             return
+        command = self._parse(header, area)
+        if command is None:
+            return
         handle = self._handle
         self._handle += 1
         verdict = self.reorder.insert_one(sequence, handle)
         if verdict == reorder_kernel.VERDICT_ACCEPTED:
-            self.pending[handle] = _Entry(sequence, header["entry_type"], header, area)
+            self._bad_copies.pop(sequence, None)
+            self.pending[handle] = _Entry(sequence, header["entry_type"], header, area, command,
+                                          _extent(command))
             self.pending_bytes += len(area)
             self._release()
         elif verdict == reorder_kernel.VERDICT_BUFFERED_DUPLICATE:
@@ -202,9 +223,40 @@ class GroupReceiver:
             self.stats.beyond_window += 1
         self._check_gap()
 
+    def _parse(self, header: dict, area: bytes) -> RioCommand | None:
+        """The entry's command; None (dropped, NAKed, or the group stopped) if unusable."""
+        try:
+            return parse_command_area(area)
+        except DecodeError as exc:
+            sequence = header["sequence"]
+            self.stats.bad_areas += 1
+            copies = self._bad_copies[sequence] = self._bad_copies.get(sequence, 0) + 1
+            if copies >= 2:
+                self._stop(sequence, f"RIO area of sequence {sequence} unusable in "
+                                     f"{copies} copies: {exc}")
+                return None
+            if len(self._bad_copies) > self.config.window:      # bounded: oldest go first
+                del self._bad_copies[next(iter(self._bad_copies))]
+            _log.warn("group {group} sequence {seq}: unusable RIO area ({why}); asking the "
+                      "source for it again", group=self.group, seq=sequence, why=exc)
+            self._send_nak(header, [(sequence, sequence)])
+            return None
+
+    def _stop(self, sequence: int, why: str) -> None:
+        """An entry that can never be applied: stop the group and say so, once."""
+        if self.unusable is not None:
+            return
+        self.unusable = why
+        _log.error("group {group}: stopped at sequence {seq}: {why}; failure Suspend",
+                   group=self.group, seq=sequence, why=why)
+        self.close()
+        if self.on_unusable is not None:
+            self.on_unusable(self.group, sequence, why)
+
     def _restart_at(self, sequence: int) -> None:
         """Void every sequence below ``sequence`` not yet sent to the target."""
         self.closed_after = None
+        self.unusable = None
         self._drop_held(keep_from=sequence)
         self.reorder = self._rebuilt(sequence)
 
@@ -267,17 +319,6 @@ class GroupReceiver:
             if self._retry_call is not None and self._retry_call.active():
                 return               # a failed apply waits for its retry; order keeps the rest
             item = self.ready[0]
-            if item.command is None:
-                try:
-                    item.command = parse_command_area(item.area)
-                except DecodeError as exc:
-                    # The CRC32C was good, so the source built a bad area: nothing to
-                    # retry. Leave it at the head (order!) and say so loudly.
-                    self.stats.bad_areas += 1
-                    _log.error("group {group} sequence {seq}: unusable RIO area: {why}",
-                               group=self.group, seq=item.sequence, why=exc)
-                    return
-                item.extent = _extent(item.command)
             if item.entry_type == EntryType.CTRL or item.extent is None:
                 if self.uncertain:
                     return           # a barrier: everything before it durable first
@@ -355,7 +396,14 @@ class GroupReceiver:
 
     def _failed(self, failure, item: _Entry, result: ScsiResult | None = None) -> None:
         self.stats.apply_errors += 1
-        why = failure.getErrorMessage() if failure is not None else f"status {result.status!r}"
+        if result is not None and _final(result):
+            self.stats.refused += 1
+            self.uncertain.remove(item)
+            self._let_go(item)
+            self._stop(item.sequence, f"the target refused sequence {item.sequence}: "
+                                      f"{_describe(result)}")
+            return
+        why = failure.getErrorMessage() if failure is not None else _describe(result)
         if self.stats.apply_errors <= 10 or self.stats.apply_errors % 1000 == 0:
             _log.warn("group {group} sequence {seq}: apply failed ({why}); retrying in "
                       "{delay} s", group=self.group, seq=item.sequence, why=why,
@@ -439,11 +487,14 @@ class GroupReceiver:
         ranges = self.reorder.missing(max_ranges=self.config.max_nak_ranges)
         ranges = [(int(a), int(b)) for a, b in ranges]
         if ranges:
-            fields = {k: self.last_header[k] for k in _ANSWER_FIELDS}
-            fields["sequence"] = self.reorder.next_expected
-            self.send_back(self.last_header, [build_nak(ranges, **fields)])
-            self.stats.naks_sent += 1
+            self._send_nak(self.last_header, ranges)
         self._nak_call = self.clock.callLater(self.config.nak_interval, self._nak)
+
+    def _send_nak(self, header: dict, ranges: list[tuple[int, int]]) -> None:
+        fields = {k: header[k] for k in _ANSWER_FIELDS}
+        fields["sequence"] = self.reorder.next_expected
+        self.send_back(header, [build_nak(ranges, **fields)])
+        self.stats.naks_sent += 1
 
     def stop(self) -> None:
         for call in (self._nak_call, self._retry_call):
@@ -455,8 +506,22 @@ class GroupReceiver:
                 "next_expected": self.reorder.next_expected, "buffered": self.reorder.occupancy,
                 "ready": len(self.ready), "in_flight": len(self.uncertain),
                 "highest_seen": self.highest_seen, "closed": self.closed_after is not None,
+                "unusable": self.unusable,
                 "lag_s": self.last_lag,
                 **vars(self.stats)}
+
+
+#: sense keys of answers that retrying the same command cannot change
+_FINAL_SENSE = frozenset({SenseKey.ILLEGAL_REQUEST, SenseKey.DATA_PROTECT})
+
+
+def _final(result: ScsiResult) -> bool:
+    return (result.status == fcp.ScsiStatus.CHECK_CONDITION
+            and parse_sense(result.sense)[0] in _FINAL_SENSE)
+
+
+def _describe(result: ScsiResult) -> str:
+    return f"status {result.status!r}: {explain(result)}"
 
 
 _ANSWER_FIELDS = ("group_id", "sequence", "io_time_ns", "target_wwn", "target_lun",

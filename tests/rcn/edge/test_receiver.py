@@ -148,6 +148,65 @@ class ReceiverTests(TestCase):
         self.clock.advance(self.receiver.config.retry_delay)
         self.assertEqual([lba for lba, _ in self.target.calls][-1:], [0])
 
+    def unusable_receiver(self) -> list:
+        stopped: list = []
+        self.receiver.on_unusable = lambda group, seq, why: stopped.append((group, seq, why))
+        return stopped
+
+    def test_an_unusable_area_is_asked_for_again_and_a_good_copy_goes_on(self):
+        stopped = self.unusable_receiver()
+        bad = area(20)[:-100]                          # FCP_DATA cut short: does not parse
+        self.receiver.entry(header(1), area(10))
+        self.receiver.entry(header(2), bad)
+        naks = [b for b in self.back if b["entry_type"] == EntryType.NAK]
+        self.assertEqual(parse_nak_ranges(naks[0]["body"]), [(2, 2)])   # at once
+        self.assertEqual(self.receiver.stats.bad_areas, 1)
+        self.receiver.entry(header(3), area(30))
+        self.receiver.entry(header(2), area(20))       # the retransmission is good
+        self.assertEqual([lba for lba, _ in self.target.calls], [10, 20, 30])
+        self.assertEqual(stopped, [])
+
+    def test_the_same_unusable_area_twice_stops_the_group_instead_of_wedging_it(self):
+        stopped = self.unusable_receiver()
+        bad = area(20)[:-100]
+        self.receiver.entry(header(1), area(10))
+        self.receiver.entry(header(2), bad)
+        self.receiver.entry(header(3), area(30))
+        self.receiver.entry(header(2), bad)
+        self.assertEqual([(g, s) for g, s, _ in stopped], [(7, 2)])
+        self.assertIn("RIO area of sequence 2 unusable in 2 copies", stopped[0][2])
+        self.assertEqual(self.receiver.describe()["closed"], True)
+        self.assertIn("unusable in 2 copies", self.receiver.describe()["unusable"])
+        self.receiver.entry(header(2), bad)            # once: no second report
+        self.assertEqual(len(stopped), 1)
+        self.assertEqual([lba for lba, _ in self.target.calls], [10])
+        # the source edge's failure notice (RESTART) opens the group again
+        self.receiver.entry(header(5, EntryType.CTRL, EntryFlag.RESTART), control_area())
+        self.assertIsNone(self.receiver.unusable)
+
+    def test_a_refusal_retrying_cannot_change_stops_the_group(self):
+        from rcn.pairstate import ASC_NO_PAIR, refusal
+        stopped = self.unusable_receiver()
+        self.receiver.entry(header(1), area(0))
+        self.receiver.entry(header(2), area(10))
+        self.target.calls[0][1].callback(refusal(ASC_NO_PAIR))
+        self.assertEqual([(g, s) for g, s, _ in stopped], [(7, 1)])
+        self.assertIn("the target refused sequence 1", stopped[0][2])
+        self.assertIn("no such pair", stopped[0][2])
+        calls = len(self.target.calls)
+        self.clock.advance(10 * self.receiver.config.retry_delay)
+        self.assertEqual(len(self.target.calls), calls)           # no retry storm
+        self.assertEqual(self.receiver.stats.refused, 1)
+
+    def test_a_refusal_that_may_pass_is_retried(self):
+        from rcn.rio.fcp import SenseKey, check_condition
+        stopped = self.unusable_receiver()
+        self.receiver.entry(header(1), area(0))
+        self.target.calls[0][1].callback(check_condition(SenseKey.NOT_READY, (0x04, 0x00)))
+        self.clock.advance(self.receiver.config.retry_delay)
+        self.assertEqual([lba for lba, _ in self.target.calls], [0, 0])
+        self.assertEqual(stopped, [])
+
     def test_restart_from_a_persisted_counter_skips_applied_entries(self):
         receiver = GroupReceiver(7, self.clock, ReceiverConfig(window=16), 5,
                                  lambda h: self.target, lambda g, v: succeed(None),

@@ -7,6 +7,8 @@ loses and duplicates datagrams from the seed. A failing run names its seed.
 from __future__ import annotations
 
 from twisted.python.failure import Failure
+
+from rcn.pairstate import PairState
 from twisted.trial.unittest import TestCase
 
 from tests.rcn.sim.harness import BLOCK, GROUP, SOURCE_WWN, TARGET_WWN
@@ -198,6 +200,31 @@ class LifecycleFlowTests(TestCase):
             pair = sim.source_array.pairs.for_lun(0)
             self.assertEqual(pair.copy.bytes_total, len(union) * TRACK, f"seed {seed}")
             self.assertTrue(sim.equal(), f"seed {seed} fast={fast}: volumes differ")
+
+    def test_a_target_that_refuses_for_good_fails_the_group_instead_of_a_retry_storm(self):
+        for seed in range(70, 74):
+            sim = self.sim(seed)
+            sim.fill()
+            self.create(sim, writes_per_ms=0)
+            sim.target_array_rc.pairs.for_lun(0).state = PairState.SUSPEND   # diverged state
+            sim.step(0.05, writes_per_ms=0.5)
+            sim.until("failure Suspend at the source array",
+                      lambda: sim.state(S) == "failure-suspend", writes_per_ms=0.5)
+            receiver = sim.target.receivers[GROUP]
+            # the writes in flight when it refused, each once: no retry every retry_delay
+            self.assertGreaterEqual(receiver.stats.refused, 1, f"seed {seed}")
+            self.assertEqual(receiver.stats.apply_errors, receiver.stats.refused)
+            rows = (sim.source.pairs.find(S, T, 0), sim.target.pairs.find(S, T, 0))
+            self.assertEqual([r.state.value for r in rows], ["failure-suspend"] * 2)
+            self.assertIn("the target refused sequence", rows[1].last_error)
+            self.assertIn("the target edge could not apply sequence", rows[0].last_error)
+            self.assertEqual(sim.target.controls.counters["target_failures"], 1)
+            sim.until("host writes answered", lambda: sim.host_outstanding == 0)
+            sim.rebase()                       # T never got the void entries: it is the base
+            self.done(sim, sim.command(sim.source_array.resync(0)))
+            sim.until("duplex again", lambda: sim.state(S) == "duplex" == sim.state(T))
+            self.settle(sim)
+            self.assertTrue(sim.equal(), f"seed {seed}: volumes differ after the resync")
 
     def test_failback_in_reverse_copies_the_bitmaps_only(self):
         for seed in range(40, 44):
