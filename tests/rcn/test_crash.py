@@ -7,11 +7,13 @@ SIGKILL at a chosen point, starts it again with the same configuration, and at
 the end waits until the target edge has applied every entry; the target
 volume file must then equal the source volume file byte for byte.
 
-The source edge is killed while the host is idle and the core is stopped
+The source edge is killed once while the host is idle and the core is stopped
 (SIGSTOP), so its log storage area holds entries the target has not applied:
-the restarted edge must replay them. (A source edge killed with the array's
-RIOs in flight puts the pair in failure Suspend, as it should; bringing such a
-pair back is the resync of the pair-lifecycle issue.)
+the restarted edge must replay them; and once with the array's RIOs in flight,
+which puts the source array alone in failure Suspend: when the edge is back the
+array resynchronises by itself (``auto_resync``), copying only its bitmap.
+The target array, killed mid-workload, comes back with its pair rows and
+bitmaps (``pairs.json``, ``lun<N>.bitmap``) and takes the replayed writes.
 """
 
 from __future__ import annotations
@@ -99,8 +101,11 @@ class CrashTests(TestCase):
         self.lab = yield threads.deferToThread(lablib.restart, self.dir, name)
         self.devices = {d["name"]: d for d in self.lab["devices"]}
 
+    def pair(self, array: str) -> dict:
+        return lablib.get_json(self.devices[array]["urls"]["control"] + "/pairs/0")
+
     @defer.inlineCallbacks
-    def assert_target_equals_source(self):
+    def assert_target_equals_source(self, replication_failures: bool = False):
         yield threads.deferToThread(demo.wait_applied, self.lab, 120)
         pair = self.lab["pairs"][0]
         with open(pair["source_volume"], "rb") as f:
@@ -109,7 +114,8 @@ class CrashTests(TestCase):
             target = f.read()
         self.assertEqual(len(source), CAPACITY)
         self.assertTrue(source == target, "target volume differs from the source")
-        self.assertEqual(self.status("arrayA")["replication"]["failed"], 0)
+        if not replication_failures:
+            self.assertEqual(self.status("arrayA")["replication"]["failed"], 0)
 
     @defer.inlineCallbacks
     def test_core_killed_and_restarted_mid_workload(self):
@@ -145,3 +151,29 @@ class CrashTests(TestCase):
         self.assertGreaterEqual(self.status("edgeA")["counters"]["replayed"], retained)
         yield self.write(50)
         yield self.assert_target_equals_source()
+
+    @defer.inlineCallbacks
+    def test_source_edge_killed_with_writes_in_flight_array_resyncs_by_itself(self):
+        yield self.write(300, events={100: lambda: self.kill("edgeA"),
+                                      150: lambda: self.restart("edgeA")})
+        yield _wait(lambda: self.pair("arrayA")["state"] == "duplex", 60,
+                    "arrayA's pair to resync by itself to duplex")
+        pair = self.pair("arrayA")
+        self.assertEqual(pair["copy"]["kind"], "resync")
+        self.assertLess(pair["copy"]["bytes_total"], CAPACITY)       # the bitmap, not all
+        yield self.write(50)
+        yield self.assert_target_equals_source(replication_failures=True)
+        self.assertEqual((self.pair("arrayB")["state"], self.pair("arrayA")["link_lost"]),
+                         ("duplex", False))
+
+    @defer.inlineCallbacks
+    def test_target_array_killed_resumes_with_its_pairs(self):
+        @defer.inlineCallbacks
+        def crash():
+            yield self.kill("arrayB")
+            yield self.restart("arrayB")
+        yield self.write(300, events={100: crash})
+        yield self.assert_target_equals_source()
+        self.assertEqual(self.pair("arrayB")["state"], "duplex")
+        group = self.status("edgeB")["groups"][0]
+        self.assertEqual((group["refused"], group["unusable"]), (0, None))
