@@ -222,7 +222,11 @@ class Edge:
                 ("wroks_sent", "wroks_sent", "WROKs sent", "counter"),
                 ("duplicates_applied", "duplicates_applied", "duplicates of applied entries",
                  "counter"),
-                ("apply_errors", "apply_errors", "failed applies (retried)", "counter")):
+                ("apply_errors", "apply_errors", "failed applies", "counter"),
+                ("refused", "refused", "applies the target refused for good (group stopped)",
+                 "counter"),
+                ("bad_areas", "bad_areas", "entries whose RIO area did not parse (NAKed)",
+                 "counter")):
             m.labelled(f"group_{name}", kind, doc, ("group",),
                        lambda key=key: ((((str(g["group"]),), g[key]) for g in d.describe_groups()
                                          if key in g)))

@@ -167,6 +167,10 @@ class StorageArray:
         m.labelled("pair_dirty_tracks", "gauge",
                    "tracks marked in the pair's differential bitmap (1211 source, 1213 target)",
                    labels, per_pair(lambda p: p.bitmap.popcount()))
+        m.labelled("pair_link_lost", "gauge",
+                   "1 while the pair is in failure Suspend because its RIOs got no answer "
+                   "(it resyncs by itself at link-up with auto_resync)", labels,
+                   per_pair(lambda p: int(p.link_lost)))
         m.labelled("pair_copy_bytes_to_copy", "gauge",
                    "bytes the current (or last) initial copy or resync copies", labels,
                    per_pair(lambda p: p.copy.bytes_total if p.copy else 0))
