@@ -255,6 +255,20 @@ class PairControl:
                                ).addErrback(lambda _: None)
         self.pairs.save()
 
+    def log_lost(self) -> int:
+        """This edge restarted with a memory-mode log: the writes it acknowledged and had
+        not seen applied are gone, and no one knows which. Every replicating group goes to
+        failure Suspend with 727 = the whole volume, so the resync copies everything rather
+        than leave the target silently short. Returns how many groups."""
+        groups = {r.entry.group for r in self.pairs if r.side == "source"
+                  and (r.state in REPLICATING or r.state is PairState.SUSPENDING)}
+        for group in sorted(groups):
+            for row in self.pairs.in_group(group, "source"):
+                row.lost_everything()
+            self.group_failed(group, "the edge restarted with its memory-mode log lost: "
+                                     "the whole volume must be copied again")
+        return len(groups)
+
     def _drop_retained(self, group: int) -> None:
         edge = self.edge
         extents: dict[tuple, tuple[list, list]] = {}

@@ -227,7 +227,10 @@ class EdgeDevice:
 
     # -- start-up -----------------------------------------------------------------
     def replay(self, replayed) -> int:
-        """Send again what the log storage area still holds (after a restart)."""
+        """Send again what the log storage area still holds (after a restart); a memory-mode
+        log held nothing over the restart, so its groups fail (PairControl.log_lost)."""
+        if self.pairs.restarted and self.log_store.mode == "memory":
+            self.controls.log_lost()
         count = 0
         for group, entries in replayed.entries.items():
             for sequence, blob in entries:

@@ -62,6 +62,7 @@ class PairRow:
     geometry: tuple[int, int, int] | None = None   # capacity, block size, track size
     bitmap: DifferentialBitmap | None = None     # 727 (source side)
     _extents: list = field(default_factory=list, repr=False)   # dropped, geometry unknown
+    whole: bool = False                          # 727 is every track (the log was lost)
     busy: str | None = None                      # the control command under way
     last_error: str | None = None                # why the pair last went to failure Suspend
 
@@ -82,9 +83,21 @@ class PairRow:
             self.bitmap = DifferentialBitmap(self.geometry[0], self.geometry[2])
         self.bitmap.mark_extents(lba.astype(np.uint64), blocks.astype(np.uint64), block_size)
 
+    def lost_everything(self) -> None:
+        """Every write of the pair may be missing at the target (a memory-mode log lost in
+        a restart): 727 is the whole volume."""
+        self.whole = True
+        if self.geometry is not None:
+            self.bitmap = DifferentialBitmap(self.geometry[0], self.geometry[2])
+            self.bitmap.set_range(0, self.bitmap.track_count)
+
     def bitmap_727(self, volume_bytes: int, track_size: int) -> DifferentialBitmap:
         """727 in the target's DPOK geometry, with the kept extents marked into it;
         ``ValueError`` if 727 already has another geometry."""
+        if self.whole:
+            out = DifferentialBitmap(volume_bytes, track_size)
+            out.set_range(0, out.track_count)
+            return out
         if self.bitmap is not None:
             if self.bitmap.geometry != (volume_bytes, track_size):
                 raise ValueError(f"{self.entry.describe()}: bitmap 727 is "
@@ -99,6 +112,7 @@ class PairRow:
 
     def clear_727(self) -> None:
         self.bitmap = None
+        self.whole = False
         self._extents.clear()
 
     def dirty_tracks(self) -> int:
@@ -131,6 +145,7 @@ class EdgePairs:
         self.failed_groups: set[int] = set()      # source side: dropped, notice queued
         self.restart_pending: dict[int, int] = {}  # group -> mark: next CTRL has RESTART
         self.sok_sent: set[int] = set()           # source side: failover answered
+        self.restarted = False                    # load() found a pair file
 
     def save(self) -> None:
         if self.path is None:
@@ -144,7 +159,7 @@ class EdgePairs:
                          "bitmap": row.bitmap.serialize().hex() if row.bitmap else None,
                          "extents": [[lba.tolist(), blocks.tolist(), bs]
                                      for lba, blocks, bs in row._extents],
-                         "last_error": row.last_error})
+                         "last_error": row.last_error, "whole": row.whole})
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             json.dump({"version": 1, "rows": rows,
@@ -156,9 +171,10 @@ class EdgePairs:
         os.replace(tmp, self.path)
 
     def load(self) -> int:
-        """Rows from the file (they replace configured rows of the same pair)."""
+        """Rows from the file (they replace configured rows of the same pair); how many."""
         if self.path is None or not os.path.exists(self.path):
             return 0
+        self.restarted = True
         with open(self.path) as f:
             doc = json.load(f)
         for item in doc["rows"]:
@@ -170,6 +186,7 @@ class EdgePairs:
             row._extents = [(np.array(a, np.uint64), np.array(b, np.uint64), bs)
                             for a, b, bs in item["extents"]]
             row.last_error = item.get("last_error")
+            row.whole = bool(item.get("whole", False))
             self.rows[entry.key] = row
         self.failed_groups.update(doc.get("failed_groups", ()))
         self.sok_sent.update(doc.get("sok_sent", ()))

@@ -9,11 +9,17 @@ answers control commands as a real one would.
 from __future__ import annotations
 
 from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from datapath.frames import fcp
+from datapath.frames.logentry import EntryFlag, EntryType, parse_datagram
 from datapath.kernels.bitmap import DifferentialBitmap
-from rcn.logxfer.routes import Address
+from rcn.edge.applystate import ApplyState
+from rcn.edge.device import EdgeDevice, EdgeSettings
+from rcn.edge.logstore import LogStore
+from rcn.edge.pairs import PairEntry
+from rcn.logxfer.routes import Address, Route, RouteTable
 from rcn.pairstate import PairState, explain
 from rcn.rio.fcp import ScsiCommand, ScsiResult, build_write16_cdb
 from tests.rcn.sim.harness import BLOCK, GROUP, SOURCE_WWN, TARGET_WWN, SimRcn, SimTargetArray
@@ -442,3 +448,40 @@ class FailureTriggerTests(TestCase):
         # policy B without a group in the command: refused, naming no pair
         self.sim.source.pairs.policy = "B"
         self.assertEqual(explain(self.flows.control(A.PAIR_CREATE, lun=6)[0]), "no such pair")
+
+
+class MemoryLogRestartTests(TestCase):
+    """A source edge with a memory-mode log that restarts has lost what it acknowledged."""
+
+    def edge(self, path: str, sent: list):
+        me, far = Address("10.0.0.1", 1), Address("10.0.0.3", 1)
+        store = LogStore(None, mode="memory")
+        replayed = store.open()
+        state = ApplyState(None)
+        state.load()
+        settings = EdgeSettings(me=me, pairs=[PairEntry(SOURCE_WWN, 0, TARGET_WWN, 0, 7)],
+                                routes=RouteTable([Route(SOURCE_WWN, TARGET_WWN, (me, far))]))
+        edge = EdgeDevice(Clock(), settings, store, state,
+                          lambda d, addr: sent.append(parse_datagram(d).header),
+                          apply_target_for=lambda header: None, pairs_path=path)
+        edge.replay(replayed)
+        edge.clock.advance(0)
+        return edge
+
+    def test_restart_with_a_memory_log_fails_the_group_with_the_whole_volume_in_727(self):
+        path = self.mktemp() + ".json"
+        sent: list = []
+        first = self.edge(path, sent)
+        row = first.pairs.find(SOURCE_WWN, TARGET_WWN, 0)
+        row.geometry = (1 << 20, 512, 65536)
+        first.pairs.save()
+        self.assertEqual((row.state, sent), (PairState.DUPLEX, []))   # a first start: nothing
+        again = self.edge(path, sent)
+        row = again.pairs.find(SOURCE_WWN, TARGET_WWN, 0)
+        self.assertEqual(row.state, PairState.FAILURE_SUSPEND)
+        self.assertEqual(row.dirty_tracks(), 16)                      # every track
+        self.assertIn("memory-mode log lost", row.last_error)
+        notice = [h for h in sent if h["entry_type"] == EntryType.CTRL]
+        self.assertEqual(len(notice), 1)
+        self.assertTrue(notice[0]["flags"] & EntryFlag.RESTART)
+        self.assertIn(7, again.pairs.restart_pending)      # kept until the notice is answered
