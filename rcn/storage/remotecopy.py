@@ -107,6 +107,8 @@ __all__ = ["RemoteCopy", "RemoteCopyError", "BadRequest", "NotFound", "Conflict"
 S = PairState
 COPY_CHUNK = 1 << 20          # bytes per RIO WR (host writes and copies)
 COPY_WINDOW = 8               # copy RIO WRs in flight per pair
+AUTO_RESYNC_FIRST = 5.0       # seconds after an unanswered RIO before resyncing by itself
+AUTO_RESYNC_MAX = 60.0        # the longest wait between attempts
 RESIDUAL_SIZE = fcp.RCN_RESIDUAL_REPORT.size
 #: states in which a target volume takes RIO WRs from its edge
 TARGET_ACCEPTS = frozenset({S.INITIAL_COPYING, S.DUPLEX, S.DUPLEX_PENDING, S.FAILURE_SUSPEND})
@@ -326,6 +328,8 @@ class RemoteCopy:
         self.control = _control_counters()
         self.known_partners: set[int] = set()
         self._runs: dict[int, _CopyRun] = {}
+        self._auto_timers: dict[int, object] = {}     # lun -> next automatic resync attempt
+        self._auto_delay: dict[int, float] = {}       # lun -> wait before the next one
         self._refusal_logged: dict[int, PairState] = {}
         #: callables ``(pair, state_before, why)`` told of every event applied (tests, sims)
         self.observers: list = []
@@ -601,29 +605,65 @@ class RemoteCopy:
 
     def link_restored(self) -> list[Deferred]:
         """The RIO link to the edge is up again. With ``auto_resync``, every source pair in
-        failure Suspend because its RIOs got no answer (``Pair.link_lost``: the link dropped
-        or the edge crashed) resynchronises by itself: the edge answered GOOD only for
-        writes it had made durable, so its log still carries every write this array was
-        told was sent, and 1211 holds the rest. Returns the resyncs started."""
+        failure Suspend because its RIOs got no answer (``Pair.link_lost``: the link dropped,
+        the edge crashed or stopped answering) resynchronises by itself: the edge answered
+        GOOD only for writes it had made durable, so its log still carries every write this
+        array was told was sent, and 1211 holds the rest. Returns the resyncs started.
+
+        The link need not drop for RIOs to go unanswered (an edge that stops and goes on):
+        such a pair also tries by itself ``AUTO_RESYNC_FIRST`` seconds after it failed, and
+        again after each attempt that got no answer, the wait doubling up to
+        ``AUTO_RESYNC_MAX``. A refusal ends the attempts: the operator decides."""
         if not self.auto_resync:
             return []
         started = []
         for pair in self.pairs:
-            if (pair.role == "source" and pair.link_lost and not pair.busy
-                    and pair.state is S.FAILURE_SUSPEND):
-                _log.info("{pair}: the link to the edge is back; resynchronising by itself "
-                          "(auto_resync)", pair=pair.name)
-                started.append(self.resync(pair.lun).addErrback(self._auto_resync_failed, pair))
+            if self._auto_resyncable(pair):
+                self._auto_delay.pop(pair.lun, None)
+                started.append(self._auto_resync(pair, "the link to the edge is back"))
         return started
 
+    def _auto_resyncable(self, pair: Pair) -> bool:
+        return (self.auto_resync and self._present(pair) and pair.role == "source"
+                and pair.link_lost and not pair.busy and pair.state is S.FAILURE_SUSPEND)
+
+    def _auto_resync(self, pair: Pair, why: str) -> Deferred:
+        timer = self._auto_timers.pop(pair.lun, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        _log.info("{pair}: {why}; resynchronising by itself (auto_resync)", pair=pair.name,
+                  why=why)
+        return self.resync(pair.lun).addErrback(self._auto_resync_failed, pair)
+
+    def _auto_resync_later(self, pair: Pair) -> None:
+        call_later = getattr(self.clock, "callLater", None)
+        if not self.auto_resync or call_later is None or pair.lun in self._auto_timers:
+            return
+        delay = self._auto_delay.get(pair.lun, AUTO_RESYNC_FIRST)
+        self._auto_delay[pair.lun] = min(delay * 2, AUTO_RESYNC_MAX)
+
+        def attempt():
+            self._auto_timers.pop(pair.lun, None)
+            if self._auto_resyncable(pair):
+                self._auto_resync(pair, f"no answer from the edge {delay:g} s ago")
+        self._auto_timers[pair.lun] = call_later(delay, attempt)
+
     def _auto_resync_failed(self, failure, pair: Pair) -> None:
-        # last_error has the reason (_failed_command); the next link-up tries again if the
-        # partner was unreachable, a refusal needs the operator (rcn array resync)
-        if not failure.check(PartnerUnreachable):
-            pair.link_lost = False
-            self._save()
+        # last_error has the reason (_failed_command)
         _log.warn("{pair}: automatic resync failed: {why}", pair=pair.name,
                   why=failure.getErrorMessage())
+        if failure.check(PartnerUnreachable):
+            self._auto_resync_later(pair)
+        elif not failure.check(Busy):
+            pair.link_lost = False          # refused: the operator decides (rcn array resync)
+            self._save()
+
+    def stop(self) -> None:
+        """Cancel the automatic resync attempts (the array is shutting down)."""
+        for timer in self._auto_timers.values():
+            if timer.active():
+                timer.cancel()
+        self._auto_timers.clear()
 
     def _merge_dpok(self, pair: Pair, data: bytes) -> None:
         """OR the partner's bitmap (1209) into ours; an unusable one dirties everything."""
@@ -864,6 +904,8 @@ class RemoteCopy:
         if pair.state in REPLICATING or pair.state is S.SUSPENDING:
             pair.last_error = why
             pair.link_lost = unanswered
+            if unanswered:
+                self._auto_resync_later(pair)
             _log.error("{pair}: {why}; failure Suspend, writes are recorded in the "
                        "differential bitmap", pair=pair.name, why=why)
             self._event(pair, Event.FAILED)

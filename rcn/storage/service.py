@@ -227,6 +227,7 @@ class StorageArray:
         return self.remote_copy.describe_pairs()
 
     def close(self) -> None:
+        self.remote_copy.stop()
         for volume in self.volumes.values():
             volume.close()
 

@@ -27,7 +27,8 @@ RESIDUAL_FIELDS = "applied 41, received up to 45, discarded 2, known missing 1"
 class CliTests(TestCase):
     def setUp(self):
         self.rig = Rig(volumes=((0, 4 * MiB), (1, MiB)))
-        self.rig.rc.clock = reactor               # timestamps only
+        self.rig.rc.clock = reactor               # timestamps (and automatic resyncs)
+        self.addCleanup(self.rig.rc.stop)
         self.port = reactor.listenTCP(0, Site(ControlResource(CommandArray(self.rig))),
                                       interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)

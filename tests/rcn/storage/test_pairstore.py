@@ -147,3 +147,45 @@ class PairStoreTests(TestCase):
             doc = json.load(f)
         self.assertEqual(doc["rows"][0]["partner_wwpn"], "50:0a:09:80:00:00:00:02")
         self.assertEqual((doc["rows"][0]["state"], doc["rows"][0]["group"]), ("duplex", 9))
+
+
+class AutoResyncTests(TestCase):
+    """A pair whose RIOs went unanswered while the link stayed up (an edge that stopped and
+    went on) resyncs by itself after a while, retrying with a growing wait."""
+
+    def test_unanswered_rios_without_a_link_drop_resync_by_themselves(self):
+        from tests.rcn.storage.support import Rig
+        rig = Rig()
+        pair = rig.add_pair(state=S.DUPLEX)
+        rig.session.control["RESYNC"] = ScsiResult(data_in=DifferentialBitmap(
+            4 * MiB, TRACK).serialize())
+        rig.session.write_answer = LinkDown("the exchange timed out")
+        self.successResultOf(rig.rc.host_write(0, 0, b"\1" * 512))
+        self.assertEqual((pair.state, pair.link_lost), (S.FAILURE_SUSPEND, True))
+        rig.session_error = LinkDown("still no answer")
+        rig.clock.advance(5)                          # first attempt: unreachable
+        self.assertEqual(pair.state, S.FAILURE_SUSPEND)
+        self.assertEqual(rig.session.controls, [])
+        rig.session_error = None
+        rig.session.write_answer = None
+        rig.clock.advance(9.9)                        # the wait doubled: not yet
+        self.assertEqual(rig.session.controls, [])
+        rig.clock.advance(0.1)
+        self.assertEqual(rig.session.controls, ["RESYNC", "DUPLEX"])
+        self.assertEqual((pair.state, pair.link_lost), (S.DUPLEX, False))
+        self.assertEqual([w["lba"] for w in rig.session.writes][-1:], [0])   # 1211's track
+
+    def test_a_refused_automatic_resync_is_left_to_the_operator(self):
+        from rcn.pairstate import state_refusal
+        from tests.rcn.storage.support import Rig
+        rig = Rig()
+        pair = rig.add_pair(state=S.DUPLEX)
+        rig.session.write_answer = LinkDown("no answer")
+        self.successResultOf(rig.rc.host_write(0, 0, b"\1" * 512))
+        rig.session.control["RESYNC"] = state_refusal(S.SUSPENDING)
+        rig.clock.advance(5)
+        self.assertEqual(rig.session.controls, ["RESYNC"])
+        self.assertEqual((pair.state, pair.link_lost), (S.FAILURE_SUSPEND, False))
+        self.assertIn("suspending", pair.last_error)
+        rig.clock.advance(3600)
+        self.assertEqual(rig.session.controls, ["RESYNC"])       # no more attempts
