@@ -49,8 +49,12 @@ def _words_file(path: str, word_count: int, create: bool) -> np.ndarray:
     """A writable ``uint64`` array over ``path`` (created zeroed with ``create``)."""
     size = word_count * 8
     if create or not os.path.exists(path):
-        with open(path, "wb") as f:
+        # a new file, never the old one truncated: a row replaced at this LUN may still
+        # have the old one mapped (mapped pages past a file's end fault)
+        tmp = path + ".new"
+        with open(tmp, "wb") as f:
             f.truncate(size)
+        os.replace(tmp, path)
     elif os.path.getsize(path) != size:
         raise PairStoreError(f"{path}: {os.path.getsize(path)} bytes, the pair's bitmap needs "
                              f"{size}; move the file away to start without it")
