@@ -16,6 +16,13 @@ its datagrams (the segments) for retransmission.
 * **NAK** -- the target edge names missing sequences; those outstanding are
   sent again at once (at most once per ``nak_holdoff`` seconds each, so a
   repeated NAK does not multiply traffic).
+* **Bounded work per input** -- each group keeps a sorted index of the
+  sequences it holds, so a cumulative acknowledgement
+  (:meth:`Sender.acknowledge_through`) costs the entries it releases and a NAK
+  the entries it finds (at most ``limit`` looked at), never the distance
+  between the sequences a datagram names. :meth:`Sender.highest` is the
+  highest sequence handed over per group: the edge refuses answers and NAKs
+  beyond it.
 * **Batching** -- with ``batch_bytes``, first sends are staged until the end of
   the reactor turn and go out as BATCH datagrams of up to that size: the
   entries one group commit made durable leave in one system call. A single
@@ -34,6 +41,7 @@ Everything runs on the injected ``clock`` (``seconds()``, ``callLater``).
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -146,6 +154,11 @@ class Sender:
         # (group, sequence) -> Outstanding, in order of last send (oldest first)
         self.outstanding: OrderedDict[tuple[int, int], Outstanding] = OrderedDict()
         self.queued: dict[tuple[int, int], Outstanding] = {}
+        # group -> ascending sequences submitted; acknowledged ones leave it lazily
+        # (compacted when they outnumber the held ones), so removal is O(1)
+        self._index: dict[int, list[int]] = {}
+        self._held: dict[int, int] = {}              # group -> entries outstanding or queued
+        self._highest: dict[int, int] = {}           # group -> highest sequence submitted
         self._pump_timers: dict[Address, object] = {}
         self._sweep_call = None
         self.counters = {"entries_sent": 0, "datagrams_sent": 0, "bytes_sent": 0,
@@ -161,44 +174,105 @@ class Sender:
             raise ValueError(f"sender: group {group} sequence {sequence} submitted twice")
         item = Outstanding(group, sequence, datagrams, path, customer,
                            sum(len(d) for d in datagrams))
+        index = self._index.setdefault(group, [])
+        if not index or sequence > index[-1]:
+            index.append(sequence)          # the usual case: sequences come in order
+        else:
+            at = bisect_left(index, sequence)
+            if at == len(index) or index[at] != sequence:
+                index.insert(at, sequence)
+        self._held[group] = self._held.get(group, 0) + 1
+        if sequence > self._highest.get(group, 0):
+            self._highest[group] = sequence
         state = self.paths.setdefault(path, _Path())
         state.queue.append(item)
         state.queued_bytes += item.size
         self.queued[key] = item
         self._pump(path)
 
-    def acknowledged(self, group: int, sequence: int) -> Outstanding | None:
-        """The entry's WROK/CTRL_OK arrived: stop sending it; None if it was not outstanding."""
-        item = self.outstanding.pop((group, sequence), None)
-        if item is None:
-            item = self.queued.pop((group, sequence), None)
+    def highest(self, group: int) -> int:
+        """The highest sequence of the group ever submitted here (0: none): no answer or
+        NAK for a sequence beyond it can be genuine."""
+        return self._highest.get(group, 0)
+
+    def _remove(self, group: int, sequence: int, pump: bool = True) -> Outstanding | None:
+        """Take an entry out (outstanding or queued); None if it is not held. The group's
+        index keeps the sequence until it is compacted."""
+        key = (group, sequence)
+        item = self.outstanding.pop(key, None)
+        if item is not None:
+            state = self.paths[item.path]
+            state.in_flight_bytes -= item.size
+            state.in_flight -= 1
+            if pump:
+                self._pump(item.path)
+        else:
+            item = self.queued.pop(key, None)
             if item is None:
-                self.counters["unknown_acks"] += 1
                 return None
             state = self.paths[item.path]
             state.queue.remove(item)
             state.queued_bytes -= item.size
-            self.counters["acknowledged"] += 1
-            return item
-        state = self.paths[item.path]
-        state.in_flight_bytes -= item.size
-        state.in_flight -= 1
-        self.counters["acknowledged"] += 1
-        self._pump(item.path)
+        self._held[group] -= 1
         return item
+
+    def _compact(self, group: int) -> None:
+        index = self._index.get(group)
+        held = self._held.get(group, 0)
+        if not held:
+            self._index.pop(group, None)
+        elif len(index) > 2 * held + 64:
+            index[:] = [seq for seq in index if (group, seq) in self.outstanding
+                        or (group, seq) in self.queued]
+
+    def acknowledged(self, group: int, sequence: int) -> Outstanding | None:
+        """The entry's WROK/CTRL_OK arrived: stop sending it; None if it was not outstanding."""
+        item = self._remove(group, sequence)
+        if item is None:
+            self.counters["unknown_acks"] += 1
+            return None
+        self.counters["acknowledged"] += 1
+        self._compact(group)
+        return item
+
+    def acknowledge_through(self, group: int, sequence: int,
+                            keep: Callable[[int], bool] | None = None) -> list[Outstanding]:
+        """A cumulative acknowledgement: every entry of the group up to ``sequence`` but
+        those ``keep(sequence)`` names; returns the entries taken out, in order. The work is
+        the entries the group's index holds up to ``sequence``, whatever ``sequence`` is."""
+        index = self._index.get(group)
+        if not index:
+            return []
+        upto = bisect_right(index, sequence)
+        kept, done, paths = [], [], set()
+        for seq in index[:upto]:
+            if (group, seq) not in self.outstanding and (group, seq) not in self.queued:
+                continue                                   # acknowledged one by one before
+            if keep is not None and keep(seq):
+                kept.append(seq)
+                continue
+            item = self._remove(group, seq, pump=False)
+            paths.add(item.path)
+            done.append(item)
+        index[:upto] = kept
+        self.counters["acknowledged"] += len(done)
+        for path in paths:
+            self._pump(path)
+        self._compact(group)
+        return done
 
     def cancel(self, group: int, sequence: int) -> bool:
         """Stop sending an entry without an acknowledgement (failure Suspend dropped it)."""
-        if self.acknowledged(group, sequence) is None:
-            self.counters["unknown_acks"] -= 1
+        if self._remove(group, sequence) is None:
             return False
-        self.counters["acknowledged"] -= 1
         self.counters["cancelled"] += 1
+        self._compact(group)
         return True
 
     def entries_of(self, group: int) -> list[int]:
         """Sequences of the group still outstanding or queued, in order."""
-        return sorted(seq for g, seq in (*self.outstanding, *self.queued) if g == group)
+        return [seq for seq in self._index.get(group, ())
+                if (group, seq) in self.outstanding or (group, seq) in self.queued]
 
     def recovered(self, group: int) -> None:
         """The group is in service again: a later timeout may give it up again."""
@@ -210,19 +284,27 @@ class Sender:
         return key in self.outstanding or key in self.queued
 
     def nak(self, group: int, ranges: list[tuple[int, int]], limit: int = 4096) -> int:
-        """Send the named outstanding entries again now; returns how many were sent."""
+        """Send the named outstanding entries again now; returns how many were sent.
+
+        Each range is found in the group's index (a bisection), and at most ``limit``
+        held sequences are looked at in all: a NAK of many huge or overlapping ranges
+        costs what the sender holds, not what the ranges span."""
+        index = self._index.get(group)
+        if not index:
+            return 0
         now = self.clock.seconds()
         sent = 0
         for first, last in ranges:
-            for sequence in range(first, min(last, first + limit) + 1):
-                item = self.outstanding.get((group, sequence))
-                if item is None or now - item.last_nak < self.nak_holdoff:
-                    continue
-                item.last_nak = now
-                if self._send(item, now, retransmit=True):
-                    self.counters["nak_retransmits"] += 1
-                    sent += 1
+            at = bisect_left(index, first)
+            while at < len(index) and index[at] <= last:
+                item = self.outstanding.get((group, index[at]))
+                at += 1
                 limit -= 1
+                if item is not None and now - item.last_nak >= self.nak_holdoff:
+                    item.last_nak = now
+                    if self._send(item, now, retransmit=True):
+                        self.counters["nak_retransmits"] += 1
+                        sent += 1
                 if limit <= 0:
                     return sent
         return sent

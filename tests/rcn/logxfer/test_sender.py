@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -176,3 +178,67 @@ class SenderTests(TestCase):
         self.assertTrue(entry.crc_ok)
         self.assertEqual(entry.header["flags"], EntryFlag.RETRANSMIT)
         self.assertIs(mark_retransmit(marked), marked)
+
+
+class _CountingDict(OrderedDict):
+    """An ``outstanding`` table that fails a test looking up more than ``budget`` keys."""
+
+    def __init__(self, budget: int):
+        super().__init__()
+        self.budget = budget
+        self.lookups = 0
+
+    def get(self, key, default=None):
+        self.lookups += 1
+        if self.lookups > self.budget:
+            raise AssertionError(f"more than {self.budget} lookups for one input")
+        return super().get(key, default)
+
+
+class BoundedWorkTests(TestCase):
+    """One datagram's worth of work is bounded by what the sender holds."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.sent = []
+        self.s = Sender(self.clock, lambda data, address: self.sent.append(data),
+                        rto=10, rto_max=10)
+        self.s.outstanding = _CountingDict(budget=10_000)
+        for seq in range(1, 101):
+            self.s.submit(7, seq, [datagram(seq)], HOP)
+
+    def test_nak_of_4000_huge_ranges_looks_at_no_more_than_the_limit(self):
+        ranges = [(1 + i, 10**8 + i) for i in range(4000)]        # overlapping, 10^8 each
+        self.assertEqual(self.s.nak(7, ranges), 100)              # each held entry once
+        self.assertLessEqual(self.s.outstanding.lookups, 4096)
+        self.assertEqual(len(self.sent), 200)
+
+    def test_nak_resends_only_held_sequences_inside_the_ranges(self):
+        self.s.acknowledge_through(7, 50)
+        self.assertEqual(self.s.nak(7, [(40, 55), (99, 10**18)]), 7)
+        resent = [parse_datagram(d).header["sequence"] for d in self.sent[100:]]
+        self.assertEqual(resent, [51, 52, 53, 54, 55, 99, 100])
+
+    def test_cumulative_acknowledgement_of_a_huge_sequence_costs_what_is_held(self):
+        done = self.s.acknowledge_through(7, 2**62)
+        self.assertEqual([item.sequence for item in done], list(range(1, 101)))
+        self.assertEqual((self.s.entries_of(7), self.s.counters["acknowledged"]), ([], 100))
+        self.assertEqual(self.s.acknowledge_through(7, 2**62), [])
+
+    def test_cumulative_acknowledgement_keeps_what_keep_names(self):
+        self.s.acknowledged(7, 3)
+        done = self.s.acknowledge_through(7, 10, keep=lambda seq: seq == 5)
+        self.assertEqual([item.sequence for item in done], [1, 2, 4, 6, 7, 8, 9, 10])
+        self.assertEqual(self.s.entries_of(7)[:2], [5, 11])
+
+    def test_highest_is_the_highest_sequence_submitted(self):
+        self.assertEqual((self.s.highest(7), self.s.highest(8)), (100, 0))
+        self.s.acknowledge_through(7, 100)
+        self.assertEqual(self.s.highest(7), 100)
+
+    def test_index_is_compacted_after_single_acknowledgements(self):
+        for seq in range(1, 101):
+            self.s.acknowledged(7, seq)
+        self.assertNotIn(7, self.s._index)
+        self.s.submit(7, 101, [datagram(101)], HOP)
+        self.assertEqual(self.s.entries_of(7), [101])
