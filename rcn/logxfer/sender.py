@@ -8,13 +8,34 @@ its datagrams (the segments) for retransmission.
 * **Window** -- per path (next hop), at most ``window_bytes`` of outstanding
   datagrams; more entries wait in that path's FIFO queue. A single entry larger
   than the window is sent when nothing else is outstanding.
-* **Retransmission** -- an entry unacknowledged ``rto`` seconds after its last
-  send is sent again (flag RETRANSMIT), and its timeout doubles (``backoff``) up
-  to ``rto_max``. A sweep every ``tick`` seconds checks the oldest sends first
-  (outstanding entries are kept in order of their last send), so the cost is
-  per retransmission, not per entry.
-* **NAK** -- the target edge names missing sequences; those outstanding are
-  sent again at once (at most once per ``nak_holdoff`` seconds each, so a
+* **Retransmission timeout** -- from the measured round trip, per path, as
+  RFC 6298 does it (:class:`RttEstimator`): SRTT and RTTVAR from the time
+  between an entry's send and its acknowledgement, RTO = SRTT + max(``tick``,
+  4 RTTVAR), at least ``rto`` (also the first RTO, before any sample) and at
+  most ``rto_max``. Karn's rule: an entry sent more than once gives no sample.
+  The target applies a group in order and its acknowledgements are
+  cumulative, so the round trip includes the queue at the target: entries
+  behind a deep queue are late, not lost.
+* **Retransmission** -- an entry unacknowledged for its path's RTO (doubled,
+  ``backoff``, for each timeout it already had, up to ``rto_max``) since its
+  timer started is *due*. What then happens depends on its group:
+
+  - the group's acknowledgements advanced within the last RTO: the target is
+    working through a queue, so the entry is only queued -- its timer
+    restarts, nothing is sent (``timer_restarts``). A lost entry stops the
+    group's progress (it is applied in order), so it is never hidden this way;
+  - no progress, and no timeout probe since the last progress: the path or
+    the target is silent -- the group's lowest due entry is sent again alone
+    (a probe, flag RETRANSMIT) and the other due entries' timers restart;
+  - progress since the last probe but none for an RTO: the target is alive
+    and answered the probe yet goes no further, so what it lacks is lost --
+    every due entry of the group is sent again (go-back-N).
+
+  A sweep every ``tick`` seconds checks the oldest timers first (outstanding
+  entries are kept in order of their timer's start), so the cost is per
+  timeout, not per entry per tick.
+* **NAK** -- the quick repair of real losses: the target edge names missing
+  sequences (a gap in its reorder buffer); those outstanding are sent again at once (at most once per ``nak_holdoff`` seconds each, so a
   repeated NAK does not multiply traffic).
 * **Bounded work per input** -- each group keeps a sorted index of the
   sequences it holds, so a cumulative acknowledgement
@@ -109,17 +130,56 @@ class Outstanding:
     size: int
     last_sent: float = 0.0
     attempts: int = 0
-    rto: float = 0.0
+    timer: float = 0.0                 # when its retransmission timer (re)started
+    timeouts: int = 0                  # timeouts it had: its RTO is doubled this often
     last_nak: float = float("-inf")
     first_sent: float | None = None
 
 
+class RttEstimator:
+    """RFC 6298 section 2 for one path: ``sample(r)`` updates SRTT and RTTVAR; ``rto`` is
+    SRTT + max(``granularity``, 4 RTTVAR) within [``floor``, ``ceiling``], and ``floor``
+    before the first sample."""
+
+    ALPHA = 1 / 8
+    BETA = 1 / 4
+
+    __slots__ = ("floor", "ceiling", "granularity", "srtt", "rttvar", "rto", "samples")
+
+    def __init__(self, floor: float, ceiling: float, granularity: float):
+        self.floor = floor
+        self.ceiling = ceiling
+        self.granularity = granularity
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.rto = floor
+        self.samples = 0
+
+    def sample(self, rtt: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar += self.BETA * (abs(self.srtt - rtt) - self.rttvar)
+            self.srtt += self.ALPHA * (rtt - self.srtt)
+        self.samples += 1
+        self.rto = min(self.ceiling, max(self.floor, self.srtt + max(self.granularity,
+                                                                     4 * self.rttvar)))
+
+
 @dataclass
 class _Path:
+    rtt: RttEstimator
     queue: deque = field(default_factory=deque)
     in_flight_bytes: int = 0
     in_flight: int = 0
     queued_bytes: int = 0
+
+
+@dataclass(slots=True)
+class _Progress:
+    """When a group's acknowledgements last advanced, and its last timeout probe."""
+    acked: float = float("-inf")
+    probed: float = float("-inf")
 
 
 class Sender:
@@ -154,6 +214,7 @@ class Sender:
         # (group, sequence) -> Outstanding, in order of last send (oldest first)
         self.outstanding: OrderedDict[tuple[int, int], Outstanding] = OrderedDict()
         self.queued: dict[tuple[int, int], Outstanding] = {}
+        self._progress: dict[int, _Progress] = {}
         # group -> ascending sequences submitted; acknowledged ones leave it lazily
         # (compacted when they outnumber the held ones), so removal is O(1)
         self._index: dict[int, list[int]] = {}
@@ -164,7 +225,8 @@ class Sender:
         self.counters = {"entries_sent": 0, "datagrams_sent": 0, "bytes_sent": 0,
                          "retransmits": 0, "nak_retransmits": 0, "acknowledged": 0,
                          "unknown_acks": 0, "throttled": 0, "batches_sent": 0, "cancelled": 0,
-                         "gave_up": 0}
+                         "gave_up": 0, "timeout_retransmits": 0, "timer_restarts": 0,
+                         "rtt_samples": 0}
 
     # -- entries in -------------------------------------------------------
     def submit(self, group: int, sequence: int, datagrams: list[bytes], path: Address,
@@ -184,7 +246,9 @@ class Sender:
         self._held[group] = self._held.get(group, 0) + 1
         if sequence > self._highest.get(group, 0):
             self._highest[group] = sequence
-        state = self.paths.setdefault(path, _Path())
+        state = self.paths.get(path)
+        if state is None:
+            state = self.paths[path] = _Path(RttEstimator(self.rto, self.rto_max, self.tick))
         state.queue.append(item)
         state.queued_bytes += item.size
         self.queued[key] = item
@@ -232,8 +296,21 @@ class Sender:
             self.counters["unknown_acks"] += 1
             return None
         self.counters["acknowledged"] += 1
+        self._advanced(item)
         self._compact(group)
         return item
+
+    def _advanced(self, newest: Outstanding) -> None:
+        """An acknowledgement took entries out: the group progresses; the newest entry it
+        took gives a round-trip sample if it was sent once only (Karn)."""
+        now = self.clock.seconds()
+        progress = self._progress.get(newest.group)
+        if progress is None:
+            progress = self._progress[newest.group] = _Progress()
+        progress.acked = now
+        if newest.attempts == 1 and newest.first_sent is not None:
+            self.paths[newest.path].rtt.sample(now - newest.first_sent)
+            self.counters["rtt_samples"] += 1
 
     def acknowledge_through(self, group: int, sequence: int,
                             keep: Callable[[int], bool] | None = None) -> list[Outstanding]:
@@ -256,6 +333,8 @@ class Sender:
             done.append(item)
         index[:upto] = kept
         self.counters["acknowledged"] += len(done)
+        if done:
+            self._advanced(done[-1])
         for path in paths:
             self._pump(path)
         self._compact(group)
@@ -328,7 +407,6 @@ class Sender:
             del self.queued[(item.group, item.sequence)]
             state.in_flight_bytes += item.size
             state.in_flight += 1
-            item.rto = self.rto
             self.outstanding[(item.group, item.sequence)] = item
             self.counters["entries_sent"] += 1
             if self.batch_bytes:
@@ -342,7 +420,7 @@ class Sender:
         """Entries made durable together are sent together: at the end of this reactor turn,
         as BATCH datagrams of up to ``batch_bytes`` (one system call for many entries)."""
         item.attempts += 1
-        item.last_sent = now
+        item.last_sent = item.timer = now
         if item.first_sent is None:
             item.first_sent = now
         self._staged.setdefault(path, []).append(item)
@@ -403,7 +481,7 @@ class Sender:
             self.counters["datagrams_sent"] += 1
             self.counters["bytes_sent"] += len(datagram)
         item.attempts += 1
-        item.last_sent = now
+        item.last_sent = item.timer = now
         if item.first_sent is None:
             item.first_sent = now
         self.outstanding.move_to_end((item.group, item.sequence))
@@ -414,23 +492,47 @@ class Sender:
         if self._sweep_call is None and self.outstanding:
             self._sweep_call = self.clock.callLater(self.tick, self._sweep)
 
+    def _timeout(self, item: Outstanding) -> float:
+        rto = self.paths[item.path].rtt.rto
+        return min(rto * self.backoff ** item.timeouts, self.rto_max) if item.timeouts else rto
+
     def _sweep(self) -> None:
         self._sweep_call = None
         now = self.clock.seconds()
-        due = []
+        due: dict[int, list[Outstanding]] = {}
         for item in self.outstanding.values():
-            if now - item.last_sent < item.rto:
-                if now - item.last_sent < self.rto:
-                    break       # sends are in order: nothing older is left to check
-                continue
-            due.append(item)
+            age = now - item.timer
+            if age < self.rto:
+                break       # timers are in order and no RTO is below rto: none left
+            if age >= self._timeout(item):
+                due.setdefault(item.group, []).append(item)
         give_up: dict[int, Outstanding] = {}
-        for item in due:
-            if self._send(item, now, retransmit=True):
-                item.rto = min(item.rto * self.backoff, self.rto_max)
-            if (self.failure_timeout is not None and item.group not in self.failed_groups
-                    and now - item.first_sent >= self.failure_timeout):
-                give_up.setdefault(item.group, item)
+        for group, items in due.items():
+            progress = self._progress.get(group) or _Progress()
+            rto = self.paths[items[0].path].rtt.rto
+            if now - progress.acked < rto:
+                resend, backoff = (), False        # queued at the target, not lost
+            elif progress.acked > progress.probed:
+                resend, backoff = items, True      # alive, answered, no further: go back N
+                progress.probed = now
+            elif now - progress.probed >= rto:     # silent: one probe, the rest back off
+                resend, backoff = (min(items, key=lambda item: item.sequence),), True
+                progress.probed = now
+            else:
+                resend, backoff = (), True         # silent, a probe is on its way
+            for item in resend:
+                if self._send(item, now, retransmit=True):
+                    self.counters["timeout_retransmits"] += 1
+            for item in items:
+                if backoff:
+                    item.timeouts += 1
+                if item.timer != now:              # not sent just now: restart its timer
+                    item.timer = now
+                    self.outstanding.move_to_end((item.group, item.sequence))
+                    self.counters["timer_restarts"] += 1
+                if (self.failure_timeout is not None and group not in self.failed_groups
+                        and now - item.first_sent >= self.failure_timeout):
+                    give_up.setdefault(group, item)
         for group, item in give_up.items():
             self.failed_groups.add(group)
             self.counters["gave_up"] += 1
@@ -450,5 +552,6 @@ class Sender:
     # -- what metrics show ---------------------------------------------------
     def path_stats(self) -> dict[str, dict]:
         return {str(path): {"in_flight": s.in_flight, "in_flight_bytes": s.in_flight_bytes,
-                            "queued": len(s.queue), "queued_bytes": s.queued_bytes}
+                            "queued": len(s.queue), "queued_bytes": s.queued_bytes,
+                            "srtt_s": s.rtt.srtt, "rttvar_s": s.rtt.rttvar, "rto_s": s.rtt.rto}
                 for path, s in self.paths.items()}
