@@ -24,19 +24,23 @@ its datagrams (the segments) for retransmission.
     working through a queue, so the entry is only queued -- its timer
     restarts, nothing is sent (``timer_restarts``). A lost entry stops the
     group's progress (it is applied in order), so it is never hidden this way;
-  - no progress, and no timeout probe since the last progress: the path or
-    the target is silent -- the group's lowest due entry is sent again alone
-    (a probe, flag RETRANSMIT) and the other due entries' timers restart;
-  - progress since the last probe but none for an RTO: the target is alive
-    and answered the probe yet goes no further, so what it lacks is lost --
-    every due entry of the group is sent again (go-back-N).
+  - no progress for an RTO: the path or the target is silent (a stall, or a
+    loss with nothing after it for the target to NAK) -- the group's lowest
+    due entry is sent again alone (a probe, flag RETRANSMIT; again after an
+    RTO while unanswered) and the other due entries back off;
+  - the target answered the probe but went no further for an RTO: it is alive
+    and what it lacks is lost -- every due entry of the group is sent again
+    (go-back-N).
+
+  So a stall costs one probe per RTO, not a window of duplicates.
 
   A sweep every ``tick`` seconds checks the oldest timers first (outstanding
   entries are kept in order of their timer's start), so the cost is per
   timeout, not per entry per tick.
 * **NAK** -- the quick repair of real losses: the target edge names missing
-  sequences (a gap in its reorder buffer); those outstanding are sent again at once (at most once per ``nak_holdoff`` seconds each, so a
-  repeated NAK does not multiply traffic).
+  sequences (a gap in its reorder buffer); those outstanding are sent again at
+  once (at most once per ``nak_holdoff`` seconds each, so a repeated NAK does
+  not multiply traffic).
 * **Bounded work per input** -- each group keeps a sorted index of the
   sequences it holds, so a cumulative acknowledgement
   (:meth:`Sender.acknowledge_through`) costs the entries it releases and a NAK
@@ -177,9 +181,9 @@ class _Path:
 
 @dataclass(slots=True)
 class _Progress:
-    """When a group's acknowledgements last advanced, and its last timeout probe."""
+    """When a group's acknowledgements last advanced, and its unanswered timeout probe."""
     acked: float = float("-inf")
-    probed: float = float("-inf")
+    probe: float | None = None
 
 
 class Sender:
@@ -494,7 +498,9 @@ class Sender:
 
     def _timeout(self, item: Outstanding) -> float:
         rto = self.paths[item.path].rtt.rto
-        return min(rto * self.backoff ** item.timeouts, self.rto_max) if item.timeouts else rto
+        if not item.timeouts:
+            return rto
+        return min(rto * self.backoff ** min(item.timeouts, 64), self.rto_max)
 
     def _sweep(self) -> None:
         self._sweep_call = None
@@ -508,16 +514,17 @@ class Sender:
                 due.setdefault(item.group, []).append(item)
         give_up: dict[int, Outstanding] = {}
         for group, items in due.items():
-            progress = self._progress.get(group) or _Progress()
+            progress = self._progress.setdefault(group, _Progress())
             rto = self.paths[items[0].path].rtt.rto
             if now - progress.acked < rto:
                 resend, backoff = (), False        # queued at the target, not lost
-            elif progress.acked > progress.probed:
+            elif progress.probe is not None and progress.acked > progress.probe:
                 resend, backoff = items, True      # alive, answered, no further: go back N
-                progress.probed = now
-            elif now - progress.probed >= rto:     # silent: one probe, the rest back off
+                progress.probe = None
+            elif progress.probe is None or now - progress.probe >= rto:
+                # silent: one probe (the lowest due), the rest back off
                 resend, backoff = (min(items, key=lambda item: item.sequence),), True
-                progress.probed = now
+                progress.probe = now
             else:
                 resend, backoff = (), True         # silent, a probe is on its way
             for item in resend:

@@ -372,6 +372,20 @@ class RetransmissionTimeoutTests(TestCase):
         self.assertGreater(s.counters["timeout_retransmits"], 0)   # a probe began it
         self.assertEqual(s.counters["retransmits"], 100)
 
+    def test_a_silent_target_costs_one_probe_per_backed_off_rto_not_a_window(self):
+        sent = []
+        s = Sender(self.clock, lambda data, address: sent.append(parse_datagram(data).header),
+                   rto=0.5, rto_max=5.0)
+        for seq in range(1, 101):
+            s.submit(7, seq, [datagram(seq)], HOP)
+        self.clock.pump([0.05] * 80)               # 4 s of silence: probes at 0.5, 1.5, 3.5
+        probes = sent[100:]
+        self.assertEqual([h["sequence"] for h in probes], [1, 1, 1])
+        self.assertTrue(all(h["flags"] & EntryFlag.RETRANSMIT for h in probes))
+        self.assertEqual(len(s.acknowledge_through(7, 100)), 100)   # the stall ends
+        self.clock.pump([0.05] * 100)
+        self.assertEqual(len(sent), 103)
+
     def test_rto_converges_to_the_measured_round_trip(self):
         model = self.path(1.0, 10000, rto=0.5, rto_max=10.0)     # 2 s round trip, no queue
         model.run(4, submit_rate=20)             # the first RTO (0.5 s) is too short...
