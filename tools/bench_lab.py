@@ -1,6 +1,7 @@
 """The whole RCN on this machine: write throughput, IOPS, ack latency and lag.
 
-``python -m tools.bench_lab [--seconds S] [--cores N] [--log-mode durable|memory]``
+``python -m tools.bench_lab [--seconds S] [--cores N] [--log-mode durable|memory]
+[--rows all|saturation]``
 
 Each row starts a fresh lab (``rcn.lab.up``: 2 arrays, 2 edges, N cores, as
 real daemons on loopback), runs one workload through NBD against the source
@@ -15,6 +16,13 @@ Rows:
   4 KiB writes, 64 in flight           IOPS            target >= 10,000 (durable log)
   4 KiB writes at half the max rate    ack p50/p99 at the source edge (target p99 < 2 ms)
                                        lag p50/p99 at the target edge (target p99 < 100 ms)
+
+Each RCN row also reports the log-transfer channel's work: entries sent by
+the source edge, its retransmissions (by timeout and by NAK) per entry, and
+the CPU seconds each role's daemons spent per write (``/proc/PID/stat``
+utime + stime from just before the workload until everything is applied).
+``--rows saturation`` runs only the two saturated RCN rows (64 KiB qd32, 4 KiB
+qd64): the retransmission storm of issue 15 item 3 shows there.
 
 A workload runs in a child process (``--workload``), since a reactor runs
 once per process; it prints one JSON line.
@@ -112,6 +120,21 @@ def run_workload(url: str, block: int, depth: int, seconds: float, rate: float =
     return result
 
 
+def cpu_seconds(lab: dict) -> dict[str, float]:
+    """CPU seconds (user + system) each role's daemons have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for device in lab["devices"]:
+        try:
+            with open(f"/proc/{device['pid']}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, KeyError, TypeError):
+            continue
+        role = device["name"] if device["role"] == "edge" else device["role"]
+        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def one_row(topology, block: int, depth: int, seconds: float, rate: float = 0.0,
             baseline: bool = False) -> dict:
     from rcn import demo, lab as lablib
@@ -121,16 +144,23 @@ def one_row(topology, block: int, depth: int, seconds: float, rate: float = 0.0,
         pair = lab["pairs"][0]
         target = next(d for d in lab["devices"] if d["name"] == "arrayB")
         url = target["volumes"][0]["nbd_url"] if baseline else pair["nbd_url"]
+        cpu_before = cpu_seconds(lab)
         result = run_workload(url, block, depth, seconds, rate)
         if not baseline:
             started = time.monotonic()
             edges = demo.wait_applied(lab, timeout=300)
+            cpu_after = cpu_seconds(lab)
+            result["cpu"] = {role: cpu_after[role] - cpu_before.get(role, 0.0)
+                             for role in cpu_after}
+            sender = edges["source"].get("sender", {})
+            result["entries"] = sender.get("entries_sent", 0)
+            result["nak_retransmits"] = sender.get("nak_retransmits", 0)
             result["apply_wait"] = time.monotonic() - started
             result["edge_ack_p50"] = edges["source"].get("ack_latency_p50_s")
             result["edge_ack_p99"] = edges["source"].get("ack_latency_p99_s")
             result["lag_p50"] = edges["target"].get("lag_p50_s")
             result["lag_p99"] = edges["target"].get("lag_p99_s")
-            result["retransmits"] = edges["source"].get("sender", {}).get("retransmits", 0)
+            result["retransmits"] = sender.get("retransmits", 0)
         return result
     finally:
         lablib.down(directory, quiet=True)
@@ -146,6 +176,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per row (default 10)")
     parser.add_argument("--cores", type=int, default=1, help="cores in the path (default 1)")
     parser.add_argument("--log-mode", choices=("durable", "memory"), default="durable")
+    parser.add_argument("--rows", choices=("all", "saturation"), default="all",
+                        help="saturation: only the two saturated RCN rows")
     parser.add_argument("--workload", nargs=5, metavar=("URL", "BLOCK", "DEPTH", "SECONDS", "RATE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -166,31 +198,49 @@ def main(argv=None) -> int:
         rows.append((name, mbs, iops, result, target))
         print(f"  measured: {name}: {mbs:.1f} MB/s, {iops:.0f} IOPS", file=sys.stderr, flush=True)
 
-    row("baseline 64K qd32 -> target array", one_row(topology, 65536, 32, args.seconds,
-                                                     baseline=True), "")
+    if args.rows == "all":
+        row("baseline 64K qd32 -> target array", one_row(topology, 65536, 32, args.seconds,
+                                                         baseline=True), "")
     big = one_row(topology, 65536, 32, args.seconds)
     row("RCN 64K qd32", big, ">= 150 MB/s")
-    row("baseline 4K qd64 -> target array", one_row(topology, 4096, 64, args.seconds,
-                                                    baseline=True), "")
+    if args.rows == "all":
+        row("baseline 4K qd64 -> target array", one_row(topology, 4096, 64, args.seconds,
+                                                        baseline=True), "")
     small = one_row(topology, 4096, 64, args.seconds)
     row("RCN 4K qd64", small, ">= 10,000 IOPS")
-    half = small["writes"] / small["seconds"] / 2
-    paced = one_row(topology, 4096, 64, args.seconds, rate=half)
-    row(f"RCN 4K at {half:.0f}/s (half)", paced, "ack p99 < 2 ms, lag p99 < 100 ms")
+    if args.rows == "all":
+        half = small["writes"] / small["seconds"] / 2
+        paced = one_row(topology, 4096, 64, args.seconds, rate=half)
+        row(f"RCN 4K at {half:.0f}/s (half)", paced, "ack p99 < 2 ms, lag p99 < 100 ms")
 
-    base64, base4 = rows[0][1], rows[2][2]
+    bases = {("64K" in name): (mbs, iops) for name, mbs, iops, _, _ in rows
+             if name.startswith("baseline")}
     print(f"{'workload':38} {'MB/s':>8} {'IOPS':>8} {'vs base':>8} {'host p50/p99 ms':>16} "
           f"{'edge ack p50/p99':>17} {'lag p50/p99 ms':>15}  target")
     for name, mbs, iops, r, target in rows:
-        ratio = (mbs / base64) if "64K" in name else (iops / base4)
-        print(f"{name:38} {mbs:8.1f} {iops:8.0f} {ratio:8.2f} "
+        big_row = "64K" in name
+        base = bases.get(big_row)
+        ratio = "-" if base is None else f"{(mbs / base[0]) if big_row else (iops / base[1]):.2f}"
+        print(f"{name:38} {mbs:8.1f} {iops:8.0f} {ratio:>8} "
               f"{_ms(r.get('p50')) + '/' + _ms(r.get('p99')):>16} "
               f"{_ms(r.get('edge_ack_p50')) + '/' + _ms(r.get('edge_ack_p99')):>17} "
               f"{_ms(r.get('lag_p50')) + '/' + _ms(r.get('lag_p99')):>15}  {target}")
+    print(f"\n{'log transfer':38} {'entries':>8} {'retx':>7} {'retx/entry':>10} {'by NAK':>7} "
+          f"{'CPU ms/write: edgeA':>20} {'core':>6} {'edgeB':>6} {'all':>6}")
+    for name, _, _, r, _ in rows:
+        if "entries" not in r:
+            continue
+        writes = max(r["writes"], 1)
+        cpu = {k: v * 1000 / writes for k, v in r["cpu"].items()}
+        print(f"{name:38} {r['entries']:8d} {r['retransmits']:7d} "
+              f"{r['retransmits'] / max(r['entries'], 1):10.4f} {r['nak_retransmits']:7d} "
+              f"{cpu.get('edgeA', 0):20.3f} {cpu.get('core', 0):6.3f} {cpu.get('edgeB', 0):6.3f} "
+              f"{sum(cpu.values()):6.3f}")
     print(f"targets: 64K {big['bytes'] / big['seconds'] / MB:.1f} MB/s (>= 150); "
-          f"4K {small['writes'] / small['seconds']:.0f} IOPS (>= 10000); ack p99 "
-          f"{_ms(paced.get('edge_ack_p99'))} ms (< 2); lag p99 {_ms(paced.get('lag_p99'))} ms "
-          f"(< 100)")
+          f"4K {small['writes'] / small['seconds']:.0f} IOPS (>= 10000)"
+          + ("" if args.rows != "all" else
+             f"; ack p99 {_ms(paced.get('edge_ack_p99'))} ms (< 2); lag p99 "
+             f"{_ms(paced.get('lag_p99'))} ms (< 100)"))
     return 0
 
 

@@ -23,8 +23,10 @@ and ``edge.data_dir`` are required)::
 
     [sender]
     window = "64MiB"                      # unacknowledged bytes per path
-    rto_ms = 500                          # first retransmission timeout; doubles up to
-    rto_max_ms = 5000
+    rto_ms = 500                          # retransmission timeout before any round trip is
+                                          # measured, and its floor: above it the RTO follows
+                                          # the measured round trip (RFC 6298), at most
+    rto_max_ms = 5000                     # this, also the cap of a timeout's doubling
 
     [receiver]                            # target side
     window = 16384                        # reorder buffer entries per group (a power of two)

@@ -204,7 +204,6 @@ class EdgeDevice:
         self.apply_target_for = apply_target_for or self.fabric_target
         self._fabric_targets: dict[tuple[int, int], FabricApplyTarget] = {}
         self._waiting_ctrl: dict[tuple[int, int], Deferred] = {}
-        self._acked_through: dict[int, int] = {}      # group -> highest cumulative WROK
         self.ack_latency = LatencyHistogram()
         self.lag = LatencyHistogram()
         self.debug = False                            # the console's debug log-transfer
@@ -418,7 +417,11 @@ class EdgeDevice:
             except DecodeError as exc:
                 self.drops.drop("malformed", sender, str(exc))
                 return
-            self.sender.nak(header["group_id"], ranges)
+            group = header["group_id"]
+            if ranges and not self._sent_here(group, max(last for _, last in ranges), "NAK",
+                                              sender):
+                return
+            self.sender.nak(group, ranges)
             return
         if header["segment_count"] > 1:
             try:
@@ -433,22 +436,39 @@ class EdgeDevice:
         if entry_type == EntryType.CTRL and backward:
             self.controls.failover_request(header, area)
         elif backward:
-            self._answer(header, area)
+            self._answer(header, area, sender)
         else:
             if entry_type == EntryType.WR and (header["source_wwn"], header["target_wwn"],
                                                 header["target_lun"]) not in self.pairs.rows:
                 self._learn_pair(header)
             self.receiver(header["group_id"]).entry(header, area)
 
-    def _answer(self, header: dict, area: bytes) -> None:
+    def _sent_here(self, group: int, sequence: int, what: str, sender: Address) -> bool:
+        """Whether ``sequence`` of ``group`` is one this edge has sent: an answer or NAK
+        beyond it is forged or confused, and refused (a counted drop)."""
+        if sequence <= self.sender.highest(group):
+            return True
+        deleted = self.log_store.group_stats(group)["deleted"]
+        if sequence <= deleted:
+            return True         # sent before a restart and deleted since: a late duplicate
+        self.drops.drop(f"{what.lower()}_beyond_sent", sender,
+                        f"{what} for group {group} sequence {sequence}, beyond the highest "
+                        f"sent ({max(self.sender.highest(group), deleted)}); ignored")
+        return False
+
+    def _answer(self, header: dict, area: bytes, sender: Address) -> None:
         group, sequence = header["group_id"], header["sequence"]
         if header["entry_type"] == EntryType.WROK:
+            if not self._sent_here(group, sequence, "ACK", sender):
+                return
             self.counters["wroks"] += 1
             if header["flags"] & _CUMULATIVE:
                 self._acknowledge_through(group, sequence)
             else:
                 self.sender.acknowledged(group, sequence)
                 self.log_store.delete(group, sequence)
+            return
+        if not self._sent_here(group, sequence, "ACK", sender):
             return
         self.sender.acknowledged(group, sequence)
         self.log_store.delete(group, sequence)
@@ -465,16 +485,11 @@ class EdgeDevice:
         waiting.callback(result)
 
     def _acknowledge_through(self, group: int, sequence: int) -> None:
-        """A cumulative WROK: every WR of the group up to ``sequence`` is applied."""
-        low = self._acked_through.get(group)
-        if low is None:
-            low = self.log_store.group_stats(group)["deleted"]
-        for seq in range(low + 1, sequence + 1):
-            if (group, seq) in self._waiting_ctrl or not self.sender.holds(group, seq):
-                continue            # a CTRL waits for its own answer; others are gone
-            self.sender.acknowledged(group, seq)
-            self.log_store.delete(group, seq)
-        self._acked_through[group] = max(low, sequence)
+        """A cumulative WROK: every WR of the group up to ``sequence`` is applied (a CTRL
+        waits for its own answer). The work is the entries the sender holds up to it."""
+        for item in self.sender.acknowledge_through(
+                group, sequence, keep=lambda seq: (group, seq) in self._waiting_ctrl):
+            self.log_store.delete(group, item.sequence)
 
     def _next_hop(self, header: dict, backward: bool) -> Address | None:
         return self.routes.next_hop(header["source_wwn"], header["target_wwn"], self.me, backward)

@@ -36,6 +36,7 @@ _SOF_N3 = SOF_ORDERED_SETS[Sof.N3]
 _EOF_T = EOF_ORDERED_SETS[Eof.T][0].to_bytes(4, "big")
 _EOF_N = EOF_ORDERED_SETS[Eof.N][0].to_bytes(4, "big")
 _UNIT_OVERHEAD = 4 + 24 + 4 + 4               # SOF, FC header, CRC, EOF
+_FCP_DL_AT = CMND_IU.size - 4                 # FCP_DL: the FCP_CMND's last field
 
 _CMND = int(RCtl.FCP_CMND)
 _DATA = int(RCtl.FCP_DATA)
@@ -137,56 +138,68 @@ def _units(area, base: int):
 
 
 def parse_command_area(area, base: int = 0) -> RioCommand:
-    """The FCP_CMND and data-out of a WR/CTRL area; data frames must tile FCP_DL exactly."""
-    cmnd = None
-    data = None
+    """The FCP_CMND and data-out of a WR/CTRL area; data frames must tile FCP_DL exactly.
+
+    Untrusted input: FCP_DL is checked against the bytes the area carries after the
+    FCP_CMND before anything is copied, and the data-out is joined once from the frames
+    present. Anything malformed raises :class:`DecodeError` (field and offset named)."""
+    units = _units(area, base)
+    first = next(units, None)
+    if first is None:
+        raise DecodeError("log_rio", "unit_length", base, "empty RIO area")
+    r_ctl, _, _, payload, at = first
+    if r_ctl != _CMND:
+        raise DecodeError("log_rio", "r_ctl", at, f"first unit is R_CTL 0x{r_ctl:02x}, "
+                          "not FCP_CMND")
+    if len(payload) != CMND_IU.size:
+        raise DecodeError("fcp_cmnd", "fcp_dl", at + 28,
+                          f"FCP_CMND of {len(payload)} bytes, not {CMND_IU.size}")
+    fcp_lun, _, attribute, _, flags, cdb, fcp_dl = CMND_IU.unpack(payload)
+    write = flags & 1
+    after = len(area) - (at - base + 28 + CMND_IU.size)    # area bytes after the FCP_CMND
+    if write and fcp_dl > after:
+        raise DecodeError("fcp_cmnd", "fcp_dl", at + 28 + _FCP_DL_AT,
+                          f"FCP_DL of {fcp_dl} bytes, but only {after} bytes of the area "
+                          "follow the FCP_CMND; the source built a bad entry")
+    pieces = []
     filled = 0
-    for r_ctl, _, parameter, payload, at in _units(area, base):
-        if cmnd is None:
-            if r_ctl != _CMND:
-                raise DecodeError("log_rio", "r_ctl", at, f"first unit is R_CTL 0x{r_ctl:02x}, "
-                                  "not FCP_CMND")
-            if len(payload) != CMND_IU.size:
-                raise DecodeError("fcp_cmnd", "fcp_dl", at + 24,
-                                  f"FCP_CMND of {len(payload)} bytes, not {CMND_IU.size}")
-            fcp_lun, _, attribute, _, flags, cdb, fcp_dl = CMND_IU.unpack(payload)
-            cmnd = (fcp.decode_lun(fcp_lun), attribute & 7, flags, cdb, fcp_dl)
-            if flags & 1:
-                data = bytearray(fcp_dl)
-            continue
-        if r_ctl != _DATA or data is None:
+    for r_ctl, _, parameter, payload, at in units:
+        if r_ctl != _DATA or not write:
             raise DecodeError("log_rio", "r_ctl", at, f"unexpected R_CTL 0x{r_ctl:02x} after "
                               "the FCP_CMND")
-        if parameter != filled or parameter + len(payload) > len(data):
+        if parameter != filled or filled + len(payload) > fcp_dl:
             raise DecodeError("log_rio", "parameter", at, f"data at offset {parameter} of "
-                              f"{len(payload)} bytes; expected offset {filled} within "
-                              f"{len(data)}")
-        data[parameter:parameter + len(payload)] = payload
+                              f"{len(payload)} bytes; expected offset {filled} within {fcp_dl}")
+        pieces.append(payload)
         filled += len(payload)
-    if cmnd is None:
-        raise DecodeError("log_rio", "unit_length", base, "empty RIO area")
-    if data is not None and filled != len(data):
-        raise DecodeError("log_rio", "parameter", base, f"{filled} of {len(data)} data bytes present")
-    lun, attribute, flags, cdb, fcp_dl = cmnd
-    return RioCommand(lun, cdb, attribute, bytes(data) if data is not None else b"",
-                      fcp_dl if flags & 2 else 0, fcp.parse_cdb(cdb, base, fast=True))
+    if write and filled != fcp_dl:
+        raise DecodeError("log_rio", "parameter", base, f"{filled} of {fcp_dl} data bytes present")
+    return RioCommand(fcp.decode_lun(fcp_lun), cdb, attribute & 7,
+                      b"".join(pieces) if write else b"", fcp_dl if flags & 2 else 0,
+                      fcp.parse_cdb(cdb, base, fast=True))
 
 
 def parse_response_area(area, base: int = 0) -> ScsiResult:
-    """The data-in and FCP_RSP of a WROK/CTRL_OK area."""
-    data_in = bytearray()
+    """The data-in and FCP_RSP of a WROK/CTRL_OK area: data frames in order, then one
+    FCP_RSP, last. The data-in is at most what the area carries; anything malformed
+    raises :class:`DecodeError`."""
+    pieces = []
+    filled = 0
     result = None
     for r_ctl, _, parameter, payload, at in _units(area, base):
+        if result is not None:
+            raise DecodeError("log_rio", "r_ctl", at, f"R_CTL 0x{r_ctl:02x} after the FCP_RSP")
         if r_ctl == _DATA:
-            if parameter != len(data_in):
+            if parameter != filled:
                 raise DecodeError("log_rio", "parameter", at, f"data-in at offset {parameter}, "
-                                  f"expected {len(data_in)}")
-            data_in += payload
+                                  f"expected {filled}")
+            pieces.append(payload)
+            filled += len(payload)
         elif r_ctl == _RSP:
             result = parse_response(bytes(payload))
         else:
             raise DecodeError("log_rio", "r_ctl", at, f"unexpected R_CTL 0x{r_ctl:02x} in an answer")
     if result is None:
         raise DecodeError("log_rio", "r_ctl", base, "no FCP_RSP in the answer")
-    result.data_in = bytes(data_in)
+    result.data_in = b"".join(pieces)
     return result

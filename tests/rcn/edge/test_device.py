@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from datapath.frames import fcp
-from datapath.frames.logentry import (EntryFlag, EntryType, build_entry, build_keepalive,
+from datapath.frames.logentry import (EntryFlag, EntryType, build_entry, build_keepalive, build_nak,
                                       parse_datagram)
 from rcn.edge.applystate import ApplyState
 from rcn.edge.device import EdgeDevice, EdgeSettings, PairEntry
@@ -90,3 +90,40 @@ class SourceEdgeTests(TestCase):
             self.edge.rio_command(write_command(lba), B)
         self.answer(EntryType.WROK, 2)
         self.assertEqual(self.edge.log_store.retained(7), [1])
+
+    def test_cumulative_wrok_beyond_what_was_sent_is_refused_without_scanning(self):
+        for lba in (1, 2):
+            self.edge.rio_command(write_command(lba), B)
+        holds = self.edge.sender.holds
+        calls = []
+
+        def counting(group, sequence):
+            calls.append(sequence)
+            if len(calls) > 1000:
+                raise AssertionError("the WROK scanned more than 1000 sequences")
+            return holds(group, sequence)
+        self.edge.sender.holds = counting
+        self.answer(EntryType.WROK, 2**62, EntryFlag.CUMULATIVE)
+        self.assertEqual(self.edge.drops.by_reason, {"ack_beyond_sent": 1})
+        self.assertEqual(self.edge.log_store.retained(7), [1, 2])
+        self.answer(EntryType.WROK, 2, EntryFlag.CUMULATIVE)     # still answering
+        self.assertEqual(self.edge.log_store.retained(7), [])
+
+    def test_single_wrok_and_ctrl_ok_beyond_what_was_sent_are_refused(self):
+        self.edge.rio_command(write_command(1), B)
+        self.answer(EntryType.WROK, 2)
+        self.answer(EntryType.CTRL_OK, 5)
+        self.assertEqual(self.edge.drops.by_reason, {"ack_beyond_sent": 2})
+        self.assertEqual(self.edge.log_store.retained(7), [1])
+        self.assertEqual(self.edge.counters["wroks"] + self.edge.counters["ctrl_oks"], 0)
+
+    def test_nak_beyond_what_was_sent_is_refused(self):
+        for lba in (1, 2):
+            self.edge.rio_command(write_command(lba), B)
+        self.clock.advance(0)
+        sent = len(self.sent)
+        for ranges in ([(1, 1), (5, 10**8)], [(2, 2)]):
+            nak = build_nak(ranges, group_id=7, sequence=1, source_wwn=A, target_wwn=B)
+            self.edge.entry_received(parse_datagram(nak), nak, CORE)
+        self.assertEqual(self.edge.drops.by_reason, {"nak_beyond_sent": 1})
+        self.assertEqual([h["sequence"] for h, _ in self.sent[sent:]], [2])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 from twisted.trial.unittest import TestCase
 
 from datapath.frames import fc, fcp, logentry
@@ -45,7 +47,8 @@ class RioAreaTests(TestCase):
         self.assertEqual(result.sense[2] & 0x0F, SenseKey.ILLEGAL_REQUEST)
 
     def test_missing_data_frame_is_an_error(self):
-        area = command_area(1, 2, 3, 0, build_write16_cdb(0, 8), bytes(4096))
+        # 64 frames: the area still holds FCP_DL bytes without one, so the tiling finds it
+        area = command_area(1, 2, 3, 0, build_write16_cdb(0, 256), bytes(131072))
         units = logentry.split_rio_area(area)
         at, n = units[1]
         cut = area[:at - 4] + area[at + n:]                  # drop the first data frame
@@ -57,3 +60,34 @@ class RioAreaTests(TestCase):
         answer = response_area(2, 1, 3, 9, ScsiResult())
         self.assertRaises(DecodeError, parse_command_area, answer)
         self.assertRaises(DecodeError, parse_command_area, b"\x00\x00\x00\x07abc")
+
+    def test_fcp_dl_beyond_the_area_is_refused_before_allocating(self):
+        area = bytearray(command_area(1, 2, 3, 0, build_write16_cdb(0, 8), bytes(4096)))
+        fcp_dl_at = 4 + 4 + 24 + 28            # unit length, SOF, FC header, FCP_CMND to FCP_DL
+        self.assertEqual(int.from_bytes(area[fcp_dl_at:fcp_dl_at + 4], "big"), 4096)
+        area[fcp_dl_at:fcp_dl_at + 4] = (64 << 20).to_bytes(4, "big")
+        tracemalloc.start()
+        try:
+            with self.assertRaises(DecodeError) as caught:
+                parse_command_area(bytes(area), base=100)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertLess(peak, 1 << 20)
+        error = caught.exception
+        self.assertEqual((error.layer, error.field, error.offset), ("fcp_cmnd", "fcp_dl",
+                                                                   100 + fcp_dl_at))
+        self.assertIn(str(64 << 20), str(error))
+
+    def test_data_beyond_fcp_dl_is_an_error(self):
+        area = bytearray(command_area(1, 2, 3, 0, build_write16_cdb(0, 8), bytes(4096)))
+        area[60:64] = (4095).to_bytes(4, "big")
+        with self.assertRaises(DecodeError) as caught:
+            parse_command_area(bytes(area))
+        self.assertEqual(caught.exception.field, "parameter")
+
+    def test_answer_must_end_with_its_fcp_rsp(self):
+        answer = response_area(2, 1, 3, 9, ScsiResult())
+        with self.assertRaises(DecodeError) as caught:
+            parse_response_area(answer + answer)
+        self.assertEqual((caught.exception.field, caught.exception.offset), ("r_ctl", len(answer) + 4))
