@@ -1,7 +1,6 @@
 """``rcn-edge`` as a Twisted service: the data plane behind its sockets.
 
-:func:`make_service` opens the log storage area (replaying what it holds),
-builds the :class:`~rcn.edge.device.EdgeDevice`, and serves
+:func:`make_service` builds the :class:`~rcn.edge.device.EdgeDevice` and serves
 
 * the RIO channel (FCIP over TCP) for attached arrays: every virtual storage
   (table 404) answers through the device, access per table 405;
@@ -15,7 +14,10 @@ builds the :class:`~rcn.edge.device.EdgeDevice`, and serves
   (JSON: groups with their generation, apply and delete counters, links,
   NBD volumes with their figures).
 
-The reactor is passed in; nothing here imports the global one.
+Its first service (:class:`rcn.tap.OpenAtStart`) creates the data directory and opens
+the log storage area (replaying what it holds), the apply counters and the last
+snapshot in ``startService``, under twistd's ``--umask`` and ``--uid``. The reactor is
+passed in; nothing here imports the global one.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from rcn.nbd.server import NbdServerFactory
 from rcn.pairstate import PairState
 from rcn.rio.fabric import FabricConfig
 from rcn.rio.protocol import FcipServerFactory
+from rcn.tap import OpenAtStart
 
 _log = Logger()
 SNAPSHOT_TABLES = ("virtual_storage", "access", "customer", "pair", "route")
@@ -65,22 +68,23 @@ def _pair_label(row, end: str) -> str:
 
 
 class Edge:
-    """The parts of one edge daemon (plain objects; sockets are the services')."""
+    """The parts of one edge daemon (plain objects; sockets are the services').
+
+    Building it touches no file and starts no thread: :meth:`start` creates the data
+    directory, opens the log storage area (replaying it), the apply counters and the
+    last snapshot, then sends again what the log retained; :meth:`close` closes them."""
 
     def __init__(self, config: EdgeConfig, reactor):
         self.config = config
         self.reactor = reactor
-        os.makedirs(config.data_dir, exist_ok=True)
-        self.sync = SyncThread(reactor)
+        self.sync: SyncThread | None = None
         self.log_store = LogStore(None if config.log_mode == "memory" else
                                   os.path.join(config.data_dir, "log"), mode=config.log_mode,
                                   segment_bytes=config.segment_size,
                                   group_quota_bytes=config.group_quota, clock=reactor,
-                                  run_sync=self.sync.run)
-        self.replayed = self.log_store.open()
+                                  run_sync=self._run_sync)
         self.apply_state = ApplyState(os.path.join(config.data_dir, "applied.json"),
-                                      run_sync=self.sync.run)
-        self.apply_state.load()
+                                      run_sync=self._run_sync)
         self.udp = LogTransferProtocol(None, receive_buffer=config.receive_buffer,
                                        send_buffer=config.send_buffer)
         settings = config.settings
@@ -112,11 +116,12 @@ class Edge:
             self.nbd = NbdServerFactory(ExportTable(self.nbd_exports, default=default), reactor)
         self.mgmt: MgmtClient | None = None
         if config.mgmt is not None:
-            version = self._load_snapshot()
             self.mgmt = MgmtClient(reactor, config.id, "edge", str(config.log),
-                                   self.apply_snapshot, self.status, self.residual,
-                                   version=version)
+                                   self.apply_snapshot, self.status, self.residual)
         self.metrics = self._build_metrics()
+
+    def _run_sync(self, fn):
+        return self.sync.run(fn)
 
     # -- the management server ---------------------------------------------------------
     def apply_snapshot(self, version: int, doc: dict, persist: bool = True) -> None:
@@ -169,7 +174,14 @@ class Edge:
         vs.target = SourceTarget(self.device, vs.partner_wwn)
 
     def start(self) -> None:
-        count = self.device.replay(self.replayed)
+        # a thread started in makeService would not survive twistd's daemonising fork
+        self.sync = SyncThread(self.reactor)
+        os.makedirs(self.config.data_dir, exist_ok=True)
+        replayed = self.log_store.open()
+        self.apply_state.load()
+        if self.mgmt is not None:
+            self.mgmt.version = self._load_snapshot()
+        count = self.device.replay(replayed)
         if count:
             _log.info("{edge}: replaying {n} retained log entries", edge=self.config.id, n=count)
 
@@ -278,7 +290,8 @@ class Edge:
         return closed.addBoth(self._stop_sync)
 
     def _stop_sync(self, result):
-        self.sync.stop()
+        if self.sync is not None:
+            self.sync.stop()
         return result
 
 
@@ -306,19 +319,6 @@ def http_site(edge: Edge) -> Site:
     return Site(root)
 
 
-class _Running(service.Service):
-    def __init__(self, edge: Edge):
-        self.edge = edge
-
-    def startService(self):
-        super().startService()
-        self.edge.start()
-
-    def stopService(self):
-        super().stopService()
-        return self.edge.close()
-
-
 class _Udp(service.Service):
     def __init__(self, edge: Edge):
         self.edge = edge
@@ -336,7 +336,7 @@ class _Udp(service.Service):
 def make_service(config: EdgeConfig, reactor) -> tuple[service.MultiService, Edge]:
     edge = Edge(config, reactor)
     top = service.MultiService()
-    _Running(edge).setServiceParent(top)
+    OpenAtStart(f"rcn-edge {config.id}", edge.start, edge.close).setServiceParent(top)
     udp = _Udp(edge)
     udp.setServiceParent(top)
     if config.console is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sqlite3
 
 from twisted.application import internet, service
 from twisted.internet import endpoints
@@ -33,6 +34,7 @@ from rcn.mgmt.endpoints import endpoints as api_endpoints
 from rcn.mgmt.model import OPERATOR
 from rcn.mgmt.server import MgmtServer
 from rcn.mgmt.store import SettingsError, SQLiteStore
+from rcn.tap import OpenAtStart
 
 _log = Logger()
 WEB = os.path.join(os.path.dirname(__file__), "web")
@@ -89,6 +91,11 @@ class _Json(resource.Resource):
 
 
 def site(server: MgmtServer) -> tuple[Site, ApiResource, MetricsRegistry]:
+    root, api, registry = site_root(server)
+    return QuietSite(root), api, registry
+
+
+def site_root(server: MgmtServer) -> tuple[resource.Resource, ApiResource, MetricsRegistry]:
     def authenticate(token):
         try:
             return server.settings.authenticate(token)
@@ -103,7 +110,7 @@ def site(server: MgmtServer) -> tuple[Site, ApiResource, MetricsRegistry]:
     root.putChild(b"api", v1)
     root.putChild(b"openapi.json", _Json(openapi(rows, "RCN management API", "1")))
     root.putChild(b"metrics", MetricsResource(registry))
-    return QuietSite(root), api, registry
+    return root, api, registry
 
 
 class QuietSite(Site):
@@ -112,19 +119,6 @@ class QuietSite(Site):
     def log(self, request):
         if request.code >= 400:
             super().log(request)
-
-
-class _Health(service.Service):
-    def __init__(self, server: MgmtServer):
-        self.server = server
-
-    def startService(self):
-        super().startService()
-        self.server.start()
-
-    def stopService(self):
-        self.server.stop()
-        return super().stopService()
 
 
 class TcpListenService(service.Service):
@@ -163,23 +157,63 @@ class TcpListenService(service.Service):
         return None
 
 
-def make_service(config: MgmtConfig, reactor) -> tuple[service.MultiService, MgmtServer]:
-    store = SQLiteStore(config.database)
-    server = MgmtServer(reactor, store, history=config.history, stale_after=config.stale_after)
-    operator_token(server, config.operator_token_file)
+class MgmtDaemon:
+    """What ``make_service`` cannot build yet: the server over its settings database.
+
+    :meth:`open` (at ``startService``, see :class:`rcn.tap.OpenAtStart`) opens the
+    database and the operator's token file, builds the server and hands it to the
+    sockets made before: the site's root, the AMP listener's factory, the console."""
+
+    def __init__(self, config: MgmtConfig, reactor, http: Site, http_service, amp,
+                 consoles: service.MultiService):
+        self.config, self.reactor = config, reactor
+        self.http, self.http_service, self.amp, self.consoles = http, http_service, amp, consoles
+        self.server: MgmtServer | None = None
+
+    def open(self) -> None:
+        config = self.config
+        try:
+            store = SQLiteStore(config.database)
+        except sqlite3.Error as exc:            # sqlite's message names no file
+            raise sqlite3.OperationalError(f"settings database {config.database}: {exc}") from exc
+        server = MgmtServer(self.reactor, store, history=config.history,
+                            stale_after=config.stale_after)
+        try:
+            operator_token(server, config.operator_token_file)
+        except BaseException:
+            store.close()
+            raise
+        self.http.resource, api, _ = site_root(server)
+        self.amp.factory = server.distribution.factory()
+        if config.console is not None:
+            console = MgmtConsole(config, server, api.counters, self.http_service, self.amp)
+            serve_console(console.tree, config.id, f"RCN management server {config.id}",
+                          config.console, self.reactor).setServiceParent(self.consoles)
+        server.start()
+        self.server = server
+        _log.info("rcn-mgmt {id}: settings in {db} (version {version})", id=config.id,
+                  db=config.database, version=server.version)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def make_service(config: MgmtConfig, reactor) -> tuple[service.MultiService, MgmtDaemon]:
+    """The daemon's services; the second value's ``server`` is the :class:`MgmtServer`
+    once started. The listening sockets are made at ``privilegedStartService`` (HTTP) and
+    ``startService`` (AMP, after the server is built); the database at ``startService``."""
     top = service.MultiService()
-    http, api, _ = site(server)
+    http = QuietSite(resource.Resource())          # its root is set when the server is built
     endpoint = endpoints.TCP4ServerEndpoint(reactor, config.http.port, interface=config.http.host)
     http_service = internet.StreamServerEndpointService(endpoint, http)
+    amp = TcpListenService(reactor, None, config.amp)
+    consoles = service.MultiService()
+    opened = MgmtDaemon(config, reactor, http, http_service, amp, consoles)
+    OpenAtStart(f"rcn-mgmt {config.id}", opened.open, opened.close).setServiceParent(top)
     http_service.setServiceParent(top)
-    amp = TcpListenService(reactor, server.distribution.factory(), config.amp)
     amp.setServiceParent(top)
-    _Health(server).setServiceParent(top)
-    if config.console is not None:
-        console = MgmtConsole(config, server, api.counters, http_service, amp)
-        serve_console(console.tree, config.id, f"RCN management server {config.id}",
-                      config.console, reactor).setServiceParent(top)
-    _log.info("rcn-mgmt {id}: API and dashboard on http://{http}/, devices on {amp}, settings "
-              "in {db} (version {version})", id=config.id, http=str(config.http),
-              amp=str(config.amp), db=config.database, version=server.version)
-    return top, server
+    consoles.setServiceParent(top)
+    _log.info("rcn-mgmt {id}: API and dashboard on http://{http}/, devices on {amp}",
+              id=config.id, http=str(config.http), amp=str(config.amp))
+    return top, opened

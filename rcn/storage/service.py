@@ -4,7 +4,9 @@
 program, NBD exports, RIO target, the link to the edge) as plain objects; :func:`make_service`
 puts them behind sockets: the NBD host interface, the control API (with
 Prometheus ``/metrics``, from :attr:`StorageArray.metrics`) and, when the
-configuration names an edge, a RIO connection that reconnects with backoff.
+configuration names an edge, a RIO connection that reconnects with backoff. The data
+directory and volume files are created and opened in ``startService``
+(:class:`rcn.tap.OpenAtStart`), under twistd's ``--umask`` and ``--uid``.
 The reactor is passed in; nothing here imports the global one.
 """
 
@@ -35,6 +37,7 @@ from rcn.storage.pairs import PairTable
 from rcn.storage.pairstore import PairStore
 from rcn.storage.remotecopy import RemoteCopy
 from rcn.storage.volume import Volume
+from rcn.tap import OpenAtStart
 
 _log = Logger()
 
@@ -86,19 +89,21 @@ class ArrayLinkFactory(FcipClientFactory):
 
 
 class StorageArray:
-    """One emulated array; ``clock`` is the reactor (``callLater``)."""
+    """One emulated array; ``clock`` is the reactor (``callLater``).
+
+    Building it touches no file: :meth:`open` creates the data directory, opens (or
+    creates) the volume files and loads the pair rows and bitmaps (``PairStore``),
+    :meth:`close` closes them."""
 
     def __init__(self, config: StorageConfig, clock):
         self.config = config
         self.clock = clock
-        os.makedirs(config.data_dir, exist_ok=True)
         self.volumes = {v.lun: Volume(os.path.join(config.data_dir, f"{v.name}.img"), v.lun,
-                                      v.capacity) for v in config.volumes}
+                                      v.capacity, open_now=False) for v in config.volumes}
         self.names = {v.lun: v.name for v in config.volumes}
         self.pairs = PairTable.from_config(
             config.pairs, {lun: v.capacity for lun, v in self.volumes.items()}, config.track_size)
         self.pair_store = PairStore(config.data_dir)      # rows and bitmaps survive a restart
-        self.pair_store.load(self.pairs, self.volumes)
         self.remote_copy = RemoteCopy(clock, self.session_for, self.volumes, self.pairs,
                                       track_size=config.track_size,
                                       auto_resync=config.edge.auto_resync if config.edge
@@ -226,19 +231,20 @@ class StorageArray:
     def describe_pairs(self) -> list[dict]:
         return self.remote_copy.describe_pairs()
 
+    def open(self) -> None:
+        os.makedirs(self.config.data_dir, exist_ok=True)
+        try:
+            for volume in self.volumes.values():
+                volume.open()
+            self.pair_store.load(self.pairs, self.volumes)
+        except BaseException:
+            self.close()
+            raise
+
     def close(self) -> None:
         self.remote_copy.stop()
         for volume in self.volumes.values():
             volume.close()
-
-
-class _Closing(service.Service):
-    def __init__(self, array: StorageArray):
-        self.array = array
-
-    def stopService(self):
-        self.array.close()
-        return super().stopService()
 
 
 def control_site(array: StorageArray) -> Site:
@@ -249,7 +255,8 @@ def control_site(array: StorageArray) -> Site:
 def make_service(config: StorageConfig, reactor) -> tuple[service.MultiService, StorageArray]:
     array = StorageArray(config, reactor)
     top = service.MultiService()
-    _Closing(array).setServiceParent(top)
+    OpenAtStart(f"rcn-storage {format_wwn(config.wwpn)}", array.open, array.close
+                ).setServiceParent(top)
     nbd = endpoints.TCP4ServerEndpoint(reactor, config.nbd.port, interface=config.nbd.host)
     internet.StreamServerEndpointService(nbd, array.nbd).setServiceParent(top)
     control = endpoints.TCP4ServerEndpoint(reactor, config.control.port,

@@ -95,11 +95,17 @@ class Volume:
     one (sparsely); ``create=False`` demands an existing file of exactly that
     size. A file longer than the capacity is refused in both cases rather than
     silently cut.
+
+    ``open_now=False`` checks the arguments only: the file is opened (and created)
+    by :meth:`open`, and until then every request answers ``EBADF`` as on a
+    closed volume. A daemon opens its volumes in ``startService``, after twistd
+    has applied ``--umask`` and ``--uid``. A new file gets mode 0o644 less the
+    umask.
     """
 
     def __init__(self, path: str | os.PathLike, lun: int, capacity_bytes: int,
                  block_size: int = 512, create: bool = True, *,
-                 strict_alignment: bool = False):
+                 strict_alignment: bool = False, open_now: bool = True):
         self.path = os.fspath(path)
         if not isinstance(lun, int) or lun < 0:
             raise VolumeError(_errno.EINVAL, f"LUN must be a non-negative integer, got {lun!r}")
@@ -119,6 +125,16 @@ class Volume:
         self.strict_alignment = strict_alignment
         self._punch = True  # cleared when the file system refuses hole punching
         self._zero_range = True
+        self.create = create
+        self._fd: int | None = None
+        if open_now:
+            self.open()
+
+    def open(self) -> None:
+        """Open the file (see the class doc for ``create``); a second call is refused."""
+        if self._fd is not None:
+            raise VolumeError(_errno.EBUSY, f"volume {self.path} (LUN {self.lun}) is open already")
+        create, capacity_bytes = self.create, self.capacity
         flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
         if create:
             flags |= os.O_CREAT
@@ -148,7 +164,7 @@ class Volume:
         except BaseException:
             os.close(fd)
             raise
-        self._fd: int | None = fd
+        self._fd = fd
 
     # -- properties ---------------------------------------------------------
 

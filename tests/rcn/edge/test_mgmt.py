@@ -43,6 +43,7 @@ class EdgeUnderMgmtTests(TestCase):
                                "mgmt": {"connect": "tcp:127.0.0.1:47100"}})
         edge = Edge(config, reactor)
         edge.mgmt.clock = self.clock            # reports on the test's clock
+        edge.start()
         self.addCleanup(edge.close)
         return edge
 

@@ -175,6 +175,7 @@ class EdgeAppliesToNbdTargetTests(TestCase):
             "nbd_target": [{"target_wwn": target_wwn, "target_lun": 0,
                             "url": f"nbd://127.0.0.1:{server.getHost().port}/b"}]})
         edge_b = Edge(config, reactor)
+        edge_b.start()
         self.addCleanup(edge_b.close)
         port_b = listen(reactor, edge_b.udp, config.log)
         self.addCleanup(port_b.stopListening)

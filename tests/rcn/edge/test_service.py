@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import stat
+import threading
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
@@ -11,9 +14,11 @@ from twisted.trial.unittest import TestCase
 
 from datapath.frames.logentry import EntryFlag, EntryType, build_entry
 from rcn.edge.config import parse_config
-from rcn.edge.service import Edge
+from rcn.edge.service import Edge, make_service
 from rcn.logxfer.rioarea import response_area
 from rcn.rio.fcp import ScsiResult, build_write16_cdb
+from rcn.tap import StartError
+from tests.support import free_port
 
 A, B = "50:0a:09:80:00:00:00:01", "50:0a:09:80:00:00:00:02"
 WWN_A, WWN_B = 0x500A098000000001, 0x500A098000000002
@@ -85,3 +90,78 @@ class EdgeMetricsTests(TestCase):
         self.assertIsNone(status["lag_p99_s"])
         self.assertEqual(status["log_mode"], "memory")
         self.assertEqual(status["groups"][0]["group"], 7)
+
+
+class OpenAtStartTests(TestCase):
+    """make_service builds the edge without touching the disk or starting a thread (twistd
+    applies --umask and --uid, and daemonises by fork, only after it); startService opens."""
+
+    def config(self, data_dir: str, mgmt: bool = False):
+        log = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+        doc = {"edge": {"id": "edgeA", "log": log, "data_dir": data_dir},
+               "log": {"mode": "durable"},
+               "pair": [{"source_wwn": A, "source_lun": 0, "target_wwn": B, "target_lun": 0,
+                         "group": 7}],
+               "route": [{"source_wwn": A, "target_wwn": B,
+                          "path": [log, "127.0.0.1:47902"]}]}
+        if mgmt:
+            doc["mgmt"] = {"connect": "tcp:127.0.0.1:1"}
+        return parse_config(doc)
+
+    def start(self, top):
+        old = os.umask(0o077)                # what twistd --umask 077 sets before startService
+        try:
+            top.privilegedStartService()
+            top.startService()
+        finally:
+            os.umask(old)
+        self.addCleanup(top.stopService)
+
+    def test_make_service_touches_no_file_and_starts_no_thread_start_does_under_umask(self):
+        data = os.path.abspath(self.mktemp())
+        def fsync_threads():
+            return sum(t.name == "rcn-fsync" for t in threading.enumerate())
+        before = fsync_threads()
+        top, edge = make_service(self.config(data), reactor)
+        self.addCleanup(edge.close)
+        self.assertFalse(os.path.exists(data))
+        self.assertEqual(fsync_threads(), before)   # a daemonising fork would lose it
+        self.start(top)
+        self.assertEqual(fsync_threads(), before + 1)
+        modes = {}
+        for directory, _, files in os.walk(data):
+            for path in [directory] + [os.path.join(directory, n) for n in files]:
+                modes[os.path.relpath(path, data)] = stat.S_IMODE(os.stat(path).st_mode)
+        self.assertEqual(modes, {".": 0o700, "log": 0o700, "log/LOCK": 0o600,
+                                 "applied.json": 0o600})
+        pair = edge.device.settings.pairs[0]
+        d = edge.device.write(pair, build_write16_cdb(0, 8), bytes(4096))
+        return d.addCallback(lambda result: self.assertTrue(result.good))
+
+    def test_the_kept_snapshot_is_applied_at_start(self):
+        data = os.path.abspath(self.mktemp())
+        os.makedirs(data)
+        snapshot = {"route": [{"source_wwn": A, "target_wwn": B,
+                               "path": ["127.0.0.1:47901", "127.0.0.1:47903"]}]}
+        with open(os.path.join(data, "mgmt.json"), "w") as f:
+            json.dump({"version": 5, "snapshot": snapshot}, f)
+        top, edge = make_service(self.config(data, mgmt=True), reactor)
+        self.addCleanup(edge.close)
+        self.assertEqual((edge.mgmt.version, os.listdir(data)), (0, ["mgmt.json"]))
+        self.start(top)
+        self.assertEqual(edge.mgmt.version, 5)
+        self.assertEqual(len(edge.device.routes), 1)
+
+    def test_start_that_cannot_open_the_log_raises_start_error_naming_it(self):
+        data = os.path.abspath(self.mktemp())
+        os.makedirs(data)
+        with open(os.path.join(data, "log"), "w"):     # a file where the log directory goes
+            pass
+        top, edge = make_service(self.config(data), reactor)
+        self.addCleanup(edge.close)
+        top.privilegedStartService()
+        self.addCleanup(top.stopService)
+        with self.assertRaises(StartError) as caught:
+            top.startService()
+        self.assertIn("rcn-edge edgeA: cannot open its files", str(caught.exception))
+        self.assertIn(os.path.join(data, "log"), str(caught.exception))

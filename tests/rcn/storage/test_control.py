@@ -125,6 +125,7 @@ class MetricsTests(TestCase):
             pairs=(PairConfig(0, PARTNER_WWN, 5, 7, "duplex", "sync"),
                    PairConfig(1, PARTNER_WWN, 3, 7, "duplex", role="target")))
         self.array = StorageArray(config, task.Clock())      # no link to an edge is made
+        self.array.open()
         self.addCleanup(self.array.close)
         self.port = reactor.listenTCP(0, control_site(self.array), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
