@@ -231,7 +231,7 @@ class DaemonFiles(TestCase):
         yield self.serving(output, nbd)
         yield self.nbd_write(nbd, "vol0")
         files = self.assert_private(os.path.join(self.dir, "data"))
-        self.assertEqual(set(files), {".", "vol0.img"})
+        self.assertEqual(set(files), {".", "vol0.img", "pairs.json"})
 
     @defer.inlineCallbacks
     def test_edge_umask_077_log_and_state_files_private(self):
@@ -295,7 +295,7 @@ class DaemonFiles(TestCase):
         yield self.serving(output, nbd)
         yield self.nbd_write(nbd, "vol0")
         files = self.assert_owned_by(os.path.join(run, "data"), uid)
-        self.assertEqual(set(files), {".", "vol0.img"})
+        self.assertEqual(set(files), {".", "vol0.img", "pairs.json"})
         with open(os.path.join(run, "data", "vol0.img"), "rb") as f:
             f.seek(4096)
             self.assertEqual(f.read(len(BLOCK)), BLOCK)

@@ -43,7 +43,7 @@ class OpenAtStartTests(TestCase):
         self.addCleanup(top.stopService)
         modes = {name: stat.S_IMODE(os.stat(os.path.join(self.data, name)).st_mode)
                  for name in os.listdir(self.data)}
-        self.assertEqual(modes, {"vol0.img": 0o600, "lun1.img": 0o600})
+        self.assertEqual(modes, {"vol0.img": 0o600, "lun1.img": 0o600, "pairs.json": 0o600})
         self.assertEqual(stat.S_IMODE(os.stat(self.data).st_mode), 0o700)
         array.volumes[0].write(0, b"x" * 512)
         self.assertEqual(array.volumes[0].read(0, 512), b"x" * 512)
