@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import zlib
 
-import crc32c
+import numpy as np
 
 from datapath.frames import capture, ct, dpok, els, fc, fcip, fcp, gbe, logentry
 from datapath.frames.errors import DecodeError
@@ -458,7 +458,7 @@ def dpok_seeds() -> list[bytes]:
     out = []
     for encoding in (dpok.ENCODING_RAW, dpok.ENCODING_RUNS):
         bm = bitmap.DifferentialBitmap(1 << 30, 65536)
-        bm.mark_extents(*[__import__("numpy").array(v, dtype="uint64") for v in
+        bm.mark_extents(*[np.array(v, dtype="uint64") for v in
                           ([0, 1 << 20, (1 << 21) - 1], [8, 300, 1])], 512)
         out.append(bitmap.serialize(bm, encoding))
     return out

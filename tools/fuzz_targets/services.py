@@ -24,14 +24,14 @@ from twisted.python.failure import Failure
 
 # The code under test is imported here, not on first use: an import inside a timed input
 # would count against the hang limit.
-import rcn.edge.device  # noqa: F401,E402
-import rcn.mgmt.amp  # noqa: F401,E402
-import rcn.mgmt.endpoints  # noqa: F401,E402
-import rcn.mgmt.routing  # noqa: F401,E402
-import rcn.mgmt.server  # noqa: F401,E402
-import rcn.nbd.server  # noqa: F401,E402
-import rcn.rio.protocol  # noqa: F401,E402
-import rcn.wanem.service  # noqa: F401,E402
+import rcn.edge.device  # noqa: F401
+import rcn.mgmt.amp  # noqa: F401
+import rcn.mgmt.endpoints  # noqa: F401
+import rcn.mgmt.routing  # noqa: F401
+import rcn.mgmt.server  # noqa: F401
+import rcn.nbd.server  # noqa: F401
+import rcn.rio.protocol  # noqa: F401
+import rcn.wanem.service  # noqa: F401
 from datapath.frames import els, fcip, fcp, logentry
 from datapath.frames.errors import DecodeError
 from datapath.frames.fields import Layout, uint
