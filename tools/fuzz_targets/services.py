@@ -11,8 +11,10 @@ error") is caught by the engine as a finding too.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 
 from twisted.internet.address import IPv4Address
@@ -367,6 +369,7 @@ def _config_dir() -> str:
     global _CONFIG_DIR
     if _CONFIG_DIR is None:
         _CONFIG_DIR = tempfile.mkdtemp(prefix="rcn-fuzz-config-")
+        atexit.register(shutil.rmtree, _CONFIG_DIR, True)
     return _CONFIG_DIR
 
 
