@@ -4,7 +4,8 @@ The same protocol runs on a serial port (``twisted.internet.serialport.SerialPor
 which a device opens from its ``[console] serial`` setting) and on TCP (for
 console servers). Terminals end lines with CR, LF or CRLF: any of them ends a
 line. A prompt with the device name follows every answer; errors start with
-``% ``. ``exit`` ends a TCP session (a serial line just gets a new prompt).
+``% ``. ``exit`` ends a TCP session (a serial line just gets a new prompt); lines typed
+after it, even in the same read, are not run.
 Lines over :data:`MAX_LINE` bytes are refused, not buffered, and answers no one reads do
 not pile up: while the transport holds more than its buffer size (64 KiB) unsent, the
 console takes no more lines and the transport stops reading (flow control).
@@ -35,6 +36,7 @@ class LineProtocol(Protocol):
     def __init__(self):
         self._buffer = b""
         self.paused = False
+        self.closing = False      # set by :meth:`stop_reading`: input after it is ignored
 
     def connectionMade(self):
         self.transport.registerProducer(self, True)
@@ -52,12 +54,20 @@ class LineProtocol(Protocol):
         pass
 
     def dataReceived(self, data: bytes):
+        if self.closing:
+            return
         self._buffer += data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         self._take_lines()
 
+    def stop_reading(self) -> None:
+        """The session ends: the lines still buffered (typed after ``exit`` in the same
+        read) and any input that follows are not run."""
+        self.closing = True
+        self._buffer = b""
+
     def _take_lines(self):
         # paused, the lines of the last read wait here: one read's worth at most
-        while not self.paused and b"\n" in self._buffer:
+        while not self.paused and not self.closing and b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
             if len(line) > MAX_LINE:       # whole in one read: refused all the same
                 self.too_long()
@@ -100,6 +110,7 @@ class ConsoleProtocol(LineProtocol):
         self.lines += 1
         text = raw.decode("utf-8", "replace").strip()
         if text.lower() in ("exit", "quit", "logout") and self.closable:
+            self.stop_reading()
             self.transport.unregisterProducer()    # a registered producer keeps it open
             self.transport.write(b"bye\r\n")
             self.transport.loseConnection()

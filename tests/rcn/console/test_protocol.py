@@ -50,6 +50,20 @@ class ProtocolTests(TestCase):
         self.console.dataReceived(b"exit\n")
         self.assertTrue(self.transport.disconnecting)
 
+    def test_lines_after_exit_in_the_same_read_are_not_run(self):
+        ran = []
+        t = tree()
+        t.add("clear counters", lambda a: ran.append("clear") or "cleared", "")
+        console = ConsoleProtocol(t, "edgeA")
+        transport = StringTransport()
+        console.makeConnection(transport)
+        # fuzz input tools/fuzz console: a second exit raised from unregisterProducer
+        console.dataReceived(b"exit\nclear counters\nexit\n")
+        console.dataReceived(b"clear counters\n")
+        self.assertEqual(ran, [])
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.value().endswith(b"bye\r\n"))
+
 
 class PtyTests(TestCase):
     """The console on one end of a pty pair (SerialPort), the test typing on the other."""
