@@ -253,6 +253,11 @@ class Edge:
                                                   for r in d.pairs if r.side == "source"))
         m.labelled("path_in_flight_bytes", "gauge", "unacknowledged bytes per path", ("path",),
                    lambda: (((p,), s["in_flight_bytes"]) for p, s in d.sender.path_stats().items()))
+        for key, doc in (("srtt_s", "smoothed round trip per path (RFC 6298; absent: no sample)"),
+                         ("rto_s", "retransmission timeout per path")):
+            m.labelled(f"path_{key[:-2]}_seconds", "gauge", doc, ("path",),
+                       lambda key=key: (((p,), s[key]) for p, s in d.sender.path_stats().items()
+                                        if s[key] is not None))
         m.histogram("edge_ack_latency_seconds", "WR received to GOOD answered",
                     d.ack_latency.snapshot)
         m.histogram("edge_lag_seconds", "apply time minus I/O time (target side)",
