@@ -425,6 +425,7 @@ class Fault:
     known: str | None = None
     state: dict | None = None                        # what the parties showed when stuck
     why: list = field(default_factory=list)
+    required: int = 0                                # writes the prefix checks required
     lost: int = 0
     torn: int = 0
     phantoms: int = 0
@@ -708,6 +709,7 @@ class Chaos:
         target = self.lab["pairs"][0]["target_volume"]
         for h in self.hosts:
             result = check_prefix(h.journal, target, *h.region, live=True)
+            record.required += result.figures["required"]
             record.lost += result.figures["missing"]
             record.torn += result.figures["torn"]
             record.phantoms += result.figures["phantoms"]
@@ -759,7 +761,8 @@ class Chaos:
             outcome = (f"recovered in {r.recovery_s:.1f} s"
                        + (f" after {len(r.manual)} manual step(s)" if r.manual else " (auto)")
                        + (" UNEXPECTED" if r.unexpected else ""))
-        checks = (f"{r.lost} lost, {r.torn} torn, {r.backwards} backwards"
+        checks = (f"prefix: {r.required} writes required, {r.lost} lost, {r.torn} torn, "
+                  f"{r.backwards} backwards"
                   + (f", {r.phantoms} phantoms" if r.phantoms else ""))
         extra = "; ".join(r.bounds + r.answers + r.prefix[:2])
         self.log(f"lab {r.lab} {what}: {outcome}; {r.acked} acked; {checks}"
@@ -802,6 +805,7 @@ def table_rows(records: list[Fault], roles: list[str]) -> list[dict]:
         rows.append({"role": role, "faults": len(mine),
                      "kinds": ", ".join(f"{k} {n}" for k, n in kinds.items()),
                      "acked": sum(r.acked for r in mine),
+                     "required": sum(r.required for r in mine),
                      "lost": sum(r.lost for r in mine), "torn": sum(r.torn for r in mine),
                      "backwards": sum(r.backwards for r in mine),
                      "recovery_p50_s": _p50(times),
