@@ -95,6 +95,26 @@ class Workload:
 
 
 
+def spawn_workload(directory: str, name: str, url: str, *, block: int, depth: int,
+                   rate: float, region: tuple[int, int], seed: int,
+                   run_id: int | None = None) -> tuple[subprocess.Popen, dict]:
+    """Start a host (``python -m rcn.bench.workload``) writing to ``url``; the process and
+    its files ``DIRECTORY/NAME.journal``, ``.status`` and ``.log`` (output appended).
+    ``run_id``: default a random one."""
+    files = {k: os.path.join(directory, f"{name}.{k}") for k in ("journal", "status", "log")}
+    if run_id is None:
+        run_id = int.from_bytes(os.urandom(6), "little")
+    with open(files["log"], "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rcn.bench.workload", "--url", url,
+             "--journal", files["journal"], "--status", files["status"],
+             "--block", str(block), "--depth", str(depth), "--rate", f"{rate:g}",
+             "--region", f"{region[0]}:{region[1]}", "--seed", str(seed),
+             "--run-id", str(run_id)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    return process, files
+
+
 class Runner:
     """One run of ``scenario`` in ``directory`` (made if missing); ``say`` prints progress."""
 
@@ -241,17 +261,9 @@ class Runner:
         if name in self.workloads and self.workloads[name].process.poll() is None:
             raise BenchError(f"workload {name} is running already")
         pair = self.lab["pairs"][a["pair"]]
-        files = {k: os.path.join(self.directory, f"{name}.{k}")
-                 for k in ("journal", "status", "log")}
-        run_id = int.from_bytes(os.urandom(6), "little")
-        with open(files["log"], "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "rcn.bench.workload", "--url", pair["nbd_url"],
-                 "--journal", files["journal"], "--status", files["status"],
-                 "--block", str(a["block"]), "--depth", str(a["depth"]),
-                 "--rate", f"{a['rate']:g}", "--region", f"0:{a['region']}",
-                 "--seed", str(a["seed"]), "--run-id", str(run_id)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        process, files = spawn_workload(self.directory, name, pair["nbd_url"],
+                                        block=a["block"], depth=a["depth"], rate=a["rate"],
+                                        region=(0, a["region"]), seed=a["seed"])
         self.workloads[name] = Workload(name, process, files["journal"], files["status"],
                                         files["log"], (0, a["region"]), pair, block=a["block"])
         self._event("workload", f"{name} start ({a['rate']:g}/s)" if a["rate"]

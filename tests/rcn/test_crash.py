@@ -27,6 +27,7 @@ from twisted.trial.unittest import TestCase
 
 from rcn import demo
 from rcn import lab as lablib
+from rcn.bench import faults
 from rcn.nbd.client import connect_url
 from tests.support import until
 
@@ -57,10 +58,7 @@ class CrashTests(TestCase):
         self.acked = 0
 
     def status(self, name: str) -> dict:
-        device = self.devices[name]
-        url = device["urls"]["status"] if device["role"] == "edge" else \
-            device["urls"]["control"] + "/status"
-        return lablib.get_json(url)
+        return faults.device_status(self.devices[name])
 
     @defer.inlineCallbacks
     def write(self, count: int, depth: int = 8, events: dict | None = None):
@@ -92,9 +90,7 @@ class CrashTests(TestCase):
         self.acked += 1
 
     def kill(self, name: str):
-        lablib.signal_device(self.dir, name, signal.SIGKILL)
-        return _wait(lambda: not lablib.pid_alive(self.devices[name]["pid"]), 10,
-                     f"{name} to die")
+        return threads.deferToThread(faults.kill, self.dir, name)
 
     @defer.inlineCallbacks
     def restart(self, name: str):
@@ -108,12 +104,8 @@ class CrashTests(TestCase):
     def assert_target_equals_source(self, replication_failures: bool = False):
         yield threads.deferToThread(demo.wait_applied, self.lab, 120)
         pair = self.lab["pairs"][0]
-        with open(pair["source_volume"], "rb") as f:
-            source = f.read()
-        with open(pair["target_volume"], "rb") as f:
-            target = f.read()
-        self.assertEqual(len(source), CAPACITY)
-        self.assertTrue(source == target, "target volume differs from the source")
+        self.assertEqual(os.path.getsize(pair["source_volume"]), CAPACITY)
+        self.assertTrue(faults.volumes_equal(pair), "target volume differs from the source")
         if not replication_failures:
             self.assertEqual(self.status("arrayA")["replication"]["failed"], 0)
 
