@@ -117,8 +117,8 @@ class ApiTests(TestCase):
             status, answer = self.call("POST", "/things", b'{"name": "n", "size": %s}' % text)
             self.assertEqual(status, 400, text[:30])
             self.assertIn(words, answer["error"])
-        self.assertEqual(self.call("POST", "/things", b'{"name": "n", "size": 18446744073709551615}'
-                                   )[0], 201)
+        biggest = b'{"name": "n", "size": 18446744073709551615}'              # 2^64 - 1
+        self.assertEqual(self.call("POST", "/things", biggest)[0], 201)
         self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_an_int_path_parameter_sqlite_cannot_hold_is_not_found(self):
