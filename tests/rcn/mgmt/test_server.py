@@ -189,6 +189,38 @@ class ServerApiTests(ServerTestCase):
         # the other customer sees none of it
         self.assertEqual(self.ok("GET", "/status", token=self.globex)["pairs"], [])
 
+    def test_reports_of_the_wrong_shape_read_as_absent_and_are_counted(self):
+        pair = self.pair(self.acme, S1, T1)[1]
+        group = pair["group"]
+        row = {"source_wwn": S1, "source_lun": 0, "target_wwn": T1, "target_lun": 0}
+        reports = [{"pairs": [{}]}, {"pairs": "x"}, {"pairs": [1], "groups": 5},
+                   {"pairs": [dict(row, state={"a": 1})],
+                    "groups": [1, {"group": group, "lag_s": "slow", "applied_bytes": 10 ** 400,
+                                   "log_retained_entries": [3]}]}]
+        figures = {"edgeA": {}, "edgeB": {}}
+        pumps = []
+        for name, address in (("edgeA", "127.0.0.1:47001"), ("edgeB", "127.0.0.1:47002")):
+            client = MgmtClient(self.clock, name, "edge", address, lambda v, doc: None,
+                                lambda name=name: figures[name], lambda g: {})
+            pumps.append(iosim.connectedServerAndClient(
+                lambda: self.server.distribution.factory().buildProtocol(None),
+                lambda client=client: client.buildProtocol(None))[2])
+        for report in reports:
+            figures["edgeA"] = figures["edgeB"] = report
+            for _ in range(2):
+                self.clock.advance(1.0)
+                for pump in pumps:
+                    pump.flush()
+            for path in ("/pairs", "/status", "/lag", f"/pairs/{pair['id']}"):
+                self.ok("GET", path)
+            (shown,) = self.ok("GET", "/pairs")["pairs"]
+            self.assertEqual((shown["state"], shown["lag_s"], shown["residual_entries"],
+                              shown["throughput_bps"]), (None, None, None, None), report)
+            self.assertIn("rcn_mgmt_bad_figures_total", self.metrics.render().decode())
+        # two devices, two reports each, of the last three shapes (a row {} is an object)
+        self.assertEqual(self.server.counters["bad_figures"], 2 * 2 * 3)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_openapi_lists_every_endpoint(self):
         from rcn.mgmt.api import openapi
         doc = openapi(self.api.endpoints, "t", "1")
