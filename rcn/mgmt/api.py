@@ -9,11 +9,11 @@ serves at ``/openapi.json``, so the document cannot drift from the code.
 Requests: a bearer token (``Authorization: Bearer TOKEN``) names the caller --
 the operator or one customer -- through the injected ``authenticate``. A body
 is JSON checked against the endpoint's schema (``jsonschema``); a path
-parameter declared ``int`` is converted, and one that is not a number or is outside
-SQLite's signed 64-bit range (:data:`ID_RANGE`) is simply not found (404): no id
-beyond it can exist (``Endpoint.match``, the one place path ids are parsed). Handlers are called as
-``handler(caller, params, body)`` and return ``(status, body)`` or a Deferred
-of it, or raise :class:`ApiError`.
+parameter declared ``int`` is converted, and one that is not a number or is
+outside SQLite's signed 64-bit range (:data:`ID_RANGE`) is simply not found
+(404): no id beyond it can exist (``Endpoint.match``, the one place path ids
+are parsed). Handlers are called as ``handler(caller, params, body)`` and
+return ``(status, body)`` or a Deferred of it, or raise :class:`ApiError`.
 
 Errors are always JSON ``{"error": message, "field": name-or-null}``: 400 bad
 JSON or a body that breaks the schema (the message names the field), or a body
