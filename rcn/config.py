@@ -6,11 +6,22 @@ error (``batch.max_bytes: ...``), :func:`load_toml` reads the file and puts the
 file name in front of any :class:`ConfigError`, and the checks (``port``,
 ``non_negative``, ``one_of``, ``parse_size``) raise ``ValueError`` that the
 reader turns into a ``ConfigError`` naming the key.
+
+Every value of the file is read through a :class:`Reader` -- ``get`` for a value,
+``section`` for a sub-table, ``tables`` for an array of tables (``[[volume]]``),
+``items`` for a list of values -- never by indexing the parsed document, so a
+value of the wrong type (a table where a list belongs, a list of the wrong
+items, a float or a bool for an integer, a string for a table) is a
+``ConfigError`` naming the key, like any other: ``file: volume[0]: expected a
+table ([[volume]]), got float 1.0``. Integers must fit TOML's 64 bits and floats
+must be finite. For fuzzers: a parse raises :class:`ConfigError` or returns;
+anything else is a finding.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -21,7 +32,7 @@ from datapath.frames.names import parse_wwn
 from rcn.logxfer.routes import Address, Route, RouteError, RouteTable
 
 _UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
+_SIZE = re.compile(r"^\s*([0-9]{1,19})\s*([A-Za-z]*)\s*$")
 
 T = TypeVar("T")
 
@@ -30,43 +41,97 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names file and key."""
 
 
+#: TOML's integers (and a file offset): signed 64 bits
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
 def parse_size(text) -> int:
-    """``4096``, ``"64KiB"``, ``"1 GiB"`` -> bytes."""
+    """``4096``, ``"64KiB"``, ``"1 GiB"`` -> bytes, 0..2^63-1."""
     if isinstance(text, int) and not isinstance(text, bool):
-        return text
-    match = _SIZE.match(str(text))
-    if not match or match.group(2).upper() not in _UNITS:
-        raise ValueError(f"{text!r} is not a size (bytes, or a number with KiB/MiB/GiB/TiB)")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+        size = text
+    else:
+        # [0-9], not \d: int() takes other scripts' digits; 19 digits bound its work
+        match = _SIZE.match(str(text))
+        if not match or match.group(2).upper() not in _UNITS:
+            raise ValueError(f"{text!r} is not a size (bytes, or a number with "
+                             f"KiB/MiB/GiB/TiB)")
+        size = int(match.group(1)) * _UNITS[match.group(2).upper()]
+    if not 0 <= size <= INT64[1]:
+        raise ValueError(f"{text!r} is not a size from 0 to 2^63-1 bytes")
+    return size
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class Reader:
-    """Typed access to one table of the file, with key paths in errors."""
+    """Typed access to one table of the file, with key paths in errors (see the module
+    docstring). ``where`` is the table's path with its dot (``"pair[1]."``)."""
 
     def __init__(self, table: dict, where: str):
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where.rstrip('.') or 'the file'}: expected dict, got "
+                              f"{type(table).__name__} {_shown(table)}")
         self.table, self.where = table, where
 
     def _fail(self, key, reason):
         raise ConfigError(f"{self.where}{key}: {reason}")
 
     def get(self, key, kind, default=..., check=None):
+        """The value of ``key``: of type ``kind`` (a type or a tuple of types; ``float``
+        takes integers too; ``bool`` is no integer), then ``check(value)``, whose
+        ``ValueError`` or ``TypeError`` names the key; ``default`` when it is missing
+        (none: the key is required)."""
         if key not in self.table:
             if default is ...:
                 self._fail(key, "missing")
             return default
-        value = self.table[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return self._value(self.table[key], kind, check, key)
+
+    def _value(self, value, kind, check, key):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool) \
+                and int not in kinds:
             value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-            kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
             wanted = " or ".join(k.__name__ for k in kinds)
-            self._fail(key, f"expected {wanted}, got {type(value).__name__} {value!r}")
+            self._fail(key, f"expected {wanted}, got {type(value).__name__} {_shown(value)}")
+        if isinstance(value, int) and not isinstance(value, bool) \
+                and not INT64[0] <= value <= INT64[1]:
+            self._fail(key, f"{_shown(value)} does not fit 64 bits (TOML's integers)")
+        if isinstance(value, float) and not math.isfinite(value):
+            self._fail(key, f"{value} is not a finite number")
         if check is not None:
             try:
                 value = check(value)
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:
                 self._fail(key, str(exc))
         return value
+
+    def section(self, key, default=...) -> "Reader":
+        """The sub-table ``key`` (``[key]``) as a Reader; ``default`` (a dict) when it is
+        missing (none: the table is required)."""
+        return Reader(self.get(key, dict, default), f"{self.where}{key}.")
+
+    def tables(self, key, default=()) -> list["Reader"]:
+        """The array of tables ``key`` (``[[key]]``), a Reader each; empty when missing
+        (``default=...``: required)."""
+        found = self.get(key, list, default)
+        for i, item in enumerate(found):
+            if not isinstance(item, dict):
+                self._fail(f"{key}[{i}]", f"expected a table ([[{key}]]), got "
+                                          f"{type(item).__name__} {_shown(item)}")
+        return [Reader(item, f"{self.where}{key}[{i}].") for i, item in enumerate(found)]
+
+    def items(self, key, kind, default=..., check=None) -> list:
+        """The list ``key`` of values of type ``kind``, each passed through ``check``;
+        errors name the item (``route[0].path[2]: ...``)."""
+        found = self.get(key, list, default)
+        if found is default:
+            return found
+        return [self._value(item, kind, check, f"{key}[{i}]") for i, item in enumerate(found)]
 
     def unknown(self, known: set[str]) -> None:
         extra = sorted(set(self.table) - known)
@@ -89,7 +154,7 @@ def non_negative(value: int) -> int:
 def one_of(choices):
     def check(value):
         if value not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+            raise ValueError(f"{value!r} is not one of {', '.join(map(str, choices))}")
         return value
     return check
 
@@ -137,22 +202,11 @@ def ip_address(text: str) -> Address:
 def read_routes(top: Reader) -> RouteTable:
     """The ``[[route]]`` tables (table 408) of a device's file as a ``RouteTable``."""
     routes, seen = [], {}
-    for i, table in enumerate(top.get("route", list, [])):
-        if not isinstance(table, dict):
-            raise ConfigError(f"route[{i}]: expected a table ([[route]])")
-        r = Reader(table, f"route[{i}].")
+    for i, r in enumerate(top.tables("route")):
         r.unknown({"source_wwn", "target_wwn", "path"})
         source = r.get("source_wwn", str, check=parse_wwn)
         target = r.get("target_wwn", str, check=parse_wwn)
-        path = []
-        for j, item in enumerate(r.get("path", list)):
-            if not isinstance(item, str):
-                raise ConfigError(f"route[{i}].path[{j}]: expected str, got "
-                                  f"{type(item).__name__} {item!r}")
-            try:
-                path.append(ip_address(item))
-            except ValueError as exc:
-                raise ConfigError(f"route[{i}].path[{j}]: {exc}") from None
+        path = r.items("path", str, check=ip_address)
         try:
             route = Route(source, target, tuple(path))
         except RouteError as exc:
@@ -190,10 +244,9 @@ PTY = "pty"
 
 def read_console(top: Reader) -> ConsoleConfig | None:
     """The ``[console]`` table (None without one)."""
-    table = top.get("console", dict, None)
-    if table is None:
+    if "console" not in top.table:
         return None
-    r = Reader(table, "console.")
+    r = top.section("console")
     r.unknown({"serial", "speed", "tcp", "pty_link"})
     config = ConsoleConfig(serial=r.get("serial", str, None),
                            speed=r.get("speed", int, 115200,
@@ -216,6 +269,6 @@ def read_console(top: Reader) -> ConsoleConfig | None:
 
 def read_mgmt(top: Reader) -> str | None:
     """``[mgmt] connect``: the management server's AMP endpoint, or None without one."""
-    mgmt = Reader(top.get("mgmt", dict, {}), "mgmt.")
+    mgmt = top.section("mgmt", {})
     mgmt.unknown({"connect"})
     return mgmt.get("connect", str, None, client_endpoint)

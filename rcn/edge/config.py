@@ -255,8 +255,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
     routes = tables.routes
     nbd, nbd_volumes = _read_nbd(top, log_address, routes, pairs, access, customers)
     nbd_targets = {}
-    for i, table in enumerate(_tables(top, "nbd_target")):
-        r = Reader(table, f"nbd_target[{i}].")
+    for i, r in enumerate(top.tables("nbd_target")):
         r.unknown({"target_wwn", "target_lun", "url"})
         key = (r.get("target_wwn", str, check=parse_wwn),
                r.get("target_lun", int, check=non_negative))
@@ -291,27 +290,23 @@ class Tables:
 def read_tables(top: Reader) -> Tables:
     """``[[virtual_storage]]``, ``[[access]]``, ``[[customer]]``, ``[[pair]]``, ``[[route]]``."""
     virtual_storages = []
-    for i, table in enumerate(_tables(top, "virtual_storage")):
-        r = Reader(table, f"virtual_storage[{i}].")
+    for i, r in enumerate(top.tables("virtual_storage")):
         r.unknown({"wwn", "partner_wwn", "partner_edge"})
         wwn = r.get("wwn", str, check=parse_wwn)
         virtual_storages.append(VirtualStorageEntry(
             wwn=wwn, partner_wwn=r.get("partner_wwn", str, wwn, parse_wwn),
             partner_edge_id=r.get("partner_edge", str, "")))
     access = set()
-    for i, table in enumerate(_tables(top, "access")):
-        r = Reader(table, f"access[{i}].")
+    for i, r in enumerate(top.tables("access")):
         r.unknown({"virtual_wwn", "storage_wwn"})
         access.add((r.get("storage_wwn", str, check=parse_wwn),
                     r.get("virtual_wwn", str, check=parse_wwn)))
     customers = {}
-    for i, table in enumerate(_tables(top, "customer")):
-        r = Reader(table, f"customer[{i}].")
+    for i, r in enumerate(top.tables("customer")):
         r.unknown({"id", "bandwidth"})
         customers[r.get("id", str)] = float(r.get("bandwidth", (int, str), 0, parse_size))
     pairs = []
-    for i, table in enumerate(_tables(top, "pair")):
-        r = Reader(table, f"pair[{i}].")
+    for i, r in enumerate(top.tables("pair")):
         r.unknown({"source_wwn", "source_lun", "target_wwn", "target_lun", "group", "customer"})
         customer = r.get("customer", str, "")
         if customer and customer not in customers:
@@ -346,7 +341,7 @@ def _export_name(value: str) -> str:
 def _read_nbd(top: Reader, me: Address, routes, pairs: list[PairEntry],
               access: set[tuple[int, int]], customers: dict):
     """``[nbd]`` and the ``[[nbd_volume]]`` tables, checked against routes, pairs, access."""
-    volumes_raw = _tables(top, "nbd_volume")
+    volumes_raw = top.tables("nbd_volume")
     if "nbd" not in top.table:
         if volumes_raw:
             raise ConfigError("nbd_volume[0]: an [nbd] table (listen) is needed to serve "
@@ -361,9 +356,9 @@ def _read_nbd(top: Reader, me: Address, routes, pairs: list[PairEntry],
     targets = {(p.target_wwn, p.target_lun): f"pair[{i}]" for i, p in enumerate(pairs)}
     names, sources = {}, {}
     volumes = []
-    for i, table in enumerate(volumes_raw):
+    for i, r in enumerate(volumes_raw):
         where = f"nbd_volume[{i}]"
-        r = Reader(table, where + ".")
+        table = r.table
         r.unknown({"name", "capacity", "source_wwn", "source_lun", "target_wwn", "target_lun",
                    "group", "customer"})
         name = r.get("name", str, check=_export_name)
@@ -405,10 +400,3 @@ def _read_nbd(top: Reader, me: Address, routes, pairs: list[PairEntry],
         volumes.append(NbdVolume(name, capacity, pair))
     return front, volumes
 
-
-def _tables(top: Reader, key: str) -> list[dict]:
-    items = top.get(key, list, [])
-    for i, table in enumerate(items):
-        if not isinstance(table, dict):
-            raise ConfigError(f"{key}[{i}]: expected a table ([[{key}]])")
-    return items

@@ -9,22 +9,31 @@ serves at ``/openapi.json``, so the document cannot drift from the code.
 Requests: a bearer token (``Authorization: Bearer TOKEN``) names the caller --
 the operator or one customer -- through the injected ``authenticate``. A body
 is JSON checked against the endpoint's schema (``jsonschema``); a path
-parameter declared ``int`` is converted. Handlers are called as
-``handler(caller, params, body)`` and return ``(status, body)`` or a Deferred
-of it, or raise :class:`ApiError`.
+parameter declared ``int`` is converted, and one that is not a number or is
+outside SQLite's signed 64-bit range (:data:`ID_RANGE`) is simply not found
+(404): no id beyond it can exist (``Endpoint.match``, the one place path ids
+are parsed). Handlers are called as ``handler(caller, params, body)`` and
+return ``(status, body)`` or a Deferred of it, or raise :class:`ApiError`.
 
 Errors are always JSON ``{"error": message, "field": name-or-null}``: 400 bad
-JSON or a body that breaks the schema (the message names the field), 401 no or
+JSON or a body that breaks the schema (the message names the field), or a body
+over :data:`MAX_BODY` bytes, nested deeper than :data:`MAX_DEPTH`, with ``NaN``,
+``Infinity``, a number that overflows a double or an integer outside
+:data:`INT_RANGE` (``_json_body``, the one place bodies are parsed), 401 no or
 unknown token, 403 an operator-only endpoint called by a customer, 404 no such
 path or object (also what a customer gets for another customer's object: never
 its data), 405 method not allowed (with ``Allow``), 409 a conflict (duplicate,
 contract limit), 500 an unexpected error (logged with its traceback, not
 shown).
+
+For fuzzers: ``ApiResource.render`` answers every request with a JSON error or the
+handler's answer; a 500 or a ``Logger.failure`` is a finding.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -38,6 +47,12 @@ from rcn.mgmt.model import OPERATOR, Caller  # noqa: F401 (the API's callers)
 
 _log = Logger()
 MAX_BODY = 1 << 20          # bytes of JSON a request may carry
+MAX_DEPTH = 32              # nesting of arrays and objects in a body (settings use 3)
+#: an integer path parameter (an id) SQLite can hold; others are not found
+ID_RANGE = range(-(1 << 63), 1 << 63)
+#: integers a body may carry: 64 bits, signed or not (a WWN may be given as a number);
+#: the settings check each field's own range
+INT_RANGE = range(-(1 << 63), 1 << 64)
 
 
 class ApiError(Exception):
@@ -80,8 +95,11 @@ class Endpoint:
         out = {}
         for (name, kind), text in zip(self._params, m.groups()):
             if kind == "int":
-                if not re.fullmatch(r"-?\d+", text):
-                    raise ApiError(404, f"no such {name}: {text!r} is not a number", name)
+                # [0-9], not \d (which takes other scripts' digits); 20 digits bound the
+                # work before int()
+                if not re.fullmatch(r"-?[0-9]{1,20}", text) or int(text) not in ID_RANGE:
+                    raise ApiError(404, f"no such {name}: {text[:40]!r} is not a number "
+                                        f"from {ID_RANGE.start} to {ID_RANGE.stop - 1}", name)
                 out[name] = int(text)
             else:
                 out[name] = text
@@ -130,7 +148,7 @@ class ApiResource(resource.Resource):
 
     def _dispatch(self, request):
         path = "/" + "/".join(p.decode("utf-8", "replace") for p in request.postpath if p)
-        method = request.method.decode()
+        method = request.method.decode("latin-1")
         allowed, found = [], None
         for endpoint in self.endpoints:
             params = endpoint.match(path)
@@ -192,10 +210,55 @@ def _json_body(request) -> Any:
         raise ApiError(400, f"body over {MAX_BODY} bytes")
     if not raw.strip():
         raise ApiError(400, "a JSON body is needed")
+    depth = _depth(raw)
+    if depth > MAX_DEPTH:
+        raise ApiError(400, f"the body nests arrays and objects deeper than {MAX_DEPTH} "
+                            f"levels")
     try:
-        return json.loads(raw)
-    except ValueError as exc:
+        return json.loads(raw, parse_constant=_no_constant, parse_int=_int,
+                          parse_float=_float)
+    except ValueError as exc:           # UnicodeDecodeError and JSONDecodeError too
         raise ApiError(400, f"the body is not JSON: {exc}") from None
+
+
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
+def _depth(raw: bytes) -> int:
+    """How deep ``raw``'s arrays and objects nest (brackets in strings do not count),
+    counted only as far as :data:`MAX_DEPTH` + 1: ``json.loads`` recurses per level and
+    fails with RecursionError at about 1,000."""
+    depth = deepest = 0
+    for c in _STRINGS.sub(b"", raw).translate(None, _NOT_BRACKETS):
+        if c in b"[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return depth
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _int(text: str) -> int:
+    # json.loads calls this for every integer literal; int() refuses over 4300 digits
+    value = int(text) if len(text) <= 21 else None
+    if value is None or not INT_RANGE.start <= value < INT_RANGE.stop:
+        raise ValueError(f"the integer {text[:30]}{'...' if len(text) > 30 else ''} is "
+                         f"outside {INT_RANGE.start}..{INT_RANGE.stop - 1}")
+    return value
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:30]} overflows a double")
+    return value
 
 
 def openapi(endpoints: list[Endpoint], title: str, version: str) -> dict:

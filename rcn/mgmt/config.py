@@ -15,8 +15,8 @@
                                           # (routes avoid it until it reports again)
 
     [console]                             # the operator's console (show ..., help); omit: none
-    serial = "/dev/ttyS1"                 # a serial port, or "pty": a pseudo-terminal of its
-                                          # own (its name is logged) ...
+    serial = "pty"                        # a serial port ("/dev/ttyS1"), or "pty": a
+                                          # pseudo-terminal of its own (its name is logged) ...
     pty_link = "/run/rcn/mgmt.console"    # ... and a symlink to it here (serial = "pty"
                                           # only; relative: to the working directory)
     speed = 115200                        # a serial port's speed

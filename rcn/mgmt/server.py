@@ -16,12 +16,16 @@
   device in the distribution server) read back as per-pair figures: state (the
   source edge's row), lag (the target edge's group), residual entries (the
   source edge's log) and throughput (bytes applied per second at the target).
+  A report is a device's input: rows and fields of the wrong shape read as
+  absent (``None``), and a report holding any is counted (``bad_figures``) and
+  logged with what was wrong, so no report can fail the API or ``/metrics``.
 
 The REST endpoints (:mod:`rcn.mgmt.endpoints`) call it; it knows no HTTP.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from twisted.internet.task import LoopingCall
@@ -50,7 +54,7 @@ class MgmtServer:
         self._reroutes = 0
         self.health_interval = health_interval
         self._health_call = None
-        self.counters = {"recomputations": 0, "publishes": 0, "reports": 0}
+        self.counters = {"recomputations": 0, "publishes": 0, "reports": 0, "bad_figures": 0}
         self.recompute()
 
     # -- routes and distribution --------------------------------------------------------
@@ -122,21 +126,27 @@ class MgmtServer:
     # -- collection -------------------------------------------------------------------------
     def _reported(self, device_id: str, figures: dict) -> None:
         self.counters["reports"] += 1
+        problem = _figures_problem(figures)
+        if problem is not None:
+            self.counters["bad_figures"] += 1
+            _log.warn("report from {device}: {problem}; those figures read as absent",
+                      device=device_id, problem=problem)
 
     def pair_figures(self, pairs: list[dict]) -> list[dict]:
         """``pairs`` (Settings' JSON) with state, lag, residual entries and throughput."""
         out = []
         for p in pairs:
-            source = self._latest(p["source_edge"]) or {}
-            row = next((r for r in source.get("pairs", [])
-                        if (r["source_wwn"], r["source_lun"], r["target_wwn"], r["target_lun"])
-                        == (p["source_wwn"], p["source_lun"], p["target_wwn"], p["target_lun"])),
-                       None)
+            source = self._latest(p["source_edge"])
+            key = (p["source_wwn"], p["source_lun"], p["target_wwn"], p["target_lun"])
+            row = next((r for r in _rows(source, "pairs") if tuple(
+                r.get(k) for k in ("source_wwn", "source_lun", "target_wwn", "target_lun"))
+                == key), {})
+            state = row.get("state")
             target_group = _group(self._latest(p["target_edge"]), p["group"])
             source_group = _group(source, p["group"])
-            out.append(dict(p, state=row["state"] if row else None,
-                            lag_s=target_group.get("lag_s"),
-                            residual_entries=source_group.get("log_retained_entries"),
+            out.append(dict(p, state=state if isinstance(state, str) else None,
+                            lag_s=_number(target_group.get("lag_s")),
+                            residual_entries=_number(source_group.get("log_retained_entries")),
                             throughput_bps=self._throughput(p["target_edge"], p["group"])))
         return out
 
@@ -157,10 +167,11 @@ class MgmtServer:
         if len(series) < 2:
             return None
         (t0, a), (t1, b) = series[-2], series[-1]
-        before, after = _group(a, group), _group(b, group)
-        if t1 <= t0 or "applied_bytes" not in after:
+        before = _number(_group(a, group).get("applied_bytes")) or 0
+        after = _number(_group(b, group).get("applied_bytes"))
+        if t1 <= t0 or after is None:
             return None
-        return max(0.0, (after["applied_bytes"] - before.get("applied_bytes", 0)) / (t1 - t0))
+        return max(0.0, (after - before) / (t1 - t0))
 
     def lag_series(self, groups: dict[int, str], seconds: float) -> dict[str, list]:
         """Per group (-> its target edge): ``[(time, lag_s), ...]`` over the last ``seconds``."""
@@ -169,7 +180,7 @@ class MgmtServer:
         for group, edge in groups.items():
             points = []
             for t, figures in self._series(edge):
-                lag = _group(figures, group).get("lag_s")
+                lag = _number(_group(figures, group).get("lag_s"))
                 if lag is not None and now - t <= seconds:
                     points.append((t, lag))
             out[str(group)] = points
@@ -177,7 +188,39 @@ class MgmtServer:
 
 
 def _group(figures: dict | None, group: int) -> dict:
-    for g in (figures or {}).get("groups", []):
-        if g.get("group") == group:
-            return g
-    return {}
+    return next((g for g in _rows(figures, "groups") if g.get("group") == group), {})
+
+
+def _rows(figures: dict | None, key: str) -> list[dict]:
+    """``figures[key]``'s objects: anything else in a device's report is skipped."""
+    rows = figures.get(key) if isinstance(figures, dict) else None
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
+def _number(value) -> float | None:
+    """A finite number from a device's report, else None (absent)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return value if math.isfinite(value) else None
+    except OverflowError:             # an integer beyond a double
+        return None
+
+
+_NUMBERS = {"pairs": (), "groups": ("lag_s", "log_retained_entries", "applied_bytes")}
+
+
+def _figures_problem(figures: dict) -> str | None:
+    """What is wrong with the shape of a report's ``pairs`` and ``groups`` (the parts
+    the server reads), or None."""
+    for key, numbers in _NUMBERS.items():
+        rows = figures.get(key, [])
+        if not isinstance(rows, list):
+            return f"{key}: expected a list, got {type(rows).__name__}"
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                return f"{key}[{i}]: expected an object, got {type(row).__name__}"
+            for name in numbers:
+                if name in row and _number(row[name]) is None:
+                    return f"{key}[{i}].{name}: expected a finite number"
+    return None

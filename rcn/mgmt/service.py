@@ -74,6 +74,8 @@ def build_metrics(server: MgmtServer, api: ApiResource) -> MetricsRegistry:
                                      for d in server.distribution.devices()))
     m.counters("mgmt", lambda: server.counters, "management server events")
     m.counters("mgmt_api", lambda: api.counters, "REST API")
+    m.counters("mgmt_amp", lambda: server.distribution.counters,
+               "management channel (AMP); bad_messages: boxes answered or dropped as bad")
     m.gauge("mgmt_settings_version", lambda: server.version, "the distributed settings version")
     return m
 

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from datapath.frames.names import parse_wwn
 from rcn.config import ConfigError, ConsoleConfig, load_toml, parse_size, read_console
 from rcn.config import Reader as _Reader
+from rcn.config import in_range as _in_range
 from rcn.config import non_negative as _non_negative
 from rcn.config import one_of as _one_of
 from rcn.config import port as _port
@@ -135,25 +136,11 @@ def _track_size(value) -> int:
     return size
 
 
-def _wwn_list(value) -> tuple[int, ...]:
-    out = []
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise ValueError(f"item {i}: expected a WWN string, got {type(item).__name__} {item!r}")
-        try:
-            out.append(parse_wwn(item))
-        except ValueError as exc:
-            raise ValueError(f"item {i}: {exc}") from None
-    return tuple(out)
-
-
-def _endpoint(doc: dict, name: str, default_port: int, cls=Endpoint, **extra):
-    table = doc.get(name, {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"{name}: expected a table")
-    r = _Reader(table, f"{name}.")
+def _endpoint(top: _Reader, name: str, default_port: int, cls=Endpoint, **extra):
+    """``[name]``: host, port and the ``extra`` keys, each read by ``extra[key](reader)``."""
+    r = top.section(name, {})
     r.unknown({"host", "port", *extra})
-    values = {k: r.get(k, kind, default, check) for k, (kind, default, check) in extra.items()}
+    values = {k: read(r) for k, read in extra.items()}
     return cls(r.get("host", str, "127.0.0.1"), r.get("port", int, default_port, _port), **values)
 
 
@@ -164,7 +151,7 @@ def load_config(path: str) -> StorageConfig:
 def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:
     top = _Reader(doc, "")
     top.unknown({"array", "nbd", "control", "edge", "volume", "pair", "console"})
-    array = _Reader(top.get("array", dict), "array.")
+    array = top.section("array")
     array.unknown({"wwpn", "wwnn", "data_dir", "track_size"})
     wwpn = array.get("wwpn", str, check=parse_wwn)
     wwnn = array.get("wwnn", str, None, parse_wwn)
@@ -172,8 +159,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:
     track_size = array.get("track_size", (int, str), DEFAULT_TRACK_SIZE, _track_size)
 
     volumes = []
-    for i, table in enumerate(top.get("volume", list)):
-        r = _Reader(table, f"volume[{i}].")
+    for r in top.tables("volume", ...):
         r.unknown({"lun", "name", "capacity"})
         lun = r.get("lun", int, check=_non_negative)
         volumes.append(VolumeConfig(lun, r.get("name", str, f"lun{lun}"),
@@ -188,8 +174,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:
 
     luns = {v.lun for v in volumes}
     pairs = []
-    for i, table in enumerate(top.get("pair", list, [])):
-        r = _Reader(table, f"pair[{i}].")
+    for i, r in enumerate(top.tables("pair")):
         r.unknown({"lun", "partner_wwpn", "partner_lun", "group", "state", "mode", "queue_limit",
                    "role", "track_size"})
         lun = r.get("lun", int)
@@ -206,13 +191,16 @@ def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:
     if len({p.lun for p in pairs}) != len(pairs):
         raise ConfigError("pair: a volume can be in one pair only")
 
-    edge = (_endpoint(doc, "edge", 3225, EdgeConfig, timeout=(float, 30.0, None),
-                      partners=(list, (), _wwn_list), auto_resync=(bool, True, None))
+    edge = (_endpoint(top, "edge", 3225, EdgeConfig,
+                      timeout=lambda r: r.get("timeout", float, 30.0,
+                                              _in_range(0.1, 3600.0, " s")),
+                      partners=lambda r: tuple(r.items("partners", str, (), parse_wwn)),
+                      auto_resync=lambda r: r.get("auto_resync", bool, True))
             if "edge" in doc else None)
     if pairs and edge is None:
         raise ConfigError("edge: pairs need an [edge] to send their writes to")
     return StorageConfig(
         wwpn=wwpn, wwnn=wwnn if wwnn is not None else wwpn & ~1, data_dir=data_dir,
-        nbd=_endpoint(doc, "nbd", 10809), control=_endpoint(doc, "control", 47200), edge=edge,
+        nbd=_endpoint(top, "nbd", 10809), control=_endpoint(top, "control", 47200), edge=edge,
         volumes=tuple(volumes), pairs=tuple(pairs), track_size=track_size,
-        console=read_console(_Reader(doc, "")))
+        console=read_console(top))

@@ -51,10 +51,7 @@ def parse_config(doc: dict, base_dir: str = ".") -> WanemConfig:
     top.unknown({"wanem", "console", "link"})
     name = Reader(top.get("wanem", dict), "wanem.").get("id", str)
     links = []
-    for i, table in enumerate(top.get("link", list, [])):
-        if not isinstance(table, dict):
-            raise ConfigError(f"link[{i}]: expected a table ([[link]])")
-        r = Reader(table, f"link[{i}].")
+    for i, r in enumerate(top.tables("link")):
         r.unknown({"a", "b", "b_from", "a_to", "seed", *SETTING_KEYS})
         a = r.get("a", str, check=ip_address)
         b = r.get("b", str, check=ip_address)

@@ -52,7 +52,8 @@ Syntax
     stands alone: one that fails does not stop the rest of the line.
 
 Errors
-    Bad input never raises: it puts an error on a queue of at most
+    Bad input never raises (:meth:`ScpiConsole.handle` raises nothing for any
+    string, the session stays up): it puts an error on a queue of at most
     :data:`ERROR_QUEUE_LIMIT` (when full, the newest is replaced with
     ``-350,"Queue overflow"``), read with ``SYST:ERR?``. Numbers are SCPI's:
     ``-104`` data type error (text where a number belongs), ``-108`` parameter not
@@ -60,12 +61,15 @@ Errors
     parameter, ``-113`` undefined header, ``-114`` header suffix out of range (no
     such link), ``-222`` data out of range, ``-224`` illegal parameter value (a
     word that is not one of the choices), ``-223`` too much data (a line over
-    :data:`MAX_LINE` characters). After the standard text comes, after ``;``,
+    :data:`MAX_LINE` characters). A number too large for a double (``1e400``, 400
+    digits) is ``-222`` like any other out of its range; ``INF`` and ``NAN`` are
+    not numbers here (``-104``). After the standard text comes, after ``;``,
     what was wrong: ``-222,"Data out of range;LINK1:DELAY 20000 ms is outside 0..10000"``.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -359,6 +363,8 @@ class ScpiConsole:
                 raise _error("data_type", f"{where} {value}: expected a number "
                                           f"({numeric.unit})")
             number = float(value)
+        if not math.isfinite(number):     # 1e400 or 400 digits: float() gives inf
+            raise _error("out_of_range", self._range_text(numeric, value, where))
         scaled = number * numeric.scale
         if numeric.setting == "queue_limit":
             if number != int(number):

@@ -4,6 +4,7 @@ reports, the residual query, and bad input answered without dropping the connect
 from __future__ import annotations
 
 import random
+import struct
 
 from twisted.application.internet import ClientService
 from twisted.internet.address import IPv4Address
@@ -15,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from rcn.mgmt import amp as amp_module
 from rcn.mgmt.amp import (DEFAULT_PORT, BadArguments, BadJSON, BadRegistration,
                           BigString, DeviceUnavailable, DistributionServer, NotRegistered,
                           Register, Report, ResidualFailed, ServerFailed, UnknownDevice,
@@ -163,13 +165,16 @@ class RegistrationTests(Base):
         cases = [(dict(device_id="edge-z"), UnknownDevice, "device_id: 'edge-z' is not in"),
                  (dict(role="array"), BadRegistration, "role: must be one of edge, core"),
                  (dict(log_address="nowhere"), BadRegistration, "log_address: must be host:port"),
-                 (dict(version=-1), BadRegistration, "version: must be 0")]
+                 (dict(log_address="h:\u00b2"), BadRegistration, "log_address: must be"),
+                 (dict(log_address="h:" + "9" * 5000), BadRegistration, "log_address: must"),
+                 (dict(version=-1), BadRegistration, "version: must be 0"),
+                 (dict(version=1 << 63), BadRegistration, "version: must be 0")]
         for change, error, text in cases:
             args = dict(device_id="edge-a", role="edge", log_address="10.0.0.9:47001", version=0)
             self.assertIn(text, self.refused(call(proto, pump, Register, **{**args, **change}),
                                              error))
         self.assertEqual(self.server.devices(), [])
-        self.assertEqual(self.server.counters["refused_registrations"], 4)
+        self.assertEqual(self.server.counters["refused_registrations"], 7)
         self.assertFalse(pump.serverIO.disconnecting)
 
     def test_a_server_that_cannot_build_the_snapshot_answers_and_logs(self):
@@ -460,6 +465,160 @@ class ResidualQueryTests(Base):
         self.failureResultOf(d, TimeoutError)
         pump.flush()                                     # a late answer is ignored
         self.assertTrue(self.server.device("edge-a")["connected"])
+
+
+class BoxPeer(tamp.BinaryBoxProtocol):
+    """A peer that writes raw boxes (anything, well-formed or not) and keeps every box
+    it receives, answers included."""
+
+    def __init__(self):
+        super().__init__(self)
+        self.received: list[dict] = []
+
+    def startReceivingBoxes(self, sender):
+        pass
+
+    def stopReceivingBoxes(self, reason):
+        pass
+
+    def ampBoxReceived(self, box):
+        self.received.append(dict(box))
+
+    def send(self, pump, box: dict) -> list[dict]:
+        """Write ``box`` and pump: the boxes that came back."""
+        before = len(self.received)
+        self.transport.write(b"".join(struct.pack("!H", len(k)) + k + struct.pack("!H", len(v))
+                                      + v for k, v in box.items()) + b"\0\0")
+        pump.flush()
+        return self.received[before:]
+
+
+REGISTER = {b"_command": b"Register", b"_ask": b"r", b"device_id": b"edge-a",
+            b"role": b"edge", b"log_address": b"10.0.0.9:47001", b"version": b"3"}
+
+
+class BadBoxTests(Base):
+    """Boxes no AMP peer should send: each answered (if it has _ask) or dropped, counted,
+    and the connection stays up (the MgmtAMP table)."""
+
+    def peer(self, register=True):
+        peer = BoxPeer()
+        pump = connect(self.server, peer, self.clock)
+        if register:
+            self.assertEqual(peer.send(pump, REGISTER), [{b"_answer": b"r", b"version": b"3"}])
+        return peer, pump
+
+    def assertUp(self, pump, bad_messages):
+        self.assertFalse(pump.serverIO.disconnecting)
+        self.assertEqual(self.server.counters["bad_messages"], bad_messages)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_an_answer_or_error_for_an_unknown_tag_is_counted_and_dropped(self):
+        peer, pump = self.peer()
+        for box in ({b"_answer": b"77", b"version": b"1"},
+                    {b"_error": b"78", b"_error_code": b"X", b"_error_description": b"no"},
+                    {b"_error": b"79"}):
+            self.assertEqual(peer.send(pump, box), [])
+        self.assertUp(pump, 3)
+        self.assertEqual(self.server.device("edge-a")["bad_reports"], 3)
+        self.assertEqual(peer.send(pump, {b"_command": b"Report", b"_ask": b"1",
+                                          b"figures": b"{}"}), [{b"_answer": b"1"}])
+
+    def test_a_non_ascii_or_unknown_command_is_answered_unhandled(self):
+        peer, pump = self.peer()
+        for i, name in enumerate((b"\xff\xfeR", b"Nope", b"", b"StartTLS"), 1):
+            answer = peer.send(pump, {b"_command": name, b"_ask": b"%d" % i})
+            self.assertEqual([(a[b"_error"], a[b"_error_code"]) for a in answer],
+                             [(b"%d" % i, b"UNHANDLED")], name)
+            self.assertEqual(peer.send(pump, {b"_command": name}), [])   # no _ask: no answer
+        self.assertUp(pump, 8)
+
+    def test_empty_boxes_and_boxes_with_only_an_ask_are_dropped(self):
+        peer, pump = self.peer()
+        self.assertEqual(peer.send(pump, {}), [])
+        self.assertEqual(peer.send(pump, {b"junk": b"1"}), [])
+        answer = peer.send(pump, {b"_ask": b"9", b"x": b"y"})
+        self.assertEqual([(a[b"_error"], a[b"_error_code"]) for a in answer],
+                         [(b"9", b"BAD_BOX")])
+        self.assertUp(pump, 3)
+
+    def test_a_command_without_ask_that_fails_is_dropped_not_fatal(self):
+        peer, pump = self.peer(register=False)
+        self.assertEqual(peer.send(pump, {b"_command": b"Report", b"figures": b"{}"}), [])
+        self.assertEqual(peer.send(pump, {b"_command": b"Register", b"version": b"x"}), [])
+        self.assertUp(pump, 1)               # the bad arguments; NotRegistered is a refusal
+
+    def test_an_error_answer_without_its_code_fails_the_request_with_unknown(self):
+        peer, pump = self.peer()
+        d = self.server.query_residual("edge-a", 7)
+        pump.flush()
+        asked = peer.received[-1]
+        self.assertEqual(asked[b"_command"], b"ResidualQuery")
+        peer.send(pump, {b"_error": asked[b"_ask"], b"_error_description": b"oops"})
+        failure = self.failureResultOf(d, tamp.RemoteAmpError)
+        self.assertEqual(failure.value.errorCode, b"UNKNOWN")
+        self.assertIn("oops", str(failure.value))
+        self.assertUp(pump, 1)
+
+    def test_a_responder_failing_with_an_undeclared_error_is_answered_server_error(self):
+        peer, pump = self.peer()
+        self.server.reported = lambda proto, data: 1 / 0
+        answer = peer.send(pump, {b"_command": b"Report", b"_ask": b"5", b"figures": b"{}"})
+        self.assertEqual([(a[b"_error"], a[b"_error_code"]) for a in answer],
+                         [(b"5", b"SERVER_ERROR")])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertUp(pump, 0)
+
+    def test_a_box_over_max_box_closes_the_connection_cleanly_and_is_counted(self):
+        self.patch(amp_module, "MAX_BOX", 1000)
+        peer, pump = self.peer()
+        peer.send(pump, {b"_command": b"Report", b"_ask": b"6", b"figures": b"x" * 600,
+                         b"figures.1": b"x" * 600})
+        self.assertTrue(pump.serverIO.disconnecting)
+        self.assertEqual(self.server.counters["bad_messages"], 1)
+        self.assertFalse(self.server.device("edge-a")["connected"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_key_over_255_bytes_closes_the_connection_and_is_counted(self):
+        peer, pump = self.peer()
+        peer.transport.write(struct.pack("!H", 300) + b"k" * 300)
+        pump.flush()
+        self.assertTrue(pump.serverIO.disconnecting)
+        self.assertEqual(self.server.counters["bad_messages"], 1)
+
+    def test_500_seeded_random_sessions_never_drop_the_connection(self):
+        keys = [b"_ask", b"_answer", b"_error", b"_command", b"_error_code",
+                b"_error_description", b"device_id", b"role", b"log_address", b"version",
+                b"figures", b"figures.1", b"\xff\xfe", b"x"]
+        values = [b"1", b"2", b"r", b"Register", b"Report", b"StartTLS", b"ResidualQuery",
+                  b"\xff\xfe", b"", b"edge", b"10.0.0.9:1", b"9" * 30, b"{}", b"[", b"-1",
+                  b"\xc3\xa9", b"nan"]
+        rng = random.Random(15)
+        for _ in range(500):
+            peer, pump = self.peer(register=rng.random() < 0.5)
+            for _ in range(rng.randint(1, 6)):
+                peer.send(pump, {rng.choice(keys): rng.choice(values)
+                                 for _ in range(rng.randint(0, 5))})
+            self.assertFalse(pump.serverIO.disconnecting)
+            drop(pump)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertGreater(self.server.counters["bad_messages"], 500)
+
+
+class DeviceBadBoxTests(SynchronousTestCase):
+    def test_the_device_end_drops_bad_boxes_from_the_server_and_stays_up(self):
+        clock = Clock()
+        dev = Device(clock, "edge-a")
+        proto = dev.client.buildProtocol(None)
+        peer = BoxPeer()
+        pump = iosim.connect(proto, iosim.FakeTransport(proto, False), peer,
+                             iosim.FakeTransport(peer, True), clock=clock)
+        peer.received.clear()
+        for box in ({}, {b"_answer": b"99"}, {b"_command": b"\xff"}, {b"_error": b"77"}):
+            peer.send(pump, box)
+        self.assertEqual(dev.client.counters["bad_messages"], 4)
+        self.assertFalse(pump.clientIO.disconnecting)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class ServiceTests(SynchronousTestCase):

@@ -96,6 +96,43 @@ class ApiTests(TestCase):
         self.assertEqual((status, answer["error"]), (500, "internal error (logged by the server)"))
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
+    def test_a_100000_deep_body_is_refused_400_before_parsing(self):
+        for body in (b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+                     b"[" * 33 + b"]" * 33):
+            status, answer = self.call("POST", "/things", body)
+            self.assertEqual(status, 400)
+            self.assertIn("deeper than 32 levels", answer["error"])
+        # brackets inside strings are text, not nesting
+        status, answer = self.call("POST", "/things", {"name": "[" * 100 + '\\"{', "size": 1})
+        self.assertEqual(status, 201, answer)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_numbers_a_body_cannot_hold_are_refused_400(self):
+        for text, words in ((b"NaN", "NaN is not a JSON number"),
+                            (b"-Infinity", "-Infinity is not a JSON number"),
+                            (b"1e400", "overflows a double"),
+                            (b"18446744073709551616", "outside"),           # 2^64
+                            (b"-9223372036854775809", "outside"),           # -2^63 - 1
+                            (b"9" * 5000, "outside")):
+            status, answer = self.call("POST", "/things", b'{"name": "n", "size": %s}' % text)
+            self.assertEqual(status, 400, text[:30])
+            self.assertIn(words, answer["error"])
+        biggest = b'{"name": "n", "size": 18446744073709551615}'              # 2^64 - 1
+        self.assertEqual(self.call("POST", "/things", biggest)[0], 201)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_an_int_path_parameter_sqlite_cannot_hold_is_not_found(self):
+        seen = []
+        self.endpoints[0] = Endpoint("GET", "/things/{id:int}",
+                                     lambda c, p, b: seen.append(p["id"]) or {}, "one thing")
+        for text in ("9" * 26, "-" + "9" * 26, "9223372036854775808", "9" * 5000,
+                     "\u0661\u0662", "\u00b2", "1.0"):
+            status, answer = self.call("GET", f"/things/{text}")
+            self.assertEqual((status, answer["field"]), (404, "id"), text[:30])
+        for edge in (-(1 << 63), (1 << 63) - 1):
+            self.assertEqual(self.call("GET", f"/things/{edge}")[0], 200)
+        self.assertEqual(seen, [-(1 << 63), (1 << 63) - 1])
+
     def test_openapi_document(self):
         doc = openapi(self.endpoints, "test", "1")
         self.assertEqual(sorted(doc["paths"]), ["/boom", "/things", "/things/{id}"])

@@ -4,6 +4,7 @@ routes recomputed and distributed, figures collected (in memory: DummyRequest, i
 from __future__ import annotations
 
 import json
+import re
 from io import BytesIO
 
 from twisted.internet import task
@@ -188,6 +189,38 @@ class ServerApiTests(ServerTestCase):
         # the other customer sees none of it
         self.assertEqual(self.ok("GET", "/status", token=self.globex)["pairs"], [])
 
+    def test_reports_of_the_wrong_shape_read_as_absent_and_are_counted(self):
+        pair = self.pair(self.acme, S1, T1)[1]
+        group = pair["group"]
+        row = {"source_wwn": S1, "source_lun": 0, "target_wwn": T1, "target_lun": 0}
+        reports = [{"pairs": [{}]}, {"pairs": "x"}, {"pairs": [1], "groups": 5},
+                   {"pairs": [dict(row, state={"a": 1})],
+                    "groups": [1, {"group": group, "lag_s": "slow", "applied_bytes": 10 ** 400,
+                                   "log_retained_entries": [3]}]}]
+        figures = {"edgeA": {}, "edgeB": {}}
+        pumps = []
+        for name, address in (("edgeA", "127.0.0.1:47001"), ("edgeB", "127.0.0.1:47002")):
+            client = MgmtClient(self.clock, name, "edge", address, lambda v, doc: None,
+                                lambda name=name: figures[name], lambda g: {})
+            pumps.append(iosim.connectedServerAndClient(
+                lambda: self.server.distribution.factory().buildProtocol(None),
+                lambda client=client: client.buildProtocol(None))[2])
+        for report in reports:
+            figures["edgeA"] = figures["edgeB"] = report
+            for _ in range(2):
+                self.clock.advance(1.0)
+                for pump in pumps:
+                    pump.flush()
+            for path in ("/pairs", "/status", "/lag", f"/pairs/{pair['id']}"):
+                self.ok("GET", path)
+            (shown,) = self.ok("GET", "/pairs")["pairs"]
+            self.assertEqual((shown["state"], shown["lag_s"], shown["residual_entries"],
+                              shown["throughput_bps"]), (None, None, None, None), report)
+            self.assertIn("rcn_mgmt_bad_figures_total", self.metrics.render().decode())
+        # two devices, two reports each, of the last three shapes (a row {} is an object)
+        self.assertEqual(self.server.counters["bad_figures"], 2 * 2 * 3)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_openapi_lists_every_endpoint(self):
         from rcn.mgmt.api import openapi
         doc = openapi(self.api.endpoints, "t", "1")
@@ -197,6 +230,40 @@ class ServerApiTests(ServerTestCase):
 
 class EveryEndpointTests(ServerTestCase):
     """The endpoints the other tests do not reach, each with its refusal."""
+
+    def test_hostile_ids_on_every_route_answer_4xx_json_never_500(self):
+        self.assertEqual(self.pair(self.acme, S1, T1)[0], 201)
+        # the issue's case: SQLite raised OverflowError, answered 500
+        status, answer = self.call("PATCH", "/pairs/" + "9" * 26, {"load_bytes": 1.0})
+        self.assertEqual((status, answer["field"]), (404, "id"))
+        ids = ["9" * 26, "-" + "9" * 26, "9" * 5000, "\u0661", "\x00", "x" * 3000, "-1"]
+        for endpoint in self.api.endpoints:
+            for text in ids:
+                path = re.sub(r"\{\w+(:int)?\}", lambda m: text, endpoint.path)
+                if path == endpoint.path and text != ids[0]:
+                    continue                 # no parameter: once is enough
+                status, answer = self.call(endpoint.method, path,
+                                           {} if endpoint.method in ("POST", "PATCH") else None)
+                self.assertLess(status, 500, (endpoint.method, path[:60], answer))
+                if status >= 400:
+                    self.assertIn("error", answer)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_body_number_beyond_a_double_is_refused_400_not_500(self):
+        status, answer = self.call("POST", "/links", {"a": "edgeA", "b": "edgeB",
+                                                      "capacity": 10 ** 400})
+        self.assertEqual(status, 400)
+        self.assertIn("outside", answer["error"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_bad_amp_boxes_are_counted_in_metrics(self):
+        from tests.rcn.mgmt.test_amp import BoxPeer
+        peer, proto = BoxPeer(), self.server.distribution.factory().buildProtocol(None)
+        pump = iosim.connect(proto, iosim.FakeTransport(proto, True), peer,
+                             iosim.FakeTransport(peer, False))
+        peer.send(pump, {})
+        peer.send(pump, {b"_answer": b"1"})
+        self.assertIn("rcn_mgmt_amp_bad_messages_total 2.0", self.metrics.render().decode())
 
     def test_customers_devices_links_storages_and_pairs_change_and_go(self):
         # customers: read own, change contract, new token, delete

@@ -154,7 +154,7 @@ class NewKeyTests(TestCase):
 
     def test_errors_name_the_key(self):
         for doc, fragment in (
-                (dict(self.BASE, edge={"partners": ["nope"]}), "edge.partners: item 0: not a WWN"),
+                (dict(self.BASE, edge={"partners": ["nope"]}), "edge.partners[0]: not a WWN"),
                 (dict(self.BASE, edge={"partners": "50:0a:09:80:00:00:00:02"}),
                  "edge.partners: expected list"),
                 (dict(self.BASE, array={"wwpn": "50:0a:09:80:00:00:00:01", "track_size": 1000}),

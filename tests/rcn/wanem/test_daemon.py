@@ -54,6 +54,17 @@ class ScpiLineTests(TestCase):
         protocol.dataReceived(b"LINK9:DELAY 1\nSYST:ERR?\n")
         self.assertTrue(transport.value().decode().splitlines()[-1].startswith("-"))
 
+    def test_a_400_digit_queue_answers_222_and_the_session_stays(self):
+        emulator = self.emulator()
+        protocol = ScpiProtocol(ScpiConsole(emulator))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"LINK1:QUEue " + b"9" * 400 + b"\r\nSYST:ERR?\r\n*IDN?\r\n")
+        lines = transport.value().decode().splitlines()
+        self.assertTrue(lines[0].startswith('-222,"Data out of range;LINK1:QUEUE 999'), lines)
+        self.assertTrue(lines[1].startswith("RCN,rcn-wanem"))
+        self.assertFalse(transport.disconnecting)
+
     def test_over_a_pty(self):
         emulator = self.emulator()
         master, slave = os.openpty()

@@ -210,6 +210,29 @@ class ErrorTests(ConsoleCase):
             self.assertError(line, -222, "Data out of range", range_text, line.split()[0])
         self.assertEqual(self.wanem.link(1).ab.settings(), self.wanem.link(1).initial_settings())
 
+    def test_numbers_beyond_a_double_are_out_of_range_on_every_numeric_setting(self):
+        # float() makes these inf; QUEue's int(inf) raised OverflowError out of handle()
+        for header in ("DEL", "JIT", "LOSS", "DUP", "REOR", "RATE", "QUE"):
+            last = "1E400G" if header == "RATE" else "9e999"
+            for value in ("9" * 400, "1e400", "-1e400", last):
+                self.assertError(f"LINK1:{header} {value}", -222, "Data out of range",
+                                 f"LINK1:{header}")
+        for value in ("INF", "NAN", "-INF"):
+            self.assertError(f"LINK1:QUE {value}", -104, "Data type error")
+        self.assertEqual(self.wanem.link(1).ab.settings(), self.wanem.link(1).initial_settings())
+
+    def test_a_seeded_random_mix_of_numeric_lines_never_raises(self):
+        heads = ["LINK1:DEL", "LINK1:JIT", "LINK1:LOSS", "LINK1:DUP", "LINK1:REOR",
+                 "LINK1:RATE", "LINK1:QUE", "LINK1:STATE", "LINK1:STAT?", "SYST:ERR?", "QUE",
+                 ":LINK1:QUE", "LINK" + "9" * 900 + ":DEL"]
+        values = ["9" * 400, "1e400", "-1e400", "1E308", "1e308G", "INF", "NAN", "1e-400", "-0",
+                  ".5", "MIN", "MAX", "DEF", "\u0661", "\u00b2", "1" * 1000, "1.5e3M", "+", ""]
+        rng = random.Random(9)
+        for _ in range(5000):
+            self.ask(";".join(f"{rng.choice(heads)} {rng.choice(values)}"
+                              for _ in range(rng.randint(1, 3))))
+            self.console.errors.clear()
+
     def test_wrong_types(self):
         for line in ("LINK1:DEL abc", "LINK1:DEL 20ms", "LINK1:LOSS 1%", "LINK1:RATE fast",
                      "LINK1:RATE 10T", "LINK1:QUE 10.5", "LINK1:JIT 1..2", "LINK1:DUP 0x10"):
