@@ -178,6 +178,9 @@ def load_toml(path: str, parse: Callable[..., T], **kw) -> T:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:      # tomllib decodes the bytes itself
+        raise ConfigError(f"{path}: not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at "
+                          f"offset {exc.start}") from None
     try:
         return parse(doc, base_dir=os.path.dirname(os.path.abspath(path)), **kw)
     except ConfigError as exc:

@@ -195,6 +195,15 @@ class LoaderAndTapTests(SynchronousTestCase):
                                         ["--config", path])
                 self.assertTrue(str(exc).startswith(f"{path}: {message}"), str(exc))
 
+    def test_a_file_that_is_not_utf8_is_a_config_error(self):
+        path = os.path.abspath(self.mktemp() + ".toml")
+        with open(path, "wb") as f:
+            f.write(b"e]\xe9id0=")               # the fuzzer's input (config-* regressions)
+        for role in MALFORMED:
+            load = importlib.import_module(f"rcn.{role}.config").load_config
+            self.assertEqual(str(self.assertRaises(ConfigError, load, path)),
+                             f"{path}: not UTF-8 text: byte 0xe9 at offset 2")
+
     def test_twistd_prints_file_key_reason_and_exits_1(self):
         """The issue's file, through the installed twistd plugin (``make venv`` first)."""
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
