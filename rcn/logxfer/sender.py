@@ -53,7 +53,9 @@ its datagrams (the segments) for retransmission.
   entries one group commit made durable leave in one system call. A single
   datagram goes as it is; retransmissions always go alone.
 * **Giving up** -- with ``failure_timeout``, an entry still unacknowledged that
-  long after its first send makes the sender call ``on_failure(group, why)``
+  long after its first send, while its group's acknowledgements have not advanced
+  for that long either (a deep queue at the target is not a failure), makes the
+  sender call ``on_failure(group, why)``
   once for its group (the edge then puts the group's pairs in failure Suspend,
   【0084】); the group's entries go on being retransmitted until the edge
   cancels them or :meth:`Sender.recovered` re-arms the check.
@@ -537,8 +539,10 @@ class Sender:
                     item.timer = now
                     self.outstanding.move_to_end((item.group, item.sequence))
                     self.counters["timer_restarts"] += 1
+                # a deep queue at the target is not a failure: time from the later of the
+                # entry's first send and the group's last progress
                 if (self.failure_timeout is not None and group not in self.failed_groups
-                        and now - item.first_sent >= self.failure_timeout):
+                        and now - max(item.first_sent, progress.acked) >= self.failure_timeout):
                     give_up.setdefault(group, item)
         for group, item in give_up.items():
             self.failed_groups.add(group)
@@ -546,7 +550,8 @@ class Sender:
             if self.on_failure is not None:
                 self.on_failure(group, f"sequence {item.sequence} unacknowledged for "
                                        f"{now - item.first_sent:.1f} s after {item.attempts} "
-                                       f"sends to {item.path}")
+                                       f"sends to {item.path}, the group without progress "
+                                       f"for {now - max(item.first_sent, progress.acked):.1f} s")
         self._arm_sweep()
 
     def stop(self) -> None:

@@ -154,6 +154,21 @@ class SenderTests(TestCase):
         self.clock.pump([0.01] * 30)
         self.assertEqual(len(failures), 2)
 
+    def test_a_group_that_keeps_advancing_is_not_given_up_however_deep_its_queue(self):
+        failures = []
+        s = self.sender(rto=0.1, rto_max=0.2, tick=0.01, failure_timeout=1.0,
+                        on_failure=lambda group, why: failures.append((group, why)))
+        for seq in range(1, 41):
+            s.submit(7, seq, [datagram(seq)], HOP)
+        for seq in range(1, 31):             # one applied every 0.1 s: 3 s of queue
+            self.clock.pump([0.01] * 10)
+            s.acknowledged(7, seq)
+        self.assertEqual(failures, [])
+        self.clock.pump([0.01] * 150)        # then nothing more for over failure_timeout
+        self.assertEqual([g for g, _ in failures], [7])
+        self.assertRegex(failures[0][1], r"unacknowledged for 4\.\d s .* the group without "
+                                         r"progress for 1\.\d s")
+
     def test_cancel_stops_an_entry_without_counting_an_ack(self):
         s = self.sender(rto=0.1, tick=0.01, window_bytes=1500)
         s.submit(7, 1, [datagram(1)], HOP)
