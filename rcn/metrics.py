@@ -47,6 +47,8 @@ from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.server import Site
 
+from rcn.web import BoundedSite
+
 __all__ = ["DEFAULT_LATENCY_BOUNDS_S", "LatencyHistogram", "MetricsRegistry", "MetricsResource",
            "metrics_site", "sanitize"]
 
@@ -367,4 +369,4 @@ class _MetricsRoot(resource.Resource):
 
 def metrics_site(registry: MetricsRegistry) -> Site:
     """A Site serving ``/metrics`` (404 for every other path), for daemons without a web API."""
-    return Site(_MetricsRoot(MetricsResource(registry)))
+    return BoundedSite(_MetricsRoot(MetricsResource(registry)))

@@ -47,6 +47,7 @@ from rcn.config import Reader
 from rcn.console.service import serve_console
 from rcn.edge.config import read_tables
 from rcn.edge.console import EdgeConsole
+from rcn.web import BoundedSite
 from rcn.metrics import MetricsRegistry, MetricsResource
 from rcn.mgmt.client import MgmtClient, client_service
 from rcn.nbd.export import ExportTable
@@ -321,7 +322,7 @@ def http_site(edge: Edge) -> Site:
     root = resource.Resource()
     root.putChild(b"metrics", MetricsResource(edge.metrics))
     root.putChild(b"status", _Status(edge))
-    return Site(root)
+    return BoundedSite(root)
 
 
 class _Udp(service.Service):

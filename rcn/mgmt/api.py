@@ -44,9 +44,9 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from rcn.mgmt.model import OPERATOR, Caller  # noqa: F401 (the API's callers)
+from rcn.web import MAX_BODY
 
 _log = Logger()
-MAX_BODY = 1 << 20          # bytes of JSON a request may carry
 MAX_DEPTH = 32              # nesting of arrays and objects in a body (settings use 3)
 #: an integer path parameter (an id) SQLite can hold; others are not found
 ID_RANGE = range(-(1 << 63), 1 << 63)

@@ -26,6 +26,7 @@ from twisted.web.server import Site
 
 from rcn.console.service import serve_console
 from rcn.logxfer.routes import Address
+from rcn.web import BoundedSite
 from rcn.metrics import MetricsRegistry, MetricsResource
 from rcn.mgmt.api import ApiResource, openapi
 from rcn.mgmt.config import MgmtConfig
@@ -115,8 +116,9 @@ def site_root(server: MgmtServer) -> tuple[resource.Resource, ApiResource, Metri
     return root, api, registry
 
 
-class QuietSite(Site):
-    """No access-log line per request: the dashboard polls the API every second."""
+class QuietSite(BoundedSite):
+    """No access-log line per request (the dashboard polls the API every second); bodies
+    bounded (rcn.web)."""
 
     def log(self, request):
         if request.code >= 400:

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from datapath.frames.names import format_wwn
+from rcn.web import BoundedSite
 from rcn.metrics import MetricsRegistry, MetricsResource
 from rcn.nbd.export import ExportTable
 from rcn.nbd.server import NbdServerFactory
@@ -249,7 +250,7 @@ class StorageArray:
 
 def control_site(array: StorageArray) -> Site:
     """The control API (JSON) with ``/metrics`` (Prometheus), as served on the control port."""
-    return Site(ControlResource(array, MetricsResource(array.metrics)))
+    return BoundedSite(ControlResource(array, MetricsResource(array.metrics)))
 
 
 def make_service(config: StorageConfig, reactor) -> tuple[service.MultiService, StorageArray]:
