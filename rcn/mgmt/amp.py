@@ -451,7 +451,8 @@ class DistributionServer:
         self.version = 0               # the highest settings version snapshot_for gave
         self.counters = dict.fromkeys(
             ("registrations", "refused_registrations", "snapshots_sent", "snapshots_acked",
-             "snapshot_errors", "reports", "bad_json", "bad_messages", "residual_queries"), 0)
+             "snapshot_errors", "reports", "bad_json", "bad_messages", "residual_queries",
+             "refused_connections"), 0)
 
     def factory(self) -> "MgmtServerFactory":
         return MgmtServerFactory(self)
@@ -744,13 +745,28 @@ class ServerProtocol(MgmtAMP):
     def connectionLost(self, reason):
         super().connectionLost(reason)
         self.server.lost(self, reason)
+        self.factory.active -= 1
+
+
+MAX_CONNECTIONS = 1024      # AMP connections at once (each may hold a box of up to MAX_BOX)
 
 
 class MgmtServerFactory(Factory):
-    def __init__(self, server: DistributionServer):
+    """At most ``max_connections`` at once: one more is closed at once, counted
+    (``refused_connections``) and logged."""
+
+    def __init__(self, server: DistributionServer, max_connections: int = MAX_CONNECTIONS):
         self.server = server
+        self.max_connections = max_connections
+        self.active = 0
 
     def buildProtocol(self, addr):
+        if self.active >= self.max_connections:
+            self.server.counters["refused_connections"] += 1
+            self.server._log.warn("AMP connection from {peer} refused: {n} connections "
+                                  "already", peer=addr, n=self.active)
+            return None
+        self.active += 1
         proto = ServerProtocol(self.server)
         proto.factory = self
         return proto

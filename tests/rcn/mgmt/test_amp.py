@@ -10,7 +10,8 @@ from twisted.application.internet import ClientService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols import amp as tamp
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -658,3 +659,17 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual([v for v, _ in dev.applied], [1, 2])
         self.assertEqual(dev.client.counters["registrations"], 2)
         self.assertTrue(server.device("edge-a")["up_to_date"])
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    def test_connections_past_the_limit_are_refused_and_counted(self):
+        server = DistributionServer(Clock(), lambda device_id: (0, {}), lambda d, f: None)
+        factory = server.factory()
+        factory.max_connections = 2
+        first, second = factory.buildProtocol(None), factory.buildProtocol(None)
+        self.assertIsNone(factory.buildProtocol(None))
+        self.assertEqual(server.counters["refused_connections"], 1)
+        first.makeConnection(StringTransport())
+        first.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(factory.buildProtocol(None))   # a place became free
+        self.assertIsNotNone(second)
