@@ -395,6 +395,11 @@ class Host:
     run_id: int
     seen: np.ndarray | None = None      # per block: the newest write index the target showed
 
+    def started(self) -> bool:
+        """Whether the host's journal exists: one that (re)started moments ago may not have
+        made it yet, and has acknowledged nothing to check."""
+        return os.path.exists(self.journal)
+
     def acked(self) -> int:
         try:
             return int(read_journal(self.journal).ok.sum())
@@ -542,6 +547,8 @@ class Chaos:
             result["equal"] = all(faultlib.volumes_equal(p) for p in self.lab["pairs"])
         target = self.lab["pairs"][0]["target_volume"]
         for h in self.hosts:
+            if not h.started():
+                continue
             check = check_final(h.journal, target, *h.region)
             result["lost"] += check.figures["missing"]
             result["torn"] += check.figures["torn"]
@@ -703,6 +710,8 @@ class Chaos:
     def check_prefix(self, record: Fault) -> None:
         target = self.lab["pairs"][0]["target_volume"]
         for h in self.hosts:
+            if not h.started():
+                continue
             result = check_prefix(h.journal, target, *h.region, live=True)
             record.required += result.figures["required"]
             record.lost += result.figures["missing"]
