@@ -143,3 +143,15 @@ def until(what: str, condition, limit: float, describe=None,
             detail = f": {describe()}" if describe else ""
             raise FailTest(f"not {what} after {limit} s{detail}")
     return poll(condition, limit, interval=interval).addCallback(judged)
+
+
+def start_as_twistd_would(testcase, top, umask: int = 0o077) -> None:
+    """``privilegedStartService`` and ``startService`` under ``umask``, as ``twistd --umask``
+    runs them (the umask is set before either); stopped at the test's end."""
+    old = os.umask(umask)
+    try:
+        top.privilegedStartService()
+        top.startService()
+    finally:
+        os.umask(old)
+    testcase.addCleanup(top.stopService)

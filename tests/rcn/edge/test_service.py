@@ -18,7 +18,7 @@ from rcn.edge.service import Edge, make_service
 from rcn.logxfer.rioarea import response_area
 from rcn.rio.fcp import ScsiResult, build_write16_cdb
 from rcn.tap import StartError
-from tests.support import free_port
+from tests.support import free_port, start_as_twistd_would
 
 A, B = "50:0a:09:80:00:00:00:01", "50:0a:09:80:00:00:00:02"
 WWN_A, WWN_B = 0x500A098000000001, 0x500A098000000002
@@ -109,13 +109,7 @@ class OpenAtStartTests(TestCase):
         return parse_config(doc)
 
     def start(self, top):
-        old = os.umask(0o077)                # what twistd --umask 077 sets before startService
-        try:
-            top.privilegedStartService()
-            top.startService()
-        finally:
-            os.umask(old)
-        self.addCleanup(top.stopService)
+        start_as_twistd_would(self, top)
 
     def test_make_service_touches_no_file_and_starts_no_thread_start_does_under_umask(self):
         data = os.path.abspath(self.mktemp())

@@ -154,6 +154,18 @@ class ServerApiTests(ServerTestCase):
         self.assertEqual(routing.routes, before)
         self.assertEqual(routing.infeasible, {})
 
+
+    def connect_edges(self, figures: dict) -> list:
+        """edgeA and edgeB as AMP clients of the server (iosim), reporting ``figures[name]``;
+        their pumps."""
+        pumps = []
+        for name, address in (("edgeA", "127.0.0.1:47001"), ("edgeB", "127.0.0.1:47002")):
+            client = MgmtClient(self.clock, name, "edge", address, lambda v, doc: None,
+                                lambda name=name: figures[name], lambda g: {})
+            pumps.append(iosim.connectedServerAndClient(
+                lambda: self.server.distribution.factory().buildProtocol(None),
+                lambda client=client: client.buildProtocol(None))[2])
+        return pumps
     def test_status_lag_and_metrics_from_reports(self):
         pair = self.pair(self.acme, S1, T1)[1]
         group = pair["group"]
@@ -163,13 +175,7 @@ class ServerApiTests(ServerTestCase):
                                                          "log_retained_entries": 3}]},
                    "edgeB": {"pairs": [], "groups": [{"group": group, "lag_s": 0.0,
                                                       "applied_bytes": 0}]}}
-        pumps = []
-        for name, address in (("edgeA", "127.0.0.1:47001"), ("edgeB", "127.0.0.1:47002")):
-            client = MgmtClient(self.clock, name, "edge", address, lambda v, doc: None,
-                                lambda name=name: figures[name], lambda g: {})
-            pumps.append(iosim.connectedServerAndClient(
-                lambda: self.server.distribution.factory().buildProtocol(None),
-                lambda client=client: client.buildProtocol(None))[2])
+        pumps = self.connect_edges(figures)
         for step in (1, 2):
             figures["edgeB"]["groups"][0].update(lag_s=0.02 * step, applied_bytes=4096 * step)
             self.clock.advance(1.0)
@@ -198,13 +204,7 @@ class ServerApiTests(ServerTestCase):
                     "groups": [1, {"group": group, "lag_s": "slow", "applied_bytes": 10 ** 400,
                                    "log_retained_entries": [3]}]}]
         figures = {"edgeA": {}, "edgeB": {}}
-        pumps = []
-        for name, address in (("edgeA", "127.0.0.1:47001"), ("edgeB", "127.0.0.1:47002")):
-            client = MgmtClient(self.clock, name, "edge", address, lambda v, doc: None,
-                                lambda name=name: figures[name], lambda g: {})
-            pumps.append(iosim.connectedServerAndClient(
-                lambda: self.server.distribution.factory().buildProtocol(None),
-                lambda client=client: client.buildProtocol(None))[2])
+        pumps = self.connect_edges(figures)
         for report in reports:
             figures["edgeA"] = figures["edgeB"] = report
             for _ in range(2):

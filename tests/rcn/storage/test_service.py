@@ -17,6 +17,7 @@ from rcn.storage.config import parse_config
 from rcn.storage.service import make_service
 from rcn.storage.volume import Volume, VolumeError
 from rcn.tap import StartError
+from tests.support import start_as_twistd_would
 
 
 def config(data_dir: str):
@@ -34,13 +35,7 @@ class OpenAtStartTests(TestCase):
         top, array = make_service(config(self.data), reactor)
         self.assertFalse(os.path.exists(self.data))
         self.assertTrue(all(v.closed for v in array.volumes.values()))
-        old = os.umask(0o077)                # what twistd --umask 077 sets before startService
-        try:
-            top.privilegedStartService()
-            top.startService()
-        finally:
-            os.umask(old)
-        self.addCleanup(top.stopService)
+        start_as_twistd_would(self, top)
         modes = {name: stat.S_IMODE(os.stat(os.path.join(self.data, name)).st_mode)
                  for name in os.listdir(self.data)}
         self.assertEqual(modes, {"vol0.img": 0o600, "lun1.img": 0o600, "pairs.json": 0o600})
