@@ -1056,6 +1056,15 @@ def _ms(seconds) -> str:
     return f"{seconds * 1000:.2f}ms"
 
 
+def _why_stopped(pair: dict) -> str:
+    """A pair in failure Suspend: its cause, and whether it comes back by itself."""
+    if pair.get("state") != "failure-suspend" or not pair.get("last_error"):
+        return ""
+    way_back = ("resyncs by itself when the edge answers" if pair.get("link_lost")
+                else "`rcn array resync` brings it back")
+    return f" [{pair['last_error']}; {way_back}]"
+
+
 def summary(row: dict) -> str:
     """One line of key figures for ``rcn lab status``."""
     if not row["alive"]:
@@ -1069,6 +1078,7 @@ def summary(row: dict) -> str:
                           + (f" copy {p['copy_progress']:.0%}"
                              if p.get("copy_progress") is not None and p["copy_progress"] < 1
                              else "")
+                          + _why_stopped(p)
                           for p in row["pairs"])
         return f"link {row['edge_link']}; pairs: {pairs or 'none'}"
     if row["role"] == "edge":
@@ -1079,6 +1089,7 @@ def summary(row: dict) -> str:
         pairs = ", ".join(f"{p['side']} LUN {p['source_lun']}->{p['target_lun']} {p['state']}"
                           + (f" (727: {p['bitmap_727_tracks']} tracks)"
                              if p.get("bitmap_727_tracks") else "")
+                          + _why_stopped(p)
                           for p in row.get("pairs", []))
         return (f"{groups or 'no groups'}; pairs: {pairs or 'none'}; ack p99 "
                 f"{_ms(row['ack_latency_p99_s'])} lag p99 {_ms(row['lag_p99_s'])}")

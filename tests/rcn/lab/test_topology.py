@@ -362,6 +362,16 @@ class ProcessHelperTests(TestCase):
              "dirty_tracks": 12, "copy_progress": 0.25}]}
         self.assertEqual(lab.summary(array), "link up; pairs: LUN 0 source group 7 "
                                              "duplex-pending (12 dirty tracks) copy 25%")
+        stopped = {"alive": True, "role": "storage", "edge_link": "up", "pairs": [
+            {"lun": 0, "role": "source", "group": 7, "state": "failure-suspend",
+             "last_error": "RIO WR failed: rio: FCIP link down", "link_lost": True},
+            {"lun": 1, "role": "source", "group": 8, "state": "failure-suspend",
+             "last_error": "the partner refused a WR", "link_lost": False}]}
+        self.assertEqual(lab.summary(stopped),
+                         "link up; pairs: LUN 0 source group 7 failure-suspend [RIO WR failed: "
+                         "rio: FCIP link down; resyncs by itself when the edge answers], "
+                         "LUN 1 source group 8 failure-suspend [the partner refused a WR; "
+                         "`rcn array resync` brings it back]")
         core = {"alive": True, "role": "core", "forwarded": 9, "batches_sent": 2,
                 "drops": {"no_route": 1}}
         self.assertEqual(lab.summary(core), "forwarded 9, batches 2, drops 1 (no_route 1)")
