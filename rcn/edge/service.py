@@ -47,7 +47,6 @@ from rcn.config import Reader
 from rcn.console.service import serve_console
 from rcn.edge.config import read_tables
 from rcn.edge.console import EdgeConsole
-from rcn.web import BoundedSite
 from rcn.metrics import MetricsRegistry, MetricsResource
 from rcn.mgmt.client import MgmtClient, client_service
 from rcn.nbd.export import ExportTable
@@ -56,6 +55,7 @@ from rcn.pairstate import PairState
 from rcn.rio.fabric import FabricConfig
 from rcn.rio.protocol import FcipServerFactory
 from rcn.tap import OpenAtStart
+from rcn.web import BoundedSite
 
 _log = Logger()
 SNAPSHOT_TABLES = ("virtual_storage", "access", "customer", "pair", "route")

@@ -26,7 +26,6 @@ from twisted.web.server import Site
 
 from rcn.console.service import serve_console
 from rcn.logxfer.routes import Address
-from rcn.web import BoundedSite
 from rcn.metrics import MetricsRegistry, MetricsResource
 from rcn.mgmt.api import ApiResource, openapi
 from rcn.mgmt.config import MgmtConfig
@@ -36,6 +35,7 @@ from rcn.mgmt.model import OPERATOR
 from rcn.mgmt.server import MgmtServer
 from rcn.mgmt.store import SettingsError, SQLiteStore
 from rcn.tap import OpenAtStart
+from rcn.web import BoundedSite
 
 _log = Logger()
 WEB = os.path.join(os.path.dirname(__file__), "web")

@@ -25,8 +25,11 @@ copy_chunk=1 MiB, copy_window=8)``
 
 What it offers
 --------------
-Host write path (the NBD export calls these around its local write):
+Host write path (the NBD export calls ``around_host_write`` with its local write):
 
+* ``around_host_write(lun, offset, length, fua, apply)``: the three below in order,
+  with the write's tracks marked in the pair's write-intent bitmap (``store``) from
+  before ``apply()`` until the partner or 1211 has them;
 * ``check_host_write(lun)``: raises :class:`HostWriteRefused` (a ``VolumeError``
   with errno EPERM: NBD answers EPERM) for a target volume whose pair is not in
   simplex, suspend or failure-suspend;
@@ -37,7 +40,8 @@ Host write path (the NBD export calls these around its local write):
   WRs (<= 1 MiB each); in suspending/suspend/failure-suspend they mark the
   bitmap (1211); a target in suspend/failure-suspend marks 1213. A failed or
   refused WR -> failure-suspend, and its blocks go into the bitmap.
-* ``host_write(lun, offset, data, fua=False) -> Deferred``: the three in one.
+* ``host_write(lun, offset, data, fua=False) -> Deferred``: ``around_host_write`` of a
+  volume write.
 
 Host commands, each ``-> Deferred[dict]`` (the pair as ``describe`` shows it);
 a refusal fails it with :class:`rcn.pairstate.PairStateError` (this array's
@@ -794,13 +798,12 @@ class RemoteCopy:
 
     def host_write(self, lun: int, offset: int, data, fua: bool = False) -> Deferred:
         """Check, write the volume, replicate: Deferred firing when the host may be answered."""
-        volume = self.volumes.get(lun)
         try:
-            self._volume(lun)
-            return maybeDeferred(self.around_host_write, lun, offset, len(data), fua,
-                                 lambda: volume.write(offset, data, fua))
-        except Exception as exc:
+            volume = self._volume(lun)
+        except NotFound as exc:
             return fail(exc)
+        return maybeDeferred(self.around_host_write, lun, offset, len(data), fua,
+                             lambda: volume.write(offset, data, fua))
 
     def around_host_write(self, lun: int, offset: int, length: int, fua: bool, apply):
         """A host's change of ``length`` bytes at ``offset``: check it, mark its write intent
@@ -824,11 +827,11 @@ class RemoteCopy:
         """The host wrote ``length`` bytes at ``offset`` of ``lun`` (already on the volume).
         ``sent()`` is called once the write is at the partner or in the bitmap."""
         pair = self.pairs.for_lun(lun)
-        if pair is None or length <= 0 or pair.state is S.SIMPLEX or not pair.replicating:
-            result = self._written_locally(pair, offset, length)
+        if pair is None or length <= 0 or not pair.replicating:
+            self._written_locally(pair, offset, length)
             if sent is not None:
                 sent()
-            return result
+            return None
         volume = self.volumes[lun]
         bs = volume.block_size
         first, last = offset // bs, -(-(offset + length) // bs)
@@ -840,15 +843,12 @@ class RemoteCopy:
         return self._admit(pair).addCallback(lambda _: self._send_async(pair, sends, fua, sent))
 
     def _written_locally(self, pair: Pair | None, offset: int, length: int) -> None:
-        """A host write that is not replicated: 1211 or 1213 records it where it must."""
+        """A host write that is not replicated: 1211 (a stopped source) or 1213 (a stopped
+        target) records it."""
         if pair is None or length <= 0 or pair.state is S.SIMPLEX:
-            return None
-        if pair.role == "target":
-            if pair.state in _STOPPED:
-                self._record(pair, offset, length)
-            return None
-        self._record(pair, offset, length)
-        return None
+            return
+        if pair.role == "source" or pair.state in _STOPPED:
+            self._record(pair, offset, length)
 
     def _record(self, pair: Pair, offset: int, length: int) -> None:
         pair.mark(offset, length)

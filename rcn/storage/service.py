@@ -21,7 +21,6 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from datapath.frames.names import format_wwn
-from rcn.web import BoundedSite
 from rcn.metrics import MetricsRegistry, MetricsResource
 from rcn.nbd.export import ExportTable
 from rcn.nbd.server import NbdServerFactory
@@ -39,6 +38,7 @@ from rcn.storage.pairstore import PairStore
 from rcn.storage.remotecopy import RemoteCopy
 from rcn.storage.volume import Volume
 from rcn.tap import OpenAtStart
+from rcn.web import BoundedSite
 
 _log = Logger()
 
