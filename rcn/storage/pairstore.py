@@ -31,6 +31,7 @@ import os
 import numpy as np
 from twisted.logger import Logger
 
+from datapath.frames.fcp import FLAT_LUN_LIMIT
 from datapath.frames.names import format_wwn, parse_wwn
 from datapath.kernels.bitmap import DifferentialBitmap, geometry
 from rcn.pairstate import REPLICATING, PairState
@@ -38,6 +39,10 @@ from rcn.storage.pairs import Pair, PairTable
 
 _log = Logger()
 ROWS_FILE = "pairs.json"
+#: the integers of a row and their largest values
+_ROW_INTEGERS = {"lun": FLAT_LUN_LIMIT - 1, "partner_lun": FLAT_LUN_LIMIT - 1,
+                 "group": (1 << 32) - 1, "queue_limit": 1 << 20, "capacity": (1 << 63) - 1,
+                 "track_size": 1 << 30, "copies_completed": (1 << 63) - 1}
 VERSION = 1
 
 
@@ -98,14 +103,24 @@ class PairStore:
         return len(rows)
 
     def _row(self, item: dict, volumes: dict) -> Pair:
+        """A row of the file, every value checked (the bitmap file's size follows from
+        ``capacity``, so it is bounded by the volume's)."""
+        for key, high in _ROW_INTEGERS.items():
+            value = item[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+                raise ValueError(f"{key}: {value!r} is not an integer in 0..{high}")
         lun = item["lun"]
         if lun not in volumes:
             raise ValueError(f"row for LUN {lun}, which no volume has")
+        if not 0 < item["capacity"] <= volumes[lun].capacity:
+            raise ValueError(f"LUN {lun}: capacity {item['capacity']} does not fit its volume "
+                             f"of {volumes[lun].capacity} bytes")
+        geometry(item["capacity"], item["track_size"])
         pair = Pair(lun, parse_wwn(item["partner_wwpn"]), item["partner_lun"], item["group"],
                     PairState(item["state"]), item["mode"], item["queue_limit"], item["role"],
                     item["capacity"], item["track_size"])
         pair.link_lost = bool(item.get("link_lost", False))
-        pair.copies_completed = item.get("copies_completed", 0)
+        pair.copies_completed = item["copies_completed"]
         return pair
 
     def _recover(self, pair: Pair) -> None:

@@ -578,3 +578,102 @@ register(Target(
     "FcipProtocol over a FabricPort: FLOGI, PLOGI, GID_PN, PRLI, FCP exchanges), fed in pieces",
     run_rio_port, rio_port_seeds, fields=FCIP_FIELDS + ((fcip.SYNC_PATTERN, 56, els.PRLI),),
     fixup=fix_fcip, memory_bound=lambda n: 16 * MiB + 64 * n, max_len=1 << 17, test_runs=100))
+
+
+# -- the storage array's pair file (rcn.storage.pairstore) -----------------------------------------
+
+class _Volume:
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+
+
+def run_pair_file(data: bytes):
+    """``data``: the array's ``pairs.json``, loaded against two 4 MiB volumes."""
+    import numpy as np
+
+    from rcn.storage.pairs import PairTable
+    from rcn.storage.pairstore import PairStore
+    directory = os.path.join(_config_dir(), "pairs")
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    with open(os.path.join(directory, "pairs.json"), "wb") as f:
+        f.write(data)
+    table = PairTable()
+    PairStore(directory).load(table, {0: _Volume(4 * MiB), 1: _Volume(4 * MiB)})
+    return tuple((p.lun, p.role, p.state.value, int(np.count_nonzero(p.bitmap.words)))
+                 for p in table)
+
+
+def pair_file_seeds() -> list[bytes]:
+    row = {"lun": 0, "role": "source", "partner_wwpn": "50:0a:09:80:00:00:00:02",
+           "partner_lun": 0, "group": 7, "state": "duplex", "mode": "sync", "queue_limit": 1024,
+           "capacity": 4 * MiB, "track_size": 65536, "link_lost": False, "copies_completed": 1}
+    target = dict(row, lun=1, role="target", state="failure-suspend", link_lost=True)
+    return [json.dumps({"version": 1, "rows": rows}, indent=1).encode()
+            for rows in ([row], [row, target], [])]
+
+
+def _pair_file_clean():
+    from rcn.storage.pairstore import PairStoreError
+    return (PairStoreError,)
+
+
+register(Target(
+    "pair-file", "rcn-storage's pair table file at start (rcn.storage.pairstore.PairStore.load: "
+    "rows and their memory-mapped bitmap files, sized by the row's capacity, which its volume "
+    "bounds): it loads, or PairStoreError names the file",
+    run_pair_file, pair_file_seeds, clean=_pair_file_clean(),
+    tokens=(b'"lun"', b'"capacity"', b'"track_size"', b'"state"', b'"role"', b"1e999",
+            b"-1", b"18446744073709551616", b"true", b"null", b"[]", b"{}", b'"target"'),
+    test_runs=100))
+
+
+# -- HTTP requests to every daemon's site (rcn.web.BoundedSite) -------------------------------------
+
+class _Echo:
+    isLeaf = True
+
+    def render(self, request):
+        request.content.read()
+        return b"{}"
+
+    def getChildWithDefault(self, name, request):
+        return self
+
+
+def run_http(data: bytes):
+    """Raw bytes of one HTTP connection to a BoundedSite (bodies bounded to 4 KiB)."""
+    from twisted.web import resource
+
+    from rcn.web import BoundedSite
+    site = BoundedSite(resource.Resource(), max_body=4096)
+    site.resource.putChild(b"x", _Echo())
+    site.resource.putChild(b"", _Echo())
+    proto = site.buildProtocol(_PEER)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    step = _step(data)
+    for at in range(0, len(data), step):
+        if transport.disconnecting:
+            break
+        proto.dataReceived(data[at:at + step])
+    answer = transport.value()
+    proto.connectionLost(_LOST)
+    if site.refused and not answer.startswith(b"HTTP/1.1 413 "):
+        raise Finding(f"a refused body was not answered 413: {answer[:80]!r}")
+    return (site.refused, answer[9:12])
+
+
+register(Target(
+    "http-site", "one HTTP connection's bytes to a daemon's site (rcn.web.BoundedSite over "
+    "twisted.web's HTTPChannel): a body over the bound answers 413 before it is kept",
+    run_http, lambda: [
+        b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"800\r\n" + b"a" * 0x800 + b"\r\n800\r\n" + b"b" * 0x800 + b"\r\n800\r\n"
+        + b"c" * 0x800 + b"\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\n\r\nGET /x HTTP/1.1\r\nHost: h\r\n\r\n"],
+    tokens=(b"Content-Length: ", b"Transfer-Encoding: chunked\r\n", b"\r\n\r\n", b"\r\n",
+            b"99999999999999999999", b"-1", b"POST /x HTTP/1.1\r\n", b"0\r\n\r\n", b"fff\r\n"),
+    test_runs=150))

@@ -132,6 +132,23 @@ class PairStoreTests(TestCase):
         self.assertIn("pairs.json: unreadable pair table", str(error))
         self.assertIn("move it away", str(error))
 
+    def test_a_row_beyond_its_volume_is_refused_before_any_bitmap_file_is_made(self):
+        first = self.restart()
+        self.successResultOf(first.rc.pair_create(0, PARTNER, 5))
+        path = os.path.join(self.dir, "pairs.json")
+        with open(path) as f:
+            doc = json.load(f)
+        os.unlink(os.path.join(self.dir, "lun0.bitmap"))
+        for key, value, why in (("capacity", 1 << 50, "does not fit its volume"),
+                                ("partner_lun", "5", "partner_lun: '5' is not an integer"),
+                                ("track_size", 1000, "track")):
+            with open(path, "w") as f:
+                json.dump({"version": 1, "rows": [dict(doc["rows"][0], **{key: value})]}, f)
+            error = self.assertRaises(PairStoreError, self.restart)
+            self.assertIn("pairs.json: unreadable pair table", str(error))
+            self.assertIn(why, str(error))
+            self.assertFalse(os.path.exists(os.path.join(self.dir, "lun0.bitmap")))
+
     def test_a_bitmap_file_of_the_wrong_size_is_named(self):
         first = self.restart()
         self.successResultOf(first.rc.pair_create(0, PARTNER, 5))
