@@ -31,6 +31,7 @@ once per process; it prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -139,6 +140,9 @@ def one_row(topology, block: int, depth: int, seconds: float, rate: float = 0.0,
             baseline: bool = False) -> dict:
     from rcn import demo, lab as lablib
     directory = tempfile.mkdtemp(prefix="rcn-bench-")
+    if baseline:
+        # volumes only: a pair's secondary volume refuses host writes (DATA_PROTECT)
+        topology = dataclasses.replace(topology, pair_setup="create")
     lab = lablib.up(topology, directory)
     try:
         pair = lab["pairs"][0]
