@@ -100,8 +100,8 @@ def imported_modules(tree: ast.AST, module: str, is_package: bool,
         else:
             continue
         for name in names:
-            # "import rcn.edge.device.x" is not valid, but "from rcn.edge.device
-            # import EdgeDevice" names an attribute: keep the longest known prefix.
+            # "import twisted.x" is not ours; "rcn.edge.device.EdgeDevice" names
+            # an attribute of a module: keep the longest known prefix.
             while name and name not in known:
                 name = name.rpartition(".")[0]
             if name and name.split(".")[0] in TOP_PACKAGES:
