@@ -9,9 +9,10 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.trial.unittest import TestCase
 
-from rcn.edge import logstore as logstore_module
-from rcn.edge.logstore import (HEADER, KIND_CHECKPOINT, KIND_ENTRY, LogStore, LogStoreError,
-                               LogStoreFull, scan_records, segment_name)
+from datapath.frames.logstore import KIND_CHECKPOINT, KIND_ENTRY, RECORD
+from rcn.edge import logfiles, logrecords
+from rcn.edge.logrecords import scan_records, segment_name
+from rcn.edge.logstore import LogStore, LogStoreError, LogStoreFull
 
 
 class FakeRunSync:
@@ -131,8 +132,8 @@ class GroupCommitTests(LogStoreTestCase):
     def test_appends_during_a_commit_share_the_next_single_fsync(self):
         store = self.opened()
         syncs = []
-        real = logstore_module._fdatasync
-        self.patch(logstore_module, "_fdatasync", lambda fd: (syncs.append(fd), real(fd)))
+        real = logfiles._fdatasync
+        self.patch(logfiles, "_fdatasync", lambda fd: (syncs.append(fd), real(fd)))
         _, first = self.put(store, 1)
         later = [self.put(store, group)[1] for group in (1, 2, 1, 3)]
         self.assertEqual(len(self.run_sync.calls), 1, "a second commit started while one ran")
@@ -152,8 +153,8 @@ class GroupCommitTests(LogStoreTestCase):
         store = self.opened()
         seen = []
         deferreds = []
-        real = logstore_module._fdatasync
-        self.patch(logstore_module, "_fdatasync",
+        real = logfiles._fdatasync
+        self.patch(logfiles, "_fdatasync",
                    lambda fd: (seen.append([d.called for d in deferreds]), real(fd)))
         deferreds.extend(self.put(store, 1)[1] for _ in range(3))
         self.run_sync.run_all()
@@ -176,14 +177,14 @@ class GroupCommitTests(LogStoreTestCase):
         with open(os.path.join(self.dir, self.segments()[0]), "rb") as f:
             data = f.read()
         # The segment starts with a CHECKPOINT; the ENTRY follows it.
-        magic, kind, length, _ = HEADER.unpack_from(data)
+        magic, kind, _, length, _ = RECORD.packer.unpack_from(data)
         self.assertEqual((magic, kind), (b"RCLS", KIND_CHECKPOINT))
-        at = HEADER.size + length
-        magic, kind, length, crc = HEADER.unpack_from(data, at)
+        at = RECORD.size + length
+        magic, kind, _, length, crc = RECORD.packer.unpack_from(data, at)
         self.assertEqual((magic, kind, length), (b"RCLS", KIND_ENTRY, 12 + 100))
-        payload = data[at + HEADER.size:]
+        payload = data[at + RECORD.size:]
         self.assertEqual(payload[:12], bytes.fromhex("01020304" "0000000000000001"))
-        self.assertEqual(crc, logstore_module._crc(payload))
+        self.assertEqual(crc, logrecords._crc(payload))
         self.assertEqual(data[at + 5:at + 8], b"\0\0\0")
 
     def test_real_thread_path(self):
@@ -226,7 +227,7 @@ class GroupCommitTests(LogStoreTestCase):
         def broken(fd):
             raise OSError(errno.EIO, "Input/output error")
 
-        self.patch(logstore_module, "_fdatasync", broken)
+        self.patch(logfiles, "_fdatasync", broken)
         _, first = self.put(store, 1)
         _, second = self.put(store, 1)
         self.run_sync.run_next()
@@ -273,7 +274,7 @@ class ReplayTests(LogStoreTestCase):
         replayed = again.open()
         self.assertEqual([s for s, _ in replayed.entries[1]], [1, 2])
         self.assertEqual(replayed.generation[1], 2)
-        self.assertEqual(os.path.getsize(path), size - HEADER.size - 12 - 100)
+        self.assertEqual(os.path.getsize(path), size - RECORD.size - 12 - 100)
         self.assertEqual(again.counters()["torn_tails"], 1)
         # The torn sequence was never acknowledged: it is allocated again...
         sequence, d = self.put(again, 1)
@@ -282,7 +283,7 @@ class ReplayTests(LogStoreTestCase):
         self.assertTrue(d.called)
         # ...into a new segment, never after the truncated tail.
         self.assertEqual(len(self.segments()), 2)
-        self.assertEqual(os.path.getsize(path), size - HEADER.size - 12 - 100)
+        self.assertEqual(os.path.getsize(path), size - RECORD.size - 12 - 100)
         self.assertEqual(self.entries_in(self.segments()[1]), [(1, 3)])
 
     def test_crash_keeps_acknowledged_entries_and_reuses_unwritten_sequences(self):
@@ -300,7 +301,7 @@ class ReplayTests(LogStoreTestCase):
 
     def crash(self, store: LogStore) -> None:
         """What a power cut leaves: queued commits never run, the files just closed."""
-        fds = [store._fd, store._lock_fd]
+        fds = [store._writer._fd, store._writer._lock_fd]
         for fn, _ in self.run_sync.calls:        # a queued commit holds the segment's fd
             names = fn.__code__.co_freevars
             fds.append(fn.__closure__[names.index("fd")].cell_contents)
@@ -308,7 +309,7 @@ class ReplayTests(LogStoreTestCase):
         for fd in fds:
             if fd is not None:
                 os.close(fd)
-        store._fd = store._lock_fd = None
+        store._writer._fd = store._writer._lock_fd = None
         store._closed = True
 
     def test_bad_crc_on_the_last_record_is_a_torn_tail(self):
@@ -349,7 +350,7 @@ class ReplayTests(LogStoreTestCase):
             f.write(bytes(40 + 8192))
         replayed = self.make().open()
         self.assertEqual([s for s, _ in replayed.entries[1]], [1])
-        self.assertEqual(os.path.getsize(path), size - HEADER.size - 12 - 100)
+        self.assertEqual(os.path.getsize(path), size - RECORD.size - 12 - 100)
 
     def test_corrupt_middle_record_raises_with_file_and_offset(self):
         store = self.opened()
@@ -360,7 +361,7 @@ class ReplayTests(LogStoreTestCase):
         records = list(scan_records(open(path, "rb").read()))
         offset = records[2][0]          # the second ENTRY, between two good records
         with open(path, "r+b") as f:
-            f.seek(offset + HEADER.size + 20)
+            f.seek(offset + RECORD.size + 20)
             f.write(b"\xff\xff")
         size = os.path.getsize(path)
         exc = self.assertRaises(LogStoreError, self.make().open)
