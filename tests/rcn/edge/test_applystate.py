@@ -144,6 +144,46 @@ class DurabilityTests(ApplyStateTestCase):
         self.assertTrue(state.close().called)
 
 
+# Slots the apply counters wrote before their layout became the field tables of
+# datapath.frames.applystate: {1: 10, 2: 21} as generation 3, and a file whose slot 0 holds
+# generation 2 ({1: 4, 2: 9}) and slot 1 generation 1 ({1: 4}).
+OLD_TABLE = ("524341530002000000000002df21dbe1" "0000000000000003"
+             "00000001000000000000000a" "000000020000000000000015")
+OLD_SLOT_0 = ("5243415300020000000000028d993c44" "0000000000000002"
+              "000000010000000000000004" "000000020000000000000009")
+OLD_SLOT_1 = ("524341530002000000000001bfb32f0c" "0000000000000001" "000000010000000000000004")
+
+
+class OnDiskFormatTests(ApplyStateTestCase):
+    """The slots' bytes did not change when their layout became a field table."""
+
+    def old_file(self) -> bytes:
+        slot0 = bytes.fromhex(OLD_SLOT_0)
+        return slot0 + bytes(SLOT_BYTES - len(slot0)) + bytes.fromhex(OLD_SLOT_1)
+
+    def test_table_is_byte_identical(self):
+        self.assertEqual(encode_table({2: 21, 1: 10}, 3), bytes.fromhex(OLD_TABLE))
+        self.assertEqual(read_slots(bytes.fromhex(OLD_TABLE), self.path), ({1: 10, 2: 21}, 3))
+
+    def test_the_same_records_write_the_same_file(self):
+        state = self.make()
+        state.record(1, 4)
+        self.run_sync.run_all()
+        state.record(2, 9)
+        self.close(state)
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), self.old_file())
+
+    def test_a_file_the_old_code_wrote_opens(self):
+        self.write_file(self.old_file())
+        state = self.make(opened=False)
+        self.assertEqual(state.open(), {1: 4, 2: 9})
+        state.record(1, 5)
+        self.run_sync.run_all()                  # generation 3 goes to slot 1
+        self.assertEqual(on_disk(self.path), {1: 5, 2: 9})
+        self.close(state)
+
+
 class ReloadTests(ApplyStateTestCase):
     def test_reload_after_close(self):
         state = self.make()

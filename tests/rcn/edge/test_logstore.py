@@ -11,7 +11,7 @@ from twisted.trial.unittest import TestCase
 
 from datapath.frames.logstore import KIND_CHECKPOINT, KIND_ENTRY, RECORD
 from rcn.edge import logfiles, logrecords
-from rcn.edge.logrecords import scan_records, segment_name
+from rcn.edge.logrecords import encode_checkpoint, encode_entry, scan_records, segment_name
 from rcn.edge.logstore import LogStore, LogStoreError, LogStoreFull
 
 
@@ -91,6 +91,77 @@ class LogStoreTestCase(TestCase):
 
     def entries_in(self, name: str) -> list[tuple[int, int]]:
         return [(v[0], v[1]) for kind, v in self.records(name) if kind == KIND_ENTRY]
+
+
+# Bytes the log store wrote before its records were read and written through the field
+# tables of datapath.frames.logstore (hex, copied from files the old code wrote).
+OLD_ENTRY = ("52434c5301000000000000111b59a746"      # ENTRY, 17 bytes, CRC32C
+             "01020304" "0000000000000005"           # group 0x01020304, sequence 5
+             "68656c6c6f")                           # b"hello"
+OLD_CHECKPOINT = ("52434c53020000000000002c67d16320" "00000002"
+                  "00000001000000000000000a0000000000000008"
+                  "000000070000000000000005" "0000000000000003")
+OLD_EMPTY_CHECKPOINT = "52434c53020000000000000448674bc7" "00000000"
+# Segment 1 of a store that appended b"one" (group 1), b"two" (group 2) and b"three"
+# (group 1), one commit each, then deleted group 1's sequence 1 and closed.
+OLD_SEGMENT = (
+    "52434c530200000000000018d6154d5c000000010000000100000000000000000000000000000000"
+    "52434c53010000000000000ff5cabb0b0000000100000000000000016f6e6552434c530100000000"
+    "00000fde14c61100000002000000000000000174776f52434c5301000000000000110c5071e50000"
+    "00010000000000000002746872656552434c530200000000000018c9ef143e000000010000000100"
+    "000000000000020000000000000001")
+
+
+class OnDiskFormatTests(LogStoreTestCase):
+    """The records' bytes did not change when their layout became a field table."""
+
+    def test_entry_record_is_byte_identical(self):
+        data = bytes.fromhex(OLD_ENTRY)
+        self.assertEqual(b"".join(encode_entry(0x01020304, 5, b"hello")), data)
+        self.assertEqual(list(scan_records(data)), [(0, KIND_ENTRY, (0x01020304, 5, b"hello"))])
+
+    def test_checkpoint_record_is_byte_identical(self):
+        items = [(1, 10, 8), (7, 5, 3)]
+        self.assertEqual(encode_checkpoint(items), bytes.fromhex(OLD_CHECKPOINT))
+        self.assertEqual(encode_checkpoint([]), bytes.fromhex(OLD_EMPTY_CHECKPOINT))
+        data = bytes.fromhex(OLD_CHECKPOINT + OLD_EMPTY_CHECKPOINT)
+        self.assertEqual(list(scan_records(data)),
+                         [(0, KIND_CHECKPOINT, items), (60, KIND_CHECKPOINT, [])])
+
+    def test_the_same_appends_write_the_same_segment(self):
+        store = self.opened()
+        for group, data in ((1, b"one"), (2, b"two"), (1, b"three")):
+            store.append(group, store.next_sequence(group), data)
+            self.run_sync.run_all()
+        store.delete(1, 1)
+        self.close(store)
+        self.assertEqual(self.segments(), [segment_name(1)])
+        with open(os.path.join(self.dir, segment_name(1)), "rb") as f:
+            self.assertEqual(f.read().hex(), OLD_SEGMENT)
+
+    def test_a_directory_the_old_store_wrote_opens(self):
+        os.makedirs(self.dir)
+        with open(os.path.join(self.dir, segment_name(1)), "wb") as f:
+            f.write(bytes.fromhex(OLD_SEGMENT))
+        store = self.opened()
+        self.assertEqual([store.get(1, 2), store.get(2, 1)], [b"three", b"two"])
+        self.assertEqual(store.group_stats(1)["deleted"], 1)
+        appended = store.append(1, store.next_sequence(1), b"four")
+        self.run_sync.run_all()
+        self.assertTrue(appended.called)
+        self.close(store)
+        self.assertEqual(self.segments(), [segment_name(1), segment_name(2)])
+        replayed = self.make().open()
+        self.assertEqual(replayed.entries, {1: [(2, b"three"), (3, b"four")], 2: [(1, b"two")]})
+
+    def test_replay_of_an_old_directory(self):
+        os.makedirs(self.dir)
+        with open(os.path.join(self.dir, segment_name(1)), "wb") as f:
+            f.write(bytes.fromhex(OLD_SEGMENT))
+        replayed = self.make().open()
+        self.assertEqual(replayed.entries, {1: [(2, b"three")], 2: [(1, b"two")]})
+        self.assertEqual(replayed.generation, {1: 2, 2: 1})
+        self.assertEqual(replayed.deleted, {1: 1, 2: 0})
 
 
 class MemoryModeTests(LogStoreTestCase):
