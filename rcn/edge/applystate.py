@@ -55,7 +55,7 @@ from twisted.python.failure import Failure as _Failure
 from twisted.logger import Logger
 
 from datapath.frames.applystate import ITEM, MAGIC, MAX_GROUPS, SLOT, SLOT_BYTES, VERSION
-from rcn.edge.groupcommit import GroupCommit, fail, fire
+from rcn.edge.groupcommit import GroupCommit, fail, fire, fsync_path
 
 MAX_GROUP = (1 << 32) - 1
 MAX_SEQUENCE = (1 << 64) - 1
@@ -190,11 +190,7 @@ class ApplyState:
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
             if data is None:            # a new file: its directory entry must be durable too
-                dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                fsync_path(directory, directory=True)
         except OSError as exc:
             raise ApplyStateError(f"cannot open apply counter file {self.path}: "
                                   f"{exc.strerror or exc}", self.path) from exc

@@ -25,6 +25,21 @@ hop and one fsync per write; a busy one gets one fsync for many.
 
 from __future__ import annotations
 
+import os
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def fsync_path(path: str, directory: bool = False) -> None:
+    """Open ``path``, fsync it, close it: a file's data, or with ``directory`` the
+    entries of a directory (a new or renamed file is durable only after that)."""
+    flags = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if directory else os.O_WRONLY
+    fd = os.open(path, flags | _O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 def fire(d) -> None:
     """Fire a completion's Deferred (None), unless it fired already (a cancelled one has)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from datapath.frames.logstore import KIND_ENTRY
+from rcn.edge.groupcommit import fsync_path
 from rcn.edge.logrecords import LOCK_NAME, SEGMENT_NAME, BadRecord, scan_records, segment_name
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)   # a module global, so tests can count calls
@@ -119,11 +120,7 @@ def _torn_tail(path: str, data: bytes, bad: BadRecord, last: bool) -> None:
               offset=bad.offset, dropped=dropped)
     try:
         os.truncate(path, bad.offset)
-        fd = os.open(path, os.O_WRONLY | _O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(path)
     except OSError as exc:
         raise LogStoreError(f"cannot truncate the torn tail of {path} at offset "
                             f"{bad.offset}: {exc.strerror or exc}") from exc
@@ -147,14 +144,6 @@ def _write_all(fd: int, data: bytes) -> None:
         done += wrote
 
 
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def run_job(directory: str, fd: int | None, new_path: str | None, pieces: list, sync: bool,
             unlink_paths: list[str], close_after: bool) -> JobResult:
     """The thread side of a commit. Touches no store state: everything comes in as
@@ -175,7 +164,7 @@ def run_job(directory: str, fd: int | None, new_path: str | None, pieces: list, 
             _fdatasync(fd)
             fsyncs += 1
         if new_path is not None:
-            _fsync_directory(directory)
+            fsync_path(directory, directory=True)
         if close_after and fd is not None:
             old, fd = fd, None
             os.close(old)
