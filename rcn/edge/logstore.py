@@ -178,11 +178,8 @@ class LogStore:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.directory = os.fspath(directory) if directory else None
         self.mode = mode
-        self.segment_bytes = segment_bytes
         self.group_quota_bytes = group_quota_bytes
         self.max_waiters = max_waiters
-        self.checkpoint_every = checkpoint_every
-        self.checkpoint_interval = checkpoint_interval
         self._run_sync = run_sync or default_run_sync
         self._counters = dict.fromkeys(COUNTER_NAMES, 0)
         self._groups: dict[int, _Group] = {}
