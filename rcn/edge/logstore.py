@@ -414,7 +414,7 @@ class LogStore:
 
 
     def _fail_waiting(self, error: Exception) -> None:
-        """A commit failed: every append waiting for quota fails with it."""
+        """Every append waiting for quota fails (a commit failed, or the store closes)."""
         for grp in self._groups.values():
             waiting, grp.waiting = grp.waiting, deque()
             grp.waiting_seqs.clear()
@@ -435,13 +435,8 @@ class LogStore:
         if self._closing:
             return d
         self._closing = True
-        for grp in self._groups.values():
-            waiting, grp.waiting = grp.waiting, deque()
-            grp.waiting_seqs.clear()
-            for _, _, w in waiting:
-                fail(w, LogStoreError(f"log store {self.directory or '(memory)'} closed "
-                                      f"before the group's quota had room for this entry"))
-        self._waiting_total = 0
+        self._fail_waiting(LogStoreError(f"log store {self.directory or '(memory)'} closed "
+                                         f"before the group's quota had room for this entry"))
         if self._writer is None or not self._opened:
             self._finish_close()
         else:
