@@ -59,7 +59,7 @@ def _pair_of_edges(clock):
     for me, apply in ((A, None), (B, lambda header: volume)):
         store, state = LogStore(None, mode="memory"), ApplyState(None)
         store.open()
-        state.load()
+        state.open()
         proto = LogTransferProtocol(None)
         settings = EdgeSettings(me=me, pairs=[PairEntry(A_WWN, 0, B_WWN, 0, 7)], routes=routes)
         edge = EdgeDevice(clock, settings, store, state,

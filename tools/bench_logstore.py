@@ -13,7 +13,9 @@ Rows, all in one run on the same directory (so on the same file system):
 * ``memory``: the patent's memory mode (no files), a synchronous loop of
   next_sequence + append + delete: the store's own bookkeeping cost.
 
-``vs baseline`` is entries/s over the baseline's entries/s. fsync cost
+``vs baseline`` is entries/s over the baseline's entries/s; ``CPU us/entry`` is
+the process's CPU time (every thread: the reactor's and the commits') per
+entry, the figure a refactoring must not raise. fsync cost
 depends on the file system and the device below it, so the directory's mount
 (from /proc/mounts) is printed with the table. MB is 10^6 bytes of entries.
 
@@ -78,6 +80,11 @@ def baseline(directory: str, size: int, seconds: float) -> dict:
         os.close(fd)
         os.unlink(path)
     return {"entries": count, "elapsed": elapsed, "fsyncs": count, "commit_ms": None}
+
+
+def _cpu_row(row: dict, cpu_started: float) -> dict:
+    row["cpu"] = time.process_time() - cpu_started
+    return row
 
 
 async def durable(directory: str, depth: int, size: int, seconds: float) -> dict:
@@ -146,14 +153,15 @@ def memory(size: int, seconds: float) -> dict:
 def render(rows: list[tuple[str, dict]], size: int) -> str:
     base = rows[0][1]["entries"] / rows[0][1]["elapsed"]
     lines = [f"{'mode':<26} {'entries/s':>10} {'MB/s':>8} {'fsyncs/s':>9} "
-             f"{'entries/fsync':>14} {'commit ms':>10} {'vs baseline':>12}"]
+             f"{'entries/fsync':>14} {'commit ms':>10} {'vs baseline':>12} {'CPU us/entry':>13}"]
     for name, r in rows:
         rate = r["entries"] / r["elapsed"]
         fsyncs = r["fsyncs"] / r["elapsed"]
         per = f"{r['entries'] / r['fsyncs']:.1f}" if r["fsyncs"] else "-"
         commit = f"{r['commit_ms']:.2f}" if r["commit_ms"] is not None else "-"
         lines.append(f"{name:<26} {rate:>10.0f} {rate * size / 1e6:>8.1f} {fsyncs:>9.0f} "
-                     f"{per:>14} {commit:>10} {rate / base:>11.2f}x")
+                     f"{per:>14} {commit:>10} {rate / base:>11.2f}x "
+                     f"{r['cpu'] / r['entries'] * 1e6:>13.2f}")
     return "\n".join(lines)
 
 
@@ -167,12 +175,16 @@ async def run(args) -> None:
               f"directory {work}")
         print(f"filesystem: {filesystem_of(work)}")
         print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}\n", flush=True)
-        rows = [("baseline write+fdatasync", baseline(work, args.size, args.seconds))]
+        cpu = time.process_time()
+        rows = [("baseline write+fdatasync",
+                 _cpu_row(baseline(work, args.size, args.seconds), cpu))]
         for depth in DEPTHS:
             directory = os.path.join(work, f"durable-{depth}")
-            rows.append((f"durable, {depth} outstanding",
-                         await durable(directory, depth, args.size, args.seconds)))
-        rows.append(("memory", memory(args.size, args.seconds)))
+            cpu = time.process_time()
+            row = await durable(directory, depth, args.size, args.seconds)
+            rows.append((f"durable, {depth} outstanding", _cpu_row(row, cpu)))
+        cpu = time.process_time()
+        rows.append(("memory", _cpu_row(memory(args.size, args.seconds), cpu)))
         print(render(rows, args.size))
     finally:
         shutil.rmtree(work, ignore_errors=True)

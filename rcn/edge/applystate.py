@@ -6,12 +6,14 @@ value -- before it sends the WROK that lets the source delete the entry, and
 when it decides after a restart which entries are duplicates -- the value must
 be durable, or a restart could apply a write twice out of order.
 
-``ApplyState`` keeps the table in memory and persists it with group commit: at
-most one write is in flight, in one ``run_sync`` call (a thread by default), so
-the reactor never waits for the disk. ``record`` calls that arrive while a
-write runs go into the next one, which starts as soon as it ends: one fsync
-covers every counter that moved in the meantime. The table is small (one item
-per group), so writing all of it is cheaper than any journal.
+``ApplyState`` keeps the table in memory and persists it with group commit
+(``rcn.edge.groupcommit``, the log store's scheduler): at most one write is in
+flight, in one ``run_sync`` call (a thread by default), so the reactor never
+waits for the disk. ``record`` calls that arrive while a write runs go into the
+next one, which starts as soon as it ends: one fsync covers every counter that
+moved in the meantime. The table is small (one item per group), so writing all
+of it is cheaper than any journal. Building one touches no file: ``open()``
+reads the table and opens the file.
 
 Two slots, one fsync: the file holds two copies of the table, at offsets 0 and
 ``SLOT_BYTES``; a write goes to the slot its generation number picks (odd,
@@ -23,16 +25,10 @@ previous table is safe: no WROK was sent on the strength of a write that had
 not finished, so the entries after it are still retained by the source and
 are applied again (harmlessly: see ``rcn.edge.receiver``).
 
-Slot format (big-endian)::
-
-    offset  size  field
-    0       4     magic b"RCAS"
-    4       2     version, 2
-    6       2     reserved, zero
-    8       4     count n
-    12      4     CRC32C of the generation and the n items
-    16      8     generation (the write's number, from 1)
-    24      12*n  n times: group u32, apply counter u64 (ascending groups)
+The slot format is the field tables ``SLOT`` and ``ITEM`` of
+``datapath.frames.applystate`` (whose docstring draws it): a 24-byte header
+(magic b"RCAS", version 2, count, CRC32C of the generation and the items,
+generation), then one 12-byte item (group, apply counter) per group, ascending.
 
 A file none of whose slots checks out raises ``ApplyStateError`` naming the
 path (a slot of zeros is an unwritten slot). A missing file is an empty table
@@ -51,7 +47,6 @@ bounds them).
 from __future__ import annotations
 
 import os
-import struct
 import time
 
 import crc32c as _crc32c
@@ -59,14 +54,13 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure as _Failure
 from twisted.logger import Logger
 
-MAGIC = b"RCAS"
-VERSION = 2
-HEADER = struct.Struct(">4sHHIIQ")
-ITEM = struct.Struct(">IQ")
+from datapath.frames.applystate import ITEM, MAGIC, MAX_GROUPS, SLOT, SLOT_BYTES, VERSION
+from rcn.edge.groupcommit import GroupCommit, fail, fire, fsync_path
+
 MAX_GROUP = (1 << 32) - 1
 MAX_SEQUENCE = (1 << 64) - 1
-SLOT_BYTES = 1 << 20
-MAX_GROUPS = (SLOT_BYTES - HEADER.size) // ITEM.size      # 87,379
+_pack_slot = SLOT.packer.pack
+_pack_item = ITEM.packer.pack
 
 _fsync = os.fdatasync      # module globals, so tests can count calls
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -85,36 +79,37 @@ class ApplyStateError(Exception):
 
 
 def encode_table(table: dict[int, int], generation: int = 1) -> bytes:
-    body = b"".join(ITEM.pack(group, table[group]) for group in sorted(table))
+    body = b"".join(_pack_item(group, table[group]) for group in sorted(table))
     crc = _crc32c.crc32c(body, _crc32c.crc32c(generation.to_bytes(8, "big")))
-    return HEADER.pack(MAGIC, VERSION, 0, len(table), crc, generation) + body
+    return _pack_slot(MAGIC, VERSION, 0, len(table), crc, generation) + body
 
 
 def decode_table(data: bytes, path: str) -> tuple[dict[int, int], int]:
     """Parse one slot's bytes (trailing bytes ignored): (table, generation);
     ``ApplyStateError`` says what is wrong and where."""
     where = f"apply counter file {path}"
-    if len(data) < HEADER.size:
-        raise ApplyStateError(f"{where}: {len(data)} bytes, shorter than the {HEADER.size}-byte "
+    if len(data) < SLOT.size:
+        raise ApplyStateError(f"{where}: {len(data)} bytes, shorter than the {SLOT.size}-byte "
                               f"header (a partial copy? restore it or remove it to start "
                               f"from zero, which re-applies retained entries)", path)
-    magic, version, _, count, crc, generation = HEADER.unpack_from(data)
+    magic, version, _, count, crc, generation = SLOT.packer.unpack_from(data)
     if magic != MAGIC:
         raise ApplyStateError(f"{where}: bad magic {magic!r} at offset 0, expected {MAGIC!r}: "
                               f"not an apply counter file", path)
     if version != VERSION:
         raise ApplyStateError(f"{where}: version {version} at offset 4, this edge reads "
                               f"version {VERSION}", path)
-    expected = HEADER.size + count * ITEM.size
+    expected = SLOT.size + count * ITEM.size
     if len(data) < expected:
         raise ApplyStateError(f"{where}: {len(data)} bytes, the header at offset 8 announces "
                               f"{count} items ({expected} bytes)", path)
-    body = memoryview(data)[HEADER.size:expected]
+    body = memoryview(data)[SLOT.size:expected]
     if _crc32c.crc32c(body, _crc32c.crc32c(generation.to_bytes(8, "big"))) != crc:
         raise ApplyStateError(f"{where}: CRC32C mismatch over the {count} items from offset "
-                              f"{HEADER.size}: the file is corrupt", path)
+                              f"{SLOT.size}: the file is corrupt", path)
+    unpack = ITEM.packer.unpack_from
     return {group: value for group, value in
-            (ITEM.unpack_from(body, i * ITEM.size) for i in range(count))}, generation
+            (unpack(body, i * ITEM.size) for i in range(count))}, generation
 
 
 def read_slots(data: bytes, path: str) -> tuple[dict[int, int], int]:
@@ -152,24 +147,18 @@ def _write_table(fd: int, offset: int, data: bytes) -> tuple[int, int]:
     return time.monotonic_ns() - started, 1
 
 
-def _default_run_sync(fn):
-    from twisted.internet.threads import deferToThread
-    return deferToThread(fn)
-
-
 class ApplyState:
     """Apply counters of the groups a target edge applies. See the module docstring."""
 
     def __init__(self, path: str | None, *, run_sync=None):
         self.path = os.fspath(path) if path is not None else None
-        self._run_sync = run_sync or _default_run_sync
+        self._commit = GroupCommit(run_sync, self._prepare, self._written, self._write_failed)
         self._applied: dict[int, int] = {}
         self._durable: dict[int, int] = {}
         self._waiters: dict[int, list[tuple[int, Deferred]]] = {}
         self._waiting = 0
         self._loaded = path is None
         self._dirty = False
-        self._writing = False
         self._closing = False
         self._closed = False
         self._close_waiters: list[Deferred] = []
@@ -180,8 +169,8 @@ class ApplyState:
     def __repr__(self) -> str:
         return f"<ApplyState {self.path or '(memory)'} {len(self._applied)} groups>"
 
-    def load(self) -> dict[int, int]:
-        """Read the table (empty when the file does not exist yet)."""
+    def open(self) -> dict[int, int]:
+        """Read the table (empty when the file does not exist yet) and open the file."""
         if self.path is None:
             self._loaded = True
             return dict(self._applied)
@@ -201,11 +190,7 @@ class ApplyState:
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
             if data is None:            # a new file: its directory entry must be durable too
-                dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                fsync_path(directory, directory=True)
         except OSError as exc:
             raise ApplyStateError(f"cannot open apply counter file {self.path}: "
                                   f"{exc.strerror or exc}", self.path) from exc
@@ -229,7 +214,7 @@ class ApplyState:
             raise ApplyStateError(f"record on a closed apply state {self.path or '(memory)'}",
                                   self.path)
         if not self._loaded:
-            raise ApplyStateError(f"record before load() on {self.path}: load the table "
+            raise ApplyStateError(f"record before open() on {self.path}: load the table "
                                   f"first, or the first write would drop the other groups",
                                   self.path)
         if not isinstance(group, int) or not 0 <= group <= MAX_GROUP:
@@ -251,34 +236,33 @@ class ApplyState:
         d = Deferred()
         self._waiters.setdefault(group, []).append((sequence, d))
         self._waiting += 1
-        self._maybe_write()
+        self._commit.kick()
         return d
 
-    def _maybe_write(self) -> None:
-        if self._writing:
-            return
+    def _prepare(self):
+        """The scheduler's next write: the whole table into the slot not holding the
+        last durable one; or None (and a pending close finishes)."""
         if self._dirty and self.path is not None:
             self._dirty = False
-            self._writing = True
             snapshot = dict(self._applied)
             if len(snapshot) > MAX_GROUPS:
-                self._writing = False
                 self._write_failed(_Failure(ApplyStateError(
                     f"{len(snapshot)} groups do not fit a {SLOT_BYTES}-byte slot", self.path)))
-                return
+                return None
             # the slot of the last durable write is never the one written next
             generation = self._generation + 1
             data = encode_table(snapshot, generation)
             fd, offset = self._fd, (generation % 2) * SLOT_BYTES
             self._counters["writes"] += 1
             self._counters["write_bytes"] += len(data)
-            d = self._run_sync(lambda: _write_table(fd, offset, data))
-            d.addCallbacks(self._written, self._write_failed, callbackArgs=(snapshot, generation))
-        elif self._closing:
+            return (lambda: _write_table(fd, offset, data)), (snapshot, generation)
+        if self._closing:
             self._finish_close()
+        return None
 
-    def _written(self, result: tuple[int, int], snapshot: dict[int, int], generation: int) -> None:
+    def _written(self, result: tuple[int, int], job: tuple[dict[int, int], int]) -> None:
         elapsed, fsyncs = result
+        snapshot, generation = job
         self._generation = generation
         self._counters["fsyncs"] += fsyncs
         self._counters["write_ns_total"] += elapsed
@@ -298,12 +282,9 @@ class ApplyState:
                     del self._waiters[group]
                 self._waiting -= len(ready)
                 for d in ready:
-                    if not d.called:
-                        d.callback(None)
-        self._writing = False
-        self._maybe_write()
+                    fire(d)
 
-    def _write_failed(self, failure) -> None:
+    def _write_failed(self, failure, job=None) -> None:
         self._counters["errors"] += 1
         error = ApplyStateError(f"writing apply counter file {self.path} failed "
                                 f"({failure.getErrorMessage()}); the previous file is intact, "
@@ -312,18 +293,16 @@ class ApplyState:
         waiters, self._waiters = self._waiters, {}
         self._waiting = 0
         self._dirty = True
-        self._writing = False
         for items in waiters.values():
             for _, d in items:
-                if not d.called:
-                    d.errback(error)
+                fail(d, error)
         if self._closing:
             self._finish_close()
 
     def counters(self) -> dict[str, int]:
         out = dict(self._counters)
         out.update(groups=len(self._applied), waiting=self._waiting,
-                   writing=int(self._writing))
+                   writing=int(self._commit.running))
         return out
 
     def close(self) -> Deferred:
@@ -335,8 +314,7 @@ class ApplyState:
         self._close_waiters.append(d)
         if not self._closing:
             self._closing = True
-            if not self._writing:
-                self._maybe_write()
+            self._commit.kick()
         return d
 
     def _finish_close(self) -> None:

@@ -179,7 +179,7 @@ class Edge:
         self.sync = SyncThread(self.reactor)
         os.makedirs(self.config.data_dir, exist_ok=True)
         replayed = self.log_store.open()
-        self.apply_state.load()
+        self.apply_state.open()
         if self.mgmt is not None:
             self.mgmt.version = self._load_snapshot()
         count = self.device.replay(replayed)

@@ -438,7 +438,7 @@ def _edge():
     store = LogStore(None, mode="memory")
     store.open()
     state = ApplyState(None)
-    state.load()
+    state.open()
     settings = EdgeSettings(me=me, pairs=[PairEntry(_A, 0, _B, 4, 7)],
                             routes=RouteTable([Route(_A, _B, (me, core, far)),
                                                Route(_C, _D, (far, core, me))]),

@@ -18,7 +18,8 @@ import numpy as np
 from twisted.trial.unittest import TestCase
 
 import datapath.frames
-from datapath.frames import ct, dpok, els, fc, fcip, fcp, gbe, logentry, names
+from datapath.frames import (applystate, ct, dpok, els, fc, fcip, fcp, gbe, logentry, logstore,
+                             names)
 from datapath.frames.errors import DecodeError
 from datapath.frames.fields import Layout
 from tests.support import check_layout_golden
@@ -237,6 +238,33 @@ VECTORS: dict[Layout, list[tuple[str, dict]]] = {
          dict(magic=0x44504F4B, version=1, encoding=1, reserved=0, track_size=0x10000,
               volume_bytes=1 << 44, track_count=1 << 28, dirty_tracks=3, items=2)),
     ],
+    # The edge's files. Written down from the bytes the log store and the apply counters
+    # wrote before their layouts became tables: an ENTRY record of group 0x01020304,
+    # sequence 5 and entry b"hello" (CRC32C over the 17-byte payload) ...
+    logstore.RECORD: [
+        ("52434c53 01 000000 00000011 1b59a746",
+         dict(magic=b"RCLS", kind=1, reserved=bytes(3), length=17, crc32c=0x1B59A746)),
+        ("52434c53 02 000000 0000002c 67d16320",
+         dict(magic=b"RCLS", kind=2, reserved=bytes(3), length=44, crc32c=0x67D16320)),
+    ],
+    logstore.ENTRY_PREFIX: [
+        ("01020304 0000000000000005", dict(group=0x01020304, sequence=5)),
+    ],
+    # ... a CHECKPOINT of (1, 10, 8) and (7, 5, 3) ...
+    logstore.CHECKPOINT_COUNT: [
+        ("00000002", dict(count=2)),
+    ],
+    logstore.CHECKPOINT_ITEM: [
+        ("00000001 000000000000000a 0000000000000008", dict(group=1, generation=10, deleted=8)),
+    ],
+    # ... and an apply counter slot of generation 3 holding {1: 10, 2: 21}.
+    applystate.SLOT: [
+        ("52434153 0002 0000 00000002 df21dbe1 0000000000000003",
+         dict(magic=b"RCAS", version=2, reserved=0, count=2, crc32c=0xDF21DBE1, generation=3)),
+    ],
+    applystate.ITEM: [
+        ("00000002 0000000000000015", dict(group=2, applied=21)),
+    ],
     gbe.ETHERNET: [
         ("020000000002 020000000001 0800",
          dict(dst=hx("020000000002"), src=hx("020000000001"), ethertype=0x0800)),
@@ -291,7 +319,7 @@ class GoldenVectorTests(TestCase):
     def test_every_layout_has_a_vector(self):
         self.assertEqual({layout.layer for layout in frame_layouts()},
                          {layout.layer for layout in VECTORS})
-        self.assertEqual(len(frame_layouts()), 28)
+        self.assertEqual(len(frame_layouts()), 34)
 
     def test_fc_header(self):
         self.check_vectors(fc.FC_HEADER)
@@ -373,6 +401,20 @@ class GoldenVectorTests(TestCase):
     def test_dpok_bitmap_header(self):
         self.check_vectors(dpok.HEADER)
 
+    def test_logstore_record(self):
+        self.check_vectors(logstore.RECORD)
+
+    def test_logstore_entry_prefix(self):
+        self.check_vectors(logstore.ENTRY_PREFIX)
+
+    def test_logstore_checkpoint(self):
+        self.check_vectors(logstore.CHECKPOINT_COUNT)
+        self.check_vectors(logstore.CHECKPOINT_ITEM)
+
+    def test_applystate_slot(self):
+        self.check_vectors(applystate.SLOT)
+        self.check_vectors(applystate.ITEM)
+
     def test_ethernet(self):
         self.check_vectors(gbe.ETHERNET)
 
@@ -396,7 +438,9 @@ class LayoutGeometryTests(TestCase):
                     "bls_ba_rjt": 4, "ct": 16, "ct_gid_pn": 8, "ct_gid_pn_acc": 4, "log": 88,
                     "log_count": 8, "log_nak_range": 16, "log_keepalive": 16, "eth": 14,
                     "ipv4": 20, "udp": 8, "tcp": 20, "dpok_bitmap": 44,
-                    "rcn_pair_params": 24, "rcn_residual_report": 24}
+                    "rcn_pair_params": 24, "rcn_residual_report": 24, "logstore_record": 16,
+                    "logstore_entry": 12, "logstore_checkpoint": 4,
+                    "logstore_checkpoint_item": 20, "applystate_slot": 24, "applystate_item": 12}
         self.assertEqual({layout.layer: layout.size for layout in frame_layouts()}, expected)
 
     def test_standard_field_offsets(self):

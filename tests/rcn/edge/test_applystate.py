@@ -8,8 +8,8 @@ import os
 from twisted.trial.unittest import TestCase
 
 from rcn.edge import applystate as applystate_module
-from rcn.edge.applystate import (HEADER, SLOT_BYTES, ApplyState, ApplyStateError, encode_table,
-                                 read_slots)
+from datapath.frames.applystate import SLOT, SLOT_BYTES
+from rcn.edge.applystate import ApplyState, ApplyStateError, encode_table, read_slots
 from tests.rcn.edge.test_logstore import FakeRunSync
 
 
@@ -25,11 +25,11 @@ class ApplyStateTestCase(TestCase):
         self.path = os.path.join(self.dir, "apply.state")
         self.run_sync = FakeRunSync()
 
-    def make(self, load: bool = True, **kw) -> ApplyState:
+    def make(self, opened: bool = True, **kw) -> ApplyState:
         kw.setdefault("run_sync", self.run_sync)
         state = ApplyState(kw.pop("path", self.path), **kw)
-        if load:
-            state.load()
+        if opened:
+            state.open()
         return state
 
     def close(self, state: ApplyState) -> None:
@@ -128,7 +128,7 @@ class DurabilityTests(ApplyStateTestCase):
 
     def test_real_thread_path(self):
         state = ApplyState(self.path)
-        state.load()
+        state.open()
 
         def check(_):
             self.assertEqual(state.durable(3), 40)
@@ -138,10 +138,50 @@ class DurabilityTests(ApplyStateTestCase):
 
     def test_memory_only(self):
         state = ApplyState(None)
-        self.assertEqual(state.load(), {})
+        self.assertEqual(state.open(), {})
         self.assertTrue(state.record(1, 3).called)
         self.assertEqual(state.durable(1), 3)
         self.assertTrue(state.close().called)
+
+
+# Slots the apply counters wrote before their layout became the field tables of
+# datapath.frames.applystate: {1: 10, 2: 21} as generation 3, and a file whose slot 0 holds
+# generation 2 ({1: 4, 2: 9}) and slot 1 generation 1 ({1: 4}).
+OLD_TABLE = ("524341530002000000000002df21dbe1" "0000000000000003"
+             "00000001000000000000000a" "000000020000000000000015")
+OLD_SLOT_0 = ("5243415300020000000000028d993c44" "0000000000000002"
+              "000000010000000000000004" "000000020000000000000009")
+OLD_SLOT_1 = ("524341530002000000000001bfb32f0c" "0000000000000001" "000000010000000000000004")
+
+
+class OnDiskFormatTests(ApplyStateTestCase):
+    """The slots' bytes did not change when their layout became a field table."""
+
+    def old_file(self) -> bytes:
+        slot0 = bytes.fromhex(OLD_SLOT_0)
+        return slot0 + bytes(SLOT_BYTES - len(slot0)) + bytes.fromhex(OLD_SLOT_1)
+
+    def test_table_is_byte_identical(self):
+        self.assertEqual(encode_table({2: 21, 1: 10}, 3), bytes.fromhex(OLD_TABLE))
+        self.assertEqual(read_slots(bytes.fromhex(OLD_TABLE), self.path), ({1: 10, 2: 21}, 3))
+
+    def test_the_same_records_write_the_same_file(self):
+        state = self.make()
+        state.record(1, 4)
+        self.run_sync.run_all()
+        state.record(2, 9)
+        self.close(state)
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), self.old_file())
+
+    def test_a_file_the_old_code_wrote_opens(self):
+        self.write_file(self.old_file())
+        state = self.make(opened=False)
+        self.assertEqual(state.open(), {1: 4, 2: 9})
+        state.record(1, 5)
+        self.run_sync.run_all()                  # generation 3 goes to slot 1
+        self.assertEqual(on_disk(self.path), {1: 5, 2: 9})
+        self.close(state)
 
 
 class ReloadTests(ApplyStateTestCase):
@@ -152,12 +192,12 @@ class ReloadTests(ApplyStateTestCase):
         self.run_sync.run_next()
         state.record(2, 21)                 # dirty when close() is called
         self.close(state)
-        again = self.make(load=False)
-        self.assertEqual(again.load(), {1: 10, 2: 21})
+        again = self.make(opened=False)
+        self.assertEqual(again.open(), {1: 10, 2: 21})
         self.assertEqual((again.applied(2), again.durable(2)), (21, 21))
 
     def test_missing_file_is_an_empty_table(self):
-        self.assertEqual(self.make(load=False).load(), {})
+        self.assertEqual(self.make(opened=False).open(), {})
         self.assertTrue(os.path.exists(self.path))
 
     def test_torn_newest_slot_falls_back_to_the_other(self):
@@ -167,8 +207,8 @@ class ReloadTests(ApplyStateTestCase):
             torn = bytearray(encode_table({1: 9}, generation=3))
             torn[-1] ^= 0xFF
             f.write(torn)
-        state = self.make(load=False)
-        self.assertEqual(state.load(), {1: 5})
+        state = self.make(opened=False)
+        self.assertEqual(state.open(), {1: 5})
         state.record(1, 6)
         self.run_sync.run_all()                  # generation 3 goes to the torn slot
         self.assertEqual(on_disk(self.path), {1: 6})
@@ -184,21 +224,21 @@ class ReloadTests(ApplyStateTestCase):
         self.assertEqual(sorted(t[1] for t in tables), [2, 3])
         self.assertEqual(read_slots(data, self.path), ({1: 3}, 3))
 
-    def test_record_before_load_raises(self):
-        state = self.make(load=False)
+    def test_record_before_open_raises(self):
+        state = self.make(opened=False)
         exc = self.assertRaises(ApplyStateError, state.record, 1, 1)
-        self.assertIn("load", str(exc))
+        self.assertIn("before open()", str(exc))
 
     def test_missing_directory(self):
-        state = self.make(load=False, path=os.path.join(self.dir, "nope", "apply.state"))
-        exc = self.assertRaises(ApplyStateError, state.load)
+        state = self.make(opened=False, path=os.path.join(self.dir, "nope", "apply.state"))
+        exc = self.assertRaises(ApplyStateError, state.open)
         self.assertIn("does not exist", str(exc))
 
 
 class CorruptTests(ApplyStateTestCase):
     def assertCorrupt(self, data: bytes, words: str) -> None:
         self.write_file(data)
-        exc = self.assertRaises(ApplyStateError, self.make(load=False).load)
+        exc = self.assertRaises(ApplyStateError, self.make(opened=False).open)
         self.assertEqual(exc.path, self.path)
         self.assertIn(self.path, str(exc))
         self.assertIn(words, str(exc))
@@ -211,7 +251,7 @@ class CorruptTests(ApplyStateTestCase):
     def test_truncated_file(self):
         data = encode_table({1: 5, 2: 6})
         self.assertCorrupt(data[:-4], "announces 2 items")
-        self.assertCorrupt(data[:10], f"shorter than the {HEADER.size}-byte header")
+        self.assertCorrupt(data[:10], f"shorter than the {SLOT.size}-byte header")
 
     def test_not_an_apply_state_file(self):
         self.assertCorrupt(b"{\"1\": 5, \"2\": 6, \"3\": 7, \"4\": 8}", "bad magic")

@@ -458,7 +458,7 @@ class MemoryLogRestartTests(TestCase):
         store = LogStore(None, mode="memory")
         replayed = store.open()
         state = ApplyState(None)
-        state.load()
+        state.open()
         settings = EdgeSettings(me=me, pairs=[PairEntry(SOURCE_WWN, 0, TARGET_WWN, 0, 7)],
                                 routes=RouteTable([Route(SOURCE_WWN, TARGET_WWN, (me, far))]))
         edge = EdgeDevice(Clock(), settings, store, state,

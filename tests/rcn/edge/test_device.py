@@ -33,7 +33,7 @@ class SourceEdgeTests(TestCase):
         store = LogStore(None, mode="memory")
         store.open()
         state = ApplyState(None)
-        state.load()
+        state.open()
         settings = EdgeSettings(me=ME, pairs=[PAIR],
                                 routes=RouteTable([Route(A, B, (ME, CORE, FAR))]))
         self.edge = EdgeDevice(self.clock, settings, store, state,

@@ -9,9 +9,10 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.trial.unittest import TestCase
 
-from rcn.edge import logstore as logstore_module
-from rcn.edge.logstore import (HEADER, KIND_CHECKPOINT, KIND_ENTRY, LogStore, LogStoreError,
-                               LogStoreFull, scan_records, segment_name)
+from datapath.frames.logstore import KIND_CHECKPOINT, KIND_ENTRY, RECORD
+from rcn.edge import logfiles, logrecords
+from rcn.edge.logrecords import encode_checkpoint, encode_entry, scan_records, segment_name
+from rcn.edge.logstore import LogStore, LogStoreError, LogStoreFull
 
 
 class FakeRunSync:
@@ -92,6 +93,77 @@ class LogStoreTestCase(TestCase):
         return [(v[0], v[1]) for kind, v in self.records(name) if kind == KIND_ENTRY]
 
 
+# Bytes the log store wrote before its records were read and written through the field
+# tables of datapath.frames.logstore (hex, copied from files the old code wrote).
+OLD_ENTRY = ("52434c5301000000000000111b59a746"      # ENTRY, 17 bytes, CRC32C
+             "01020304" "0000000000000005"           # group 0x01020304, sequence 5
+             "68656c6c6f")                           # b"hello"
+OLD_CHECKPOINT = ("52434c53020000000000002c67d16320" "00000002"
+                  "00000001000000000000000a0000000000000008"
+                  "000000070000000000000005" "0000000000000003")
+OLD_EMPTY_CHECKPOINT = "52434c53020000000000000448674bc7" "00000000"
+# Segment 1 of a store that appended b"one" (group 1), b"two" (group 2) and b"three"
+# (group 1), one commit each, then deleted group 1's sequence 1 and closed.
+OLD_SEGMENT = (
+    "52434c530200000000000018d6154d5c000000010000000100000000000000000000000000000000"
+    "52434c53010000000000000ff5cabb0b0000000100000000000000016f6e6552434c530100000000"
+    "00000fde14c61100000002000000000000000174776f52434c5301000000000000110c5071e50000"
+    "00010000000000000002746872656552434c530200000000000018c9ef143e000000010000000100"
+    "000000000000020000000000000001")
+
+
+class OnDiskFormatTests(LogStoreTestCase):
+    """The records' bytes did not change when their layout became a field table."""
+
+    def test_entry_record_is_byte_identical(self):
+        data = bytes.fromhex(OLD_ENTRY)
+        self.assertEqual(b"".join(encode_entry(0x01020304, 5, b"hello")), data)
+        self.assertEqual(list(scan_records(data)), [(0, KIND_ENTRY, (0x01020304, 5, b"hello"))])
+
+    def test_checkpoint_record_is_byte_identical(self):
+        items = [(1, 10, 8), (7, 5, 3)]
+        self.assertEqual(encode_checkpoint(items), bytes.fromhex(OLD_CHECKPOINT))
+        self.assertEqual(encode_checkpoint([]), bytes.fromhex(OLD_EMPTY_CHECKPOINT))
+        data = bytes.fromhex(OLD_CHECKPOINT + OLD_EMPTY_CHECKPOINT)
+        self.assertEqual(list(scan_records(data)),
+                         [(0, KIND_CHECKPOINT, items), (60, KIND_CHECKPOINT, [])])
+
+    def test_the_same_appends_write_the_same_segment(self):
+        store = self.opened()
+        for group, data in ((1, b"one"), (2, b"two"), (1, b"three")):
+            store.append(group, store.next_sequence(group), data)
+            self.run_sync.run_all()
+        store.delete(1, 1)
+        self.close(store)
+        self.assertEqual(self.segments(), [segment_name(1)])
+        with open(os.path.join(self.dir, segment_name(1)), "rb") as f:
+            self.assertEqual(f.read().hex(), OLD_SEGMENT)
+
+    def test_a_directory_the_old_store_wrote_opens(self):
+        os.makedirs(self.dir)
+        with open(os.path.join(self.dir, segment_name(1)), "wb") as f:
+            f.write(bytes.fromhex(OLD_SEGMENT))
+        store = self.opened()
+        self.assertEqual([store.get(1, 2), store.get(2, 1)], [b"three", b"two"])
+        self.assertEqual(store.group_stats(1)["deleted"], 1)
+        appended = store.append(1, store.next_sequence(1), b"four")
+        self.run_sync.run_all()
+        self.assertTrue(appended.called)
+        self.close(store)
+        self.assertEqual(self.segments(), [segment_name(1), segment_name(2)])
+        replayed = self.make().open()
+        self.assertEqual(replayed.entries, {1: [(2, b"three"), (3, b"four")], 2: [(1, b"two")]})
+
+    def test_replay_of_an_old_directory(self):
+        os.makedirs(self.dir)
+        with open(os.path.join(self.dir, segment_name(1)), "wb") as f:
+            f.write(bytes.fromhex(OLD_SEGMENT))
+        replayed = self.make().open()
+        self.assertEqual(replayed.entries, {1: [(2, b"three")], 2: [(1, b"two")]})
+        self.assertEqual(replayed.generation, {1: 2, 2: 1})
+        self.assertEqual(replayed.deleted, {1: 1, 2: 0})
+
+
 class MemoryModeTests(LogStoreTestCase):
     def test_memory_mode_fires_at_once_without_files_or_threads(self):
         store = self.make(directory=None, mode="memory")
@@ -131,8 +203,8 @@ class GroupCommitTests(LogStoreTestCase):
     def test_appends_during_a_commit_share_the_next_single_fsync(self):
         store = self.opened()
         syncs = []
-        real = logstore_module._fdatasync
-        self.patch(logstore_module, "_fdatasync", lambda fd: (syncs.append(fd), real(fd)))
+        real = logfiles._fdatasync
+        self.patch(logfiles, "_fdatasync", lambda fd: (syncs.append(fd), real(fd)))
         _, first = self.put(store, 1)
         later = [self.put(store, group)[1] for group in (1, 2, 1, 3)]
         self.assertEqual(len(self.run_sync.calls), 1, "a second commit started while one ran")
@@ -152,8 +224,8 @@ class GroupCommitTests(LogStoreTestCase):
         store = self.opened()
         seen = []
         deferreds = []
-        real = logstore_module._fdatasync
-        self.patch(logstore_module, "_fdatasync",
+        real = logfiles._fdatasync
+        self.patch(logfiles, "_fdatasync",
                    lambda fd: (seen.append([d.called for d in deferreds]), real(fd)))
         deferreds.extend(self.put(store, 1)[1] for _ in range(3))
         self.run_sync.run_all()
@@ -176,14 +248,14 @@ class GroupCommitTests(LogStoreTestCase):
         with open(os.path.join(self.dir, self.segments()[0]), "rb") as f:
             data = f.read()
         # The segment starts with a CHECKPOINT; the ENTRY follows it.
-        magic, kind, length, _ = HEADER.unpack_from(data)
+        magic, kind, _, length, _ = RECORD.packer.unpack_from(data)
         self.assertEqual((magic, kind), (b"RCLS", KIND_CHECKPOINT))
-        at = HEADER.size + length
-        magic, kind, length, crc = HEADER.unpack_from(data, at)
+        at = RECORD.size + length
+        magic, kind, _, length, crc = RECORD.packer.unpack_from(data, at)
         self.assertEqual((magic, kind, length), (b"RCLS", KIND_ENTRY, 12 + 100))
-        payload = data[at + HEADER.size:]
+        payload = data[at + RECORD.size:]
         self.assertEqual(payload[:12], bytes.fromhex("01020304" "0000000000000001"))
-        self.assertEqual(crc, logstore_module._crc(payload))
+        self.assertEqual(crc, logrecords._crc(payload))
         self.assertEqual(data[at + 5:at + 8], b"\0\0\0")
 
     def test_real_thread_path(self):
@@ -226,7 +298,7 @@ class GroupCommitTests(LogStoreTestCase):
         def broken(fd):
             raise OSError(errno.EIO, "Input/output error")
 
-        self.patch(logstore_module, "_fdatasync", broken)
+        self.patch(logfiles, "_fdatasync", broken)
         _, first = self.put(store, 1)
         _, second = self.put(store, 1)
         self.run_sync.run_next()
@@ -273,7 +345,7 @@ class ReplayTests(LogStoreTestCase):
         replayed = again.open()
         self.assertEqual([s for s, _ in replayed.entries[1]], [1, 2])
         self.assertEqual(replayed.generation[1], 2)
-        self.assertEqual(os.path.getsize(path), size - HEADER.size - 12 - 100)
+        self.assertEqual(os.path.getsize(path), size - RECORD.size - 12 - 100)
         self.assertEqual(again.counters()["torn_tails"], 1)
         # The torn sequence was never acknowledged: it is allocated again...
         sequence, d = self.put(again, 1)
@@ -282,7 +354,7 @@ class ReplayTests(LogStoreTestCase):
         self.assertTrue(d.called)
         # ...into a new segment, never after the truncated tail.
         self.assertEqual(len(self.segments()), 2)
-        self.assertEqual(os.path.getsize(path), size - HEADER.size - 12 - 100)
+        self.assertEqual(os.path.getsize(path), size - RECORD.size - 12 - 100)
         self.assertEqual(self.entries_in(self.segments()[1]), [(1, 3)])
 
     def test_crash_keeps_acknowledged_entries_and_reuses_unwritten_sequences(self):
@@ -300,7 +372,7 @@ class ReplayTests(LogStoreTestCase):
 
     def crash(self, store: LogStore) -> None:
         """What a power cut leaves: queued commits never run, the files just closed."""
-        fds = [store._fd, store._lock_fd]
+        fds = [store._writer._fd, store._writer._lock_fd]
         for fn, _ in self.run_sync.calls:        # a queued commit holds the segment's fd
             names = fn.__code__.co_freevars
             fds.append(fn.__closure__[names.index("fd")].cell_contents)
@@ -308,7 +380,7 @@ class ReplayTests(LogStoreTestCase):
         for fd in fds:
             if fd is not None:
                 os.close(fd)
-        store._fd = store._lock_fd = None
+        store._writer._fd = store._writer._lock_fd = None
         store._closed = True
 
     def test_bad_crc_on_the_last_record_is_a_torn_tail(self):
@@ -349,7 +421,7 @@ class ReplayTests(LogStoreTestCase):
             f.write(bytes(40 + 8192))
         replayed = self.make().open()
         self.assertEqual([s for s, _ in replayed.entries[1]], [1])
-        self.assertEqual(os.path.getsize(path), size - HEADER.size - 12 - 100)
+        self.assertEqual(os.path.getsize(path), size - RECORD.size - 12 - 100)
 
     def test_corrupt_middle_record_raises_with_file_and_offset(self):
         store = self.opened()
@@ -360,7 +432,7 @@ class ReplayTests(LogStoreTestCase):
         records = list(scan_records(open(path, "rb").read()))
         offset = records[2][0]          # the second ENTRY, between two good records
         with open(path, "r+b") as f:
-            f.seek(offset + HEADER.size + 20)
+            f.seek(offset + RECORD.size + 20)
             f.write(b"\xff\xff")
         size = os.path.getsize(path)
         exc = self.assertRaises(LogStoreError, self.make().open)

@@ -185,7 +185,7 @@ class EdgeAppliesToNbdTargetTests(TestCase):
                                    (Address.parse(a), Address.parse(b)))])
         store, state = LogStore(None, mode="memory"), ApplyState(None)
         store.open()
-        state.load()
+        state.open()
         proto = LogTransferProtocol(None)
         source = EdgeDevice(reactor, EdgeSettings(me=Address.parse(a), pairs=[pair],
                                                   routes=routes), store, state, proto.send)

@@ -511,7 +511,7 @@ class RealRcnTests(TestCase):
         store = LogStore(None, mode="memory")
         store.open()
         state = ApplyState(None)
-        state.load()
+        state.open()
         edge = EdgeDevice(reactor, settings, store, state, proto.send, apply_target_for, name)
         proto.handler = edge
         proto.drops = edge.drops

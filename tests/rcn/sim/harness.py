@@ -128,7 +128,7 @@ class SimRcn:
     def _edge(self, name, address, settings, store, apply_target_for=None) -> EdgeDevice:
         store.open()
         state = ApplyState(None)
-        state.load()
+        state.open()
         holder = {}
         edge = EdgeDevice(self.clock, settings, store, state,
                           lambda d, addr: holder["p"].send(d, addr), apply_target_for, name)
