@@ -18,7 +18,7 @@ Example (``tools/bench/`` has complete ones)::
 
     [[appliance]]                         # default: "wanem", the lab's WAN emulator
     name = "wanem"
-    kind = "wanem"                        # a driver of rcn/bench/drivers.py
+    kind = "wanem"                        # a driver of rcn/wanem/driver.py
     port = "lab"                          # "lab": the lab's emulator console (a pty);
                                           # else a pyserial URL: /dev/ttyUSB0, socket://H:P,
                                           # rfc2217://H:P
@@ -146,7 +146,7 @@ def parse_scenario(doc: dict, path: str = "scenario.toml") -> Scenario:
 
 
 def _appliances(tables: list, topology: Topology) -> tuple[Appliance, ...]:
-    from rcn.bench.drivers import DRIVERS
+    from rcn.wanem.driver import DRIVERS
     out: list[Appliance] = []
     for i, table in enumerate(tables):
         if not isinstance(table, dict):
