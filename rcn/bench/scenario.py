@@ -9,7 +9,7 @@ Example (``tools/bench/`` has complete ones)::
     drain_timeout = 60.0                  # seconds a drain (check "equal", wait "drained")
                                           # may take
 
-    [lab]                                 # the topology of ``rcn lab`` (rcn/lab.py):
+    [lab]                                 # the topology of ``rcn lab`` (rcn/lab/topology.py):
     cores = 1                             # [lab], [[pair]] and [[wanem]] as there
     [[wanem]]
     between = ["edgeA", "core1"]
