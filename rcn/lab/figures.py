@@ -8,7 +8,7 @@ import hashlib
 import time
 import urllib.error
 
-from rcn.lab.processes import LabError, _is_ours, _need_lab, get_json, get_text, pid_alive
+from rcn.lab.processes import LabError, get_json, get_text, is_ours, need_lab, pid_alive
 
 
 def applied_counter(group: dict) -> int:
@@ -111,10 +111,10 @@ def device_figures(device: dict) -> dict:
 
 
 def status(directory: str) -> dict:
-    lab = _need_lab(directory)
+    lab = need_lab(directory)
     rows = []
     for device in lab["devices"]:
-        alive = pid_alive(device.get("pid")) and _is_ours(device)
+        alive = pid_alive(device.get("pid")) and is_ours(device)
         row = {"name": device["name"], "role": device["role"], "pid": device.get("pid"),
                "alive": alive}
         if alive:

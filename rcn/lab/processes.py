@@ -99,7 +99,7 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
-def _is_ours(device: dict, dying: bool = False) -> bool:
+def is_ours(device: dict, dying: bool = False) -> bool:
     """The pid still runs this device's daemon (not a recycled pid); ``dying``: or it is
     exiting (an empty command line)."""
     try:
@@ -198,7 +198,7 @@ def up(topology: Topology, directory: str, timeout: float = 60.0, progress=None)
     directory = os.path.abspath(directory)
     old = load_lab(directory)
     if old is not None:
-        running = [d for d in old["devices"] if pid_alive(d.get("pid")) and _is_ours(d)]
+        running = [d for d in old["devices"] if pid_alive(d.get("pid")) and is_ours(d)]
         if running:
             raise LabError(f"a lab is already running in {directory} ("
                            + ", ".join(f"{d['name']} pid {d['pid']}" for d in running)
@@ -350,7 +350,7 @@ def _device(lab: dict, name: str) -> dict:
                    + ", ".join(d["name"] for d in lab["devices"]) + ")", 2)
 
 
-def _need_lab(directory: str) -> dict:
+def need_lab(directory: str) -> dict:
     lab = load_lab(directory)
     if lab is None:
         raise LabError(f"no lab in {os.path.abspath(directory)} (no {LAB_FILE}): "
@@ -361,9 +361,9 @@ def _need_lab(directory: str) -> dict:
 def signal_device(directory: str, name: str, signum: int) -> int:
     """Send ``signum`` to one device's recorded pid (tests: SIGKILL, SIGSTOP, SIGCONT);
     the pid. LabError when it does not run (or the pid now runs something else)."""
-    device = _device(_need_lab(directory), name)
+    device = _device(need_lab(directory), name)
     pid = device.get("pid")
-    if not pid_alive(pid) or not _is_ours(device):
+    if not pid_alive(pid) or not is_ours(device):
         raise LabError(f"{name} (pid {pid}) is not running", 1)
     os.kill(pid, signum)
     return pid
@@ -372,12 +372,12 @@ def signal_device(directory: str, name: str, signum: int) -> int:
 def restart(directory: str, name: str, timeout: float = 60.0, wait: float = 10.0) -> dict:
     """Start one device again with its file and ports (stopping it first if it runs), wait
     until it is ready, record its new pid; the lab record."""
-    lab = _need_lab(directory)
+    lab = need_lab(directory)
     device = _device(lab, name)
     pid = device.get("pid")
     # Stop it if it runs, and wait while it is dying too (just SIGKILLed: its command line
     # is already gone): a new twistd refuses to start while the pid in its pidfile exists.
-    if pid_alive(pid) and (_is_child(pid) or _is_ours(device, dying=True)):
+    if pid_alive(pid) and (_is_child(pid) or is_ours(device, dying=True)):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + wait
         while pid_alive(pid):
@@ -404,7 +404,7 @@ def down(directory: str, wait: float = 10.0, quiet: bool = False) -> list[dict]:
         row = {"name": device["name"], "pid": pid}
         if not pid_alive(pid):
             row["result"] = "not running"
-        elif not _is_ours(device):
+        elif not is_ours(device):
             row["result"] = f"pid {pid} now runs something else: left alone"
         else:
             try:
