@@ -138,7 +138,7 @@ def cpu_seconds(lab: dict) -> dict[str, float]:
 
 def one_row(topology, block: int, depth: int, seconds: float, rate: float = 0.0,
             baseline: bool = False) -> dict:
-    from rcn import demo, lab as lablib
+    from rcn import lab as lablib
     directory = tempfile.mkdtemp(prefix="rcn-bench-")
     if baseline:
         # volumes only: a pair's secondary volume refuses host writes (DATA_PROTECT)
@@ -152,7 +152,7 @@ def one_row(topology, block: int, depth: int, seconds: float, rate: float = 0.0,
         result = run_workload(url, block, depth, seconds, rate)
         if not baseline:
             started = time.monotonic()
-            edges = demo.wait_applied(lab, timeout=300)
+            edges = lablib.wait_applied(lab, timeout=300)
             cpu_after = cpu_seconds(lab)
             result["cpu"] = {role: cpu_after[role] - cpu_before.get(role, 0.0)
                              for role in cpu_after}

@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.request
 
-from rcn import demo, lab as lablib
+from rcn import lab as lablib
 from rcn.config import parse_size
 
 MB = 1e6
@@ -118,9 +118,9 @@ def main(argv=None) -> int:
         resync_bytes = resynced["copy"]["bytes_total"]
         print(f"  measured: resync {resync_bytes / MB:.1f} MB in {resync_s:.2f} s",
               file=sys.stderr, flush=True)
-        demo.wait_applied(lab, timeout=300)
-        equal = (demo.sha256_file(pair["source_volume"])
-                 == demo.sha256_file(pair["target_volume"]))
+        lablib.wait_applied(lab, timeout=300)
+        equal = (lablib.sha256_file(pair["source_volume"])
+                 == lablib.sha256_file(pair["target_volume"]))
     finally:
         lablib.down(directory, quiet=True)
         if not args.keep:

@@ -13,7 +13,7 @@ from ``--seed``, one fault:
   ports (:func:`rcn.lab.restart`);
 * ``stop``  -- SIGSTOP it for a random 0.5-5 s, then SIGCONT;
 * ``cut``   -- take the role's WAN links down through ``rcn-wanem``'s SCPI console
-  (:class:`rcn.bench.drivers.WanemDriver`) for a random 0.5-5 s, then up again.
+  (:class:`rcn.wanem.driver.WanemDriver`) for a random 0.5-5 s, then up again.
 
 Roles: ``source-array`` (arrayA), ``target-array`` (arrayB), ``source-edge`` (edgeA),
 ``target-edge`` (edgeB), ``core`` (core1), ``mgmt`` (the management server). ``--rounds
@@ -82,9 +82,10 @@ from rcn import lab as lablib
 from rcn.bench import faults as faultlib
 from rcn.bench.consistency import (STAMPED, TORN, ConsistencyError, check_final, check_prefix,
                                    read_journal, scan_file)
-from rcn.bench.drivers import ApplianceError, WanemDriver, open_port
 from rcn.bench.runner import spawn_workload
-from rcn.demo import group_status, unapplied
+from rcn.cli.lab import describe_status
+from rcn.lab import group_status, unapplied
+from rcn.wanem.driver import ApplianceError, WanemDriver, open_port
 
 ROLES = {"source-array": "arrayA", "target-array": "arrayB", "source-edge": "edgeA",
          "target-edge": "edgeB", "core": "core1", "mgmt": "mgmt"}
@@ -666,7 +667,7 @@ class Chaos:
         view = parties(self.lab)
         record.state = shown(view)
         record.state["shown"] = describe(view)
-        record.state["lab_status"] = lablib.describe_status(lablib.status(self.lab["dir"]))
+        record.state["lab_status"] = describe_status(lablib.status(self.lab["dir"]))
 
     def wait_recovered(self, timeout: float) -> tuple[dict, list[str]]:
         deadline = time.monotonic() + timeout
@@ -689,7 +690,7 @@ class Chaos:
     def resync(self, record: Fault, view: dict | None) -> bool:
         """``rcn array resync`` for each source pair in Suspend or failure Suspend; whether
         one was issued and accepted."""
-        from rcn.cli import CliError, request_json
+        from rcn.httpjson import RequestError, request_json
         control = self.devices["arrayA"]["urls"]["control"]
         issued = False
         rows = (view or {}).get("arrayA", {}).get("pairs", [])
@@ -702,7 +703,7 @@ class Chaos:
                 request_json(f"{control}/pairs/{p['source_lun']}/resync", 30, "POST", {})
                 record.manual.append({"command": command, "answer": "accepted"})
                 issued = True
-            except CliError as exc:
+            except RequestError as exc:
                 record.manual.append({"command": command, "answer": f"refused: {exc}"})
         return issued
 

@@ -243,6 +243,36 @@ def _result(violations: _Violations, summary: str, figures: dict) -> CheckResult
                        violation_count=violations.count, figures=figures)
 
 
+def _journal_stamp(path: str) -> tuple[int, int]:
+    """A journal file's run id and block size, from its header alone."""
+    with open(path, "rb") as f:
+        head = f.read(JOURNAL_HEADER.size)
+    if len(head) < JOURNAL_HEADER.size or head[:8] != JOURNAL_MAGIC:
+        raise ConsistencyError(f"{path}: not a workload journal")
+    _, run_id, block, _ = JOURNAL_HEADER.unpack(head)
+    return run_id, block
+
+
+def _phantoms(decoded, stamped, journal, region_offset: int, block: int,
+              violations: _Violations) -> int:
+    """Stamps the journal does not know, issued more than PHANTOM_AGE before its last
+    completion: each a violation; their count."""
+    if not stamped.any() or not journal.completed_at.size:
+        return 0
+    known = np.isin(decoded.index, journal.index)
+    last_completion = float(journal.completed_at.max())
+    phantom = stamped & ~known & (decoded.issued_at < last_completion - PHANTOM_AGE)
+    phantoms = int(phantom.sum())
+    for k in np.flatnonzero(phantom)[:MAX_VIOLATIONS]:
+        violations.add(
+            f"block at offset {region_offset + int(k) * block} holds write "
+            f"{int(decoded.index[k])} issued at {decoded.issued_at[k]:.6f}, which the "
+            f"journal does not know although it ends at {last_completion:.6f} (a "
+            f"phantom)")
+    violations.count += max(0, phantoms - MAX_VIOLATIONS)
+    return phantoms
+
+
 def check_prefix(journal, target_path, region_offset: int, region_length: int,
                  live: bool = True) -> CheckResult:
     """Dependent-write consistency of the target's region at one moment (mid-run).
@@ -265,15 +295,10 @@ def check_prefix(journal, target_path, region_offset: int, region_length: int,
     ``journal`` is a :class:`Journal` or a path; a path is read after the target scan, so
     every write acknowledged before t* is in it (the strongest check mid-run).
     """
-    block = journal.block if isinstance(journal, Journal) else None
-    if block is None:
-        with open(journal, "rb") as f:
-            head = f.read(JOURNAL_HEADER.size)
-        if len(head) < JOURNAL_HEADER.size or head[:8] != JOURNAL_MAGIC:
-            raise ConsistencyError(f"{journal}: not a workload journal")
-        _, run_id, block, _ = JOURNAL_HEADER.unpack(head)
+    if isinstance(journal, Journal):
+        run_id, block = journal.run_id, journal.block
     else:
-        run_id = journal.run_id
+        run_id, block = _journal_stamp(journal)
     decoded, reread = scan_file(target_path, run_id, block, region_offset, region_length)
     if not isinstance(journal, Journal):
         journal = read_journal(journal)
@@ -313,20 +338,7 @@ def check_prefix(journal, target_path, region_offset: int, region_length: int,
     missing_count = int(missing.sum())
     violations.count += max(0, missing_count - MAX_VIOLATIONS)
 
-    phantoms = 0
-    if stamped.any():
-        known = np.isin(decoded.index, journal.index)
-        last_completion = float(journal.completed_at.max()) if journal.completed_at.size else None
-        if last_completion is not None:
-            phantom = stamped & ~known & (decoded.issued_at < last_completion - PHANTOM_AGE)
-            phantoms = int(phantom.sum())
-            for k in np.flatnonzero(phantom)[:MAX_VIOLATIONS]:
-                violations.add(
-                    f"block at offset {region_offset + int(k) * block} holds write "
-                    f"{int(decoded.index[k])} issued at {decoded.issued_at[k]:.6f}, which the "
-                    f"journal does not know although it ends at {last_completion:.6f} (a "
-                    f"phantom)")
-            violations.count += max(0, phantoms - MAX_VIOLATIONS)
+    phantoms = _phantoms(decoded, stamped, journal, region_offset, block, violations)
 
     figures = {"blocks": n, "stamped": int(stamped.sum()), "torn": torn,
                "missing": missing_count, "phantoms": phantoms, "cut_time": cut_time,

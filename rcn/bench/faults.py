@@ -13,7 +13,7 @@ import signal
 import time
 
 from rcn import lab as lablib
-from rcn.demo import sha256_file
+from rcn.lab import sha256_file
 
 __all__ = ["kill", "device_status", "volumes_equal"]
 

@@ -41,9 +41,9 @@ from rcn import lab as lablib
 from rcn.bench import report
 from rcn.bench.consistency import (JOURNAL_DTYPE, JOURNAL_HEADER, check_final, check_prefix,
                                    read_journal)
-from rcn.bench.drivers import DRIVERS, ApplianceError, open_port
 from rcn.bench.scenario import Scenario, Step
-from rcn.demo import group_status, sha256_file, unapplied
+from rcn.lab import group_status, sha256_file, unapplied
+from rcn.wanem.driver import DRIVERS, ApplianceError, open_port
 
 PROGRESS_EVERY = 5.0          # seconds between progress lines of figures
 WORKLOAD_STOP_WAIT = 40.0     # a workload waits up to 30 s for its writes in flight
@@ -291,12 +291,12 @@ class Runner:
         return self._devices[array]["urls"]["control"]
 
     def _pair_command(self, a: dict) -> None:
-        from rcn.cli import CliError, request_json
+        from rcn.httpjson import RequestError, request_json
         body = {"fast": a["fast"]} if a["command"] == "suspend" else {}
         url = f"{self._array_control(a['array'])}/pairs/{a['lun']}/{a['command']}"
         try:
             request_json(url, 30, "POST", body)
-        except CliError as exc:
+        except RequestError as exc:
             raise BenchError(f"pair {a['command']} on {a['array']} LUN {a['lun']}: {exc}") from None
         self._event("pair", f"{a['command']} {a['array']} LUN {a['lun']}")
 

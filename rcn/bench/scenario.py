@@ -9,7 +9,7 @@ Example (``tools/bench/`` has complete ones)::
     drain_timeout = 60.0                  # seconds a drain (check "equal", wait "drained")
                                           # may take
 
-    [lab]                                 # the topology of ``rcn lab`` (rcn/lab.py):
+    [lab]                                 # the topology of ``rcn lab`` (rcn/lab/topology.py):
     cores = 1                             # [lab], [[pair]] and [[wanem]] as there
     [[wanem]]
     between = ["edgeA", "core1"]
@@ -18,7 +18,7 @@ Example (``tools/bench/`` has complete ones)::
 
     [[appliance]]                         # default: "wanem", the lab's WAN emulator
     name = "wanem"
-    kind = "wanem"                        # a driver of rcn/bench/drivers.py
+    kind = "wanem"                        # a driver of rcn/wanem/driver.py
     port = "lab"                          # "lab": the lab's emulator console (a pty);
                                           # else a pyserial URL: /dev/ttyUSB0, socket://H:P,
                                           # rfc2217://H:P
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 from rcn.config import ConfigError, Reader, in_range, load_toml, one_of, parse_size
 from rcn.lab import Topology, parse_topology, path_names
@@ -50,22 +51,6 @@ SIGNALS = ("STOP", "CONT", "KILL", "TERM")
 WAIT_FOR = ("pair_state", "drained", "lag_below")
 CHECKS = ("pair_state", "lag", "ack_p99", "prefix", "equal")
 PAIR_STATES = ("simplex", "initial-copying", "duplex", "suspend", "failure-suspend")
-
-#: step kind -> its keys beyond at/do/every/until (documented in README's rcn-bench section)
-STEPS: dict[str, frozenset[str]] = {
-    "workload": frozenset({"name", "pair", "block", "depth", "rate", "region", "seed"}),
-    "stop_workload": frozenset({"name"}),
-    "impair": frozenset({"appliance", "link", "delay_ms", "jitter_ms", "loss", "duplicate",
-                         "reorder", "rate"}),
-    "link_down": frozenset({"appliance", "link"}),
-    "link_up": frozenset({"appliance", "link"}),
-    "pair": frozenset({"command", "array", "lun", "fast"}),
-    "signal": frozenset({"device", "signal"}),
-    "wait": frozenset({"for", "array", "lun", "state", "below_ms", "timeout"}),
-    "check": frozenset({"check", "name", "array", "lun", "state", "below_ms", "since",
-                        "workload"}),
-}
-
 
 @dataclass(frozen=True)
 class Appliance:
@@ -146,7 +131,7 @@ def parse_scenario(doc: dict, path: str = "scenario.toml") -> Scenario:
 
 
 def _appliances(tables: list, topology: Topology) -> tuple[Appliance, ...]:
-    from rcn.bench.drivers import DRIVERS
+    from rcn.wanem.driver import DRIVERS
     out: list[Appliance] = []
     for i, table in enumerate(tables):
         if not isinstance(table, dict):
@@ -173,82 +158,117 @@ def _number(r: Reader, key: str, low: float, high: float, default=None):
     return None if value is None else float(value)
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What a step kind's parser may look at besides the step's own table."""
+    index: int
+    at: float
+    where: str
+    topology: Topology
+    appliances: tuple[Appliance, ...]
+
+
 def _step(i: int, table, topology: Topology, appliances: tuple[Appliance, ...]) -> Step:
     where = f"step[{i}]."
     if not isinstance(table, dict):
         raise ConfigError(f"step[{i}]: expected a table ([[step]])")
     r = Reader(table, where)
     do = r.get("do", str, check=one_of(tuple(STEPS)))
-    r.unknown({"at", "do", "every", "until", *STEPS[do]})
+    kind = STEPS[do]
+    r.unknown({"at", "do", "every", "until", *kind.keys})
     at = _number(r, "at", 0.0, 86400.0, 0.0)
     every = _number(r, "every", 0.05, 86400.0)
     until = _number(r, "until", at, 86400.0)
     if (every is None) != (until is None):
         raise ConfigError(f"{where}{'until' if every is not None else 'every'}: every and until "
                           "go together (repeat every N s until T)")
-    if every is not None and do in ("wait", "check", "workload"):
+    if every is not None and not kind.repeats:
         raise ConfigError(f"{where}every: a {do} step does not repeat")
-    args: dict = {}
-    if do in ("impair", "link_down", "link_up"):
-        if not appliances:
-            raise ConfigError(f"{where}do: {do} needs an appliance, and the scenario has none "
-                              "(add [[wanem]] to the lab or an [[appliance]])")
-        names = [a.name for a in appliances]
-        args["appliance"] = r.get("appliance", str, names[0], one_of(tuple(names)))
-        args["link"] = r.get("link", int, 1, in_range(1, 64))
-        if args["appliance"] == "wanem" and appliances[0].port == "lab" and \
-                args["link"] > len(topology.wanem):
-            raise ConfigError(f"{where}link: the lab has {len(topology.wanem)} wanem links")
-        if do == "impair":
-            for key, high in (("delay_ms", 10000.0), ("jitter_ms", 10000.0), ("loss", 1.0),
-                              ("duplicate", 1.0), ("reorder", 1.0)):
-                value = _number(r, key, 0.0, high)
-                if value is not None:
-                    args[key] = value
-            rate = r.get("rate", (int, str), None, parse_size)
-            if rate is not None:
-                args["rate"] = rate
-            if len(args) == 2:
-                raise ConfigError(f"{where}do: impair sets nothing (give delay_ms, jitter_ms, "
-                                  "loss, duplicate, reorder or rate)")
-    elif do == "workload" or do == "stop_workload":
-        args["name"] = r.get("name", str, "w1" if do == "workload" else None)
-        if do == "workload":
-            args["pair"] = r.get("pair", int, 0, in_range(0, len(topology.pairs) - 1))
-            args["block"] = r.get("block", (int, str), 4096, parse_size)
-            if args["block"] % 512 or not 512 <= args["block"] <= 1 << 20:
-                raise ConfigError(f"{where}block: {args['block']} is not a multiple of 512 "
-                                  "up to 1 MiB")
-            args["depth"] = r.get("depth", int, 16, in_range(1, 1024))
-            args["rate"] = _number(r, "rate", 0.0, 1e6, 0.0)
-            capacity = topology.pairs[args["pair"]].capacity
-            args["region"] = r.get("region", (int, str), min(capacity, 64 << 20), parse_size)
-            if not args["block"] <= args["region"] <= capacity or args["region"] % args["block"]:
-                raise ConfigError(f"{where}region: {args['region']} bytes is not a multiple of "
-                                  f"the block within the volume's {capacity} bytes")
-            args["seed"] = r.get("seed", int, 1 + i)
-    elif do == "pair":
-        args["command"] = r.get("command", str, check=one_of(PAIR_COMMANDS))
-        args["array"] = r.get("array", str, "arrayA", one_of(("arrayA", "arrayB")))
-        args["lun"] = r.get("lun", int, topology.pairs[0].lun, in_range(0, 16383))
-        args["fast"] = r.get("fast", bool, False)
-    elif do == "signal":
-        devices = path_names(topology.cores) + ["arrayA", "arrayB"]
-        args["device"] = r.get("device", str, check=one_of(tuple(devices)))
-        args["signal"] = r.get("signal", str, check=one_of(SIGNALS))
-    elif do == "wait":
-        args["for"] = r.get("for", str, check=one_of(WAIT_FOR))
-        args["timeout"] = _number(r, "timeout", 0.1, 3600.0, 60.0)
-        _condition(r, args, args["for"], topology, where)
-    elif do == "check":
-        args["check"] = r.get("check", str, check=one_of(CHECKS))
-        args["name"] = r.get("name", str, f"{args['check']}@{at:g}s")
-        _condition(r, args, args["check"], topology, where)
-        if args["check"] in ("lag", "ack_p99"):
-            args["since"] = _number(r, "since", 0.0, 86400.0, 0.0)
-        if args["check"] in ("prefix", "ack_p99"):
-            args["workload"] = r.get("workload", str, None)
+    args = kind.parse(r, do, _Context(i, at, where, topology, appliances))
     return Step(index=i, at=at, do=do, args=args, every=every, until=until)
+
+
+def _link_args(r: Reader, do: str, c: _Context) -> dict:
+    """impair, link_down, link_up: which appliance and which of its links."""
+    if not c.appliances:
+        raise ConfigError(f"{c.where}do: {do} needs an appliance, and the scenario has none "
+                          "(add [[wanem]] to the lab or an [[appliance]])")
+    names = [a.name for a in c.appliances]
+    args = {"appliance": r.get("appliance", str, names[0], one_of(tuple(names))),
+            "link": r.get("link", int, 1, in_range(1, 64))}
+    if args["appliance"] == "wanem" and c.appliances[0].port == "lab" and \
+            args["link"] > len(c.topology.wanem):
+        raise ConfigError(f"{c.where}link: the lab has {len(c.topology.wanem)} wanem links")
+    return args
+
+
+def _impair_args(r: Reader, do: str, c: _Context) -> dict:
+    args = _link_args(r, do, c)
+    for key, high in (("delay_ms", 10000.0), ("jitter_ms", 10000.0), ("loss", 1.0),
+                      ("duplicate", 1.0), ("reorder", 1.0)):
+        value = _number(r, key, 0.0, high)
+        if value is not None:
+            args[key] = value
+    rate = r.get("rate", (int, str), None, parse_size)
+    if rate is not None:
+        args["rate"] = rate
+    if len(args) == 2:
+        raise ConfigError(f"{c.where}do: impair sets nothing (give delay_ms, jitter_ms, "
+                          "loss, duplicate, reorder or rate)")
+    return args
+
+
+def _workload_args(r: Reader, do: str, c: _Context) -> dict:
+    args = {"name": r.get("name", str, "w1"),
+            "pair": r.get("pair", int, 0, in_range(0, len(c.topology.pairs) - 1)),
+            "block": r.get("block", (int, str), 4096, parse_size)}
+    if args["block"] % 512 or not 512 <= args["block"] <= 1 << 20:
+        raise ConfigError(f"{c.where}block: {args['block']} is not a multiple of 512 "
+                          "up to 1 MiB")
+    args["depth"] = r.get("depth", int, 16, in_range(1, 1024))
+    args["rate"] = _number(r, "rate", 0.0, 1e6, 0.0)
+    capacity = c.topology.pairs[args["pair"]].capacity
+    args["region"] = r.get("region", (int, str), min(capacity, 64 << 20), parse_size)
+    if not args["block"] <= args["region"] <= capacity or args["region"] % args["block"]:
+        raise ConfigError(f"{c.where}region: {args['region']} bytes is not a multiple of "
+                          f"the block within the volume's {capacity} bytes")
+    args["seed"] = r.get("seed", int, 1 + c.index)
+    return args
+
+
+def _stop_workload_args(r: Reader, do: str, c: _Context) -> dict:
+    return {"name": r.get("name", str, None)}
+
+
+def _pair_args(r: Reader, do: str, c: _Context) -> dict:
+    return {"command": r.get("command", str, check=one_of(PAIR_COMMANDS)),
+            "array": r.get("array", str, "arrayA", one_of(("arrayA", "arrayB"))),
+            "lun": r.get("lun", int, c.topology.pairs[0].lun, in_range(0, 16383)),
+            "fast": r.get("fast", bool, False)}
+
+
+def _signal_args(r: Reader, do: str, c: _Context) -> dict:
+    devices = path_names(c.topology.cores) + ["arrayA", "arrayB"]
+    return {"device": r.get("device", str, check=one_of(tuple(devices))),
+            "signal": r.get("signal", str, check=one_of(SIGNALS))}
+
+
+def _wait_args(r: Reader, do: str, c: _Context) -> dict:
+    args = {"for": r.get("for", str, check=one_of(WAIT_FOR)),
+            "timeout": _number(r, "timeout", 0.1, 3600.0, 60.0)}
+    _condition(r, args, args["for"], c.topology, c.where)
+    return args
+
+
+def _check_args(r: Reader, do: str, c: _Context) -> dict:
+    args = {"check": r.get("check", str, check=one_of(CHECKS))}
+    args["name"] = r.get("name", str, f"{args['check']}@{c.at:g}s")
+    _condition(r, args, args["check"], c.topology, c.where)
+    if args["check"] in ("lag", "ack_p99"):
+        args["since"] = _number(r, "since", 0.0, 86400.0, 0.0)
+    if args["check"] in ("prefix", "ack_p99"):
+        args["workload"] = r.get("workload", str, None)
+    return args
 
 
 def _condition(r: Reader, args: dict, what: str, topology: Topology, where: str) -> None:
@@ -260,3 +280,31 @@ def _condition(r: Reader, args: dict, what: str, topology: Topology, where: str)
         args["below_ms"] = _number(r, "below_ms", 0.0, 1e7)
         if args["below_ms"] is None:
             raise ConfigError(f"{where}below_ms: a {what} needs a bound in milliseconds")
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """A ``do`` of ``[[step]]``: its keys beyond at/do/every/until (documented in README's
+    rcn-bench section), the parser that checks them into the step's args, and whether it may
+    repeat (``every``/``until``)."""
+    keys: frozenset[str]
+    parse: Callable[[Reader, str, _Context], dict]
+    repeats: bool = True
+
+
+#: step kind -> its keys, parser and whether it repeats
+STEPS: dict[str, StepKind] = {
+    "workload": StepKind(frozenset({"name", "pair", "block", "depth", "rate", "region", "seed"}),
+                         _workload_args, repeats=False),
+    "stop_workload": StepKind(frozenset({"name"}), _stop_workload_args),
+    "impair": StepKind(frozenset({"appliance", "link", "delay_ms", "jitter_ms", "loss",
+                                  "duplicate", "reorder", "rate"}), _impair_args),
+    "link_down": StepKind(frozenset({"appliance", "link"}), _link_args),
+    "link_up": StepKind(frozenset({"appliance", "link"}), _link_args),
+    "pair": StepKind(frozenset({"command", "array", "lun", "fast"}), _pair_args),
+    "signal": StepKind(frozenset({"device", "signal"}), _signal_args),
+    "wait": StepKind(frozenset({"for", "array", "lun", "state", "below_ms", "timeout"}),
+                     _wait_args, repeats=False),
+    "check": StepKind(frozenset({"check", "name", "array", "lun", "state", "below_ms", "since",
+                                 "workload"}), _check_args, repeats=False),
+}

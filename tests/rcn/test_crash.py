@@ -25,7 +25,6 @@ import signal
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
-from rcn import demo
 from rcn import lab as lablib
 from rcn.bench import faults
 from rcn.nbd.client import connect_url
@@ -102,7 +101,7 @@ class CrashTests(TestCase):
 
     @defer.inlineCallbacks
     def assert_target_equals_source(self, replication_failures: bool = False):
-        yield threads.deferToThread(demo.wait_applied, self.lab, 120)
+        yield threads.deferToThread(lablib.wait_applied, self.lab, 120)
         pair = self.lab["pairs"][0]
         self.assertEqual(os.path.getsize(pair["source_volume"]), CAPACITY)
         self.assertTrue(faults.volumes_equal(pair), "target volume differs from the source")

@@ -27,7 +27,7 @@ from twisted.internet import defer, error, reactor
 from twisted.trial.unittest import SkipTest, TestCase
 
 from rcn import lab
-from rcn.cli import request_json
+from rcn.httpjson import request_json
 from rcn.nbd.client import connect
 from tests.support import CollectOutput, free_port, poll, until
 

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import signal
-import subprocess
 import sys
-import time
 
-from twisted.internet import task
+from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
@@ -19,7 +15,7 @@ from rcn.bench.consistency import (STAMPED, check_final, check_prefix, decode_bl
                                    read_journal)
 from rcn.bench.workload import DRAIN_TIMEOUT, JournalWriter, Workload
 from rcn.nbd.client import NbdError
-from tests.support import free_port
+from tests.support import free_port, until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__)))))
@@ -169,21 +165,12 @@ class WorkloadTests(TestCase):
 
 
 # -- the real process ----------------------------------------------------------------------
+# The reactor runs the children and polls their status files: no test sleeps or blocks.
 
 def _env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _status(path: str) -> dict | None:
@@ -194,58 +181,89 @@ def _status(path: str) -> dict | None:
         return None
 
 
+class Child(protocol.ProcessProtocol):
+    """A child the reactor runs: its output as text, ``ended`` fires with its exit status."""
+
+    def __init__(self):
+        self.out, self.err = [], []
+        self.ended = Deferred()
+        self.returncode = None
+        self.pid = None
+
+    def outReceived(self, data):
+        self.out.append(data)
+
+    def errReceived(self, data):
+        self.err.append(data)
+
+    def processEnded(self, reason):
+        self.returncode = reason.value.exitCode
+        self.ended.callback(self.returncode)
+
+    @property
+    def stdout(self) -> str:
+        return b"".join(self.out).decode(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return b"".join(self.err).decode(errors="replace")
+
+
+def spawn(*args: str) -> Child:
+    """``python ARGS`` in the checkout, under the reactor."""
+    child = Child()
+    child.pid = reactor.spawnProcess(child, sys.executable, [sys.executable, *args], env=_env(),
+                                     path=ROOT).pid        # the transport forgets it at the end
+    return child
+
+
 class WorkloadProcessTests(TestCase):
     timeout = 120
 
-    def serve(self, size: str = "1MiB") -> str:
+    @defer.inlineCallbacks
+    def serve(self, size: str = "1MiB"):
         """Start ``python -m rcn.nbd`` on a fresh file; its URL."""
         self.volume = os.path.join(self.dir, "volume.img")
-        self.server = subprocess.Popen(
-            [sys.executable, "-m", "rcn.nbd", "--export", f"vol={self.volume}:{size}",
-             "--port", "0", "--quiet"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
+        self.server = spawn("-m", "rcn.nbd", "--export", f"vol={self.volume}:{size}",
+                            "--port", "0", "--quiet")
         self.addCleanup(self._stop, self.server)
-        ready, _, _ = select.select([self.server.stdout], [], [], 30)
-        line = self.server.stdout.readline() if ready else "(nothing in 30 s)\n"
+        yield until("the NBD server listening",
+                    lambda: "\n" in self.server.stdout or self.server.ended.called, 30)
+        line = self.server.stdout.split("\n", 1)[0]
         if not line.startswith("listening on "):
-            self.server.kill()
-            self.fail(f"the NBD server did not start: {line}{self.server.stderr.read()}")
+            self.fail(f"the NBD server did not start: {line}{self.server.stderr}")
         return f"nbd://{line.split()[-1]}/vol"
 
-    def _stop(self, proc):
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
+    def _stop(self, child: Child):
+        if child.ended.called:
+            return None
+        child.transport.signalProcess("TERM")
+        kill = reactor.callLater(10, child.transport.signalProcess, "KILL")
+        return child.ended.addBoth(lambda _: kill.cancel() if kill.active() else None)
 
-    def start(self, url: str, *extra: str) -> subprocess.Popen:
+    def start(self, url: str, *extra: str) -> Child:
         self.journal, self.status = (os.path.join(self.dir, n) for n in ("journal", "status"))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rcn.bench.workload", "--url", url, "--journal", self.journal,
-             "--status", self.status, *extra], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
-        self.addCleanup(self._stop, proc)
-        return proc
+        child = spawn("-m", "rcn.bench.workload", "--url", url, "--journal", self.journal,
+                      "--status", self.status, *extra)
+        self.addCleanup(self._stop, child)
+        return child
+
+    def acked(self) -> int:
+        return (_status(self.status) or {}).get("acked", 0)
 
     def setUp(self):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
 
+    @defer.inlineCallbacks
     def test_paced_run_until_sigterm(self):
-        url = self.serve()
+        url = yield self.serve()
         proc = self.start(url, "--rate", "500", "--depth", "8", "--block", "4096",
                           "--region", "64KiB:512KiB", "--run-id", "77", "--seed", "5")
-        _wait_for(lambda: (_status(self.status) or {}).get("acked", 0) > 0, 30, "first acks")
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-        self.assertEqual(proc.returncode, 0, err)
+        yield until("400 writes acked", lambda: self.acked() >= 400, 30)
+        proc.transport.signalProcess("TERM")
+        yield proc.ended
+        self.assertEqual(proc.returncode, 0, proc.stderr)
 
         status = _status(self.status)
         journal = read_journal(self.journal)
@@ -273,10 +291,12 @@ class WorkloadProcessTests(TestCase):
         untouched = check_final(journal, self.volume, 0, 64 << 10)
         self.assertEqual(untouched.figures["stamped"], 0)
 
+    @defer.inlineCallbacks
     def test_wrong_url_exits_1_with_the_error_in_status(self):
         port = free_port()
         proc = self.start(f"nbd://127.0.0.1:{port}/vol")
-        _, err = proc.communicate(timeout=60)
+        yield proc.ended
+        err = proc.stderr
         self.assertEqual(proc.returncode, 1, err)
         status = _status(self.status)
         self.assertTrue(status["done"])
@@ -284,21 +304,23 @@ class WorkloadProcessTests(TestCase):
         self.assertEqual(status["issued"], 0)
         self.assertIn("cannot connect", err)
 
+    @defer.inlineCallbacks
     def test_region_beyond_the_export_exits_1(self):
-        url = self.serve("1MiB")
+        url = yield self.serve("1MiB")
         proc = self.start(url, "--region", "512KiB:1MiB")
-        _, err = proc.communicate(timeout=60)
-        self.assertEqual(proc.returncode, 1, err)
+        yield proc.ended
+        self.assertEqual(proc.returncode, 1, proc.stderr)
         self.assertIn("--region 524288:1048576: the export", _status(self.status)["error"])
         self.assertIn("has 1048576 bytes, too few to hold it", _status(self.status)["error"])
 
+    @defer.inlineCallbacks
     def test_server_gone_mid_run_exits_1(self):
-        url = self.serve()
+        url = yield self.serve()
         proc = self.start(url, "--depth", "4", "--rate", "200", "--region", "0:256KiB")
-        _wait_for(lambda: (_status(self.status) or {}).get("acked", 0) > 20, 30, "acks")
-        self.server.kill()
-        _, err = proc.communicate(timeout=60)
-        self.assertEqual(proc.returncode, 1, err)
+        yield until("acks", lambda: self.acked() > 20, 30)
+        self.server.transport.signalProcess("KILL")
+        yield proc.ended
+        self.assertEqual(proc.returncode, 1, proc.stderr)
         status = _status(self.status)
         self.assertTrue(status["done"])
         self.assertRegex(status["error"], "connection|lost")
@@ -306,18 +328,19 @@ class WorkloadProcessTests(TestCase):
         self.assertEqual(status["acked"] + status["failed"], len(journal.index))
         self.assertEqual(status["issued"], len(journal.index))
 
+    @defer.inlineCallbacks
     def test_help_exits_0(self):
-        proc = subprocess.run([sys.executable, "-m", "rcn.bench.workload", "--help"], cwd=ROOT,
-                              env=_env(), capture_output=True, text=True, timeout=60)
+        proc = spawn("-m", "rcn.bench.workload", "--help")
+        yield proc.ended
         self.assertEqual(proc.returncode, 0, proc.stderr)
         for option in ("--url", "--journal", "--status", "--block", "--depth", "--rate",
                        "--region", "--seed", "--run-id", "--seconds"):
             self.assertIn(option, proc.stdout)
 
+    @defer.inlineCallbacks
     def test_bad_option_exits_2_naming_it(self):
-        proc = subprocess.run([sys.executable, "-m", "rcn.bench.workload", "--url",
-                               "nbd://127.0.0.1:1/v", "--journal", "j", "--status", "s",
-                               "--block", "1000"], cwd=ROOT, env=_env(), capture_output=True,
-                              text=True, timeout=60)
+        proc = spawn("-m", "rcn.bench.workload", "--url", "nbd://127.0.0.1:1/v", "--journal",
+                     "j", "--status", "s", "--block", "1000")
+        yield proc.ended
         self.assertEqual(proc.returncode, 2)
         self.assertIn("--block 1000: a multiple of 512", proc.stderr)

@@ -18,7 +18,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from rcn import lab as lablib
-from rcn.lab import get_json, pid_alive
+from rcn.lab import get_json, pid_alive, processes
 from tests.support import require_tool, until
 
 BIN = os.path.dirname(sys.executable)
@@ -185,13 +185,13 @@ class FailedStartTests(TestCase):
     def test_a_daemon_that_dies_is_reported_with_its_log_and_the_rest_stopped(self):
         """edgeB gets a file its daemon refuses: `up` names it, shows its log, stops the rest."""
         directory = os.path.abspath(self.mktemp())
-        original = lablib.device_configs
+        original = processes.device_configs
 
         def broken(record):
             configs = original(record)
             configs["edgeB"]["edge"]["colour"] = "blue"
             return configs
-        self.patch(lablib, "device_configs", broken)
+        self.patch(processes, "device_configs", broken)     # what up() calls
         self.addCleanup(lablib.down, directory)
         with self.assertRaises(lablib.LabError) as caught:
             lablib.up(lablib.Topology(capacity=1 << 20), directory, timeout=30)

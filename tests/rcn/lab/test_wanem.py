@@ -14,7 +14,7 @@ import os
 from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
 
-from rcn.bench.drivers import WanemDriver, open_port
+from rcn.wanem.driver import WanemDriver, open_port
 from rcn.lab import applied_counter, get_json
 from tests.rcn.lab.test_process import RCN, run, volume
 from tests.support import require_tool, until

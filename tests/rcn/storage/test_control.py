@@ -16,7 +16,7 @@ from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 
 from datapath.frames import fcp
-from rcn.cli import main as rcn_main
+from rcn.cli.main import main as rcn_main
 from rcn.nbd import protocol as P
 from rcn.rio.fcp import ScsiCommand
 from rcn.storage.config import EdgeConfig, Endpoint, PairConfig, StorageConfig, VolumeConfig

@@ -12,7 +12,7 @@ from twisted.web.server import Site
 
 from datapath.frames import fcp
 from datapath.kernels.bitmap import DifferentialBitmap
-from rcn.cli import main as rcn_main
+from rcn.cli.main import main as rcn_main
 from rcn.pairstate import PairState
 from rcn.progress import Progress, mode_for
 from rcn.rio.fcp import ScsiResult

@@ -14,24 +14,24 @@ import json
 import os
 import time
 
+from rcn.cli.kit import CliError, table
+from rcn.httpjson import request_json
+
 DEFAULT_MGMT_URL = "http://127.0.0.1:47180"
 PAIR_COLUMNS = ["id", "customer", "source", "target", "group", "policy", "state", "lag_ms",
                 "residual_entries", "throughput_mbs"]
 
 
 def _api(args, path: str, method: str = "GET", body: dict | None = None) -> dict:
-    from rcn.cli import request_json
     return request_json(args.mgmt.rstrip("/") + "/api/v1" + path, args.timeout, method, body,
                         args.token)
 
 
 def _out(args, body, rows, columns) -> str:
-    from rcn.cli import table
     return json.dumps(body, indent=1, sort_keys=True) if args.json else table(rows, columns)
 
 
 def _wwn_lun(text: str) -> tuple[str, int]:
-    from rcn.cli import CliError
     wwn, sep, lun = text.rpartition(":")
     if not sep or not lun.isdigit() or not wwn:
         raise CliError(f"{text!r}: expected WWN:LUN, e.g. 50:0a:09:80:00:00:00:01:0", 2)

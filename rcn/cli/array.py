@@ -1,72 +1,25 @@
-"""``rcn``: the operator's and customer's command line.
+"""``rcn array``: a storage array emulator's control API (``rcn-storage``, JSON over HTTP).
 
-Groups: ``rcn array`` talks to a storage array emulator's control API
-(``rcn-storage``, JSON over HTTP): it shows the array and runs the pair
-lifecycle (pair-create, suspend, resync, takeover, reverse, pair-delete);
-``rcn lab up|status|down`` runs a whole RCN on this machine as real daemons
-(``rcn.lab``); ``rcn demo`` writes through such a lab and proves the target
-equals the source (``rcn.demo``); ``rcn customer|device|link|storage|pair|
-route|status|lag`` talk to the management server's REST API (``rcn.mgmt.cli``).
-
-Exit status: 0 success, 1 the device answered with an error (the message is
-the device's), 2 bad usage or the device could not be reached.
+It shows the array and runs the pair lifecycle (pair-create, suspend, resync,
+takeover, reverse, pair-delete).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-import urllib.error
-import urllib.request
 
+from rcn.cli.kit import CliError, table
+from rcn.httpjson import request_json
 from rcn.progress import Progress, mode_for
 
 DEFAULT_ARRAY_URL = "http://127.0.0.1:47200"
 COPYING = ("initial-copying", "duplex-pending")
 
 
-class CliError(Exception):
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
-
-
-def request_json(url: str, timeout: float, method: str = "GET", body: dict | None = None,
-                 token: str | None = None) -> dict:
-    """One JSON request; ``CliError`` with the server's message (status 1) or why it could
-    not be reached (status 2)."""
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"content-type": "application/json"} if data else {}
-    if token:
-        headers["authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as exc:
-        try:
-            reason = json.load(exc).get("error", exc.reason)
-        except ValueError:
-            reason = exc.reason
-        raise CliError(f"{reason} (HTTP {exc.code} from {method} {url})", 1) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise CliError(f"cannot reach {url}: {reason}", 2) from None
-
-
 def _get(url: str, timeout: float) -> dict:
     return request_json(url, timeout)
-
-
-def table(rows: list[dict], columns: list[str]) -> str:
-    if not rows:
-        return "(none)"
-    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def _mib(n) -> str:
@@ -216,7 +169,7 @@ def _common_options(suppress: bool) -> argparse.ArgumentParser:
     return common
 
 
-def _add_array_parser(groups) -> None:
+def add_parser(groups) -> None:
     common = _common_options(suppress=True)
     array = groups.add_parser(
         "array", help="a storage array emulator (rcn-storage): show it, run its pairs",
@@ -279,32 +232,3 @@ def _add_array_parser(groups) -> None:
                             "stops")
         p.add_argument("--interval", type=float, default=0.5,
                        help="seconds between polls with --wait (default 0.5)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rcn", description="Operate RCN devices.")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="GROUP")
-    _add_array_parser(groups)
-    from rcn import demo, lab
-    from rcn.mgmt import cli as mgmt_cli
-    lab.add_parser(groups)
-    demo.add_parser(groups)
-    mgmt_cli.add_parsers(groups)
-    return parser
-
-
-def main(argv: list[str] | None = None, out=None, err=None) -> int:
-    out = out or sys.stdout
-    err = err or sys.stderr
-    args = build_parser().parse_args(argv)
-    args.out, args.err = out, err
-    try:
-        out.write(args.run(args) + "\n")
-    except CliError as exc:
-        print(f"rcn: {exc}", file=err)
-        return exc.status
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,6 @@
-"""Appliance drivers, one class per appliance kind, apart from their transport.
+"""The WAN emulator as an appliance: the driver the bench and the lab control it with.
+
+One class per appliance kind (:data:`DRIVERS`), apart from its transport.
 
 A driver talks to anything with pyserial's port interface (``write``,
 ``readline``, ``reset_input_buffer``, ``close``): :func:`open_port` opens one

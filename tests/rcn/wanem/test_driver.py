@@ -6,7 +6,7 @@ from __future__ import annotations
 from twisted.internet import task
 from twisted.trial.unittest import TestCase
 
-from rcn.bench.drivers import ApplianceError, WanemDriver, open_port
+from rcn.wanem.driver import ApplianceError, WanemDriver, open_port
 from rcn.wanem.config import parse_config
 from rcn.wanem.link import WanEmulator
 from rcn.wanem.scpi import ScpiConsole

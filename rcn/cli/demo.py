@@ -33,7 +33,6 @@ failed (its reason on stderr), 2 for bad usage.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -44,7 +43,10 @@ import tempfile
 import time
 
 from rcn import lab as lablib
+from rcn.cli.kit import CliError
+from rcn.cli.lab import describe_up
 from rcn.config import parse_size
+from rcn.lab import group_status, sha256_file
 from rcn.progress import Progress
 
 MB = 1_000_000
@@ -61,14 +63,6 @@ def percentile(values: list[float], q: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, math.ceil(q * len(ordered)))
     return ordered[rank - 1]
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _number(value) -> float | None:
@@ -151,48 +145,6 @@ def write_volume(url: str, size: int, block: int, depth: int, seed: int, progres
     return result
 
 
-def group_status(body: dict | None, group: int) -> dict:
-    """One group's entry in an edge's ``/status`` (empty when it has none)."""
-    return next((g for g in (body or {}).get("groups", []) if g.get("group") == group), {})
-
-
-def unapplied(source: dict, target: dict, groups) -> list[str]:
-    """The groups the target edge has not applied yet, described (empty: all applied and
-    nothing retained, outstanding or in flight at the source edge)."""
-    in_flight = sum(p.get("in_flight", 0) for p in source.get("paths", {}).values())
-    behind = []
-    for group in groups:
-        s, t = group_status(source, group), group_status(target, group)
-        generation = s.get("log_generation", 0)
-        applied = lablib.applied_counter(t)
-        retained, outstanding = s.get("log_retained_entries", 0), s.get("log_outstanding", 0)
-        if retained or outstanding or in_flight or applied != generation:
-            behind.append(f"group {group}: source generation {generation}, retained {retained}, "
-                          f"outstanding {outstanding}, in flight {in_flight}; target applied "
-                          f"{applied}")
-    return behind
-
-
-def wait_applied(lab: dict, timeout: float) -> dict:
-    """Poll the edges until every pair's group is applied; their last /status bodies."""
-    devices = {d["name"]: d for d in lab["devices"]}
-    groups = sorted({p["group"] for p in lab["pairs"]})
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            source = lablib.get_json(devices["edgeA"]["urls"]["status"])
-            target = lablib.get_json(devices["edgeB"]["urls"]["status"])
-        except (OSError, ValueError) as exc:
-            raise DemoError(f"edge /status not answering: {getattr(exc, 'reason', exc)}") from None
-        behind = unapplied(source, target, groups)
-        if not behind:
-            return {"source": source, "target": target}
-        if time.monotonic() > deadline:
-            raise DemoError(f"not everything applied after {timeout:g} s: " + "; ".join(behind)
-                            + f" (logs in {lab['dir']})")
-        time.sleep(0.05)
-
-
 def report(lab: dict, size: int, block: int, depth: int, written: dict, edges: dict,
            apply_wait: float) -> dict:
     source, target = edges["source"], edges["target"]
@@ -269,14 +221,14 @@ def run_demo(size: int, block: int, depth: int, directory: str | None, keep: boo
     topology = lablib.Topology(capacity=capacity)
     say(f"starting the lab in {directory} ...")
     lab = lablib.up(topology, directory, timeout=60.0)
-    say(lablib.describe_up(lab))
+    say(describe_up(lab))
     ok = False
     try:
         mode = "none" if as_json else ("bar" if out.isatty() else "lines")
         written = write_volume(lab["nbd_url"], size, block, depth, seed, Progress(size, out, mode))
         say("waiting until every entry is applied at the target ...")
         begin = time.monotonic()
-        edges = wait_applied(lab, timeout)
+        edges = lablib.wait_applied(lab, timeout)
         result = report(lab, size, block, depth, written, edges, time.monotonic() - begin)
         ok = result["equal"]
         if on_report is not None:
@@ -313,7 +265,6 @@ def add_parser(groups) -> None:
 
 
 def run(args) -> str:
-    from rcn.cli import CliError
     try:
         size, block = parse_size(args.size), parse_size(args.block_size)
     except ValueError as exc:

@@ -8,7 +8,7 @@ import json
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import TestCase
 
-from rcn.cli import main as rcn_main
+from rcn.cli.main import main as rcn_main
 from rcn.mgmt.model import OPERATOR
 from rcn.mgmt.server import MgmtServer
 from rcn.mgmt.service import site
