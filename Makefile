@@ -16,9 +16,11 @@ $(VENV)/.deps: setup.cfg pyproject.toml
 	touch $@
 
 # Reinstall the project (not its dependencies) when a source file changes, so
-# console scripts and twistd plugins match the checkout; then refresh the
+# console scripts and twistd plugins match the checkout (a stale build/ would
+# bring back modules that were moved away); then refresh the
 # twisted plugin cache.
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
+	rm -rf build
 	$(PY) -m pip install -q --no-deps --force-reinstall .
 	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $@
