@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ROLES = ("edge", "core")
 POLICIES = ("A-1", "A-2", "B")
 
 

@@ -57,7 +57,8 @@ from typing import Iterator
 
 from datapath.frames.names import format_wwn
 from rcn.config import ip_address
-from rcn.mgmt.model import POLICIES, ROLES, Customer, Device, Link, OrderedPair, StorageConnection
+from rcn.mgmt.model import POLICIES, Customer, Device, Link, OrderedPair, StorageConnection
+from rcn.mgmtlink.commands import ROLES
 
 __all__ = ["SettingsError", "NotFound", "Conflict", "Forbidden", "Unauthorized",
            "LimitExceeded", "StoreVersionError", "CustomerRecord", "StorageRecord", "Store",
