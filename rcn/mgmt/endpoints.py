@@ -12,7 +12,7 @@ from __future__ import annotations
 from datapath.frames.names import format_wwn
 from rcn.mgmt.api import ApiError, Endpoint
 from rcn.mgmt.server import MgmtServer
-from rcn.mgmt.store import SettingsError
+from rcn.mgmt.errors import SettingsError
 
 OBJECT = {"type": "object"}
 

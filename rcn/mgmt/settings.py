@@ -5,13 +5,13 @@ the contract limits, and the tables derived from the settings.
 with the caller -- anything with ``operator`` (bool) and ``customer_id``, such as
 :class:`Caller` -- and a JSON body; answers are JSON-able dicts (WWNs as
 ``"50:0a:09:80:00:00:00:01"``; a WWN in a body may also be 16 hex digits or an
-integer). Refusals are :class:`~rcn.mgmt.store.SettingsError` and its subclasses,
+integer). Refusals are :class:`~rcn.mgmt.errors.SettingsError` and its subclasses,
 whose ``field`` and ``status`` the REST layer answers with.
 
 Who may do what
 ---------------
 Customers, devices and links are the operator's: a customer gets
-:class:`~rcn.mgmt.store.Forbidden` (a customer may read its own customer record,
+:class:`~rcn.mgmt.errors.Forbidden` (a customer may read its own customer record,
 to see its limits). Storages and pairs: the operator sees and changes all; a
 customer sees and changes its own only, and another customer's is "not found",
 with the very message a missing one gets -- never its data (DESIGN.md 5.4).
@@ -20,7 +20,7 @@ Contract limits (【0056】)
 ------------------------
 A storage connection on an edge outside the customer's ``allowed_edges``, more
 storages than ``max_storages``, more ordered pairs than ``max_pairs``: refused
-with :class:`~rcn.mgmt.store.LimitExceeded`, whose message names the limit and
+with :class:`~rcn.mgmt.errors.LimitExceeded`, whose message names the limit and
 its value (``customer acme: max_pairs is 2; it has 2 already``). Lowering a
 limit below what the customer has is refused too (delete first).
 
@@ -34,7 +34,7 @@ the edges' ``log_address`` too, and the server and the edges agree. Every group 
 belong to one customer (its figures and its failure Suspend are the customer's
 alone): a pair whose policy would put it in another customer's group (A-2 between
 two edges another customer's A-2 pairs use, or an A-1 checksum collision) is
-refused with :class:`~rcn.mgmt.store.Conflict` on ``group``.
+refused with :class:`~rcn.mgmt.errors.Conflict` on ``group``.
 
 Derived tables
 --------------
@@ -88,10 +88,11 @@ from typing import Iterable, Mapping
 from datapath.frames.names import format_wwn, parse_wwn
 from rcn.groups import group_id
 from rcn.logxfer.routes import Address
-from rcn.mgmt.model import (OPERATOR, Access, Caller, Device, Link, OrderedPair, RouteEntry,
-                            VirtualStorage)
-from rcn.mgmt.store import (Conflict, CustomerRecord, Forbidden, LimitExceeded, NotFound,
-                            SettingsError, Store, StorageRecord, Unauthorized)
+from rcn.mgmt.errors import (Conflict, Forbidden, LimitExceeded, NotFound, SettingsError,
+                             Unauthorized)
+from rcn.mgmt.model import (OPERATOR, Access, Caller, CustomerRecord, Device, Link, OrderedPair,
+                            RouteEntry, StorageRecord, VirtualStorage)
+from rcn.mgmt.store import Store
 
 __all__ = ["Caller", "OPERATOR", "Settings", "SNAPSHOT_FORMAT", "SettingsError",
            "NotFound", "Conflict", "Forbidden", "LimitExceeded", "Unauthorized"]

@@ -198,7 +198,8 @@ def _mgmt_server():
     from rcn.mgmt.endpoints import endpoints
     from rcn.mgmt.model import OPERATOR
     from rcn.mgmt.server import MgmtServer
-    from rcn.mgmt.store import SettingsError, SQLiteStore
+    from rcn.mgmt.errors import SettingsError
+    from rcn.mgmt.store import SQLiteStore
     clock = Clock()
     server = MgmtServer(clock, SQLiteStore(":memory:"))
     server.settings.set_token(OPERATOR, None, _TOKENS["op"])
