@@ -103,6 +103,8 @@ class Table:
     that differ; the SQL the store runs is made here, once."""
 
     name = ""                               # the SQL table
+    noun = ""                               # a record, in messages: "customer"
+    key_name = "id"                         # its key, in messages: "customer_id"
     columns: tuple[str, ...] = ()           # in the order row() gives and load() takes them
     key: tuple[str, ...] = ()               # the columns that name one stored row
     where = ""                              # finds one by lookup()'s values; "" : key = ?
@@ -154,18 +156,20 @@ class Table:
 
     def key_of(self, record) -> tuple:
         """The key get() takes for ``record``."""
-        raise NotImplementedError
+        return (record.id,)
 
     def lookup(self, *key) -> tuple | None:
         """The values ``where`` takes for ``key``; None: no record can have it."""
         return key
 
     def missing(self, *key) -> NotFound:
-        raise NotImplementedError
+        return NotFound(self.key_name, f"{self.key_name} {key[0]!r}: no such {self.noun}")
 
     def duplicate(self, record) -> SettingsError | None:
         """The refusal of a new record whose key is taken (None: admit sees to it)."""
-        return None
+        if self.generated_key:
+            return None
+        return Conflict("id", f"id {record.id!r}: a {self.noun} with this ID exists")
 
     def added(self, record, rowid: int):
         """The record as kept, once inserted as ``rowid``."""
@@ -185,6 +189,7 @@ class Table:
 
 class _Customers(Table):
     name = "customers"
+    noun, key_name = "customer", "customer_id"
     columns = ("id", "name", "allowed_edges", "max_storages", "max_pairs", "bandwidth")
     key = ("id",)
     order = "id"
@@ -215,15 +220,6 @@ class _Customers(Table):
         return CustomerRecord(cid, name, tuple(json.loads(edges)), max_storages, max_pairs,
                               bandwidth)
 
-    def key_of(self, c):
-        return (c.id,)
-
-    def missing(self, customer_id) -> NotFound:
-        return NotFound("customer_id", f"customer_id {customer_id!r}: no such customer")
-
-    def duplicate(self, c):
-        return Conflict("id", f"id {c.id!r}: a customer with this ID exists")
-
     def admit(self, db, c, old) -> None:
         if c.name and db.one("SELECT 1 FROM customers WHERE name = ? AND id != ?", c.name, c.id):
             raise Conflict("name", f"name {c.name!r}: another customer has this name")
@@ -246,6 +242,7 @@ class _Customers(Table):
 
 class _Devices(Table):
     name = "devices"
+    noun, key_name = "device", "device_id"
     columns = ("id", "role", "log_address", "processing_limit", "failure_domain")
     key = ("id",)
     order = "id"
@@ -267,15 +264,6 @@ class _Devices(Table):
 
     def load(self, row) -> Device:
         return Device(*row)
-
-    def key_of(self, d):
-        return (d.id,)
-
-    def missing(self, device_id) -> NotFound:
-        return NotFound("device_id", f"device_id {device_id!r}: no such device")
-
-    def duplicate(self, d):
-        return Conflict("id", f"id {d.id!r}: a device with this ID exists")
 
     def admit(self, db, d, old) -> None:
         row = db.one("SELECT id FROM devices WHERE log_address = ? AND id != ?",
@@ -308,6 +296,7 @@ def _check_edge_unused(db, edge_id: str, field: str, what: str) -> None:
 class _Links(Table):
     """Undirected: (a, b) and (b, a) are the same link; an update may turn it around."""
     name = "links"
+    noun, key_name = "link", "link"
     columns = ("a", "b", "capacity", "latency_ms")
     key = ("a", "b")
     where = "(a = ? AND b = ?) OR (a = ? AND b = ?)"
@@ -351,6 +340,7 @@ class _Links(Table):
 
 class _Storages(Table):
     name = "storages"
+    noun, key_name = "storage", "storage_wwn"
     columns = ("wwn", "edge_id", "customer_id", "virtual_wwn")
     key = ("wwn",)
     order = "wwn"
@@ -387,6 +377,9 @@ class _Storages(Table):
             0 <= storage_wwn < 1 << 64 else repr(storage_wwn)       # True shows as ...:01
         return NotFound("storage_wwn", f"storage_wwn {shown}: no storage with this WWN "
                                        f"is connected")
+
+    def duplicate(self, s):
+        return None                  # admit's WWN checks refuse it, naming virtual WWNs too
 
     def admit(self, db, s, old) -> None:
         # a storage does not change hands (delete and add)
@@ -442,6 +435,7 @@ def _check_wwn_free(db, field: str, wwn: int | None, own: int) -> None:
 
 class _Pairs(Table):
     name = "pairs"
+    noun = "pair"
     columns = ("id", "customer_id", "source_wwn", "source_lun", "target_wwn", "target_lun",
                "grp", "policy", "load_entries", "load_bytes")
     key = ("id",)
@@ -480,14 +474,8 @@ class _Pairs(Table):
         return OrderedPair(customer, int(source, 16), source_lun, int(target, 16), target_lun,
                            group, policy, entries, nbytes, pid)
 
-    def key_of(self, p):
-        return (p.id,)
-
     def lookup(self, pair_id):
         return (pair_id,) if isinstance(pair_id, int) and not isinstance(pair_id, bool) else None
-
-    def missing(self, pair_id) -> NotFound:
-        return NotFound("id", f"id {pair_id!r}: no such pair")
 
     def added(self, p, rowid: int) -> OrderedPair:
         return replace(p, id=rowid)
