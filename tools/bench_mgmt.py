@@ -5,7 +5,7 @@
 Starts ``twistd rcn-mgmt`` as its own process with a topology of ``--devices``
 devices (a fifth of them edges, the rest cores in a ring, every edge linked to
 two cores) and ``--pairs`` ordered pairs between edges. Then, in this process,
-that many AMP clients (``rcn.mgmt.client.MgmtClient``) register and report
+that many AMP clients (``rcn.mgmtlink.client.MgmtClient``) register and report
 figures shaped like an edge's ``/status`` every second, while a reader asks the
 REST API for ``/status`` (the per-pair figures the dashboard polls) ten times a
 second. The server's CPU comes from ``/proc``; the baseline row is the same API
@@ -133,7 +133,7 @@ def measure_rows(base, token, pid, seconds, devices, pairs, amp_port):
     """Baseline (API only), then the same with every device reporting each second."""
     from twisted.internet import endpoints, reactor, task, threads
 
-    from rcn.mgmt.client import MgmtClient
+    from rcn.mgmtlink.client import MgmtClient
     rows = []
     clients = []
     results = {}

@@ -25,8 +25,8 @@ from rcn.core.console import core_console
 from rcn.core.relay import CoreRelay
 from rcn.logxfer.protocol import Drops, LogTransferProtocol, listen
 from rcn.logxfer.routes import Address
-from rcn.mgmt.client import MgmtClient, client_service
 from rcn.metrics import MetricsRegistry, metrics_site
+from rcn.mgmtlink.client import MgmtClient, client_service
 
 _log = Logger()
 

@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from datapath.frames.names import format_wwn
 from datapath.kernels.bitmap import DifferentialBitmap
+from rcn.groups import POLICIES, group_id
 from rcn.pairstate import Event, PairState, next_state
-
-POLICIES = ("A-1", "A-2", "B")
-_A1, _A2 = 0x40000000, 0x80000000
-_LOW30 = 0x3FFFFFFF
 
 
 @dataclass(frozen=True)
@@ -216,12 +212,7 @@ class EdgePairs:
 
     def group_for(self, source_wwn: int, target_wwn: int, source_edge, target_edge) -> int:
         """The order guarantee ID policy A-1 or A-2 gives a new pair (B gives none: 0)."""
-        if self.policy == "A-1":
-            key = source_wwn.to_bytes(8, "big") + target_wwn.to_bytes(8, "big")
-            return _A1 | (zlib.crc32(key) & _LOW30)
-        if self.policy == "A-2":
-            return _A2 | (zlib.crc32(f"{source_edge}>{target_edge}".encode()) & _LOW30)
-        return 0
+        return group_id(self.policy, 0, source_wwn, target_wwn, source_edge, target_edge)
 
     def __iter__(self):
         return iter(self.rows.values())

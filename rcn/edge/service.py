@@ -48,7 +48,7 @@ from rcn.console.service import serve_console
 from rcn.edge.config import read_tables
 from rcn.edge.console import EdgeConsole
 from rcn.metrics import MetricsRegistry, MetricsResource
-from rcn.mgmt.client import MgmtClient, client_service
+from rcn.mgmtlink.client import MgmtClient, client_service
 from rcn.nbd.export import ExportTable
 from rcn.nbd.server import NbdServerFactory
 from rcn.pairstate import PairState

@@ -1,5 +1,7 @@
 """The management server's REST endpoints (``/api/v1``), as :class:`~rcn.mgmt.api.Endpoint` rows.
 
+:data:`ROUTES` is the table: method, path, handler, summary and the row's options;
+:class:`Handlers` holds the handlers, each ``handler(caller, params, body)``.
 Settings go to :class:`~rcn.mgmt.settings.Settings`, which checks bodies and
 who may do what; its refusals (``SettingsError``: a status and the field) become
 the API's JSON errors. A change of settings recomputes the routes and sends the
@@ -9,81 +11,131 @@ customer only its own storages, pairs, routes and figures.
 
 from __future__ import annotations
 
+from functools import partial
+
 from datapath.frames.names import format_wwn
 from rcn.mgmt.api import ApiError, Endpoint
+from rcn.mgmt.errors import SettingsError
 from rcn.mgmt.server import MgmtServer
-from rcn.mgmt.store import SettingsError
 
 OBJECT = {"type": "object"}
+_OPERATOR = {"access": "operator"}
+_CHANGE = {"access": "operator", "body": OBJECT}            # the operator's, with a body
+_ADD = {"access": "operator", "body": OBJECT, "status": 201}
 
 
-def endpoints(server: MgmtServer) -> list[Endpoint]:
-    s = server.settings
+class Handlers:
+    """The handlers of one server. The settings ones (``listing``, ``read``, ``create``,
+    ``change``, ``remove``) take the name of the :class:`Settings` method first."""
 
-    def call(fn, *args, change: bool = False):
+    def __init__(self, server: MgmtServer):
+        self.server = server
+        self.settings = server.settings
+
+    def bind(self, name: str, *args):
+        """The handler ``name``, its leading arguments given (the ``handler`` of a row)."""
+        handler = getattr(self, name)
+        return partial(handler, *args) if args else handler
+
+    def call(self, fn, *args, change: bool = False):
         try:
             result = fn(*args)
         except SettingsError as exc:
             raise ApiError(exc.status, str(exc), exc.field) from None
         if change:
-            server.changed()
+            self.server.changed()
         return result
 
-    def whoami(caller, params, body):
+    # -- settings, one table at a time -----------------------------------------------------------
+    def listing(self, key: str, method: str, caller, params, body):
+        return {key: self.call(getattr(self.settings, method), caller)}
+
+    def read(self, method: str, caller, params, body):
+        return self.call(getattr(self.settings, method), caller, params["id"])
+
+    def create(self, method: str, caller, params, body):
+        return 201, self.call(getattr(self.settings, method), caller, body, change=True)
+
+    def change(self, method: str, caller, params, body):
+        return self.call(getattr(self.settings, method), caller, params["id"], body, change=True)
+
+    def remove(self, method: str, names: tuple[str, ...], caller, params, body):
+        return self.call(getattr(self.settings, method), caller,
+                         *(params[n] for n in names), change=True) or {}
+
+    def new_customer(self, caller, params, body):
+        created = self.call(self.settings.add_customer, caller, body, change=True)
+        created["token"] = self.call(self.settings.new_token, caller, created["id"])
+        return 201, created
+
+    def new_token(self, caller, params, body):
+        return {"token": self.call(self.settings.new_token, caller, params["id"])}
+
+    # -- what the caller may see -----------------------------------------------------------------
+    def whoami(self, caller, params, body):
         return {"operator": caller.operator, "customer": caller.customer_id}
 
-    def own_pairs(caller) -> list[dict]:
-        return call(s.list_pairs, caller)
+    def own_pairs(self, caller) -> list[dict]:
+        return self.call(self.settings.list_pairs, caller)
 
-    def status(caller, params, body):
-        return {"version": server.version, "pairs": server.pair_figures(own_pairs(caller))}
+    def status(self, caller, params, body):
+        return {"version": self.server.version,
+                "pairs": self.server.pair_figures(self.own_pairs(caller))}
 
-    def lag(caller, params, body):
+    def pairs(self, caller, params, body):
+        return {"pairs": self.server.pair_figures(self.own_pairs(caller))}
+
+    def pair(self, caller, params, body):
+        return self.server.pair_figures([self.call(self.settings.get_pair, caller,
+                                                   params["id"])])[0]
+
+    def lag(self, caller, params, body):
         seconds = 300.0
-        groups = {p["group"]: p["target_edge"] for p in own_pairs(caller)}
-        return {"now": server.clock.seconds(), "seconds": seconds,
-                "series": server.lag_series(groups, seconds)}
+        groups = {p["group"]: p["target_edge"] for p in self.own_pairs(caller)}
+        return {"now": self.server.clock.seconds(), "seconds": seconds,
+                "series": self.server.lag_series(groups, seconds)}
 
-    def visible_routes(caller) -> tuple[list[dict], list[dict]]:
-        pairs = own_pairs(caller)
-        keys = {(p["source_wwn"], p["target_wwn"]) for p in pairs}
-        keys |= {(t, s_) for s_, t in keys}
+    def visible_routes(self, caller) -> tuple[list[dict], list[dict]]:
+        keys = {(p["source_wwn"], p["target_wwn"]) for p in self.own_pairs(caller)}
+        keys |= {(t, s) for s, t in keys}
+        routing = self.server.routing
         routes = [{"source_wwn": format_wwn(r.source_wwn), "target_wwn": format_wwn(r.target_wwn),
-                   "path": list(r.path)} for r in server.routing.routes.values()]
+                   "path": list(r.path)} for r in routing.routes.values()]
         infeasible = [{"source_wwn": format_wwn(k[0]), "target_wwn": format_wwn(k[1]),
-                       "reason": why} for k, why in server.routing.infeasible.items()]
+                       "reason": why} for k, why in routing.infeasible.items()]
         if not caller.operator:
             routes = [r for r in routes if (r["source_wwn"], r["target_wwn"]) in keys]
             infeasible = [r for r in infeasible if (r["source_wwn"], r["target_wwn"]) in keys]
         return routes, infeasible
 
-    def routes(caller, params, body):
-        found, infeasible = visible_routes(caller)
+    def routes(self, caller, params, body):
+        found, infeasible = self.visible_routes(caller)
         return {"routes": found, "infeasible": infeasible}
 
-    def recompute(caller, params, body):
-        server.changed()
-        return routes(caller, params, body)
+    def recompute(self, caller, params, body):
+        self.server.changed()
+        return self.routes(caller, params, body)
 
-    def topology(caller, params, body):
-        found, _ = visible_routes(caller)
+    def topology(self, caller, params, body):
+        found, _ = self.visible_routes(caller)
         used = {hop for r in found for hop in r["path"]}
+        store = self.server.store
         devices = [{"id": d.id, "role": d.role, "failure_domain": d.failure_domain}
-                   for d in server.store.list_devices() if caller.operator or d.id in used]
-        links = [{"a": link.a, "b": link.b} for link in server.store.list_links()
+                   for d in store.list_devices() if caller.operator or d.id in used]
+        links = [{"a": link.a, "b": link.b} for link in store.list_links()
                  if caller.operator or (link.a in used and link.b in used)]
         return {"devices": devices, "links": links, "routes": found}
 
-    def devices(caller, params, body):
-        health = {d["id"]: d for d in server.distribution.devices()}
+    def devices(self, caller, params, body):
+        health = {d["id"]: d for d in self.server.distribution.devices()}
         if caller.operator:
-            rows = call(s.list_devices, caller)
+            rows = self.call(self.settings.list_devices, caller)
         else:                                  # a customer: the devices its routes use
-            found, _ = visible_routes(caller)
+            found, _ = self.visible_routes(caller)
             used = {hop for r in found for hop in r["path"]}
-            rows = [{"id": d.id, "role": d.role} for d in server.store.list_devices()
+            rows = [{"id": d.id, "role": d.role} for d in self.server.store.list_devices()
                     if d.id in used]
-        now = server.clock.seconds()
+        now = self.server.clock.seconds()
         for row in rows:
             h = health.get(row["id"], {})
             last = h.get("last_report")
@@ -92,83 +144,62 @@ def endpoints(server: MgmtServer) -> list[Endpoint]:
                        last_report_age_s=None if last is None else now - last)
         return {"devices": rows}
 
-    def residual(caller, params, body):
-        pair = call(s.get_pair, caller, params["id"])
-        d = server.distribution.query_residual(pair["source_edge"], pair["group"])
+    def residual(self, caller, params, body):
+        pair = self.call(self.settings.get_pair, caller, params["id"])
+        d = self.server.distribution.query_residual(pair["source_edge"], pair["group"])
 
         def failed(failure):
             raise ApiError(503, f"edge {pair['source_edge']}: {failure.getErrorMessage()}")
         return d.addErrback(failed)
 
-    def new_customer(caller, params, body):
-        created = call(s.add_customer, caller, body, change=True)
-        created["token"] = call(s.new_token, caller, created["id"])
-        return 201, created
 
-    rows = [
-        Endpoint("GET", "/whoami", whoami, "who the token belongs to"),
-        Endpoint("GET", "/status", status, "pairs with state, lag, residual entries, throughput"),
-        Endpoint("GET", "/lag", lag, "lag over time per order guarantee group"),
-        Endpoint("GET", "/topology", topology, "devices, links and routes (a customer's only)"),
-        Endpoint("GET", "/routes", routes, "table 408 and the pairs without a feasible path"),
-        Endpoint("POST", "/routes/recompute", recompute, "compute and distribute routes again",
-                 "operator", OBJECT),
-        Endpoint("GET", "/customers", lambda c, p, b: {"customers": call(s.list_customers, c)},
-                 "customers and their contracts", "operator"),
-        Endpoint("POST", "/customers", new_customer, "add a customer (answers its token once)",
-                 "operator", OBJECT, status=201),
-        Endpoint("GET", "/customers/{id}", lambda c, p, b: call(s.get_customer, c, p["id"]),
-                 "one customer (a customer may read its own)"),
-        Endpoint("PATCH", "/customers/{id}",
-                 lambda c, p, b: call(s.update_customer, c, p["id"], b, change=True),
-                 "change a contract", "operator", OBJECT),
-        Endpoint("DELETE", "/customers/{id}",
-                 lambda c, p, b: call(s.delete_customer, c, p["id"], change=True) or {},
-                 "remove a customer", "operator"),
-        Endpoint("POST", "/customers/{id}/token",
-                 lambda c, p, b: {"token": call(s.new_token, c, p["id"])},
-                 "a new token for a customer (the old one stops working)", "operator", OBJECT),
-        Endpoint("GET", "/devices", devices, "devices, and whether each runs the current "
-                 "settings"),
-        Endpoint("POST", "/devices", lambda c, p, b: (201, call(s.add_device, c, b, change=True)),
-                 "add an edge or core", "operator", OBJECT, status=201),
-        Endpoint("GET", "/devices/{id}", lambda c, p, b: call(s.get_device, c, p["id"]),
-                 "one device", "operator"),
-        Endpoint("PATCH", "/devices/{id}",
-                 lambda c, p, b: call(s.update_device, c, p["id"], b, change=True),
-                 "change a device", "operator", OBJECT),
-        Endpoint("DELETE", "/devices/{id}",
-                 lambda c, p, b: call(s.delete_device, c, p["id"], change=True) or {},
-                 "remove a device", "operator"),
-        Endpoint("GET", "/links", lambda c, p, b: {"links": call(s.list_links, c)},
-                 "links", "operator"),
-        Endpoint("POST", "/links", lambda c, p, b: (201, call(s.add_link, c, b, change=True)),
-                 "add a link", "operator", OBJECT, status=201),
-        Endpoint("DELETE", "/links/{a}/{b}",
-                 lambda c, p, b: call(s.delete_link, c, p["a"], p["b"], change=True) or {},
-                 "remove a link", "operator"),
-        Endpoint("GET", "/storages", lambda c, p, b: {"storages": call(s.list_storages, c)},
-                 "storages attached to edges (table 503)"),
-        Endpoint("POST", "/storages",
-                 lambda c, p, b: (201, call(s.add_storage, c, b, change=True)),
-                 "attach a storage to an edge", body=OBJECT, status=201),
-        Endpoint("DELETE", "/storages/{wwn}",
-                 lambda c, p, b: call(s.delete_storage, c, p["wwn"], change=True) or {},
-                 "detach a storage"),
-        Endpoint("GET", "/pairs", lambda c, p, b: {"pairs": server.pair_figures(own_pairs(c))},
-                 "ordered pairs with their figures"),
-        Endpoint("POST", "/pairs", lambda c, p, b: (201, call(s.add_pair, c, b, change=True)),
-                 "add an ordered pair", body=OBJECT, status=201),
-        Endpoint("GET", "/pairs/{id:int}",
-                 lambda c, p, b: server.pair_figures([call(s.get_pair, c, p["id"])])[0],
-                 "one pair with its figures"),
-        Endpoint("PATCH", "/pairs/{id:int}",
-                 lambda c, p, b: call(s.update_pair, c, p["id"], b, change=True),
-                 "change a pair's expected load", body=OBJECT),
-        Endpoint("DELETE", "/pairs/{id:int}",
-                 lambda c, p, b: call(s.delete_pair, c, p["id"], change=True) or {},
-                 "remove a pair"),
-        Endpoint("GET", "/pairs/{id:int}/residual", residual,
-                 "the residual-entry query of 【0087】 at the pair's source edge"),
-    ]
-    return rows
+#: (method, path, (handler, its leading arguments), summary, the Endpoint's options)
+ROUTES = (
+    ("GET", "/whoami", ("whoami",), "who the token belongs to", {}),
+    ("GET", "/status", ("status",), "pairs with state, lag, residual entries, throughput", {}),
+    ("GET", "/lag", ("lag",), "lag over time per order guarantee group", {}),
+    ("GET", "/topology", ("topology",), "devices, links and routes (a customer's only)", {}),
+    ("GET", "/routes", ("routes",), "table 408 and the pairs without a feasible path", {}),
+    ("POST", "/routes/recompute", ("recompute",), "compute and distribute routes again",
+     _CHANGE),
+    ("GET", "/customers", ("listing", "customers", "list_customers"),
+     "customers and their contracts", _OPERATOR),
+    ("POST", "/customers", ("new_customer",), "add a customer (answers its token once)", _ADD),
+    ("GET", "/customers/{id}", ("read", "get_customer"),
+     "one customer (a customer may read its own)", {}),
+    ("PATCH", "/customers/{id}", ("change", "update_customer"), "change a contract", _CHANGE),
+    ("DELETE", "/customers/{id}", ("remove", "delete_customer", ("id",)), "remove a customer",
+     _OPERATOR),
+    ("POST", "/customers/{id}/token", ("new_token",),
+     "a new token for a customer (the old one stops working)", _CHANGE),
+    ("GET", "/devices", ("devices",), "devices, and whether each runs the current settings", {}),
+    ("POST", "/devices", ("create", "add_device"), "add an edge or core", _ADD),
+    ("GET", "/devices/{id}", ("read", "get_device"), "one device", _OPERATOR),
+    ("PATCH", "/devices/{id}", ("change", "update_device"), "change a device", _CHANGE),
+    ("DELETE", "/devices/{id}", ("remove", "delete_device", ("id",)), "remove a device",
+     _OPERATOR),
+    ("GET", "/links", ("listing", "links", "list_links"), "links", _OPERATOR),
+    ("POST", "/links", ("create", "add_link"), "add a link", _ADD),
+    ("DELETE", "/links/{a}/{b}", ("remove", "delete_link", ("a", "b")), "remove a link",
+     _OPERATOR),
+    ("GET", "/storages", ("listing", "storages", "list_storages"),
+     "storages attached to edges (table 503)", {}),
+    ("POST", "/storages", ("create", "add_storage"), "attach a storage to an edge",
+     {"body": OBJECT, "status": 201}),
+    ("DELETE", "/storages/{wwn}", ("remove", "delete_storage", ("wwn",)), "detach a storage", {}),
+    ("GET", "/pairs", ("pairs",), "ordered pairs with their figures", {}),
+    ("POST", "/pairs", ("create", "add_pair"), "add an ordered pair",
+     {"body": OBJECT, "status": 201}),
+    ("GET", "/pairs/{id:int}", ("pair",), "one pair with its figures", {}),
+    ("PATCH", "/pairs/{id:int}", ("change", "update_pair"), "change a pair's expected load",
+     {"body": OBJECT}),
+    ("DELETE", "/pairs/{id:int}", ("remove", "delete_pair", ("id",)), "remove a pair", {}),
+    ("GET", "/pairs/{id:int}/residual", ("residual",),
+     "the residual-entry query of 【0087】 at the pair's source edge", {}),
+)
+
+
+def endpoints(server: MgmtServer) -> list[Endpoint]:
+    handlers = Handlers(server)
+    return [Endpoint(method, path, handlers.bind(*handler), summary, **options)
+            for method, path, handler, summary, options in ROUTES]

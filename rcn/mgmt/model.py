@@ -18,6 +18,13 @@ Settings the operator and customers enter:
   the policy (``A-1``, ``A-2`` or ``B``, 【0064】), and the load it is expected to
   carry (entries/s, bytes/s) for route computation.
 
+Two options the records above have no field for are kept in subclasses the
+store always returns (it takes the plain records too; the options then take
+their defaults): a customer's ``bandwidth`` (bytes/s on the log-transfer
+channel, 0: no limit; :class:`CustomerRecord`) and a storage's own
+``virtual_wwn`` for the virtual-WWN variant (【0093】; None: the same-WWN scheme;
+:class:`StorageRecord`).
+
 Tables derived from them and distributed to devices: :class:`VirtualStorage`
 (404), :class:`Access` (405), :class:`RouteEntry` (408, a path of device IDs).
 """
@@ -25,9 +32,6 @@ Tables derived from them and distributed to devices: :class:`VirtualStorage`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-ROLES = ("edge", "core")
-POLICIES = ("A-1", "A-2", "B")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,16 @@ class StorageConnection:
     edge_id: str
     customer_id: str
     storage_wwn: int
+
+
+@dataclass(frozen=True)
+class CustomerRecord(Customer):
+    bandwidth: int = 0                         # bytes/s on the log-transfer channel; 0: no limit
+
+
+@dataclass(frozen=True)
+class StorageRecord(StorageConnection):
+    virtual_wwn: int | None = None             # shown under this WWN at partner edges (【0093】)
 
 
 @dataclass(frozen=True)

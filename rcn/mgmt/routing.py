@@ -48,7 +48,8 @@ from dataclasses import dataclass
 import networkx as nx
 
 from datapath.frames.names import format_wwn
-from rcn.mgmt.model import ROLES, Device, Link, OrderedPair, RouteEntry, StorageConnection
+from rcn.mgmt.model import Device, Link, OrderedPair, RouteEntry, StorageConnection
+from rcn.mgmtlink.commands import ROLES
 
 Key = tuple[int, int]                       # (source WWN, target WWN)
 LinkKey = tuple[str, str]                   # the two device IDs, sorted

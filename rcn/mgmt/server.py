@@ -9,7 +9,7 @@
   registered and is now disconnected or stale counts as failed: routes avoid it
   where another path exists; where none does, the path through it stays, and the
   edges' retransmission budget decides on failure Suspend);
-* distribution (:class:`~rcn.mgmt.amp.DistributionServer`) -- each device's
+* distribution (:class:`~rcn.mgmt.distribution.DistributionServer`) -- each device's
   snapshot; the snapshot version is ``settings version * 1,000,000 + reroutes``
   since that settings version, so a reroute alone also reaches the devices;
 * collection -- the devices' reports (every second, a bounded series per
@@ -31,7 +31,7 @@ from dataclasses import replace
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from rcn.mgmt.amp import DistributionServer
+from rcn.mgmt.distribution import DistributionServer
 from rcn.mgmt.routing import Demand, RoutingResult, compute_routes, reroute_without
 from rcn.mgmt.settings import Settings
 from rcn.mgmt.store import Store

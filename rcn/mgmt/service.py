@@ -31,9 +31,10 @@ from rcn.mgmt.api import ApiResource, openapi
 from rcn.mgmt.config import MgmtConfig
 from rcn.mgmt.console import MgmtConsole
 from rcn.mgmt.endpoints import endpoints as api_endpoints
+from rcn.mgmt.errors import SettingsError
 from rcn.mgmt.model import OPERATOR
 from rcn.mgmt.server import MgmtServer
-from rcn.mgmt.store import SettingsError, SQLiteStore
+from rcn.mgmt.store import SQLiteStore
 from rcn.tap import OpenAtStart
 from rcn.web import BoundedSite
 

@@ -5,13 +5,13 @@ the contract limits, and the tables derived from the settings.
 with the caller -- anything with ``operator`` (bool) and ``customer_id``, such as
 :class:`Caller` -- and a JSON body; answers are JSON-able dicts (WWNs as
 ``"50:0a:09:80:00:00:00:01"``; a WWN in a body may also be 16 hex digits or an
-integer). Refusals are :class:`~rcn.mgmt.store.SettingsError` and its subclasses,
+integer). Refusals are :class:`~rcn.mgmt.errors.SettingsError` and its subclasses,
 whose ``field`` and ``status`` the REST layer answers with.
 
 Who may do what
 ---------------
 Customers, devices and links are the operator's: a customer gets
-:class:`~rcn.mgmt.store.Forbidden` (a customer may read its own customer record,
+:class:`~rcn.mgmt.errors.Forbidden` (a customer may read its own customer record,
 to see its limits). Storages and pairs: the operator sees and changes all; a
 customer sees and changes its own only, and another customer's is "not found",
 with the very message a missing one gets -- never its data (DESIGN.md 5.4).
@@ -20,22 +20,21 @@ Contract limits (【0056】)
 ------------------------
 A storage connection on an edge outside the customer's ``allowed_edges``, more
 storages than ``max_storages``, more ordered pairs than ``max_pairs``: refused
-with :class:`~rcn.mgmt.store.LimitExceeded`, whose message names the limit and
+with :class:`~rcn.mgmt.errors.LimitExceeded`, whose message names the limit and
 its value (``customer acme: max_pairs is 2; it has 2 already``). Lowering a
 limit below what the customer has is refused too (delete first).
 
 Order guarantee IDs (【0064】)
 ---------------------------
 A-1: one per (source storage, target storage); A-2: one per (source edge, target
-edge); B: the pair's given group. A-1 and A-2 IDs are what
-:meth:`rcn.edge.pairs.EdgePairs.group_for` computes at an edge -- the edge passes
-the two ends of the route, i.e. the edges' log-transfer addresses, so A-2 IDs
-here are keyed by the edges' ``log_address`` too, and the server and the edges
-agree. Every group must run between one source edge and one target edge and
+edge); B: the pair's given group. :func:`rcn.groups.group_id` computes them,
+here and at an edge (``EdgePairs.group_for``) -- the edge passes the two ends of
+the route, i.e. the edges' log-transfer addresses, so A-2 IDs here are keyed by
+the edges' ``log_address`` too, and the server and the edges agree. Every group must run between one source edge and one target edge and
 belong to one customer (its figures and its failure Suspend are the customer's
 alone): a pair whose policy would put it in another customer's group (A-2 between
 two edges another customer's A-2 pairs use, or an A-1 checksum collision) is
-refused with :class:`~rcn.mgmt.store.Conflict` on ``group``.
+refused with :class:`~rcn.mgmt.errors.Conflict` on ``group``.
 
 Derived tables
 --------------
@@ -87,30 +86,20 @@ from dataclasses import fields, replace
 from typing import Iterable, Mapping
 
 from datapath.frames.names import format_wwn, parse_wwn
-from rcn.edge.pairs import EdgePairs
+from rcn.groups import group_id
 from rcn.logxfer.routes import Address
-from rcn.mgmt.model import (OPERATOR, Access, Caller, Device, Link, OrderedPair, RouteEntry,
-                            VirtualStorage)
-from rcn.mgmt.store import (Conflict, CustomerRecord, Forbidden, LimitExceeded, NotFound,
-                            SettingsError, Store, StorageRecord, Unauthorized)
+from rcn.mgmt.errors import (Conflict, Forbidden, LimitExceeded, NotFound, SettingsError,
+                             Unauthorized)
+from rcn.mgmt.model import (OPERATOR, Access, Caller, CustomerRecord, Device, Link, OrderedPair,
+                            RouteEntry, StorageRecord, VirtualStorage)
+from rcn.mgmt.store import Store
 
-__all__ = ["Caller", "OPERATOR", "Settings", "SNAPSHOT_FORMAT", "group_id", "SettingsError",
+__all__ = ["Caller", "OPERATOR", "Settings", "SNAPSHOT_FORMAT", "SettingsError",
            "NotFound", "Conflict", "Forbidden", "LimitExceeded", "Unauthorized"]
 
 SNAPSHOT_FORMAT = 1
 MIN_TOKEN = 16                 # characters; shorter ones are guessable
 _MISSING = object()
-# one table per policy: its group_for is the edges' own (they must agree)
-_POLICY = {policy: EdgePairs(policy) for policy in ("A-1", "A-2")}
-
-
-def group_id(policy: str, group: int, source_wwn: int, target_wwn: int,
-             source_address: Address, target_address: Address) -> int:
-    """The order guarantee ID of a pair (【0064】): B's given ``group``, or what an edge's
-    ``EdgePairs.group_for`` gives for A-1 / A-2 (the addresses are the two edges')."""
-    if policy == "B":
-        return group
-    return _POLICY[policy].group_for(source_wwn, target_wwn, source_address, target_address)
 
 
 # -- bodies ---------------------------------------------------------------------------------------

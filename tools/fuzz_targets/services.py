@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 # The code under test is imported here, not on first use: an import inside a timed input
 # would count against the hang limit.
 import rcn.edge.device  # noqa: F401
-import rcn.mgmt.amp  # noqa: F401
+import rcn.mgmt.distribution  # noqa: F401
 import rcn.mgmt.endpoints  # noqa: F401
 import rcn.mgmt.routing  # noqa: F401
 import rcn.mgmt.server  # noqa: F401
@@ -134,7 +134,7 @@ register(Target(
 # -- AMP to rcn-mgmt -------------------------------------------------------------------------------
 
 def run_amp(data: bytes):
-    from rcn.mgmt.amp import DistributionServer
+    from rcn.mgmt.distribution import DistributionServer
     clock = Clock()
     versions = {"edge-a": 3, "core-1": 1}
 
@@ -173,10 +173,10 @@ def amp_seeds() -> list[bytes]:
 
 
 register(Target(
-    "amp-mgmt", "AMP boxes to rcn-mgmt's DistributionServer (rcn.mgmt.amp.ServerProtocol) over a "
-    "StringTransport: Register, Report, answers and errors to its Snapshot and ResidualQuery; "
-    "amp.py promises bad input is answered (BadArguments, BadJSON), never a dropped connection "
-    "with a traceback",
+    "amp-mgmt", "AMP boxes to rcn-mgmt's DistributionServer (rcn.mgmt.distribution."
+    "ServerProtocol) over a StringTransport: Register, Report, answers and errors to its "
+    "Snapshot and ResidualQuery; rcn.mgmtlink promises bad input is answered (BadArguments, "
+    "BadJSON), never a dropped connection with a traceback",
     run_amp, amp_seeds, fields=((b"_", -2, Layout("amp_key", [uint("key_length", 2)])),),
     tokens=(b"\x00\x08_command", b"\x00\x04_ask", b"\x00\x07_answer", b"\x00\x06_error",
             b"Register", b"Report", b"Snapshot", b"ResidualQuery", b"\x00\x07figures",
@@ -198,7 +198,8 @@ def _mgmt_server():
     from rcn.mgmt.endpoints import endpoints
     from rcn.mgmt.model import OPERATOR
     from rcn.mgmt.server import MgmtServer
-    from rcn.mgmt.store import SettingsError, SQLiteStore
+    from rcn.mgmt.errors import SettingsError
+    from rcn.mgmt.store import SQLiteStore
     clock = Clock()
     server = MgmtServer(clock, SQLiteStore(":memory:"))
     server.settings.set_token(OPERATOR, None, _TOKENS["op"])

@@ -31,11 +31,11 @@ from rcn.console.commands import CommandTree
 from rcn.console.protocol import MAX_LINE
 from rcn.core.console import core_console
 from rcn.edge.console import EdgeConsole
-from rcn.mgmt.client import MgmtClient, client_service
 from rcn.mgmt.console import MgmtConsole
 from rcn.mgmt.model import OPERATOR
 from rcn.mgmt.settings import Settings
 from rcn.mgmt.store import SQLiteStore
+from rcn.mgmtlink.client import MgmtClient, client_service
 from rcn.nbd.client import connect_url
 from rcn.storage.console import array_console
 from tests.support import CollectOutput, poll, tcp_accepts

@@ -11,7 +11,7 @@ from twisted.trial.unittest import TestCase
 
 from rcn.edge.config import parse_config
 from rcn.edge.service import Edge
-from rcn.mgmt.amp import DistributionServer
+from rcn.mgmt.distribution import DistributionServer
 from rcn.pairstate import PairState
 
 A, B, V = "50:0a:09:80:00:00:00:01", "50:0a:09:80:00:00:00:02", "50:0a:09:80:00:80:00:02"

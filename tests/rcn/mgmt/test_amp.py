@@ -17,14 +17,14 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from rcn.mgmt import amp as amp_module
-from rcn.mgmt.amp import (DEFAULT_PORT, BadArguments, BadJSON, BadRegistration,
-                          BigString, DeviceUnavailable, DistributionServer, NotRegistered,
-                          Register, Report, ResidualFailed, ServerFailed, UnknownDevice,
-                          encode_json)
 from rcn.logxfer.routes import Address
-from rcn.mgmt.client import MgmtClient, client_service
+from rcn.mgmt.distribution import DeviceUnavailable, DistributionServer
 from rcn.mgmt.service import TcpListenService
+from rcn.mgmtlink import protocol as protocol_module
+from rcn.mgmtlink.client import MgmtClient, client_service
+from rcn.mgmtlink.commands import (DEFAULT_PORT, BadArguments, BadJSON, BadRegistration,
+                                   BigString, NotRegistered, Register, Report, ResidualFailed,
+                                   ServerFailed, UnknownDevice, encode_json)
 
 
 class Settings:
@@ -571,7 +571,7 @@ class BadBoxTests(Base):
         self.assertUp(pump, 0)
 
     def test_a_box_over_max_box_closes_the_connection_cleanly_and_is_counted(self):
-        self.patch(amp_module, "MAX_BOX", 1000)
+        self.patch(protocol_module, "MAX_BOX", 1000)
         peer, pump = self.peer()
         peer.send(pump, {b"_command": b"Report", b"_ask": b"6", b"figures": b"x" * 600,
                          b"figures.1": b"x" * 600})

@@ -10,10 +10,10 @@ from twisted.test import iosim
 
 from rcn.console.commands import ConsoleError
 from rcn.logxfer.routes import Address
-from rcn.mgmt.client import MgmtClient
 from rcn.mgmt.config import parse_config
 from rcn.mgmt.console import MgmtConsole
 from rcn.mgmt.service import TcpListenService
+from rcn.mgmtlink.client import MgmtClient
 from tests.support import poll, tcp_accepts
 from tests.rcn.mgmt.test_server import S1, S2, T1, ServerTestCase
 

@@ -12,11 +12,11 @@ from twisted.test import iosim
 from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from rcn.mgmt.client import MgmtClient
 from rcn.mgmt.model import OPERATOR
 from rcn.mgmt.server import REROUTE_STEP, MgmtServer
 from rcn.mgmt.service import site
 from rcn.mgmt.store import SQLiteStore
+from rcn.mgmtlink.client import MgmtClient
 
 S1, T1 = "50:0a:09:80:00:00:00:01", "50:0a:09:80:00:00:00:02"
 S2, T2 = "50:0a:09:80:00:00:00:11", "50:0a:09:80:00:00:00:12"

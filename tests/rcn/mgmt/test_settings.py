@@ -17,11 +17,12 @@ from rcn.edge.config import read_tables
 from rcn.edge.service import SNAPSHOT_TABLES
 from rcn.edge.pairs import EdgePairs, PairEntry
 from rcn.logxfer.routes import Address
+from rcn.mgmt.errors import (Conflict, Forbidden, LimitExceeded, NotFound, SettingsError,
+                             Unauthorized)
 from rcn.mgmt.model import Access, RouteEntry, VirtualStorage
 from rcn.mgmt.routing import Demand, compute_routes
 from rcn.mgmt.settings import OPERATOR, Caller, Settings
-from rcn.mgmt.store import (Conflict, Forbidden, LimitExceeded, NotFound, SettingsError,
-                            SQLiteStore, Unauthorized)
+from rcn.mgmt.store import SQLiteStore
 
 S1, T1 = 0x500A098000000001, 0x500A098000000002          # acme: edgeA -> edgeB
 S2, T2 = 0x500A098000000011, 0x500A098000000012          # globex: edgeC -> edgeB

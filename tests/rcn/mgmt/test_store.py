@@ -10,9 +10,10 @@ import sqlite3
 from twisted.trial.unittest import TestCase
 
 from rcn.mgmt import store as store_module
-from rcn.mgmt.model import Customer, Device, Link, OrderedPair, StorageConnection
-from rcn.mgmt.store import (MIGRATIONS, SCHEMA_VERSION, Conflict, CustomerRecord, NotFound,
-                            SettingsError, SQLiteStore, StorageRecord, StoreVersionError)
+from rcn.mgmt.errors import Conflict, NotFound, SettingsError
+from rcn.mgmt.model import (Customer, CustomerRecord, Device, Link, OrderedPair,
+                            StorageConnection, StorageRecord)
+from rcn.mgmt.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, StoreVersionError
 
 S1, T1 = 0x500A098000000001, 0x500A098000000002
 S2, T2 = 0x500A098000000011, 0x500A098000000012

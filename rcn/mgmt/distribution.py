@@ -1,42 +1,15 @@
-"""The management channel (DESIGN.md 3.4): AMP commands, and the server's side of it.
+"""The server's side of the management channel (DESIGN.md 3.4): devices registered, snapshots
+sent and acknowledged, reports collected, residual entries asked for.
 
-Devices connect out to the management server (default port :data:`DEFAULT_PORT`)
-and speak AMP (:mod:`twisted.protocols.amp`):
-
-==============================  ===============  =====================================
-command                         direction        answer
-==============================  ===============  =====================================
-``Register(device_id, role,     device -> server ``version``: the settings version the
-log_address, version)``                          server holds for this device
-``Snapshot(version, tables)``   server -> device ``version`` applied, or an error
-``Report(figures)``             device -> server nothing (errors only), every second
-``ResidualQuery(group)``        server -> edge   ``residual``: that group's residual
-                                                 entries (【0087】)
-==============================  ===============  =====================================
-
-``version`` in Register is the settings version the device holds (0: none).
-``tables``, ``figures`` and ``residual`` are JSON objects (strict RFC 8259: no
-NaN or Infinity) carried as :class:`BigString`, which splits a value over
-several AMP keys, since one AMP value holds at most 65535 bytes.
-
-Bad input is answered, not fatal (DESIGN.md 5.6): every command declares the
-errors below, JSON that does not parse is counted and answered with
-:class:`BadJSON`, and arguments that do not parse (a missing key, a number that
-is not one) are answered with :class:`BadArguments` instead of AMP's default,
-which drops the connection. Boxes that are not AMP (an answer nobody asked for,
-an empty box, a command name that is not ASCII) are counted and dropped, the
-connection kept: :class:`MgmtAMP` has the table. The server's count is
-``bad_messages`` (``rcn_mgmt_amp_bad_messages_total`` in ``/metrics``).
-
-:class:`DistributionServer` is the server's registry of devices and what it
-sends them; :class:`MgmtServerFactory` (``server.factory()``) makes one
+:class:`DistributionServer` is the server's registry of devices and what it sends
+them; :class:`MgmtServerFactory` (``server.factory()``) makes one
 :class:`ServerProtocol` per connection (``rcn.mgmt.service`` listens with it). The
-device's side is :mod:`rcn.mgmt.client`.
+commands and the protocol base are the channel's (:mod:`rcn.mgmtlink`); the
+device's side is :mod:`rcn.mgmtlink.client`.
 """
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -45,114 +18,14 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail,
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols import amp
 
-from rcn.mgmt.model import ROLES
+from rcn.mgmtlink.commands import (ROLES, BadJSON, BadRegistration, MgmtError, NotRegistered,
+                                   Register, Report, ResidualQuery, ServerFailed, Snapshot,
+                                   UnknownDevice, decode_json, encode_json)
+from rcn.mgmtlink.protocol import MgmtAMP
 
-__all__ = ["DEFAULT_PORT", "MAX_DOCUMENT", "MAX_BOX", "BigString", "Register",
-           "Snapshot", "Report", "ResidualQuery", "MgmtError", "BadArguments", "BadJSON",
-           "BadRegistration", "UnknownDevice", "NotRegistered", "ApplyFailed",
-           "ResidualFailed", "ServerFailed", "DeviceUnavailable", "encode_json",
-           "decode_json", "MgmtAMP", "DeviceRecord", "DistributionServer", "ServerProtocol",
-           "MgmtServerFactory"]
-
-DEFAULT_PORT = 47100
-#: the largest JSON document one command carries (a snapshot of a large network is a
-#: few MB); beyond it the sender refuses and the receiver answers BadArguments
-MAX_DOCUMENT = 64 << 20
-#: the most bytes of keys and values one box may hold: a document in 65535-byte chunks
-#: and the other arguments; a larger box closes the connection (MgmtAMP)
-MAX_BOX = MAX_DOCUMENT + (1 << 20)
-_CHUNK = amp.MAX_VALUE_LENGTH
-
-
-# -- arguments -------------------------------------------------------------------------
-
-class BigString(amp.Argument):
-    """Bytes of any length up to ``limit``, split into 65535-byte chunks under the keys
-    ``name``, ``name.1``, ``name.2``... (a value that fits one chunk looks exactly like
-    ``amp.String``). Argument names must be plain Python identifiers."""
-
-    def __init__(self, optional: bool = False, limit: int = MAX_DOCUMENT):
-        super().__init__(optional)
-        self.limit = limit
-
-    def toBox(self, name, strings, objects, proto):
-        value = objects.pop(name.decode("ascii"), None)
-        if value is None:
-            if self.optional:
-                return
-            raise ValueError(f"AMP argument {name.decode()!r} is missing")
-        if not isinstance(value, bytes):
-            raise TypeError(f"AMP argument {name.decode()!r} must be bytes, "
-                            f"got {type(value).__name__}")
-        if len(value) > self.limit:
-            raise ValueError(f"AMP argument {name.decode()!r} is {len(value)} bytes, "
-                             f"more than the limit of {self.limit}")
-        strings[name] = value[:_CHUNK]
-        for i, start in enumerate(range(_CHUNK, len(value), _CHUNK), 1):
-            strings[b"%s.%d" % (name, i)] = value[start:start + _CHUNK]
-
-    def fromBox(self, name, strings, objects, proto):
-        key = name.decode("ascii")
-        if name not in strings:
-            if self.optional:
-                objects[key] = None
-                return
-            raise KeyError(f"AMP argument {key!r} is missing")
-        parts, size, i = [], 0, 0
-        while True:
-            part = strings.pop(name if i == 0 else b"%s.%d" % (name, i), None)
-            if part is None:
-                break
-            size += len(part)
-            if size > self.limit:
-                raise ValueError(f"AMP argument {key!r} is more than the limit of "
-                                 f"{self.limit} bytes")
-            parts.append(part)
-            i += 1
-        objects[key] = b"".join(parts)
-
-
-# -- errors ----------------------------------------------------------------------------
-
-class MgmtError(Exception):
-    """An error the management channel answers with; its message travels to the caller."""
-
-
-class BadArguments(MgmtError, ValueError):
-    """A command whose arguments did not parse (missing, not a number, too long)."""
-
-
-class BadJSON(MgmtError, ValueError):
-    """A JSON argument that does not parse or is not a JSON object."""
-
-
-class BadRegistration(MgmtError, ValueError):
-    """Register with a field that is wrong (named in the message)."""
-
-
-class UnknownDevice(MgmtError, LookupError):
-    """Register from a device the settings do not name."""
-
-    def __str__(self):            # LookupError would quote the message
-        return self.args[0] if self.args else ""
-
-
-class NotRegistered(MgmtError):
-    """A command that needs a registered connection came before Register."""
-
-
-class ApplyFailed(MgmtError):
-    """The device could not apply a snapshot."""
-
-
-class ResidualFailed(MgmtError):
-    """The edge could not answer a residual query."""
-
-
-class ServerFailed(MgmtError):
-    """The server failed on its side (a bug: the server logs the traceback)."""
+__all__ = ["DeviceUnavailable", "DeviceRecord", "DistributionServer", "ServerProtocol",
+           "MgmtServerFactory", "MAX_CONNECTIONS"]
 
 
 class DeviceUnavailable(LookupError):
@@ -162,239 +35,12 @@ class DeviceUnavailable(LookupError):
         return self.args[0] if self.args else ""
 
 
-_ERRORS = {BadArguments: b"BAD_ARGUMENTS", BadJSON: b"BAD_JSON", ServerFailed: b"SERVER_ERROR",
-           NotRegistered: b"NOT_REGISTERED"}
-
-
-# -- commands --------------------------------------------------------------------------
-
-class Register(amp.Command):
-    arguments = [(b"device_id", amp.Unicode()), (b"role", amp.Unicode()),
-                 (b"log_address", amp.Unicode()), (b"version", amp.Integer())]
-    response = [(b"version", amp.Integer())]
-    errors = {**_ERRORS, BadRegistration: b"BAD_REGISTRATION", UnknownDevice: b"UNKNOWN_DEVICE"}
-
-
-class Snapshot(amp.Command):
-    arguments = [(b"version", amp.Integer()), (b"tables", BigString())]
-    response = [(b"version", amp.Integer())]
-    errors = {**_ERRORS, ApplyFailed: b"APPLY_FAILED"}
-
-
-class Report(amp.Command):
-    arguments = [(b"figures", BigString())]
-    response = []
-    errors = dict(_ERRORS)
-
-
-class ResidualQuery(amp.Command):
-    arguments = [(b"group", amp.Integer())]
-    response = [(b"residual", BigString())]
-    errors = {**_ERRORS, ResidualFailed: b"RESIDUAL_FAILED"}
-
-
-# -- JSON ------------------------------------------------------------------------------
-
-def _no_constant(name):
-    raise ValueError(f"{name} is not JSON")
-
-
-def encode_json(obj: dict) -> bytes:
-    """Strict JSON (no NaN/Infinity), UTF-8."""
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-
-
-def decode_json(data: bytes, what: str) -> dict:
-    """A JSON object from ``data``, or :class:`BadJSON` naming ``what`` and the place."""
-    try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
-    except UnicodeDecodeError as e:
-        raise BadJSON(f"{what}: not UTF-8 at byte {e.start}") from None
-    except json.JSONDecodeError as e:
-        raise BadJSON(f"{what}: not JSON: {e.msg} at line {e.lineno} column {e.colno} "
-                      f"(char {e.pos})") from None
-    except ValueError as e:
-        raise BadJSON(f"{what}: {e}") from None
-    if not isinstance(obj, dict):
-        raise BadJSON(f"{what}: must be a JSON object, got {type(obj).__name__}")
-    return obj
-
-
-# -- the protocol base -----------------------------------------------------------------
-
-def _show(value: bytes, limit: int = 40) -> str:
-    """``value`` for a log line: printable, and cut at ``limit`` bytes."""
-    text = repr(value[:limit])
-    return text + f"... ({len(value)} bytes)" if len(value) > limit else text
-
-
-class MgmtAMP(amp.AMP):
-    """AMP that answers or drops every bad box instead of dropping the connection with
-    a traceback, which is Twisted's default (``BoxDispatcher.ampBoxReceived`` raises
-    ``KeyError``/``NoEmptyBoxes`` out of ``dataReceived``; ``SimpleStringLocator`` raises
-    ``UnicodeDecodeError`` for a non-ASCII ``_command``; a failed command without
-    ``_ask`` goes to ``unhandledError``, which closes the connection).
-
-    AMP answers a box only when it carries ``_ask``, and never answers an answer; a box
-    is self-delimiting, so after any bad box the stream is still in step. Hence, each
-    bad box is counted and logged once by :meth:`bad_message` (its reason in the line)
-    and the connection stays up:
-
-    ==========================================  ==========================================
-    box                                         outcome
-    ==========================================  ==========================================
-    ``_command`` + ``_ask``, arguments that     answered ``BAD_ARGUMENTS``
-    do not parse
-    ``_command`` unknown, not ASCII, or         answered ``UNHANDLED`` (Twisted's answer
-    ``StartTLS`` (TLS is the endpoint's job)    to an unknown command) if it has ``_ask``
-    ``_command`` without ``_ask`` that fails    dropped (nothing to answer)
-    ``_answer``/``_error`` with a tag no        dropped (a late or forged answer)
-    request of ours waits for
-    ``_error`` without ``_error_code`` or       the waiting request fails with
-    ``_error_description``                      ``UNKNOWN`` and what was there
-    none of ``_command``/``_answer``/           dropped; answered ``BAD_BOX`` if it has
-    ``_error`` (an empty box, say)              ``_ask``
-    ==========================================  ==========================================
-
-    A responder that fails with an error its command does not declare is a bug of
-    ours: logged with its traceback and answered ``SERVER_ERROR`` (:class:`ServerFailed`),
-    connection kept. Two things close the connection, each counted and logged: a box
-    over :data:`MAX_BOX` bytes (it cannot be held to find its end) and a key over 255
-    bytes (AMP's framing is broken).
-
-    For fuzzers: ``dataReceived`` raises nothing for any bytes; the clean outcomes are an
-    error answer, a counted drop (``bad_message``) and the clean close above; a
-    ``Logger.failure`` is a finding.
-    """
-
-    _log = Logger()
-    _box_bytes = 0
-
-    # -- framing: bound the box ---------------------------------------------------------
-    def proto_init(self, string):
-        self._box_bytes = 0
-        return super().proto_init(string)
-
-    def proto_key(self, string):
-        self._box_bytes += len(string)
-        return super().proto_key(string)
-
-    def proto_value(self, string):
-        self._box_bytes += len(string)
-        if self._box_bytes > MAX_BOX:
-            self.bad_message(f"a box of more than {MAX_BOX} bytes (key "
-                             f"{_show(self._currentKey)}); closing the connection")
-            self._currentBox = None
-            return "done"              # StatefulStringProtocol closes the connection
-        return super().proto_value(string)
-
-    def proto_done(self, string):
-        return "done"                  # what was already read after the close
-
-    def lengthLimitExceeded(self, length):
-        self.bad_message(f"an AMP key of {length} bytes (at most 255); closing the "
-                         f"connection")
-        super().lengthLimitExceeded(length)
-
-    # -- dispatch -----------------------------------------------------------------------
-    def ampBoxReceived(self, box):
-        if amp.ANSWER in box or amp.ERROR in box:
-            self._answer_received(box)
-        elif amp.COMMAND not in box:
-            keys = ", ".join(_show(k, 20) for k in sorted(box)[:8]) or "no keys"
-            self.bad_message(f"a box with no _command, _answer or _error ({keys}); dropped")
-            if amp.ASK in box:
-                self._send_error(box[amp.ASK], b"BAD_BOX",
-                                 "a box with _ask needs a _command")
-        elif amp.ASK not in box:
-            # Nothing to answer: a failure is dropped here, not in unhandledError.
-            self.dispatchCommand(box).addErrback(self._unanswered, box[amp.COMMAND])
-        else:
-            super().ampBoxReceived(box)
-
-    def _answer_received(self, box):
-        key = amp.ANSWER if amp.ANSWER in box else amp.ERROR
-        tag = box[key]
-        if tag not in (self._outstandingRequests or {}):
-            self.bad_message(f"{key.decode()} {_show(tag)}: no request of ours has this "
-                             f"tag (late or forged); dropped")
-            return
-        if key == amp.ERROR and not (amp.ERROR_CODE in box and amp.ERROR_DESCRIPTION in box):
-            self.bad_message(f"_error {_show(tag)} without _error_code or "
-                             f"_error_description; the request fails with UNKNOWN")
-            box = amp.AmpBox(box)
-            box[amp.ERROR_CODE] = amp.UNKNOWN_ERROR_CODE
-            box[amp.ERROR_DESCRIPTION] = (b"malformed error answer: "
-                                          + box.get(amp.ERROR_DESCRIPTION, b"")[:1000])
-        super().ampBoxReceived(box)
-
-    def _unanswered(self, failure, name: bytes) -> None:
-        if failure.check(amp.RemoteAmpError):
-            # Counted where it was found (bad arguments, unknown command) or answered
-            # by the responder's own refusal; there is no _ask to carry it back.
-            self._log.info("management channel from {peer}: {command} without _ask "
-                           "failed: {error}", peer=self.peer(), command=_show(name),
-                           error=failure.getErrorMessage())
-        else:
-            self._log.failure("command {command} from {peer}", failure,
-                              command=_show(name), peer=self.peer())
-
-    def _send_error(self, tag: bytes, code: bytes, description: str) -> None:
-        answer = amp.AmpBox({amp.ERROR: tag, amp.ERROR_CODE: code,
-                             amp.ERROR_DESCRIPTION: description.encode()})
-        try:
-            self.sendBox(answer)
-        except (amp.ProtocolSwitched, ConnectionLost):
-            pass
-
-    def locateResponder(self, name):
-        # Declared commands only: no StartTLS (TLS is the endpoint's), no amp_* methods.
-        responder = (None if name == amp.StartTLS.commandName
-                     else amp.CommandLocator.locateResponder(self, name))
-        if responder is None:
-            self.bad_message(f"unknown command {_show(name)}")
-            return None                # AMP answers an _ask with UNHANDLED
-        command = name.decode("ascii")
-
-        def guarded(box):
-            # The responder itself runs inside maybeDeferred: whatever raises here is
-            # the parsing of the box's arguments.
-            try:
-                d = responder(box)
-            except Exception as e:
-                what = f"{command}: bad arguments: {e}"
-                self.bad_message(what)
-                return fail(amp.RemoteAmpError(b"BAD_ARGUMENTS", what, False))
-            return d.addErrback(self._undeclared, command)
-        return guarded
-
-    def _undeclared(self, failure, command: str):
-        if failure.check(amp.RemoteAmpError):
-            return failure             # a declared error, already in AMP's form
-        self._log.failure("{command} from {peer} failed", failure, command=command,
-                          peer=self.peer())
-        raise amp.RemoteAmpError(b"SERVER_ERROR", f"{command}: an internal error at the "
-                                 f"receiver; see its log", False)
-
-    def bad_message(self, what: str) -> None:
-        self._log.warn("management channel from {peer}: {what}", peer=self.peer(), what=what)
-
-    def peer(self) -> str:
-        if self.transport is None:
-            return "?"
-        addr = self.transport.getPeer()
-        host, port = getattr(addr, "host", None), getattr(addr, "port", None)
-        return f"{host}:{port}" if host is not None else str(addr)
-
-
 def _valid_address(text: str) -> bool:
     host, sep, port = text.rpartition(":")
     # isascii: "²".isdigit() is true and int() refuses it; 5 digits bound int()'s work
     return bool(sep and host and port.isascii() and port.isdigit() and len(port) <= 5
                 and 0 < int(port) < 65536)
 
-
-# -- the server ------------------------------------------------------------------------
 
 @dataclass(eq=False)
 class DeviceRecord:
@@ -770,4 +416,3 @@ class MgmtServerFactory(Factory):
         proto = ServerProtocol(self.server)
         proto.factory = self
         return proto
-

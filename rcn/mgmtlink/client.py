@@ -1,4 +1,5 @@
-"""The device's side of the management channel (DESIGN.md 3.4; commands in :mod:`rcn.mgmt.amp`).
+"""The device's side of the management channel (DESIGN.md 3.4; commands in
+:mod:`rcn.mgmtlink.commands`).
 
 :class:`MgmtClient` is the protocol factory an edge or core connects to the
 management server with; :func:`client_service` wraps it in a ``ClientService``
@@ -25,9 +26,10 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from rcn.mgmt.amp import (ApplyFailed, BadJSON, MgmtAMP, Register, Report, ResidualFailed,
-                          ResidualQuery, Snapshot, decode_json, encode_json)
-from rcn.mgmt.model import ROLES
+from rcn.mgmtlink.commands import (ROLES, ApplyFailed, BadJSON, Register, Report,
+                                   ResidualFailed, ResidualQuery, Snapshot, decode_json,
+                                   encode_json)
+from rcn.mgmtlink.protocol import MgmtAMP
 
 __all__ = ["MgmtClient", "DeviceProtocol", "client_service"]
 
