@@ -444,9 +444,9 @@ def device_configs(lab: dict) -> dict[str, dict]:
         pairs = [] if created else [p for p in lab["pairs"] if p[f"{role}_array"] == name]
         out[name] = {
             "array": {"wwpn": d["wwn"], "data_dir": os.path.basename(d["data_dir"])},
-            "nbd": {"host": HOST, "port": d["ports"]["nbd"]},
-            "control": {"host": HOST, "port": d["ports"]["control"]},
-            "edge": {"host": HOST, "port": edge["ports"]["fcip"], "timeout": 30.0,
+            "nbd": {"listen": f"tcp:{d['ports']['nbd']}:interface={HOST}"},
+            "control": {"listen": f"tcp:{d['ports']['control']}:interface={HOST}"},
+            "edge": {"connect": f"tcp:{HOST}:{edge['ports']['fcip']}", "timeout": 30.0,
                      "partners": [seen[partner]]},
             "volume": [{"lun": v["lun"], "name": v["name"], "capacity": v["capacity"]}
                        for v in d["volumes"]],
@@ -459,11 +459,11 @@ def device_configs(lab: dict) -> dict[str, dict]:
                                      ("edgeB", "edgeA", target, source)):
         d = by_name[name]
         doc = {"edge": {"id": name, "log": f"{HOST}:{d['ports']['log']}",
-                        "fcip": f"{HOST}:{d['ports']['fcip']}",
+                        "fcip": f"tcp:{d['ports']['fcip']}:interface={HOST}",
                         "data_dir": os.path.basename(d["data_dir"])},
                "log": {"mode": topo["log_mode"]},
                "pairs": {"failure_timeout": topo.get("failure_timeout", 60.0)},
-               "metrics": {"listen": f"{HOST}:{d['ports']['metrics']}"}}
+               "metrics": {"listen": f"tcp:{d['ports']['metrics']}:interface={HOST}"}}
         if managed:            # tables 404, 405, 408, 411 come from the server
             doc["mgmt"] = {"connect": f"tcp:{HOST}:{by_name['mgmt']['ports']['amp']}"}
             out[name] = doc
@@ -482,15 +482,15 @@ def device_configs(lab: dict) -> dict[str, dict]:
         if d["role"] == "core":
             out[d["name"]] = {"core": {"id": d["name"], "listen": f"{HOST}:{d['ports']['log']}"},
                               "batch": {"enabled": bool(topo["batching"])},
-                              "metrics": {"listen": f"{HOST}:{d['ports']['metrics']}"}}
+                              "metrics": {"listen": f"tcp:{d['ports']['metrics']}:interface={HOST}"}}
             if managed:
                 out[d["name"]]["mgmt"] = {"connect": f"tcp:{HOST}:{by_name['mgmt']['ports']['amp']}"}
             else:
                 out[d["name"]]["route"] = routes(d["name"])
         elif d["role"] == "mgmt":
             out["mgmt"] = {"mgmt": {"id": "mgmt", "database": "mgmt/mgmt.sqlite",
-                                    "http": f"{HOST}:{d['ports']['http']}",
-                                    "amp": f"{HOST}:{d['ports']['amp']}",
+                                    "http": f"tcp:{d['ports']['http']}:interface={HOST}",
+                                    "amp": f"tcp:{d['ports']['amp']}:interface={HOST}",
                                     "operator_token_file": "mgmt/operator.token"}}
         elif d["role"] == "wanem":
             out["wanem"] = _wanem_config(lab, d)
@@ -512,7 +512,7 @@ def _wanem_config(lab: dict, device: dict) -> dict:
                       **dict(spec["settings"])})
     return {"wanem": {"id": "wanem"},
             "console": {"serial": "pty", "pty_link": device["console"],
-                        "tcp": f"{HOST}:{device['ports']['scpi']}"},
+                        "tcp": f"tcp:{device['ports']['scpi']}:interface={HOST}"},
             "link": links}
 
 
