@@ -22,7 +22,6 @@ from rcn.mgmt.amp import (DEFAULT_PORT, BadArguments, BadJSON, BadRegistration,
                           BigString, DeviceUnavailable, DistributionServer, NotRegistered,
                           Register, Report, ResidualFailed, ServerFailed, UnknownDevice,
                           encode_json)
-from rcn.logxfer.routes import Address
 from rcn.mgmt.client import MgmtClient, client_service
 from rcn.mgmt.service import TcpListenService
 
@@ -628,7 +627,7 @@ class ServiceTests(SynchronousTestCase):
         settings = Settings("edge-a", version=1)
         server = DistributionServer(reactor, settings.snapshot_for, lambda d, f: None)
         TcpListenService(reactor, server.factory(),
-                         Address("127.0.0.1", DEFAULT_PORT)).startService()
+                         f"tcp:{DEFAULT_PORT}:interface=127.0.0.1").startService()
         self.assertEqual(reactor.tcpServers[0][0], DEFAULT_PORT)
         dev = Device(reactor, "edge-a")
         service = client_service(dev.client, reactor, f"tcp:127.0.0.1:{DEFAULT_PORT}",
