@@ -3,7 +3,7 @@
 A daemon's ``config`` module describes its keys; the pieces here read them:
 :class:`Reader` gives typed access to one table with the key's path in every
 error (``batch.max_bytes: ...``), :func:`load_toml` reads the file and puts the
-file name in front of any :class:`ConfigError`, and the checks (``port``,
+file name in front of any :class:`ConfigError`, and the checks (``in_range``,
 ``non_negative``, ``one_of``, ``parse_size``) raise ``ValueError`` that the
 reader turns into a ``ConfigError`` naming the key.
 
@@ -118,9 +118,11 @@ class Reader:
             if default is ...:
                 self._fail(key, "missing")
             return default
-        return self._value(self.table[key], kind, check, key)
+        return self.checked(self.table[key], kind, check, key)
 
-    def _value(self, value, kind, check, key):
+    def checked(self, value, kind, check, key):
+        """``value`` (from the file, or a default in the file's form) as ``key``'s: typed and
+        checked as :meth:`get` does."""
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if float in kinds and isinstance(value, int) and not isinstance(value, bool) \
                 and int not in kinds:
@@ -161,18 +163,12 @@ class Reader:
         found = self.get(key, list, default)
         if found is default:
             return found
-        return [self._value(item, kind, check, f"{key}[{i}]") for i, item in enumerate(found)]
+        return [self.checked(item, kind, check, f"{key}[{i}]") for i, item in enumerate(found)]
 
     def unknown(self, known: set[str]) -> None:
         extra = sorted(set(self.table) - known)
         if extra:
             self._fail(extra[0], f"unknown key (known: {', '.join(sorted(known))})")
-
-
-def port(value: int) -> int:
-    if not 0 <= value <= 65535:
-        raise ValueError(f"port {value} outside 0..65535")
-    return value
 
 
 def non_negative(value: int) -> int:
@@ -338,9 +334,9 @@ class Key:
             return [] if self.many else None
         if self.many:
             return r.items(self.name, self.kind, self.default, self.check) if given else \
-                [r._value(v, self.kind, self.check, self.name) for v in self.default]
+                [r.checked(v, self.kind, self.check, self.name) for v in self.default]
         if not given and self.default is not REQUIRED:
-            return r._value(self.default, self.kind, self.check, self.name)
+            return r.checked(self.default, self.kind, self.check, self.name)
         return r.get(self.name, self.kind, check=self.check)
 
     @property
@@ -390,6 +386,7 @@ class Table:
         return lines
 
     def render(self, item: dict, where: str) -> list[str]:
+        """One ``[name]`` (or one ``[[name]]`` row) as lines; ``None`` values left out."""
         Reader(item, where).unknown({k.name for k in self.keys})
         return [f"[[{self.name}]]" if self.array else f"[{self.name}]",
                 *(f"{k.name} = {toml_value(item[k.name])}" for k in self.keys
