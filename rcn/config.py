@@ -3,7 +3,7 @@
 A daemon's ``config`` module describes its keys; the pieces here read them:
 :class:`Reader` gives typed access to one table with the key's path in every
 error (``batch.max_bytes: ...``), :func:`load_toml` reads the file and puts the
-file name in front of any :class:`ConfigError`, and the checks (``port``,
+file name in front of any :class:`ConfigError`, and the checks (``in_range``,
 ``non_negative``, ``one_of``, ``parse_size``) raise ``ValueError`` that the
 reader turns into a ``ConfigError`` naming the key.
 
@@ -16,17 +16,33 @@ items, a float or a bool for an integer, a string for a table) is a
 table ([[volume]]), got float 1.0``. Integers must fit TOML's 64 bits and floats
 must be finite. For fuzzers: a parse raises :class:`ConfigError` or returns;
 anything else is a finding.
+
+Each role writes its keys once, as :class:`Key` rows in :class:`Table` s of one
+:class:`Schema` (name, type, default, check, one-line help). The schema reads a file
+(``Schema.read``: unknown keys and wrong types are errors naming the key, defaults
+filled), writes one (``Schema.render``: what ``rcn lab`` writes) and prints the
+documented example (``Schema.example``; a test holds the docstrings and the README to it).
+
+Addresses: a TCP listener is a Twisted server endpoint string (``tcp:PORT:interface=HOST``,
+:func:`server_endpoint`), a TCP peer a client endpoint string (``tcp:HOST:PORT``,
+:func:`client_endpoint`); services hand them to ``serverFromString``/``clientFromString``.
+Log-transfer (UDP) addresses stay ``HOST:PORT`` (:func:`ip_address`): they name a node on
+the wire and in routing paths, and Twisted has no UDP endpoint string.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
 import re
+import textwrap
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, TypeVar
+
+from twisted.internet import endpoints
 
 from datapath.frames.names import parse_wwn
 from rcn.logxfer.routes import Address, Route, RouteError, RouteTable
@@ -61,6 +77,20 @@ def parse_size(text) -> int:
     return size
 
 
+def size_text(size: int) -> str:
+    """Bytes as the file writes them: ``16 << 20`` -> ``"16MiB"``."""
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return str(size)
+
+
+def not_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("empty")
+    return value
+
+
 def _shown(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -88,9 +118,11 @@ class Reader:
             if default is ...:
                 self._fail(key, "missing")
             return default
-        return self._value(self.table[key], kind, check, key)
+        return self.checked(self.table[key], kind, check, key)
 
-    def _value(self, value, kind, check, key):
+    def checked(self, value, kind, check, key):
+        """``value`` (from the file, or a default in the file's form) as ``key``'s: typed and
+        checked as :meth:`get` does."""
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if float in kinds and isinstance(value, int) and not isinstance(value, bool) \
                 and int not in kinds:
@@ -131,18 +163,12 @@ class Reader:
         found = self.get(key, list, default)
         if found is default:
             return found
-        return [self._value(item, kind, check, f"{key}[{i}]") for i, item in enumerate(found)]
+        return [self.checked(item, kind, check, f"{key}[{i}]") for i, item in enumerate(found)]
 
     def unknown(self, known: set[str]) -> None:
         extra = sorted(set(self.table) - known)
         if extra:
             self._fail(extra[0], f"unknown key (known: {', '.join(sorted(known))})")
-
-
-def port(value: int) -> int:
-    if not 0 <= value <= 65535:
-        raise ValueError(f"port {value} outside 0..65535")
-    return value
 
 
 def non_negative(value: int) -> int:
@@ -202,33 +228,254 @@ def ip_address(text: str) -> Address:
     return address
 
 
-def read_routes(top: Reader) -> RouteTable:
-    """The ``[[route]]`` tables (table 408) of a device's file as a ``RouteTable``."""
-    routes, seen = [], {}
-    for i, r in enumerate(top.tables("route")):
-        r.unknown({"source_wwn", "target_wwn", "path"})
-        source = r.get("source_wwn", str, check=parse_wwn)
-        target = r.get("target_wwn", str, check=parse_wwn)
-        path = r.items("path", str, check=ip_address)
+# -- addresses: Twisted endpoint strings for TCP ------------------------------------------------
+
+def _escaped(host: str) -> str:
+    return host.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _endpoint_parts(text: str) -> tuple[str, list[str], dict[str, str]]:
+    """``"tcp:47100:interface=127.0.0.1"`` -> ``("tcp", ["47100"], {"interface": ...})``,
+    with Twisted's escapes (``\:`` is a colon inside a field)."""
+    fields = [f.replace("\\:", ":").replace("\\\\", "\\")
+              for f in re.split(r"(?<!\\):", text)]
+    args, kw = [], {}
+    for f in fields[1:]:
+        name, sep, value = f.partition("=")
+        if sep:
+            kw[name] = value
+        else:
+            args.append(f)
+    return fields[0], args, kw
+
+
+def _old_form(text: str) -> Address | None:
+    """``HOST:PORT`` or ``[V6]:PORT`` (the syntax before endpoint strings), or None."""
+    if not re.fullmatch(r"\[[0-9A-Fa-f:.]+\]:[0-9]+|[^:\[\]]+:[0-9]+", text):
+        return None
+    try:
+        return Address.parse(text)
+    except RouteError:
+        return None
+
+
+def _tcp_port(text: str, low: int) -> int:
+    if not text.isdigit() or not low <= int(text) <= 65535:
+        raise ValueError(f"port {text!r} is not a number {low}..65535")
+    return int(text)
+
+
+def server_endpoint(text: str) -> str:
+    """A TCP listener: a Twisted server endpoint string, ``tcp:PORT:interface=HOST`` (HOST an
+    IP address; without ``interface``: every interface; ``\:`` in an IPv6 address)."""
+    old = _old_form(text)
+    if old is not None:
+        raise ValueError(f"{text!r} is HOST:PORT; a TCP listener is a Twisted endpoint "
+                         f"string: write \"tcp:{old.port}:interface={_escaped(old.host)}\"")
+    kind, args, kw = _endpoint_parts(text)
+    if kind not in ("tcp", "tcp6") or len(args) != 1 or set(kw) - {"interface", "backlog"}:
+        raise ValueError(f"{text!r} is not a TCP server endpoint like "
+                         f"tcp:PORT:interface=HOST")
+    _tcp_port(args[0], 0)
+    if "interface" in kw:
         try:
-            route = Route(source, target, tuple(path))
-        except RouteError as exc:
-            raise ConfigError(f"route[{i}].path: {exc}") from None
-        if (source, target) in seen:
-            raise ConfigError(f"route[{i}]: a second route for {r.table['source_wwn']} -> "
-                              f"{r.table['target_wwn']} (the first is route[{seen[source, target]}])")
-        seen[source, target] = i
-        routes.append(route)
-    return RouteTable(routes)
+            ipaddress.ip_address(kw["interface"])
+        except ValueError:
+            raise ValueError(f"{text!r}: interface {kw['interface']!r} is not an IP "
+                             f"address") from None
+    try:
+        endpoints.serverFromString(None, text)      # Twisted reads it as we do
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
+    return text
 
 
 def client_endpoint(text: str) -> str:
-    """A Twisted client endpoint string naming a host and port ("tcp:HOST:PORT")."""
-    kind, _, rest = text.partition(":")
-    host, _, port = rest.partition(":")
-    if kind != "tcp" or not host or not port.split(":")[0].isdigit():
+    """A TCP peer: a Twisted client endpoint string, ``tcp:HOST:PORT``."""
+    old = _old_form(text)
+    if old is not None:
+        raise ValueError(f"{text!r} is HOST:PORT; a TCP peer is a Twisted endpoint string: "
+                         f"write \"tcp:{_escaped(old.host)}:{old.port}\"")
+    kind, args, kw = _endpoint_parts(text)
+    if kind != "tcp" or len(args) != 2 or not args[0] or set(kw) - {"timeout"}:
         raise ValueError(f"{text!r} is not a client endpoint like tcp:HOST:PORT")
+    _tcp_port(args[1], 1)
+    try:
+        endpoints.clientFromString(None, text)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
     return text
+
+
+# -- key tables ---------------------------------------------------------------------------------
+
+REQUIRED = ...
+_HELP_COLUMN = 42          # where the example's comments start
+_HELP_WIDTH = 52           # their width (docstrings indent the example by 4)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a table. ``default`` is in the file's form (``"64MiB"``) and goes through
+    ``check`` like a written value; ``REQUIRED``: the key must be given; ``None``: absent
+    (``None`` in the values). ``many``: a list of ``kind``, ``check`` on each item.
+    ``example``: the documented example's value (default: the default)."""
+    name: str
+    kind: type | tuple
+    default: object = None
+    check: Callable | None = None
+    help: str = ""
+    example: object = None
+    many: bool = False
+
+    def read(self, r: Reader):
+        given = self.name in r.table
+        if not given and self.default is None:
+            return [] if self.many else None
+        if self.many:
+            return r.items(self.name, self.kind, self.default, self.check) if given else \
+                [r.checked(v, self.kind, self.check, self.name) for v in self.default]
+        if not given and self.default is not REQUIRED:
+            return r.checked(self.default, self.kind, self.check, self.name)
+        return r.get(self.name, self.kind, check=self.check)
+
+    @property
+    def shown(self):
+        return self.example if self.example is not None else \
+            None if self.default is REQUIRED else self.default
+
+
+@dataclass(frozen=True)
+class Table:
+    """``[name]`` (``array``: ``[[name]]``) and its keys, in the documented order."""
+    name: str
+    keys: tuple[Key, ...]
+    help: str = ""
+    array: bool = False
+    required: bool = False
+    more: tuple[dict, ...] = ()       # [[name]]: further rows of the documented example
+
+    def read(self, top: Reader):
+        """The values (key -> value) of ``[name]``, defaults when it is absent; a list of
+        them for ``[[name]]``."""
+        if self.array:
+            return [self.values(r) for r in top.tables(self.name, ... if self.required else ())]
+        return self.values(top.section(self.name, ... if self.required else {}))
+
+    def showing(self, help: str | None = None, **examples) -> "Table":
+        """This table with other values in the documented example (and other help): a
+        shared table in one role's file."""
+        return replace(self, help=self.help if help is None else help,
+                       keys=tuple(replace(k, example=examples.get(k.name, k.example))
+                                  for k in self.keys))
+
+    def values(self, r: Reader) -> dict:
+        r.unknown({k.name for k in self.keys})
+        return {k.name: k.read(r) for k in self.keys}
+
+    def example(self) -> list[str]:
+        lines = _commented(f"[[{self.name}]]" if self.array else f"[{self.name}]", self.help)
+        for k in self.keys:
+            required = k.default is REQUIRED and not self.array
+            help = f"{k.help} (required)" if required and k.help else \
+                "required" if required else k.help
+            if k.shown is not None:
+                lines += _commented(f"{k.name} = {toml_value(k.shown)}", help)
+        for row in self.more:
+            lines += ["", *self.render(row, f"{self.name}[].")]
+        return lines
+
+    def render(self, item: dict, where: str) -> list[str]:
+        """One ``[name]`` (or one ``[[name]]`` row) as lines; ``None`` values left out."""
+        Reader(item, where).unknown({k.name for k in self.keys})
+        return [f"[[{self.name}]]" if self.array else f"[{self.name}]",
+                *(f"{k.name} = {toml_value(item[k.name])}" for k in self.keys
+                  if item.get(k.name) is not None)]
+
+
+def _commented(text: str, help: str) -> list[str]:
+    if not help:
+        return [text]
+    wrapped = textwrap.wrap(help, _HELP_WIDTH, break_on_hyphens=False)
+    more = [f"{'':<{_HELP_COLUMN - 1}} # {line}" for line in wrapped]
+    if len(text) >= _HELP_COLUMN - 1:            # a long value: the help goes below it
+        return [text] + more
+    return [f"{text:<{_HELP_COLUMN - 1}} # {wrapped[0]}"] + more[1:]
+
+
+def toml_value(value) -> str:
+    """A scalar or a list of them in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) or isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)    # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise ConfigError(f"no TOML form for {_shown(value)}")
+
+
+class Schema:
+    """A role's file: its tables, in the documented order."""
+
+    def __init__(self, *tables: Table):
+        self.tables = {t.name: t for t in tables}
+
+    def read(self, doc: dict) -> tuple[Reader, dict]:
+        """The file's top Reader and each table's values (:meth:`Table.read`)."""
+        top = Reader(doc, "")
+        top.unknown(set(self.tables))
+        return top, {name: t.read(top) for name, t in self.tables.items()}
+
+    def example(self) -> str:
+        """The documented example: every table, every key with its default or example."""
+        return "\n\n".join("\n".join(t.example()) for t in self.tables.values()) + "\n"
+
+    def render(self, doc: dict) -> str:
+        """``{table: {key: value}, array: [{key: value}, ...]}`` as a file, in the schema's
+        order (``None``: key left out). Unknown tables and keys, and any value this schema
+        would not read back, are a ``ConfigError`` naming the key."""
+        Reader(doc, "").unknown(set(self.tables))
+        out = []
+        for name, table in self.tables.items():
+            if name in doc:
+                items = doc[name] if table.array else [doc[name]]
+                for i, item in enumerate(items):
+                    where = f"{name}[{i}]." if table.array else f"{name}."
+                    out += table.render(item, where) + [""]
+        text = "\n".join(out)
+        self.read(tomllib.loads(text))
+        return text
+
+
+# -- tables every device shares -----------------------------------------------------------------
+
+ROUTE = Table("route", (
+    Key("source_wwn", str, REQUIRED, parse_wwn, example="50:0a:09:80:00:00:00:01"),
+    Key("target_wwn", str, REQUIRED, parse_wwn, example="50:0a:09:80:00:00:00:02"),
+    Key("path", str, REQUIRED, ip_address, "source edge, cores..., target edge: log-transfer "
+        "addresses (UDP HOST:PORT, IP addresses)", many=True,
+        example=["127.0.0.1:47001", "127.0.0.1:47002", "127.0.0.1:47003"])),
+    "table 408; one per (source WWN, target WWN)", array=True)
+
+
+def read_routes(top: Reader) -> RouteTable:
+    """The ``[[route]]`` tables (table 408) of a device's file as a ``RouteTable``."""
+    routes, seen = [], {}
+    for i, r in enumerate(ROUTE.read(top)):
+        source, target = r["source_wwn"], r["target_wwn"]
+        try:
+            route = Route(source, target, tuple(r["path"]))
+        except RouteError as exc:
+            raise ConfigError(f"route[{i}].path: {exc}") from None
+        if (source, target) in seen:
+            raw = top.table["route"][i]
+            raise ConfigError(f"route[{i}]: a second route for {raw['source_wwn']} -> "
+                              f"{raw['target_wwn']} (the first is route[{seen[source, target]}])")
+        seen[source, target] = i
+        routes.append(route)
+    return RouteTable(routes)
 
 
 @dataclass(frozen=True)
@@ -238,28 +485,32 @@ class ConsoleConfig:
     with ``pty_link``, a symlink to it at that path."""
     serial: str | None = None         # a serial device path, or "pty"
     speed: int = 115200
-    tcp: Address | None = None
+    tcp: str | None = None            # a server endpoint string (tcp:PORT:interface=HOST)
     pty_link: str | None = None       # serial = "pty" only: a symlink to the pty's slave
 
 
 PTY = "pty"
+SPEEDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+
+CONSOLE = Table("console", (
+    Key("serial", str, None, help="a serial port (\"/dev/ttyS1\"), or \"pty\": a "
+        "pseudo-terminal of its own (its name is logged) ...", example=PTY),
+    Key("pty_link", str, None, help="... and a symlink to it here (serial = \"pty\" only; "
+        "relative: to the working directory)", example="/run/rcn/console"),
+    Key("speed", int, 115200, one_of(SPEEDS), "a serial port's speed"),
+    Key("tcp", str, None, server_endpoint, "and/or a TCP listener (console servers)",
+        example="tcp:2301:interface=127.0.0.1")),
+    "the operator's console; omit: none")
 
 
 def read_console(top: Reader) -> ConsoleConfig | None:
     """The ``[console]`` table (None without one)."""
     if "console" not in top.table:
         return None
-    r = top.section("console")
-    r.unknown({"serial", "speed", "tcp", "pty_link"})
-    config = ConsoleConfig(serial=r.get("serial", str, None),
-                           speed=r.get("speed", int, 115200,
-                                       one_of((1200, 2400, 4800, 9600, 19200, 38400, 57600,
-                                               115200, 230400, 460800, 921600))),
-                           tcp=r.get("tcp", str, None, ip_address),
-                           pty_link=r.get("pty_link", str, None))
+    config = ConsoleConfig(**CONSOLE.read(top))
     if config.serial is None and config.tcp is None:
-        raise ConfigError("console: give serial (a device path or \"pty\") or tcp (HOST:PORT), "
-                          "or both")
+        raise ConfigError("console: give serial (a device path or \"pty\") or tcp "
+                          "(tcp:PORT:interface=HOST), or both")
     if config.serial is not None and not config.serial.strip():
         raise ConfigError("console.serial: empty (a device path, or \"pty\")")
     if config.pty_link is not None and config.serial != PTY:
@@ -270,8 +521,12 @@ def read_console(top: Reader) -> ConsoleConfig | None:
     return config
 
 
+MGMT = Table("mgmt", (
+    Key("connect", str, None, client_endpoint, "the management server's AMP endpoint",
+        example="tcp:127.0.0.1:47100"),),
+    "the management server (rcn-mgmt); omit: none")
+
+
 def read_mgmt(top: Reader) -> str | None:
     """``[mgmt] connect``: the management server's AMP endpoint, or None without one."""
-    mgmt = top.section("mgmt", {})
-    mgmt.unknown({"connect"})
-    return mgmt.get("connect", str, None, client_endpoint)
+    return MGMT.read(top)["connect"]

@@ -98,7 +98,8 @@ def main(argv=None) -> int:
     http, amp = free_port(), free_port()
     config = os.path.join(directory, "mgmt.toml")
     with open(config, "w") as f:
-        f.write(f'[mgmt]\nid = "bench"\nhttp = "{HOST}:{http}"\namp = "{HOST}:{amp}"\n')
+        f.write(f'[mgmt]\nid = "bench"\nhttp = "tcp:{http}:interface={HOST}"\n'
+                f'amp = "tcp:{amp}:interface={HOST}"\n')
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     log = open(os.path.join(directory, "mgmt.log"), "ab")
     proc = subprocess.Popen([twistd, "-n", "--pidfile=", "rcn-mgmt", "--config", config],

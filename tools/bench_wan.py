@@ -163,7 +163,7 @@ def forwarding(seconds: float) -> list[dict]:
     (scpi,), (a_port, b_port, direct, behind) = free_ports(1, 4)
     config = os.path.join(directory, "wanem.toml")
     with open(config, "w") as f:
-        f.write(f'[wanem]\nid = "bench"\n[console]\ntcp = "127.0.0.1:{scpi}"\n'
+        f.write(f'[wanem]\nid = "bench"\n[console]\ntcp = "tcp:{scpi}:interface=127.0.0.1"\n'
                 f'[[link]]\na = "127.0.0.1:{a_port}"\nb = "127.0.0.1:{behind}"\n'
                 f'b_from = "127.0.0.1:{b_port}"\n')
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")

@@ -144,8 +144,7 @@ def serve_console(tree: CommandTree, name: str, banner: str, config: ConsoleConf
                       config.serial, config.speed, reactor,
                       pty_link=config.pty_link).setServiceParent(top)
     if config.tcp is not None:
-        endpoint = endpoints.TCP4ServerEndpoint(reactor, config.tcp.port,
-                                                interface=config.tcp.host)
+        endpoint = endpoints.serverFromString(reactor, config.tcp)     # an endpoint string
         internet.StreamServerEndpointService(endpoint, ConsoleFactory(tree, name, banner)
                                              ).setServiceParent(top)
     return top

@@ -11,7 +11,6 @@ passed in; nothing here imports the global one.
 
 from __future__ import annotations
 
-import ipaddress
 
 from twisted.application import internet, service
 from twisted.internet import endpoints
@@ -116,10 +115,7 @@ def make_service(config: CoreConfig, reactor, metrics_registry: MetricsRegistry 
     if registry is not None:
         register_metrics(registry, relay, protocol)
     if config.metrics is not None:
-        endpoint_class = (endpoints.TCP6ServerEndpoint
-                          if ipaddress.ip_address(config.metrics.host).version == 6
-                          else endpoints.TCP4ServerEndpoint)
-        endpoint = endpoint_class(reactor, config.metrics.port, interface=config.metrics.host)
+        endpoint = endpoints.serverFromString(reactor, config.metrics)   # an endpoint string
         metrics = internet.StreamServerEndpointService(endpoint, metrics_site(registry))
         metrics.setName("metrics")
         metrics.setServiceParent(top)
@@ -136,5 +132,5 @@ def make_service(config: CoreConfig, reactor, metrics_registry: MetricsRegistry 
               "metrics {metrics}", id=config.id, listen=str(config.listen), n=len(config.routes),
               batch=(f"up to {policy.max_delay * 1000:g} ms / {policy.max_bytes} bytes / "
                      f"{policy.max_entries} entries" if policy.enabled else "off"),
-              metrics=f"http://{config.metrics}/metrics" if config.metrics else "off")
+              metrics=config.metrics or "off")
     return top, relay

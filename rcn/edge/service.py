@@ -348,25 +348,21 @@ def make_service(config: EdgeConfig, reactor) -> tuple[service.MultiService, Edg
     if config.console is not None:
         serve_console(EdgeConsole(edge, udp).tree, config.id, f"RCN edge {config.id}",
                       config.console, reactor).setServiceParent(top)
-    if config.fcip is not None:
-        fcip = endpoints.TCP4ServerEndpoint(reactor, config.fcip.port, interface=config.fcip.host)
-        internet.StreamServerEndpointService(fcip, edge.fabric).setServiceParent(top)
-    if config.nbd is not None:
-        nbd = endpoints.TCP4ServerEndpoint(reactor, config.nbd.listen.port,
-                                           interface=config.nbd.listen.host)
-        internet.StreamServerEndpointService(nbd, edge.nbd).setServiceParent(top)
     if edge.mgmt is not None:
         client_service(edge.mgmt, reactor, config.mgmt).setServiceParent(top)
-    if config.metrics is not None:
-        http = endpoints.TCP4ServerEndpoint(reactor, config.metrics.port,
-                                            interface=config.metrics.host)
-        internet.StreamServerEndpointService(http, http_site(edge)).setServiceParent(top)
+    listeners = ((config.fcip, lambda: edge.fabric),
+                 (config.nbd and config.nbd.listen, lambda: edge.nbd),
+                 (config.metrics, lambda: http_site(edge)))
+    for description, factory in listeners:          # endpoint strings (rcn.config)
+        if description is not None:
+            internet.StreamServerEndpointService(endpoints.serverFromString(reactor, description),
+                                                 factory()).setServiceParent(top)
     _log.info("rcn-edge {id}: log {log} ({mode}), FCIP {fcip}, {v} virtual storages, {p} pairs, "
               "{r} routes, NBD {nbd} ({n} volumes)", id=config.id, log=str(config.log),
-              mode=config.log_mode, fcip=str(config.fcip) if config.fcip else "none",
+              mode=config.log_mode, fcip=config.fcip or "none",
               v=len(config.virtual_storages), p=len(config.settings.pairs),
               r=len(config.settings.routes),
-              nbd=str(config.nbd.listen) if config.nbd else "none", n=len(config.nbd_volumes))
+              nbd=config.nbd.listen if config.nbd else "none", n=len(config.nbd_volumes))
     if config.nbd is not None and not config.nbd_volumes:
         _log.warn("rcn-edge {id}: [nbd] is configured but there is no [[nbd_volume]]: the NBD "
                   "server on {nbd} has nothing to export", id=config.id, nbd=str(config.nbd.listen))

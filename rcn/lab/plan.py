@@ -25,42 +25,31 @@ static tables: ``mgmt`` defaults to false there, and ``mgmt = true`` is refused
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from dataclasses import asdict
 
 from datapath.frames.names import format_wwn, parse_wwn
+from rcn.core import config as core_config
+from rcn.edge import config as edge_config
 from rcn.lab.topology import Topology, path_names
+from rcn.mgmt import config as mgmt_config
+from rcn.storage import config as storage_config
+from rcn.wanem import config as wanem_config
 
 PLUGINS = {"storage": "rcn-storage", "edge": "rcn-edge", "core": "rcn-core",
            "mgmt": "rcn-mgmt", "wanem": "rcn-wanem"}
 LAB_CUSTOMER = "lab"
 HOST = "127.0.0.1"
+RENDERERS = {"storage": storage_config.render, "edge": edge_config.render,
+             "core": core_config.render, "mgmt": mgmt_config.render,
+             "wanem": wanem_config.render}
 
 
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)      # a JSON string is a valid TOML basic string
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def render_toml(doc: dict) -> str:
-    """``{table: {key: scalar}, array: [{key: scalar}]}`` as TOML (what the lab writes)."""
-    out = []
-    for name, body in doc.items():
-        items = body if isinstance(body, list) else [body]
-        for item in items:
-            out.append(f"[[{name}]]" if isinstance(body, list) else f"[{name}]")
-            out += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
-            out.append("")
-    return "\n".join(out)
+def render_device(role: str, doc: dict) -> str:
+    """A device's configuration document as its file, written by its role's own key
+    table (so what the lab writes is what the daemon reads, key for key)."""
+    return RENDERERS[role](doc)
 
 
 def free_ports(tcp: int, udp: int) -> tuple[list[int], list[int]]:
@@ -208,9 +197,9 @@ def device_configs(lab: dict) -> dict[str, dict]:
         pairs = [] if created else [p for p in lab["pairs"] if p[f"{role}_array"] == name]
         out[name] = {
             "array": {"wwpn": d["wwn"], "data_dir": os.path.basename(d["data_dir"])},
-            "nbd": {"host": HOST, "port": d["ports"]["nbd"]},
-            "control": {"host": HOST, "port": d["ports"]["control"]},
-            "edge": {"host": HOST, "port": edge["ports"]["fcip"], "timeout": 30.0,
+            "nbd": {"listen": f"tcp:{d['ports']['nbd']}:interface={HOST}"},
+            "control": {"listen": f"tcp:{d['ports']['control']}:interface={HOST}"},
+            "edge": {"connect": f"tcp:{HOST}:{edge['ports']['fcip']}", "timeout": 30.0,
                      "partners": [seen[partner]]},
             "volume": [{"lun": v["lun"], "name": v["name"], "capacity": v["capacity"]}
                        for v in d["volumes"]],
@@ -223,11 +212,11 @@ def device_configs(lab: dict) -> dict[str, dict]:
                                      ("edgeB", "edgeA", target, source)):
         d = by_name[name]
         doc = {"edge": {"id": name, "log": f"{HOST}:{d['ports']['log']}",
-                        "fcip": f"{HOST}:{d['ports']['fcip']}",
+                        "fcip": f"tcp:{d['ports']['fcip']}:interface={HOST}",
                         "data_dir": os.path.basename(d["data_dir"])},
                "log": {"mode": topo["log_mode"]},
                "pairs": {"failure_timeout": topo.get("failure_timeout", 60.0)},
-               "metrics": {"listen": f"{HOST}:{d['ports']['metrics']}"}}
+               "metrics": {"listen": f"tcp:{d['ports']['metrics']}:interface={HOST}"}}
         if managed:            # tables 404, 405, 408, 411 come from the server
             doc["mgmt"] = {"connect": f"tcp:{HOST}:{by_name['mgmt']['ports']['amp']}"}
             out[name] = doc
@@ -246,15 +235,15 @@ def device_configs(lab: dict) -> dict[str, dict]:
         if d["role"] == "core":
             out[d["name"]] = {"core": {"id": d["name"], "listen": f"{HOST}:{d['ports']['log']}"},
                               "batch": {"enabled": bool(topo["batching"])},
-                              "metrics": {"listen": f"{HOST}:{d['ports']['metrics']}"}}
+                              "metrics": {"listen": f"tcp:{d['ports']['metrics']}:interface={HOST}"}}
             if managed:
                 out[d["name"]]["mgmt"] = {"connect": f"tcp:{HOST}:{by_name['mgmt']['ports']['amp']}"}
             else:
                 out[d["name"]]["route"] = routes(d["name"])
         elif d["role"] == "mgmt":
             out["mgmt"] = {"mgmt": {"id": "mgmt", "database": "mgmt/mgmt.sqlite",
-                                    "http": f"{HOST}:{d['ports']['http']}",
-                                    "amp": f"{HOST}:{d['ports']['amp']}",
+                                    "http": f"tcp:{d['ports']['http']}:interface={HOST}",
+                                    "amp": f"tcp:{d['ports']['amp']}:interface={HOST}",
                                     "operator_token_file": "mgmt/operator.token"}}
         elif d["role"] == "wanem":
             out["wanem"] = _wanem_config(lab, d)
@@ -276,7 +265,7 @@ def _wanem_config(lab: dict, device: dict) -> dict:
                       **dict(spec["settings"])})
     return {"wanem": {"id": "wanem"},
             "console": {"serial": "pty", "pty_link": device["console"],
-                        "tcp": f"{HOST}:{device['ports']['scpi']}"},
+                        "tcp": f"tcp:{device['ports']['scpi']}:interface={HOST}"},
             "link": links}
 
 

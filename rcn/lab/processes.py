@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 
 from rcn.httpjson import RequestError, request_json
-from rcn.lab.plan import HOST, device_configs, plan, render_toml, settings_requests, virtual_wwn
+from rcn.lab.plan import HOST, device_configs, plan, render_device, settings_requests, virtual_wwn
 from rcn.lab.topology import Topology
 
 LAB_FILE = "lab.json"
@@ -214,7 +214,7 @@ def up(topology: Topology, directory: str, timeout: float = 60.0, progress=None)
     for name, doc in device_configs(lab).items():
         device = next(d for d in lab["devices"] if d["name"] == name)
         with open(device["config"], "w") as f:
-            f.write(f"# written by rcn lab up for {name}\n" + render_toml(doc))
+            f.write(f"# written by rcn lab up for {name}\n" + render_device(device["role"], doc))
     lab["started"] = time.time()
     # edges and cores first: the arrays connect to their edges (and retry with backoff);
     # under a management server, it first, and the arrays once it has set the edges up

@@ -1,26 +1,26 @@
 """The management server's configuration file (TOML). Example (every key; only
-``[mgmt] id`` is required)::
+``[mgmt] id`` is required; it is ``SCHEMA.example()``, the keys' one table)::
 
     [mgmt]
-    id = "mgmt"                           # name in logs
-    database = "mgmt.sqlite"              # the settings (SQLite; relative: to this file)
-    http = "127.0.0.1:47180"              # REST API (/api/v1), /openapi.json, /metrics and
-                                          # the web dashboard (/)
-    amp = "127.0.0.1:47100"               # where devices connect (DESIGN.md 3.4)
-    operator_token_file = "operator.token"   # the operator's API token: read from this
-                                          # file, or made and written there (mode 0600)
-                                          # when the database has none
-    history = 300                         # reports kept per device (one a second)
-    stale_after = 5.0                     # seconds without a report: the device is stale
-                                          # (routes avoid it until it reports again)
+    id = "mgmt"                               # name in logs (required)
+    database = "mgmt.sqlite"                  # the settings (SQLite; relative: to this file)
+    http = "tcp:47180:interface=127.0.0.1"    # REST API (/api/v1), /openapi.json, /metrics and the
+                                              # web dashboard (/)
+    amp = "tcp:47100:interface=127.0.0.1"     # where devices connect (DESIGN.md 3.4)
+    operator_token_file = "operator.token"    # the operator's API token: read from this file, or
+                                              # made and written there (mode 0600) when the database
+                                              # has none
+    history = 300                             # reports kept per device (one a second)
+    stale_after = 5.0                         # seconds without a report: the device is stale
+                                              # (routes avoid it until it reports again)
 
-    [console]                             # the operator's console (show ..., help); omit: none
-    serial = "pty"                        # a serial port ("/dev/ttyS1"), or "pty": a
-                                          # pseudo-terminal of its own (its name is logged) ...
-    pty_link = "/run/rcn/mgmt.console"    # ... and a symlink to it here (serial = "pty"
-                                          # only; relative: to the working directory)
-    speed = 115200                        # a serial port's speed
-    tcp = "127.0.0.1:2304"                # and/or a TCP port (console servers)
+    [console]                                 # the operator's console (show ..., help); omit: none
+    serial = "pty"                            # a serial port ("/dev/ttyS1"), or "pty": a
+                                              # pseudo-terminal of its own (its name is logged) ...
+    pty_link = "/run/rcn/mgmt.console"        # ... and a symlink to it here (serial = "pty" only;
+                                              # relative: to the working directory)
+    speed = 115200                            # a serial port's speed
+    tcp = "tcp:2304:interface=127.0.0.1"      # and/or a TCP listener (console servers)
 
 Errors name the file and the key.
 """
@@ -30,23 +30,44 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from rcn.config import (ConfigError, ConsoleConfig, Reader, in_range, ip_address, load_toml,
-                        read_console)
-from rcn.logxfer.routes import Address
+from rcn.config import (CONSOLE, REQUIRED, ConfigError, ConsoleConfig, Key, Schema, Table,
+                        in_range, load_toml, not_empty, read_console, server_endpoint)
 
-__all__ = ["ConfigError", "MgmtConfig", "load_config", "parse_config"]
+__all__ = ["ConfigError", "MgmtConfig", "SCHEMA", "load_config", "parse_config", "render"]
 
 
 @dataclass(frozen=True)
 class MgmtConfig:
     id: str
     database: str
-    http: Address
-    amp: Address
+    http: str                        # server endpoint strings
+    amp: str
     operator_token_file: str
     history: int = 300
     stale_after: float = 5.0
     console: ConsoleConfig | None = None
+
+
+SCHEMA = Schema(
+    Table("mgmt", (
+        Key("id", str, REQUIRED, not_empty, "name in logs", example="mgmt"),
+        Key("database", str, "mgmt.sqlite", help="the settings (SQLite; relative: to this file)"),
+        Key("http", str, "tcp:47180:interface=127.0.0.1", server_endpoint, "REST API (/api/v1), "
+            "/openapi.json, /metrics and the web dashboard (/)"),
+        Key("amp", str, "tcp:47100:interface=127.0.0.1", server_endpoint, "where devices "
+            "connect (DESIGN.md 3.4)"),
+        Key("operator_token_file", str, "operator.token", help="the operator's API token: read "
+            "from this file, or made and written there (mode 0600) when the database has none"),
+        Key("history", int, 300, in_range(2, 86400), "reports kept per device (one a second)"),
+        Key("stale_after", float, 5.0, in_range(0.5, 3600.0), "seconds without a report: the "
+            "device is stale (routes avoid it until it reports again)")), required=True),
+    CONSOLE.showing("the operator's console (show ..., help); omit: none",
+                    pty_link="/run/rcn/mgmt.console", tcp="tcp:2304:interface=127.0.0.1"))
+
+
+def render(doc: dict) -> str:
+    """The server's file from ``{table: {key: value}}`` (what ``rcn lab`` writes)."""
+    return SCHEMA.render(doc)
 
 
 def load_config(path: str) -> MgmtConfig:
@@ -54,20 +75,10 @@ def load_config(path: str) -> MgmtConfig:
 
 
 def parse_config(doc: dict, base_dir: str = ".") -> MgmtConfig:
-    top = Reader(doc, "")
-    top.unknown({"mgmt", "console"})
-    m = Reader(top.get("mgmt", dict), "mgmt.")
-    m.unknown({"id", "database", "http", "amp", "operator_token_file", "history", "stale_after"})
-    name = m.get("id", str)
-    if not name.strip():
-        raise ConfigError("mgmt.id: empty")
-    return MgmtConfig(
-        id=name,
-        database=os.path.join(base_dir, m.get("database", str, "mgmt.sqlite")),
-        http=m.get("http", str, "127.0.0.1:47180", ip_address),
-        amp=m.get("amp", str, "127.0.0.1:47100", ip_address),
-        operator_token_file=os.path.join(base_dir, m.get("operator_token_file", str,
-                                                         "operator.token")),
-        history=m.get("history", int, 300, in_range(2, 86400)),
-        stale_after=float(m.get("stale_after", (int, float), 5.0, in_range(0.5, 3600.0))),
-        console=read_console(top))
+    top, v = SCHEMA.read(doc)
+    m = v["mgmt"]
+    return MgmtConfig(id=m["id"], database=os.path.join(base_dir, m["database"]), http=m["http"],
+                      amp=m["amp"],
+                      operator_token_file=os.path.join(base_dir, m["operator_token_file"]),
+                      history=m["history"], stale_after=m["stale_after"],
+                      console=read_console(top))

@@ -127,12 +127,12 @@ class QuietSite(BoundedSite):
 
 
 class TcpListenService(service.Service):
-    """Listens on ``address`` while running: stopping closes the socket, starting opens it
-    again (the console's ``shutdown amp`` / ``no shutdown amp``). A port that cannot be
-    had is logged and kept in ``error``; the daemon runs on."""
+    """Listens on ``description`` (a server endpoint string) while running: stopping closes
+    the socket, starting opens it again (the console's ``shutdown amp`` / ``no shutdown
+    amp``). A port that cannot be had is logged and kept in ``error``; the daemon runs on."""
 
-    def __init__(self, reactor, factory, address: Address):
-        self.reactor, self.factory, self.address = reactor, factory, address
+    def __init__(self, reactor, factory, description: str):
+        self.reactor, self.factory, self.description = reactor, factory, description
         self.port = None
         self.error: str | None = None
 
@@ -145,14 +145,19 @@ class TcpListenService(service.Service):
 
     def startService(self):
         super().startService()
-        try:
-            self.port = self.reactor.listenTCP(self.address.port, self.factory,
-                                               interface=self.address.host)
-            self.error = None
-        except CannotListenError as exc:
-            self.error = f"cannot listen: {exc.socketError}"
-            _log.error("cannot listen on {address}: {why}", address=str(self.address),
-                       why=exc.socketError)
+        # a TCP endpoint's listen() has fired when it returns: the error is known here
+        endpoints.serverFromString(self.reactor, self.description).listen(
+            self.factory).addCallbacks(self._listening, self._cannot_listen)
+
+    def _listening(self, port) -> None:
+        self.port, self.error = port, None
+
+    def _cannot_listen(self, failure) -> None:
+        failure.trap(CannotListenError)
+        exc = failure.value
+        self.error = f"cannot listen: {exc.socketError}"
+        _log.error("cannot listen on {address}: {why}", address=self.description,
+                   why=exc.socketError)
 
     def stopService(self):
         super().stopService()
@@ -210,7 +215,7 @@ def make_service(config: MgmtConfig, reactor) -> tuple[service.MultiService, Mgm
     ``startService`` (AMP, after the server is built); the database at ``startService``."""
     top = service.MultiService()
     http = QuietSite(resource.Resource())          # its root is set when the server is built
-    endpoint = endpoints.TCP4ServerEndpoint(reactor, config.http.port, interface=config.http.host)
+    endpoint = endpoints.serverFromString(reactor, config.http)     # an endpoint string
     http_service = internet.StreamServerEndpointService(endpoint, http)
     amp = TcpListenService(reactor, None, config.amp)
     consoles = service.MultiService()
@@ -219,6 +224,6 @@ def make_service(config: MgmtConfig, reactor) -> tuple[service.MultiService, Mgm
     http_service.setServiceParent(top)
     amp.setServiceParent(top)
     consoles.setServiceParent(top)
-    _log.info("rcn-mgmt {id}: API and dashboard on http://{http}/, devices on {amp}",
-              id=config.id, http=str(config.http), amp=str(config.amp))
+    _log.info("rcn-mgmt {id}: API and dashboard on {http}, devices on {amp}",
+              id=config.id, http=config.http, amp=config.amp)
     return top, opened

@@ -1,50 +1,60 @@
 """The storage array emulator's configuration file (TOML).
 
-Example (every key shown; only ``array.wwpn`` and one volume are required)::
+Example (every key shown; only ``array.wwpn`` and one volume are required; it is
+``SCHEMA.example()``, the keys' one table)::
 
     [array]
-    wwpn = "50:0a:09:80:00:00:00:01"     # the array's port name (its WWN)
-    wwnn = "50:0a:09:80:00:00:00:00"     # node name; default: wwpn with the low bit cleared
-    data_dir = "/var/lib/rcn-storage"    # volume files live here (relative: to the config file)
-    track_size = "64KiB"                 # differential bitmap track (a power of two >= 512 bytes)
+    wwpn = "50:0a:09:80:00:00:00:01"          # the array's port name (its WWN) (required)
+    wwnn = "50:0a:09:80:00:00:00:00"          # node name; default: wwpn with the low bit cleared
+    data_dir = "volumes"                      # volume files <name>.img live here (relative: to this
+                                              # file)
+    track_size = "64KiB"                      # differential bitmap track: a power of two, 512 bytes
+                                              # to 1GiB
 
-    [nbd]                                # host interface
-    host = "127.0.0.1"
-    port = 10809
+    [nbd]                                     # host interface (NBD)
+    listen = "tcp:10809:interface=127.0.0.1"
 
-    [control]                            # JSON-over-HTTP control API (rcn array ...)
-    host = "127.0.0.1"
-    port = 47200
+    [control]                                 # JSON over HTTP (rcn array ...) and /metrics
+    listen = "tcp:47200:interface=127.0.0.1"
 
-    [edge]                               # the array's edge device (RIO channel); omit: no remote copy
-    host = "127.0.0.1"
-    port = 3225
-    timeout = 30.0                       # seconds per exchange
-    auto_resync = true                   # a source pair in failure Suspend because its RIOs
-                                         # got no answer (the link dropped, the edge crashed)
-                                         # resyncs by itself when the link is back
-    partners = ["50:0a:09:80:00:00:00:02"]   # partner arrays to log in to at link-up besides
-                                         # the pairs' (a target needs the source's virtual
-                                         # storage before PAIR_CREATE comes)
+    [edge]                                    # the array's edge (RIO channel, FCIP); needed by
+                                              # pairs; omit: no remote copy
+    connect = "tcp:127.0.0.1:3225"            # the edge's FCIP listener
+    timeout = 30.0                            # seconds per exchange
+    auto_resync = true                        # a source pair in failure Suspend because its RIOs
+                                              # got no answer resyncs by itself (link-up, or 5..60 s
+                                              # later)
+    partners = ["50:0a:09:80:00:00:00:02"]    # partner arrays to log in to at link-up besides the
+                                              # pairs' (a target needs the source's virtual storage
+                                              # before PAIR_CREATE comes)
 
-    [[volume]]
+    [console]                                 # the operator's console; omit: none
+    serial = "pty"                            # a serial port ("/dev/ttyS1"), or "pty": a
+                                              # pseudo-terminal of its own (its name is logged) ...
+    pty_link = "/run/rcn/array.console"       # ... and a symlink to it here (serial = "pty" only;
+                                              # relative: to the working directory)
+    speed = 115200                            # a serial port's speed
+    tcp = "tcp:2302:interface=127.0.0.1"      # and/or a TCP listener (console servers)
+
+    [[volume]]                                # one or more
     lun = 0
-    name = "vol0"                        # NBD export name; default "lun<N>"
-    capacity = "1GiB"                    # bytes, or with KiB/MiB/GiB/TiB; a multiple of 512
+    name = "vol0"                             # NBD export name; default "lun<N>"
+    capacity = "1GiB"                         # bytes, or with KiB/MiB/GiB/TiB; a multiple of 512
 
-    [[pair]]                             # this array's volume in a remote copy pair
+    [[pair]]                                  # a pair that exists at start (pair-create makes
+                                              # others)
     lun = 0
-    role = "source"                      # source: host writes replicate to the partner;
-                                         # target: the partner's writes arrive here (the array
-                                         # logs in to the partner's virtual storage at start)
+    role = "source"                           # source: host writes replicate to the partner;
+                                              # target: the partner's writes arrive here
     partner_wwpn = "50:0a:09:80:00:00:00:02"
     partner_lun = 0
-    group = 7                            # order guarantee ID
-    state = "duplex"                     # at start: simplex | duplex | suspend | failure-suspend
-    mode = "sync"                        # sync: a host write completes after the WROK
-                                         # async: after the local write; RIOs queue (bounded)
-    queue_limit = 1024                   # async mode: RIOs waiting at most
-    track_size = "64KiB"                 # this pair's bitmap track; default array.track_size
+    group = 7                                 # order guarantee ID
+    state = "duplex"                          # at start: simplex | duplex | suspend |
+                                              # failure-suspend
+    mode = "sync"                             # sync: a host write completes after the WROK; async:
+                                              # after the local write, RIOs queue (bounded)
+    queue_limit = 1024                        # async mode: RIOs waiting at most
+    track_size = "64KiB"                      # this pair's bitmap track; default array.track_size
 
 Pairs can also be made at run time (``rcn array pair-create``); those are not
 written back to this file.
@@ -58,15 +68,12 @@ import os
 from dataclasses import dataclass, field
 
 from datapath.frames.names import parse_wwn
-from rcn.config import ConfigError, ConsoleConfig, load_toml, parse_size, read_console
-from rcn.config import Reader as _Reader
-from rcn.config import in_range as _in_range
-from rcn.config import non_negative as _non_negative
-from rcn.config import one_of as _one_of
-from rcn.config import port as _port
+from rcn.config import (CONSOLE, REQUIRED, ConfigError, ConsoleConfig, Key, Schema, Table,
+                        client_endpoint, in_range, load_toml, non_negative, one_of, parse_size,
+                        read_console, server_endpoint, size_text)
 
-__all__ = ["ConfigError", "parse_size", "load_config", "parse_config", "StorageConfig",
-           "VolumeConfig", "PairConfig", "Endpoint", "EdgeConfig"]
+__all__ = ["ConfigError", "parse_size", "load_config", "parse_config", "render", "SCHEMA",
+           "StorageConfig", "VolumeConfig", "PairConfig", "EdgeConfig"]
 
 BLOCK_SIZE = 512
 PAIR_STATES = ("simplex", "duplex", "suspend", "failure-suspend")
@@ -96,13 +103,8 @@ class PairConfig:
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-
-
-@dataclass(frozen=True)
-class EdgeConfig(Endpoint):
+class EdgeConfig:
+    connect: str                      # a client endpoint string (tcp:HOST:PORT)
     timeout: float = 30.0
     partners: tuple[int, ...] = ()
     auto_resync: bool = True
@@ -113,8 +115,8 @@ class StorageConfig:
     wwpn: int
     wwnn: int
     data_dir: str
-    nbd: Endpoint
-    control: Endpoint
+    nbd: str                          # server endpoint strings
+    control: str
     edge: EdgeConfig | None
     volumes: tuple[VolumeConfig, ...]
     pairs: tuple[PairConfig, ...] = field(default=())
@@ -136,34 +138,67 @@ def _track_size(value) -> int:
     return size
 
 
-def _endpoint(top: _Reader, name: str, default_port: int, cls=Endpoint, **extra):
-    """``[name]``: host, port and the ``extra`` keys, each read by ``extra[key](reader)``."""
-    r = top.section(name, {})
-    r.unknown({"host", "port", *extra})
-    values = {k: read(r) for k, read in extra.items()}
-    return cls(r.get("host", str, "127.0.0.1"), r.get("port", int, default_port, _port), **values)
+_TRACK = size_text(DEFAULT_TRACK_SIZE)
+_PARTNER = "50:0a:09:80:00:00:00:02"
+
+SCHEMA = Schema(
+    Table("array", (
+        Key("wwpn", str, REQUIRED, parse_wwn, "the array's port name (its WWN)",
+            example="50:0a:09:80:00:00:00:01"),
+        Key("wwnn", str, None, parse_wwn, "node name; default: wwpn with the low bit cleared",
+            example="50:0a:09:80:00:00:00:00"),
+        Key("data_dir", str, "volumes", help="volume files <name>.img live here (relative: "
+            "to this file)"),
+        Key("track_size", (int, str), _TRACK, _track_size, "differential bitmap track: a "
+            "power of two, 512 bytes to 1GiB")), required=True),
+    Table("nbd", (
+        Key("listen", str, "tcp:10809:interface=127.0.0.1", server_endpoint),),
+        "host interface (NBD)"),
+    Table("control", (
+        Key("listen", str, "tcp:47200:interface=127.0.0.1", server_endpoint),),
+        "JSON over HTTP (rcn array ...) and /metrics"),
+    Table("edge", (
+        Key("connect", str, "tcp:127.0.0.1:3225", client_endpoint, "the edge's FCIP listener"),
+        Key("timeout", float, 30.0, in_range(0.1, 3600.0, " s"), "seconds per exchange"),
+        Key("auto_resync", bool, True, help="a source pair in failure Suspend because its RIOs "
+            "got no answer resyncs by itself (link-up, or 5..60 s later)"),
+        Key("partners", str, (), parse_wwn, "partner arrays to log in to at link-up besides "
+            "the pairs' (a target needs the source's virtual storage before PAIR_CREATE "
+            "comes)", example=[_PARTNER], many=True)),
+        "the array's edge (RIO channel, FCIP); needed by pairs; omit: no remote copy"),
+    CONSOLE.showing(pty_link="/run/rcn/array.console", tcp="tcp:2302:interface=127.0.0.1"),
+    Table("volume", (
+        Key("lun", int, REQUIRED, non_negative, example=0),
+        Key("name", str, None, help="NBD export name; default \"lun<N>\"", example="vol0"),
+        Key("capacity", (int, str), REQUIRED, _capacity, "bytes, or with KiB/MiB/GiB/TiB; a "
+            "multiple of 512", example="1GiB")), "one or more", array=True, required=True),
+    Table("pair", (
+        Key("lun", int, REQUIRED, example=0),
+        Key("role", str, "source", one_of(PAIR_ROLES), "source: host writes replicate to the "
+            "partner; target: the partner's writes arrive here"),
+        Key("partner_wwpn", str, REQUIRED, parse_wwn, example=_PARTNER),
+        Key("partner_lun", int, REQUIRED, non_negative, example=0),
+        Key("group", int, REQUIRED, non_negative, "order guarantee ID", example=7),
+        Key("state", str, "duplex", one_of(PAIR_STATES), "at start: simplex | duplex | "
+            "suspend | failure-suspend"),
+        Key("mode", str, "sync", one_of(PAIR_MODES), "sync: a host write completes after the "
+            "WROK; async: after the local write, RIOs queue (bounded)"),
+        Key("queue_limit", int, 1024, non_negative, "async mode: RIOs waiting at most"),
+        Key("track_size", (int, str), None, _track_size, "this pair's bitmap track; default "
+            "array.track_size", example=_TRACK)),
+        "a pair that exists at start (pair-create makes others)", array=True))
+
+
+def render(doc: dict) -> str:
+    """An array's file from ``{table: {key: value}}`` (what ``rcn lab`` writes)."""
+    return SCHEMA.render(doc)
 
 
 def load_config(path: str) -> StorageConfig:
     return load_toml(path, parse_config)
 
 
-def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:
-    top = _Reader(doc, "")
-    top.unknown({"array", "nbd", "control", "edge", "volume", "pair", "console"})
-    array = top.section("array")
-    array.unknown({"wwpn", "wwnn", "data_dir", "track_size"})
-    wwpn = array.get("wwpn", str, check=parse_wwn)
-    wwnn = array.get("wwnn", str, None, parse_wwn)
-    data_dir = os.path.join(base_dir, array.get("data_dir", str, "volumes"))
-    track_size = array.get("track_size", (int, str), DEFAULT_TRACK_SIZE, _track_size)
-
-    volumes = []
-    for r in top.tables("volume", ...):
-        r.unknown({"lun", "name", "capacity"})
-        lun = r.get("lun", int, check=_non_negative)
-        volumes.append(VolumeConfig(lun, r.get("name", str, f"lun{lun}"),
-                                    r.get("capacity", (int, str), check=_capacity)))
+def _unique(volumes: list[VolumeConfig]) -> None:
     if not volumes:
         raise ConfigError("volume: at least one [[volume]] is needed")
     for key in ("lun", "name"):
@@ -172,35 +207,31 @@ def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:
         if dup is not None:
             raise ConfigError(f"volume: {key} {dup!r} appears twice")
 
-    luns = {v.lun for v in volumes}
+
+def parse_config(doc: dict, base_dir: str = ".") -> StorageConfig:
+    top, v = SCHEMA.read(doc)
+    array = v["array"]
+    volumes = [VolumeConfig(r["lun"], r["name"] if r["name"] is not None else f"lun{r['lun']}",
+                            r["capacity"]) for r in v["volume"]]
+    _unique(volumes)
+    luns = {volume.lun for volume in volumes}
     pairs = []
-    for i, r in enumerate(top.tables("pair")):
-        r.unknown({"lun", "partner_wwpn", "partner_lun", "group", "state", "mode", "queue_limit",
-                   "role", "track_size"})
-        lun = r.get("lun", int)
-        if lun not in luns:
-            raise ConfigError(f"pair[{i}].lun: no volume has LUN {lun}")
-        pairs.append(PairConfig(
-            lun, r.get("partner_wwpn", str, check=parse_wwn),
-            r.get("partner_lun", int, check=_non_negative), r.get("group", int, check=_non_negative),
-            r.get("state", str, "duplex", _one_of(PAIR_STATES)),
-            r.get("mode", str, "sync", _one_of(PAIR_MODES)),
-            r.get("queue_limit", int, 1024, _non_negative),
-            r.get("role", str, "source", _one_of(PAIR_ROLES)),
-            r.get("track_size", (int, str), track_size, _track_size)))
+    for i, r in enumerate(v["pair"]):
+        if r["lun"] not in luns:
+            raise ConfigError(f"pair[{i}].lun: no volume has LUN {r['lun']}")
+        if r["track_size"] is None:
+            r["track_size"] = array["track_size"]
+        pairs.append(PairConfig(**r))
     if len({p.lun for p in pairs}) != len(pairs):
         raise ConfigError("pair: a volume can be in one pair only")
-
-    edge = (_endpoint(top, "edge", 3225, EdgeConfig,
-                      timeout=lambda r: r.get("timeout", float, 30.0,
-                                              _in_range(0.1, 3600.0, " s")),
-                      partners=lambda r: tuple(r.items("partners", str, (), parse_wwn)),
-                      auto_resync=lambda r: r.get("auto_resync", bool, True))
-            if "edge" in doc else None)
+    e = v["edge"]
+    edge = (EdgeConfig(e["connect"], e["timeout"], tuple(e["partners"]), e["auto_resync"])
+            if "edge" in top.table else None)
     if pairs and edge is None:
         raise ConfigError("edge: pairs need an [edge] to send their writes to")
+    wwpn, wwnn = array["wwpn"], array["wwnn"]
     return StorageConfig(
-        wwpn=wwpn, wwnn=wwnn if wwnn is not None else wwpn & ~1, data_dir=data_dir,
-        nbd=_endpoint(top, "nbd", 10809), control=_endpoint(top, "control", 47200), edge=edge,
-        volumes=tuple(volumes), pairs=tuple(pairs), track_size=track_size,
-        console=read_console(top))
+        wwpn=wwpn, wwnn=wwnn if wwnn is not None else wwpn & ~1,
+        data_dir=os.path.join(base_dir, array["data_dir"]), nbd=v["nbd"]["listen"],
+        control=v["control"]["listen"], edge=edge, volumes=tuple(volumes), pairs=tuple(pairs),
+        track_size=array["track_size"], console=read_console(top))

@@ -215,8 +215,7 @@ class StorageArray:
     def describe_status(self) -> dict:
         port = self.rio.port
         return {"wwpn": format_wwn(self.config.wwpn), "wwnn": format_wwn(self.config.wwnn),
-                "edge": None if self.config.edge is None else
-                f"{self.config.edge.host}:{self.config.edge.port}",
+                "edge": None if self.config.edge is None else self.config.edge.connect,
                 "edge_link": "up" if port is not None and port.link is not None else "down",
                 "n_port_id": None if port is None else port.port_id,
                 "nbd": dict(self.nbd.counters),
@@ -258,21 +257,19 @@ def make_service(config: StorageConfig, reactor) -> tuple[service.MultiService, 
     top = service.MultiService()
     OpenAtStart(f"rcn-storage {format_wwn(config.wwpn)}", array.open, array.close
                 ).setServiceParent(top)
-    nbd = endpoints.TCP4ServerEndpoint(reactor, config.nbd.port, interface=config.nbd.host)
-    internet.StreamServerEndpointService(nbd, array.nbd).setServiceParent(top)
-    control = endpoints.TCP4ServerEndpoint(reactor, config.control.port,
-                                           interface=config.control.host)
-    internet.StreamServerEndpointService(control, control_site(array)).setServiceParent(top)
+    # the addresses are endpoint strings (rcn.config)
+    for description, factory in ((config.nbd, array.nbd), (config.control, control_site(array))):
+        internet.StreamServerEndpointService(endpoints.serverFromString(reactor, description),
+                                             factory).setServiceParent(top)
     if config.console is not None:
         serve_console(array_console(array), format_wwn(config.wwpn),
                       f"RCN storage emulator {format_wwn(config.wwpn)}", config.console,
                       reactor).setServiceParent(top)
     if config.edge is not None:
-        edge = endpoints.TCP4ClientEndpoint(reactor, config.edge.host, config.edge.port)
+        edge = endpoints.clientFromString(reactor, config.edge.connect)
         internet.ClientService(edge, array.rio, clock=reactor).setServiceParent(top)
     _log.info("rcn-storage {wwn}: {n} volumes, {p} pairs, NBD on {nbd}, control on {ctl}, edge {edge}",
               wwn=format_wwn(config.wwpn), n=len(config.volumes), p=len(config.pairs),
-              nbd=f"{config.nbd.host}:{config.nbd.port}",
-              ctl=f"{config.control.host}:{config.control.port}",
-              edge=f"{config.edge.host}:{config.edge.port}" if config.edge else "none")
+              nbd=config.nbd, ctl=config.control,
+              edge=config.edge.connect if config.edge else "none")
     return top, array

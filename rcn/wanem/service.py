@@ -68,8 +68,7 @@ def make_service(config: WanemConfig, reactor) -> tuple[service.MultiService, Wa
                           config.console.speed, reactor, "SCPI console",
                           pty_link=config.console.pty_link).setServiceParent(top)
         if config.console.tcp is not None:
-            endpoint = endpoints.TCP4ServerEndpoint(reactor, config.console.tcp.port,
-                                                    interface=config.console.tcp.host)
+            endpoint = endpoints.serverFromString(reactor, config.console.tcp)
             internet.StreamServerEndpointService(endpoint, ScpiFactory(console)
                                                  ).setServiceParent(top)
     _log.info("rcn-wanem {id}: {n} links", id=config.id, n=len(config.links))

@@ -15,7 +15,7 @@ import tomllib
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from rcn.config import ConfigError, Reader, parse_size
+from rcn.config import ConfigError, Reader, client_endpoint, parse_size, server_endpoint
 
 ROLES = ("storage", "edge", "core", "mgmt", "wanem")
 #: what a careless or hostile file puts where another type belongs
@@ -85,6 +85,66 @@ class EveryKeyTests(SynchronousTestCase):
                         self.fail(f"{role} {dotted(path)} = {value!r}: {type(exc).__name__}: "
                                   f"{exc}")
         self.assertGreater(tried, 2000)
+
+
+class KeyTableTests(SynchronousTestCase):
+    """Each role's keys are written once (its ``SCHEMA``): the documentation is printed
+    from them and the lab's files are written through them."""
+
+    def test_the_docstring_examples_are_the_key_tables(self):
+        for role in ROLES:
+            module = importlib.import_module(f"rcn.{role}.config")
+            block = module.__doc__.split("::\n\n", 1)[1]
+            self.assertTrue(block.startswith(textwrap.indent(module.SCHEMA.example(), "    ")),
+                            f"rcn/{role}/config.py: its docstring example is not "
+                            f"SCHEMA.example(); print that and paste it")
+
+    def test_the_readme_examples_are_the_key_tables(self):
+        with open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")) as f:
+            readme = f.read()
+        for role, name in (("storage", "array.toml"), ("core", "core.toml")):
+            example = importlib.import_module(f"rcn.{role}.config").SCHEMA.example()
+            block = readme.split(f"`{name}` (every key", 1)[1].split("```toml\n", 1)[1]
+            self.assertEqual(block.split("```", 1)[0], example, name)
+
+    def test_render_writes_what_parse_reads(self):
+        for role in ROLES:
+            module = importlib.import_module(f"rcn.{role}.config")
+            example = documented_example(role)
+            self.assertEqual(tomllib.loads(module.render(example)), example, role)
+
+    def test_render_refuses_what_parse_would(self):
+        from rcn.core.config import render
+        core = {"core": {"id": "c", "listen": "127.0.0.1:47002"}}
+        for doc, message in (
+                ({**core, "colour": {}}, "colour: unknown key"),
+                ({"core": {"id": "c", "lisen": "x"}}, "core.lisen: unknown key"),
+                ({**core, "metrics": {"listen": "127.0.0.1:9100"}},
+                 "metrics.listen: '127.0.0.1:9100' is HOST:PORT"),
+                ({**core, "batch": {"max_bytes": 1}}, "batch.max_bytes: 1 is outside")):
+            self.assertTrue(str(self.assertRaises(ConfigError, render, doc)).startswith(message),
+                            doc)
+
+    def test_tcp_addresses_are_endpoint_strings(self):
+        for text in ("tcp:47100:interface=127.0.0.1", "tcp:0", r"tcp6:80:interface=\:\:1",
+                     ):
+            self.assertEqual(server_endpoint(text), text)
+        self.assertEqual(client_endpoint("tcp:127.0.0.1:47100"), "tcp:127.0.0.1:47100")
+        for check, text, words in (
+                (server_endpoint, "127.0.0.1:47100",
+                 'is HOST:PORT; a TCP listener is a Twisted endpoint string: write '
+                 '"tcp:47100:interface=127.0.0.1"'),
+                (client_endpoint, "127.0.0.1:47100",
+                 'is HOST:PORT; a TCP peer is a Twisted endpoint string: write '
+                 '"tcp:127.0.0.1:47100"'),
+                (server_endpoint, "tcp:127.0.0.1:80", "not a TCP server endpoint"),
+                (server_endpoint, "tcp:65536", "port '65536' is not a number 0..65535"),
+                (server_endpoint, "tcp:80:interface=localhost", "is not an IP address"),
+                (server_endpoint, "unix:/tmp/x", "not a TCP server endpoint"),
+                (server_endpoint, "tcp:80:colour=red", "not a TCP server endpoint"),
+                (client_endpoint, "tcp:h:0", "port '0' is not a number 1..65535"),
+                (client_endpoint, "ssl:h:1", "not a client endpoint")):
+            self.assertIn(words, str(self.assertRaises(ValueError, check, text)), text)
 
 
 def _at(doc, path):

@@ -103,7 +103,7 @@ class DaemonFiles(TestCase):
         it forked has started, and cleanup stops the daemon by its pid."""
         path = os.path.join(self.dir, f"{plugin}.toml")
         with open(path, "w") as f:
-            f.write(lab.render_toml(doc))
+            f.write(lab.render_device(plugin.removeprefix("rcn-"), doc))
         if daemonise:
             pidfile = os.path.join(self.dir, f"{plugin}.pid")
             mode = ["--pidfile", pidfile, "--logfile", os.path.join(self.dir, f"{plugin}.log")]
@@ -163,8 +163,8 @@ class DaemonFiles(TestCase):
         """rcn-storage with one 1 MiB volume; (process output, NBD port)."""
         nbd = free_port()
         doc = {"array": {"wwpn": A, "data_dir": data_dir},
-               "nbd": {"host": "127.0.0.1", "port": nbd},
-               "control": {"host": "127.0.0.1", "port": free_port()},
+               "nbd": {"listen": f"tcp:{nbd}:interface=127.0.0.1"},
+               "control": {"listen": f"tcp:{free_port()}:interface=127.0.0.1"},
                "volume": [{"lun": 0, "name": "vol0", "capacity": "1MiB"}]}
         output = self.twistd("rcn-storage", doc, *options)
         return output, nbd
@@ -179,7 +179,7 @@ class DaemonFiles(TestCase):
                "log": {"mode": "durable"},
                "customer": [{"id": "acme"}],
                "route": [{"source_wwn": A, "target_wwn": B, "path": [me, partner]}],
-               "nbd": {"listen": f"127.0.0.1:{nbd}"},
+               "nbd": {"listen": f"tcp:{nbd}:interface=127.0.0.1"},
                "nbd_volume": [{"name": "vm", "capacity": "1MiB", "source_wwn": A,
                                "source_lun": 0, "target_wwn": B, "target_lun": 0,
                                "group": 9, "customer": "acme"}]}
@@ -192,7 +192,8 @@ class DaemonFiles(TestCase):
         http = free_port()
         doc = {"mgmt": {"id": "mgmt", "database": f"{data_dir}/mgmt.sqlite",
                         "operator_token_file": f"{data_dir}/operator.token",
-                        "http": f"127.0.0.1:{http}", "amp": f"127.0.0.1:{free_port()}"}}
+                        "http": f"tcp:{http}:interface=127.0.0.1",
+                        "amp": f"tcp:{free_port()}:interface=127.0.0.1"}}
         output = self.twistd("rcn-mgmt", doc, *options)
         return output, http
 

@@ -392,7 +392,7 @@ def _config_runner(role: str):
 
 
 def config_seeds(role: str) -> list[bytes]:
-    from rcn.lab import device_configs, parse_topology, plan, render_toml
+    from rcn.lab import device_configs, parse_topology, plan, render_device
     out = []
     for doc in ({"wanem": [{"between": ["edgeA", "core1"], "delay_ms": 20, "loss": 0.01}],
                  "lab": {"consoles": True, "batching": False}},
@@ -401,7 +401,8 @@ def config_seeds(role: str) -> list[bytes]:
         lab = plan(parse_topology(doc), _config_dir(),
                    ports=(list(range(20000, 20040)), list(range(21000, 21040))))
         docs = device_configs(lab)
-        out += [render_toml(docs[d["name"]]).encode() for d in lab["devices"] if d["role"] == role]
+        out += [render_device(role, docs[d["name"]]).encode() for d in lab["devices"]
+                if d["role"] == role]
     return out
 
 

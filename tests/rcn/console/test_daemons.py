@@ -173,7 +173,7 @@ class DaemonConsoleTests(TestCase):
                 os.makedirs(os.path.join(self.dir, item["data_dir"]), exist_ok=True)
         path = os.path.join(self.dir, f"{name}.toml")
         with open(path, "w") as f:
-            f.write(lab.render_toml(doc))
+            f.write(lab.render_device(plugin.removeprefix("rcn-"), doc))
         output = CollectOutput()
         process = reactor.spawnProcess(
             output, TWISTD, [TWISTD, "-n", "--pidfile", os.path.join(self.dir, f"{name}.pid"),
@@ -346,7 +346,7 @@ class DaemonConsoleTests(TestCase):
         def config(answer):
             rows = table(answer)
             for key, value in (("id", "edgeA"), ("log", f"{HOST}:{log}"),
-                               ("fcip", f"{HOST}:{fcip}"),
+                               ("fcip", f"tcp:{fcip}:interface={HOST}"),
                                ("data_dir", os.path.join(self.dir, "edgeA")),
                                ("log mode", "durable"), ("group policy", "B"),
                                ("failure timeout", "60.0 s"), ("management server", "none")):
@@ -393,7 +393,7 @@ class DaemonConsoleTests(TestCase):
         volume = ["0", "vol0", str(16 << 20), "512", os.path.join(self.dir, "arrayA",
                                                                   "vol0.img")]
         pair = ["0", "source", "simplex", WWN_B, "0", "7", "sync"]
-        status = {"edge": ["edge", f"{HOST}:{edge['ports']['fcip']}"],
+        status = {"edge": ["edge", f"tcp:{HOST}:{edge['ports']['fcip']}"],
                   "edge_link": ["edge_link", "down"], "n_port_id": ["n_port_id", "None"],
                   "wwnn": ["wwnn", "50:0a:09:80:00:00:00:00"], "wwpn": ["wwpn", WWN_A]}
 
@@ -470,9 +470,10 @@ class DaemonConsoleTests(TestCase):
         def interfaces(state):
             def check(answer):
                 rows = table(answer)
-                self.assertEqual(rows["http"], ["http", f"{HOST}:{http}", "up",
+                self.assertEqual(rows["http"], ["http", f"tcp:{http}:interface={HOST}", "up",
                                                 "0 API requests"])
-                self.assertEqual(rows["amp"], ["amp", f"{HOST}:{amp}", state,
+                shown = f"{HOST}:{amp}" if state == "up" else f"tcp:{amp}:interface={HOST}"
+                self.assertEqual(rows["amp"], ["amp", shown, state,
                                                "1 of 1 registered devices connected"])
             return check
 
@@ -493,7 +494,7 @@ class DaemonConsoleTests(TestCase):
             rows = table(answer)
             self.assertEqual(rows["id"], ["id", "mgmt"])
             self.assertEqual(rows["database"][1], os.path.join(self.dir, "mgmt", "mgmt.sqlite"))
-            self.assertEqual(rows["amp"][1], f"{HOST}:{amp}")
+            self.assertEqual(rows["amp"][1], f"tcp:{amp}:interface={HOST}")
             self.assertRegex(rows["console"][1], r"^serial /dev/pts/\d+$")
 
         def counters(answer):

@@ -211,7 +211,9 @@ class ConfigTests(TestCase):
         for table, words in (
                 ({"serial": "/dev/ttyS1", "pty_link": "x"}, ["console.pty_link", "pty",
                                                              "/dev/ttyS1"]),
-                ({"tcp": "127.0.0.1:2301", "pty_link": "x"}, ["console.pty_link"]),
+                ({"tcp": "tcp:2301:interface=127.0.0.1", "pty_link": "x"}, ["console.pty_link"]),
+                ({"tcp": "127.0.0.1:2301"}, ["console.tcp", "HOST:PORT",
+                                             "tcp:2301:interface=127.0.0.1"]),
                 ({"serial": "pty", "pty_link": ""}, ["console.pty_link: empty"]),
                 ({"serial": ""}, ["console.serial: empty"]),
                 ({"serial": "pty", "pty_lnik": "x"}, ["console.pty_lnik: unknown key"]),

@@ -55,7 +55,7 @@ class Endpoint:
 
 def core_toml(listen: Address, source: Address, target: Address, *, batch: bool = True,
               max_delay_ms: float = 1.0, metrics_port: int | None = None) -> str:
-    metrics = f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n' if metrics_port else ""
+    metrics = f'[metrics]\nlisten = "tcp:{metrics_port}:interface=127.0.0.1"\n' if metrics_port else ""
     return f"""
 [core]
 id = "core-test"

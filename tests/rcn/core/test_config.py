@@ -28,7 +28,7 @@ max_bytes = 32000
 max_entries = 64
 
 [metrics]
-listen = "127.0.0.1:47302"
+listen = "tcp:47302:interface=127.0.0.1"
 
 [[route]]
 source_wwn = "50:0a:09:80:00:00:00:01"
@@ -63,7 +63,7 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual((config.receive_buffer, config.send_buffer), (16 << 20, 1 << 20))
         self.assertEqual(config.batch, BatchPolicy(enabled=True, max_delay=0.0025,
                                                    max_bytes=32000, max_entries=64))
-        self.assertEqual(config.metrics, Address("127.0.0.1", 47302))
+        self.assertEqual(config.metrics, "tcp:47302:interface=127.0.0.1")
         self.assertEqual(len(config.routes), 2)
         self.assertEqual(config.routes.next_hop(0x500A098000000001, 0x500A098000000002,
                                                 config.listen), Address("127.0.0.1", 47003))
@@ -132,6 +132,9 @@ class ConfigTests(SynchronousTestCase):
             (put("batch", "max_entries", 5000), "batch.max_entries: "),
             (put("batch", "max_wait", 1), "batch.max_wait: unknown key"),
             (put("metrics", "listen", "localhost:9100"), "metrics.listen: "),
+            (put("metrics", "listen", "127.0.0.1:9100"),
+             "metrics.listen: '127.0.0.1:9100' is HOST:PORT; a TCP listener is a Twisted "
+             "endpoint string: write \"tcp:9100:interface=127.0.0.1\""),
             (put("metrics", "port", 9100), "metrics.port: unknown key"),
         ]
         for change, fragment in cases:

@@ -127,7 +127,7 @@ class CoreConsoleTests(TestCase):
         from rcn.core.console import core_console
         from rcn.core.relay import CoreRelay
         config = parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
-                               "console": {"tcp": "127.0.0.1:2303"},
+                               "console": {"tcp": "tcp:2303:interface=127.0.0.1"},
                                "route": [{"source_wwn": "50:0a:09:80:00:00:00:01",
                                           "target_wwn": "50:0a:09:80:00:00:00:02",
                                           "path": ["127.0.0.1:47001", "127.0.0.1:47950",

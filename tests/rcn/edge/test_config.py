@@ -30,7 +30,7 @@ class EdgeConfigTests(SynchronousTestCase):
         config = parse_config(documented_example(), "/base")
         self.assertEqual(config.id, "edgeA")
         self.assertEqual(config.log, Address("127.0.0.1", 47001))
-        self.assertEqual(config.fcip, Address("127.0.0.1", 3225))
+        self.assertEqual(config.fcip, "tcp:3225:interface=127.0.0.1")
         self.assertEqual(config.data_dir, "/base/edgeA")
         self.assertEqual(config.log_mode, "durable")
         self.assertEqual((config.settings.rto, config.settings.rto_max), (0.5, 5.0))

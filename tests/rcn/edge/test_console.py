@@ -23,7 +23,7 @@ class EdgeConsoleTests(TestCase):
             "edge": {"id": "edgeA", "log": "127.0.0.1:47961",
                      "data_dir": os.path.abspath(self.mktemp())},
             "log": {"mode": "memory"},
-            "console": {"tcp": "127.0.0.1:2301"},
+            "console": {"tcp": "tcp:2301:interface=127.0.0.1"},
             "pair": [{"source_wwn": A, "source_lun": 0, "target_wwn": B, "target_lun": 0,
                       "group": 7}],
             "route": [{"source_wwn": A, "target_wwn": B,
@@ -81,7 +81,7 @@ class EdgeConsoleTests(TestCase):
         self.assertIn('unknown word "grops"', str(caught.exception))
 
     def test_console_config(self):
-        self.assertEqual(str(self.edge.config.console.tcp), "127.0.0.1:2301")
+        self.assertEqual(self.edge.config.console.tcp, "tcp:2301:interface=127.0.0.1")
         with self.assertRaises(Exception):
             parse_config({"edge": {"id": "e", "log": "127.0.0.1:1", "data_dir": "x"},
                           "console": {"speed": 12345, "serial": "/dev/null"}})

@@ -345,14 +345,14 @@ def config_doc(**nbd_volume) -> dict:
 class ConfigTests(SynchronousTestCase):
     def test_nbd_keys_and_their_defaults(self):
         config = parse_config(config_doc())
-        self.assertEqual(config.nbd, NbdFront(Address("127.0.0.1", 10810), 10.0))
+        self.assertEqual(config.nbd, NbdFront("tcp:10810:interface=127.0.0.1", 10.0))
         volume, = config.nbd_volumes
         self.assertEqual((volume.name, volume.capacity), ("vm", 256 * MiB))
         self.assertEqual(volume.pair, PairEntry(0x500A098000000011, 0, 0x500A098000000002, 3, 9,
                                                 "acme"))
         doc = config_doc()
-        doc["nbd"] = {"listen": "127.0.0.2:10999", "read_timeout": 2.5}
-        self.assertEqual(parse_config(doc).nbd, NbdFront(Address("127.0.0.2", 10999), 2.5))
+        doc["nbd"] = {"listen": "tcp:10999:interface=127.0.0.2", "read_timeout": 2.5}
+        self.assertEqual(parse_config(doc).nbd, NbdFront("tcp:10999:interface=127.0.0.2", 2.5))
         self.assertEqual(len(parse_config(doc).settings.pairs), 1)     # [[pair]] only
 
     def test_without_nbd_there_is_no_front_end(self):
@@ -394,6 +394,7 @@ class ConfigTests(SynchronousTestCase):
             (config_doc(group=-1), "nbd_volume[0].group"),
             (config_doc(colour="red"), "nbd_volume[0].colour"),
             (dict(config_doc(), nbd={"listen": "localhost:10810"}), "nbd.listen"),
+            (dict(config_doc(), nbd={"listen": "tcp:10810:interface=localhost"}), "nbd.listen"),
             (dict(config_doc(), nbd={"read_timeout": 0}), "nbd.read_timeout"),
             (dict(config_doc(), nbd={"port": 1}), "nbd.port"),
             (no_front, "nbd_volume[0]"),
@@ -413,7 +414,7 @@ class ServiceTests(TestCase):
         from rcn.edge.service import Edge, make_service
         doc = config_doc()
         doc["edge"]["data_dir"] = os.path.abspath(self.mktemp())
-        doc["nbd"] = {"listen": "127.0.0.1:10811"}
+        doc["nbd"] = {"listen": "tcp:10811:interface=127.0.0.1"}
         config = parse_config(doc)
         top, edge = make_service(config, reactor)
         self.addCleanup(edge.close)

@@ -17,7 +17,6 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from rcn.logxfer.routes import Address
 from rcn.mgmt.distribution import DeviceUnavailable, DistributionServer
 from rcn.mgmt.service import TcpListenService
 from rcn.mgmtlink import protocol as protocol_module
@@ -628,7 +627,7 @@ class ServiceTests(SynchronousTestCase):
         settings = Settings("edge-a", version=1)
         server = DistributionServer(reactor, settings.snapshot_for, lambda d, f: None)
         TcpListenService(reactor, server.factory(),
-                         Address("127.0.0.1", DEFAULT_PORT)).startService()
+                         f"tcp:{DEFAULT_PORT}:interface=127.0.0.1").startService()
         self.assertEqual(reactor.tcpServers[0][0], DEFAULT_PORT)
         dev = Device(reactor, "edge-a")
         service = client_service(dev.client, reactor, f"tcp:127.0.0.1:{DEFAULT_PORT}",

@@ -9,11 +9,10 @@ from twisted.internet import defer, reactor
 from twisted.test import iosim
 
 from rcn.console.commands import ConsoleError
-from rcn.logxfer.routes import Address
+from rcn.mgmtlink.client import MgmtClient
 from rcn.mgmt.config import parse_config
 from rcn.mgmt.console import MgmtConsole
 from rcn.mgmt.service import TcpListenService
-from rcn.mgmtlink.client import MgmtClient
 from tests.support import poll, tcp_accepts
 from tests.rcn.mgmt.test_server import S1, S2, T1, ServerTestCase
 
@@ -32,13 +31,13 @@ def rows(text: str) -> dict[str, list[str]]:
 class MgmtConsoleTests(ServerTestCase):
     def setUp(self):
         super().setUp()
-        self.config = parse_config({"mgmt": {"id": "mgmt1", "http": "127.0.0.1:47180",
-                                             "amp": "127.0.0.1:47100"},
+        self.config = parse_config({"mgmt": {"id": "mgmt1", "http": "tcp:47180:interface=127.0.0.1",
+                                             "amp": "tcp:47100:interface=127.0.0.1"},
                                     "console": {"serial": "pty", "pty_link": "/tmp/x.console"}},
                                    base_dir="/srv")
-        self.http = TcpListenService(reactor, self.site, Address("127.0.0.1", 0))
+        self.http = TcpListenService(reactor, self.site, "tcp:0:interface=127.0.0.1")
         self.amp = TcpListenService(reactor, self.server.distribution.factory(),
-                                    Address("127.0.0.1", 0))
+                                    "tcp:0:interface=127.0.0.1")
         for listener in (self.http, self.amp):
             listener.startService()
             self.addCleanup(lambda listener=listener: listener.running
@@ -70,7 +69,7 @@ class MgmtConsoleTests(ServerTestCase):
                          f"version {self.server.version}), uptime 1h 2m 5s")
         self.connect("edgeA", "edge", "127.0.0.1:47001")
         interfaces = rows(self.cmd("sh int"))
-        self.assertEqual(interfaces["http"][1:3], ["127.0.0.1:47180", "up"])
+        self.assertEqual(interfaces["http"][1:3], ["tcp:47180:interface=127.0.0.1", "up"])
         self.assertEqual(interfaces["amp"][1:],
                          [self.amp.listening_on, "up", "1 of 1 registered devices connected"])
         self.assertRegex(self.amp.listening_on, r"^127\.0\.0\.1:\d+$")
@@ -172,13 +171,13 @@ class MgmtConsoleTests(ServerTestCase):
         with socket.socket() as holder:
             holder.bind(("127.0.0.1", 0))
             holder.listen()
-            taken = Address("127.0.0.1", holder.getsockname()[1])
+            taken = f"tcp:{holder.getsockname()[1]}:interface=127.0.0.1"
             amp = TcpListenService(reactor, self.server.distribution.factory(), taken)
             amp.startService()
             self.addCleanup(amp.stopService)
             console = MgmtConsole(self.config, self.server, self.api.counters, self.http, amp)
             row = rows(console.tree.run("show interfaces"))["amp"]
-        self.assertEqual(row[1], "127.0.0.1:47100")          # not listening: as configured
+        self.assertEqual(row[1], "tcp:47100:interface=127.0.0.1")   # not listening: as configured
         self.assertTrue(row[2].startswith("down: cannot listen: "), row)
         self.assertIn("Address already in use", row[2])
 

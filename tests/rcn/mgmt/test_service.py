@@ -28,7 +28,8 @@ class OpenAtStartTests(TestCase):
         self.config = parse_config({"mgmt": {
             "id": "mgmt", "database": os.path.join(self.dir, "mgmt.sqlite"),
             "operator_token_file": os.path.join(self.dir, "operator.token"),
-            "http": f"127.0.0.1:{self.http}", "amp": f"127.0.0.1:{free_port()}"}})
+            "http": f"tcp:{self.http}:interface=127.0.0.1",
+            "amp": f"tcp:{free_port()}:interface=127.0.0.1"}})
 
     def start(self, top):
         top.privilegedStartService()
@@ -59,7 +60,7 @@ class OpenAtStartTests(TestCase):
     def test_start_that_cannot_open_the_database_raises_start_error_naming_it(self):
         database = os.path.join(self.dir, "missing", "mgmt.sqlite")
         config = parse_config({"mgmt": {"id": "mgmt", "database": database,
-                                        "http": f"127.0.0.1:{self.http}"}})
+                                        "http": f"tcp:{self.http}:interface=127.0.0.1"}})
         top, _ = make_service(config, reactor)
         top.privilegedStartService()
         self.addCleanup(top.stopService)

@@ -16,15 +16,13 @@ wwpn = "50:0a:09:80:00:00:00:01"
 data_dir = "vols"
 
 [nbd]
-port = 10900
+listen = "tcp:10900:interface=127.0.0.1"
 
 [control]
-host = "127.0.0.1"
-port = 0
+listen = "tcp:0:interface=127.0.0.1"
 
 [edge]
-host = "127.0.0.1"
-port = 3225
+connect = "tcp:127.0.0.1:3225"
 timeout = 5
 
 [[volume]]
@@ -61,7 +59,7 @@ class ConfigTests(TestCase):
         self.assertEqual(config.wwpn, 0x500A098000000001)
         self.assertEqual(config.wwnn, 0x500A098000000000)
         self.assertEqual(config.data_dir, os.path.join(os.path.dirname(os.path.abspath(path)), "vols"))
-        self.assertEqual((config.nbd.host, config.nbd.port), ("127.0.0.1", 10900))
+        self.assertEqual(config.nbd, "tcp:10900:interface=127.0.0.1")
         self.assertEqual(config.edge.timeout, 5.0)
         self.assertEqual([(v.lun, v.name, v.capacity) for v in config.volumes],
                          [(0, "lun0", 64 << 20), (3, "db", 1 << 20)])
@@ -73,7 +71,8 @@ class ConfigTests(TestCase):
     def test_defaults(self):
         config = parse_config({"array": {"wwpn": "50:0a:09:80:00:00:00:01"},
                                "volume": [{"lun": 1, "capacity": "1MiB"}]})
-        self.assertEqual((config.nbd.port, config.control.port, config.edge), (10809, 47200, None))
+        self.assertEqual((config.nbd, config.control, config.edge),
+                         ("tcp:10809:interface=127.0.0.1", "tcp:47200:interface=127.0.0.1", None))
         self.assertEqual(config.pairs, ())
 
     def assertConfigError(self, doc: dict, fragment: str):
@@ -90,7 +89,15 @@ class ConfigTests(TestCase):
         self.assertConfigError(dict(base, volume=[{"lun": 0, "capacity": "1MiB"},
                                                   {"lun": 0, "capacity": "1MiB"}]),
                                "volume: lun 0 appears twice")
-        self.assertConfigError(dict(base, nbd={"port": 70000}), "nbd.port: port 70000 outside")
+        self.assertConfigError(dict(base, nbd={"listen": "tcp:70000"}),
+                               "nbd.listen: port '70000' is not a number 0..65535")
+        self.assertConfigError(dict(base, nbd={"listen": "127.0.0.1:10809"}),
+                               'nbd.listen: \'127.0.0.1:10809\' is HOST:PORT; a TCP listener is a '
+                               'Twisted endpoint string: write "tcp:10809:interface=127.0.0.1"')
+        self.assertConfigError(dict(base, edge={"connect": "127.0.0.1:3225"}),
+                               'edge.connect: \'127.0.0.1:3225\' is HOST:PORT; a TCP peer is a '
+                               'Twisted endpoint string: write "tcp:127.0.0.1:3225"')
+        self.assertConfigError(dict(base, edge={"host": "127.0.0.1"}), "edge.host: unknown key")
         self.assertConfigError(dict(base, nbd={"prot": 1}), "nbd.prot: unknown key")
         self.assertConfigError(dict(base, pair=[{"lun": 5, "partner_wwpn": "500a098000000002",
                                                  "partner_lun": 0, "group": 1}]),

@@ -20,9 +20,9 @@ class ArrayConsoleTests(TestCase):
                                "pair": [{"lun": 0, "role": "source",
                                          "partner_wwpn": "50:0a:09:80:00:00:00:02",
                                          "partner_lun": 3, "group": 7, "state": "duplex"}],
-                               "edge": {"host": "127.0.0.1", "port": 3225},
-                               "console": {"tcp": "127.0.0.1:2302"}})
-        self.assertEqual(config.console.tcp.port, 2302)
+                               "edge": {"connect": "tcp:127.0.0.1:3225"},
+                               "console": {"tcp": "tcp:2302:interface=127.0.0.1"}})
+        self.assertEqual(config.console.tcp, "tcp:2302:interface=127.0.0.1")
         array = StorageArray(config, task.Clock())
         self.addCleanup(array.close)
         tree = array_console(array)

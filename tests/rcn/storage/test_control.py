@@ -19,7 +19,7 @@ from datapath.frames import fcp
 from rcn.cli.main import main as rcn_main
 from rcn.nbd import protocol as P
 from rcn.rio.fcp import ScsiCommand
-from rcn.storage.config import EdgeConfig, Endpoint, PairConfig, StorageConfig, VolumeConfig
+from rcn.storage.config import EdgeConfig, PairConfig, StorageConfig, VolumeConfig
 from rcn.storage.control import ControlResource
 from rcn.storage.service import StorageArray, control_site
 from tests.rcn.nbd.helpers import Client
@@ -119,8 +119,8 @@ class MetricsTests(TestCase):
         os.makedirs(directory)
         config = StorageConfig(
             wwpn=ARRAY_WWN, wwnn=ARRAY_WWN & ~1, data_dir=directory,
-            nbd=Endpoint("127.0.0.1", 0), control=Endpoint("127.0.0.1", 0),
-            edge=EdgeConfig("127.0.0.1", 3225),
+            nbd="tcp:0:interface=127.0.0.1", control="tcp:0:interface=127.0.0.1",
+            edge=EdgeConfig("tcp:127.0.0.1:3225"),
             volumes=(VolumeConfig(0, "vol0", 4 * MiB), VolumeConfig(1, "vol1", MiB)),
             pairs=(PairConfig(0, PARTNER_WWN, 5, 7, "duplex", "sync"),
                    PairConfig(1, PARTNER_WWN, 3, 7, "duplex", role="target")))
@@ -312,8 +312,8 @@ class PartnerTests(TestCase):
         extra = 0x500A098000000009
         config = StorageConfig(
             wwpn=ARRAY_WWN, wwnn=ARRAY_WWN & ~1, data_dir=directory,
-            nbd=Endpoint("127.0.0.1", 0), control=Endpoint("127.0.0.1", 0),
-            edge=EdgeConfig("127.0.0.1", 3225, partners=(extra,)),
+            nbd="tcp:0:interface=127.0.0.1", control="tcp:0:interface=127.0.0.1",
+            edge=EdgeConfig("tcp:127.0.0.1:3225", partners=(extra,)),
             volumes=(VolumeConfig(0, "vol0", MiB), VolumeConfig(1, "vol1", MiB)),
             pairs=(PairConfig(0, PARTNER_WWN, 5, 7, "duplex", "sync"),))
         array = StorageArray(config, task.Clock())

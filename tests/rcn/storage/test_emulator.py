@@ -68,11 +68,11 @@ class EmulatorTests(TestCase):
 wwpn = "50:0a:09:80:00:00:00:01"
 data_dir = "vols"
 [nbd]
-port = {self.nbd_port}
+listen = "tcp:{self.nbd_port}:interface=127.0.0.1"
 [control]
-port = {self.control_port}
+listen = "tcp:{self.control_port}:interface=127.0.0.1"
 [edge]
-port = {self.edge_port.getHost().port}
+connect = "tcp:127.0.0.1:{self.edge_port.getHost().port}"
 timeout = 10
 [[volume]]
 lun = 0

@@ -22,7 +22,8 @@ from tests.support import start_as_twistd_would
 
 def config(data_dir: str):
     return parse_config({"array": {"wwpn": "50:0a:09:80:00:00:00:01", "data_dir": data_dir},
-                         "nbd": {"port": 0}, "control": {"port": 0},
+                         "nbd": {"listen": "tcp:0:interface=127.0.0.1"},
+                         "control": {"listen": "tcp:0:interface=127.0.0.1"},
                          "volume": [{"lun": 0, "name": "vol0", "capacity": "1MiB"},
                                     {"lun": 1, "capacity": "1MiB"}]})
 
