@@ -185,13 +185,14 @@ class FailedStartTests(TestCase):
     def test_a_daemon_that_dies_is_reported_with_its_log_and_the_rest_stopped(self):
         """edgeB gets a file its daemon refuses: `up` names it, shows its log, stops the rest."""
         directory = os.path.abspath(self.mktemp())
-        original = processes.device_configs
+        original = processes.render_device
 
-        def broken(record):
-            configs = original(record)
-            configs["edgeB"]["edge"]["colour"] = "blue"
-            return configs
-        self.patch(processes, "device_configs", broken)     # what up() calls
+        def broken(role, doc):          # the writer refuses unknown keys: add one after it
+            text = original(role, doc)
+            if doc.get("edge", {}).get("id") == "edgeB":
+                text = text.replace("[edge]\n", '[edge]\ncolour = "blue"\n', 1)
+            return text
+        self.patch(processes, "render_device", broken)     # what up() calls
         self.addCleanup(lablib.down, directory)
         with self.assertRaises(lablib.LabError) as caught:
             lablib.up(lablib.Topology(capacity=1 << 20), directory, timeout=30)
