@@ -13,7 +13,8 @@ from twisted.trial.unittest import TestCase
 from datapath.frames import capture, fc, fcip, fcp, gbe, logentry
 from rcn.decode.cli import PROGRESS_MIN_BYTES, Progress, main
 from rcn.decode.decoder import Decoder
-from rcn.decode.reassembly import FcipDelineator, SegmentAssembler, TcpStream
+from rcn.decode.streams import FcipDelineator, TcpStream
+from rcn.logxfer.reassembly import SegmentAssembler
 from tools.sample_traffic import SOURCE_WWN, TARGET_WWN, generate, write_exchange
 
 SRC, DST = ("10.0.0.1", 40000), ("10.0.0.2", fcip.FCIP_PORT)

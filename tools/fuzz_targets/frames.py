@@ -259,9 +259,9 @@ def run_log_entry(data: bytes):
     if pair is None:
         return tuple(features)
     entry, fast = pair
-    _same("log header", _plain(entry.header), _plain(fast.header))
+    _same("log header", entry.header, fast.header)          # LogHeader records, both ways
     _same("log body", (entry.payload, entry.crc_ok), (fast.payload, fast.crc_ok))
-    kind = logentry.EntryType(entry.header["entry_type"])
+    kind = logentry.EntryType(entry.header.entry_type)
     features.append(kind.name)
     try:
         if kind == logentry.EntryType.NAK:

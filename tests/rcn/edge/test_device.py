@@ -6,8 +6,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from datapath.frames import fcp
-from datapath.frames.logentry import (EntryFlag, EntryType, build_entry, build_keepalive, build_nak,
-                                      parse_datagram)
+from datapath.frames.logentry import (EntryFlag, EntryType, LogHeader, build_entry,
+                                      build_keepalive, build_nak, parse_datagram)
 from rcn.edge.applystate import ApplyState
 from rcn.edge.device import EdgeDevice, EdgeSettings, PairEntry
 from rcn.edge.logstore import LogStore
@@ -29,7 +29,7 @@ def write_command(lba: int) -> ScsiCommand:
 class SourceEdgeTests(TestCase):
     def setUp(self):
         self.clock = Clock()
-        self.sent: list[tuple[dict, Address]] = []
+        self.sent: list[tuple[LogHeader, Address]] = []
         store = LogStore(None, mode="memory")
         store.open()
         state = ApplyState(None)
@@ -51,8 +51,8 @@ class SourceEdgeTests(TestCase):
         self.clock.advance(0)                    # first sends leave at the end of the turn
         header, address = self.sent[0]
         self.assertEqual(address, CORE)
-        self.assertEqual((header["entry_type"], header["group_id"], header["sequence"],
-                          header["target_lun"], header["source_wwn"]), (EntryType.WR, 7, 1, 4, A))
+        self.assertEqual((header.entry_type, header.group_id, header.sequence,
+                          header.target_lun, header.source_wwn), (EntryType.WR, 7, 1, 4, A))
         self.assertEqual(self.edge.log_store.retained(7), [1])
 
     def test_write_to_a_lun_without_a_pair_is_refused(self):
@@ -66,7 +66,7 @@ class SourceEdgeTests(TestCase):
         for lba in (1, 2):
             self.edge.rio_command(write_command(lba), B)
         cdb = fcp.build_rcn_control(fcp.RcnServiceAction.SUSPEND, 7, 0, 0)
-        control = self.edge.control(PAIR, 7, cdb)               # sequence 3
+        control = self.edge.source_side.control(PAIR, 7, cdb)               # sequence 3
         self.edge.rio_command(write_command(4), B)               # sequence 4
         self.answer(EntryType.WROK, 4, EntryFlag.CUMULATIVE)
         self.assertEqual(self.edge.log_store.retained(7), [3])
@@ -79,7 +79,7 @@ class SourceEdgeTests(TestCase):
     def test_keepalive_is_echoed_and_a_malformed_one_counted(self):
         probe = build_keepalive(5, 123, target_wwn=0)
         self.edge.entry_received(parse_datagram(probe), probe, CORE)
-        self.assertEqual([(h["entry_type"], a) for h, a in self.sent], [(EntryType.KEEPALIVE, CORE)])
+        self.assertEqual([(h.entry_type, a) for h, a in self.sent], [(EntryType.KEEPALIVE, CORE)])
         bad = build_entry(EntryType.KEEPALIVE, b"short")
         self.edge.entry_received(parse_datagram(bad), bad, CORE)
         self.assertEqual(self.edge.drops.by_reason, {"malformed": 1})
@@ -126,4 +126,4 @@ class SourceEdgeTests(TestCase):
             nak = build_nak(ranges, group_id=7, sequence=1, source_wwn=A, target_wwn=B)
             self.edge.entry_received(parse_datagram(nak), nak, CORE)
         self.assertEqual(self.edge.drops.by_reason, {"nak_beyond_sent": 1})
-        self.assertEqual([h["sequence"] for h, _ in self.sent[sent:]], [2])
+        self.assertEqual([h.sequence for h, _ in self.sent[sent:]], [2])
