@@ -5,11 +5,11 @@ DOK, DPOK, SOK) and 4 (pair states and the flows of Fig. 10-13, 【0084】【008
 
 :class:`PairControl` is a plain object given the parts of the edge it works with (the
 pair table, the log storage area, the sender, the source and target sides: see
-``rcn.edge.device``, which builds it). At the **source edge** it takes the array's RCN CONTROL commands
-(PAIR_CREATE, DUPLEX, SUSPEND, RESYNC, DELETE), checks them against the pair's
-state, relays them as CTRL entries in the group's order and moves the pair when
-the far side's answer comes back (merging the target's DPOK bitmap 1213 with
-727 into 1209 on RESYNC). It puts a group in **failure Suspend** when the sender
+``rcn.edge.device``, which builds it). At the **source edge** it takes the array's
+RCN CONTROL commands (PAIR_CREATE, DUPLEX, SUSPEND, RESYNC, DELETE), checks them
+against the pair's state, relays them as CTRL entries in the group's order and
+moves the pair when the far side's answer comes back (merging the target's DPOK
+bitmap 1213 with 727 into 1209 on RESYNC). It puts a group in **failure Suspend** when the sender
 gives it up, the route is gone or the log quota overflows: retained WRs become
 727, the array is told, and a failure notice (flag RESTART) waits for the RCN to
 carry it to the target edge. At the **target edge** it sees every CTRL entry

@@ -1,4 +1,4 @@
-"""``rcn-edge`` as a Twisted service: the data plane behind its sockets.
+"""``rcn-edge`` as a Twisted service: the data plane behind its sockets (DESIGN.md 2, 3).
 
 :func:`make_service` builds the :class:`~rcn.edge.device.EdgeDevice` and serves
 

@@ -1,5 +1,7 @@
 """The route table (patent table 408): which device a log entry goes to next.
 
+DESIGN.md 3.3, "Routing", and 4 (table 408 lives on mgmt, edges and cores).
+
 A route is a path of device addresses for one (source WWN, target WWN): the
 source edge first, then cores, then the target edge. Every device on the path
 sends an entry to the address after its own; answers (WROK, CTRL_OK, NAK) go
