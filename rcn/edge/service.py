@@ -15,8 +15,8 @@
   NBD volumes with their figures).
 
 Its first service (:class:`rcn.tap.OpenAtStart`) creates the data directory and opens
-the log storage area (replaying what it holds), the apply counters and the last
-snapshot in ``startService``, under twistd's ``--umask`` and ``--uid``. The reactor is
+the pair file, the log storage area (replaying what it holds), the apply counters and the
+last snapshot in ``startService``, under twistd's ``--umask`` and ``--uid``. The reactor is
 passed in; nothing here imports the global one.
 """
 

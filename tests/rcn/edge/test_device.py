@@ -1,4 +1,5 @@
-"""EdgeDevice, source side: WR and CTRL entries to the log and the sender; answers delete them."""
+"""EdgeDevice, source side: WR and CTRL entries to the log and the sender; answers delete them.
+Start-up: the pair file is read by open(); the table of who takes each entry."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from datapath.frames.logentry import (EntryFlag, EntryType, LogHeader, build_ent
 from rcn.edge.applystate import ApplyState
 from rcn.edge.device import EdgeDevice, EdgeSettings, PairEntry
 from rcn.edge.logstore import LogStore
+from rcn.edge.pairs import EdgePairs, PairRow
 from rcn.logxfer.rioarea import response_area
 from rcn.logxfer.routes import Address, Route, RouteTable
+from rcn.pairstate import PairState
 from rcn.rio.fcp import ScsiCommand, ScsiResult, ScsiStatus, build_write16_cdb
 
 A, B = 0x500A098000000001, 0x500A098000000002
@@ -127,3 +130,35 @@ class SourceEdgeTests(TestCase):
             self.edge.entry_received(parse_datagram(nak), nak, CORE)
         self.assertEqual(self.edge.drops.by_reason, {"nak_beyond_sent": 1})
         self.assertEqual([h.sequence for h, _ in self.sent[sent:]], [2])
+
+
+class StartUpTests(TestCase):
+    """Building an edge touches no file (twistd's --umask and --uid apply from
+    startService on); open() reads the pair file."""
+
+    def test_the_pair_file_is_read_by_open_not_by_the_constructor(self):
+        path = self.mktemp()
+        kept = EdgePairs("B", path)
+        kept.add(PairRow(PAIR, "source", PairState.FAILURE_SUSPEND))
+        kept.restart_pending[7] = 5
+        kept.save()
+        store = LogStore(None, mode="memory")
+        store.open()
+        settings = EdgeSettings(me=ME, pairs=[PAIR],
+                                routes=RouteTable([Route(A, B, (ME, CORE, FAR))]))
+        edge = EdgeDevice(Clock(), settings, store, ApplyState(None), lambda d, addr: None,
+                          pairs_path=path)
+        self.assertIs(edge.pairs.find(A, B, 4).state, PairState.DUPLEX)     # as configured
+        self.assertFalse(edge.pairs.restarted)
+        edge.open()
+        self.assertIs(edge.pairs.find(A, B, 4).state, PairState.FAILURE_SUSPEND)
+        self.assertIs(edge.controls.restart_pending, edge.pairs.restart_pending)
+        edge.controls._mark_restart(8)              # marks go on past the file's
+        self.assertEqual(edge.pairs.restart_pending, {7: 5, 8: 6})
+
+    def test_every_entry_that_can_end_here_has_one_handler(self):
+        edge = EdgeDevice(Clock(), EdgeSettings(me=ME), LogStore(None, mode="memory"),
+                          ApplyState(None), lambda d, addr: None)
+        self.assertEqual(set(edge.handlers), {
+            (EntryType.WR, False), (EntryType.CTRL, False), (EntryType.CTRL, True),
+            (EntryType.WROK, True), (EntryType.CTRL_OK, True), (EntryType.NAK, True)})
