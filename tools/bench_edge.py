@@ -104,8 +104,9 @@ def run_edges(size: int, writes: int, depth: int = 64) -> float:
         clock.advance(0)
         deliver()
     elapsed = time.process_time() - started
-    if target.receivers[7].durable != writes:
-        raise RuntimeError(f"target applied {target.receivers[7].durable} of {writes}")
+    applied = target.target_side.receivers[7].durable
+    if applied != writes:
+        raise RuntimeError(f"target applied {applied} of {writes}")
     return elapsed
 
 

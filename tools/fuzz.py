@@ -40,7 +40,8 @@ import traceback
 import tracemalloc
 from dataclasses import dataclass, field
 
-from tools.fuzz_targets import Finding, Target, load
+from tools.fuzz_targets import load
+from tools.fuzz_targets.kit import Finding, Target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS_DIR = os.path.join(ROOT, "tests", "fuzz", "corpus")

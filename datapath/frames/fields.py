@@ -16,10 +16,15 @@ All wire fields are big-endian. A field is an unsigned integer of 1, 2, 3, 4 or
 8 bytes, or an opaque byte string (``raw=True``). A field may document sub-bit
 fields (``bits``: ``(name, width)`` pairs, most significant first); parsing
 adds them to the result so callers never shift by hand.
+
+:func:`record_type` makes a typed record (a NamedTuple) from a table, for headers
+that travel through code as values (``logentry.LogHeader``): attributes, not
+string keys, with the same parse checks.
 """
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass, field as dataclass_field
 
 import struct
@@ -215,3 +220,34 @@ class Layout:
         """``(name, offset, width_bytes, raw, bits, doc, values)`` per field."""
         return [(f.name, self.offsets[f.name], f.width, f.raw, f.bit_masks, f.doc, f.values)
                 for f in self.fields]
+
+
+def record_type(layout: Layout, typename: str, module: str | None = None) -> type:
+    """A NamedTuple class made from ``layout``'s table.
+
+    One attribute per field in table order, then one per sub-bit field; each defaults to
+    0 (zero bytes for a raw field), so a record built by hand names only what it sets.
+    ``cls.parse(data, offset=0, base=0, fast=False)`` reads one header with the checks and
+    errors of :meth:`Layout.parse`; with ``fast`` and a table whose every field has a
+    ``struct`` code and no sub-bits, it is one unpack straight into the tuple.
+    """
+    names = layout._names + tuple(n for f in layout._bit_fields for n, _ in f.bits)
+    if "parse" in names:
+        raise ValueError(f"{layout.layer}: a field named parse would hide the record's parse")
+    defaults = [bytes(f.width) if f.raw else 0 for f in layout.fields]
+    defaults += [0] * (len(names) - len(layout.fields))
+    base_class = namedtuple(typename, names, defaults=defaults, module=module)
+    plain = not layout._wide and not layout._bit_fields
+    unpack_from = layout.packer.unpack_from
+    check_length = layout.check_length
+
+    def parse(cls, data, offset: int = 0, base: int = 0, fast: bool = False):
+        if fast and plain:
+            check_length(data, offset, base)
+            return cls._make(unpack_from(data, offset))
+        return cls(**layout.parse(data, offset, base, fast))
+
+    return type(typename, (base_class,), {
+        "__slots__": (), "__module__": module or base_class.__module__,
+        "__doc__": f"{layout.doc or layout.layer} as a record (fields: {', '.join(names)})",
+        "parse": classmethod(parse)})

@@ -31,6 +31,9 @@ Segmentation (patent 【0078】)
     segment's share.
 
 CRC32C covers the header (with ``crc32c`` zero) and the body.
+
+Parsed headers are :class:`LogHeader` records (made from the ``LOG_HEADER`` table by
+``fields.record_type``): ``entry.header.sequence``, never ``header["sequence"]``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from dataclasses import dataclass
 import crc32c as _crc32c
 
 from datapath.frames.errors import DecodeError
-from datapath.frames.fields import Layout, raw, uint
+from datapath.frames.fields import Layout, raw, record_type, uint
 
 MAGIC = 0x52434E4C          # "RCNL"
 VERSION = 1
@@ -98,6 +101,8 @@ LOG_HEADER = Layout("log", [
 ], doc="RCN log entry header")
 
 HEADER_SIZE = LOG_HEADER.size     # 88
+#: a parsed log entry header: one attribute per row of LOG_HEADER
+LogHeader = record_type(LOG_HEADER, "LogHeader", __name__)
 _CRC_AT = LOG_HEADER.offsets["crc32c"]
 
 COUNT_HEADER = Layout("log_count", [
@@ -118,7 +123,7 @@ KEEPALIVE = Layout("log_keepalive", [
 
 @dataclass
 class LogEntry:
-    header: dict
+    header: LogHeader
     payload: bytes
     crc_ok: bool
     length: int            # header + body bytes
@@ -200,34 +205,32 @@ def build_batch(entries: list[bytes], **fields) -> bytes:
 
 def parse_entry(buf, offset: int = 0, base: int = 0, fast: bool = False) -> LogEntry:
     """One entry at ``buf[offset:]``; extra bytes after it are the caller's business."""
-    header = LOG_HEADER.parse(buf, offset, base, fast)
+    header = LogHeader.parse(buf, offset, base, fast)
     at = base + offset
-    if header["magic"] != MAGIC:
-        raise DecodeError("log", "magic", at, f"0x{header['magic']:08x} is not 'RCNL'")
-    if header["version"] != VERSION:
-        raise DecodeError("log", "version", at + 4, f"unknown version {header['version']}")
-    try:
-        EntryType(header["entry_type"])
-    except ValueError:
+    if header.magic != MAGIC:
+        raise DecodeError("log", "magic", at, f"0x{header.magic:08x} is not 'RCNL'")
+    if header.version != VERSION:
+        raise DecodeError("log", "version", at + 4, f"unknown version {header.version}")
+    if header.entry_type not in _ENTRY_TYPES:
         raise DecodeError("log", "entry_type", at + 5,
-                          f"unknown entry type {header['entry_type']}") from None
-    count, index = header["segment_count"], header["segment_index"]
+                          f"unknown entry type {header.entry_type}")
+    count, index = header.segment_count, header.segment_index
     if count == 0 or index >= count:
         raise DecodeError("log", "segment_index", at + LOG_HEADER.offsets["segment_index"],
                           f"segment {index} of {count}")
-    if header["segment_offset"] + header["rio_length"] > header["total_length"]:
+    if header.segment_offset + header.rio_length > header.total_length:
         raise DecodeError("log", "total_length", at + LOG_HEADER.offsets["total_length"],
-                          f"segment at {header['segment_offset']} of {header['rio_length']} bytes "
-                          f"overruns total length {header['total_length']}")
-    end = offset + HEADER_SIZE + header["rio_length"]
+                          f"segment at {header.segment_offset} of {header.rio_length} bytes "
+                          f"overruns total length {header.total_length}")
+    end = offset + HEADER_SIZE + header.rio_length
     if end > len(buf):
         raise DecodeError("log", "rio_length", at + LOG_HEADER.offsets["rio_length"],
-                          f"truncated: body of {header['rio_length']} bytes, "
+                          f"truncated: body of {header.rio_length} bytes, "
                           f"{len(buf) - offset - HEADER_SIZE} present")
     raw_header = bytes(buf[offset:offset + HEADER_SIZE])
     body = bytes(buf[offset + HEADER_SIZE:end])
-    return LogEntry(header, body, entry_crc(raw_header, body) == header["crc32c"],
-                    HEADER_SIZE + header["rio_length"])
+    return LogEntry(header, body, entry_crc(raw_header, body) == header.crc32c,
+                    HEADER_SIZE + header.rio_length)
 
 
 def parse_datagram(data: bytes, base: int = 0, fast: bool = False) -> LogEntry:
@@ -279,7 +282,7 @@ def parse_batch(buf: bytes, base: int = 0, fast: bool = False) -> tuple[LogEntry
     spans, at = [], body_at + COUNT_HEADER.size
     for _ in range(count):
         inner = parse_entry(buf[:outer.length], at, base, fast)
-        if inner.header["entry_type"] == EntryType.BATCH:
+        if inner.header.entry_type == EntryType.BATCH:
             raise DecodeError("log", "entry_type", base + at + 5, "a batch inside a batch")
         spans.append((base + at, inner.length))
         at += inner.length + (-inner.length % 8)

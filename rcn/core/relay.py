@@ -165,13 +165,13 @@ class CoreRelay:
     # -- the protocol's handler ----------------------------------------------------------
     def entry_received(self, entry: LogEntry, data: bytes, sender: Address) -> None:
         header = entry.header
-        entry_type = header["entry_type"]
+        entry_type = header.entry_type
         if entry_type == _BATCH:
             self._batch_received(data, sender)
             return
         self._counts["received"] += 1
-        self._route(memoryview(data), entry_type, header["ttl"], header["source_wwn"],
-                    header["target_wwn"], sender, header["flags"])
+        self._route(memoryview(data), entry_type, header.ttl, header.source_wwn,
+                    header.target_wwn, sender, header.flags)
 
     def _batch_received(self, data: bytes, sender: Address) -> None:
         counts = self._counts

@@ -16,7 +16,8 @@ from datapath.frames import capture, fc, fcip, gbe, logentry
 from datapath.frames.errors import DecodeError
 from datapath.frames.fc4 import decode_fc_payload, frame_kind
 from datapath.frames.names import format_wwn
-from rcn.decode.reassembly import FcipDelineator, SegmentAssembler, TcpStream
+from rcn.decode.streams import FcipDelineator, TcpStream
+from rcn.logxfer.reassembly import SegmentAssembler
 
 DEFAULT_FCIP_PORTS = frozenset({fcip.FCIP_PORT})
 DEFAULT_LOG_PORTS = frozenset({logentry.LOG_PORT})
@@ -296,8 +297,8 @@ def log_layers(data: bytes, base: int = 0, segments: SegmentAssembler | None = N
         out["kind"] = "error"
         out["errors"].append(exc.as_dict())
         return out
-    header = _plain(entry.header)
-    entry_type = logentry.EntryType(header["entry_type"])
+    header = _plain(entry.header._asdict())
+    entry_type = logentry.EntryType(entry.header.entry_type)
     header["entry_type_name"] = entry_type.name
     header["crc32c"] = "good" if entry.crc_ok else "bad"
     out["kind"] = "log_" + entry_type.name.lower()
@@ -327,7 +328,7 @@ def _rio_units(out: dict, entry: logentry.LogEntry, base: int,
                segments: SegmentAssembler | None) -> None:
     """Units of an unsegmented entry, or of a split one once its last segment is in."""
     header = entry.header
-    if header["segment_count"] == 1:
+    if header.segment_count == 1:
         if entry.payload:
             out["units"] = _units(entry.payload, base + logentry.HEADER_SIZE, out["errors"])
         return
@@ -335,7 +336,7 @@ def _rio_units(out: dict, entry: logentry.LogEntry, base: int,
         return
     area = segments.add(header, entry.payload, base + logentry.LOG_HEADER.offsets["segment_offset"])
     if area is not None:
-        out["reassembled"] = {"segments": header["segment_count"], "total_length": len(area)}
+        out["reassembled"] = {"segments": header.segment_count, "total_length": len(area)}
         out["units"] = _units(area, 0, out["errors"])
 
 

@@ -1,5 +1,7 @@
 """The edge's console commands (issue 8) over the daemon's own state objects.
 
+DESIGN.md 3.5 (the operator interface).
+
 ``show version|interfaces|counters|groups|pairs|routes|log-store|config``,
 ``clear counters`` (the console shows counts since the clear; /metrics keeps its
 monotonic counters), ``debug log-transfer on|off`` (a log line per entry received),

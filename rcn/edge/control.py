@@ -1,22 +1,31 @@
 """Pair control at an edge: the state of each pair as control RIOs pass (docs/pairs.md).
 
-:class:`PairControl` is a plain object beside the :class:`~rcn.edge.device.EdgeDevice`
-it serves. At the **source edge** it takes the array's RCN CONTROL commands
-(PAIR_CREATE, DUPLEX, SUSPEND, RESYNC, DELETE), checks them against the pair's
-state, relays them as CTRL entries in the group's order and moves the pair when
-the far side's answer comes back (merging the target's DPOK bitmap 1213 with
-727 into 1209 on RESYNC). It puts a group in **failure Suspend** when the sender
+DESIGN.md 3.1 (pair control RIOs: opcode 0xC1, service actions and their answers ICOK,
+DOK, DPOK, SOK) and 4 (pair states and the flows of Fig. 10-13, 【0084】【0087】).
+
+:class:`PairControl` is a plain object given the parts of the edge it works with (the
+pair table, the log storage area, the sender, the source and target sides: see
+``rcn.edge.device``, which builds it). At the **source edge** it takes the array's
+RCN CONTROL commands (PAIR_CREATE, DUPLEX, SUSPEND, RESYNC, DELETE), checks them
+against the pair's state, relays them as CTRL entries in the group's order and
+moves the pair when the far side's answer comes back (merging the target's DPOK
+bitmap 1213 with 727 into 1209 on RESYNC). It puts a group in **failure Suspend** when the sender
 gives it up, the route is gone or the log quota overflows: retained WRs become
 727, the array is told, and a failure notice (flag RESTART) waits for the RCN to
 carry it to the target edge. At the **target edge** it sees every CTRL entry
 before the target array does (making and moving the target-side rows, refusing a
 group ID another source uses) and serves the target array's own commands:
 SUSPEND (failover, Fig. 13; FAST for 【0087】) and TAKEOVER.
+
+State transitions are ``rcn.pairstate``'s table (``Event`` -> next state); the marks
+that must survive a restart (failed groups, pending RESTART, SOK sent) live in the
+pair file with the rows (``rcn.edge.pairs.EdgePairs``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -24,10 +33,14 @@ from twisted.logger import Logger
 
 from datapath.frames import fcp
 from datapath.frames.errors import DecodeError
-from datapath.frames.logentry import EntryFlag, EntryType, segment_entry
+from datapath.frames.logentry import EntryFlag, EntryType, LogHeader, segment_entry
 from datapath.kernels.bitmap import DifferentialBitmap, merge_into
-from rcn.edge.pairs import PairEntry, PairRow
+from rcn.edge.pairs import EdgePairs, PairEntry, PairRow
+from rcn.edge.source import SourceSide, stored_entry
+from rcn.edge.target import TargetSide
 from rcn.logxfer.rioarea import RioCommand, command_area, parse_command_area
+from rcn.logxfer.routes import Hops
+from rcn.logxfer.sender import Sender
 from rcn.pairstate import (ASC_GROUP_CONFLICT, ASC_IN_PROGRESS, ASC_NO_PAIR, ASC_PAIR_PARAMS,
                            ASC_RCN_FAILED, REPLICATING, Event, PairState, PairStateError, allows,
                            explain, refusal, state_refusal)
@@ -60,15 +73,30 @@ def _control_command(row: PairRow, action: int, failure: bool = False) -> RioCom
 
 
 class PairControl:
-    def __init__(self, edge):
-        self.edge = edge
-        self.pairs = edge.pairs
-        # kept in the pair file with the rows (a restart must not forget a pending RESTART)
-        self.failed_groups = self.pairs.failed_groups        # source side: dropped
-        self.restart_pending = self.pairs.restart_pending    # group -> mark: next CTRL RESTART
-        self.sok_sent = self.pairs.sok_sent                  # source side: failover answered
+    """See the module doc. ``settings``: the edge's (``failover_timeout``, ``rto``, ``ttl``,
+    ``max_datagram_body``); ``send_back(header, datagrams)`` sends toward the source edge
+    of ``header``'s (source, target)."""
+
+    def __init__(self, *, name: str, clock, settings, pairs: EdgePairs, hops: Hops, log_store,
+                 sender: Sender, source: SourceSide, target: TargetSide,
+                 send_back: Callable[[LogHeader, list[bytes]], None]):
+        self.name = name
+        self.clock = clock
+        self.settings = settings
+        self.pairs = pairs
+        self.hops = hops
+        self.log_store = log_store
+        self.sender = sender
+        self.source = source
+        self.target = target
+        self.send_back = send_back
+        # kept in the pair file with the rows (a restart must not forget a pending RESTART);
+        # the same objects, so EdgePairs.load fills them
+        self.failed_groups = pairs.failed_groups        # source side: dropped
+        self.restart_pending = pairs.restart_pending    # group -> mark: next CTRL RESTART
+        self.sok_sent = pairs.sok_sent                  # source side: failover answered
         self._restart_in_flight: set[int] = set()   # a CTRL carrying RESTART, unanswered
-        self._marks = max(self.restart_pending.values(), default=0)
+        self._marks = 0                             # the last mark given (see _mark_restart)
         self.failovers: dict[int, _Failover] = {}   # target side: group -> waiting SUSPEND
         self.target_failures: dict[int, _Failover] = {}   # target side: stopped, asking
         self.counters = {"controls_refused": 0, "failure_suspends": 0, "entries_to_bitmap": 0,
@@ -119,7 +147,7 @@ class PairControl:
         self._mark_restart(e.group)            # a new direction: sequences start afresh
         self.failed_groups.discard(e.group)
         self.sok_sent.discard(e.group)
-        _log.info("{edge}: {old} turned round for failback: {new}", edge=self.edge.name,
+        _log.info("{edge}: {old} turned round for failback: {new}", edge=self.name,
                   old=e.describe(), new=row.entry.describe())
         self.pairs.save()
         return row
@@ -131,7 +159,7 @@ class PairControl:
             params = fcp.parse_pair_params(bytes(command.data))
         except DecodeError as exc:
             self.counters["controls_refused"] += 1
-            _log.warn("{edge}: PAIR_CREATE with bad parameters: {why}", edge=self.edge.name,
+            _log.warn("{edge}: PAIR_CREATE with bad parameters: {why}", edge=self.name,
                       why=exc)
             return check_condition(SenseKey.ILLEGAL_REQUEST, _INVALID_FIELD)
         created = row is None
@@ -139,13 +167,13 @@ class PairControl:
             if self.pairs.policy == "B" and not command.parsed["group_id"]:
                 return self._refused(ASC_NO_PAIR, command, "policy B: the pair must be "
                                      "configured with its order guarantee ID first")
-            route = self.edge.routes.route(command.initiator_wwn, partner_wwn)
+            route = self.hops.route(command.initiator_wwn, partner_wwn)
             if route is None:
                 return self._refused(ASC_RCN_FAILED, command, "no route to the target")
             group = command.parsed["group_id"] or self.pairs.group_for(
                 command.initiator_wwn, partner_wwn, route.path[0], route.path[-1])
             entry = PairEntry(command.initiator_wwn, command.parsed["source_lun"], partner_wwn,
-                              command.lun, group, self.edge.customer_of(command.initiator_wwn,
+                              command.lun, group, self.source.customer_of(command.initiator_wwn,
                                                                         partner_wwn))
             row = self.pairs.add(PairRow(entry, "source", PairState.SIMPLEX))
         row.geometry = (params["capacity"], params["block_size"], params["track_size"])
@@ -175,7 +203,7 @@ class PairControl:
         if mark is not None and group not in self._restart_in_flight:
             flags = int(EntryFlag.RESTART)
             self._restart_in_flight.add(group)
-        d = self.edge.control(row.entry, group, cdb, data_out, data_in_length, attribute, ids,
+        d = self.source.control(row.entry, group, cdb, data_out, data_in_length, attribute, ids,
                               flags=flags)
         if flags:
             d.addBoth(self._restart_carried, group, mark)
@@ -190,7 +218,8 @@ class PairControl:
 
     def _mark_restart(self, group: int) -> None:
         """The next CTRL of the group carries RESTART (saved with the pair file)."""
-        self._marks += 1
+        # marks go on past those the pair file brought back (EdgePairs.load, after __init__)
+        self._marks = max(self._marks, max(self.restart_pending.values(), default=0)) + 1
         self.restart_pending[group] = self._marks
 
     def _answered(self, result: ScsiResult, row: PairRow, action: int, before: PairState,
@@ -198,7 +227,7 @@ class PairControl:
         row.busy = None
         if not result.good:
             _log.warn("{edge}: {what} {action} refused by the far side: {why}",
-                      edge=self.edge.name, what=row.entry.describe(), action=A(action).name,
+                      edge=self.name, what=row.entry.describe(), action=A(action).name,
                       why=explain(result))
             if drop_on_refusal:
                 self.pairs.remove(row)
@@ -212,7 +241,7 @@ class PairControl:
                 return result
             self.failed_groups.discard(row.entry.group)
             self.sok_sent.discard(row.entry.group)        # a later failover is a new one
-            self.edge.sender.recovered(row.entry.group)
+            self.sender.recovered(row.entry.group)
         if action == A.DELETE:
             self.pairs.remove(row)
         else:
@@ -227,7 +256,7 @@ class PairControl:
             bitmap_1209 = merge_into(bitmap_1213, row.bitmap_727(*bitmap_1213.geometry))
         except (DecodeError, ValueError) as exc:
             _log.error("{edge}: {what}: cannot merge the DPOK bitmap: {why}",
-                       edge=self.edge.name, what=row.entry.describe(), why=exc)
+                       edge=self.name, what=row.entry.describe(), why=exc)
             return refusal(ASC_PAIR_PARAMS)
         row.clear_727()
         return ScsiResult(data_in=bitmap_1209.serialize())
@@ -241,8 +270,8 @@ class PairControl:
         self.failed_groups.add(group)
         self.counters["failure_suspends"] += 1
         _log.error("{edge}: group {group} goes to failure Suspend: {why}; {n} retained "
-                   "entries become differential bitmaps", edge=self.edge.name, group=group,
-                   why=why, n=len(self.edge.log_store.retained(group)))
+                   "entries become differential bitmaps", edge=self.name, group=group,
+                   why=why, n=len(self.log_store.retained(group)))
         for row in rows:
             self._follow(row, Event.FAILED)
             row.last_error = why
@@ -270,26 +299,25 @@ class PairControl:
         return len(groups)
 
     def _drop_retained(self, group: int) -> None:
-        edge = self.edge
         extents: dict[tuple, tuple[list, list]] = {}
-        for sequence in edge.log_store.retained(group):
-            blob = edge.log_store.get(group, sequence)
-            waiting = edge.take_waiting_control(group, sequence)
+        for sequence in self.log_store.retained(group):
+            blob = self.log_store.get(group, sequence)
+            waiting = self.source.take_waiting_control(group, sequence)
             if waiting is not None:
                 waiting.callback(refusal(ASC_RCN_FAILED))
             elif blob is not None:
-                header, area = edge.stored_entry(blob)
+                header, area = stored_entry(blob)
                 try:
                     command = parse_command_area(area)
                 except DecodeError:
                     command = None
                 if command is not None and command.cdb[0] == _WRITE16:
-                    key = (header["source_wwn"], header["target_wwn"], header["target_lun"])
+                    key = (header.source_wwn, header.target_wwn, header.target_lun)
                     lbas, blocks = extents.setdefault(key, ([], []))
                     lbas.append(command.parsed["lba"])
                     blocks.append(command.parsed["transfer_length"])
-            edge.sender.cancel(group, sequence)
-            edge.log_store.delete(group, sequence)
+            self.sender.cancel(group, sequence)
+            self.log_store.delete(group, sequence)
             self.counters["entries_to_bitmap"] += 1
         for key, (lbas, blocks) in extents.items():
             row = self.pairs.rows.get(key)
@@ -301,24 +329,24 @@ class PairControl:
         e = row.entry
         mine, other = ((e.source_wwn, e.target_wwn) if row.side == "source"
                        else (e.target_wwn, e.source_wwn))
-        target = self.edge.apply_target_for({"target_wwn": mine, "source_wwn": other,
-                                             "target_lun": e.target_lun,
-                                             "entry_type": EntryType.CTRL})
+        target = self.target.apply_target_for(LogHeader(
+            entry_type=EntryType.CTRL, target_wwn=mine, target_lun=e.target_lun,
+            source_wwn=other))
         self.counters["notices_to_arrays"] += 1
         if target is None:
             return
         d = maybeDeferred(target.execute, _control_command(row, A.SUSPEND, failure=True),
                           e.target_lun)
         d.addErrback(lambda f: _log.warn("{edge}: could not tell the array of {what} about "
-                                         "failure Suspend: {why}", edge=self.edge.name,
+                                         "failure Suspend: {why}", edge=self.name,
                                          what=e.describe(), why=f.getErrorMessage()))
 
     # -- failover (Fig. 13), at the source edge -----------------------------------------
-    def failover_request(self, header: dict, area: bytes = b"") -> None:
+    def failover_request(self, header: LogHeader, area: bytes = b"", sender=None) -> None:
         """The target edge's SUSPEND (a REVERSE CTRL): SOK after every retained entry; with
         the FAILURE flag, the target edge stopped the group (:meth:`target_group_failed`)."""
-        group = header["group_id"]
-        row = self.pairs.find(header["source_wwn"], header["target_wwn"], header["target_lun"])
+        group = header.group_id
+        row = self.pairs.find(header.source_wwn, header.target_wwn, header.target_lun)
         if row is None or row.side != "source":
             return
         try:
@@ -328,8 +356,8 @@ class PairControl:
         if flags & _FAILURE:
             # only while the entry it names is still retained: a late copy of the notice
             # must not fail the group again after a resync
-            sequence = header["sequence"]
-            if self.edge.sender.holds(group, sequence):
+            sequence = header.sequence
+            if self.sender.holds(group, sequence):
                 self.group_failed(group, f"the target edge could not apply sequence "
                                          f"{sequence}")
             return
@@ -353,13 +381,13 @@ class PairControl:
         group = row.entry.group
         if not allows(row.state, Event.FAILED):
             return self._state_refused(row, action)
-        receiver = self.edge.receiver(group)
+        receiver = self.target.receiver(group)
         if action == A.TAKEOVER:
             self.counters["takeovers"] += 1
             report = receiver.close()
             self._fail_target_group(group, except_row=row)
             _log.warn("{edge}: TAKEOVER of group {group}: applied through {applied}, {missing} "
-                      "known missing, {discarded} discarded", edge=self.edge.name, group=group,
+                      "known missing, {discarded} discarded", edge=self.name, group=group,
                       applied=report["applied"], missing=report["known_missing"],
                       discarded=report["discarded"])
             return ScsiResult(data_in=fcp.build_residual_report(**report))
@@ -374,7 +402,7 @@ class PairControl:
             self._ask_source(self.failovers.setdefault(group, _Failover(None, row, None)))
             return ScsiResult(data_in=fcp.build_residual_report(**report))
         answer = Deferred()
-        timer = self.edge.clock.callLater(self.edge.settings.failover_timeout,
+        timer = self.clock.callLater(self.settings.failover_timeout,
                                           self._failover_timed_out, group)
         self._ask_source(self.failovers.setdefault(group, _Failover(answer, row, timer)))
         return answer
@@ -405,20 +433,20 @@ class PairControl:
         cdb = fcp.build_rcn_control(A.SUSPEND, e.group, e.source_lun, failure=failure)
         area = command_area(0, 0, 0, e.target_lun, cdb)
         waiting = self.target_failures if failure else self.failovers
-        datagrams = segment_entry(EntryType.CTRL, area, self.edge.settings.max_datagram_body,
+        datagrams = segment_entry(EntryType.CTRL, area, self.settings.max_datagram_body,
                                   flags=int(EntryFlag.REVERSE), group_id=e.group,
                                   sequence=sequence,
-                                  io_time_ns=int(self.edge.clock.seconds() * 1e9),
+                                  io_time_ns=int(self.clock.seconds() * 1e9),
                                   target_wwn=e.target_wwn, target_lun=e.target_lun,
                                   source_wwn=e.source_wwn, source_lun=e.source_lun,
-                                  ttl=self.edge.settings.ttl)
+                                  ttl=self.settings.ttl)
+        back = LogHeader(source_wwn=e.source_wwn, target_wwn=e.target_wwn)     # its route
 
         def send():
             if waiting.get(e.group) is not failover:
                 return
-            self.edge.send_back({"source_wwn": e.source_wwn, "target_wwn": e.target_wwn},
-                                datagrams)
-            failover.resend = self.edge.clock.callLater(self.edge.settings.rto, send)
+            self.send_back(back, datagrams)
+            failover.resend = self.clock.callLater(self.settings.rto, send)
         send()
 
     def _failover_timed_out(self, group: int) -> None:
@@ -426,11 +454,11 @@ class PairControl:
         if failover is None:
             return
         self._cancel(failover)
-        report = self.edge.receiver(group).close()
+        report = self.target.receiver(group).close()
         self._fail_target_group(group, except_row=failover.row)
         _log.error("{edge}: failover of group {group}: no SOK from the source edge in "
-                   "{t} s; stopped at sequence {applied}", edge=self.edge.name, group=group,
-                   t=self.edge.settings.failover_timeout, applied=report["applied"])
+                   "{t} s; stopped at sequence {applied}", edge=self.name, group=group,
+                   t=self.settings.failover_timeout, applied=report["applied"])
         result = refusal(ASC_RCN_FAILED)
         result.data_in = fcp.build_residual_report(**report)
         failover.answer.callback(result)
@@ -447,15 +475,15 @@ class PairControl:
                 self._notify_array(r)
         self.pairs.save()
 
-    def at_target(self, header: dict, command: RioCommand, target) -> Deferred | ScsiResult:
+    def at_target(self, header: LogHeader, command: RioCommand, target) -> Deferred | ScsiResult:
         """A CTRL entry reaching its turn at the target edge (``target``: the bound apply
         target of the target array)."""
         if command.cdb[0] != _CONTROL:
             return target.execute(command)
         action = command.parsed["service_action"]
         flags = command.parsed["control_flags"]
-        group = header["group_id"]
-        key = (header["source_wwn"], header["target_wwn"], header["target_lun"])
+        group = header.group_id
+        key = (header.source_wwn, header.target_wwn, header.target_lun)
         row = self.pairs.rows.get(key)
         if action == A.PAIR_CREATE:
             if row is not None and row.state is not PairState.SIMPLEX:
@@ -463,18 +491,18 @@ class PairControl:
             others = self.pairs.group_sources(group) - {key[:2]}
             if others:
                 _log.warn("{edge}: PAIR_CREATE for group {group} refused: the ID is in use by "
-                          "another source", edge=self.edge.name, group=group)
+                          "another source", edge=self.name, group=group)
                 return refusal(ASC_GROUP_CONFLICT)
             if row is None:
-                row = self.pairs.add(PairRow(PairEntry(header["source_wwn"], header["source_lun"],
-                                                       header["target_wwn"], header["target_lun"],
+                row = self.pairs.add(PairRow(PairEntry(header.source_wwn, header.source_lun,
+                                                       header.target_wwn, header.target_lun,
                                                        group), "target", PairState.SIMPLEX))
             created = row
         else:
             created = None
         if row is None and action == A.RESYNC:
-            row = self._reversed(header["target_wwn"], header["source_wwn"],
-                                 header["source_lun"], header["target_lun"], "target")
+            row = self._reversed(header.target_wwn, header.source_wwn, header.source_lun,
+                                 header.target_lun, "target")
         if action == A.SUSPEND and flags & _FAILURE:
             return self._sok_or_notice(group, row, command, target)
         return target.execute(command).addCallback(self._target_answered, row, action, created)
@@ -505,7 +533,7 @@ class PairControl:
         failover = self.failovers.pop(group, None)
         if failover is not None:
             self._cancel(failover)
-            report = self.edge.receiver(group).close()
+            report = self.target.receiver(group).close()
             self._fail_target_group(group, except_row=failover.row)
             if failover.answer is not None:
                 failover.answer.callback(ScsiResult(data_in=fcp.build_residual_report(**report)))
@@ -525,16 +553,16 @@ class PairControl:
         try:
             row.apply(event)
         except PairStateError as exc:
-            _log.warn("{edge}: {why}; the pair stays so", edge=self.edge.name, why=exc)
+            _log.warn("{edge}: {why}; the pair stays so", edge=self.name, why=exc)
 
     def _state_refused(self, row: PairRow, action: int) -> ScsiResult:
         self.counters["controls_refused"] += 1
-        _log.warn("{edge}: {what} is {state}: {action} refused", edge=self.edge.name,
+        _log.warn("{edge}: {what} is {state}: {action} refused", edge=self.name,
                   what=row.entry.describe(), state=row.state.value, action=A(action).name)
         return state_refusal(row.state)
 
     def _refused(self, asc: int, command: ScsiCommand | None, why: str) -> ScsiResult:
         self.counters["controls_refused"] += 1
-        _log.warn("{edge}: control command refused: {why}", edge=self.edge.name, why=why)
+        _log.warn("{edge}: control command refused: {why}", edge=self.name, why=why)
         return refusal(asc)
 

@@ -1,23 +1,33 @@
-"""The edge device's data plane as one plain object: :class:`EdgeDevice`.
+"""An edge device (DESIGN.md 2): its two doors, and the parts that follow a write.
 
-Source side (Fig. 16, 【0082】 steps 1-4): a write from an attached array to a
-virtual storage reaches :meth:`EdgeDevice.rio_command` (the virtual storage's
-SCSI target). The pair table (411) gives the order guarantee group; the
-group's generation counter gives the sequence; the entry (801-805, RIO area =
-the exchange's frames) is appended to the log storage area; once it is
-durable the array gets GOOD and the entry goes to the :class:`Sender`. A
-WROK deletes it (delete counter). Pair control RIOs and other commands travel
-as CTRL entries the same way, but the array's answer waits for the far
-side's CTRL_OK (the edge relays them, 【0080】).
+:class:`EdgeDevice` is the composition root and the dispatcher; the work is in
 
-Target side (Fig. 19, 20): entries for storages attached here go to a
-:class:`~rcn.edge.receiver.GroupReceiver` per group, which applies them in
-order through the virtual storage that stands for the source array on the
-target array's link, and sends WROKs back along the path.
+* :class:`~rcn.edge.source.SourceSide` (``rcn/edge/source.py``): a write from an
+  attached array -> sequence -> RIO area -> entry -> durable append -> GOOD -> the
+  :class:`~rcn.logxfer.sender.Sender`; and the acknowledgements that come back;
+* :class:`~rcn.edge.target.TargetSide` (``rcn/edge/target.py``): entries for storages
+  attached here -> one :class:`~rcn.edge.receiver.GroupReceiver` per order guarantee
+  group (reorder -> apply -> apply counter -> WROK);
+* :class:`~rcn.edge.control.PairControl` (``rcn/edge/control.py``): pair states as
+  control RIOs pass, failure Suspend, failover.
 
-Everything is driven by ``entry_received`` (the UDP protocol's handler) and
-the RIO target hook; the reactor (clock) is injected, so the whole device runs
-inside one simulated network in tests.
+The two doors:
+
+* the **RIO channel** (DESIGN.md 3.1): every virtual storage's SCSI target is a
+  :class:`SourceTarget`, which calls :meth:`EdgeDevice.rio_command`: TEST UNIT READY is
+  GOOD, WRITE(16) of a source-side pair is a write, RCN CONTROL is pair control's, any
+  other command ILLEGAL REQUEST;
+* the **log-transfer channel** (DESIGN.md 3.3): ``LogTransferProtocol`` hands every good
+  entry to :meth:`EdgeDevice.entry_received`. A BATCH is unpacked; a KEEPALIVE probe is
+  echoed; any other entry must end here (on its route, no hop further in its direction:
+  ``routes.goes_backward``), then one table, :attr:`EdgeDevice.handlers`, names who takes
+  it by (entry type, direction) -- WR and CTRL forward: the target side; WROK, CTRL_OK,
+  NAK backward: the source side; CTRL backward (flag REVERSE): pair control's failover.
+  Segments are joined first (``rcn.logxfer.reassembly``) for every type but NAK.
+
+The reactor (clock) is injected, so the whole device runs inside one simulated network in
+tests. Building it touches no file: :meth:`EdgeDevice.open` reads the pair file (the
+daemon calls it in ``startService``, under twistd's ``--umask`` and ``--uid``).
 """
 
 from __future__ import annotations
@@ -25,37 +35,34 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from datapath.frames import fcp
 from datapath.frames.errors import DecodeError
-from datapath.frames.logentry import (HEADER_SIZE, EntryFlag, EntryType, LOG_HEADER, LogEntry,
-                                      build_keepalive, parse_entry, parse_keepalive,
-                                      parse_nak_ranges, segment_entry)
+from datapath.frames.logentry import (HEADER_SIZE, EntryType, LogEntry, LogHeader,
+                                      build_keepalive, parse_entry, parse_keepalive)
 from datapath.frames.names import format_wwn
 from datapath.kernels import batching
-from rcn.decode.reassembly import SegmentAssembler
 from rcn.edge.control import PairControl
-from rcn.edge.logstore import LogStoreFull
 from rcn.edge.pairs import EdgePairs, PairEntry, PairRow
-from rcn.edge.receiver import ApplyTarget, GroupReceiver, ReceiverConfig
+from rcn.edge.receiver import ReceiverConfig
+from rcn.edge.source import SourceSide
+from rcn.edge.target import TargetSide
 from rcn.logxfer.protocol import Drops
-from rcn.logxfer.rioarea import RioCommand, command_area, parse_response_area
-from rcn.logxfer.routes import Address, RouteTable, goes_backward
+from rcn.logxfer.reassembly import SegmentAssembler
+from rcn.logxfer.routes import Address, Hops, RouteTable, goes_backward
 from rcn.logxfer.sender import Sender, TokenBucket
 from rcn.metrics import LatencyHistogram
-from rcn.pairstate import REPLICATING, PairState, state_refusal
-from rcn.rio.errors import NotLoggedIn
+from rcn.pairstate import PairState
 from rcn.rio.fcp import ScsiCommand, ScsiResult, ScsiTarget, SenseKey, check_condition
 
 _log = Logger()
 _WRITE16 = int(fcp.Opcode.WRITE_16)
+_CONTROL = int(fcp.Opcode.RCN_CONTROL)
 _TUR = 0x00
 _LU_NOT_SUPPORTED = (0x25, 0x00)
 _INVALID_OPCODE = (0x20, 0x00)
-_BUSY = fcp.ScsiStatus.BUSY
-_CUMULATIVE = int(EntryFlag.CUMULATIVE)
+FORWARD, BACKWARD = False, True      # an entry's direction: routes.goes_backward
 
 
 @dataclass
@@ -95,88 +102,19 @@ class SourceTarget(ScsiTarget):
         return self.edge.rio_command(command, self.partner_wwn)
 
 
-class FabricApplyTarget:
-    """Applies through the virtual storage standing for ``source_wwn`` on the link of the
-    array ``target_wwn`` (found afresh for each command: links come and go)."""
-
-    def __init__(self, links: Callable[[], list], target_wwn: int, source_wwn: int):
-        self.links = links
-        self.target_wwn = target_wwn
-        self.source_wwn = source_wwn
-
-    def _virtual_storage(self):
-        for port in self.links():
-            if port.array_wwn != self.target_wwn:
-                continue
-            for vs in port.virtual_storages:
-                if vs.partner_wwn == self.source_wwn and vs.array_logged_in:
-                    return vs
-        return None
-
-    def execute(self, command: RioCommand, lun: int):
-        vs = self._virtual_storage()
-        if vs is None:
-            return fail(NotLoggedIn(f"rio: array {format_wwn(self.target_wwn)} is not logged in "
-                                    f"to the virtual storage for {format_wwn(self.source_wwn)}"))
-        if command.cdb[0] == _WRITE16:
-            return vs.send_write(lun, command.parsed["lba"], command.data_out, command.attribute,
-                                 bool(command.parsed.get("cdb_flags", 0) & 0x08))
-        return vs.send_command(lun, command.cdb, command.data_out, command.data_in_length,
-                               command.attribute)
-
-
-class _ControlTarget:
-    """A CTRL entry's apply target: pair control sees it before the target array does."""
-
-    __slots__ = ("controls", "header", "bound")
-
-    def __init__(self, controls, header: dict, bound):
-        self.controls = controls
-        self.header = header
-        self.bound = bound
-
-    def execute(self, command: RioCommand):
-        return self.controls.at_target(self.header, command, self.bound)
-
-
-class _BoundTarget:
-    """An ApplyTarget for one entry's target LUN."""
-
-    __slots__ = ("target", "lun")
-
-    def __init__(self, target, lun: int):
-        self.target = target
-        self.lun = lun
-
-    def execute(self, command: RioCommand):
-        return self.target.execute(command, self.lun)
-
-
 def _ids(command: ScsiCommand) -> tuple[int, int, int]:
     return command.initiator_port_id, command.target_port_id, command.ox_id
 
 
-def _header_of(datagram: bytes) -> dict:
-    return LOG_HEADER.parse(datagram, 0, 0, True)
-
-
-def split_datagrams(blob: bytes) -> list[bytes]:
-    """The datagrams of a stored entry (they are stored back to back)."""
-    out, at = [], 0
-    rio_at = LOG_HEADER.offsets["rio_length"]
-    while at < len(blob):
-        length = HEADER_SIZE + int.from_bytes(blob[at + rio_at:at + rio_at + 4], "big")
-        out.append(blob[at:at + length])
-        at += length
-    return out
-
-
 class EdgeDevice:
-    """See the module doc. ``transmit(datagram, address)`` sends one UDP datagram."""
+    """See the module doc. ``transmit(datagram, address)`` sends one UDP datagram;
+    ``apply_target_for(header)``: what the target side applies an entry through (default:
+    the FCIP link of its target array); ``pairs_path``: the pair file (read by :meth:`open`).
+    """
 
     def __init__(self, clock, settings: EdgeSettings, log_store, apply_state,
                  transmit: Callable[[bytes, Address], object],
-                 apply_target_for: Callable[[dict], object] | None = None,
+                 apply_target_for: Callable[[LogHeader], object] | None = None,
                  name: str = "edge", pairs_path: str | None = None):
         self.clock = clock
         self.settings = settings
@@ -184,34 +122,76 @@ class EdgeDevice:
         self.log_store = log_store
         self.apply_state = apply_state
         self.transmit = transmit
-        self.routes = settings.routes
-        self.me = settings.me
+        self.hops = Hops(settings.me, settings.routes)
         self.pairs = EdgePairs(settings.group_policy, pairs_path)
         for p in settings.pairs:
             self.pairs.add(PairRow(p, "source", PairState.DUPLEX))
-        self.pairs.load()
-        self.controls = PairControl(self)
-        buckets = {c: TokenBucket(clock, rate) for c, rate in settings.bandwidth.items() if rate}
-        self.sender = Sender(clock, transmit, window_bytes=settings.window_bytes, rto=settings.rto,
-                             rto_max=settings.rto_max, buckets=buckets,
-                             batch_bytes=settings.batch_bytes,
-                             failure_timeout=settings.failure_timeout,
-                             on_failure=lambda group, why: self.controls.group_failed(group, why))
-        self.receivers: dict[int, GroupReceiver] = {}
-        self.assembler = SegmentAssembler(max_entries=settings.max_segment_entries)
         self.drops = Drops(name)
-        self.links: Callable[[], list] = lambda: []
-        self.apply_target_for = apply_target_for or self.fabric_target
-        self._fabric_targets: dict[tuple[int, int], FabricApplyTarget] = {}
-        self._waiting_ctrl: dict[tuple[int, int], Deferred] = {}
         self.ack_latency = LatencyHistogram()
         self.lag = LatencyHistogram()
         self.debug = False                            # the console's debug log-transfer
         self.counters = {"writes": 0, "write_bytes": 0, "controls": 0, "refused": 0, "busy": 0,
                          "wroks": 0, "ctrl_oks": 0, "naks_received": 0, "entries_received": 0,
                          "batches_received": 0, "keepalives": 0, "replayed": 0}
+        # the parts call pair control back (failure Suspend, CTRL entries at the target),
+        # and pair control needs them: it is built last, and they reach it through these
+        def group_failed(group: int, why: str) -> None:
+            self.controls.group_failed(group, why)
+        buckets = {c: TokenBucket(clock, rate) for c, rate in settings.bandwidth.items() if rate}
+        self.sender = Sender(clock, transmit, window_bytes=settings.window_bytes, rto=settings.rto,
+                             rto_max=settings.rto_max, buckets=buckets,
+                             batch_bytes=settings.batch_bytes,
+                             failure_timeout=settings.failure_timeout, on_failure=group_failed)
+        self.source_side = SourceSide(
+            clock=clock, log_store=log_store, pairs=self.pairs, hops=self.hops,
+            sender=self.sender, counters=self.counters, drops=self.drops,
+            ack_latency=self.ack_latency, on_failure=group_failed,
+            max_datagram_body=settings.max_datagram_body, ttl=settings.ttl, name=name)
+        self.target_side = TargetSide(
+            clock=clock, config=settings.receiver, apply_state=apply_state, pairs=self.pairs,
+            send_back=self.send_back, lag=self.lag, max_datagram_body=settings.max_datagram_body,
+            at_target=lambda *args: self.controls.at_target(*args),
+            on_unusable=lambda *args: self.controls.target_group_failed(*args),
+            apply_target_for=apply_target_for)
+        self.controls = PairControl(
+            name=name, clock=clock, settings=settings, pairs=self.pairs, hops=self.hops,
+            log_store=log_store, sender=self.sender, source=self.source_side,
+            target=self.target_side, send_back=self.send_back)
+        self.assembler = SegmentAssembler(max_entries=settings.max_segment_entries)
+        #: who takes an entry that ends here: (entry type, direction) -> (handler, whether
+        #: its segments are joined first); every type that can arrive alone is here
+        self.handlers = {
+            (EntryType.WR, FORWARD): (self.target_side.entry, True),
+            (EntryType.CTRL, FORWARD): (self.target_side.entry, True),
+            (EntryType.WROK, BACKWARD): (self.source_side.wrok, True),
+            (EntryType.CTRL_OK, BACKWARD): (self.source_side.ctrl_ok, True),
+            (EntryType.NAK, BACKWARD): (self.source_side.nak, False),
+            (EntryType.CTRL, BACKWARD): (self.controls.failover_request, True),
+        }
 
-    # -- tables from the management server -----------------------------------------
+    @property
+    def routes(self) -> RouteTable:
+        """The route table (408) in force."""
+        return self.hops.table
+
+    @routes.setter
+    def routes(self, table: RouteTable) -> None:
+        self.hops.table = table
+
+    # -- start-up and tables from the management server --------------------------------
+    def open(self) -> None:
+        """Read the pair file (rows, states, 727, pending marks): at start-up, before a
+        snapshot's tables or a replay touch the pairs."""
+        self.pairs.load()
+
+    def replay(self, replayed) -> int:
+        """Send again what the log storage area still holds (``LogStore.open``'s, after a
+        restart); how many. A memory-mode log held nothing over the restart, so its groups
+        fail (``PairControl.log_lost``)."""
+        if self.pairs.restarted and self.log_store.mode == "memory":
+            self.controls.log_lost()
+        return self.source_side.replay(replayed)
+
     def set_tables(self, routes: RouteTable, pairs: list[PairEntry],
                    bandwidth: dict[str, float]) -> None:
         """A snapshot's tables 408 and 411 and the customers' bandwidth. New pairs start in
@@ -224,28 +204,7 @@ class EdgeDevice:
                                for c, rate in bandwidth.items() if rate}
         self.pairs.save()
 
-    # -- start-up -----------------------------------------------------------------
-    def replay(self, replayed) -> int:
-        """Send again what the log storage area still holds (after a restart); a memory-mode
-        log held nothing over the restart, so its groups fail (PairControl.log_lost)."""
-        if self.pairs.restarted and self.log_store.mode == "memory":
-            self.controls.log_lost()
-        count = 0
-        for group, entries in replayed.entries.items():
-            for sequence, blob in entries:
-                datagrams = split_datagrams(blob)
-                header = _header_of(datagrams[0])
-                path = self._next_hop(header, backward=False)
-                if path is None:
-                    _log.warn("{edge}: replayed group {group} sequence {seq} has no route",
-                              edge=self.name, group=group, seq=sequence)
-                    continue
-                self.sender.submit(group, sequence, datagrams, path, self._customer(group))
-                count += 1
-        self.counters["replayed"] += count
-        return count
-
-    # -- source side: the array's commands --------------------------------------
+    # -- the RIO channel: the array's commands to a virtual storage --------------------
     def rio_command(self, command: ScsiCommand, partner_wwn: int):
         """What the array sent to a virtual storage; partner_wwn: the real storage behind it."""
         opcode = command.cdb[0] if command.cdb else -1
@@ -255,9 +214,9 @@ class EdgeDevice:
             row = self.pairs.find(command.initiator_wwn, partner_wwn, command.lun)
             if row is None or row.side != "source":
                 return self._refuse(command, partner_wwn, "no pair for this LUN")
-            return self.write(row.entry, command.cdb, command.data, command.attribute,
-                              _ids(command))
-        if opcode == int(fcp.Opcode.RCN_CONTROL):
+            return self.source_side.write(row.entry, command.cdb, command.data,
+                                          command.attribute, _ids(command))
+        if opcode == _CONTROL:
             return self.controls.from_array(command, partner_wwn)
         return check_condition(SenseKey.ILLEGAL_REQUEST, _INVALID_OPCODE)
 
@@ -270,110 +229,18 @@ class EdgeDevice:
                   lun=command.lun, why=why)
         return check_condition(SenseKey.ILLEGAL_REQUEST, _LU_NOT_SUPPORTED)
 
-    def _entry(self, entry_type: int, pair: PairEntry, group: int, cdb: bytes, data_out,
-               data_in_length: int, attribute: int, ids: tuple[int, int, int], flags: int = 0):
-        started = self.clock.seconds()
-        sequence = self.log_store.next_sequence(group)
-        s_id, d_id, ox_id = ids
-        area = command_area(s_id, d_id, ox_id, pair.target_lun, cdb, data_out, data_in_length,
-                            attribute)
-        datagrams = segment_entry(entry_type, area, self.settings.max_datagram_body,
-                                  group_id=group, sequence=sequence,
-                                  io_time_ns=int(started * 1e9), target_wwn=pair.target_wwn,
-                                  target_lun=pair.target_lun, source_wwn=pair.source_wwn,
-                                  source_lun=pair.source_lun, ttl=self.settings.ttl,
-                                  flags=flags)
-        path = self.routes.next_hop(pair.source_wwn, pair.target_wwn, self.me)
-        try:
-            durable = self.log_store.append(group, sequence, b"".join(datagrams))
-        except LogStoreFull as exc:   # quota overflow is failure Suspend
-            self.counters["busy"] += 1
-            self.controls.group_failed(group, f"log quota overflow ({exc})")
-            row = self.pairs.rows.get(pair.key)
-            if row is not None and row.state is not PairState.DUPLEX:
-                return None, succeed(state_refusal(row.state))
-            return None, succeed(ScsiResult(status=_BUSY))
-        return (group, sequence, datagrams, path, started), durable
-
-    def write(self, pair: PairEntry, cdb: bytes, data, attribute: int = fcp.TaskAttribute.SIMPLE,
-              ids: tuple[int, int, int] = (0, 0, 0)) -> Deferred:
-        """Log a write (WRITE(16) ``cdb``) of ``pair``: Deferred[ScsiResult], GOOD once durable."""
-        row = self.pairs.rows.get(pair.key)
-        if row is not None and row.state not in REPLICATING:
-            self.counters["refused"] += 1
-            return succeed(state_refusal(row.state))
-        info, durable = self._entry(EntryType.WR, pair, pair.group, cdb, data, 0, attribute, ids)
-        if info is None:
-            return durable
-        self.counters["writes"] += 1
-        self.counters["write_bytes"] += len(data)
-        return durable.addCallback(self._written, info)
-
-    def _written(self, _, info) -> ScsiResult:
-        group, sequence, datagrams, path, started = info
-        self.ack_latency.observe(self.clock.seconds() - started)
-        self._submit(group, sequence, datagrams, path)
-        return ScsiResult()
-
-    def _submit(self, group, sequence, datagrams, path) -> None:
-        if path is None:
-            self.drops.drop("no_route", self.me, f"group {group} sequence {sequence} retained")
-            self.controls.group_failed(group, "no route to the target")
-            return
-        self.sender.submit(group, sequence, datagrams, path, self._customer(group))
-
-    def control(self, pair: PairEntry, group: int, cdb: bytes, data_out=b"",
-                data_in_length: int = 0, attribute: int = fcp.TaskAttribute.SIMPLE,
-                ids: tuple[int, int, int] = (0, 0, 0), flags: int = 0) -> Deferred:
-        """Relay a command to the target storage in the group's order (CTRL entry);
-        Deferred[ScsiResult] with the far side's answer (data-in included)."""
-        info, durable = self._entry(EntryType.CTRL, pair, group, cdb, data_out, data_in_length,
-                                    attribute, ids, flags)
-        if info is None:
-            return durable
-        self.counters["controls"] += 1
-        answer = Deferred()
-        self._waiting_ctrl[(group, info[1])] = answer
-
-        def sent(_):
-            self._submit(*info[:4])
-            return answer
-        return durable.addCallback(sent)
-
-    def take_waiting_control(self, group: int, sequence: int) -> Deferred | None:
-        """The array's exchange waiting for a CTRL's answer, taken out (None if none)."""
-        return self._waiting_ctrl.pop((group, sequence), None)
-
-    def _customer(self, group: int) -> str:
-        rows = self.pairs.in_group(group)
-        return rows[0].entry.customer if rows else ""
-
-    def customer_of(self, source_wwn: int, target_wwn: int) -> str:
-        """The customer of a new pair: that of a configured pair between the same arrays."""
-        for row in self.pairs:
-            if (row.entry.source_wwn, row.entry.target_wwn) == (source_wwn, target_wwn):
-                return row.entry.customer
-        return ""
-
-    @staticmethod
-    def stored_entry(blob: bytes) -> tuple[dict, bytes]:
-        """The header and RIO area of an entry as the log storage area keeps it."""
-        datagrams = split_datagrams(blob)
-        return _header_of(datagrams[0]), b"".join(d[HEADER_SIZE:] for d in datagrams)
-
-    # -- the log-transfer channel --------------------------------------------------
+    # -- the log-transfer channel --------------------------------------------------------
     def entry_received(self, entry: LogEntry, data: bytes, sender: Address) -> None:
         self.counters["entries_received"] += 1
-        entry_type = entry.header["entry_type"]
+        header = entry.header
         if self.debug:
-            h = entry.header
             _log.info("{edge}: {type} from {sender}: group {group} sequence {seq}, {n} bytes",
-                      edge=self.name, type=EntryType(entry_type).name, sender=sender,
-                      group=h["group_id"], seq=h["sequence"], n=len(data))
-        if entry_type == EntryType.BATCH:
+                      edge=self.name, type=EntryType(header.entry_type).name, sender=sender,
+                      group=header.group_id, seq=header.sequence, n=len(data))
+        if header.entry_type == EntryType.BATCH:
             self._batch(data, sender)
             return
-        self._single(entry.header, entry.payload, data, sender)
+        self._single(header, entry.payload, sender)
 
     def _batch(self, data: bytes, sender: Address) -> None:
         self.counters["batches_received"] += 1
@@ -382,48 +249,29 @@ class EdgeDevice:
         except DecodeError as exc:
             self.drops.drop("malformed_batch", sender, str(exc))
             return
-        for offset, length in zip(offsets.tolist(), lengths.tolist()):
+        for offset in offsets.tolist():
             inner = parse_entry(data, offset, fast=True)
             if not inner.crc_ok:
                 self.drops.drop("bad_crc", sender, "inside a batch")
                 continue
-            self._single(inner.header, inner.payload, data[offset:offset + length], sender)
+            self._single(inner.header, inner.payload, sender)
 
-    def _single(self, header: dict, body: bytes, data: bytes, sender: Address) -> None:
-        entry_type = header["entry_type"]
+    def _single(self, header: LogHeader, body: bytes, sender: Address) -> None:
+        entry_type = header.entry_type
         if entry_type == EntryType.KEEPALIVE:
-            try:
-                probe = parse_keepalive(body)
-            except DecodeError as exc:
-                self.drops.drop("malformed", sender, str(exc))
-                return
-            self.counters["keepalives"] += 1
-            self.transmit(build_keepalive(probe["probe_id"], probe["echo_time_ns"]), sender)
+            self._echo(body, sender)
             return
-        backward = goes_backward(entry_type, header["flags"])
-        if not self.routes.on_path(header["source_wwn"], header["target_wwn"], self.me):
+        backward = goes_backward(entry_type, header.flags)
+        if not self.hops.passes(header.source_wwn, header.target_wwn):
             self.drops.drop("no_route", sender, f"{EntryType(entry_type).name} "
-                            f"{format_wwn(header['source_wwn'])} -> "
-                            f"{format_wwn(header['target_wwn'])} does not pass here")
+                            f"{format_wwn(header.source_wwn)} -> "
+                            f"{format_wwn(header.target_wwn)} does not pass here")
             return
-        onward = self._next_hop(header, backward)
-        if onward is not None:
+        if self.hops.next(header.source_wwn, header.target_wwn, backward) is not None:
             self.drops.drop("not_an_end", sender, "edges do not relay")
             return
-        if entry_type == EntryType.NAK:
-            self.counters["naks_received"] += 1
-            try:
-                ranges = parse_nak_ranges(body)
-            except DecodeError as exc:
-                self.drops.drop("malformed", sender, str(exc))
-                return
-            group = header["group_id"]
-            if ranges and not self._sent_here(group, max(last for _, last in ranges), "NAK",
-                                              sender):
-                return
-            self.sender.nak(group, ranges)
-            return
-        if header["segment_count"] > 1:
+        handler, joined = self.handlers[(entry_type, backward)]
+        if joined and header.segment_count > 1:
             try:
                 area = self.assembler.add(header, body)
             except DecodeError as exc:
@@ -433,106 +281,23 @@ class EdgeDevice:
                 return
         else:
             area = body
-        if entry_type == EntryType.CTRL and backward:
-            self.controls.failover_request(header, area)
-        elif backward:
-            self._answer(header, area, sender)
-        else:
-            if entry_type == EntryType.WR and (header["source_wwn"], header["target_wwn"],
-                                                header["target_lun"]) not in self.pairs.rows:
-                self._learn_pair(header)
-            self.receiver(header["group_id"]).entry(header, area)
+        handler(header, area, sender)
 
-    def _sent_here(self, group: int, sequence: int, what: str, sender: Address) -> bool:
-        """Whether ``sequence`` of ``group`` is one this edge has sent: an answer or NAK
-        beyond it is forged or confused, and refused (a counted drop)."""
-        if sequence <= self.sender.highest(group):
-            return True
-        deleted = self.log_store.group_stats(group)["deleted"]
-        if sequence <= deleted:
-            return True         # sent before a restart and deleted since: a late duplicate
-        self.drops.drop(f"{what.lower()}_beyond_sent", sender,
-                        f"{what} for group {group} sequence {sequence}, beyond the highest "
-                        f"sent ({max(self.sender.highest(group), deleted)}); ignored")
-        return False
-
-    def _answer(self, header: dict, area: bytes, sender: Address) -> None:
-        group, sequence = header["group_id"], header["sequence"]
-        if header["entry_type"] == EntryType.WROK:
-            if not self._sent_here(group, sequence, "ACK", sender):
-                return
-            self.counters["wroks"] += 1
-            if header["flags"] & _CUMULATIVE:
-                self._acknowledge_through(group, sequence)
-            else:
-                self.sender.acknowledged(group, sequence)
-                self.log_store.delete(group, sequence)
-            return
-        if not self._sent_here(group, sequence, "ACK", sender):
-            return
-        self.sender.acknowledged(group, sequence)
-        self.log_store.delete(group, sequence)
-        self.counters["ctrl_oks"] += 1
-        waiting = self._waiting_ctrl.pop((group, sequence), None)
-        if waiting is None:
-            return
+    def _echo(self, body: bytes, sender: Address) -> None:
+        """A keepalive probe: echoed at once to whoever sent it."""
         try:
-            result = parse_response_area(area)
+            probe = parse_keepalive(body)
         except DecodeError as exc:
-            _log.warn("{edge}: CTRL_OK for group {group} sequence {seq} unreadable: {why}",
-                      edge=self.name, group=group, seq=sequence, why=exc)
-            result = check_condition(SenseKey.ABORTED_COMMAND, (0x00, 0x00))
-        waiting.callback(result)
+            self.drops.drop("malformed", sender, str(exc))
+            return
+        self.counters["keepalives"] += 1
+        self.transmit(build_keepalive(probe["probe_id"], probe["echo_time_ns"]), sender)
 
-    def _acknowledge_through(self, group: int, sequence: int) -> None:
-        """A cumulative WROK: every WR of the group up to ``sequence`` is applied (a CTRL
-        waits for its own answer). The work is the entries the sender holds up to it."""
-        for item in self.sender.acknowledge_through(
-                group, sequence, keep=lambda seq: (group, seq) in self._waiting_ctrl):
-            self.log_store.delete(group, item.sequence)
-
-    def _next_hop(self, header: dict, backward: bool) -> Address | None:
-        return self.routes.next_hop(header["source_wwn"], header["target_wwn"], self.me, backward)
-
-    # -- target side -------------------------------------------------------------
-    def _learn_pair(self, header: dict) -> None:
-        """A WR for a pair set up before the RCN: the target side's row, in Duplex."""
-        self.pairs.add(PairRow(PairEntry(header["source_wwn"], header["source_lun"],
-                                         header["target_wwn"], header["target_lun"],
-                                         header["group_id"]), "target", PairState.DUPLEX))
-
-    def receiver(self, group: int) -> GroupReceiver:
-        receiver = self.receivers.get(group)
-        if receiver is None:
-            receiver = GroupReceiver(group, self.clock, self.settings.receiver,
-                                     self.apply_state.applied(group), self._target_for,
-                                     self.apply_state.record, self.send_back, self.lag.observe,
-                                     self.apply_state.durable, self.settings.max_datagram_body,
-                                     self.controls.target_group_failed)
-            self.receivers[group] = receiver
-        return receiver
-
-    def _target_for(self, header: dict) -> ApplyTarget | None:
-        target = self.apply_target_for(header)
-        if target is None:
-            return None
-        bound = _BoundTarget(target, header["target_lun"])
-        if header["entry_type"] == EntryType.CTRL:
-            return _ControlTarget(self.controls, header, bound)
-        return bound
-
-    def fabric_target(self, header: dict):
-        """The apply target over the FCIP link of the entry's target array."""
-        key = (header["target_wwn"], header["source_wwn"])
-        target = self._fabric_targets.get(key)
-        if target is None:
-            target = self._fabric_targets[key] = FabricApplyTarget(lambda: self.links(), *key)
-        return target
-
-    def send_back(self, header: dict, datagrams: list[bytes]) -> None:
-        back = self._next_hop(header, backward=True)
+    def send_back(self, header: LogHeader, datagrams: list[bytes]) -> None:
+        """Send answers for ``header``'s (source, target) toward the source edge."""
+        back = self.hops.next(header.source_wwn, header.target_wwn, BACKWARD)
         if back is None:
-            self.drops.drop("no_route", self.me, "no way back for an answer")
+            self.drops.drop("no_route", self.hops.me, "no way back for an answer")
             return
         for datagram in datagrams:
             self.transmit(datagram, back)
@@ -540,20 +305,17 @@ class EdgeDevice:
     def stop(self) -> None:
         self.sender.stop()
         self.controls.stop()
-        for receiver in self.receivers.values():
-            receiver.stop()
-        for waiting in list(self._waiting_ctrl.values()):
-            waiting.callback(check_condition(SenseKey.ABORTED_COMMAND, (0x00, 0x00)))
-        self._waiting_ctrl.clear()
+        self.target_side.stop()
+        self.source_side.stop()
 
     # -- figures -------------------------------------------------------------------
     def describe_groups(self) -> list[dict]:
+        receivers = self.target_side.receivers
         out = []
-        groups = set(self.receivers) | {row.entry.group for row in self.pairs}
-        for group in sorted(groups):
+        for group in sorted(set(receivers) | {row.entry.group for row in self.pairs}):
             info = {"group": group}
             info.update({f"log_{k}": v for k, v in self.log_store.group_stats(group).items()})
-            if group in self.receivers:
-                info.update(self.receivers[group].describe())
+            if group in receivers:
+                info.update(receivers[group].describe())
             out.append(info)
         return out

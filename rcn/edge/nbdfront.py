@@ -3,14 +3,14 @@
 An edge may export virtual volumes over NBD (fixed newstyle, served by
 :class:`rcn.nbd.server.NbdServerFactory`), so any NBD-speaking storage or
 virtualisation layer replicates through the RCN with no FC stack. Each
-:class:`VirtualVolumeExport` is bound to an :class:`~rcn.edge.device.EdgeDevice`
-and a :class:`~rcn.edge.device.PairEntry` whose ``source_wwn`` names the NBD
+:class:`VirtualVolumeExport` is bound to an edge's :class:`~rcn.edge.source.SourceSide`
+and a :class:`~rcn.edge.pairs.PairEntry` whose ``source_wwn`` names the NBD
 volume as the source storage. There is no local copy: the volume lives on the
 target storage, and the edge's log storage area holds what is on its way there.
 
 * **WRITE** takes exactly the log path of an FCIP array's WR (3.1): it is cut
   into WRITE(16) entries of at most 1 MiB (:data:`MAX_ENTRY_BYTES`), each
-  logged with :meth:`EdgeDevice.write` (the group's next sequence), and the NBD
+  logged with :meth:`SourceSide.write` (the group's next sequence), and the NBD
   request completes when every entry is GOOD -- durable in the log storage
   area. FUA needs nothing more (GOOD already means durable); the FUA bit is
   passed on in the CDB so the target storage writes through as well.
@@ -24,7 +24,7 @@ target storage, and the edge's log storage area holds what is on its way there.
   error, and the FLUSH does not repeat it.) One FLUSH covers the writes of
   every connection to the export, so the export advertises
   ``NBD_FLAG_CAN_MULTI_CONN``.
-* **READ** is a CTRL entry carrying READ(16) (:meth:`EdgeDevice.control`): it
+* **READ** is a CTRL entry carrying READ(16) (:meth:`SourceSide.control`): it
   takes the group's next sequence, so the target edge runs it only after every
   earlier write of the group is applied -- the answer is a prefix-consistent
   view that includes every write issued before the read. Reads longer than
@@ -71,7 +71,7 @@ from twisted.python.failure import Failure
 
 from datapath.frames import fcp
 from datapath.frames.names import format_wwn
-from rcn.edge.device import PairEntry
+from rcn.edge.pairs import PairEntry
 from rcn.nbd import protocol as P
 from rcn.nbd.export import Export, NbdError
 from rcn.rio.fcp import ScsiResult, build_write16_cdb, parse_sense
@@ -112,7 +112,7 @@ def _status_text(result: ScsiResult) -> str:
 class VirtualVolumeExport(Export):
     """One NBD volume of an edge; see the module doc.
 
-    ``edge``: an :class:`~rcn.edge.device.EdgeDevice` (``write`` and ``control``);
+    ``source``: the edge's :class:`~rcn.edge.source.SourceSide` (``write`` and ``control``);
     ``pair``: the volume's row of the pair table (source = this volume);
     ``clock``: ``callLater`` for the read timeout.
     """
@@ -122,14 +122,14 @@ class VirtualVolumeExport(Export):
     min_block_size = BLOCK_SIZE
     can_multi_conn = True      # FLUSH waits for the writes of every connection
 
-    def __init__(self, edge, pair: PairEntry, name: str, capacity: int, clock,
+    def __init__(self, source, pair: PairEntry, name: str, capacity: int, clock,
                  read_timeout: float = 10.0, description: str = ""):
         if capacity <= 0 or capacity % BLOCK_SIZE:
             raise ValueError(f"NBD volume {name!r}: capacity {capacity} is not a positive "
                              f"multiple of {BLOCK_SIZE} bytes")
         if not read_timeout > 0:
             raise ValueError(f"NBD volume {name!r}: read_timeout {read_timeout} must be positive")
-        self.edge = edge
+        self.source = source
         self.pair = pair
         self.name = name
         self.size = capacity
@@ -187,7 +187,7 @@ class VirtualVolumeExport(Export):
         lba, blocks = offset // BLOCK_SIZE, len(data) // BLOCK_SIZE
         cdb = build_write16_cdb(lba, blocks, fua)
         self.counters["entries_logged"] += 1
-        d = maybeDeferred(self.edge.write, self.pair, cdb, data, _ORDERED, self._ids())
+        d = maybeDeferred(self.source.write, self.pair, cdb, data, _ORDERED, self._ids())
         return d.addCallbacks(self._written, self._not_logged, (offset, len(data)), None,
                               ("WRITE(16)", offset, len(data)), None)
 
@@ -346,7 +346,7 @@ class _Read:
                 break              # an earlier piece failed at once: do not log more
             cdb = fcp.build_read16(offset // BLOCK_SIZE, size // BLOCK_SIZE)
             export.counters["read_entries"] += 1
-            d = maybeDeferred(export.edge.control, pair, pair.group, cdb, b"", size, _ORDERED,
+            d = maybeDeferred(export.source.control, pair, pair.group, cdb, b"", size, _ORDERED,
                               export._ids())
             d.addCallbacks(self._answered, self._failed, (index, offset, size), None,
                            (offset, size), None)

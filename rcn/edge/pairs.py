@@ -1,5 +1,8 @@
 """The pair table 411 as an edge holds it, and the order guarantee ID policies (【0063】【0064】).
 
+DESIGN.md 4: the table's fields, the pair states (``rcn.pairstate``) and the ID policies
+A-1, A-2 and B.
+
 A :class:`PairRow` is one pair as this edge sees it: its identity (a
 :class:`PairEntry`), which end of it is attached here (``side``), its state
 (``rcn.pairstate``), the source volume's geometry when known (PAIR_CREATE

@@ -1,5 +1,10 @@
 """The target edge: entries in, ordered apply to the target array, WROKs back.
 
+DESIGN.md 3.3 (reliability: duplicates dropped, WROK re-sent, NAK) and 5 (invariants 1
+prefix consistency, 3 idempotent apply, 5 bounded resources); the patent's 【0089】 (apply
+strictly in sequence order per group) and table 413 (apply counter, apply lag). The
+:class:`~rcn.edge.target.TargetSide` makes one receiver per group.
+
 For each order guarantee group a :class:`GroupReceiver` holds
 
 * a **reorder buffer** (``datapath.kernels.reorder``) of ``window`` entries:
@@ -64,7 +69,8 @@ from twisted.logger import Logger
 
 from datapath.frames import fcp
 from datapath.frames.errors import DecodeError
-from datapath.frames.logentry import HEADER_SIZE, EntryFlag, EntryType, build_nak, segment_entry
+from datapath.frames.logentry import (HEADER_SIZE, EntryFlag, EntryType, LogHeader, build_nak,
+                                      segment_entry)
 from datapath.kernels import reorder as reorder_kernel
 from rcn.logxfer.rioarea import RioCommand, parse_command_area, response_area
 from rcn.pairstate import explain
@@ -97,7 +103,7 @@ class ReceiverConfig:
 class _Entry:
     sequence: int
     entry_type: int
-    header: dict
+    header: LogHeader
     area: bytes = field(repr=False)
     command: RioCommand | None = None
     extent: tuple[int, int] | None = None      # (first block, end block) of a write
@@ -131,12 +137,18 @@ def _extent(command: RioCommand) -> tuple[int, int] | None:
 
 
 class GroupReceiver:
-    """One order guarantee group at the target edge (see the module doc)."""
+    """One order guarantee group at the target edge (see the module doc).
 
-    def __init__(self, group: int, clock, config: ReceiverConfig, applied: int,
-                 target_for: Callable[[dict], ApplyTarget | None],
+    ``applied``: the group's persisted apply counter; ``target_for(header)``: what an
+    entry is applied through (None: nothing yet, try later); ``record_applied(group,
+    value)``: persist the apply counter (Deferred, fired once durable); ``send_back(header,
+    datagrams)``: answers toward the source edge; ``durable_of(group)``: the counter known
+    durable now; ``on_unusable(group, sequence, why)``: the group stopped."""
+
+    def __init__(self, group: int, *, clock, config: ReceiverConfig, applied: int,
+                 target_for: Callable[[LogHeader], ApplyTarget | None],
                  record_applied: Callable[[int, int], Deferred],
-                 send_back: Callable[[dict, list[bytes]], None],
+                 send_back: Callable[[LogHeader, list[bytes]], None],
                  observe_lag: Callable[[float], None] | None = None,
                  durable_of: Callable[[int], int] | None = None,
                  max_datagram_body: int = 65000 - HEADER_SIZE,
@@ -167,8 +179,8 @@ class GroupReceiver:
         self._ends: dict[int, int] = {}        # first block -> end block
         self._barriers = 0                     # uncertain entries that are not writes
         self.done: dict[int, _Entry] = {}      # answered GOOD, waiting for durability
-        self.answers: dict[int, tuple[dict, bytes]] = {}   # recent CTRL answers (for resends)
-        self.last_header: dict | None = None
+        self.answers: dict[int, tuple[LogHeader, bytes]] = {}   # recent CTRL answers (resends)
+        self.last_header: LogHeader | None = None
         self.highest_seen = applied            # highest sequence received
         self.last_lag: float | None = None     # apply time minus I/O time of the last applied
         self.closed_after: int | None = None   # closed: nothing past this is applied
@@ -179,14 +191,14 @@ class GroupReceiver:
         self._out = np.zeros(1024, np.int64)
 
     # -- entries in ---------------------------------------------------------
-    def entry(self, header: dict, area: bytes) -> None:
+    def entry(self, header: LogHeader, area: bytes) -> None:
         """A whole WR or CTRL entry (segments joined)."""
         self.stats.received += 1
-        sequence = header["sequence"]
+        sequence = header.sequence
         self.last_header = header
         if sequence > self.highest_seen:
             self.highest_seen = sequence
-        restart = header["entry_type"] == EntryType.CTRL and header["flags"] & _RESTART
+        restart = header.entry_type == EntryType.CTRL and header.flags & _RESTART
         if self.closed_after is not None and sequence > self.closed_after and not restart:
             self.stats.after_close += 1
             return
@@ -211,7 +223,7 @@ class GroupReceiver:
         verdict = self.reorder.insert_one(sequence, handle)
         if verdict == reorder_kernel.VERDICT_ACCEPTED:
             self._bad_copies.pop(sequence, None)
-            self.pending[handle] = _Entry(sequence, header["entry_type"], header, area, command,
+            self.pending[handle] = _Entry(sequence, header.entry_type, header, area, command,
                                           _extent(command))
             self.pending_bytes += len(area)
             self._release()
@@ -223,12 +235,12 @@ class GroupReceiver:
             self.stats.beyond_window += 1
         self._check_gap()
 
-    def _parse(self, header: dict, area: bytes) -> RioCommand | None:
+    def _parse(self, header: LogHeader, area: bytes) -> RioCommand | None:
         """The entry's command; None (dropped, NAKed, or the group stopped) if unusable."""
         try:
             return parse_command_area(area)
         except DecodeError as exc:
-            sequence = header["sequence"]
+            sequence = header.sequence
             self.stats.bad_areas += 1
             copies = self._bad_copies[sequence] = self._bad_copies.get(sequence, 0) + 1
             if copies >= 2:
@@ -328,7 +340,7 @@ class GroupReceiver:
             if target is None:
                 self._retry_later()
                 return
-            if item.header["flags"] & _RESTART and item.sequence - 1 > self.applied:
+            if item.header.flags & _RESTART and item.sequence - 1 > self.applied:
                 self.applied = item.sequence - 1      # the voided ones count as done
             self.ready.popleft()
             self._hold(item)
@@ -374,7 +386,7 @@ class GroupReceiver:
             done = self.done[self.applied]
             self.stats.applied_entries += 1
             self.stats.applied_bytes += len(done.command.data_out) if done.command else 0
-            lag = self.clock.seconds() - done.header["io_time_ns"] / 1e9
+            lag = self.clock.seconds() - done.header.io_time_ns / 1e9
             self.last_lag = lag                  # table 413's apply lag (735)
             if self.observe_lag is not None:
                 self.observe_lag(lag)
@@ -451,22 +463,21 @@ class GroupReceiver:
         self._send(EntryType.CTRL_OK, item.header, area, 0)
         self.stats.wroks_sent += 1
 
-    def _resend_answer(self, header: dict) -> None:
-        kept = self.answers.get(header["sequence"])
-        if header["entry_type"] == EntryType.CTRL:
+    def _resend_answer(self, header: LogHeader) -> None:
+        kept = self.answers.get(header.sequence)
+        if header.entry_type == EntryType.CTRL:
             if kept is None:
                 return      # too old to have kept the answer: the source's retry will time out
             self._send(EntryType.CTRL_OK, header, kept[1], EntryFlag.RESENT_ACK)
         else:
             # everything up to the durable counter, this duplicate included
-            self._send(EntryType.WROK, dict(header, sequence=self.durable), _GOOD_AREA,
+            self._send(EntryType.WROK, header._replace(sequence=self.durable), _GOOD_AREA,
                        _CUMULATIVE | EntryFlag.RESENT_ACK)
         self.stats.wroks_resent += 1
 
-    def _send(self, entry_type: int, header: dict, area: bytes, flags: int) -> None:
-        fields = {k: header[k] for k in _ANSWER_FIELDS}
+    def _send(self, entry_type: int, header: LogHeader, area: bytes, flags: int) -> None:
         datagrams = segment_entry(entry_type, area, self.max_datagram_body, flags=flags,
-                                  **fields)
+                                  **_answer_fields(header))
         self.send_back(header, datagrams)
 
     # -- NAKs -----------------------------------------------------------------
@@ -490,8 +501,8 @@ class GroupReceiver:
             self._send_nak(self.last_header, ranges)
         self._nak_call = self.clock.callLater(self.config.nak_interval, self._nak)
 
-    def _send_nak(self, header: dict, ranges: list[tuple[int, int]]) -> None:
-        fields = {k: header[k] for k in _ANSWER_FIELDS}
+    def _send_nak(self, header: LogHeader, ranges: list[tuple[int, int]]) -> None:
+        fields = _answer_fields(header)
         fields["sequence"] = self.reorder.next_expected
         self.send_back(header, [build_nak(ranges, **fields)])
         self.stats.naks_sent += 1
@@ -524,8 +535,14 @@ def _describe(result: ScsiResult) -> str:
     return f"status {result.status!r}: {explain(result)}"
 
 
-_ANSWER_FIELDS = ("group_id", "sequence", "io_time_ns", "target_wwn", "target_lun",
-                  "source_wwn", "source_lun")
+def _answer_fields(header: LogHeader) -> dict:
+    """What an answer (WROK, CTRL_OK, NAK) repeats of the entry it answers."""
+    return {"group_id": header.group_id, "sequence": header.sequence,
+            "io_time_ns": header.io_time_ns, "target_wwn": header.target_wwn,
+            "target_lun": header.target_lun, "source_wwn": header.source_wwn,
+            "source_lun": header.source_lun}
+
+
 _GOOD_AREA = response_area(0, 0, 0, 0, ScsiResult())
 _CUMULATIVE = int(EntryFlag.CUMULATIVE)
 _RESTART = int(EntryFlag.RESTART)

@@ -1,4 +1,4 @@
-"""``rcn-edge`` as a Twisted service: the data plane behind its sockets.
+"""``rcn-edge`` as a Twisted service: the data plane behind its sockets (DESIGN.md 2, 3).
 
 :func:`make_service` builds the :class:`~rcn.edge.device.EdgeDevice` and serves
 
@@ -15,8 +15,8 @@
   NBD volumes with their figures).
 
 Its first service (:class:`rcn.tap.OpenAtStart`) creates the data directory and opens
-the log storage area (replaying what it holds), the apply counters and the last
-snapshot in ``startService``, under twistd's ``--umask`` and ``--uid``. The reactor is
+the pair file, the log storage area (replaying what it holds), the apply counters and the
+last snapshot in ``startService``, under twistd's ``--umask`` and ``--uid``. The reactor is
 passed in; nothing here imports the global one.
 """
 
@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.server import Site
 
+from datapath.frames.logentry import LogHeader
 from datapath.frames.names import format_wwn
 from rcn.edge.applystate import ApplyState
 from rcn.edge.config import EdgeConfig
@@ -72,8 +73,9 @@ class Edge:
     """The parts of one edge daemon (plain objects; sockets are the services').
 
     Building it touches no file and starts no thread: :meth:`start` creates the data
-    directory, opens the log storage area (replaying it), the apply counters and the
-    last snapshot, then sends again what the log retained; :meth:`close` closes them."""
+    directory, opens the log storage area (replaying it), the apply counters, the pair
+    file and the last snapshot, then sends again what the log retained; :meth:`close`
+    closes them."""
 
     def __init__(self, config: EdgeConfig, reactor):
         self.config = config
@@ -106,12 +108,12 @@ class Edge:
             access=lambda storage, virtual: (storage, virtual) in access,
             first_burst=config.first_burst, exchange_timeout=config.exchange_timeout,
             attach=self._attach))
-        self.device.links = lambda: list(self.fabric.ports.values())
+        self.device.target_side.links = lambda: list(self.fabric.ports.values())
         self.nbd_exports: list[VirtualVolumeExport] = []
         self.nbd: NbdServerFactory | None = None
         if config.nbd is not None:
             self.nbd_exports = [
-                VirtualVolumeExport(self.device, v.pair, v.name, v.capacity, reactor,
+                VirtualVolumeExport(self.device.source_side, v.pair, v.name, v.capacity, reactor,
                                     config.nbd.read_timeout) for v in config.nbd_volumes]
             default = self.nbd_exports[0].name if len(self.nbd_exports) == 1 else None
             self.nbd = NbdServerFactory(ExportTable(self.nbd_exports, default=default), reactor)
@@ -166,10 +168,10 @@ class Edge:
                 "first": retained[0] if retained else None,
                 "last": retained[-1] if retained else None}
 
-    def _apply_target(self, header: dict):
+    def _apply_target(self, header: LogHeader):
         """An NBD server for the target LUNs ``[[nbd_target]]`` names; else the array's link."""
-        target = self.nbd_targets.get((header["target_wwn"], header["target_lun"]))
-        return target if target is not None else self.device.fabric_target(header)
+        target = self.nbd_targets.get((header.target_wwn, header.target_lun))
+        return target if target is not None else self.device.target_side.fabric_target(header)
 
     def _attach(self, vs) -> None:
         vs.target = SourceTarget(self.device, vs.partner_wwn)
@@ -178,6 +180,7 @@ class Edge:
         # a thread started in makeService would not survive twistd's daemonising fork
         self.sync = SyncThread(self.reactor)
         os.makedirs(self.config.data_dir, exist_ok=True)
+        self.device.open()
         replayed = self.log_store.open()
         self.apply_state.open()
         if self.mgmt is not None:

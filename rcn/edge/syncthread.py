@@ -1,5 +1,8 @@
 """One thread for the edge's fsyncs, handed work through a C ``SimpleQueue``.
 
+DESIGN.md 5, invariant 2 (a WR is acknowledged only once its entry is durable: group
+commit) and 3 (the apply counter is persisted before it is relied on).
+
 The log storage area and the apply counters run each group commit (a write and
 an fsync) off the reactor thread. Twisted's ``deferToThread`` does that through
 its thread pool, whose queue wakes the worker with a ``threading.Condition``:

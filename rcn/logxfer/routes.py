@@ -1,10 +1,14 @@
 """The route table (patent table 408): which device a log entry goes to next.
 
+DESIGN.md 3.3, "Routing", and 4 (table 408 lives on mgmt, edges and cores).
+
 A route is a path of device addresses for one (source WWN, target WWN): the
 source edge first, then cores, then the target edge. Every device on the path
 sends an entry to the address after its own; answers (WROK, CTRL_OK, NAK) go
 to the address before it. A device finds itself in a path by its own
 log-transfer address, so one table can be distributed to every device.
+:class:`Hops` is one device's view of the table (its own address and the table
+in force), shared by the parts of an edge so a new snapshot reaches them all.
 """
 
 from __future__ import annotations
@@ -114,3 +118,26 @@ class RouteTable:
     def describe(self) -> list[dict]:
         return [{"source_wwn": format_wwn(r.source_wwn), "target_wwn": format_wwn(r.target_wwn),
                  "path": [str(a) for a in r.path]} for r in self]
+
+
+class Hops:
+    """Where entries go from one device: ``me`` in the route table in force (``table``,
+    replaced whole when a new snapshot arrives; every holder sees the new one)."""
+
+    __slots__ = ("me", "table")
+
+    def __init__(self, me: Address, table: RouteTable):
+        self.me = me
+        self.table = table
+
+    def next(self, source_wwn: int, target_wwn: int, backward: bool = False) -> Address | None:
+        """The neighbour an entry of (source, target) goes to from here; None at the end of
+        the path in that direction, or with no route through here."""
+        return self.table.next_hop(source_wwn, target_wwn, self.me, backward)
+
+    def passes(self, source_wwn: int, target_wwn: int) -> bool:
+        """Whether the route of (source, target) passes this device."""
+        return self.table.on_path(source_wwn, target_wwn, self.me)
+
+    def route(self, source_wwn: int, target_wwn: int) -> Route | None:
+        return self.table.route(source_wwn, target_wwn)

@@ -1,5 +1,8 @@
 """The source edge's sender: windows, retransmission, NAKs and bandwidth limits.
 
+DESIGN.md 3.3, "Reliability" (retain until WROK, retransmit on timeout and at once on
+NAK, a window per path, a bandwidth limit per customer); the patent's 【0084】.
+
 Every WR/CTRL entry handed to :meth:`Sender.submit` is sent toward its next
 hop and stays *outstanding* until :meth:`Sender.acknowledged` (its WROK or
 CTRL_OK). The entry itself stays in the log storage area; the sender keeps

@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 from datapath.frames import capture, fc, fcip, fcp, gbe, logentry
 from rcn.decode.cli import PROGRESS_MIN_BYTES, Progress, main
 from rcn.decode.decoder import Decoder
-from rcn.decode.reassembly import FcipDelineator, SegmentAssembler, TcpStream
+from rcn.decode.streams import FcipDelineator, TcpStream
 from tools.sample_traffic import SOURCE_WWN, TARGET_WWN, generate, write_exchange
 
 SRC, DST = ("10.0.0.1", 40000), ("10.0.0.2", fcip.FCIP_PORT)
@@ -213,21 +213,13 @@ class SegmentedEntryTests(TestCase):
 
     def test_segments_that_do_not_tile_are_an_error(self):
         first, second = split_write(max_body=3000)
-        header = dict(logentry.LOG_HEADER.parse(second), segment_offset=2000)     # overlaps the first segment, leaves a hole
+        # overlaps the first segment, leaves a hole
+        header = logentry.LogHeader.parse(second)._replace(segment_offset=2000)
         bad = logentry.build_entry(logentry.EntryType.WR, second[logentry.HEADER_SIZE:],
-                                   **{k: v for k, v in header.items()
+                                   **{k: v for k, v in header._asdict().items()
                                       if k not in ("magic", "entry_type", "rio_length", "crc32c")})
         record = decode(hex_input([first, bad]))[-1]
         self.assertEqual(record["errors"][0]["field"], "segment_offset")
-
-    def test_assembler_holds_a_bounded_number_of_entries(self):
-        assembler = SegmentAssembler(max_entries=2)
-        for sequence in range(5):
-            first = split_write(sequence=sequence)[0]
-            entry = logentry.parse_datagram(first)
-            self.assertIsNone(assembler.add(entry.header, entry.payload))
-        self.assertEqual((assembler.pending_count(), assembler.evicted), (2, 3))
-        self.assertEqual(assembler.held_bytes, 2 * 1000)
 
 
 class BadInputTests(TestCase):

@@ -20,7 +20,7 @@ from datapath.frames.errors import DecodeError
 from datapath.frames.fc4 import decode_fc_payload, frame_kind
 from datapath.kernels import batching, bitmap, delineate as kernel
 from datapath.reference import delineate as reference
-from tools.fuzz_targets import MiB, Finding, Target, register
+from tools.fuzz_targets.kit import MiB, Finding, Target, register
 
 _LOG_MAGIC = logentry.MAGIC.to_bytes(4, "big")
 _SOF_MARK = b"\xbc\xb5"
@@ -259,9 +259,9 @@ def run_log_entry(data: bytes):
     if pair is None:
         return tuple(features)
     entry, fast = pair
-    _same("log header", _plain(entry.header), _plain(fast.header))
+    _same("log header", entry.header, fast.header)          # LogHeader records, both ways
     _same("log body", (entry.payload, entry.crc_ok), (fast.payload, fast.crc_ok))
-    kind = logentry.EntryType(entry.header["entry_type"])
+    kind = logentry.EntryType(entry.header.entry_type)
     features.append(kind.name)
     try:
         if kind == logentry.EntryType.NAK:

@@ -12,7 +12,7 @@ stream    ``500 * scale`` TCP-like chunks of 64 KiB through ``StreamDelineator.f
           (what ``dataReceived`` does: a frame is cut across every chunk
           boundary), against ``datapath.reference``'s ``StreamDelineator``.
 rcn       the same 64 KiB chunks; the ``reference_s`` column is the existing
-          pure-Python ``rcn.decode.reassembly.FcipDelineator.feed`` (header checks
+          pure-Python ``rcn.decode.streams.FcipDelineator.feed`` (header checks
           only: no SOF/EOF/FC header, but it copies each frame out).
 
 numpy_s is None: the scan is a chain (each frame's start is the previous
@@ -29,7 +29,7 @@ import time
 from datapath.frames import fcip
 from datapath.kernels import delineate as kernel
 from datapath.reference import delineate as reference
-from rcn.decode.reassembly import FcipDelineator
+from rcn.decode.streams import FcipDelineator
 from tools.kernel_bench import Row, best_time
 
 TARGET = 2e6        # frames/s, from the issue

@@ -212,12 +212,13 @@ class LogEntryRoundTripTests(TestCase):
             self.assertTrue(entry.crc_ok)
             self.assertEqual(entry.payload, body)
             self.assertEqual(entry.length, len(data))
-            self.assertEqual(entry.header["entry_type"], entry_type)
-            self.assertEqual(entry.header["rio_length"], len(body))
-            self.assertEqual(entry.header["magic"], logentry.MAGIC)
-            self.assertEqual(entry.header["version"], logentry.VERSION)
+            self.assertIsInstance(entry.header, logentry.LogHeader)
+            self.assertEqual(entry.header.entry_type, entry_type)
+            self.assertEqual(entry.header.rio_length, len(body))
+            self.assertEqual(entry.header.magic, logentry.MAGIC)
+            self.assertEqual(entry.header.version, logentry.VERSION)
             for name, value in fields.items():
-                self.assertEqual(entry.header[name], value, name)
+                self.assertEqual(getattr(entry.header, name), value, name)
         zeroed = data[:80] + bytes(4) + data[84:88]
         self.assertEqual(int.from_bytes(data[80:84], "big"), crc32c.crc32c(zeroed + body))
 

@@ -166,7 +166,7 @@ class PackTests(TestCase):
                                       sequences=sequences, group_id=5)
         for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
             header = logentry.parse_entry(out[a:b].tobytes()).header
-            self.assertEqual(header["sequence"], (first + k) % 2**64)
+            self.assertEqual(header.sequence, (first + k) % 2**64)
 
     @FEW
     @given(chunks=st.lists(st.binary(max_size=30), max_size=10), cut=st.integers(0, 10))

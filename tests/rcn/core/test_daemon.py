@@ -48,7 +48,7 @@ class DaemonTests(TestCase):
         probe = build_keepalive(1, 0)
 
         def check():
-            if any(e.header["entry_type"] == EntryType.KEEPALIVE for e, _, _ in self.source.arrived):
+            if any(e.header.entry_type == EntryType.KEEPALIVE for e, _, _ in self.source.arrived):
                 poll.stop()
             elif self.daemon.ended.called:
                 raise RuntimeError(f"rcn-core exited: {self.daemon.ended.result}")
@@ -68,14 +68,14 @@ class DaemonTests(TestCase):
         self.source.arrived.clear()
         self.source.send(wr(1), self.core)
         entry, data, sender = yield self.target.next_entry()
-        self.assertEqual((entry.header["entry_type"], entry.header["sequence"], entry.header["ttl"]),
+        self.assertEqual((entry.header.entry_type, entry.header.sequence, entry.header.ttl),
                          (EntryType.WR, 1, 15))
         self.assertEqual(sender, self.core)
         self.assertEqual(entry.payload, parse_datagram(wr(1)).payload)
 
         self.target.send(wr(1, size=40, entry_type=EntryType.WROK), self.core)
         entry, _, sender = yield self.source.next_entry()
-        self.assertEqual((entry.header["entry_type"], entry.header["sequence"], entry.header["ttl"]),
+        self.assertEqual((entry.header.entry_type, entry.header.sequence, entry.header.ttl),
                          (EntryType.WROK, 1, 15))
         self.assertEqual(sender, self.core)
 
@@ -83,7 +83,7 @@ class DaemonTests(TestCase):
             self.source.send(garbage, self.core)
         self.source.send(wr(3), self.core)
         entry, _, _ = yield self.target.next_entry()
-        self.assertEqual(entry.header["sequence"], 3)              # still relaying
+        self.assertEqual(entry.header.sequence, 3)              # still relaying
         self.assertFalse(self.daemon.ended.called)
 
         code, text = yield get_metrics(self.metrics_port)

@@ -37,10 +37,10 @@ def entry(entry_type=EntryType.WR, sequence=1, size=64, ttl=16, source=SRC, targ
 def leaving(data: bytes) -> bytes:
     """``data`` as a relay sends it on: ttl - 1, CRC32C recomputed."""
     parsed = parse_datagram(data, fast=True)
-    fields = {k: v for k, v in parsed.header.items()
+    fields = {k: v for k, v in parsed.header._asdict().items()
               if k not in ("magic", "entry_type", "rio_length", "crc32c", "reserved")}
     fields["ttl"] -= 1
-    return build_entry(parsed.header["entry_type"], parsed.payload, **fields)
+    return build_entry(parsed.header.entry_type, parsed.payload, **fields)
 
 
 def inner(batch: bytes) -> list[bytes]:
@@ -54,10 +54,10 @@ def sequences(datagrams: list[bytes]) -> list[int]:
     for data in datagrams:
         parsed = parse_datagram(data, fast=True)
         assert parsed.crc_ok, "a datagram left with a bad CRC32C"
-        if parsed.header["entry_type"] == EntryType.BATCH:
-            out += [parse_datagram(e, fast=True).header["sequence"] for e in inner(data)]
+        if parsed.header.entry_type == EntryType.BATCH:
+            out += [parse_datagram(e, fast=True).header.sequence for e in inner(data)]
         else:
-            out.append(parsed.header["sequence"])
+            out.append(parsed.header.sequence)
     return out
 
 
@@ -86,7 +86,7 @@ class ForwardingTests(RelayTestCase):
         self.deliver(data)
         self.assertEqual(self.sent, [(leaving(data), EDGE_B)])
         header = parse_datagram(self.sent[0][0]).header
-        self.assertEqual((header["ttl"], header["sequence"]), (15, 5))
+        self.assertEqual((header.ttl, header.sequence), (15, 5))
         self.assertTrue(parse_datagram(self.sent[0][0]).crc_ok)
 
     def test_debug_logs_a_line_per_entry_relayed(self):
@@ -151,7 +151,7 @@ class ForwardingTests(RelayTestCase):
 
     def test_ttl_one_leaves_with_zero(self):
         self.deliver(entry(ttl=1))
-        self.assertEqual(parse_datagram(self.sent[0][0]).header["ttl"], 0)
+        self.assertEqual(parse_datagram(self.sent[0][0]).header.ttl, 0)
         self.assertEqual(self.drops.total, 0)
 
     def test_keepalive_to_the_core_is_echoed_to_its_sender(self):
@@ -388,7 +388,7 @@ class BatchingTests(RelayTestCase):
         self.assertEqual(counters["queued_entries"], 0)
         for data, _ in self.sent:
             self.assertLessEqual(len(data), 20000 + HEADER_SIZE)
-            if parse_datagram(data).header["entry_type"] == EntryType.BATCH:
+            if parse_datagram(data).header.entry_type == EntryType.BATCH:
                 self.assertLessEqual(len(data), 16384)
 
     def test_received_batch_is_rebatched_with_new_ttls(self):
@@ -398,7 +398,7 @@ class BatchingTests(RelayTestCase):
         self.assertEqual([d for d, _ in self.sent],
                          [build_batch([leaving(s) for s in singles], group_id=0, ttl=1,
                                       sequence=1)])
-        self.assertEqual(parse_datagram(inner(self.sent[0][0])[0]).header["ttl"], 4)
+        self.assertEqual(parse_datagram(inner(self.sent[0][0])[0]).header.ttl, 4)
 
     def test_every_entry_in_a_sent_batch_has_a_good_crc(self):
         for i in range(10):
@@ -412,7 +412,7 @@ class BatchingTests(RelayTestCase):
         self.deliver(entry(sequence=1), EDGE_A)
         self.deliver(build_keepalive(5, 6), EDGE_A)
         self.assertEqual(len(self.sent), 1)
-        self.assertEqual(parse_datagram(self.sent[0][0]).header["entry_type"], EntryType.KEEPALIVE)
+        self.assertEqual(parse_datagram(self.sent[0][0]).header.entry_type, EntryType.KEEPALIVE)
 
     def test_flush_all_sends_what_waits(self):
         self.deliver(entry(sequence=1))

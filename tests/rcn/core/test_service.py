@@ -39,12 +39,12 @@ class ServiceTests(TestCase):
         self.start(batch=False)
         self.source.send(wr(1), self.core)
         entry, data, sender = yield self.target.next_entry()
-        self.assertEqual((entry.header["entry_type"], entry.header["sequence"], entry.header["ttl"]),
+        self.assertEqual((entry.header.entry_type, entry.header.sequence, entry.header.ttl),
                          (EntryType.WR, 1, 15))
         self.assertEqual(sender, self.core)
         self.target.send(wr(1, size=32, entry_type=EntryType.WROK), self.core)
         entry, _, _ = yield self.source.next_entry()
-        self.assertEqual((entry.header["entry_type"], entry.header["ttl"]), (EntryType.WROK, 15))
+        self.assertEqual((entry.header.entry_type, entry.header.ttl), (EntryType.WROK, 15))
         text = self.registry.render().decode()
         self.assertEqual(metric(text, "rcn_core_forwarded_total"), 2.0)
         self.assertEqual(metric(text, "rcn_logxfer_received_total"), 2.0)
@@ -56,7 +56,7 @@ class ServiceTests(TestCase):
         for sequence in (1, 2, 3):
             self.source.send(wr(sequence), self.core)
         entry, data, _ = yield self.target.next_entry()
-        self.assertEqual(entry.header["entry_type"], EntryType.BATCH)
+        self.assertEqual(entry.header.entry_type, EntryType.BATCH)
         _, spans = parse_batch(data)
         self.assertEqual(len(spans), 3)
         self.assertEqual(self.relay.counters()["batches_sent"], 1)
@@ -79,7 +79,7 @@ class ServiceTests(TestCase):
                          float(len(wr(9))))
         yield self.top.stopService()
         entry, _, _ = yield self.target.next_entry()
-        self.assertEqual(entry.header["sequence"], 9)
+        self.assertEqual(entry.header.sequence, 9)
 
     @defer.inlineCallbacks
     def test_metrics_over_http(self):

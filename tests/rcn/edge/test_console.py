@@ -40,7 +40,7 @@ class EdgeConsoleTests(TestCase):
 
     def write(self):
         pair = self.edge.device.settings.pairs[0]
-        self.edge.device.write(pair, build_write16_cdb(0, 8), bytes(4096))
+        self.edge.device.source_side.write(pair, build_write16_cdb(0, 8), bytes(4096))
 
     def test_show_commands(self):
         self.write()

@@ -181,7 +181,7 @@ class ControlFlowTests(TestCase):
         self.settle(12.0)
         self.assertEqual(self.row(sim.target, 0).state, PairState.FAILURE_SUSPEND)
         self.assertIn(("SUSPEND", 0, fcp.RCN_CONTROL_FAILURE), self.array.controls)
-        receiver = sim.target.receivers[GROUP]
+        receiver = sim.target.target_side.receivers[GROUP]
         self.assertGreaterEqual(receiver.stats.voided + receiver.stats.duplicates_buffered, 0)
         self.assertEqual(sim.source.log_store.retained(GROUP), [])
         # resync: the target's tracks 1 and 3 plus ours (the three dropped writes)
@@ -204,7 +204,7 @@ class ControlFlowTests(TestCase):
             sim.clock.advance(0.0001)
         for lba in range(40, 80, 2):
             self.write(0, lba)
-        self.assertEqual(sim.target.receivers[GROUP].applied, 20)   # 20 more in flight
+        self.assertEqual(sim.target.target_side.receivers[GROUP].applied, 20)   # 20 more in flight
         # the target array's host fails over while writes are in flight
         box = self.control(A.SUSPEND, lun=0, initiator=TARGET_WWN, partner=SOURCE_WWN,
                            edge=sim.target)
@@ -284,7 +284,7 @@ class FailbackTests(TestCase):
                               Route(TARGET_WWN, SOURCE_WWN, tuple(reversed(path)))])
         self.sim.source.sender.failure_timeout = 1.0
         # the old source array, as the new target, answers like the stand-in array
-        self.sim.source.apply_target_for = lambda header: self.sim.target_array
+        self.sim.source.target_side.apply_target_for = lambda header: self.sim.target_array
         self.flows = ControlFlowTests("test_refusals_name_the_state")
         self.flows.sim, self.flows.array, self.flows.ox = self.sim, self.sim.target_array, 0
 
@@ -392,7 +392,7 @@ class EdgeStateMachineTests(TestCase):
             f.settle()
             self.assertTrue(box and box[0].good, state)
             self.assertEqual(row.state, PairState.FAILURE_SUSPEND, state)
-            f.sim.target.receivers[row.entry.group].closed_after = None
+            f.sim.target.target_side.receivers[row.entry.group].closed_after = None
             f.sim.source.controls.sok_sent.clear()
         box = f.control(A.TAKEOVER, initiator=TARGET_WWN, partner=SOURCE_WWN, edge=f.sim.target)
         self.assertTrue(box[0].good)
@@ -464,6 +464,7 @@ class MemoryLogRestartTests(TestCase):
         edge = EdgeDevice(Clock(), settings, store, state,
                           lambda d, addr: sent.append(parse_datagram(d).header),
                           apply_target_for=lambda header: None, pairs_path=path)
+        edge.open()
         edge.replay(replayed)
         edge.clock.advance(0)
         return edge
@@ -481,7 +482,7 @@ class MemoryLogRestartTests(TestCase):
         self.assertEqual(row.state, PairState.FAILURE_SUSPEND)
         self.assertEqual(row.dirty_tracks(), 16)                      # every track
         self.assertIn("memory-mode log lost", row.last_error)
-        notice = [h for h in sent if h["entry_type"] == EntryType.CTRL]
+        notice = [h for h in sent if h.entry_type == EntryType.CTRL]
         self.assertEqual(len(notice), 1)
-        self.assertTrue(notice[0]["flags"] & EntryFlag.RESTART)
+        self.assertTrue(notice[0].flags & EntryFlag.RESTART)
         self.assertIn(7, again.pairs.restart_pending)      # kept until the notice is answered

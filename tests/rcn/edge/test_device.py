@@ -1,4 +1,5 @@
-"""EdgeDevice, source side: WR and CTRL entries to the log and the sender; answers delete them."""
+"""EdgeDevice, source side: WR and CTRL entries to the log and the sender; answers delete them.
+Start-up: the pair file is read by open(); the table of who takes each entry."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from datapath.frames import fcp
-from datapath.frames.logentry import (EntryFlag, EntryType, build_entry, build_keepalive, build_nak,
-                                      parse_datagram)
+from datapath.frames.logentry import (EntryFlag, EntryType, LogHeader, build_entry,
+                                      build_keepalive, build_nak, parse_datagram)
 from rcn.edge.applystate import ApplyState
 from rcn.edge.device import EdgeDevice, EdgeSettings, PairEntry
 from rcn.edge.logstore import LogStore
+from rcn.edge.pairs import EdgePairs, PairRow
 from rcn.logxfer.rioarea import response_area
 from rcn.logxfer.routes import Address, Route, RouteTable
+from rcn.pairstate import PairState
 from rcn.rio.fcp import ScsiCommand, ScsiResult, ScsiStatus, build_write16_cdb
 
 A, B = 0x500A098000000001, 0x500A098000000002
@@ -29,7 +32,7 @@ def write_command(lba: int) -> ScsiCommand:
 class SourceEdgeTests(TestCase):
     def setUp(self):
         self.clock = Clock()
-        self.sent: list[tuple[dict, Address]] = []
+        self.sent: list[tuple[LogHeader, Address]] = []
         store = LogStore(None, mode="memory")
         store.open()
         state = ApplyState(None)
@@ -51,8 +54,8 @@ class SourceEdgeTests(TestCase):
         self.clock.advance(0)                    # first sends leave at the end of the turn
         header, address = self.sent[0]
         self.assertEqual(address, CORE)
-        self.assertEqual((header["entry_type"], header["group_id"], header["sequence"],
-                          header["target_lun"], header["source_wwn"]), (EntryType.WR, 7, 1, 4, A))
+        self.assertEqual((header.entry_type, header.group_id, header.sequence,
+                          header.target_lun, header.source_wwn), (EntryType.WR, 7, 1, 4, A))
         self.assertEqual(self.edge.log_store.retained(7), [1])
 
     def test_write_to_a_lun_without_a_pair_is_refused(self):
@@ -66,7 +69,7 @@ class SourceEdgeTests(TestCase):
         for lba in (1, 2):
             self.edge.rio_command(write_command(lba), B)
         cdb = fcp.build_rcn_control(fcp.RcnServiceAction.SUSPEND, 7, 0, 0)
-        control = self.edge.control(PAIR, 7, cdb)               # sequence 3
+        control = self.edge.source_side.control(PAIR, 7, cdb)               # sequence 3
         self.edge.rio_command(write_command(4), B)               # sequence 4
         self.answer(EntryType.WROK, 4, EntryFlag.CUMULATIVE)
         self.assertEqual(self.edge.log_store.retained(7), [3])
@@ -79,7 +82,7 @@ class SourceEdgeTests(TestCase):
     def test_keepalive_is_echoed_and_a_malformed_one_counted(self):
         probe = build_keepalive(5, 123, target_wwn=0)
         self.edge.entry_received(parse_datagram(probe), probe, CORE)
-        self.assertEqual([(h["entry_type"], a) for h, a in self.sent], [(EntryType.KEEPALIVE, CORE)])
+        self.assertEqual([(h.entry_type, a) for h, a in self.sent], [(EntryType.KEEPALIVE, CORE)])
         bad = build_entry(EntryType.KEEPALIVE, b"short")
         self.edge.entry_received(parse_datagram(bad), bad, CORE)
         self.assertEqual(self.edge.drops.by_reason, {"malformed": 1})
@@ -126,4 +129,36 @@ class SourceEdgeTests(TestCase):
             nak = build_nak(ranges, group_id=7, sequence=1, source_wwn=A, target_wwn=B)
             self.edge.entry_received(parse_datagram(nak), nak, CORE)
         self.assertEqual(self.edge.drops.by_reason, {"nak_beyond_sent": 1})
-        self.assertEqual([h["sequence"] for h, _ in self.sent[sent:]], [2])
+        self.assertEqual([h.sequence for h, _ in self.sent[sent:]], [2])
+
+
+class StartUpTests(TestCase):
+    """Building an edge touches no file (twistd's --umask and --uid apply from
+    startService on); open() reads the pair file."""
+
+    def test_the_pair_file_is_read_by_open_not_by_the_constructor(self):
+        path = self.mktemp()
+        kept = EdgePairs("B", path)
+        kept.add(PairRow(PAIR, "source", PairState.FAILURE_SUSPEND))
+        kept.restart_pending[7] = 5
+        kept.save()
+        store = LogStore(None, mode="memory")
+        store.open()
+        settings = EdgeSettings(me=ME, pairs=[PAIR],
+                                routes=RouteTable([Route(A, B, (ME, CORE, FAR))]))
+        edge = EdgeDevice(Clock(), settings, store, ApplyState(None), lambda d, addr: None,
+                          pairs_path=path)
+        self.assertIs(edge.pairs.find(A, B, 4).state, PairState.DUPLEX)     # as configured
+        self.assertFalse(edge.pairs.restarted)
+        edge.open()
+        self.assertIs(edge.pairs.find(A, B, 4).state, PairState.FAILURE_SUSPEND)
+        self.assertIs(edge.controls.restart_pending, edge.pairs.restart_pending)
+        edge.controls._mark_restart(8)              # marks go on past the file's
+        self.assertEqual(edge.pairs.restart_pending, {7: 5, 8: 6})
+
+    def test_every_entry_that_can_end_here_has_one_handler(self):
+        edge = EdgeDevice(Clock(), EdgeSettings(me=ME), LogStore(None, mode="memory"),
+                          ApplyState(None), lambda d, addr: None)
+        self.assertEqual(set(edge.handlers), {
+            (EntryType.WR, False), (EntryType.CTRL, False), (EntryType.CTRL, True),
+            (EntryType.WROK, True), (EntryType.CTRL_OK, True), (EntryType.NAK, True)})

@@ -91,7 +91,7 @@ class EdgeUnderMgmtTests(TestCase):
         row.state = PairState.DUPLEX
         edge.device.sender.transmit = lambda data, address: None
         for lba in (0, 8):
-            edge.device.write(row.entry, build_write16_cdb(lba, 8), bytes(4096))
+            edge.device.source_side.write(row.entry, build_write16_cdb(lba, 8), bytes(4096))
         d = self.server.query_residual("edgeA", 1073741831)
         pump.flush()
         answer = self.successResultOf(d)

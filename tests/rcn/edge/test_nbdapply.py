@@ -196,7 +196,7 @@ class EdgeAppliesToNbdTargetTests(TestCase):
 
         pattern = bytes(range(256)) * 16                     # 4 KiB
         for n in range(4):
-            result = yield source.write(pair, build_write16_cdb(n * 8, 8), pattern)
+            result = yield source.source_side.write(pair, build_write16_cdb(n * 8, 8), pattern)
             self.assertTrue(result.good)
         def check():
             if not store.retained(9):

@@ -1,6 +1,6 @@
 """The edge's NBD front end (DESIGN.md 3.2): VirtualVolumeExport, its config keys, the service.
 
-Unit tests drive the export against a fake EdgeDevice whose ``write`` and
+Unit tests drive the export against a fake SourceSide whose ``write`` and
 ``control`` calls are recorded and answered by the test. The real tests put two
 EdgeDevices on the real reactor with real UDP sockets on 127.0.0.1, the target
 edge applying to an in-memory volume, serve the NBD front end on 127.0.0.1:0
@@ -53,7 +53,7 @@ class _Call:
 
 
 class FakeEdge:
-    """Records EdgeDevice.write/control calls; the test fires their Deferreds (or
+    """Records SourceSide.write/control calls; the test fires their Deferreds (or
     ``answer_at_once`` answers every write GOOD synchronously)."""
 
     def __init__(self):
@@ -425,12 +425,12 @@ class ServiceTests(TestCase):
         top, edge = self.make_edge()
         export, = edge.nbd_exports
         self.assertIsInstance(export, VirtualVolumeExport)
-        self.assertIs(export.edge, edge.device)
+        self.assertIs(export.source, edge.device.source_side)
         self.assertIs(edge.nbd.exports.get("vm"), export)
         self.assertIs(edge.nbd.exports.get(""), export)          # the only volume: the default
         # the volume's pair joins the device's pair table (customer, group figures)
         self.assertIn(export.pair, edge.device.settings.pairs)
-        self.assertEqual(edge.device._customer(export.pair.group), "acme")
+        self.assertEqual(edge.device.source_side._customer(export.pair.group), "acme")
         self.assertIn(export.pair.group, [g["group"] for g in edge.device.describe_groups()])
         servers = [s for s in top if getattr(s, "factory", None) is edge.nbd]
         self.assertEqual(len(servers), 1)
@@ -501,8 +501,8 @@ class RealRcnTests(TestCase):
                                                                       routes=routes))
         self.target_edge = self._edge("target", protocols[1], EdgeSettings(me=b, routes=routes),
                                       apply_target_for=lambda header: self.target)
-        self.export = VirtualVolumeExport(self.source, PAIR, "vol", self.CAPACITY, reactor,
-                                          read_timeout=30.0)
+        self.export = VirtualVolumeExport(self.source.source_side, PAIR, "vol", self.CAPACITY,
+                                          reactor, read_timeout=30.0)
         self.factory = NbdServerFactory(ExportTable([self.export]), reactor)
         port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)

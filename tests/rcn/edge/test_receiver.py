@@ -7,15 +7,16 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from datapath.frames import fcp
-from datapath.frames.logentry import EntryFlag, EntryType, parse_datagram, parse_nak_ranges
+from datapath.frames.logentry import (EntryFlag, EntryType, LogHeader, parse_datagram,
+                                      parse_nak_ranges)
 from rcn.edge.receiver import GroupReceiver, ReceiverConfig
 from rcn.logxfer.rioarea import command_area
 from rcn.rio.fcp import ScsiResult, build_write16_cdb
 
 
-def header(sequence: int, entry_type: int = EntryType.WR, flags: int = 0) -> dict:
-    return {"entry_type": entry_type, "flags": flags, "group_id": 7, "sequence": sequence,
-            "io_time_ns": 0, "target_wwn": 2, "target_lun": 0, "source_wwn": 1, "source_lun": 0}
+def header(sequence: int, entry_type: int = EntryType.WR, flags: int = 0) -> LogHeader:
+    return LogHeader(entry_type=entry_type, flags=flags, group_id=7, sequence=sequence,
+                     io_time_ns=0, target_wwn=2, target_lun=0, source_wwn=1, source_lun=0)
 
 
 def control_area() -> bytes:
@@ -51,10 +52,12 @@ class ReceiverTests(TestCase):
         def send_back(hdr, datagrams):
             for d in datagrams:
                 entry = parse_datagram(d)
-                self.back.append(dict(entry.header, body=entry.payload))
-        self.receiver = GroupReceiver(7, self.clock, ReceiverConfig(window=16, nak_delay=0.01,
-                                                                    nak_interval=0.05),
-                                      0, lambda h: self.target, record, send_back)
+                self.back.append(dict(entry.header._asdict(), body=entry.payload))
+        self.receiver = GroupReceiver(7, clock=self.clock,
+                                      config=ReceiverConfig(window=16, nak_delay=0.01,
+                                                            nak_interval=0.05),
+                                      applied=0, target_for=lambda h: self.target,
+                                      record_applied=record, send_back=send_back)
 
     def test_applies_in_sequence_order_whatever_the_arrival(self):
         for seq in (3, 1, 2):
@@ -101,10 +104,11 @@ class ReceiverTests(TestCase):
 
     def test_first_of_several_records_fired_by_one_fsync_answers_for_all(self):
         durable = {"value": 0}
-        receiver = GroupReceiver(7, self.clock, ReceiverConfig(window=16), 0,
-                                 lambda h: self.target, lambda g, v: self.records_for(v),
-                                 lambda h, d: self.back.extend(parse_datagram(x).header
-                                                               for x in d),
+        receiver = GroupReceiver(7, clock=self.clock, config=ReceiverConfig(window=16), applied=0,
+                                 target_for=lambda h: self.target,
+                                 record_applied=lambda g, v: self.records_for(v),
+                                 send_back=lambda h, d: self.back.extend(
+                                     parse_datagram(x).header._asdict() for x in d),
                                  durable_of=lambda g: durable["value"])
         self.pending_records = []
         for seq in (1, 2, 3):
@@ -208,9 +212,10 @@ class ReceiverTests(TestCase):
         self.assertEqual(stopped, [])
 
     def test_restart_from_a_persisted_counter_skips_applied_entries(self):
-        receiver = GroupReceiver(7, self.clock, ReceiverConfig(window=16), 5,
-                                 lambda h: self.target, lambda g, v: succeed(None),
-                                 lambda h, d: None)
+        receiver = GroupReceiver(7, clock=self.clock, config=ReceiverConfig(window=16), applied=5,
+                                 target_for=lambda h: self.target,
+                                 record_applied=lambda g, v: succeed(None),
+                                 send_back=lambda h, d: None)
         receiver.entry(header(5), area(50))
         receiver.entry(header(6), area(60))
         self.assertEqual([lba for lba, _ in self.target.calls], [60])
@@ -239,9 +244,10 @@ class RestartAndCloseTests(TestCase):
         def send_back(hdr, datagrams):
             for d in datagrams:
                 entry = parse_datagram(d)
-                self.back.append(dict(entry.header))
-        self.receiver = GroupReceiver(7, self.clock, ReceiverConfig(window=16), 0,
-                                      lambda h: Target(), record, send_back)
+                self.back.append(entry.header._asdict())
+        self.receiver = GroupReceiver(7, clock=self.clock, config=ReceiverConfig(window=16),
+                                      applied=0, target_for=lambda h: Target(),
+                                      record_applied=record, send_back=send_back)
 
     def test_restart_voids_the_holes_and_what_waits_behind_them(self):
         r = self.receiver

@@ -53,7 +53,7 @@ class EdgeMetricsTests(TestCase):
         pair = device.settings.pairs[0]
         for lba in (0, 8):
             self.assertTrue(self.successResultOf(
-                device.write(pair, build_write16_cdb(lba, 8), bytes(4096))).good)
+                device.source_side.write(pair, build_write16_cdb(lba, 8), bytes(4096))).good)
         wrok = build_entry(EntryType.WROK, response_area(0, 0, 0, 0, ScsiResult()),
                            group_id=7, sequence=1, source_wwn=WWN_A, target_wwn=WWN_B,
                            flags=EntryFlag.CUMULATIVE)
@@ -129,7 +129,7 @@ class OpenAtStartTests(TestCase):
         self.assertEqual(modes, {".": 0o700, "log": 0o700, "log/LOCK": 0o600,
                                  "applied.json": 0o600})
         pair = edge.device.settings.pairs[0]
-        d = edge.device.write(pair, build_write16_cdb(0, 8), bytes(4096))
+        d = edge.device.source_side.write(pair, build_write16_cdb(0, 8), bytes(4096))
         return d.addCallback(lambda result: self.assertTrue(result.good))
 
     def test_the_kept_snapshot_is_applied_at_start(self):

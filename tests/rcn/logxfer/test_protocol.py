@@ -66,7 +66,7 @@ class ProtocolTests(SynchronousTestCase):
         self.assertIs(got, data)
         self.assertEqual(sender, Address(*PEER))
         self.assertTrue(entry.crc_ok)
-        self.assertEqual((entry.header["entry_type"], entry.header["sequence"]),
+        self.assertEqual((entry.header.entry_type, entry.header.sequence),
                          (EntryType.WR, 42))
         self.assertEqual(self.protocol.counters["received"], 1)
         self.assertEqual(self.protocol.counters["received_bytes"], len(data))

@@ -29,7 +29,7 @@ class SenderTests(TestCase):
 
         def transmit(data, address):
             entry = parse_datagram(data)
-            self.sent.append((entry.header["sequence"], address, entry.header["flags"]))
+            self.sent.append((entry.header.sequence, address, entry.header.flags))
         self.transmit = transmit
 
     def sender(self, **kw) -> Sender:
@@ -118,8 +118,8 @@ class SenderTests(TestCase):
         inner = []
         for data in sent:
             outer, spans = parse_batch(data)
-            self.assertEqual(outer.header["entry_type"], EntryType.BATCH)
-            inner.append([parse_datagram(data[at:at + n]).header["sequence"] for at, n in spans])
+            self.assertEqual(outer.header.entry_type, EntryType.BATCH)
+            inner.append([parse_datagram(data[at:at + n]).header.sequence for at, n in spans])
         self.assertEqual(inner, [[1, 2, 3], [4, 5]])
         self.assertEqual((s.counters["batches_sent"], s.counters["datagrams_sent"],
                           s.counters["entries_sent"]), (2, 2, 5))
@@ -193,7 +193,7 @@ class SenderTests(TestCase):
         marked = mark_retransmit(datagram(4))
         entry = parse_datagram(marked)
         self.assertTrue(entry.crc_ok)
-        self.assertEqual(entry.header["flags"], EntryFlag.RETRANSMIT)
+        self.assertEqual(entry.header.flags, EntryFlag.RETRANSMIT)
         self.assertIs(mark_retransmit(marked), marked)
 
 
@@ -233,7 +233,7 @@ class BoundedWorkTests(TestCase):
     def test_nak_resends_only_held_sequences_inside_the_ranges(self):
         self.s.acknowledge_through(7, 50)
         self.assertEqual(self.s.nak(7, [(40, 55), (99, 10**18)]), 7)
-        resent = [parse_datagram(d).header["sequence"] for d in self.sent[100:]]
+        resent = [parse_datagram(d).header.sequence for d in self.sent[100:]]
         self.assertEqual(resent, [51, 52, 53, 54, 55, 99, 100])
 
     def test_cumulative_acknowledgement_of_a_huge_sequence_costs_what_is_held(self):
@@ -289,7 +289,7 @@ class PathModel:
         self.submitting = 0.0
 
     def transmit(self, data, address) -> None:
-        sequence = parse_datagram(data).header["sequence"]
+        sequence = parse_datagram(data).header.sequence
         attempt = self.attempts[sequence] = self.attempts.get(sequence, 0) + 1
         if not self.lose(sequence, attempt):
             self.outbound.append((self.clock.seconds() + self.delay, sequence))
@@ -395,8 +395,8 @@ class RetransmissionTimeoutTests(TestCase):
             s.submit(7, seq, [datagram(seq)], HOP)
         self.clock.pump([0.05] * 80)               # 4 s of silence: probes at 0.5, 1.5, 3.5
         probes = sent[100:]
-        self.assertEqual([h["sequence"] for h in probes], [1, 1, 1])
-        self.assertTrue(all(h["flags"] & EntryFlag.RETRANSMIT for h in probes))
+        self.assertEqual([h.sequence for h in probes], [1, 1, 1])
+        self.assertTrue(all(h.flags & EntryFlag.RETRANSMIT for h in probes))
         self.assertEqual(len(s.acknowledge_through(7, 100)), 100)   # the stall ends
         self.clock.pump([0.05] * 100)
         self.assertEqual(len(sent), 103)

@@ -22,12 +22,12 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from datapath.frames import fcp
-from datapath.frames.logentry import LOG_HEADER, HEADER_SIZE
 from rcn.core.relay import BatchPolicy, CoreRelay
 from rcn.edge.applystate import ApplyState
-from rcn.edge.device import EdgeDevice, EdgeSettings, PairEntry, split_datagrams
+from rcn.edge.device import EdgeDevice, EdgeSettings, PairEntry
 from rcn.edge.logstore import LogStore
 from rcn.edge.receiver import ReceiverConfig
+from rcn.edge.source import stored_entry
 from rcn.logxfer.rioarea import parse_command_area
 from rcn.logxfer.routes import Address, Route, RouteTable
 from rcn.rio.fcp import ScsiCommand, ScsiResult, build_write16_cdb
@@ -38,7 +38,6 @@ SOURCE_WWN = 0x500A098000000001
 TARGET_WWN = 0x500A098000000002
 GROUP = 7
 BLOCK = 512
-_TOTAL_AT = LOG_HEADER.offsets["total_length"]
 
 
 class RecordingStore(LogStore):
@@ -50,13 +49,11 @@ class RecordingStore(LogStore):
 
     def append(self, group, sequence, entry):
         stored = super().append(group, sequence, entry)     # a refused append logs nothing
-        datagrams = split_datagrams(entry)
-        area = b"".join(d[HEADER_SIZE:] for d in datagrams)
-        header = LOG_HEADER.parse(datagrams[0], 0, 0, True)
+        header, area = stored_entry(entry)
         command = parse_command_area(area)
         # every entry takes a place in the group's order; a CTRL changes no block
         write = command.cdb[0] == fcp.Opcode.WRITE_16
-        self.checker.logged(group, sequence, (header["target_wwn"], header["target_lun"]),
+        self.checker.logged(group, sequence, (header.target_wwn, header.target_lun),
                             command.parsed["lba"] if write else 0,
                             command.data_out if write else b"")
         return stored
@@ -178,13 +175,13 @@ class SimRcn:
                              f"{self.describe()}")
 
     def settled(self) -> bool:
-        receiver = self.target.receivers.get(GROUP)
+        receiver = self.target.target_side.receivers.get(GROUP)
         return (receiver is not None and receiver.durable == self.issued
                 and not self.source.sender.outstanding and not self.source.sender.queued
                 and not self.source.log_store.retained(GROUP))
 
     def describe(self) -> str:
-        receiver = self.target.receivers.get(GROUP)
+        receiver = self.target.target_side.receivers.get(GROUP)
         return (f"issued {self.issued} acked {self.acked} target "
                 f"{receiver.describe() if receiver else None} sender "
                 f"{self.source.sender.counters} outstanding {len(self.source.sender.outstanding)} "

@@ -134,7 +134,7 @@ class LifecycleSim(SimRcn):
             self.arrays[wwn] = rc
             ports[wwn] = ArrayPort(self, wwn, partner, ArrayTarget(self.volumes[wwn], rc))
         for edge in (self.source, self.target):
-            edge.apply_target_for = lambda header: ports[header["target_wwn"]]
+            edge.target_side.apply_target_for = lambda header: ports[header.target_wwn]
         self.source.sender.failure_timeout = 2.0
         self.host_acked = 0
         self.host_outstanding = 0
@@ -169,7 +169,7 @@ class LifecycleSim(SimRcn):
             self.rebase()
 
     def rebase(self) -> None:
-        receiver = self.target.receivers.get(GROUP)
+        receiver = self.target.target_side.receivers.get(GROUP)
         through = receiver.applied if receiver is not None else 0
         g = self.checker.groups.get(GROUP)
         if g is None:

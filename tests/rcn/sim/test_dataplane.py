@@ -33,7 +33,7 @@ class SimulatedRcnTests(TestCase):
     def test_perfect_network_applies_every_write_in_order(self):
         # a fixed delay: nothing lost, duplicated or overtaken
         sim, = self.run_seeds([1], model=LinkModel(min_delay=0.0005, max_delay=0.0005))
-        receiver = sim.target.receivers[GROUP]
+        receiver = sim.target.target_side.receivers[GROUP]
         self.assertEqual(receiver.applied, 200)
         self.assertEqual(receiver.stats.duplicates_applied, 0)
         self.assertEqual(sim.source.sender.counters["retransmits"], 0)
@@ -43,7 +43,7 @@ class SimulatedRcnTests(TestCase):
         runs = self.run_seeds(range(100, 130), model=LOSSY)
         self.assertTrue(any(r.net.stats["lost"] for r in runs))
         self.assertTrue(any(r.source.sender.counters["retransmits"] for r in runs))
-        self.assertTrue(any(r.target.receivers[GROUP].stats.naks_sent for r in runs))
+        self.assertTrue(any(r.target.target_side.receivers[GROUP].stats.naks_sent for r in runs))
 
     def test_lossy_network_without_cores(self):
         self.run_seeds(range(200, 210), cores=0, model=LOSSY)

@@ -210,7 +210,7 @@ class LifecycleFlowTests(TestCase):
             sim.step(0.05, writes_per_ms=0.5)
             sim.until("failure Suspend at the source array",
                       lambda: sim.state(S) == "failure-suspend", writes_per_ms=0.5)
-            receiver = sim.target.receivers[GROUP]
+            receiver = sim.target.target_side.receivers[GROUP]
             # the writes in flight when it refused, each once: no retry every retry_delay
             self.assertGreaterEqual(receiver.stats.refused, 1, f"seed {seed}")
             self.assertEqual(receiver.stats.apply_errors, receiver.stats.refused)

@@ -1,11 +1,12 @@
-"""TCP stream reassembly, FCIP frame delineation and log entry segment
-reassembly for captured traffic.
+"""TCP stream reassembly and FCIP frame delineation for captured traffic.
 
 Each TCP direction is one byte stream. Segments are placed by sequence number
 (mod 2**32): retransmitted and overlapping bytes are dropped, early segments
 wait (up to a byte limit) for the gap to fill. The stream is then cut into
 FCIP frames; an invalid encapsulation header is reported and the stream is
-re-synchronised at the next FCIP sync pattern.
+re-synchronised at the next FCIP sync pattern. (Log entries split across
+datagrams are joined by the log-transfer channel's own
+:class:`rcn.logxfer.reassembly.SegmentAssembler`.)
 """
 
 from __future__ import annotations
@@ -139,69 +140,3 @@ class FcipDelineator:
     def _resync(self) -> None:
         at = self.buffer.find(fcip.SYNC_PATTERN, 1)
         self._consume(at if at > 0 else max(len(self.buffer) - len(fcip.SYNC_PATTERN) + 1, 1))
-
-
-class SegmentAssembler:
-    """Joins the segments of log entries split across datagrams.
-
-    Entries are keyed by type, group, sequence and the two WWNs; a segment
-    seen twice is ignored. At most ``max_entries`` incomplete entries and
-    ``max_bytes`` of their data are held; beyond that the oldest is dropped and
-    counted in ``evicted``.
-    """
-
-    def __init__(self, max_entries: int = 4096, max_bytes: int = 256 << 20):
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self.held_bytes = 0
-        self.evicted = 0
-        self._pending: dict[tuple, tuple[int, int, dict[int, tuple[int, bytes]]]] = {}
-
-    def add(self, header: dict, body: bytes, at: int = 0) -> bytes | None:
-        """The whole RIO area once its last missing segment arrives, else None.
-
-        Segments that do not tile the area raise :class:`DecodeError` (``at``:
-        the offset to report).
-        """
-        key = (header["entry_type"], header["group_id"], header["sequence"],
-               header["source_wwn"], header["target_wwn"])
-        total, count = header["total_length"], header["segment_count"]
-        if key in self._pending and self._pending[key][:2] != (total, count):
-            self._drop(key)          # a different entry under the same name: start again
-        _, _, parts = self._pending.setdefault(key, (total, count, {}))
-        if header["segment_index"] not in parts:
-            parts[header["segment_index"]] = (header["segment_offset"], body)
-            self.held_bytes += len(body)
-        if len(parts) == count:
-            area = self._join(parts, total)
-            self._drop(key)
-            if area is None:
-                raise DecodeError("log", "segment_offset", at,
-                                  f"{count} segments do not tile the {total}-byte RIO area")
-            return area
-        while len(self._pending) > self.max_entries or self.held_bytes > self.max_bytes:
-            self._drop(next(iter(self._pending)))
-            self.evicted += 1
-        return None
-
-    def pending_count(self) -> int:
-        return len(self._pending)
-
-    def clear(self) -> None:
-        self._pending.clear()
-        self.held_bytes = 0
-
-    @staticmethod
-    def _join(parts: dict, total: int) -> bytes | None:
-        """The area if the segments follow each other without gap or overlap."""
-        area, at = bytearray(), 0
-        for offset, body in sorted(parts.values(), key=lambda part: part[0]):
-            if offset != at:
-                return None
-            area += body
-            at += len(body)
-        return bytes(area) if at == total else None
-
-    def _drop(self, key) -> None:
-        _, _, parts = self._pending.pop(key)
-        self.held_bytes -= sum(len(body) for _, body in parts.values())
