@@ -1,5 +1,6 @@
 """The bench workload: the state machine with a scripted client and a Clock, then the real
-process (``python -m rcn.bench.workload``) against a real ``python -m rcn.nbd`` server."""
+process (``python -m rcn.bench.workload``) against a real ``python -m rcn.storage.nbdserve``
+server."""
 
 from __future__ import annotations
 
@@ -198,10 +199,10 @@ class WorkloadProcessTests(TestCase):
     timeout = 120
 
     def serve(self, size: str = "1MiB") -> str:
-        """Start ``python -m rcn.nbd`` on a fresh file; its URL."""
+        """Start ``python -m rcn.storage.nbdserve`` on a fresh file; its URL."""
         self.volume = os.path.join(self.dir, "volume.img")
         self.server = subprocess.Popen(
-            [sys.executable, "-m", "rcn.nbd", "--export", f"vol={self.volume}:{size}",
+            [sys.executable, "-m", "rcn.storage.nbdserve", "--export", f"vol={self.volume}:{size}",
              "--port", "0", "--quiet"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         self.addCleanup(self._stop, self.server)
