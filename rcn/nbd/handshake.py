@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from rcn.nbd import protocol as P
 from rcn.nbd.export import Export, ExportTable
+from rcn.nbd.phase import Phase
 
 if TYPE_CHECKING:
     from rcn.nbd.session import NbdSession, ServerLimits
@@ -45,17 +46,12 @@ def block_sizes(export: Export, limits: ServerLimits) -> tuple[int, int, int]:
     return minimum, max(minimum, min(preferred, maximum)), maximum
 
 
-class Handshake:
+class Handshake(Phase):
     """From the server's greeting to the chosen export."""
 
     def __init__(self, session: NbdSession, exports: ExportTable, log):
-        self._session = session
+        super().__init__(session, log)
         self._exports = exports
-        self._log = log
-        self.limits = session.limits
-        self.counters = session.counters
-        self.peer = session.peer
-        self._send = session.send
         self.state = CLIENT_FLAGS
         self.no_zeroes = False
         self._acc = bytearray()      # partial handshake unit

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from rcn.nbd import protocol as P
 from rcn.nbd.export import Export, error_code
+from rcn.nbd.phase import Phase
 
 if TYPE_CHECKING:
     from rcn.nbd.session import NbdSession
@@ -47,17 +48,12 @@ _ALLOWED_FLAGS = {
 _WRITING = frozenset((P.CMD_WRITE, P.CMD_TRIM, P.CMD_WRITE_ZEROES))
 
 
-class Transmission:
+class Transmission(Phase):
     """Requests of one connection to one export, and their replies."""
 
     def __init__(self, session: NbdSession, export: Export, log):
-        self._session = session
-        self._log = log
+        super().__init__(session, log)
         self.export = export
-        self.limits = session.limits
-        self.counters = session.counters
-        self.peer = session.peer
-        self._send = session.send
         self._min_block = getattr(export, "min_block_size", 1) or 1
         self._max_request = self.limits.max_request_bytes
         self.state = REQUEST
