@@ -31,7 +31,7 @@ from rcn.storage.volume import VolumeError
 if TYPE_CHECKING:
     from rcn.storage.remotecopy import RemoteCopy
 
-_log = Logger(namespace="rcn.storage.remotecopy")
+_log = Logger(namespace="rcn.storage.remotecopy")   # one namespace for the whole program
 
 
 class CopyRun:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 S = PairState
 
-_log = Logger(namespace="rcn.storage.remotecopy")
+_log = Logger(namespace="rcn.storage.remotecopy")   # one namespace for the whole program
 
 
 class ReplicationCounters:

@@ -31,7 +31,7 @@ S = PairState
 #: states in which a target volume takes RIO WRs from its edge
 TARGET_ACCEPTS = frozenset({S.INITIAL_COPYING, S.DUPLEX, S.DUPLEX_PENDING, S.FAILURE_SUSPEND})
 
-_log = Logger(namespace="rcn.storage.remotecopy")
+_log = Logger(namespace="rcn.storage.remotecopy")   # one namespace for the whole program
 
 
 def _pair_params_problem(params: dict, volume) -> str | None:

@@ -35,7 +35,7 @@ AUTO_RESYNC_FIRST = 5.0       # seconds after an unanswered RIO before resyncing
 AUTO_RESYNC_MAX = 60.0        # the longest wait between attempts
 STOPPED = frozenset({S.SUSPEND, S.FAILURE_SUSPEND})
 
-_log = Logger(namespace="rcn.storage.remotecopy")
+_log = Logger(namespace="rcn.storage.remotecopy")   # one namespace for the whole program
 
 
 def resync_allocation(track_count: int) -> int:
