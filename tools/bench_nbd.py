@@ -1,4 +1,4 @@
-"""NBD write throughput: our server (``python -m rcn.nbd``) beside ``qemu-nbd``.
+"""NBD write throughput: our server (``python -m rcn.storage.nbdserve``) beside ``qemu-nbd``.
 
 Both servers run in the same run, each serving a sparse raw file of the same
 size in one temporary directory, on 127.0.0.1. Each file is written once in
@@ -75,14 +75,14 @@ def _wait_port(port: int, proc: subprocess.Popen, what: str, seconds: float = 10
 
 def start_ours(image: str, size: int) -> tuple[subprocess.Popen, int]:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "rcn.nbd", "--export",
+    proc = subprocess.Popen([sys.executable, "-m", "rcn.storage.nbdserve", "--export",
                              f"{EXPORT}={image}:{size}", "--port", "0", "--quiet"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().strip()
     match = re.fullmatch(r"listening on [\d.]+:(\d+)", line)
     if not match:
         proc.kill()
-        raise SystemExit(f"python -m rcn.nbd did not start: {line!r}")
+        raise SystemExit(f"python -m rcn.storage.nbdserve did not start: {line!r}")
     return proc, int(match.group(1))
 
 
@@ -134,8 +134,8 @@ def _same_file(a: str, b: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench_nbd",
-        description="NBD write throughput of python -m rcn.nbd beside qemu-nbd (MB/s, IOPS, "
-                    "ratio).")
+        description="NBD write throughput of python -m rcn.storage.nbdserve beside qemu-nbd "
+                    "(MB/s, IOPS, ratio).")
     parser.add_argument("--size-mib", type=int, default=256,
                         help="export size and bytes copied per nbdcopy run, MiB (default 256)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per cell (default 5)")

@@ -1,7 +1,7 @@
 """Applying to an NBD server instead of an FCIP array (DESIGN.md 3.2, last sentence).
 
 A target edge may apply a target volume's entries to an NBD export -- qemu-nbd,
-nbdkit or our own ``python -m rcn.nbd`` -- named by an ``nbd://HOST:PORT/NAME``
+nbdkit or our own ``python -m rcn.storage.nbdserve`` -- named by an ``nbd://HOST:PORT/NAME``
 URL. :class:`NbdApplyTarget` is an ``apply_target_for`` target: WRITE(16) becomes
 NBD_CMD_WRITE (FUA kept), READ(16) NBD_CMD_READ; anything else is refused with
 CHECK CONDITION, INVALID COMMAND OPERATION CODE.

@@ -1,4 +1,4 @@
-"""What an NBD server serves: the ``Export`` interface, a Volume adapter, the name table.
+"""What an NBD server serves: the ``Export`` interface, a volume adapter, the name table.
 
 An export may answer at once (return a value) or later (return a Deferred): the
 server handles both, so an export that sends its writes through the remote copy
@@ -8,9 +8,14 @@ bytes, so nothing is copied on the way to ``os.pwrite``); an export that keeps
 the data beyond the call must copy it with ``bytes(data)`` if it needs ``bytes``.
 
 Failures are reported by raising (or errbacking with) ``NbdError(code)`` with an
-NBD error code from ``rcn.nbd.protocol``, or ``VolumeError`` / ``OSError``,
+NBD error code from ``rcn.nbd.protocol``, or ``BlockVolumeError`` / ``OSError``,
 whose errno ``error_code`` maps onto the NBD codes. Anything else becomes EIO
 and is logged as a bug.
+
+``VolumeExport`` serves any ``BlockVolume``: the calls it makes are declared
+here, so the NBD server depends on no volume implementation (the storage
+emulator's ``rcn.storage.volume.Volume`` is one; its ``VolumeError`` is a
+``BlockVolumeError``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import errno as _errno
 from typing import Iterable, Iterator, Protocol, runtime_checkable
 
 from rcn.nbd import protocol as P
-from rcn.storage.volume import Volume, VolumeError
 
 
 class NbdError(Exception):
@@ -30,6 +34,29 @@ class NbdError(Exception):
         super().__init__(f"{name}: {message}" if message else name)
         self.code = code
         self.message = message
+
+
+class BlockVolumeError(Exception):
+    """A ``BlockVolume``'s refusal or failure. ``errno`` is an errno number
+    (``errno.EINVAL``, ``errno.ENOSPC``, ...): ``error_code`` maps it onto an NBD
+    error code exactly as it maps an ``OSError``'s."""
+
+    errno: int
+
+
+class BlockVolume(Protocol):
+    """What ``VolumeExport`` needs of a volume. Every call is synchronous and
+    raises ``BlockVolumeError`` (or ``OSError``) on failure."""
+
+    capacity: int            # bytes
+    block_size: int          # a power of two
+    strict_alignment: bool   # True: only whole blocks (requests must be aligned)
+
+    def read(self, offset: int, length: int) -> bytes: ...
+    def write(self, offset: int, data, fua: bool = False) -> None: ...
+    def flush(self) -> None: ...
+    def trim(self, offset: int, length: int) -> None: ...
+    def write_zeroes(self, offset: int, length: int, may_trim: bool = True) -> None: ...
 
 
 @runtime_checkable
@@ -62,7 +89,7 @@ class Export(Protocol):
         ...
 
 
-# errno values of OSError / VolumeError -> NBD error codes.
+# errno values of OSError / BlockVolumeError -> NBD error codes.
 _ERRNO_TO_NBD = {
     _errno.EPERM: P.EPERM, _errno.EACCES: P.EPERM, _errno.EROFS: P.EPERM,
     _errno.EIO: P.EIO,
@@ -80,17 +107,17 @@ def error_code(exc: BaseException) -> int | None:
     """The NBD error code for an export's exception; None for an unexpected one (a bug)."""
     if isinstance(exc, NbdError):
         return exc.code if exc.code in _NBD_CODES else P.EIO
-    if isinstance(exc, (VolumeError, OSError)):
+    if isinstance(exc, (BlockVolumeError, OSError)):
         return _ERRNO_TO_NBD.get(exc.errno, P.EIO)
     return None
 
 
 class VolumeExport:
-    """Serve a ``Volume`` (synchronously: every call returns at once)."""
+    """Serve a ``BlockVolume`` (synchronously: every call returns at once)."""
 
     can_multi_conn = True  # one file, one page cache: fdatasync covers every connection
 
-    def __init__(self, volume: Volume, name: str, description: str = "",
+    def __init__(self, volume: BlockVolume, name: str, description: str = "",
                  read_only: bool = False):
         _check_name(name)
         self.volume = volume

@@ -39,7 +39,7 @@ from twisted.web import resource, server
 
 from datapath.frames.names import parse_wwn
 from rcn.pairstate import PairStateError
-from rcn.storage.remotecopy import BadRequest, NotFound, RemoteCopyError
+from rcn.storage.copyerrors import BadRequest, NotFound, RemoteCopyError
 
 _log = Logger()
 _COMMANDS = ("suspend", "resync", "takeover", "reverse")

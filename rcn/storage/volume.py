@@ -33,6 +33,8 @@ import errno as _errno
 import os
 import stat
 
+from rcn.nbd.export import BlockVolumeError
+
 # fallocate(2) modes, linux/falloc.h.
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -43,11 +45,13 @@ _ZEROES = bytes(ZERO_CHUNK)
 MAX_BLOCK_SIZE = 1 << 16
 
 
-class VolumeError(ValueError):
+class VolumeError(ValueError, BlockVolumeError):
     """A volume operation was refused or failed.
 
     ``errno`` is the errno number (``errno.EINVAL``, ``errno.ENOSPC``, ...) and
-    ``kind`` its name; the NBD server maps it onto an NBD error code.
+    ``kind`` its name; the NBD server maps it onto an NBD error code (it is the
+    ``BlockVolumeError`` of ``rcn.nbd.export``, whose ``BlockVolume`` a
+    ``Volume`` implements).
     """
 
     def __init__(self, errno: int, message: str):

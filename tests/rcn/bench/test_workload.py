@@ -1,5 +1,5 @@
 """The bench workload: the state machine with a scripted client and a Clock, then the real
-process (``python -m rcn.bench.workload``) against a real ``python -m rcn.nbd`` server."""
+process (``python -m rcn.bench.workload``) against a real ``python -m rcn.storage.nbdserve`` server."""
 
 from __future__ import annotations
 
@@ -222,9 +222,9 @@ class WorkloadProcessTests(TestCase):
 
     @defer.inlineCallbacks
     def serve(self, size: str = "1MiB"):
-        """Start ``python -m rcn.nbd`` on a fresh file; its URL."""
+        """Start ``python -m rcn.storage.nbdserve`` on a fresh file; its URL."""
         self.volume = os.path.join(self.dir, "volume.img")
-        self.server = spawn("-m", "rcn.nbd", "--export", f"vol={self.volume}:{size}",
+        self.server = spawn("-m", "rcn.storage.nbdserve", "--export", f"vol={self.volume}:{size}",
                             "--port", "0", "--quiet")
         self.addCleanup(self._stop, self.server)
         yield until("the NBD server listening",

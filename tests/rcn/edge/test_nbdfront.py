@@ -33,7 +33,8 @@ from rcn.logxfer.routes import Address, Route, RouteTable
 from rcn.nbd import protocol as P
 from rcn.nbd.export import Export, ExportTable, NbdError
 from rcn.nbd.server import NbdServerFactory
-from rcn.nbd.session import ServerLimits, block_sizes
+from rcn.nbd.handshake import block_sizes
+from rcn.nbd.session import ServerLimits
 from rcn.rio.fcp import ScsiResult, SenseKey, check_condition
 from tests.support import require_tool, wait_connections_closed
 

@@ -186,14 +186,15 @@ class LibnbdTests(ClientTestCase):
 
 
 class RunnerTests(TestCase):
-    """``python -m rcn.nbd`` as a real process."""
+    """``python -m rcn.storage.nbdserve`` as a real process."""
 
     timeout = 60
 
     @defer.inlineCallbacks
     def test_help(self):
         out, err, code = yield getProcessOutputAndValue(
-            sys.executable, ["-m", "rcn.nbd", "--help"], env=_env(), path=ROOT, reactor=reactor)
+            sys.executable, ["-m", "rcn.storage.nbdserve", "--help"], env=_env(), path=ROOT,
+            reactor=reactor)
         self.assertEqual(code, 0, err)
         for option in (b"--export", b"--port", b"--host", b"NAME=PATH:SIZE"):
             self.assertIn(option, out)
@@ -201,7 +202,7 @@ class RunnerTests(TestCase):
     @defer.inlineCallbacks
     def test_bad_export_spec(self):
         out, err, code = yield getProcessOutputAndValue(
-            sys.executable, ["-m", "rcn.nbd", "--export", "disk=/tmp/x.img:1000"],
+            sys.executable, ["-m", "rcn.storage.nbdserve", "--export", "disk=/tmp/x.img:1000"],
             env=_env(), path=ROOT, reactor=reactor)
         self.assertEqual(code, 2)
         self.assertIn(b"not a multiple of the block size", err)
@@ -214,8 +215,8 @@ class RunnerTests(TestCase):
         image = os.path.join(dirname, "run.img")
         server = _Server()
         reactor.spawnProcess(server, sys.executable,
-                             [sys.executable, "-m", "rcn.nbd", "--export", f"run={image}:8M",
-                              "--port", "0"], env=_env(), path=ROOT)
+                             [sys.executable, "-m", "rcn.storage.nbdserve", "--export",
+                              f"run={image}:8M", "--port", "0"], env=_env(), path=ROOT)
         self.addCleanup(server.stop)
         port = yield server.listening
         out, err, code = yield getProcessOutputAndValue(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from rcn.nbd import protocol as P
-from rcn.nbd.__main__ import parse_export, parse_size
+from rcn.storage.nbdserve import parse_export, parse_size
 from rcn.nbd.export import ExportTable, NbdError, error_code
 from rcn.storage.volume import VolumeError
 from tests.rcn.nbd.helpers import MemoryExport

@@ -17,8 +17,9 @@ from rcn.pairstate import (ASC_IN_PROGRESS, ASC_NO_PAIR, ASC_PAIR_PARAMS, ASC_PA
                            PairState, PairStateError)
 from rcn.rio.fcp import parse_sense
 from rcn.storage.array import ArrayTarget, ReplicatedExport
+from rcn.storage.copyerrors import HostWriteRefused
 from rcn.storage.pairs import Pair, PairTable
-from rcn.storage.remotecopy import HostWriteRefused, RemoteCopy
+from rcn.storage.remotecopy import RemoteCopy
 from rcn.storage.volume import Volume
 from tests.rcn.storage.support import (PARTNER, TRACK, FakeSession, control_command,
                                        write_command)

@@ -15,7 +15,7 @@ from datapath.kernels.bitmap import DifferentialBitmap
 from rcn.pairstate import PairState
 from rcn.rio.fcp import ScsiResult
 from rcn.storage.control import ControlResource
-from rcn.storage.remotecopy import PartnerUnreachable
+from rcn.storage.copyerrors import PartnerUnreachable
 from tests.rcn.storage.support import TRACK, MiB, Rig, refused_state
 
 S = PairState

@@ -14,7 +14,7 @@ from datapath.frames import fcp
 from datapath.kernels.bitmap import DifferentialBitmap
 from rcn.pairstate import (ASC_NO_PAIR, ASC_PAIR_STATE, PairState, PairStateError)
 from rcn.rio.fcp import ScsiResult, parse_sense
-from rcn.storage.remotecopy import Conflict, HostWriteRefused
+from rcn.storage.copyerrors import Conflict, HostWriteRefused
 from tests.rcn.storage.support import PARTNER, TRACK, MiB, Rig, control_command, write_command
 
 S = PairState

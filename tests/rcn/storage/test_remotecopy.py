@@ -13,8 +13,10 @@ from datapath.kernels.bitmap import DifferentialBitmap
 from rcn.pairstate import (ASC_NO_PAIR, ASC_RCN_FAILED, PairState, PairStateError, refusal,
                            state_refusal)
 from rcn.rio.fcp import ScsiResult
-from rcn.storage.remotecopy import (Conflict, HostWriteRefused, NotFound, PartnerRefused,
-                                    PartnerUnreachable, allocated_ranges, resync_allocation)
+from rcn.storage.copier import allocated_ranges
+from rcn.storage.copyerrors import (Conflict, HostWriteRefused, NotFound, PartnerRefused,
+                                    PartnerUnreachable)
+from rcn.storage.paircommands import resync_allocation
 from tests.rcn.storage.support import PARTNER, TRACK, KiB, MiB, MemoryVolume, Rig
 
 S = PairState

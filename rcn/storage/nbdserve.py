@@ -1,9 +1,11 @@
 """Standalone NBD server over sparse-file volumes, for operators and benchmarks.
 
-    python -m rcn.nbd --export disk0=/var/lib/rcn/disk0.img:10G [--export ...]
-                      [--host 127.0.0.1] [--port 10809]
+    python -m rcn.storage.nbdserve --export disk0=/var/lib/rcn/disk0.img:10G [--export ...]
+                                   [--host 127.0.0.1] [--port 10809]
 
-This module is the only place in ``rcn.nbd`` that uses the global reactor.
+It serves the storage emulator's ``Volume`` with ``rcn.nbd``'s server, so it lives
+beside the volume: ``rcn.nbd`` imports nothing of ``rcn.storage``. This runner is
+the only place in either that uses the global reactor.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def parse_export(text: str) -> tuple[str, str, int, bool]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m rcn.nbd",
+        prog="python -m rcn.storage.nbdserve",
         description="Serve sparse-file volumes over NBD (fixed newstyle handshake, simple "
                     "replies; READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, FUA). Runs until "
                     "interrupted (SIGINT/SIGTERM), then logs its counters. Logs go to "
