@@ -1,5 +1,6 @@
 """The bench workload: the state machine with a scripted client and a Clock, then the real
-process (``python -m rcn.bench.workload``) against a real ``python -m rcn.storage.nbdserve`` server."""
+process (``python -m rcn.bench.workload``) against a real ``python -m rcn.storage.nbdserve``
+server."""
 
 from __future__ import annotations
 
