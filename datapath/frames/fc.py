@@ -130,7 +130,7 @@ def _word_format(layout: Layout) -> str:
 #: needs the 3-byte fields as bytes)
 FC_HEADER_WORDS = struct.Struct(_word_format(FC_HEADER))
 _FILL = (b"", b"\x00", b"\x00\x00", b"\x00\x00\x00")
-_F_CTL_WITHOUT_FILL = 0xFFFFFF & ~FCtl.FILL_MASK
+_F_CTL_WITHOUT_FILL = 0xFFFFFF & ~int(FCtl.FILL_MASK)
 
 #: ordered set of each SOF code (LINKTYPE 225, fcsof)
 SOF_ORDERED_SETS = {
