@@ -72,6 +72,8 @@ _XFER_RDY_NEEDS = fcp.FCP_XFER_RDY.offsets["reserved"]     # offset and burst; r
 _XFER_RDY_UNPACK = fcp.FCP_XFER_RDY.packer.unpack_from
 _XFER_RDY_SIZE = fcp.FCP_XFER_RDY.size
 _RSP_GOOD = fcp.build_fcp_rsp()
+#: bytes of fixed-format sense data after its additional length byte
+_SENSE_ADDITIONAL = fcp.SENSE_FIXED.size - fcp.SENSE_FIXED.offsets["additional_length"] - 1
 _OPCODE_NAMES = {op.value: op.name for op in fcp.Opcode}
 
 
@@ -97,7 +99,7 @@ DATA_OFFSET_ERROR = (0x4B, 0x05)
 def sense_data(key: int, asc: int, ascq: int = 0) -> bytes:
     """Fixed-format sense data of a current error (``fcp.SENSE_FIXED``), 18 bytes."""
     return fcp.SENSE_FIXED.build(response_code=fcp.SENSE_FIXED_CODE, sense_key=key,
-                                 additional_length=fcp.SENSE_FIXED.size - 8, asc=asc, ascq=ascq)
+                                 additional_length=_SENSE_ADDITIONAL, asc=asc, ascq=ascq)
 
 
 def parse_sense(sense: bytes) -> tuple[int, int, int]:
