@@ -10,11 +10,17 @@ Two delimiter encodings exist on the transports we use:
 
 The CRC is zlib's CRC-32 over header and padded payload, stored little-endian
 (Linux FCoE byte order; ``fc.crc.status`` good in tshark).
+
+Two builders make the same bytes from the one header table: :func:`build_fc_frame`
+(a header dict, checked by the table's construct Struct: the reference) and
+:func:`fc_frame_parts` (positional fields, one pack of :data:`FC_HEADER_WORDS`: the
+hot path of the FCIP encoder and the log entry's RIO area).
 """
 
 from __future__ import annotations
 
 import enum
+import struct
 import zlib
 from dataclasses import dataclass
 
@@ -100,6 +106,31 @@ FC_HEADER = Layout("fc", [
 FC_HEADER_SIZE = FC_HEADER.size
 FC_CRC_SIZE = 4
 MAX_PAYLOAD = 2112
+#: the FC CRC as stored after the padded payload (little-endian)
+FC_CRC = struct.Struct("<I")
+_STRUCT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+def _word_format(layout: Layout) -> str:
+    """``layout``'s struct format with each 1-byte field and the 3-byte field after it as
+    one 32-bit word (the 3-byte field in its low 24 bits): struct has no 3-byte code."""
+    codes, fields, i = [], layout.fields, 0
+    while i < len(fields):
+        if fields[i].width == 1 and i + 1 < len(fields) and fields[i + 1].width == 3:
+            codes.append("I")
+            i += 2
+        else:
+            codes.append(_STRUCT_CODES[fields[i].width])
+            i += 1
+    return ">" + "".join(codes)
+
+
+#: FC_HEADER in 9 values: R_CTL|D_ID, CS_CTL|S_ID, TYPE|F_CTL words, then SEQ_ID .. Parameter
+#: as the table has them; one pack per frame (twice as fast as the table's ``packer``, which
+#: needs the 3-byte fields as bytes)
+FC_HEADER_WORDS = struct.Struct(_word_format(FC_HEADER))
+_FILL = (b"", b"\x00", b"\x00\x00", b"\x00\x00\x00")
+_F_CTL_WITHOUT_FILL = 0xFFFFFF & ~int(FCtl.FILL_MASK)
 
 #: ordered set of each SOF code (LINKTYPE 225, fcsof)
 SOF_ORDERED_SETS = {
@@ -139,7 +170,7 @@ def parse_delimiter_word(data, offset: int, layer: str, field: str, codes: type[
 
 
 def fc_crc(header_and_payload: bytes) -> bytes:
-    return zlib.crc32(header_and_payload).to_bytes(4, "little")
+    return FC_CRC.pack(zlib.crc32(header_and_payload))
 
 
 @dataclass
@@ -166,6 +197,27 @@ def build_fc_frame(header: dict, payload: bytes = b"") -> bytes:
         fields["rx_id"] = 0xFFFF
     body = FC_HEADER.build(fields) + payload + bytes(fill)
     return body + fc_crc(body)
+
+
+def fc_frame_parts(r_ctl: int, d_id: int, s_id: int, fc_type: int, f_ctl: int, seq_id: int,
+                   seq_cnt: int, ox_id: int, rx_id: int, parameter: int, payload=b"",
+                   cs_ctl: int = 0, df_ctl: int = 0) -> tuple[bytes, bytes, bytes]:
+    """An FC frame as ``(header, fill, crc)``; the payload goes between header and fill.
+
+    The bytes of :func:`build_fc_frame` (F_CTL's fill-byte count is set here) from one
+    :data:`FC_HEADER_WORDS` pack. The FCIP encoder and the log entry's RIO area wrap these
+    parts in their own delimiters.
+    """
+    size = len(payload)
+    if size > MAX_PAYLOAD:
+        raise ValueError(f"fc: payload of {size} bytes exceeds {MAX_PAYLOAD}")
+    fill = -size & 3
+    header = FC_HEADER_WORDS.pack((r_ctl << 24) | d_id, (cs_ctl << 24) | s_id,
+                                  (fc_type << 24) | (f_ctl & _F_CTL_WITHOUT_FILL) | fill,
+                                  seq_id, df_ctl, seq_cnt, ox_id, rx_id, parameter)
+    pad = _FILL[fill]
+    crc = zlib.crc32(pad, zlib.crc32(payload, zlib.crc32(header)))
+    return header, pad, FC_CRC.pack(crc)
 
 
 def parse_fc_frame(data, offset: int = 0, end: int | None = None, base: int = 0,

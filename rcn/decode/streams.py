@@ -3,8 +3,8 @@
 Each TCP direction is one byte stream. Segments are placed by sequence number
 (mod 2**32): retransmitted and overlapping bytes are dropped, early segments
 wait (up to a byte limit) for the gap to fill. The stream is then cut into
-FCIP frames; an invalid encapsulation header is reported and the stream is
-re-synchronised at the next FCIP sync pattern. (Log entries split across
+FCIP frames by the datapath's delineator; an invalid encapsulation header is
+reported and the stream is re-synchronised at the next FCIP sync pattern. (Log entries split across
 datagrams are joined by the log-transfer channel's own
 :class:`rcn.logxfer.reassembly.SegmentAssembler`.)
 """
@@ -13,11 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from datapath.frames import fcip
 from datapath.frames.errors import DecodeError
+from datapath.kernels.delineate import FRAME_DTYPE, delineate
 
 _HALF = 1 << 31
 _MOD = 1 << 32
+_OFFSET, _LENGTH = 0, 1             # in a delineation record (FRAME_DTYPE) as a tuple
+_RECORDS = 64                        # delineation records per kernel call
 
 
 def _after(a: int, b: int) -> int:
@@ -94,49 +99,61 @@ class TcpStream:
 
 
 class FcipDelineator:
-    """Cuts an in-order byte stream into FCIP frames.
+    """Cuts an in-order byte stream into FCIP frames with the datapath's delineator.
+
+    Frames are cut by :func:`datapath.kernels.delineate.delineate`, the kernel the FCIP
+    link's ``StreamDelineator`` runs, into one record array reused across feeds (the
+    records are read at once). Where the kernel stops at an invalid frame the link drops
+    the connection; a capture goes on: a bad encapsulation header is named by
+    ``fcip.check_header`` and the stream resynchronised at the next FCIP sync pattern, and
+    a frame whose header is good (but not its delimiters or length) is handed on whole
+    for ``parse_fcip_frame`` to report. At most one incomplete frame (< 2180 bytes) is
+    held between feeds.
 
     ``feed`` returns ``(stream_offset, frame_bytes)`` for complete frames and
     :class:`DecodeError` for each stretch of bytes it had to skip.
     """
 
-    def __init__(self, max_buffer: int = 1 << 20):
-        self.buffer = bytearray()
-        self.offset = 0               # stream offset of buffer[0]
-        self.max_buffer = max_buffer
+    def __init__(self):
+        self._held = b""              # the start of an incomplete frame
+        self.offset = 0               # stream offset of ``_held``
+        self._records = np.empty(_RECORDS, FRAME_DTYPE)
 
     def feed(self, data: bytes) -> list:
-        self.buffer += data
-        out = []
-        while len(self.buffer) >= fcip.HEADER_SIZE:
-            try:
-                encap = fcip.check_header(self.buffer, 0, self.offset, fast=True)
-            except DecodeError as exc:
-                out.append(exc)
-                self._resync()
-                continue
-            length = encap["frame_len"] * 4
-            if length > len(self.buffer):
-                break
-            out.append((self.offset, bytes(self.buffer[:length])))
-            self._consume(length)
-        if len(self.buffer) > self.max_buffer:
-            out.append(DecodeError("fcip", "stream", self.offset,
-                                   f"{len(self.buffer)} bytes without a complete frame; dropped"))
-            self._consume(len(self.buffer))
+        block = self._held + data if self._held else data
+        base, at, out = self.offset, 0, []
+        while True:
+            result = delineate(memoryview(block)[at:] if at else block, out=self._records)
+            if len(result.frames):
+                for record in result.frames.tolist():
+                    start = at + record[_OFFSET]
+                    out.append((base + start, bytes(block[start:start + record[_LENGTH]])))
+            at += result.consumed
+            if result.error:
+                at = self._skip(block, at, base, out)
+            elif len(result.frames) < _RECORDS:
+                break                 # the rest is an incomplete frame
+        self._held = bytes(block[at:])
+        self.offset = base + at
         return out
+
+    @staticmethod
+    def _skip(block: bytes, at: int, base: int, out: list) -> int:
+        """Report the invalid frame at ``block[at:]``; return where the stream goes on."""
+        try:
+            encap = fcip.check_header(block, at, base, fast=True)
+        except DecodeError as exc:
+            out.append(exc)
+            sync = block.find(fcip.SYNC_PATTERN, at + 1)
+            return sync if sync > 0 else max(len(block) - len(fcip.SYNC_PATTERN) + 1, at + 1)
+        end = at + encap["frame_len"] * 4       # whole: delimiters are checked only then
+        out.append((base + at, bytes(block[at:end])))
+        return end
 
     def leftover(self) -> DecodeError | None:
         """The incomplete frame at the end of the capture, if any."""
-        if not self.buffer:
+        if not self._held:
             return None
         return DecodeError("fcip", "stream", self.offset,
-                           f"truncated: {len(self.buffer)} bytes of an incomplete frame at end of capture")
-
-    def _consume(self, n: int) -> None:
-        del self.buffer[:n]
-        self.offset += n
-
-    def _resync(self) -> None:
-        at = self.buffer.find(fcip.SYNC_PATTERN, 1)
-        self._consume(at if at > 0 else max(len(self.buffer) - len(fcip.SYNC_PATTERN) + 1, 1))
+                           f"truncated: {len(self._held)} bytes of an incomplete frame at end "
+                           "of capture")

@@ -12,7 +12,8 @@ The FC CRCs in the units are computed (for Wireshark) but not checked on
 parsing: the entry's CRC32C already covers the whole area.
 
 Encoding and decoding are hot paths (every replicated write): a unit wraps
-``rcn.rio.protocol.fc_frame_parts``, the FC frame the FCIP encoder sends too.
+``fc.fc_frame_parts``, the FC frame the FCIP encoder sends too, and is read back
+with the same table-derived ``fc.FC_HEADER_WORDS``.
 """
 
 from __future__ import annotations
@@ -22,21 +23,25 @@ from dataclasses import dataclass, field
 
 from datapath.frames import fcp
 from datapath.frames.errors import DecodeError
-from datapath.frames.fc import EOF_ORDERED_SETS, SOF_ORDERED_SETS, Eof, FcType, FCtl, RCtl, Sof
+from datapath.frames.fc import (EOF_ORDERED_SETS, FC_CRC_SIZE, FC_HEADER_SIZE, FC_HEADER_WORDS,
+                                SOF_ORDERED_SETS, Eof, FcType, FCtl, RCtl, Sof, fc_frame_parts)
 from datapath.frames.logentry import UNIT_LENGTH_SIZE
-from rcn.rio.fcp import CMND_IU, ScsiResult, build_cmnd, parse_response, response_payload
-from rcn.rio.protocol import fc_frame_parts
+from rcn.rio.fcp import ScsiResult, parse_response, response_payload
 
 MAX_DATA_FRAME = 2048
 
-_FC_HEADER = struct.Struct(">IIIBBHHHI")      # the fields read back out of a unit
 _UNIT_HEAD = struct.Struct(">II")             # unit length, SOF ordered set
 _SOF_I3 = SOF_ORDERED_SETS[Sof.I3]
 _SOF_N3 = SOF_ORDERED_SETS[Sof.N3]
 _EOF_T = EOF_ORDERED_SETS[Eof.T][0].to_bytes(4, "big")
 _EOF_N = EOF_ORDERED_SETS[Eof.N][0].to_bytes(4, "big")
-_UNIT_OVERHEAD = 4 + 24 + 4 + 4               # SOF, FC header, CRC, EOF
-_FCP_DL_AT = CMND_IU.size - 4                 # FCP_DL: the FCP_CMND's last field
+_UNIT_OVERHEAD = 4 + FC_HEADER_SIZE + FC_CRC_SIZE + 4     # SOF, FC header, CRC, EOF
+_PAYLOAD_AT = 4 + FC_HEADER_SIZE              # in a unit after its length: SOF, FC header
+_TRAILER = FC_CRC_SIZE + 4                    # FC CRC, EOF
+_FILL = int(FCtl.FILL_MASK)
+_CMND_SIZE = fcp.FCP_CMND.size
+_CMND_UNPACK = fcp.FCP_CMND.packer.unpack
+_FCP_DL_AT = fcp.FCP_CMND.offsets["fcp_dl"]
 
 _CMND = int(RCtl.FCP_CMND)
 _DATA = int(RCtl.FCP_DATA)
@@ -83,7 +88,8 @@ def command_area(s_id: int, d_id: int, ox_id: int, lun: int, cdb: bytes, data_ou
     """FCP_CMND (write data following at once, as with first burst) and the data-out frames."""
     write = len(data_out) > 0
     fcp_dl = len(data_out) if write else data_in_length
-    cmnd = build_cmnd(lun, cdb, fcp_dl, write=write, read=data_in_length > 0, attribute=attribute)
+    cmnd = fcp.build_fcp_cmnd(lun, cdb, fcp_dl, write=write, read=data_in_length > 0,
+                              attribute=attribute)
     units = [encode_unit(_CMND, d_id, s_id, _FIRST | _END | (0 if write else _SI), 0, 0,
                          ox_id, 0xFFFF, 0, cmnd)]
     if write:
@@ -119,7 +125,7 @@ class RioCommand:
 
 
 def _units(area, base: int):
-    """(r_ctl, f_ctl, parameter, payload) per unit, without the fill bytes."""
+    """(r_ctl, parameter, payload, offset) per unit, payload without the fill bytes."""
     at, end = 0, len(area)
     view = memoryview(area)
     while at < end:
@@ -130,10 +136,9 @@ def _units(area, base: int):
         if length < _UNIT_OVERHEAD or length % 4 or start + length > end:
             raise DecodeError("log_rio", "unit_length", base + at,
                               f"unit of {length} bytes does not fit the {end - start} left")
-        r_d, _, t_f, _, _, _, _, _, parameter = _FC_HEADER.unpack_from(view, start + 4)
-        fill = t_f & 3
-        payload_end = start + length - 8 - fill
-        yield r_d >> 24, t_f & 0xFFFFFF, parameter, view[start + 28:payload_end], base + start
+        r_d, _, t_f, _, _, _, _, _, parameter = FC_HEADER_WORDS.unpack_from(view, start + 4)
+        payload_end = start + length - _TRAILER - (t_f & _FILL)
+        yield r_d >> 24, parameter, view[start + _PAYLOAD_AT:payload_end], base + start
         at = start + length
 
 
@@ -147,23 +152,23 @@ def parse_command_area(area, base: int = 0) -> RioCommand:
     first = next(units, None)
     if first is None:
         raise DecodeError("log_rio", "unit_length", base, "empty RIO area")
-    r_ctl, _, _, payload, at = first
+    r_ctl, _, payload, at = first
     if r_ctl != _CMND:
         raise DecodeError("log_rio", "r_ctl", at, f"first unit is R_CTL 0x{r_ctl:02x}, "
                           "not FCP_CMND")
-    if len(payload) != CMND_IU.size:
-        raise DecodeError("fcp_cmnd", "fcp_dl", at + 28,
-                          f"FCP_CMND of {len(payload)} bytes, not {CMND_IU.size}")
-    fcp_lun, _, attribute, _, flags, cdb, fcp_dl = CMND_IU.unpack(payload)
-    write = flags & 1
-    after = len(area) - (at - base + 28 + CMND_IU.size)    # area bytes after the FCP_CMND
+    if len(payload) != _CMND_SIZE:
+        raise DecodeError("fcp_cmnd", "fcp_dl", at + _PAYLOAD_AT,
+                          f"FCP_CMND of {len(payload)} bytes, not {_CMND_SIZE}")
+    fcp_lun, _, attribute, _, flags, cdb, fcp_dl = _CMND_UNPACK(payload)
+    write = flags & fcp.CMND_WRDATA
+    after = len(area) - (at - base + _PAYLOAD_AT + _CMND_SIZE)  # area bytes after the FCP_CMND
     if write and fcp_dl > after:
-        raise DecodeError("fcp_cmnd", "fcp_dl", at + 28 + _FCP_DL_AT,
+        raise DecodeError("fcp_cmnd", "fcp_dl", at + _PAYLOAD_AT + _FCP_DL_AT,
                           f"FCP_DL of {fcp_dl} bytes, but only {after} bytes of the area "
                           "follow the FCP_CMND; the source built a bad entry")
     pieces = []
     filled = 0
-    for r_ctl, _, parameter, payload, at in units:
+    for r_ctl, parameter, payload, at in units:
         if r_ctl != _DATA or not write:
             raise DecodeError("log_rio", "r_ctl", at, f"unexpected R_CTL 0x{r_ctl:02x} after "
                               "the FCP_CMND")
@@ -174,8 +179,9 @@ def parse_command_area(area, base: int = 0) -> RioCommand:
         filled += len(payload)
     if write and filled != fcp_dl:
         raise DecodeError("log_rio", "parameter", base, f"{filled} of {fcp_dl} data bytes present")
-    return RioCommand(fcp.decode_lun(fcp_lun), cdb, attribute & 7,
-                      b"".join(pieces) if write else b"", fcp_dl if flags & 2 else 0,
+    return RioCommand(fcp.decode_lun(fcp_lun), cdb,
+                      (attribute >> fcp.CMND_ATTRIBUTE_SHIFT) & fcp.CMND_ATTRIBUTE_MASK,
+                      b"".join(pieces) if write else b"", fcp_dl if flags & fcp.CMND_RDDATA else 0,
                       fcp.parse_cdb(cdb, base, fast=True))
 
 
@@ -186,7 +192,7 @@ def parse_response_area(area, base: int = 0) -> ScsiResult:
     pieces = []
     filled = 0
     result = None
-    for r_ctl, _, parameter, payload, at in _units(area, base):
+    for r_ctl, parameter, payload, at in _units(area, base):
         if result is not None:
             raise DecodeError("log_rio", "r_ctl", at, f"R_CTL 0x{r_ctl:02x} after the FCP_RSP")
         if r_ctl == _DATA:

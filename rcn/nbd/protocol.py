@@ -1,10 +1,10 @@
-"""The NBD wire format: magic numbers, flags, codes and fixed layouts.
+"""The NBD wire format: magic numbers, flags, codes, and the layouts' packers.
 
 From the NBD protocol specification (NetworkBlockDevice/nbd, doc/proto.md),
 fixed newstyle negotiation, simple replies. Every field is big-endian. The
-layouts are plain ``struct.Struct`` objects rather than construct Structs: NBD
-is a standard protocol with fixed headers, parsed once per request on the hot
-path, and no other tool (dissector, kernels, HDL) derives anything from them.
+fixed layouts are field tables in :mod:`datapath.frames.nbd`; the names below
+(``HANDSHAKE``, ``REQUEST``, ...) are those tables' ``struct.Struct`` packers, so
+a header is one pack or unpack on the hot path and its layout is written once.
 
 Handshake (server first)::
 
@@ -27,6 +27,8 @@ Transmission::
 from __future__ import annotations
 
 import struct
+
+from datapath.frames import nbd
 
 # -- magic numbers ----------------------------------------------------------
 
@@ -149,16 +151,17 @@ ERROR_NAMES = {EPERM: "EPERM", EIO: "EIO", ENOMEM: "ENOMEM", EINVAL: "EINVAL",
 
 # -- layouts ----------------------------------------------------------------------------
 
-HANDSHAKE = struct.Struct(">QQH")                 # NBDMAGIC, IHAVEOPT, handshake flags
-CLIENT_FLAGS = struct.Struct(">I")
-OPTION_HEADER = struct.Struct(">QII")             # IHAVEOPT, option, length
-OPTION_REPLY = struct.Struct(">QIII")             # magic, option, reply type, length
-EXPORT_NAME_REPLY = struct.Struct(">QH")          # size, transmission flags (+124 zeroes)
+HANDSHAKE = nbd.HANDSHAKE.packer                  # NBDMAGIC, IHAVEOPT, handshake flags
+CLIENT_FLAGS = nbd.CLIENT_FLAGS.packer
+OPTION_HEADER = nbd.OPTION_HEADER.packer          # IHAVEOPT, option, length
+OPTION_REPLY = nbd.OPTION_REPLY.packer            # magic, option, reply type, length
+EXPORT_NAME_REPLY = nbd.EXPORT_NAME_REPLY.packer  # size, transmission flags (+124 zeroes)
 EXPORT_NAME_PAD = 124
-REQUEST = struct.Struct(">IHHQQI")                # magic, flags, type, cookie, offset, length
-SIMPLE_REPLY = struct.Struct(">IIQ")              # magic, error, cookie
-INFO_EXPORT_LAYOUT = struct.Struct(">HQH")        # INFO_EXPORT, size, transmission flags
-INFO_BLOCK_SIZE_LAYOUT = struct.Struct(">HIII")   # INFO_BLOCK_SIZE, minimum, preferred, maximum
+REQUEST = nbd.REQUEST.packer                      # magic, flags, type, cookie, offset, length
+SIMPLE_REPLY = nbd.SIMPLE_REPLY.packer            # magic, error, cookie
+INFO_EXPORT_LAYOUT = nbd.INFO_EXPORT.packer       # INFO_EXPORT, size, transmission flags
+INFO_BLOCK_SIZE_LAYOUT = nbd.INFO_BLOCK_SIZE.packer   # INFO_BLOCK_SIZE, min, preferred, max
+# the integers of variable-length option data (name lengths, info types)
 U16 = struct.Struct(">H")
 U32 = struct.Struct(">I")
 

@@ -43,7 +43,6 @@ RCN CONTROL (opcode 0xC1) is just another CDB here: targets dispatch on
 from __future__ import annotations
 
 import enum
-import struct
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, fail
@@ -67,10 +66,14 @@ SIMPLE, HEAD_OF_QUEUE, ORDERED = (int(TaskAttribute.SIMPLE), int(TaskAttribute.H
 DEFAULT_MAX_TRANSFER = 16 << 20
 DEFAULT_MAX_BUFFERED = 256 << 20
 
-CMND_IU = struct.Struct(">QBBBB16sI")    # FCP_CMND: LUN, CRN, attribute, TMF, RDDATA/WRDATA, CDB, DL
-_WRITE16 = struct.Struct(">BBQIBB")
-_XFER_RDY = struct.Struct(">III")
+_CDB_AT = fcp.FCP_CMND.offsets["cdb"]
+_CDB_END = _CDB_AT + fcp.FCP_CMND.by_name["cdb"].width
+_XFER_RDY_NEEDS = fcp.FCP_XFER_RDY.offsets["reserved"]     # offset and burst; reserved may lack
+_XFER_RDY_UNPACK = fcp.FCP_XFER_RDY.packer.unpack_from
+_XFER_RDY_SIZE = fcp.FCP_XFER_RDY.size
 _RSP_GOOD = fcp.build_fcp_rsp()
+#: bytes of fixed-format sense data after its additional length byte
+_SENSE_ADDITIONAL = fcp.SENSE_FIXED.size - fcp.SENSE_FIXED.offsets["additional_length"] - 1
 _OPCODE_NAMES = {op.value: op.name for op in fcp.Opcode}
 
 
@@ -94,16 +97,23 @@ DATA_OFFSET_ERROR = (0x4B, 0x05)
 
 
 def sense_data(key: int, asc: int, ascq: int = 0) -> bytes:
-    """Fixed-format sense data (SPC-4, response code 0x70), 18 bytes."""
-    return bytes((0x70, 0, key & 0x0F, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0))
+    """Fixed-format sense data of a current error (``fcp.SENSE_FIXED``), 18 bytes."""
+    return fcp.SENSE_FIXED.build(response_code=fcp.SENSE_FIXED_CODE, sense_key=key,
+                                 additional_length=_SENSE_ADDITIONAL, asc=asc, ascq=ascq)
 
 
 def parse_sense(sense: bytes) -> tuple[int, int, int]:
-    """(sense key, ASC, ASCQ) of fixed or descriptor format sense data; zeros if too short."""
-    if len(sense) >= 4 and sense[0] & 0x7F in (0x72, 0x73):
-        return sense[1] & 0x0F, sense[2], sense[3]
-    if len(sense) >= 14:
-        return sense[2] & 0x0F, sense[12], sense[13]
+    """(sense key, ASC, ASCQ) of fixed or descriptor format sense data; zeros when the bytes
+    holding them are missing (4 of descriptor format, 14 of fixed format)."""
+    size = len(sense)
+    padded = bytes(sense[:fcp.SENSE_FIXED.size]).ljust(fcp.SENSE_FIXED.size, b"\x00")
+    if size > fcp.SENSE_DESCRIPTOR.offsets["ascq"]:
+        head = fcp.SENSE_DESCRIPTOR.parse(padded, fast=True)
+        if head["response_code"] in fcp.SENSE_DESCRIPTOR_CODES:
+            return head["sense_key"], head["asc"], head["ascq"]
+    if size > fcp.SENSE_FIXED.offsets["ascq"]:
+        fixed = fcp.SENSE_FIXED.parse(padded, fast=True)
+        return fixed["sense_key"], fixed["asc"], fixed["ascq"]
     return 0, 0, 0
 
 
@@ -163,18 +173,9 @@ def command_name(cdb: bytes) -> str:
     return _OPCODE_NAMES.get(cdb[0], f"SCSI 0x{cdb[0]:02x}") if cdb else "SCSI"
 
 
-def build_cmnd(lun: int, cdb: bytes, fcp_dl: int, write: bool = False, read: bool = False,
-               attribute: int = SIMPLE, crn: int = 0) -> bytes:
-    """The FCP_CMND payload, byte-identical to ``fcp.build_fcp_cmnd`` (one struct pack)."""
-    if len(cdb) > fcp.CDB_SIZE:
-        raise ValueError(f"fcp_cmnd: CDB of {len(cdb)} bytes; additional CDBs are not supported")
-    return CMND_IU.pack(fcp.encode_lun(lun), crn, attribute & 0x7, 0,
-                      (2 if read else 0) | (1 if write else 0), cdb, fcp_dl)
-
-
 def build_write16_cdb(lba: int, blocks: int, fua: bool = False) -> bytes:
-    """WRITE(16), byte-identical to ``fcp.build_write16``."""
-    return _WRITE16.pack(fcp.Opcode.WRITE_16, 0x08 if fua else 0, lba, blocks, 0, 0)
+    """WRITE(16) of ``blocks`` at ``lba`` (``fcp.build_write16``, group 0)."""
+    return fcp.build_write16(lba, blocks, fua)
 
 
 def _status(value: int):
@@ -385,7 +386,7 @@ class FcpTarget:
         scsi, target_wwn = served
         attribute = cmnd["attribute"]
         task = _Task(self, scsi, attribute, fcp_dl, write, bool(read))
-        cdb = frame.payload[12:28]
+        cdb = frame.payload[_CDB_AT:_CDB_END]
         what = cmnd["cdb"]["opcode_name"]
         try:
             exchange = port.table.respond(d_id, s_id, h["ox_id"], task, what)
@@ -427,7 +428,7 @@ class FcpTarget:
             burst = self.max_burst
         task.window_end = task.received + burst
         self.counters["xfer_rdy_sent"] += 1
-        task.exchange.send(R_XFER_RDY, TYPE_FCP, _XFER_RDY.pack(task.received, burst, 0),
+        task.exchange.send(R_XFER_RDY, TYPE_FCP, fcp.build_xfer_rdy(task.received, burst),
                            SEQUENCE_INITIATIVE)
 
     def data_error(self, task: _Task, why: str) -> None:
@@ -558,10 +559,10 @@ class _Command:
             self.deferred.callback(result)
         elif r_ctl == R_XFER_RDY:
             data = self.data
-            if len(frame.payload) < 8:
+            if len(frame.payload) < _XFER_RDY_NEEDS:
                 self._protocol_error(exchange, f"XFER_RDY of {len(frame.payload)} bytes")
                 return
-            offset, burst, _ = _XFER_RDY.unpack_from(frame.payload.ljust(12, b"\x00"))
+            offset, burst, _ = _XFER_RDY_UNPACK(frame.payload.ljust(_XFER_RDY_SIZE, b"\x00"))
             if not data or burst == 0 or offset + burst > len(data):
                 self._protocol_error(exchange, f"XFER_RDY for {burst} bytes at offset {offset} "
                                                f"of a {len(data)}-byte data-out")
@@ -621,11 +622,11 @@ class FcpInitiator:
                                    f"max_transfer {self.max_transfer}"))
         handler = _Command(self, data_out, data_in_length)
         try:
-            payload = build_cmnd(lun, cdb, size or data_in_length, bool(size),
-                                 bool(data_in_length), attribute)
+            payload = fcp.build_fcp_cmnd(lun, cdb, size or data_in_length, bool(size),
+                                         bool(data_in_length), attribute)
             exchange = self.port.table.originate(self.local_id, target_port_id, handler,
                                                  command_name(cdb))
-        except (ExchangeLimitReached, ValueError, struct.error) as exc:
+        except (ExchangeLimitReached, ValueError) as exc:
             return fail(exc)
         handler.exchange = exchange
         first_burst = size and login.write_xfer_rdy_disabled
@@ -650,6 +651,6 @@ class FcpInitiator:
                                    f"{fcp.BLOCK_SIZE}-byte blocks"))
         try:
             cdb = build_write16_cdb(lba, len(data) // fcp.BLOCK_SIZE, fua)
-        except struct.error as exc:
+        except ValueError as exc:
             return fail(ValueError(f"rio: WRITE(16) at LBA {lba}: {exc}"))
         return self.execute(target_port_id, lun, cdb, data, 0, attribute)

@@ -17,8 +17,8 @@ connection is closed.
 Outbound, :meth:`FcipProtocol.send_frame` (header dict) and the positional
 :meth:`FcipProtocol.send_fc` (the exchange layer's hot path) build exactly
 ``fcip.encapsulate(fc.build_fc_frame(header, payload), sof, eof)`` (the tests
-hold them to it) from a precomputed FCIP header per frame length and one
-``struct`` pack of the FC header, and write each FCIP frame with one
+hold them to it) from a precomputed FCIP header per frame length and
+``fc.fc_frame_parts`` (one pack of the FC header table's words), and write each FCIP frame with one
 ``transport.write`` -- except :meth:`FcipProtocol.send_fc_many`, which writes a
 data sequence's frames with one ``writeSequence`` (Twisted's per-write cost is
 larger than a 2 KiB frame's encoding); TCP_NODELAY is set on the socket.
@@ -39,28 +39,26 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from datapath.frames import fcip
-from datapath.frames.fc import MAX_PAYLOAD, Eof, FcFrame, FcType, FCtl, RCtl, Sof, delimiter_word
+from datapath.frames.fc import (FC_CRC, FC_CRC_SIZE, FC_HEADER, FC_HEADER_SIZE, Eof, FcFrame,
+                                FcType, FCtl, RCtl, Sof, delimiter_word, fc_frame_parts)
 from datapath.frames.names import format_port_id
 from datapath.kernels.delineate import StreamDelineator
 from rcn.rio.array import ArrayConfig, ArrayPort
 from rcn.rio.errors import LinkDown
 from rcn.rio.fabric import FabricConfig, FabricPort
 
-_FC_HEADER = struct.Struct(">IIIBBHHHI")      # r_ctl|d_id, cs_ctl|s_id, type|f_ctl, ...
 _R_DATA = int(RCtl.FCP_DATA)
 _TYPE_FCP = int(FcType.FCP)
 _EXCHANGE_CONTEXT = int(FCtl.EXCHANGE_CONTEXT)
-_CRC = struct.Struct("<I")
 _SOF_WORDS = {int(code): delimiter_word(code) for code in Sof}
 _EOF_WORDS = {int(code): delimiter_word(code) for code in Eof}
-_FILL = (b"", b"\x00", b"\x00\x00", b"\x00\x00\x00")
 _FCIP_HEADERS: dict[int, bytes] = {}          # frame length in words (15..545) -> FCIP header
 _FC_OFFSET = fcip.HEADER_SIZE + 4              # FC header after the FCIP header and SOF word
-_TRAILER = 8                                   # FC CRC and EOF word
-_FRAME_OVERHEAD = fcip.OVERHEAD + 24 + 4       # FCIP header, SOF, FC header, CRC, EOF: 64
-_HEADER_FIELDS = ("r_ctl", "d_id", "cs_ctl", "s_id", "type", "f_ctl", "seq_id", "df_ctl",
-                  "seq_cnt", "ox_id", "rx_id", "parameter")
-_FIELD_LIMITS = {"d_id": 0xFFFFFF, "s_id": 0xFFFFFF, "f_ctl": 0xFFFFFF}
+_TRAILER = FC_CRC_SIZE + 4                     # FC CRC and EOF word
+_FRAME_OVERHEAD = fcip.OVERHEAD + FC_HEADER_SIZE + FC_CRC_SIZE   # FCIP, SOF, FC header, CRC, EOF
+#: the 3-byte fields (D_ID, S_ID, F_CTL): packed into a word with a 1-byte field, so the
+#: pack cannot check their range
+_FIELD_BITS = {f.name: 8 * f.width for f in FC_HEADER.fields if f.width == 3}
 
 #: EOFs whose frame content must not be used (as rcn-decode treats them)
 BAD_EOFS = frozenset(int(code) for code in (Eof.A, Eof.NI, Eof.DTI, Eof.RTI))
@@ -75,30 +73,10 @@ def _fcip_header(words: int) -> bytes:
     return header
 
 
-def fc_frame_parts(r_ctl: int, d_id: int, s_id: int, fc_type: int, f_ctl: int, seq_id: int,
-                   seq_cnt: int, ox_id: int, rx_id: int, parameter: int, payload=b"",
-                   cs_ctl: int = 0, df_ctl: int = 0) -> tuple[bytes, bytes, bytes]:
-    """An FC frame as ``(header, fill, crc)``; the payload goes between header and fill.
-
-    One ``struct`` pack; F_CTL's fill-byte count is set here (as ``build_fc_frame``
-    does). The FCIP encoder and the log entry's RIO area both wrap these parts.
-    """
-    size = len(payload)
-    if size > MAX_PAYLOAD:
-        raise ValueError(f"fc: payload of {size} bytes exceeds {MAX_PAYLOAD}")
-    fill = -size & 3
-    header = _FC_HEADER.pack((r_ctl << 24) | d_id, (cs_ctl << 24) | s_id,
-                             (fc_type << 24) | (f_ctl & 0xFFFFFC) | fill, seq_id, df_ctl,
-                             seq_cnt, ox_id, rx_id, parameter)
-    pad = _FILL[fill]
-    crc = zlib.crc32(pad, zlib.crc32(payload, zlib.crc32(header)))
-    return header, pad, _CRC.pack(crc)
-
-
 def encode_frame(r_ctl: int, d_id: int, s_id: int, fc_type: int, f_ctl: int, seq_id: int,
                  seq_cnt: int, ox_id: int, rx_id: int, parameter: int, payload=b"",
                  sof: int = Sof.I3, eof: int = Eof.T, cs_ctl: int = 0, df_ctl: int = 0) -> bytes:
-    """One FCIP frame (:func:`fc_frame_parts` between the FCIP header and delimiters)."""
+    """One FCIP frame (``fc.fc_frame_parts`` between the FCIP header and delimiters)."""
     header, pad, crc = fc_frame_parts(r_ctl, d_id, s_id, fc_type, f_ctl, seq_id, seq_cnt, ox_id,
                                       rx_id, parameter, payload, cs_ctl, df_ctl)
     return b"".join((_fcip_header((_FRAME_OVERHEAD + len(payload) + len(pad)) >> 2),
@@ -107,19 +85,19 @@ def encode_frame(r_ctl: int, d_id: int, s_id: int, fc_type: int, f_ctl: int, seq
 
 def encode_frame_dict(header: dict, payload=b"", sof: int = Sof.I3, eof: int = Eof.T) -> bytes:
     """:func:`encode_frame` from a header dict (missing fields 0, RX_ID 0xFFFF)."""
-    values = dict.fromkeys(_HEADER_FIELDS, 0)
-    values["rx_id"] = 0xFFFF
-    unknown = set(header) - set(values)
+    unknown = header.keys() - FC_HEADER.by_name.keys()
     if unknown:
         raise KeyError(f"fc: unknown header fields {sorted(unknown)}")
-    values.update(header)
-    for name, limit in _FIELD_LIMITS.items():
-        if not 0 <= int(values[name]) <= limit:
-            raise ValueError(f"fc: {name} 0x{int(values[name]):x} does not fit 24 bits")
-    v = [int(values[name]) for name in _HEADER_FIELDS]
+    v = dict.fromkeys(FC_HEADER.by_name, 0)
+    v["rx_id"] = 0xFFFF
+    v.update((name, int(value)) for name, value in header.items())
+    for name, bits in _FIELD_BITS.items():
+        if not 0 <= v[name] < 1 << bits:
+            raise ValueError(f"fc: {name} 0x{v[name]:x} does not fit {bits} bits")
     try:
-        return encode_frame(v[0], v[1], v[3], v[4], v[5], v[6], v[8], v[9], v[10], v[11], payload,
-                            sof, eof, cs_ctl=v[2], df_ctl=v[7])
+        return encode_frame(v["r_ctl"], v["d_id"], v["s_id"], v["type"], v["f_ctl"], v["seq_id"],
+                            v["seq_cnt"], v["ox_id"], v["rx_id"], v["parameter"], payload, sof,
+                            eof, cs_ctl=v["cs_ctl"], df_ctl=v["df_ctl"])
     except struct.error as exc:
         raise ValueError(f"fc: cannot build header {header}: {exc}") from None
 
@@ -199,7 +177,7 @@ class FcipProtocol(Protocol):
         view = memoryview(block)
         data_frame = getattr(self.endpoint, "data_frame", None)
         crc32 = zlib.crc32
-        unpack_crc = _CRC.unpack_from
+        unpack_crc = FC_CRC.unpack_from
         for (offset, length, r_ctl, d_id, cs_ctl, s_id, fc_type, f_ctl, seq_id, df_ctl, seq_cnt,
              ox_id, rx_id, parameter, sof, eof, special) in records:
             if special:
@@ -222,7 +200,8 @@ class FcipProtocol(Protocol):
                                r_ctl=r_ctl, ox_id=ox_id)
                 continue
             payload_end = crc_at - (f_ctl & 3)
-            payload = bytes(view[start + 24:payload_end]) if payload_end > start + 24 else b""
+            payload_start = start + FC_HEADER_SIZE
+            payload = bytes(view[payload_start:payload_end]) if payload_end > payload_start else b""
             self.frames_in += 1
             try:
                 # write data to a task waiting for it (most frames of a write) takes the

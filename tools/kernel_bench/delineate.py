@@ -11,9 +11,9 @@ chunk     one call on a buffer of ``50_000 * scale`` frames (~107 MB at scale 1;
 stream    ``500 * scale`` TCP-like chunks of 64 KiB through ``StreamDelineator.feed``
           (what ``dataReceived`` does: a frame is cut across every chunk
           boundary), against ``datapath.reference``'s ``StreamDelineator``.
-rcn       the same 64 KiB chunks; the ``reference_s`` column is the existing
-          pure-Python ``rcn.decode.streams.FcipDelineator.feed`` (header checks
-          only: no SOF/EOF/FC header, but it copies each frame out).
+rcn       the same 64 KiB chunks; the ``reference_s`` column is the offline
+          decoder's ``rcn.decode.streams.FcipDelineator.feed`` (this kernel behind
+          the decoder's resynchronising wrapper, which copies each frame out).
 
 numpy_s is None: the scan is a chain (each frame's start is the previous
 start plus the length field of the previous header). A vectorised version

@@ -1,7 +1,8 @@
 """Golden byte vectors for every fixed layout, and the builders' known outputs.
 
 Every vector below is a hex literal written by hand from the standard
-(FC-FS/FC-LS/FC-GS, RFC 3643/3821, FCP-4/SBC, RFC 791/768/793/1071) or from the
+(FC-FS/FC-LS/FC-GS, RFC 3643/3821, FCP-4/SBC/SPC-4, RFC 791/768/793/1071, the NBD
+protocol's doc/proto.md) or from the
 log entry table in ``datapath.frames.logentry``'s docstring; none is produced
 by our own builders. Check values of the CRCs are the published ones
 (CRC-32 and CRC-32C of ``b"123456789"``).
@@ -19,7 +20,7 @@ from twisted.trial.unittest import TestCase
 
 import datapath.frames
 from datapath.frames import (applystate, ct, dpok, els, fc, fcip, fcp, gbe, logentry, logstore,
-                             names)
+                             names, nbd)
 from datapath.frames.errors import DecodeError
 from datapath.frames.fields import Layout
 from tests.support import check_layout_golden
@@ -141,6 +142,36 @@ VECTORS: dict[Layout, list[tuple[str, dict]]] = {
          dict(opcode=0xC1, service_action=3, control_flags=1, reserved1=0, group_id=7,
               source_lun=2, allocation_length=4096, reserved2=0, control=0)),
     ],
+    fcp.SENSE_FIXED: [
+        # current error, ILLEGAL REQUEST, INVALID FIELD IN CDB (24h/00h)
+        (SENSE_HEX,
+         dict(valid_code=0x70, valid=0, response_code=0x70, obsolete=0, key_flags=0x05,
+              filemark=0, eom=0, ili=0, sdat_ovfl=0, sense_key=5, information=0,
+              additional_length=10, command_specific=0, asc=0x24, ascq=0, fru_code=0,
+              sense_key_specific=bytes(3))),
+        # valid information (LBA 0x1234), ILI, MEDIUM ERROR, UNRECOVERED READ ERROR (11h/00h)
+        ("f0 00 23 00001234 0a 00000000 11 00 00 000000",
+         dict(valid_code=0xF0, valid=1, response_code=0x70, obsolete=0, key_flags=0x23,
+              filemark=0, eom=0, ili=1, sdat_ovfl=0, sense_key=3, information=0x1234,
+              additional_length=10, command_specific=0, asc=0x11, ascq=0, fru_code=0,
+              sense_key_specific=bytes(3))),
+        # deferred error, ILLEGAL REQUEST, SKSV with C/D set: the CDB's byte 2 is wrong
+        ("71 00 05 00000000 0a 00000000 24 00 00 c00002",
+         dict(valid_code=0x71, valid=0, response_code=0x71, obsolete=0, key_flags=0x05,
+              filemark=0, eom=0, ili=0, sdat_ovfl=0, sense_key=5, information=0,
+              additional_length=10, command_specific=0, asc=0x24, ascq=0, fru_code=0,
+              sense_key_specific=hx("c00002"))),
+    ],
+    fcp.SENSE_DESCRIPTOR: [
+        # current error, ILLEGAL REQUEST, 24h/00h, no descriptors
+        ("72 05 24 00 00 0000 00",
+         dict(code=0x72, reserved_bit=0, response_code=0x72, key=0x05, reserved_key=0,
+              sense_key=5, asc=0x24, ascq=0, sdat_ovfl=0, reserved=0, additional_length=0)),
+        # deferred error, UNIT ATTENTION, POWER ON OR RESET (29h/00h), 12 descriptor bytes
+        ("73 06 29 00 00 0000 0c",
+         dict(code=0x73, reserved_bit=0, response_code=0x73, key=0x06, reserved_key=0,
+              sense_key=6, asc=0x29, ascq=0, sdat_ovfl=0, reserved=0, additional_length=12)),
+    ],
     fcp.RCN_PAIR_PARAMS: [
         # 1 GiB, 512-byte blocks, 64 KiB tracks, async
         ("0000000040000000 00000200 00010000 01 00000000000000",
@@ -231,6 +262,50 @@ VECTORS: dict[Layout, list[tuple[str, dict]]] = {
     logentry.KEEPALIVE: [
         ("00000000000000ab 0000018bcfe56800", dict(probe_id=0xAB, echo_time_ns=0x18BCFE56800)),
     ],
+    nbd.HANDSHAKE: [
+        ("4e42444d41474943 49484156454f5054 0003",
+         dict(magic=0x4E42444D41474943, option_magic=0x49484156454F5054, handshake_flags=3)),
+    ],
+    nbd.CLIENT_FLAGS: [
+        ("00000003", dict(client_flags=3)),
+    ],
+    nbd.OPTION_HEADER: [
+        # NBD_OPT_GO with 10 bytes of data
+        ("49484156454f5054 00000007 0000000a",
+         dict(magic=0x49484156454F5054, option=7, length=10)),
+    ],
+    nbd.OPTION_REPLY: [
+        # NBD_REP_INFO to NBD_OPT_GO, 12 bytes of data
+        ("0003e889045565a9 00000007 00000003 0000000c",
+         dict(magic=0x0003E889045565A9, option=7, reply_type=3, length=12)),
+        # NBD_REP_ERR_UNSUP to NBD_OPT_STRUCTURED_REPLY
+        ("0003e889045565a9 00000008 80000001 00000000",
+         dict(magic=0x0003E889045565A9, option=8, reply_type=0x80000001, length=0)),
+    ],
+    nbd.EXPORT_NAME_REPLY: [
+        # 1 GiB, HAS_FLAGS | READ_ONLY
+        ("0000000040000000 0003", dict(size=1 << 30, transmission_flags=3)),
+    ],
+    nbd.INFO_EXPORT: [
+        # NBD_INFO_EXPORT: 1 GiB, HAS_FLAGS | SEND_FLUSH | SEND_FUA
+        ("0000 0000000040000000 000d", dict(info_type=0, size=1 << 30, transmission_flags=0xD)),
+    ],
+    nbd.INFO_BLOCK_SIZE: [
+        # NBD_INFO_BLOCK_SIZE: 1, 4096, 32 MiB
+        ("0003 00000001 00001000 02000000",
+         dict(info_type=3, minimum=1, preferred=4096, maximum=32 << 20)),
+    ],
+    nbd.REQUEST: [
+        # NBD_CMD_WRITE with FUA, cookie 7, 4096 bytes at 4096
+        ("25609513 0001 0001 0000000000000007 0000000000001000 00001000",
+         dict(magic=0x25609513, flags=1, type=1, cookie=7, offset=4096, length=4096)),
+    ],
+    nbd.SIMPLE_REPLY: [
+        ("67446698 00000000 0000000000000007", dict(magic=0x67446698, error=0, cookie=7)),
+        # EIO
+        ("67446698 00000005 ffffffffffffffff",
+         dict(magic=0x67446698, error=5, cookie=(1 << 64) - 1)),
+    ],
     # 16 TiB volume in 64 KiB tracks, 3 dirty tracks sent as 2 runs
     dpok.HEADER: [
         ("44504f4b 01 01 0000 00010000 0000100000000000 0000000010000000 0000000000000003"
@@ -319,7 +394,7 @@ class GoldenVectorTests(TestCase):
     def test_every_layout_has_a_vector(self):
         self.assertEqual({layout.layer for layout in frame_layouts()},
                          {layout.layer for layout in VECTORS})
-        self.assertEqual(len(frame_layouts()), 34)
+        self.assertEqual(len(frame_layouts()), 45)
 
     def test_fc_header(self):
         self.check_vectors(fc.FC_HEADER)
@@ -347,6 +422,12 @@ class GoldenVectorTests(TestCase):
 
     def test_rcn_residual_report(self):
         self.check_vectors(fcp.RCN_RESIDUAL_REPORT)
+
+    def test_sense_fixed(self):
+        self.check_vectors(fcp.SENSE_FIXED)
+
+    def test_sense_descriptor(self):
+        self.check_vectors(fcp.SENSE_DESCRIPTOR)
 
     def test_pair_params_and_residual_report_round_trip(self):
         params = fcp.build_pair_params(1 << 30, 512, 65536, 1)
@@ -398,6 +479,33 @@ class GoldenVectorTests(TestCase):
     def test_keepalive(self):
         self.check_vectors(logentry.KEEPALIVE)
 
+    def test_nbd_handshake(self):
+        self.check_vectors(nbd.HANDSHAKE)
+
+    def test_nbd_client_flags(self):
+        self.check_vectors(nbd.CLIENT_FLAGS)
+
+    def test_nbd_option_header(self):
+        self.check_vectors(nbd.OPTION_HEADER)
+
+    def test_nbd_option_reply(self):
+        self.check_vectors(nbd.OPTION_REPLY)
+
+    def test_nbd_export_name_reply(self):
+        self.check_vectors(nbd.EXPORT_NAME_REPLY)
+
+    def test_nbd_info_export(self):
+        self.check_vectors(nbd.INFO_EXPORT)
+
+    def test_nbd_info_block_size(self):
+        self.check_vectors(nbd.INFO_BLOCK_SIZE)
+
+    def test_nbd_request(self):
+        self.check_vectors(nbd.REQUEST)
+
+    def test_nbd_simple_reply(self):
+        self.check_vectors(nbd.SIMPLE_REPLY)
+
     def test_dpok_bitmap_header(self):
         self.check_vectors(dpok.HEADER)
 
@@ -440,7 +548,11 @@ class LayoutGeometryTests(TestCase):
                     "ipv4": 20, "udp": 8, "tcp": 20, "dpok_bitmap": 44,
                     "rcn_pair_params": 24, "rcn_residual_report": 24, "logstore_record": 16,
                     "logstore_entry": 12, "logstore_checkpoint": 4,
-                    "logstore_checkpoint_item": 20, "applystate_slot": 24, "applystate_item": 12}
+                    "logstore_checkpoint_item": 20, "applystate_slot": 24, "applystate_item": 12,
+                    "scsi_sense": 18, "scsi_sense_descriptor": 8, "nbd_handshake": 18,
+                    "nbd_client_flags": 4, "nbd_option": 16, "nbd_option_reply": 20,
+                    "nbd_export_name_reply": 10, "nbd_info_export": 12,
+                    "nbd_info_block_size": 14, "nbd_request": 28, "nbd_simple_reply": 16}
         self.assertEqual({layout.layer: layout.size for layout in frame_layouts()}, expected)
 
     def test_standard_field_offsets(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from datapath.frames import nbd
 from rcn.nbd import protocol as P
 from rcn.storage.nbdserve import parse_export, parse_size
 from rcn.nbd.export import ExportTable, NbdError, error_code
@@ -15,6 +16,22 @@ class LayoutTests(SynchronousTestCase):
     def test_magics_spell_their_names(self):
         self.assertEqual(P.NBDMAGIC.to_bytes(8, "big"), b"NBDMAGIC")
         self.assertEqual(P.IHAVEOPT.to_bytes(8, "big"), b"IHAVEOPT")
+
+    def test_layouts_are_the_field_tables(self):
+        """Each layout is its datapath.frames.nbd table's packer: one definition."""
+        for name, table in [("HANDSHAKE", nbd.HANDSHAKE), ("CLIENT_FLAGS", nbd.CLIENT_FLAGS),
+                            ("OPTION_HEADER", nbd.OPTION_HEADER),
+                            ("OPTION_REPLY", nbd.OPTION_REPLY),
+                            ("EXPORT_NAME_REPLY", nbd.EXPORT_NAME_REPLY),
+                            ("REQUEST", nbd.REQUEST), ("SIMPLE_REPLY", nbd.SIMPLE_REPLY),
+                            ("INFO_EXPORT_LAYOUT", nbd.INFO_EXPORT),
+                            ("INFO_BLOCK_SIZE_LAYOUT", nbd.INFO_BLOCK_SIZE)]:
+            self.assertIs(getattr(P, name), table.packer, name)
+
+    def test_handshake_golden(self):
+        self.assertEqual(P.handshake().hex(), "4e42444d41474943" "49484156454f5054" "0003")
+        self.assertEqual(P.option_request(P.OPT_LIST).hex(),
+                         "49484156454f5054" "00000003" "00000000")
 
     def test_request_golden(self):
         data = P.request(P.CMD_WRITE, 0x0102030405060708, 0x1000, 4, P.CMD_FLAG_FUA, b"abcd")
