@@ -18,7 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from datapath.frames import logentry
 from tools import fuzz
-from tools.fuzz_targets import Finding, Target, load
+from tools.fuzz_targets import load
+from tools.fuzz_targets.registry import Finding, Target
 
 TARGETS = load()
 HANG_SECONDS = 10.0

@@ -20,7 +20,7 @@ from datapath.frames.errors import DecodeError
 from datapath.frames.fc4 import decode_fc_payload, frame_kind
 from datapath.kernels import batching, bitmap, delineate as kernel
 from datapath.reference import delineate as reference
-from tools.fuzz_targets import MiB, Finding, Target, register
+from tools.fuzz_targets.registry import MiB, Finding, Target, register
 
 _LOG_MAGIC = logentry.MAGIC.to_bytes(4, "big")
 _SOF_MARK = b"\xbc\xb5"

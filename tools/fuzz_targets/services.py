@@ -37,7 +37,7 @@ import rcn.wanem.service  # noqa: F401
 from datapath.frames import els, fcip, fcp, logentry
 from datapath.frames.errors import DecodeError
 from datapath.frames.fields import Layout, uint
-from tools.fuzz_targets import MiB, Finding, Target, register
+from tools.fuzz_targets.registry import MiB, Finding, Target, register
 from tools.fuzz_targets.frames import (FCIP_FIELDS, LOG_FIELDS, command_area, control_area,
                                        fix_fcip, fix_log_crcs, response_area)
 
