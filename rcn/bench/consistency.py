@@ -265,15 +265,7 @@ def check_prefix(journal, target_path, region_offset: int, region_length: int,
     ``journal`` is a :class:`Journal` or a path; a path is read after the target scan, so
     every write acknowledged before t* is in it (the strongest check mid-run).
     """
-    block = journal.block if isinstance(journal, Journal) else None
-    if block is None:
-        with open(journal, "rb") as f:
-            head = f.read(JOURNAL_HEADER.size)
-        if len(head) < JOURNAL_HEADER.size or head[:8] != JOURNAL_MAGIC:
-            raise ConsistencyError(f"{journal}: not a workload journal")
-        _, run_id, block, _ = JOURNAL_HEADER.unpack(head)
-    else:
-        run_id = journal.run_id
+    run_id, block = _run_and_block(journal)
     decoded, reread = scan_file(target_path, run_id, block, region_offset, region_length)
     if not isinstance(journal, Journal):
         journal = read_journal(journal)
@@ -281,8 +273,39 @@ def check_prefix(journal, target_path, region_offset: int, region_length: int,
     n = len(decoded.state)
     stamped = decoded.state == STAMPED
     torn = _torn(decoded, region_offset, block, violations)
+    running, holder = _latest_issue(decoded, stamped, reread, live)
+    cut_time = float(decoded.issued_at[stamped].max()) if stamped.any() else None
+    required, missing_count = _missing(journal, decoded, stamped, running, holder,
+                                       region_offset, region_length, violations)
+    phantoms = _phantoms(journal, decoded, stamped, region_offset, block, violations)
 
-    # the running latest issue time (and its block) in read order
+    figures = {"blocks": n, "stamped": int(stamped.sum()), "torn": torn,
+               "missing": missing_count, "phantoms": phantoms, "cut_time": cut_time,
+               "required": required, "reread": int(reread.sum())}
+    cut = "-" if cut_time is None else f"{cut_time:.3f}"
+    summary = (f"{n:,} blocks, {figures['required'] - missing_count:,} of "
+               f"{figures['required']:,} writes acked before issue time {cut} visible; "
+               f"{missing_count:,} missing, {torn:,} torn")
+    return _result(violations, summary, figures)
+
+
+def _run_and_block(journal) -> tuple[int, int]:
+    """A journal's run id and block size; from a path, only its header is read (the rest is
+    read after the target scan)."""
+    if isinstance(journal, Journal):
+        return journal.run_id, journal.block
+    with open(journal, "rb") as f:
+        head = f.read(JOURNAL_HEADER.size)
+    if len(head) < JOURNAL_HEADER.size or head[:8] != JOURNAL_MAGIC:
+        raise ConsistencyError(f"{journal}: not a workload journal")
+    _, run_id, block, _ = JOURNAL_HEADER.unpack(head)
+    return run_id, block
+
+
+def _latest_issue(decoded: Decoded, stamped, reread, live: bool):
+    """Per block: the latest issue time a write must precede to be required (running in
+    read order when ``live``, else the global maximum), and the block holding it."""
+    n = len(decoded.state)
     issued = np.where(stamped & ~reread, decoded.issued_at, -np.inf)
     if live:
         running = np.maximum.accumulate(issued)
@@ -291,8 +314,14 @@ def check_prefix(journal, target_path, region_offset: int, region_length: int,
         issued = np.where(stamped, decoded.issued_at, -np.inf)
         running = np.full(n, issued.max())
         holder = np.full(n, int(issued.argmax()))
-    cut_time = float(decoded.issued_at[stamped].max()) if stamped.any() else None
+    return running, holder
 
+
+def _missing(journal: Journal, decoded: Decoded, stamped, running, holder,
+             region_offset: int, region_length: int,
+             violations: _Violations) -> tuple[int, int]:
+    """Acknowledged writes required by a later stamp yet not visible: (required, missing)."""
+    block = journal.block
     inside, blocks = _region_writes(journal, region_offset, region_length)
     acked = journal.ok[inside]
     w_index, w_done = journal.index[inside][acked], journal.completed_at[inside][acked]
@@ -312,30 +341,28 @@ def check_prefix(journal, target_path, region_offset: int, region_length: int,
             f"is there")
     missing_count = int(missing.sum())
     violations.count += max(0, missing_count - MAX_VIOLATIONS)
+    return int(required.sum()), missing_count
 
-    phantoms = 0
-    if stamped.any():
-        known = np.isin(decoded.index, journal.index)
-        last_completion = float(journal.completed_at.max()) if journal.completed_at.size else None
-        if last_completion is not None:
-            phantom = stamped & ~known & (decoded.issued_at < last_completion - PHANTOM_AGE)
-            phantoms = int(phantom.sum())
-            for k in np.flatnonzero(phantom)[:MAX_VIOLATIONS]:
-                violations.add(
-                    f"block at offset {region_offset + int(k) * block} holds write "
-                    f"{int(decoded.index[k])} issued at {decoded.issued_at[k]:.6f}, which the "
-                    f"journal does not know although it ends at {last_completion:.6f} (a "
-                    f"phantom)")
-            violations.count += max(0, phantoms - MAX_VIOLATIONS)
 
-    figures = {"blocks": n, "stamped": int(stamped.sum()), "torn": torn,
-               "missing": missing_count, "phantoms": phantoms, "cut_time": cut_time,
-               "required": int(required.sum()), "reread": int(reread.sum())}
-    cut = "-" if cut_time is None else f"{cut_time:.3f}"
-    summary = (f"{n:,} blocks, {figures['required'] - missing_count:,} of "
-               f"{figures['required']:,} writes acked before issue time {cut} visible; "
-               f"{missing_count:,} missing, {torn:,} torn")
-    return _result(violations, summary, figures)
+def _phantoms(journal: Journal, decoded: Decoded, stamped, region_offset: int, block: int,
+              violations: _Violations) -> int:
+    """Stamps the journal does not know, issued long before its last completion."""
+    if not stamped.any():
+        return 0
+    known = np.isin(decoded.index, journal.index)
+    last_completion = float(journal.completed_at.max()) if journal.completed_at.size else None
+    if last_completion is None:
+        return 0
+    phantom = stamped & ~known & (decoded.issued_at < last_completion - PHANTOM_AGE)
+    phantoms = int(phantom.sum())
+    for k in np.flatnonzero(phantom)[:MAX_VIOLATIONS]:
+        violations.add(
+            f"block at offset {region_offset + int(k) * block} holds write "
+            f"{int(decoded.index[k])} issued at {decoded.issued_at[k]:.6f}, which the "
+            f"journal does not know although it ends at {last_completion:.6f} (a "
+            f"phantom)")
+    violations.count += max(0, phantoms - MAX_VIOLATIONS)
+    return phantoms
 
 
 def check_final(journal, target_path, region_offset: int, region_length: int) -> CheckResult:
