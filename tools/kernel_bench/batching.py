@@ -1,4 +1,5 @@
-"""Benchmark rows for the batch coalescing kernels (``datapath.kernels.batching``).
+"""Benchmark rows for the batch coalescing kernels (``datapath.kernels.batching`` and
+``datapath.kernels.coalesce``).
 
 Inputs at ``scale=1.0``:
 
@@ -36,6 +37,7 @@ import numpy as np
 from datapath.frames import logentry
 from datapath.frames.logentry import COUNT_HEADER, HEADER_SIZE, LOG_HEADER, MAX_BATCH
 from datapath.kernels import batching as kb
+from datapath.kernels.coalesce import coalesce_plan
 from datapath.reference import batching as rb
 from tools.kernel_bench import Row, best_time
 
@@ -215,11 +217,11 @@ def _coalesce_row(rng, scale: float) -> Row:
         writes.append((keys, lbas, blocks))
     as_lists = [(k.tolist(), a.tolist(), b.tolist())
                 for k, a, b in writes[:batches // REFERENCE_SHARE]]
-    assert kb.coalesce_plan(*writes[0]).tolist() == rb.coalesce_plan(*as_lists[0])
+    assert coalesce_plan(*writes[0]).tolist() == rb.coalesce_plan(*as_lists[0])
 
     def kernel_coalesce():
         for keys, lbas, blocks in writes:
-            kb.coalesce_plan(keys, lbas, blocks)
+            coalesce_plan(keys, lbas, blocks)
 
     def ref_coalesce():
         for keys, lbas, blocks in as_lists:
