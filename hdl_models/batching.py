@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
@@ -244,6 +245,25 @@ def _select(m: Module, domain: str, target: Signal, index, values) -> None:
 
 
 # -- the block ------------------------------------------------------------------------------
+class _Slot(NamedTuple):
+    """A closed batch (or a dropped-entry report), from fill to finish."""
+    full: Signal
+    dropped: Signal
+    beats: Signal
+    count: Signal
+    crc: Signal                 # of the body
+
+
+class _Finished(NamedTuple):
+    """A batch with its sequence and whole CRC (or a dropped-entry report), to emit."""
+    done: Signal
+    dropped: Signal
+    sequence: Signal
+    beats: Signal
+    count: Signal
+    crc: Signal
+
+
 class BatchPacker(wiring.Component):
     """See the module docstring."""
 
@@ -255,10 +275,19 @@ class BatchPacker(wiring.Component):
     def elaborate(self, platform):
         g = self.geometry
         m = Module()
-        addr_bits = (g.depth - 1).bit_length()
         m.submodules.buffer = buffer = Memory(shape=64, depth=g.depth, init=[])
         write = buffer.write_port()
         read = buffer.read_port()
+        slot, free_at = self._fill(m, write)
+        finished = self._finish(m, slot)
+        self._emit(m, finished, read, free_at)
+        return m
+
+    def _fill(self, m: Module, write):
+        """Take entry beats into the buffer and close batches: the closed batch (a
+        :class:`_Slot`) and the buffer's oldest beat not yet read out (``free_at``)."""
+        g = self.geometry
+        addr_bits = (g.depth - 1).bit_length()
         beat = data.View(IN_LAYOUT, self.i.payload)
 
         # a closed batch (or a dropped-entry report) between fill and finish
@@ -268,7 +297,6 @@ class BatchPacker(wiring.Component):
         slot_count = Signal(range(g.max_entries + 1))
         slot_crc = Signal(32)
 
-        # -- fill -------------------------------------------------------------------------
         wp = Signal(addr_bits + 1)              # next buffer beat to write
         entry_at = Signal(addr_bits + 1)        # where the entry in progress starts
         free_at = Signal(addr_bits + 1)         # oldest beat not yet read out (emit's)
@@ -334,8 +362,11 @@ class BatchPacker(wiring.Component):
                                  slot_count.eq(open_count), slot_crc.eq(committed_crc),
                                  open_beats.eq(ends), open_count.eq(1),
                                  batch_crc.eq(entry_next), committed_crc.eq(entry_next)]
+        return _Slot(slot_full, slot_dropped, slot_beats, slot_count, slot_crc), free_at
 
-        # -- finish: the header's CRC, advanced past the body, combined with the body's -----
+    def _finish(self, m: Module, slot: _Slot) -> _Finished:
+        """The header's CRC, advanced past the body, combined with the body's."""
+        slot_full, slot_dropped, slot_beats, slot_count, slot_crc = slot
         next_sequence = Signal(64, init=1)
         fin_busy = Signal()
         fin_done = Signal()
@@ -374,13 +405,18 @@ class BatchPacker(wiring.Component):
             with m.Else():
                 m.d.sync += [fin_crc.eq(fin_register ^ fin_crc ^ CRC_ONES),
                              fin_busy.eq(0), fin_done.eq(1)]
+        return _Finished(fin_done, fin_dropped, fin_sequence, fin_beats, fin_count, fin_crc)
 
-        # -- emit: header beats, then the body from the buffer --------------------------------
+    def _emit(self, m: Module, finished: _Finished, read, free_at: Signal) -> None:
+        """Header beats, then the body from the buffer."""
+        g = self.geometry
+        addr_bits = (g.depth - 1).bit_length()
+        fin_done, fin_dropped, fin_sequence, fin_beats, fin_count, fin_crc = finished
         emitting = Signal()
         out_dropped = Signal()
         out_sequence = Signal(64)
-        out_beats = Signal.like(slot_beats)
-        out_count = Signal.like(slot_count)
+        out_beats = Signal.like(fin_beats)
+        out_count = Signal.like(fin_count)
         out_crc = Signal(32)
         out_index = Signal(range(HEADER_BEATS + g.body_beats + 1))
         o_valid = Signal()
@@ -416,7 +452,6 @@ class BatchPacker(wiring.Component):
                              free_at.eq(free_at + 1), out_index.eq(out_index + 1)]
                 with m.If(last):
                     m.d.sync += emitting.eq(0)
-        return m
 
 
 def build(max_bytes: int, max_entries: int, max_entry: int) -> BatchPacker:

@@ -53,6 +53,7 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
@@ -217,145 +218,166 @@ def _thermometer(index, above: bool):
     return Array(Const(mask, WORD_BITS) for mask in masks)[index]
 
 
+def _answers(valid, kind):
+    """An operation that answers (READ, COUNT, REFUSE: the last kinds)."""
+    return valid & (kind >= Kind.READ)
+
+
 class BitmapUnit(wiring.Component):
     def __init__(self, geometry: Geometry):
         self.geometry = geometry
         super().__init__({"i": In(stream.Signature(COMMAND.size)),
                           "o": Out(stream.Signature(RESULT.size))})
 
+    def _widths(self) -> tuple[int, int, int]:
+        """Bits of a word address, a track number, and an lba or block count (one that
+        needs more bits than this is past the volume)."""
+        g = self.geometry
+        return (max(1, (g.word_count - 1).bit_length()), g.track_count.bit_length(),
+                max(1, g.limit_blocks.bit_length()))
+
     def elaborate(self, platform):
         m = Module()
         g = self.geometry
-        addr_bits = max(1, (g.word_count - 1).bit_length())
-        track_bits = g.track_count.bit_length()
-        # an lba or a block count that needs more bits than this is past the volume
-        lba_bits = max(1, g.limit_blocks.bit_length())
-        ones = Const(ALL_ONES, WORD_BITS)
+        addr_bits, track_bits, lba_bits = self._widths()
 
         m.submodules.words = words = Memory(shape=WORD_BITS, depth=g.word_count, init=[])
         write = words.write_port()
         read = words.read_port(transparent_for=(write,))
-        count = Signal(track_bits)
+        r = SimpleNamespace()            # the registers (each named as its attribute)
+        r.count = Signal(track_bits)
 
         # C: the accepted command, with its extent's end added up
-        c_valid = Signal()
-        c_op = Signal(3)
-        c_wide = Signal(WORD_BITS)       # lba, or the bits to merge
-        c_narrow = Signal(32)            # blocks, or the word index
-        c_last_block = Signal(lba_bits + 1)  # lba + blocks - 1
-        c_past = Signal()                # the extent reaches past the volume
-        c_narrow_zero = Signal()         # no blocks (or word 0)
-        c_wide_zero = Signal()           # no bits to merge
-        c_index_high = Signal()          # the word index has bits above the address's
+        r.c_valid = Signal()
+        r.c_op = Signal(3)
+        r.c_wide = Signal(WORD_BITS)       # lba, or the bits to merge
+        r.c_narrow = Signal(32)            # blocks, or the word index
+        r.c_last_block = Signal(lba_bits + 1)  # lba + blocks - 1
+        r.c_past = Signal()                # the extent reaches past the volume
+        r.c_narrow_zero = Signal()         # no blocks (or word 0)
+        r.c_wide_zero = Signal()           # no bits to merge
+        r.c_index_high = Signal()          # the word index has bits above the address's
         # W, the walker: the command being expanded into word operations, one a cycle
-        w_valid = Signal()
-        w_kind = Signal(3)
-        w_addr = Signal(addr_bits)
-        w_last = Signal(addr_bits)
-        w_at_last = Signal()             # w_addr == w_last
-        w_mask = Signal(WORD_BITS)       # mask of the current word, before the last-word cut
-        w_last_mask = Signal(WORD_BITS)
-        w_refused = Signal(3)
+        r.w_valid = Signal()
+        r.w_kind = Signal(3)
+        r.w_addr = Signal(addr_bits)
+        r.w_last = Signal(addr_bits)
+        r.w_at_last = Signal()             # w_addr == w_last
+        r.w_mask = Signal(WORD_BITS)       # mask of the current word, before the last-word cut
+        r.w_last_mask = Signal(WORD_BITS)
+        r.w_refused = Signal(3)
         # S1..S4: the read-modify-write pipeline (valid and kind move along it)
-        s_valid = [Signal(name=f"s{n}_valid") for n in range(1, 5)]
-        s_kind = [Signal(3, name=f"s{n}_kind") for n in range(1, 5)]
-        s1_addr = Signal(addr_bits)
-        s1_mask = Signal(WORD_BITS)
-        s2_fresh = Signal(WORD_BITS)                 # bits this write newly set
-        s3_groups = [Signal(range(GROUP_BITS + 1), name=f"s3_group{n}")
-                     for n in range(WORD_BITS // GROUP_BITS)]
-        s4_delta = Signal(range(WORD_BITS + 1))      # how many
+        r.s_valid = [Signal(name=f"s{n}_valid") for n in range(1, 5)]
+        r.s_kind = [Signal(3, name=f"s{n}_kind") for n in range(1, 5)]
+        r.s1_addr = Signal(addr_bits)
+        r.s1_mask = Signal(WORD_BITS)
+        r.s2_fresh = Signal(WORD_BITS)     # bits this write newly set
+        r.s3_groups = [Signal(range(GROUP_BITS + 1), name=f"s3_group{n}")
+                       for n in range(WORD_BITS // GROUP_BITS)]
+        r.s4_delta = Signal(range(WORD_BITS + 1))  # how many
         # the one answer in flight: its word index and value (the word or the refused opcode)
-        out_index = Signal(addr_bits)
-        out_value = Signal(WORD_BITS)
-
-        def answers(valid, kind):
-            return valid & (kind >= Kind.READ)
+        r.out_index = Signal(addr_bits)
+        r.out_value = Signal(WORD_BITS)
 
         answer_pending = self.o.valid
-        for valid, kind in zip(s_valid, s_kind):
-            answer_pending |= answers(valid, kind)
-        issue = Signal()                 # W hands a word operation to S1
-        w_free = Signal()                # W takes a command from C
-        c_take = Signal()
+        for valid, kind in zip(r.s_valid, r.s_kind):
+            answer_pending |= _answers(valid, kind)
+        r.issue = Signal()                 # W hands a word operation to S1
+        r.w_free = Signal()                # W takes a command from C
+        r.c_take = Signal()
         m.d.comb += [
-            issue.eq(w_valid & ~(answers(1, w_kind) & answer_pending)),
-            w_free.eq(~w_valid | (issue & w_at_last)),
-            c_take.eq(c_valid & w_free),
-            self.i.ready.eq(~c_valid | c_take),
-            read.addr.eq(w_addr),
+            r.issue.eq(r.w_valid & ~(_answers(1, r.w_kind) & answer_pending)),
+            r.w_free.eq(~r.w_valid | (r.issue & r.w_at_last)),
+            r.c_take.eq(r.c_valid & r.w_free),
+            self.i.ready.eq(~r.c_valid | r.c_take),
+            read.addr.eq(r.w_addr),
         ]
+        self._accept(m, r)
+        self._issue(m, r)
+        self._decode(m, r)
+        self._read_modify_write(m, r, read, write)
+        self._count_and_answer(m, r)
+        return m
 
-        # -- accept into C (only the extent's adders here) -------------------------
+    def _accept(self, m: Module, r) -> None:
+        """Accept a command into C (only the extent's adders here)."""
+        g = self.geometry
+        addr_bits, _, lba_bits = self._widths()
         cmd = COMMAND(self.i.payload)
         extent = cmd.arg.extent
         lba, blocks = extent.lba[:lba_bits], extent.blocks[:lba_bits]
         too_big = (extent.lba[lba_bits:] != 0) | (extent.blocks[lba_bits:] != 0)
         # lba + blocks > limit  <=>  lba + blocks + (2**lba_bits - 1 - limit) >= 2**lba_bits
         over = add3(lba, blocks, (1 << lba_bits) - 1 - g.limit_blocks, lba_bits + 2)
-        with m.If(c_take):
-            m.d.sync += c_valid.eq(0)
+        with m.If(r.c_take):
+            m.d.sync += r.c_valid.eq(0)
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += [
-                c_valid.eq(1), c_op.eq(cmd.op),
-                c_wide.eq(extent.lba), c_narrow.eq(extent.blocks),
-                c_last_block.eq(add3(lba, blocks, (1 << lba_bits + 1) - 1, lba_bits + 1)),
-                c_past.eq(too_big | (over[lba_bits:] != 0)),
-                c_narrow_zero.eq(extent.blocks == 0),
-                c_wide_zero.eq(extent.lba == 0),
-                c_index_high.eq(extent.blocks[addr_bits:] != 0),
+                r.c_valid.eq(1), r.c_op.eq(cmd.op),
+                r.c_wide.eq(extent.lba), r.c_narrow.eq(extent.blocks),
+                r.c_last_block.eq(add3(lba, blocks, (1 << lba_bits + 1) - 1, lba_bits + 1)),
+                r.c_past.eq(too_big | (over[lba_bits:] != 0)),
+                r.c_narrow_zero.eq(extent.blocks == 0),
+                r.c_wide_zero.eq(extent.lba == 0),
+                r.c_index_high.eq(extent.blocks[addr_bits:] != 0),
             ]
 
-        # -- issue from W: one word operation per cycle -----------------------------
-        m.d.sync += s_valid[0].eq(issue)
-        for n in range(1, len(s_valid)):
-            m.d.sync += [s_valid[n].eq(s_valid[n - 1]), s_kind[n].eq(s_kind[n - 1])]
-        with m.If(issue):
-            m.d.sync += [s_kind[0].eq(w_kind), s1_addr.eq(w_addr),
-                         s1_mask.eq(w_mask & Mux(w_at_last, w_last_mask, ones))]
-            with m.If(w_at_last):
-                m.d.sync += w_valid.eq(0)
+    def _issue(self, m: Module, r) -> None:
+        """Issue from W: one word operation per cycle."""
+        ones = Const(ALL_ONES, WORD_BITS)
+        m.d.sync += r.s_valid[0].eq(r.issue)
+        for n in range(1, len(r.s_valid)):
+            m.d.sync += [r.s_valid[n].eq(r.s_valid[n - 1]), r.s_kind[n].eq(r.s_kind[n - 1])]
+        with m.If(r.issue):
+            m.d.sync += [r.s_kind[0].eq(r.w_kind), r.s1_addr.eq(r.w_addr),
+                         r.s1_mask.eq(r.w_mask & Mux(r.w_at_last, r.w_last_mask, ones))]
+            with m.If(r.w_at_last):
+                m.d.sync += r.w_valid.eq(0)
             with m.Else():
-                m.d.sync += [w_addr.eq(w_addr + 1), w_mask.eq(ones),
-                             w_at_last.eq(w_addr + 1 == w_last)]
-            with m.If(answers(1, w_kind)):
-                m.d.sync += [out_index.eq(w_addr), out_value.eq(w_refused)]
+                m.d.sync += [r.w_addr.eq(r.w_addr + 1), r.w_mask.eq(ones),
+                             r.w_at_last.eq(r.w_addr + 1 == r.w_last)]
+            with m.If(_answers(1, r.w_kind)):
+                m.d.sync += [r.out_index.eq(r.w_addr), r.out_value.eq(r.w_refused)]
 
-        # -- decode C into W ------------------------------------------------------
+    def _decode(self, m: Module, r) -> None:
+        """Decode the command in C into W's first word operation and its range."""
+        g = self.geometry
+        addr_bits, track_bits, lba_bits = self._widths()
         first_track = Signal(track_bits)
         last_track = Signal(track_bits)
-        c_lba = c_wide[:lba_bits]
+        c_lba = r.c_wide[:lba_bits]
         shift = g.block_size.bit_length() - g.track_size.bit_length()
         if shift >= 0:      # blocks are tracks or bigger: a block covers 2**shift tracks
             m.d.comb += [first_track.eq(c_lba << shift),
-                         last_track.eq(Cat(Const((1 << shift) - 1, shift), c_last_block))]
+                         last_track.eq(Cat(Const((1 << shift) - 1, shift), r.c_last_block))]
         else:
             m.d.comb += [first_track.eq(c_lba >> -shift),
-                         last_track.eq(c_last_block >> -shift)]
+                         last_track.eq(r.c_last_block >> -shift)]
         first_word, last_word = first_track[6:], last_track[6:]
 
         # (no wide comparators here: they would be long carry chains on the decode path)
-        index_in_range = ~c_index_high
+        index_in_range = ~r.c_index_high
         if g.word_count < 1 << addr_bits:
-            index_in_range &= c_narrow[:addr_bits] < g.word_count
-        merge_refused = ~index_in_range & ~c_wide_zero
+            index_in_range &= r.c_narrow[:addr_bits] < g.word_count
+        merge_refused = ~index_in_range & ~r.c_wide_zero
         if g.tail_mask != ALL_ONES:
-            merge_refused |= (c_narrow == g.word_count - 1) & ((c_wide & ~g.tail_mask) != 0)
+            merge_refused |= (r.c_narrow == g.word_count - 1) & ((r.c_wide & ~g.tail_mask) != 0)
 
         def load(kind, addr=0, last=0, at_last=1, mask=ALL_ONES, last_mask=ALL_ONES):
-            m.d.sync += [w_valid.eq(1), w_kind.eq(kind), w_addr.eq(addr), w_last.eq(last),
-                         w_at_last.eq(at_last), w_mask.eq(mask), w_last_mask.eq(last_mask)]
+            m.d.sync += [r.w_valid.eq(1), r.w_kind.eq(kind), r.w_addr.eq(addr),
+                         r.w_last.eq(last), r.w_at_last.eq(at_last), r.w_mask.eq(mask),
+                         r.w_last_mask.eq(last_mask)]
 
         def refuse():
             load(Kind.REFUSE)
-            m.d.sync += w_refused.eq(c_op)
+            m.d.sync += r.w_refused.eq(r.c_op)
 
-        with m.If(c_take):
-            with m.Switch(c_op):
+        with m.If(r.c_take):
+            with m.Switch(r.c_op):
                 with m.Case(Op.MARK):
-                    with m.If(c_past):
+                    with m.If(r.c_past):
                         refuse()
-                    with m.Elif(~c_narrow_zero):
+                    with m.Elif(~r.c_narrow_zero):
                         load(Kind.OR, first_word, last_word, first_word == last_word,
                              _thermometer(first_track[:6], above=True),
                              _thermometer(last_track[:6], above=False))
@@ -363,10 +385,10 @@ class BitmapUnit(wiring.Component):
                     with m.If(merge_refused):
                         refuse()
                     with m.Elif(index_in_range):     # (past the end with no bits: a no-op)
-                        load(Kind.OR, c_narrow, c_narrow, mask=c_wide)
+                        load(Kind.OR, r.c_narrow, r.c_narrow, mask=r.c_wide)
                 with m.Case(Op.READ_WORD):
                     with m.If(index_in_range):
-                        load(Kind.READ, c_narrow, c_narrow)
+                        load(Kind.READ, r.c_narrow, r.c_narrow)
                     with m.Else():
                         refuse()
                 with m.Case(Op.POPCOUNT):
@@ -376,42 +398,43 @@ class BitmapUnit(wiring.Component):
                 with m.Default():
                     refuse()
 
-        # -- S1: read-modify-write ------------------------------------------------
-        s1_valid, s1_kind = s_valid[0], s_kind[0]
+    def _read_modify_write(self, m: Module, r, read, write) -> None:
+        """S1: read-modify-write of the word; S2, S3: popcount of the bits it newly set."""
+        s1_valid, s1_kind = r.s_valid[0], r.s_kind[0]
         old = read.data
-        m.d.comb += [write.addr.eq(s1_addr),
-                     write.data.eq(Mux(s1_kind == Kind.CLEAR, 0, old | s1_mask)),
+        m.d.comb += [write.addr.eq(r.s1_addr),
+                     write.data.eq(Mux(s1_kind == Kind.CLEAR, 0, old | r.s1_mask)),
                      write.en.eq(s1_valid & ((s1_kind == Kind.OR) | (s1_kind == Kind.CLEAR)))]
-        m.d.sync += s2_fresh.eq(s1_mask & ~old)
+        m.d.sync += r.s2_fresh.eq(r.s1_mask & ~old)
         with m.If(s1_valid & (s1_kind == Kind.READ)):
-            m.d.sync += out_value.eq(old)
+            m.d.sync += r.out_value.eq(old)
 
         # -- S2, S3: popcount of the newly set bits ---------------------------------
-        for n, group in enumerate(s3_groups):
-            m.d.sync += group.eq(popcount_tree(s2_fresh[n * GROUP_BITS:(n + 1) * GROUP_BITS]))
-        m.d.sync += s4_delta.eq(sum(s3_groups))
+        for n, group in enumerate(r.s3_groups):
+            m.d.sync += group.eq(popcount_tree(r.s2_fresh[n * GROUP_BITS:(n + 1) * GROUP_BITS]))
+        m.d.sync += r.s4_delta.eq(sum(r.s3_groups))
 
-        # -- S4: count and answer -------------------------------------------------
-        s4_valid, s4_kind = s_valid[3], s_kind[3]
+    def _count_and_answer(self, m: Module, r) -> None:
+        """S4: the count of set bits, and the answer."""
+        s4_valid, s4_kind = r.s_valid[3], r.s_kind[3]
         result = RESULT(self.o.payload)
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
         with m.If(s4_valid):
             with m.Switch(s4_kind):
                 with m.Case(Kind.OR):
-                    m.d.sync += count.eq(count + s4_delta)
+                    m.d.sync += r.count.eq(r.count + r.s4_delta)
                 with m.Case(Kind.CLEAR):
-                    m.d.sync += count.eq(0)
+                    m.d.sync += r.count.eq(0)
                 with m.Case(Kind.COUNT):
                     m.d.sync += [self.o.valid.eq(1), result.tag.eq(Tag.COUNT),
-                                 result.index.eq(0), result.value.eq(count)]
+                                 result.index.eq(0), result.value.eq(r.count)]
                 with m.Case(Kind.READ):
                     m.d.sync += [self.o.valid.eq(1), result.tag.eq(Tag.WORD),
-                                 result.index.eq(out_index), result.value.eq(out_value)]
+                                 result.index.eq(r.out_index), result.value.eq(r.out_value)]
                 with m.Case(Kind.REFUSE):
                     m.d.sync += [self.o.valid.eq(1), result.tag.eq(Tag.REFUSED),
-                                 result.index.eq(0), result.value.eq(out_value)]
-        return m
+                                 result.index.eq(0), result.value.eq(r.out_value)]
 
 
 def build(volume_bytes: int, track_size: int, block_size: int) -> BitmapUnit:

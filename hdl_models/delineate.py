@@ -191,6 +191,57 @@ def _offset_bits(offset_bits) -> int:
 
 # -- the block ------------------------------------------------------------------
 
+def _slot_checks(m: Module, present, index, header_field):
+    """Each header check on the slot (of a beat's two words) holding its word: per slot,
+    the first check that fails (``slot_error``, 0: none) and its field's byte in the frame."""
+    slot_error = [Signal(4, name=f"slot{s}_error") for s in range(2)]
+    slot_error_at = [Signal(range(HEADER_SIZE), name=f"slot{s}_error_at") for s in range(2)]
+    for s in range(2):
+        for code, field, bad in reversed(HEADER_CHECKS):
+            with m.If(present[s] & (index[s] == _word_of(field))
+                      & bad(partial(header_field, s))):
+                m.d.comb += [slot_error[s].eq(code),
+                             slot_error_at[s].eq(FCIP_HEADER.offsets[field])]
+    return slot_error, slot_error_at
+
+
+def _verdict(m: Module, header_due, header_error, header_error_at, ending, special, sof_ok,
+             eof, last):
+    """What this beat reports, if anything: ``(report, error, error_word, error_byte)``."""
+    report = Signal()
+    error = Signal(4)
+    error_word = Signal(WORD_INDEX_BITS)        # the bad field's word in the frame...
+    error_byte = Signal(2)                      # ... and its byte in that word
+    with m.If(header_due):
+        m.d.comb += [report.eq(header_error != 0), error.eq(header_error),
+                     error_word.eq(header_error_at >> 2), error_byte.eq(header_error_at)]
+    with m.Elif(ending):
+        m.d.comb += report.eq(1)
+        with m.If(special):
+            pass                                 # no SOF/EOF, nothing else to check
+        with m.Elif(~sof_ok):
+            m.d.comb += [error.eq(E.BAD_SOF), error_word.eq(SOF_WORD)]
+        with m.Elif(~_delimiter_ok(eof, Eof)):
+            m.d.comb += [error.eq(E.BAD_EOF), error_word.eq(last)]
+        with m.Elif(last < MIN_FC_FRAME_WORDS - 1):
+            m.d.comb += [error.eq(E.BAD_LENGTH), error_word.eq(_word_of("flags_len")),
+                         error_byte.eq(FCIP_HEADER.offsets["flags_len"] % WORD)]
+    return report, error, error_word, error_byte
+
+
+def _report(out, error, error_at, frame_start, last, special, sof_code, eof, fc) -> list:
+    """The output record's fields, every one from registers (a special frame: no SOF, EOF
+    or FC fields)."""
+    return [out.error.eq(error),
+            out.offset.eq(Cat(C(0, 2), frame_start)),
+            out.error_at.eq(error_at),
+            out.length.eq(Cat(C(0, 2), last + 1)), out.special.eq(special),
+            out.sof.eq(Mux(special, 0, sof_code)),
+            out.eof.eq(Mux(special, 0, _byte(eof, 0)))] + [
+        out[f.name].eq(Mux(special, 0, _be(fc, FC_HEADER.offsets[f.name], f.width)))
+        for f in FC_HEADER.fields]
+
+
 class Delineator(wiring.Component):
     def __init__(self, offset_bits: int = 64):
         self.offset_bits = _offset_bits(offset_bits)
@@ -198,12 +249,11 @@ class Delineator(wiring.Component):
         super().__init__({"i": In(stream.Signature(IN_LAYOUT.size)),
                           "o": Out(stream.Signature(self.out_layout.size))})
 
-    def elaborate(self, platform):
-        m = Module()
+    def _gearbox(self, m: Module):
+        """Beats of 1..8 bytes -> 0..2 whole words: the beat for the core (``g_valid``,
+        ``g_two``, ``g_data``), ``dead`` (an error was reported) and ``take`` (the core
+        consumes the beat now)."""
         beat = IN_LAYOUT(self.i.payload)
-        out = self.out_layout(self.o.payload)
-
-        # -- gearbox: beats of 1..8 bytes -> 0..2 whole words -------------------------
         held = Signal(range(WORD))                 # bytes of an unfinished word held back
         held_bytes = Signal(8 * (WORD - 1))
         total = Signal(range(WORD - 1 + BEAT_BYTES + 1))
@@ -223,7 +273,6 @@ class Delineator(wiring.Component):
         g_valid = Signal()                          # a beat of whole words for the core
         g_two = Signal()                            # ... with two words (else one)
         g_data = Signal(8 * BEAT_BYTES)
-        w = (g_data[:32], g_data[32:])
 
         dead = Signal()                             # an error was reported: swallow all
         take = Signal()                             # the core consumes the g beat now
@@ -234,6 +283,13 @@ class Delineator(wiring.Component):
                          g_valid.eq(words != 0), g_two.eq(words == 2), g_data.eq(joined[:64])]
         with m.Elif(take):
             m.d.sync += g_valid.eq(0)
+        return g_valid, g_two, g_data, dead, take
+
+    def elaborate(self, platform):
+        m = Module()
+        out = self.out_layout(self.o.payload)
+        g_valid, g_two, g_data, dead, take = self._gearbox(m)
+        w = (g_data[:32], g_data[32:])
 
         # -- core: whole words, the current frame's word counter ----------------------
         frame_start = Signal(self.offset_bits - 2)  # in words
@@ -272,34 +328,9 @@ class Delineator(wiring.Component):
         # Each header check reads one word, so it runs as that word passes, and the first
         # failure is kept: by the time word 6 arrives (always a later beat than word 3) the
         # verdict is a register, not logic in front of the output.
-        slot_error = [Signal(4, name=f"slot{s}_error") for s in range(2)]
-        slot_error_at = [Signal(range(HEADER_SIZE), name=f"slot{s}_error_at") for s in range(2)]
-        for s in range(2):
-            for code, field, bad in reversed(HEADER_CHECKS):
-                with m.If(present[s] & (index[s] == _word_of(field))
-                          & bad(partial(header_field, s))):
-                    m.d.comb += [slot_error[s].eq(code),
-                                 slot_error_at[s].eq(FCIP_HEADER.offsets[field])]
-
-        # what this beat reports, if anything
-        report = Signal()
-        error = Signal(4)
-        error_word = Signal(WORD_INDEX_BITS)        # the bad field's word in the frame...
-        error_byte = Signal(2)                      # ... and its byte in that word
-        with m.If(header_due):
-            m.d.comb += [report.eq(header_error != 0), error.eq(header_error),
-                         error_word.eq(header_error_at >> 2), error_byte.eq(header_error_at)]
-        with m.Elif(ending):
-            m.d.comb += report.eq(1)
-            with m.If(special):
-                pass                                 # no SOF/EOF, nothing else to check
-            with m.Elif(~sof_ok):
-                m.d.comb += [error.eq(E.BAD_SOF), error_word.eq(SOF_WORD)]
-            with m.Elif(~_delimiter_ok(eof, Eof)):
-                m.d.comb += [error.eq(E.BAD_EOF), error_word.eq(last)]
-            with m.Elif(last < MIN_FC_FRAME_WORDS - 1):
-                m.d.comb += [error.eq(E.BAD_LENGTH), error_word.eq(_word_of("flags_len")),
-                             error_byte.eq(FCIP_HEADER.offsets["flags_len"] % WORD)]
+        slot_error, slot_error_at = _slot_checks(m, present, index, header_field)
+        report, error, error_word, error_byte = _verdict(
+            m, header_due, header_error, header_error_at, ending, special, sof_ok, eof, last)
 
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
@@ -330,15 +361,9 @@ class Delineator(wiring.Component):
                     m.d.sync += [checked.eq(1), last.eq(frame_len - 1)]
             # every field at once, straight from registers (see the module doc)
             with m.If(report):
-                m.d.sync += [self.o.valid.eq(1), dead.eq(error != 0), out.error.eq(error),
-                             out.offset.eq(Cat(C(0, 2), frame_start)),
-                             out.error_at.eq(Cat(error_byte, error_word)),
-                             out.length.eq(Cat(C(0, 2), last + 1)), out.special.eq(special),
-                             out.sof.eq(Mux(special, 0, sof_code)),
-                             out.eof.eq(Mux(special, 0, _byte(eof, 0)))]
-                m.d.sync += [out[f.name].eq(Mux(special, 0, _be(fc, FC_HEADER.offsets[f.name],
-                                                                f.width)))
-                             for f in FC_HEADER.fields]
+                m.d.sync += [self.o.valid.eq(1), dead.eq(error != 0),
+                             *_report(out, error, Cat(error_byte, error_word), frame_start,
+                                      last, special, sof_code, eof, fc)]
         return m
 
 

@@ -137,16 +137,32 @@ class ReorderBlock(wiring.Component):
         return [((((first + ((slot - first) & mask)) >> k) & 1) ^ 1) << self.handle_bits
                 for slot in range(self.slots)]
 
-    def elaborate(self, platform):
-        m = Module()
-        sb, hb, k = self.seq_bits, self.handle_bits, self.index_bits
-
-        # slot word: handle | lap << handle_bits
-        m.submodules.slots = slots = Memory(shape=unsigned(hb + 1), depth=self.slots,
-                                            init=self._initial_laps())
+    def _slot_memory(self, m: Module):
+        """The slots (word: handle | lap << handle_bits); its write and read ports."""
+        m.submodules.slots = slots = Memory(shape=unsigned(self.handle_bits + 1),
+                                            depth=self.slots, init=self._initial_laps())
         write = slots.write_port()
         # transparent: an insert right behind a write to its slot sees the write
         read = slots.read_port(transparent_for=(write,))
+        return write, read
+
+    def _output(self, m: Module):
+        """The output register: whether it can take a beat, and ``emit(tag, sequence,
+        handle)``, which loads one."""
+        o_valid = Signal()
+        o_payload = Signal(self.seq_bits + self.handle_bits + TAG_BITS)
+        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(o_payload)]
+        can_emit = ~o_valid | self.o.ready
+
+        def emit(tag, sequence, handle):
+            m.d.sync += [o_valid.eq(1), o_payload.eq(Cat(sequence, handle, Const(tag, TAG_BITS)))]
+
+        return o_valid, can_emit, emit
+
+    def elaborate(self, platform):
+        m = Module()
+        sb, hb, k = self.seq_bits, self.handle_bits, self.index_bits
+        write, read = self._slot_memory(m)
         slot_handle, slot_lap = read.data[:hb], read.data[hb]
 
         next_seq = Signal(sb, init=self.first_sequence)
@@ -157,14 +173,7 @@ class ReorderBlock(wiring.Component):
         s1_valid = Signal()
         s1_seq = Signal(sb)
         s1_handle = Signal(hb)
-
-        o_valid = Signal()
-        o_payload = Signal(sb + hb + TAG_BITS)
-        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(o_payload)]
-        can_emit = ~o_valid | self.o.ready
-
-        def emit(tag, sequence, handle):
-            m.d.sync += [o_valid.eq(1), o_payload.eq(Cat(sequence, handle, Const(tag, TAG_BITS)))]
+        o_valid, can_emit, emit = self._output(m)
 
         # The window test is a seq_bits-wide subtraction: stage 0 does it against both
         # values next_expected can have when the beat reaches stage 1 (as now, or one on

@@ -131,7 +131,7 @@ def _same_file(a: str, b: str) -> bool:
                 return True
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench_nbd",
         description="NBD write throughput of python -m rcn.storage.nbdserve beside qemu-nbd "
@@ -146,7 +146,77 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qemu-count", type=int, default=8000,
                         help="writes per qemu-img bench run (default 8000)")
     parser.add_argument("--dir", help="directory for the images (default: a new temp dir)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _write_source(path: str, size_mib: int) -> None:
+    """The file of random bytes nbdcopy copies (seeded: the same bytes every run)."""
+    with open(path, "wb") as f:
+        rng = random.Random(2003394921)
+        for _ in range(size_mib):
+            f.write(rng.randbytes(1 << 20))
+
+
+def _measure(args, source: str, size: int, servers, images) -> list:
+    """Every cell on both servers, back to back, ``--repeat`` times: the rows to print."""
+    rows = []
+    cells = [(f"nbdcopy qd{args.requests}", rs, size,
+              lambda url, rs=rs: nbdcopy(source, url, rs, args.requests)) for rs in SIZES]
+    cells += [(f"qemu-img bench qd{args.qemu_depth}", rs, args.qemu_count * rs,
+               lambda url, rs=rs: qemu_img_bench(url, rs, args.qemu_count, args.qemu_depth))
+              for rs in SIZES]
+    for label, rs, nbytes, run in cells:
+        best = {}
+        ratios = []
+        for _ in range(args.repeat):
+            times = {}
+            for name, url in servers:  # back to back: drift hits both alike
+                times[name] = run(url)
+                best[name] = min(best.get(name, float("inf")), times[name])
+            ratios.append(times["qemu-nbd"] / times["ours"])
+        rows.append((label, rs, nbytes, best, statistics.median(ratios)))
+        if len(rows) == len(SIZES):  # after the nbdcopy rows: both images hold the source
+            for image in images:
+                if not _same_file(image, source):
+                    raise SystemExit(f"{image} does not hold the copied data")
+    return rows
+
+
+def _report(args, rows: list) -> None:
+    print(f"NBD write throughput, {args.size_mib} MiB export, best of {args.repeat} runs, "
+          f"127.0.0.1, same run")
+    header = (f"{'client':<22} {'size':>6} {'ours MB/s':>10} {'ours IOPS':>10} "
+              f"{'qemu-nbd MB/s':>14} {'qemu-nbd IOPS':>14} {'ours/qemu*':>11}")
+    print(header)
+    print("-" * len(header))
+    lowest: dict[bool, float] = {}
+    for label, rs, nbytes, best, ratio in rows:
+        ours_s, qemu_s = best["ours"], best["qemu-nbd"]
+        pipelined = label.startswith("nbdcopy")
+        lowest[pipelined] = min(lowest.get(pipelined, ratio), ratio)
+        print(f"{label:<22} {rs // 1024:>5}K {nbytes / ours_s / 1e6:>10.1f} "
+              f"{nbytes / rs / ours_s:>10.0f} {nbytes / qemu_s / 1e6:>14.1f} "
+              f"{nbytes / rs / qemu_s:>14.0f} {ratio:>11.0%}")
+    print("* median over repetitions of (qemu-nbd time / our time), servers run back to back")
+    verdict = "met" if lowest[True] >= TARGET_RATIO else "NOT met"
+    print(f"target (throughput, nbdcopy rows): ours >= {TARGET_RATIO:.0%} of qemu-nbd: "
+          f"{verdict} (lowest {lowest[True]:.0%})")
+    print(f"single-request round trip (qemu-img qd{args.qemu_depth} rows, no target): "
+          f"lowest {lowest[False]:.0%}")
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     for tool in ("nbdcopy", "qemu-img", "qemu-nbd"):
         _need(tool)
     size = args.size_mib << 20
@@ -154,10 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[subprocess.Popen] = []
     try:
         source = os.path.join(workdir, "source.bin")
-        with open(source, "wb") as f:
-            rng = random.Random(2003394921)
-            for _ in range(args.size_mib):
-                f.write(rng.randbytes(1 << 20))
+        _write_source(source, args.size_mib)
         ours_img = os.path.join(workdir, "ours.img")
         qemu_img = os.path.join(workdir, "qemu.img")
         with open(qemu_img, "wb") as f:
@@ -170,57 +237,10 @@ def main(argv: list[str] | None = None) -> int:
                    ("qemu-nbd", f"nbd://127.0.0.1:{qemu_port}/{EXPORT}")]
         for _, url in servers:  # allocate every block once: later runs overwrite
             nbdcopy(source, url, 1 << 20, args.requests)
-
-        rows = []
-        cells = [(f"nbdcopy qd{args.requests}", rs, size,
-                  lambda url, rs=rs: nbdcopy(source, url, rs, args.requests)) for rs in SIZES]
-        cells += [(f"qemu-img bench qd{args.qemu_depth}", rs, args.qemu_count * rs,
-                   lambda url, rs=rs: qemu_img_bench(url, rs, args.qemu_count, args.qemu_depth))
-                  for rs in SIZES]
-        for label, rs, nbytes, run in cells:
-            best = {}
-            ratios = []
-            for _ in range(args.repeat):
-                times = {}
-                for name, url in servers:  # back to back: drift hits both alike
-                    times[name] = run(url)
-                    best[name] = min(best.get(name, float("inf")), times[name])
-                ratios.append(times["qemu-nbd"] / times["ours"])
-            rows.append((label, rs, nbytes, best, statistics.median(ratios)))
-            if len(rows) == len(SIZES):  # after the nbdcopy rows: both images hold the source
-                for image in (ours_img, qemu_img):
-                    if not _same_file(image, source):
-                        raise SystemExit(f"{image} does not hold the copied data")
-
-        print(f"NBD write throughput, {args.size_mib} MiB export, best of {args.repeat} runs, "
-              f"127.0.0.1, same run")
-        header = (f"{'client':<22} {'size':>6} {'ours MB/s':>10} {'ours IOPS':>10} "
-                  f"{'qemu-nbd MB/s':>14} {'qemu-nbd IOPS':>14} {'ours/qemu*':>11}")
-        print(header)
-        print("-" * len(header))
-        lowest: dict[bool, float] = {}
-        for label, rs, nbytes, best, ratio in rows:
-            ours_s, qemu_s = best["ours"], best["qemu-nbd"]
-            pipelined = label.startswith("nbdcopy")
-            lowest[pipelined] = min(lowest.get(pipelined, ratio), ratio)
-            print(f"{label:<22} {rs // 1024:>5}K {nbytes / ours_s / 1e6:>10.1f} "
-                  f"{nbytes / rs / ours_s:>10.0f} {nbytes / qemu_s / 1e6:>14.1f} "
-                  f"{nbytes / rs / qemu_s:>14.0f} {ratio:>11.0%}")
-        print("* median over repetitions of (qemu-nbd time / our time), servers run back to back")
-        verdict = "met" if lowest[True] >= TARGET_RATIO else "NOT met"
-        print(f"target (throughput, nbdcopy rows): ours >= {TARGET_RATIO:.0%} of qemu-nbd: "
-              f"{verdict} (lowest {lowest[True]:.0%})")
-        print(f"single-request round trip (qemu-img qd{args.qemu_depth} rows, no target): "
-              f"lowest {lowest[False]:.0%}")
+        _report(args, _measure(args, source, size, servers, (ours_img, qemu_img)))
         return 0
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop(procs)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -529,8 +529,7 @@ def _print_progress(stats: Stats) -> None:
     print(f"  ... {stats.line()} after {stats.seconds:.0f} s", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    targets = load()
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tools.fuzz", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("targets", nargs="*", metavar="TARGET", help="target names, or 'all'")
@@ -555,14 +554,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="save new findings as xfail- inputs (known bugs fixed elsewhere)")
     parser.add_argument("--progress", type=float, default=30.0,
                         help="seconds between progress lines (default 30)")
-    args = parser.parse_args(argv)
-    if args.list:
-        for t in targets.values():
-            tag = " [parser]" if t.parser else ""
-            print(f"{t.name}{tag}\n    {t.doc}\n    clean: "
-                  f"{', '.join(e.__name__ for e in t.clean) or 'nothing but returning'}; "
-                  f"memory bound: {t.memory_text}")
-        return 0
+    return parser
+
+
+def _print_list(targets: dict[str, Target]) -> None:
+    for t in targets.values():
+        tag = " [parser]" if t.parser else ""
+        print(f"{t.name}{tag}\n    {t.doc}\n    clean: "
+              f"{', '.join(e.__name__ for e in t.clean) or 'nothing but returning'}; "
+              f"memory bound: {t.memory_text}")
+
+
+def _chosen(args, targets: dict[str, Target], parser: argparse.ArgumentParser) -> list[str]:
+    """The target names to run: all of them for 'all' (or none named, with --replay)."""
     names = list(targets) if args.targets in ([], ["all"]) and args.replay or \
         args.targets == ["all"] else args.targets
     if not names:
@@ -570,52 +574,73 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in targets]
     if unknown:
         parser.error(f"unknown target(s) {', '.join(unknown)}; --list shows them")
+    return names
+
+
+def _replay_one(target: Target, args, memory) -> bool:
+    """Replay one target's inputs and print what is wrong; True if anything is."""
+    name = target.name
+    wrong = replay(target, args.hang_seconds, memory)
+    total = len(target.seeds()) + len(corpus_files(name)) + len(regression_files(name))
+    print(f"{name}: replayed {total} inputs, {len(wrong)} wrong")
+    for file, outcome, expected in wrong:
+        print(f"  {file}: " + ("fails no more: rename it without xfail-" if expected
+                               else f"{outcome.kind}: {outcome.failure}"))
+    return bool(wrong)
+
+
+def _fuzz_one(target: Target, args, memory) -> bool:
+    """Fuzz one target, print and save its findings; True if one is not a known one."""
+    name = target.name
+    stats = fuzz(target, args.runs, args.seed, args.max_seconds, args.hang_seconds, memory,
+                 _print_progress, args.progress)
+    print(stats.line(), flush=True)
+    known = known_signatures(name)
+    new = any(o.signature not in known for o, _ in stats.findings)
+    shortest: dict[str, tuple[Outcome, bytes]] = {}     # one input per bug, the shortest
+    for outcome, data in stats.findings:
+        if outcome.signature not in shortest or len(data) < len(shortest[outcome.signature][1]):
+            shortest[outcome.signature] = (outcome, data)
+    for outcome, data in shortest.values():
+        count = sum(o.signature == outcome.signature for o, _ in stats.findings)
+        if outcome.signature in known:
+            path = f"\n  known: {known[outcome.signature]}"
+        elif args.no_save:
+            path = ""
+        else:
+            path = "\n  saved " + os.path.relpath(
+                save_finding(name, data, outcome, prefix="xfail-" if args.xfail else ""))
+        print(f"  {outcome.kind} ({count} inputs): {outcome.failure}\n  input "
+              f"{data[:64].hex()}{'...' if len(data) > 64 else ''}{path}")
+    if args.save_corpus:
+        for data in sorted(stats.new_corpus, key=len)[:MAX_CORPUS_SAVE]:
+            save_corpus(name, data)
+    return new
+
+
+def main(argv: list[str] | None = None) -> int:
+    targets = load()
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        _print_list(targets)
+        return 0
+    names = _chosen(args, targets, parser)
     quiet_logging()
     memory = {"tracemalloc": True, "rss": "rss", "off": False}[args.memory]
     if memory is True:
         tracemalloc.start()
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
-    status = 0
     if args.atheris:
         if len(names) != 1:
             parser.error("--atheris runs one target")
         fuzz_atheris(targets[names[0]], args.runs, args.seed, args.max_seconds,
                      args.hang_seconds, memory)
         return 0
+    status = 0
     for name in names:
-        target = targets[name]
-        if args.replay:
-            wrong = replay(target, args.hang_seconds, memory)
-            total = len(target.seeds()) + len(corpus_files(name)) + len(regression_files(name))
-            print(f"{name}: replayed {total} inputs, {len(wrong)} wrong")
-            for file, outcome, expected in wrong:
-                print(f"  {file}: " + ("fails no more: rename it without xfail-" if expected
-                                       else f"{outcome.kind}: {outcome.failure}"))
-            status |= bool(wrong)
-            continue
-        stats = fuzz(target, args.runs, args.seed, args.max_seconds, args.hang_seconds, memory,
-                     _print_progress, args.progress)
-        print(stats.line(), flush=True)
-        known = known_signatures(name)
-        status |= any(o.signature not in known for o, _ in stats.findings)
-        shortest: dict[str, tuple[Outcome, bytes]] = {}     # one input per bug, the shortest
-        for outcome, data in stats.findings:
-            if outcome.signature not in shortest or len(data) < len(shortest[outcome.signature][1]):
-                shortest[outcome.signature] = (outcome, data)
-        for outcome, data in shortest.values():
-            count = sum(o.signature == outcome.signature for o, _ in stats.findings)
-            if outcome.signature in known:
-                path = f"\n  known: {known[outcome.signature]}"
-            elif args.no_save:
-                path = ""
-            else:
-                path = "\n  saved " + os.path.relpath(
-                    save_finding(name, data, outcome, prefix="xfail-" if args.xfail else ""))
-            print(f"  {outcome.kind} ({count} inputs): {outcome.failure}\n  input "
-                  f"{data[:64].hex()}{'...' if len(data) > 64 else ''}{path}")
-        if args.save_corpus:
-            for data in sorted(stats.new_corpus, key=len)[:MAX_CORPUS_SAVE]:
-                save_corpus(name, data)
+        run = _replay_one if args.replay else _fuzz_one
+        status |= run(targets[name], args, memory)
     return status
 
 

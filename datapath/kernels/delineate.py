@@ -33,7 +33,9 @@ Field offsets and widths come from the Layouts (``FCIP_HEADER``,
 ``FC_HEADER``) at import time. The kernel is built by :func:`_make_kernel` with
 them as closure variables rather than module globals: numba's on-disk cache key
 includes a closure's cell contents but not globals, so a changed Layout
-recompiles instead of silently reusing the old offsets.
+recompiles instead of silently reusing the old offsets. Its steps
+(``_check_header``, ``_record_fc``, ``_record_special``) take the layouts as
+arguments from it, for the same reason.
 """
 
 from __future__ import annotations
@@ -108,6 +110,33 @@ def _flags_len_bits() -> tuple[int, int, int, int]:
     return masks["flags"] + masks["frame_len"]
 
 
+#: the scalar constants of the checks (from the Layouts and ``datapath.frames.fcip``)
+_Constants = collections.namedtuple("_Constants", [
+    "protocol", "version", "protocol_word", "special_flag", "crcv_flag", "flags_len_width",
+    "flags_shift", "flags_mask", "len_shift", "len_mask", "min_words", "max_words",
+    "header_size", "delimiter_size", "fc_start", "overhead", "min_fc"], module=__name__)
+_flags_shift, _flags_mask, _len_shift, _len_mask = _flags_len_bits()
+_CONSTANTS = _Constants(*(np.int64(v) for v in (
+    fcip.FCIP_PROTOCOL, fcip.FCIP_VERSION,
+    int.from_bytes(fcip.SYNC_PATTERN[:4], "big"),       # bytes 0-3 of a valid header
+    fcip.PFLAG_SPECIAL_FRAME, fcip.FLAG_CRCV, FCIP_HEADER.by_name["flags_len"].width,
+    _flags_shift, _flags_mask, _len_shift, _len_mask,
+    fcip.MIN_FRAME_WORDS, fcip.MAX_FRAME_WORDS,
+    HEADER_SIZE, DELIMITER_SIZE, HEADER_SIZE + DELIMITER_SIZE, OVERHEAD, MIN_FC_BYTES)))
+
+# error codes as the kernels return them
+_OK = np.int64(DelineationError.OK)
+_BAD_PROTOCOL = np.int64(DelineationError.BAD_PROTOCOL)
+_BAD_VERSION = np.int64(DelineationError.BAD_VERSION)
+_BAD_COMPLEMENT = np.int64(DelineationError.BAD_COMPLEMENT)
+_BAD_SPECIFIC = np.int64(DelineationError.BAD_PROTOCOL_SPECIFIC)
+_BAD_RESERVED = np.int64(DelineationError.BAD_RESERVED)
+_CRCV_SET = np.int64(DelineationError.CRCV_SET)
+_BAD_LENGTH = np.int64(DelineationError.BAD_LENGTH)
+_BAD_SOF = np.int64(DelineationError.BAD_SOF)
+_BAD_EOF = np.int64(DelineationError.BAD_EOF)
+
+
 # -- kernels -------------------------------------------------------------------
 
 _BYTES_RO = types.Array(types.uint8, 1, "C", readonly=True)
@@ -142,22 +171,92 @@ def _delimiter_ok(buf, at, valid):
             and valid[c] != 0)
 
 
-def _make_kernel(H, F, FW, protocol, version, protocol_word, special_flag, crcv_flag,
-                 flags_shift, flags_mask, len_shift, len_mask, min_words, max_words,
-                 sof_valid, eof_valid):
+# The steps of the kernel, inlined into it by numba (inline="always"): the layout constants
+# it passes fold as if written in place, and an import that finds the kernel in the cache
+# compiles and loads nothing more. They take the layouts as arguments, never as globals
+# (see the module doc).
+
+
+@njit(inline="always", nogil=True)
+def _check_header(buf, start, H, K):
+    """``check_header``'s checks, in its order, on the 28 header bytes at ``buf[start]``:
+    the frame's length in bytes, or ``-(error << 8 | offset)``, ``offset`` the failed field's
+    in the header (one integer: returning a tuple made the kernel a quarter slower)."""
+    if buf[start + H.protocol] != K.protocol:
+        return -(_BAD_PROTOCOL << 8 | H.protocol)
+    if buf[start + H.version] != K.version:
+        return -(_BAD_VERSION << 8 | H.version)
+    if not _complements(buf, start + H.protocol, start + H.protocol_c, 1):
+        return -(_BAD_COMPLEMENT << 8 | H.protocol_c)
+    if not _complements(buf, start + H.version, start + H.version_c, 1):
+        return -(_BAD_COMPLEMENT << 8 | H.version_c)
+    if _be(buf, start + H.protocol_specific, 4) != K.protocol_word:
+        return -(_BAD_SPECIFIC << 8 | H.protocol_specific)
+    if not _complements(buf, start + H.pflags, start + H.pflags_c, 1):
+        return -(_BAD_COMPLEMENT << 8 | H.pflags_c)
+    if buf[start + H.reserved] != 0:
+        return -(_BAD_RESERVED << 8 | H.reserved)
+    if not _complements(buf, start + H.reserved, start + H.reserved_c, 1):
+        return -(_BAD_COMPLEMENT << 8 | H.reserved_c)
+    if not _complements(buf, start + H.flags_len, start + H.flags_len_c, K.flags_len_width):
+        return -(_BAD_COMPLEMENT << 8 | H.flags_len_c)
+    flags_len = _be(buf, start + H.flags_len, K.flags_len_width)
+    if (flags_len >> K.flags_shift) & K.flags_mask & K.crcv_flag:
+        return -(_CRCV_SET << 8 | H.flags_len)
+    words = (flags_len >> K.len_shift) & K.len_mask
+    if words < K.min_words or words > K.max_words:
+        return -(_BAD_LENGTH << 8 | H.flags_len)
+    return words * 4
+
+
+@njit(inline="always", nogil=True)
+def _record_fc(rec, buf, start, length, K, F, FW):
+    """``rec``: the FC frame at ``buf[start]`` (its delimiters and FC header fields)."""
+    rec["special"] = 0
+    rec["sof"] = buf[start + K.header_size]
+    rec["eof"] = buf[start + length - K.delimiter_size]
+    fc = start + K.fc_start
+    rec["r_ctl"] = _be(buf, fc + F.r_ctl, FW.r_ctl)
+    rec["d_id"] = _be(buf, fc + F.d_id, FW.d_id)
+    rec["cs_ctl"] = _be(buf, fc + F.cs_ctl, FW.cs_ctl)
+    rec["s_id"] = _be(buf, fc + F.s_id, FW.s_id)
+    rec["type"] = _be(buf, fc + F.type, FW.type)
+    rec["f_ctl"] = _be(buf, fc + F.f_ctl, FW.f_ctl)
+    rec["seq_id"] = _be(buf, fc + F.seq_id, FW.seq_id)
+    rec["df_ctl"] = _be(buf, fc + F.df_ctl, FW.df_ctl)
+    rec["seq_cnt"] = _be(buf, fc + F.seq_cnt, FW.seq_cnt)
+    rec["ox_id"] = _be(buf, fc + F.ox_id, FW.ox_id)
+    rec["rx_id"] = _be(buf, fc + F.rx_id, FW.rx_id)
+    rec["parameter"] = _be(buf, fc + F.parameter, FW.parameter)
+
+
+@njit(inline="always", nogil=True)
+def _record_special(rec):
+    """``rec``: a special frame (no FC frame: every FC field, ``sof`` and ``eof`` 0)."""
+    rec["special"] = 1
+    rec["sof"] = 0
+    rec["eof"] = 0
+    rec["r_ctl"] = 0
+    rec["d_id"] = 0
+    rec["cs_ctl"] = 0
+    rec["s_id"] = 0
+    rec["type"] = 0
+    rec["f_ctl"] = 0
+    rec["seq_id"] = 0
+    rec["df_ctl"] = 0
+    rec["seq_cnt"] = 0
+    rec["ox_id"] = 0
+    rec["rx_id"] = 0
+    rec["parameter"] = 0
+
+
+def _make_kernel(H, F, FW, K, sof_valid, eof_valid):
     """The kernel, with the layout constants as closure variables (see the module doc).
 
     ``H``/``F``: FCIP / FC header field offsets, ``FW``: FC field widths
-    (namedtuples keyed by field name).
+    (namedtuples keyed by field name), ``K``: the scalar constants (``_Constants``),
+    ``sof_valid``/``eof_valid``: 1 at each known delimiter code.
     """
-    header_size = np.int64(HEADER_SIZE)
-    fc_start = np.int64(HEADER_SIZE + DELIMITER_SIZE)
-    overhead = np.int64(OVERHEAD)
-    min_fc = np.int64(MIN_FC_BYTES)
-    flags_len_width = np.int64(FCIP_HEADER.by_name["flags_len"].width)
-    ok, bad_protocol, bad_version = np.int64(0), np.int64(1), np.int64(2)
-    bad_complement, bad_specific, bad_reserved = np.int64(3), np.int64(4), np.int64(5)
-    crcv_set, bad_length, bad_sof, bad_eof = np.int64(6), np.int64(7), np.int64(8), np.int64(9)
 
     @njit(_RESULT(_BYTES_RO, _FRAMES), cache=True, nogil=True)
     def delineate_kernel(buf, out):
@@ -166,99 +265,32 @@ def _make_kernel(H, F, FW, protocol, version, protocol_word, special_flag, crcv_
         capacity = np.int64(out.shape[0])
         start = np.int64(0)
         count = np.int64(0)
-        error = ok
+        error = _OK
         where = np.int64(-1)
         while count < capacity:                  # each pass records a frame or leaves
-            if size - start < header_size:
+            if size - start < K.header_size:
                 break
-            # encapsulation header, in check_header's order
-            if buf[start + H.protocol] != protocol:
-                error, where = bad_protocol, start + H.protocol
+            length = _check_header(buf, start, H, K)
+            if length < 0:
+                error, where = -length >> 8, start + (-length & 0xFF)
                 break
-            if buf[start + H.version] != version:
-                error, where = bad_version, start + H.version
-                break
-            if not _complements(buf, start + H.protocol, start + H.protocol_c, 1):
-                error, where = bad_complement, start + H.protocol_c
-                break
-            if not _complements(buf, start + H.version, start + H.version_c, 1):
-                error, where = bad_complement, start + H.version_c
-                break
-            if _be(buf, start + H.protocol_specific, 4) != protocol_word:
-                error, where = bad_specific, start + H.protocol_specific
-                break
-            if not _complements(buf, start + H.pflags, start + H.pflags_c, 1):
-                error, where = bad_complement, start + H.pflags_c
-                break
-            if buf[start + H.reserved] != 0:
-                error, where = bad_reserved, start + H.reserved
-                break
-            if not _complements(buf, start + H.reserved, start + H.reserved_c, 1):
-                error, where = bad_complement, start + H.reserved_c
-                break
-            if not _complements(buf, start + H.flags_len, start + H.flags_len_c, flags_len_width):
-                error, where = bad_complement, start + H.flags_len_c
-                break
-            flags_len = _be(buf, start + H.flags_len, flags_len_width)
-            if (flags_len >> flags_shift) & flags_mask & crcv_flag:
-                error, where = crcv_set, start + H.flags_len
-                break
-            words = (flags_len >> len_shift) & len_mask
-            if words < min_words or words > max_words:
-                error, where = bad_length, start + H.flags_len
-                break
-            length = words * 4
             if length > size - start:
                 break                            # incomplete: wait for more bytes
             rec = out[count]
-            if buf[start + H.pflags] & special_flag:
-                for_fc = False
-                rec["special"] = 1
-                rec["sof"] = 0
-                rec["eof"] = 0
-            else:
-                # FC frame: as parse_fcip_frame (SOF, EOF, then the FC length)
-                eof_at = start + length - DELIMITER_SIZE
-                if not _delimiter_ok(buf, start + header_size, sof_valid):
-                    error, where = bad_sof, start + header_size
+            if buf[start + H.pflags] & K.special_flag:
+                _record_special(rec)
+            else:                                # as parse_fcip_frame: SOF, EOF, FC length
+                eof_at = start + length - K.delimiter_size
+                if not _delimiter_ok(buf, start + K.header_size, sof_valid):
+                    error, where = _BAD_SOF, start + K.header_size
                     break
                 if not _delimiter_ok(buf, eof_at, eof_valid):
-                    error, where = bad_eof, eof_at
+                    error, where = _BAD_EOF, eof_at
                     break
-                if length - overhead < min_fc:
-                    error, where = bad_length, start + H.flags_len
+                if length - K.overhead < K.min_fc:
+                    error, where = _BAD_LENGTH, start + H.flags_len
                     break
-                for_fc = True
-                rec["special"] = 0
-                rec["sof"] = buf[start + header_size]
-                rec["eof"] = buf[eof_at]
-            fc = start + fc_start
-            if for_fc:
-                rec["r_ctl"] = _be(buf, fc + F.r_ctl, FW.r_ctl)
-                rec["d_id"] = _be(buf, fc + F.d_id, FW.d_id)
-                rec["cs_ctl"] = _be(buf, fc + F.cs_ctl, FW.cs_ctl)
-                rec["s_id"] = _be(buf, fc + F.s_id, FW.s_id)
-                rec["type"] = _be(buf, fc + F.type, FW.type)
-                rec["f_ctl"] = _be(buf, fc + F.f_ctl, FW.f_ctl)
-                rec["seq_id"] = _be(buf, fc + F.seq_id, FW.seq_id)
-                rec["df_ctl"] = _be(buf, fc + F.df_ctl, FW.df_ctl)
-                rec["seq_cnt"] = _be(buf, fc + F.seq_cnt, FW.seq_cnt)
-                rec["ox_id"] = _be(buf, fc + F.ox_id, FW.ox_id)
-                rec["rx_id"] = _be(buf, fc + F.rx_id, FW.rx_id)
-                rec["parameter"] = _be(buf, fc + F.parameter, FW.parameter)
-            else:
-                rec["r_ctl"] = 0
-                rec["d_id"] = 0
-                rec["cs_ctl"] = 0
-                rec["s_id"] = 0
-                rec["type"] = 0
-                rec["f_ctl"] = 0
-                rec["seq_id"] = 0
-                rec["df_ctl"] = 0
-                rec["seq_cnt"] = 0
-                rec["ox_id"] = 0
-                rec["rx_id"] = 0
-                rec["parameter"] = 0
+                _record_fc(rec, buf, start, length, K, F, FW)
             rec["offset"] = start
             rec["length"] = length
             count += 1
@@ -268,17 +300,11 @@ def _make_kernel(H, F, FW, protocol, version, protocol_word, special_flag, crcv_
     return delineate_kernel
 
 
-_flags_shift, _flags_mask, _len_shift, _len_mask = _flags_len_bits()
 _kernel = _make_kernel(
     _FcipOffsets(**FCIP_HEADER.offsets),
     _FcOffsets(**FC_HEADER.offsets),
     _FcOffsets(**{f.name: f.width for f in FC_HEADER.fields}),
-    np.int64(fcip.FCIP_PROTOCOL), np.int64(fcip.FCIP_VERSION),
-    np.int64(int.from_bytes(fcip.SYNC_PATTERN[:4], "big")),     # bytes 0-3 of a valid header
-    np.int64(fcip.PFLAG_SPECIAL_FRAME), np.int64(fcip.FLAG_CRCV),
-    np.int64(_flags_shift), np.int64(_flags_mask), np.int64(_len_shift), np.int64(_len_mask),
-    np.int64(fcip.MIN_FRAME_WORDS), np.int64(fcip.MAX_FRAME_WORDS),
-    _code_table(Sof), _code_table(Eof))
+    _CONSTANTS, _code_table(Sof), _code_table(Eof))
 
 
 # -- wrapper -------------------------------------------------------------------

@@ -13,7 +13,7 @@ import importlib
 import sys
 import time
 
-KERNEL_MODULES = ("reorder", "bitmap", "batching", "delineate")
+KERNEL_MODULES = ("reorder", "bitmap", "batching", "coalesce", "delineate")
 
 
 def main() -> int:

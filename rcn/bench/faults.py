@@ -1,6 +1,6 @@
 """Faults on a running lab and what is looked at after them.
 
-Shared by the crash tests (``tests/rcn/test_crash.py``) and ``tools/chaos.py``:
+Shared by the crash tests (``tests/rcn/test_crash.py``) and ``tools/chaos/``:
 :func:`kill` (SIGKILL, then wait until the pid is gone, so a restart does not meet
 the dead daemon's pidfile owner), :func:`device_status` (an array's or an edge's
 JSON status) and :func:`volumes_equal` (a pair's two volume files, byte for byte).

@@ -1,10 +1,10 @@
-"""tools/chaos.py: a short seeded thrash of a real lab, and its plan and table offline.
+"""tools/chaos: a short seeded thrash of a real lab, and its plan and table offline.
 
 The run (``ChaosRunTests``) starts real labs and takes about a minute and a half: one
 fault per role, seed 29, which covers kill, stop and cut, among them the kills of the
 source edge and the target array that stranded a pair before issue 15. Nothing it runs
 may lose, tear or roll back a write; a fault may be stuck only when
-``tools.chaos.KNOWN_STUCK`` names it (it names none now).
+``tools.chaos.catalogue.KNOWN_STUCK`` names it (it names none now).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from tests.support import CollectOutput
-from tools import chaos
+from tools.chaos import catalogue as chaos
+from tools.chaos.report import Fault, table_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEED = 29
@@ -47,10 +48,10 @@ class PlanTests(TestCase):
         self.assertLessEqual(set(chaos.KNOWN_STUCK), set(chaos.RECOVERY))
 
 
-def record(**kw) -> chaos.Fault:
+def record(**kw) -> Fault:
     base = dict(lab=1, role="core", fault="kill", device="core1", at_s=1.0, acked=10,
                 recovery_s=2.0)
-    return chaos.Fault(**{**base, **kw})
+    return Fault(**{**base, **kw})
 
 
 class TableTests(TestCase):
@@ -58,7 +59,7 @@ class TableTests(TestCase):
         records = [record(), record(fault="stop", recovery_s=4.0, acked=5),
                    record(role="source-edge", fault="kill", recovery_s=None, stuck=True,
                           known="x", manual=[{"command": "c", "answer": "refused"}])]
-        rows = {r["role"]: r for r in chaos.table_rows(records, ["core", "source-edge", "mgmt"])}
+        rows = {r["role"]: r for r in table_rows(records, ["core", "source-edge", "mgmt"])}
         self.assertEqual(set(rows), {"core", "source-edge", "all"})
         self.assertEqual((rows["core"]["faults"], rows["core"]["acked"]), (2, 15))
         self.assertEqual((rows["core"]["recovery_p50_s"], rows["core"]["recovery_max_s"]),

@@ -1,4 +1,5 @@
-"""Benchmark rows for the batch coalescing kernels (``datapath.kernels.batching``).
+"""Benchmark rows for the batch coalescing kernels (``datapath.kernels.batching`` and
+``datapath.kernels.coalesce``).
 
 Inputs at ``scale=1.0``:
 
@@ -36,6 +37,7 @@ import numpy as np
 from datapath.frames import logentry
 from datapath.frames.logentry import COUNT_HEADER, HEADER_SIZE, LOG_HEADER, MAX_BATCH
 from datapath.kernels import batching as kb
+from datapath.kernels.coalesce import coalesce_plan
 from datapath.reference import batching as rb
 from tools.kernel_bench import Row, best_time
 
@@ -137,11 +139,7 @@ def valid_entries(rng, n: int, max_body: int) -> tuple[np.ndarray, np.ndarray, n
 
 
 # -- rows --------------------------------------------------------------------------------
-def rows(scale: float = 1.0) -> list[Row]:
-    rng = np.random.default_rng(20240602)
-    out: list[Row] = []
-
-    # plan
+def _plan_row(rng, scale: float) -> Row:
     n = max(1000, int(200_000 * scale))
     lengths = rng.integers(512, 8193, n).astype(np.int64)
     as_list = lengths.tolist()
@@ -151,10 +149,11 @@ def rows(scale: float = 1.0) -> list[Row]:
     starts, ends = kb.plan_batches(lengths, BUDGET, MAX_BATCH)
     np_starts, np_ends = numpy_plan(lengths, BUDGET, MAX_BATCH)
     assert np.array_equal(starts, np_starts) and np.array_equal(ends, np_ends)
-    out.append(Row("batching", f"plan ({n // 1000}k x 512..8K into 64K)", "entries", n, kernel_s, ref_s,
-                   numpy_s, None))
+    return Row("batching", f"plan ({n // 1000}k x 512..8K into 64K)", "entries", n, kernel_s, ref_s,
+               numpy_s, None)
 
-    # pack
+
+def _pack_row(rng, scale: float) -> Row:
     n = max(1000, int(100_000 * scale))
     lengths = rng.integers(512, 8193, n).astype(np.int64)
     buf, offsets = scattered(rng, lengths)
@@ -178,11 +177,12 @@ def rows(scale: float = 1.0) -> list[Row]:
     assert b"".join(rb.pack(data, ref_offsets, ref_lengths, ref_starts[:3], ref_ends[:3],
                             group_id=7)) == packed[:int(kb.batch_bounds(
                                 lengths, starts[:3], ends[:3])[-1])].tobytes()
-    out.append(Row("batching", f"pack ({n // 1000}k x 512..8K into 64K)", "bytes", entry_bytes, kernel_s,
-                   ref_s * entry_bytes / ref_bytes, numpy_s, TARGET_PACK_BYTES_PER_S))
-    del buf, packed, other, data
+    return Row("batching", f"pack ({n // 1000}k x 512..8K into 64K)", "bytes", entry_bytes, kernel_s,
+               ref_s * entry_bytes / ref_bytes, numpy_s, TARGET_PACK_BYTES_PER_S)
 
-    # unpack: one call per batch datagram
+
+def _unpack_row(rng, scale: float) -> Row:
+    """One call per batch datagram."""
     n = max(1000, int(40_000 * scale))
     buf, offsets, lengths = valid_entries(rng, n, 256)
     starts, ends = kb.plan_batches(lengths, BUDGET, MAX_BATCH)
@@ -202,10 +202,12 @@ def rows(scale: float = 1.0) -> list[Row]:
 
     kernel_s = best_time(kernel_unpack)
     ref_s = best_time(ref_unpack, repeat=1)
-    out.append(Row("batching", f"unpack ({n // 1000}k entries, 64K batches)", "entries", n, kernel_s,
-                   ref_s * n / ref_entries, None, None))
+    return Row("batching", f"unpack ({n // 1000}k entries, 64K batches)", "entries", n, kernel_s,
+               ref_s * n / ref_entries, None, None)
 
-    # coalescing plan: one call per batch of 4096 writes
+
+def _coalesce_row(rng, scale: float) -> Row:
+    """One call per batch of 4096 writes."""
     batches = max(REFERENCE_SHARE, int(50 * scale))
     writes = []
     for _ in range(batches):
@@ -215,11 +217,11 @@ def rows(scale: float = 1.0) -> list[Row]:
         writes.append((keys, lbas, blocks))
     as_lists = [(k.tolist(), a.tolist(), b.tolist())
                 for k, a, b in writes[:batches // REFERENCE_SHARE]]
-    assert kb.coalesce_plan(*writes[0]).tolist() == rb.coalesce_plan(*as_lists[0])
+    assert coalesce_plan(*writes[0]).tolist() == rb.coalesce_plan(*as_lists[0])
 
     def kernel_coalesce():
         for keys, lbas, blocks in writes:
-            kb.coalesce_plan(keys, lbas, blocks)
+            coalesce_plan(keys, lbas, blocks)
 
     def ref_coalesce():
         for keys, lbas, blocks in as_lists:
@@ -228,9 +230,14 @@ def rows(scale: float = 1.0) -> list[Row]:
     kernel_s = best_time(kernel_coalesce)
     ref_s = best_time(ref_coalesce, repeat=1)
     total = batches * MAX_BATCH
-    out.append(Row("batching", f"coalescing plan ({batches} x 4096 writes)", "writes", total,
-                   kernel_s, ref_s * batches / len(as_lists), None, None))
-    return out
+    return Row("batching", f"coalescing plan ({batches} x 4096 writes)", "writes", total,
+               kernel_s, ref_s * batches / len(as_lists), None, None)
+
+
+def rows(scale: float = 1.0) -> list[Row]:
+    # one generator through the rows in this order: each row's inputs as before
+    rng = np.random.default_rng(20240602)
+    return [make(rng, scale) for make in (_plan_row, _pack_row, _unpack_row, _coalesce_row)]
 
 
 if __name__ == "__main__":

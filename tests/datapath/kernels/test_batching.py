@@ -17,6 +17,7 @@ from datapath.frames import logentry
 from datapath.frames.errors import DecodeError
 from datapath.frames.logentry import MAX_BATCH, EntryType
 from datapath.kernels import batching
+from datapath.kernels.coalesce import coalesce_plan
 from datapath.reference import batching as reference
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True)
@@ -400,8 +401,8 @@ class UnpackTests(TestCase):
 # -- coalescing plan ---------------------------------------------------------------------
 
 def coalesce_both(keys, lbas, blocks):
-    got = batching.coalesce_plan(np.array(keys, np.uint64), np.array(lbas, np.uint64),
-                                 np.array(blocks, np.uint32))
+    got = coalesce_plan(np.array(keys, np.uint64), np.array(lbas, np.uint64),
+                        np.array(blocks, np.uint32))
     return got.tolist(), reference.coalesce_plan(keys, lbas, blocks)
 
 
@@ -434,8 +435,8 @@ class CoalescePlanTests(TestCase):
         self.assertEqual(coalesce_both([], [], []), ([], []))
 
     def test_returns_bool_array(self):
-        got = batching.coalesce_plan(np.zeros(2, np.uint64), np.zeros(2, np.uint64),
-                                     np.ones(2, np.uint32))
+        got = coalesce_plan(np.zeros(2, np.uint64), np.zeros(2, np.uint64),
+                            np.ones(2, np.uint32))
         self.assertEqual((got.dtype, got.tolist()), (np.bool_, [True, False]))
 
     def test_covered_by_the_union_of_later_writes(self):
@@ -469,30 +470,30 @@ class CoalescePlanTests(TestCase):
 
     def test_largest_block_counts(self):
         big = 2**32 - 1
-        got = batching.coalesce_plan(np.zeros(3, np.uint64),
-                                     np.array([5, 2**40, 0], np.uint64),
-                                     np.array([big, big, big], np.uint32))
+        got = coalesce_plan(np.zeros(3, np.uint64),
+                            np.array([5, 2**40, 0], np.uint64),
+                            np.array([big, big, big], np.uint32))
         self.assertEqual(got.tolist(), [False, False, False])
-        got = batching.coalesce_plan(np.zeros(3, np.uint64), np.array([5, 0, 6], np.uint64),
-                                     np.array([big - 1, 6, big], np.uint32))
+        got = coalesce_plan(np.zeros(3, np.uint64), np.array([5, 0, 6], np.uint64),
+                            np.array([big - 1, 6, big], np.uint32))
         self.assertEqual(got.tolist(), [True, False, False])
 
     def test_write_past_the_last_block_is_an_error(self):
-        exc = self.assertRaises(ValueError, batching.coalesce_plan, np.zeros(2, np.uint64),
+        exc = self.assertRaises(ValueError, coalesce_plan, np.zeros(2, np.uint64),
                                 np.array([0, 2**64 - 2], np.uint64), np.array([1, 3], np.uint32))
         self.assertIn("write 1", str(exc))
 
     def test_docstring_states_the_atomic_apply_condition(self):
-        doc = " ".join(batching.coalesce_plan.__doc__.split())
+        doc = " ".join(coalesce_plan.__doc__.split())
         self.assertIn("only when the receiver applies the whole batch atomically", doc)
         self.assertIn("prefix consistency", doc)
 
     def test_argument_errors(self):
         z64, z32 = np.zeros(2, np.uint64), np.zeros(2, np.uint32)
-        self.assertRaises(TypeError, batching.coalesce_plan, np.zeros(2, np.int64), z64, z32)
-        self.assertRaises(TypeError, batching.coalesce_plan, z64, z64, z64)
-        self.assertRaises(ValueError, batching.coalesce_plan, z64, np.zeros(3, np.uint64), z32)
-        self.assertRaises(ValueError, batching.coalesce_plan, z64, z64, np.zeros(3, np.uint32))
+        self.assertRaises(TypeError, coalesce_plan, np.zeros(2, np.int64), z64, z32)
+        self.assertRaises(TypeError, coalesce_plan, z64, z64, z64)
+        self.assertRaises(ValueError, coalesce_plan, z64, np.zeros(3, np.uint64), z32)
+        self.assertRaises(ValueError, coalesce_plan, z64, z64, np.zeros(3, np.uint32))
 
 
 class WarmUpTests(TestCase):
