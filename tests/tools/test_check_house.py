@@ -90,3 +90,11 @@ class PlantedTreeTests(TestCase):
         self.assertEqual(sorted(self.rules()),
                          [("file size", "tools/big.py"), ("function size", "rcn/long.py:1")])
 
+
+
+class ThisCheckoutTests(TestCase):
+
+    def test_the_checkout_keeps_every_house_rule(self):
+        root = Path(__file__).resolve().parents[2]
+        found = check_house.breaches(root)
+        self.assertEqual([str(b) for b in found], [])
