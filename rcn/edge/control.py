@@ -350,7 +350,9 @@ class PairControl:
         if row is None or row.side != "source":
             return
         try:
-            flags = parse_command_area(area).parsed["control_flags"] if area else 0
+            # a CDB other than RCN CONTROL carries no control flags: read as none, like an
+            # area that does not decode
+            flags = parse_command_area(area).parsed.get("control_flags", 0) if area else 0
         except DecodeError:
             flags = 0
         if flags & _FAILURE:
