@@ -14,6 +14,7 @@ import io
 import json
 
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 _log = Logger()
@@ -61,10 +62,21 @@ class BoundedRequest(Request):
         self.channel.transport.loseConnection()
 
 
+class BoundedChannel(HTTPChannel):
+    """An HTTP channel that answers nothing more once a refusal closes it: the bytes
+    after a refused body in the same read would otherwise get a second answer (400)."""
+
+    def _respondToBadRequestAndDisconnect(self):
+        if self.transport.disconnecting:
+            return
+        super()._respondToBadRequestAndDisconnect()
+
+
 class BoundedSite(Site):
     """A Site of :class:`BoundedRequest` s; ``refused`` counts the bodies refused."""
 
     requestFactory = BoundedRequest
+    protocol = BoundedChannel
 
     def __init__(self, resource, *args, max_body: int = MAX_BODY, **kw):
         super().__init__(resource, *args, **kw)
