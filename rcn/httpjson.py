@@ -31,13 +31,22 @@ def request_json(url: str, timeout: float, method: str = "GET", body: dict | Non
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.load(response)
+            answer = _json_object(response)
     except urllib.error.HTTPError as exc:
-        try:
-            reason = json.load(exc).get("error", exc.reason)
-        except ValueError:
-            reason = exc.reason
+        reason = (_json_object(exc) or {}).get("error", exc.reason)
         raise RequestError(f"{reason} (HTTP {exc.code} from {method} {url})", 1) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise RequestError(f"cannot reach {url}: {reason}", 2) from None
+    if answer is None:
+        raise RequestError(f"{method} {url}: the answer is not a JSON object", 1)
+    return answer
+
+
+def _json_object(response) -> dict | None:
+    """The body as a JSON object; None when it is not one (HTML, a list, garbage)."""
+    try:
+        obj = json.load(response)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None

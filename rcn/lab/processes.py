@@ -149,7 +149,9 @@ def load_lab(directory: str) -> dict | None:
 
 def _save(lab: dict) -> None:
     path = lab_file(lab["dir"])
-    with open(path + ".tmp", "w") as f:
+    # owner only: the record holds the lab customer's API token
+    with os.fdopen(os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                   "w") as f:
         json.dump(lab, f, indent=1)
         f.write("\n")
     os.replace(path + ".tmp", path)

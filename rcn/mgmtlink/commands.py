@@ -186,6 +186,8 @@ def decode_json(data: bytes, what: str) -> dict:
                       f"(char {e.pos})") from None
     except ValueError as e:
         raise BadJSON(f"{what}: {e}") from None
+    except RecursionError:
+        raise BadJSON(f"{what}: nested too deep") from None
     if not isinstance(obj, dict):
         raise BadJSON(f"{what}: must be a JSON object, got {type(obj).__name__}")
     return obj

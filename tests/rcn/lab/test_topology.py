@@ -313,6 +313,14 @@ class WanemLabTests(TestCase):
 
 
 class ProcessHelperTests(TestCase):
+
+    def test_the_lab_record_is_readable_by_its_owner_only(self):
+        """lab.json holds the lab customer's API token."""
+        from rcn.lab import processes
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        processes._save({"dir": directory, "customer_token": "t" * 32})
+        self.assertEqual(os.stat(processes.lab_file(directory)).st_mode & 0o777, 0o600)
     def test_pid_alive(self):
         self.assertTrue(lab.pid_alive(os.getpid()))
         self.assertFalse(lab.pid_alive(None))

@@ -23,7 +23,8 @@ from rcn.mgmtlink import protocol as protocol_module
 from rcn.mgmtlink.client import MgmtClient, client_service
 from rcn.mgmtlink.commands import (DEFAULT_PORT, BadArguments, BadJSON, BadRegistration,
                                    BigString, NotRegistered, Register, Report, ResidualFailed,
-                                   ServerFailed, UnknownDevice, encode_json)
+                                   ServerFailed, UnknownDevice, decode_json,
+                                   encode_json)
 
 
 class Settings:
@@ -320,6 +321,14 @@ class PublishTests(Base):
         version, tables = dev.applied[0]
         self.assertEqual(tables, self.settings.snapshot_for("edge-a")[1])
         self.assertTrue(self.server.device("edge-a")["up_to_date"])
+
+
+class DecodeJsonTests(SynchronousTestCase):
+    def test_json_nested_past_the_interpreter_stack_is_bad_json(self):
+        """A device's Report of 100,000 nested lists is refused, not a RecursionError."""
+        with self.assertRaises(BadJSON) as caught:
+            decode_json(b"[" * 100_000, "figures")
+        self.assertEqual(str(caught.exception), "figures: nested too deep")
 
 
 class BigStringTests(SynchronousTestCase):
