@@ -15,6 +15,7 @@ import os
 import time
 
 from rcn.cli.kit import CliError, table
+from rcn.groups import POLICIES
 from rcn.httpjson import request_json
 
 DEFAULT_MGMT_URL = "http://127.0.0.1:47180"
@@ -232,7 +233,7 @@ def add_parsers(groups) -> None:
     p.add_argument("id", nargs="?", type=int)
     p.add_argument("--source", help="WWN:LUN")
     p.add_argument("--target", help="WWN:LUN")
-    p.add_argument("--policy", choices=("A-1", "A-2", "B"), default="A-1")
+    p.add_argument("--policy", choices=POLICIES, default="A-1")
     p.add_argument("--group", type=int, default=0, help="order guarantee ID (policy B)")
     p.add_argument("--customer", help="operator: the customer it belongs to")
     p.add_argument("--load-bytes", type=float, default=0.0, help="expected bytes/s")

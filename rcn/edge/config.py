@@ -141,6 +141,7 @@ from rcn.edge.receiver import ReceiverConfig
 from rcn.logxfer.protocol import (DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER,
                                   MAX_UDP_PAYLOAD)
 from rcn.logxfer.routes import Address
+from rcn.groups import POLICIES
 from rcn.nbd.client import parse_nbd_url
 from rcn.rio.fabric import VirtualStorageEntry
 
@@ -280,7 +281,7 @@ SCHEMA = Schema(
         Key("listen", str, None, server_endpoint, "Prometheus /metrics and /status (JSON); "
             "omit: none", example="tcp:47301:interface=127.0.0.1"),)),
     Table("pairs", (
-        Key("group_policy", str, "B", one_of(("A-1", "A-2", "B")), "order guarantee IDs of "
+        Key("group_policy", str, "B", one_of(POLICIES), "order guarantee IDs of "
             "pairs made by PAIR_CREATE: A-1 per (source array, target array), A-2 per (source "
             "edge, target edge), B only [[pair]]s"),
         Key("failure_timeout", float, 60.0, in_range(0.1, 86400.0), "seconds an entry may "

@@ -4,10 +4,10 @@ The remote copy program itself -- pair states, the host write path, copies,
 control RIOs -- is :class:`rcn.storage.remotecopy.RemoteCopy`; the classes here
 only connect it:
 
-* :class:`ReplicatedExport` is a volume's NBD export: before a write it asks
-  ``check_host_write`` (a target volume of a replicating pair is read-only to its
-  host: EPERM), then writes the volume, then hands the range to ``written``,
-  whose Deferred (sync mode: the WROK) the NBD reply waits for. TRIM and
+* :class:`ReplicatedExport` is a volume's NBD export: each write goes through
+  ``around_host_write``, which checks it (a target volume of a replicating pair is
+  read-only to its host: EPERM), writes the volume and replicates the range; its
+  Deferred (sync mode: the WROK) the NBD reply waits for. TRIM and
   WRITE_ZEROES are replicated as the zeroes they leave.
 * :class:`ArrayTarget` serves the RIOs the edge sends: RCN CONTROL goes to
   ``control_received``; WRITE(16) is applied in the order received once

@@ -35,7 +35,7 @@ Host write path (the NBD export calls ``around_host_write`` with its local write
 * ``around_host_write(lun, offset, length, fua, apply)``: the three below in order,
   with the write's tracks marked in the pair's write-intent bitmap (``store``) from
   before ``apply()`` until the partner or 1211 has them;
-* ``check_host_write(lun)``: raises ``HostWriteRefused`` (a ``VolumeError``
+* the check (``HostWrites.check_host_write``): ``HostWriteRefused`` (a ``VolumeError``
   with errno EPERM: NBD answers EPERM) for a target volume whose pair is not in
   simplex, suspend or failure-suspend;
 * ``written(lun, offset, length, fua=False)``: after the local write; returns
@@ -213,9 +213,6 @@ class RemoteCopy:
         self.commands.stop()
 
     # -- host write path (rcn.storage.hostwrite) -------------------------------------------
-    def check_host_write(self, lun: int) -> None:
-        self.writes.check_host_write(lun)
-
     def host_write(self, lun: int, offset: int, data, fua: bool = False) -> Deferred:
         """Check, write the volume, replicate: Deferred firing when the host may be answered."""
         return self.writes.host_write(lun, offset, data, fua)
