@@ -5,7 +5,10 @@ if there is one:
 
 - the one-way rule ``tools -> rcn -> datapath <- hdl_models``: ``datapath``
   imports none of the others, ``hdl_models`` only ``datapath``, ``rcn``
-  neither ``tools`` nor ``hdl_models``;
+  neither ``tools`` nor ``hdl_models``; ``datapath`` and ``hdl_models`` import
+  no Twisted;
+- no module of ``rcn`` imports the global reactor when it is imported (an entry
+  point may, inside the function that runs it);
 - no import cycle between modules, nor between packages (``rcn.edge`` and
   ``rcn.mgmt`` importing each other is a cycle even when no two files do);
 - no source file over 700 lines and no function over 80 lines outside
@@ -33,6 +36,10 @@ ALLOWED_TOP = {
     "datapath": {"datapath"},
     "hdl_models": {"hdl_models", "datapath"},
 }
+
+# Libraries a top-level package may not import at all.
+FORBIDDEN_OUTSIDE = {"datapath": ("twisted",), "hdl_models": ("twisted",)}
+GLOBAL_REACTOR = "twisted.internet.reactor"
 
 MAX_FILE_LINES = 700
 MAX_FUNCTION_LINES = 80
@@ -78,6 +85,27 @@ def _walk_runtime(tree: ast.AST) -> Iterator[ast.AST]:
                 stack.append(child)
 
 
+def _import_time_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """The nodes run when the module is imported: not inside a function body."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                stack.append(child)
+
+
+def imported_names(nodes: Iterable[ast.AST]) -> Iterator[str]:
+    """Absolute dotted names imported by ``nodes`` (relative imports are ours: left out)."""
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
 def imported_modules(tree: ast.AST, module: str, is_package: bool,
                      known: Set[str]) -> Set[str]:
     """The project modules ``module`` imports, resolved to known names."""
@@ -110,14 +138,27 @@ def imported_modules(tree: ast.AST, module: str, is_package: bool,
     return found
 
 
-def import_graph(root: Path) -> Tuple[Dict[str, Set[str]], Dict[str, Path]]:
-    paths = {module_name(root, p): p for p in source_files(root)}
+class Source(NamedTuple):
+    path: Path
+    text: str
+    tree: ast.AST
+
+
+def read_sources(root: Path) -> Dict[str, Source]:
+    """Every file of the checked packages, read and parsed once."""
+    sources = {}
+    for path in source_files(root):
+        text = path.read_text()
+        sources[module_name(root, path)] = Source(path, text, ast.parse(text, str(path)))
+    return sources
+
+
+def import_graph(sources: Dict[str, Source]) -> Tuple[Dict[str, Set[str]], Dict[str, Path]]:
+    paths = {module: source.path for module, source in sources.items()}
     known = set(paths)
-    graph = {}
-    for module, path in paths.items():
-        tree = ast.parse(path.read_text(), str(path))
-        graph[module] = imported_modules(
-            tree, module, path.name == "__init__.py", known)
+    graph = {module: imported_modules(source.tree, module, source.path.name == "__init__.py",
+                                      known)
+             for module, source in sources.items()}
     return graph, paths
 
 
@@ -217,13 +258,27 @@ def _cycle_path(graph: Dict[str, Set[str]], component: List[str]) -> str:
     return ", ".join(component)
 
 
-def check_imports(root: Path) -> Iterator[Breach]:
-    graph, paths = import_graph(root)
+def check_outside_imports(sources: Dict[str, Source]) -> Iterator[Breach]:
+    for module in sorted(sources):
+        top = module.split(".")[0]
+        tree = sources[module].tree
+        forbidden = FORBIDDEN_OUTSIDE.get(top, ())
+        names = set(imported_names(_walk_runtime(tree)))
+        for name in sorted(n for n in names if n.split(".")[0] in forbidden):
+            yield Breach("one-way", module, f"imports {name}")
+        if top == "rcn" and GLOBAL_REACTOR in imported_names(_import_time_nodes(tree)):
+            yield Breach("global reactor", module, f"imports {GLOBAL_REACTOR} at import "
+                         "time (take the reactor as an argument)")
+
+
+def check_imports(sources: Dict[str, Source]) -> Iterator[Breach]:
+    graph, paths = import_graph(sources)
     for module in sorted(graph):
         top = module.split(".")[0]
         for target in sorted(graph[module]):
             if target.split(".")[0] not in ALLOWED_TOP[top]:
                 yield Breach("one-way", module, f"imports {target}")
+    yield from check_outside_imports(sources)
     for component in strongly_connected(graph):
         yield Breach("module cycle", component[0], _cycle_path(graph, component))
     packages = package_graph(graph, paths)
@@ -238,14 +293,13 @@ def _functions(tree: ast.AST) -> Iterable[ast.AST]:
             yield node
 
 
-def check_sizes(root: Path) -> Iterator[Breach]:
-    for path in source_files(root):
-        text = path.read_text()
-        where = str(path.relative_to(root))
-        lines = text.count("\n")
+def check_sizes(root: Path, sources: Dict[str, Source]) -> Iterator[Breach]:
+    for source in sources.values():
+        where = str(source.path.relative_to(root))
+        lines = source.text.count("\n")
         if lines > MAX_FILE_LINES:
             yield Breach("file size", where, f"{lines} lines > {MAX_FILE_LINES}")
-        for function in _functions(ast.parse(text, where)):
+        for function in _functions(source.tree):
             first = min([function.lineno] + [d.lineno for d in function.decorator_list])
             length = function.end_lineno - first + 1
             if length > MAX_FUNCTION_LINES:
@@ -254,7 +308,8 @@ def check_sizes(root: Path) -> Iterator[Breach]:
 
 
 def breaches(root: Path) -> List[Breach]:
-    return list(check_imports(root)) + list(check_sizes(root))
+    sources = read_sources(root)
+    return list(check_imports(sources)) + list(check_sizes(root, sources))
 
 
 def main(argv=None) -> int:

@@ -44,6 +44,23 @@ class PlantedTreeTests(TestCase):
         self.write("rcn/a.py", "import hdl_models.m\nfrom tools import t\n")
         self.assertEqual(self.rules(), [("one-way", "rcn.a"), ("one-way", "rcn.a")])
 
+    def test_datapath_or_hdl_models_importing_twisted_breaks_the_one_way_rule(self):
+        self.write("datapath/k.py", "def f():\n    from twisted.internet import task\n")
+        self.write("hdl_models/m.py", "import twisted\n")
+        found = check_house.breaches(self.root)
+        self.assertEqual([(b.rule, b.where, b.detail) for b in found],
+                         [("one-way", "datapath.k", "imports twisted.internet"),
+                          ("one-way", "datapath.k", "imports twisted.internet.task"),
+                          ("one-way", "hdl_models.m", "imports twisted")])
+
+    def test_rcn_importing_the_global_reactor_at_import_time_is_a_breach(self):
+        self.write("rcn/lib.py", "from twisted.internet import reactor\n")
+        self.write("rcn/klass.py", "class K:\n    import twisted.internet.reactor\n")
+        self.write("rcn/main.py", "def main():\n    from twisted.internet import reactor\n"
+                                  "    reactor.run()\n")
+        self.assertEqual(sorted(self.rules()), [("global reactor", "rcn.klass"),
+                                                ("global reactor", "rcn.lib")])
+
     def test_a_module_cycle_is_found_even_through_a_deferred_import(self):
         self.write("rcn/a.py", "from rcn import b\n")
         self.write("rcn/b.py", "def f():\n    from rcn.a import g\n")
