@@ -55,15 +55,14 @@ from twisted.python.failure import Failure as _Failure
 from twisted.logger import Logger
 
 from datapath.frames.applystate import ITEM, MAGIC, MAX_GROUPS, SLOT, SLOT_BYTES, VERSION
-from rcn.edge.groupcommit import GroupCommit, fail, fire, fsync_path
+from rcn.edge.groupcommit import O_CLOEXEC, GroupCommit, fail, fire, fdatasync, fsync_path
 
 MAX_GROUP = (1 << 32) - 1
 MAX_SEQUENCE = (1 << 64) - 1
 _pack_slot = SLOT.packer.pack
 _pack_item = ITEM.packer.pack
 
-_fsync = os.fdatasync      # module globals, so tests can count calls
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_fsync = fdatasync      # a module global, so tests can count calls
 _log = Logger(namespace="rcn.edge.applystate")
 
 COUNTER_NAMES = ("records", "records_ignored", "writes", "write_bytes", "write_ns_total",
@@ -188,7 +187,7 @@ class ApplyState:
                                   f"{exc.strerror or exc}", self.path) from exc
         table, self._generation = ({}, 0) if data is None else read_slots(data, self.path)
         try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
             if data is None:            # a new file: its directory entry must be durable too
                 fsync_path(directory, directory=True)
         except OSError as exc:

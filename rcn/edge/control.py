@@ -44,7 +44,7 @@ from rcn.logxfer.sender import Sender
 from rcn.pairstate import (ASC_GROUP_CONFLICT, ASC_IN_PROGRESS, ASC_NO_PAIR, ASC_PAIR_PARAMS,
                            ASC_RCN_FAILED, REPLICATING, Event, PairState, PairStateError, allows,
                            explain, refusal, state_refusal)
-from rcn.rio.fcp import ScsiCommand, ScsiResult, SenseKey, check_condition
+from rcn.rio.fcp import INVALID_FIELD_IN_CDB, ScsiCommand, ScsiResult, SenseKey, check_condition
 
 _log = Logger()
 A = fcp.RcnServiceAction
@@ -52,7 +52,6 @@ _CONTROL = int(fcp.Opcode.RCN_CONTROL)
 _WRITE16 = int(fcp.Opcode.WRITE_16)
 _FAILURE = fcp.RCN_CONTROL_FAILURE
 _FAST = fcp.RCN_CONTROL_FAST
-_INVALID_FIELD = (0x24, 0x00)
 #: the event a GOOD answer to each relayed command brings
 _ON_GOOD = {A.PAIR_CREATE: Event.CREATED, A.DUPLEX: Event.DUPLEXED, A.SUSPEND: Event.SUSPENDED,
             A.RESYNC: Event.RESYNCED, A.DELETE: Event.DELETED}
@@ -161,7 +160,7 @@ class PairControl:
             self.counters["controls_refused"] += 1
             _log.warn("{edge}: PAIR_CREATE with bad parameters: {why}", edge=self.name,
                       why=exc)
-            return check_condition(SenseKey.ILLEGAL_REQUEST, _INVALID_FIELD)
+            return check_condition(SenseKey.ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB)
         created = row is None
         if created:
             if self.pairs.policy == "B" and not command.parsed["group_id"]:

@@ -54,13 +54,13 @@ from rcn.logxfer.routes import Address, Hops, RouteTable, goes_backward
 from rcn.logxfer.sender import Sender, TokenBucket
 from rcn.metrics import LatencyHistogram
 from rcn.pairstate import PairState
-from rcn.rio.fcp import ScsiCommand, ScsiResult, ScsiTarget, SenseKey, check_condition
+from rcn.rio.fcp import (LU_NOT_SUPPORTED, ScsiCommand, ScsiResult, ScsiTarget, SenseKey,
+                         check_condition, command_name)
 
 _log = Logger()
 _WRITE16 = int(fcp.Opcode.WRITE_16)
 _CONTROL = int(fcp.Opcode.RCN_CONTROL)
 _TUR = 0x00
-_LU_NOT_SUPPORTED = (0x25, 0x00)
 _INVALID_OPCODE = (0x20, 0x00)
 FORWARD, BACKWARD = False, True      # an entry's direction: routes.goes_backward
 
@@ -223,11 +223,10 @@ class EdgeDevice:
     def _refuse(self, command: ScsiCommand, partner_wwn: int, why: str) -> ScsiResult:
         self.counters["refused"] += 1
         _log.warn("{edge}: {cmd} from {array} to {partner} LUN {lun} refused: {why}",
-                  edge=self.name, cmd=fcp.Opcode(command.cdb[0]).name
-                  if command.cdb[0] in fcp.Opcode._value2member_map_ else hex(command.cdb[0]),
+                  edge=self.name, cmd=command_name(command.cdb),
                   array=format_wwn(command.initiator_wwn), partner=format_wwn(partner_wwn),
                   lun=command.lun, why=why)
-        return check_condition(SenseKey.ILLEGAL_REQUEST, _LU_NOT_SUPPORTED)
+        return check_condition(SenseKey.ILLEGAL_REQUEST, LU_NOT_SUPPORTED)
 
     # -- the log-transfer channel --------------------------------------------------------
     def entry_received(self, entry: LogEntry, data: bytes, sender: Address) -> None:

@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import os
 
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+fdatasync = getattr(os, "fdatasync", os.fsync)     # where the platform has no fdatasync
 
 
 def fsync_path(path: str, directory: bool = False) -> None:
     """Open ``path``, fsync it, close it: a file's data, or with ``directory`` the
     entries of a directory (a new or renamed file is durable only after that)."""
     flags = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if directory else os.O_WRONLY
-    fd = os.open(path, flags | _O_CLOEXEC)
+    fd = os.open(path, flags | O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from datapath.frames.logstore import KIND_ENTRY
-from rcn.edge.groupcommit import fsync_path
+from rcn.edge.groupcommit import O_CLOEXEC, fdatasync, fsync_path
 from rcn.edge.logrecords import LOCK_NAME, SEGMENT_NAME, BadRecord, scan_records, segment_name
 
-_fdatasync = getattr(os, "fdatasync", os.fsync)   # a module global, so tests can count calls
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_fdatasync = fdatasync      # a module global, so tests can count calls
 _log = Logger(namespace="rcn.edge.logstore")
 
 
@@ -40,7 +39,7 @@ def lock_directory(directory: str) -> int:
         raise LogStoreError(f"log directory {directory} exists and is not a directory")
     lock_path = os.path.join(directory, LOCK_NAME)
     try:
-        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
     except OSError as exc:
         raise LogStoreError(f"cannot open {lock_path}: {exc.strerror or exc}; the log "
                             f"directory must be writable") from exc
@@ -157,7 +156,7 @@ def run_job(directory: str, fd: int | None, new_path: str | None, pieces: list, 
                 fsyncs += 1
                 old, fd = fd, None
                 os.close(old)
-            fd = os.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+            fd = os.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
         if pieces:
             _write_all(fd, b"".join(pieces))
         if sync:
