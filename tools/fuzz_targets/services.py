@@ -34,7 +34,7 @@ import rcn.mgmt.server  # noqa: F401
 import rcn.nbd.server  # noqa: F401
 import rcn.rio.protocol  # noqa: F401
 import rcn.wanem.service  # noqa: F401
-from datapath.frames import els, fcip, fcp, logentry
+from datapath.frames import els, fcip, fcp, logentry, nbd
 from datapath.frames.errors import DecodeError
 from datapath.frames.fields import Layout, uint
 from tools.fuzz_targets.kit import MiB, Finding, Target, register
@@ -116,9 +116,6 @@ def nbd_seeds() -> list[bytes]:
             + P.request(P.CMD_READ, 9, 0, 4096) + P.request(P.CMD_WRITE, 10, 0, 512, 0, bytes(512))]
 
 
-_NBD_OPTION = Layout("nbd_option", [uint("magic", 8), uint("option", 4), uint("length", 4)])
-_NBD_REQUEST = Layout("nbd_request", [uint("magic", 4), uint("flags", 2), uint("type", 2),
-                                      uint("cookie", 8), uint("offset", 8), uint("length", 4)])
 _NBD_GO = Layout("nbd_go", [uint("name_length", 4)])
 
 register(Target(
@@ -126,8 +123,8 @@ register(Target(
     "flags, option haggling, transmission requests, fed in pieces; then the handshake timer "
     "and a lost connection",
     run_nbd, nbd_seeds,
-    fields=((b"IHAVEOPT", 0, _NBD_OPTION), (b"IHAVEOPT", 16, _NBD_GO),
-            (bytes.fromhex("25609513"), 0, _NBD_REQUEST)),
+    fields=((b"IHAVEOPT", 0, nbd.OPTION_HEADER), (b"IHAVEOPT", 16, _NBD_GO),
+            (bytes.fromhex("25609513"), 0, nbd.REQUEST)),
     memory_bound=lambda n: 16 * MiB + 64 * n, max_len=1 << 17, test_runs=200))
 
 
