@@ -91,6 +91,11 @@ del S, E
 REPLICATING = frozenset({PairState.INITIAL_COPYING, PairState.DUPLEX, PairState.DUPLEX_PENDING})
 #: states in which the target volume takes writes from its own host
 TARGET_WRITABLE = frozenset({PairState.SIMPLEX, PairState.SUSPEND, PairState.FAILURE_SUSPEND})
+#: states in which a target volume takes RIO WRs from its edge
+TARGET_ACCEPTS = frozenset({PairState.INITIAL_COPYING, PairState.DUPLEX, PairState.DUPLEX_PENDING,
+                            PairState.FAILURE_SUSPEND})
+#: states in which a pair replicates nothing (suspended, by command or by failure)
+STOPPED = frozenset({PairState.SUSPEND, PairState.FAILURE_SUSPEND})
 
 
 class PairStateError(ValueError):

@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 
-from rcn.pairstate import TARGET_WRITABLE, PairState, explain
+from rcn.pairstate import STOPPED, TARGET_WRITABLE, PairState, explain
 from rcn.rio.fcp import ScsiResult
 from rcn.storage.copier import then
 from rcn.storage.copyerrors import HostWriteRefused, NotFound
-from rcn.storage.paircommands import STOPPED
 from rcn.storage.pairs import Pair
 
 if TYPE_CHECKING:

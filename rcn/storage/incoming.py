@@ -18,8 +18,8 @@ from datapath.frames import fcp
 from datapath.frames.fcp import RcnServiceAction as Action
 from datapath.frames.names import format_wwn
 from datapath.kernels.bitmap import geometry
-from rcn.pairstate import (ASC_IN_PROGRESS, ASC_NO_PAIR, ASC_PAIR_PARAMS, Event, PairState,
-                           allows, refusal, state_refusal)
+from rcn.pairstate import (ASC_IN_PROGRESS, ASC_NO_PAIR, ASC_PAIR_PARAMS, TARGET_ACCEPTS, Event,
+                           PairState, allows, refusal, state_refusal)
 from rcn.rio.fcp import (INVALID_FIELD_IN_CDB, LU_NOT_SUPPORTED, ScsiCommand, ScsiResult, SenseKey,
                          check_condition)
 from rcn.storage.pairs import Pair
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from rcn.storage.remotecopy import RemoteCopy
 
 S = PairState
-#: states in which a target volume takes RIO WRs from its edge
-TARGET_ACCEPTS = frozenset({S.INITIAL_COPYING, S.DUPLEX, S.DUPLEX_PENDING, S.FAILURE_SUSPEND})
 
 _log = Logger(namespace="rcn.storage.remotecopy")   # one namespace for the whole program
 

@@ -19,12 +19,12 @@ from twisted.logger import Logger
 from datapath.frames import fcp
 from datapath.frames.fcp import RcnServiceAction as Action
 from datapath.kernels.bitmap import DifferentialBitmap
-from rcn.pairstate import REPLICATING, Event, PairState, PairStateError
+from rcn.pairstate import (REPLICATING, STOPPED, TARGET_ACCEPTS, Event, PairState,
+                            PairStateError)
 from rcn.rio.fcp import ScsiResult
 from rcn.storage.copyerrors import (RESIDUAL_SIZE, BadRequest, Busy, Conflict, PartnerRefused,
                                     PartnerUnreachable, RemoteCopyError, format_residual,
                                     residual_of)
-from rcn.storage.incoming import TARGET_ACCEPTS
 from rcn.storage.pairs import Pair
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 S = PairState
 AUTO_RESYNC_FIRST = 5.0       # seconds after an unanswered RIO before resyncing by itself
 AUTO_RESYNC_MAX = 60.0        # the longest wait between attempts
-STOPPED = frozenset({S.SUSPEND, S.FAILURE_SUSPEND})
 
 _log = Logger(namespace="rcn.storage.remotecopy")   # one namespace for the whole program
 
