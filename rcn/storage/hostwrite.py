@@ -1,7 +1,7 @@
 """The remote copy program's host write path: check, write locally, replicate or record.
 
 :class:`HostWrites` serves :class:`rcn.storage.remotecopy.RemoteCopy`'s
-``around_host_write``, ``check_host_write``, ``written`` and ``host_write`` (the
+``around_host_write`` (which checks the write first), ``written`` and ``host_write`` (the
 module doc there says what each does). A replicating source pair sends the
 written blocks as ORDERED RIO WRs of at most ``copy_chunk`` bytes: in sync mode
 the host's reply waits for them, in async mode for a place in the pair's queue
@@ -51,8 +51,7 @@ class HostWrites:
         self.counters = rc.counters
         self._refusal_logged: dict[int, PairState] = {}
 
-    def check_host_write(self, lun: int) -> None:
-        pair = self.rc.pairs.for_lun(lun)
+    def _check(self, lun: int, pair: Pair | None) -> None:
         if pair is None or pair.role != "target" or pair.state in TARGET_WRITABLE:
             return
         self.counters.host_writes_refused += 1
@@ -72,9 +71,9 @@ class HostWrites:
                              lambda: volume.write(offset, data, fua))
 
     def around_host_write(self, lun: int, offset: int, length: int, fua: bool, apply):
-        self.check_host_write(lun)
+        pair = self.rc.pairs.for_lun(lun)         # looked up once for the whole write
+        self._check(lun, pair)
         store = self.rc.store
-        pair = self.rc.pairs.for_lun(lun)
         span = None
         if store is not None and pair is not None and pair.replicating:
             span = store.intend(pair, offset, length)
@@ -85,10 +84,12 @@ class HostWrites:
             if sent is not None:
                 sent()
             raise
-        return self.written(lun, offset, length, fua, sent)
+        return self._written(pair, lun, offset, length, fua, sent)
 
     def written(self, lun: int, offset: int, length: int, fua: bool = False, sent=None):
-        pair = self.rc.pairs.for_lun(lun)
+        return self._written(self.rc.pairs.for_lun(lun), lun, offset, length, fua, sent)
+
+    def _written(self, pair: Pair | None, lun: int, offset: int, length: int, fua: bool, sent):
         if pair is None or length <= 0 or not pair.replicating:
             self._written_locally(pair, offset, length)
             if sent is not None:
@@ -126,8 +127,9 @@ class HostWrites:
         """One RIO WR of blocks already on the local volume; never fails."""
         rc = self.rc
         bs = rc.volumes[pair.lun].block_size
-        if not pair.replicating or not rc._present(pair):
-            if rc._present(pair):
+        present = rc._present(pair)
+        if not pair.replicating or not present:
+            if present:
                 self._record(pair, lba * bs, blocks * bs)
             return succeed(None)
         data = rc.volumes[pair.lun].read(lba * bs, blocks * bs)

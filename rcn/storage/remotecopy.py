@@ -35,7 +35,7 @@ Host write path (the NBD export calls ``around_host_write`` with its local write
 * ``around_host_write(lun, offset, length, fua, apply)``: the three below in order,
   with the write's tracks marked in the pair's write-intent bitmap (``store``) from
   before ``apply()`` until the partner or 1211 has them;
-* the check (``HostWrites.check_host_write``): ``HostWriteRefused`` (a ``VolumeError``
+* the check (``HostWrites._check``): ``HostWriteRefused`` (a ``VolumeError``
   with errno EPERM: NBD answers EPERM) for a target volume whose pair is not in
   simplex, suspend or failure-suspend;
 * ``written(lun, offset, length, fua=False)``: after the local write; returns
