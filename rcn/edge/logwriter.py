@@ -203,10 +203,10 @@ class SegmentWriter:
         unlink = self._current is not None and bool(self._reclaim)
         if self._closing:
             if write or self._fd is not None:
-                return self._plan(write, final=True)
+                return self._plan(write, checkpoint, final=True)
             self._on_closed()
         elif write or unlink:
-            return self._plan(write, final=False)
+            return self._plan(write, checkpoint, final=False)
         return None
 
     def _checkpoint_items(self, groups) -> list[tuple[int, int, int]]:
@@ -254,16 +254,16 @@ class SegmentWriter:
         job.entries = len(records)
         return len(records)
 
-    def _plan(self, write: bool, final: bool):
-        """Take what is pending into one job: ``(work, job)`` for the scheduler."""
+    def _plan(self, write: bool, checkpoint: bool, final: bool):
+        """Take what is pending into one job: ``(work, job)`` for the scheduler. The
+        checkpoint goes in when due (``checkpoint``) or, if any group is dirty, rides on
+        records that are written anyway."""
         job = _Job(final=final)
         pieces: list = []
         if write and (self._fd is None or self._seg_size >= self.segment_bytes):
             self._roll_over(job, pieces)
         records = self._take_records(job, pieces)
-        if job.new_segment is None and self._dirty and (records or self._checkpoint_due or final
-                                                        or self._deletes_since
-                                                        >= self.checkpoint_every):
+        if job.new_segment is None and (checkpoint or (records and self._dirty)):
             pieces.append(encode_checkpoint(self._checkpoint_items(self._dirty)))
             self._checkpointed()
         job.nbytes = sum(len(p) for p in pieces)
