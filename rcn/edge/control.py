@@ -385,8 +385,7 @@ class PairControl:
         receiver = self.target.receiver(group)
         if action == A.TAKEOVER:
             self.counters["takeovers"] += 1
-            report = receiver.close()
-            self._fail_target_group(group, except_row=row)
+            report = self._close_target_group(group, row)
             _log.warn("{edge}: TAKEOVER of group {group}: applied through {applied}, {missing} "
                       "known missing, {discarded} discarded", edge=self.name, group=group,
                       applied=report["applied"], missing=report["known_missing"],
@@ -455,8 +454,7 @@ class PairControl:
         if failover is None:
             return
         self._cancel(failover)
-        report = self.target.receiver(group).close()
-        self._fail_target_group(group, except_row=failover.row)
+        report = self._close_target_group(group, failover.row)
         _log.error("{edge}: failover of group {group}: no SOK from the source edge in "
                    "{t} s; stopped at sequence {applied}", edge=self.name, group=group,
                    t=self.settings.failover_timeout, applied=report["applied"])
@@ -468,6 +466,13 @@ class PairControl:
         for call in (failover.timer, failover.resend):
             if call is not None and call.active():
                 call.cancel()
+
+    def _close_target_group(self, group: int, row: PairRow) -> dict:
+        """The group stops here: its receiver closes (what it had: the residual report's
+        figures) and its pairs other than ``row`` fail."""
+        report = self.target.receiver(group).close()
+        self._fail_target_group(group, except_row=row)
+        return report
 
     def _fail_target_group(self, group: int, except_row: PairRow) -> None:
         for r in self.pairs.in_group(group, "target"):
@@ -534,8 +539,7 @@ class PairControl:
         failover = self.failovers.pop(group, None)
         if failover is not None:
             self._cancel(failover)
-            report = self.target.receiver(group).close()
-            self._fail_target_group(group, except_row=failover.row)
+            report = self._close_target_group(group, failover.row)
             if failover.answer is not None:
                 failover.answer.callback(ScsiResult(data_in=fcp.build_residual_report(**report)))
             return ScsiResult()
