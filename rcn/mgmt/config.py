@@ -51,13 +51,15 @@ class MgmtConfig:
 SCHEMA = Schema(
     Table("mgmt", (
         Key("id", str, REQUIRED, not_empty, "name in logs", example="mgmt"),
-        Key("database", str, "mgmt.sqlite", help="the settings (SQLite; relative: to this file)"),
+        Key("database", str, "mgmt.sqlite", not_empty,
+            help="the settings (SQLite; relative: to this file)"),
         Key("http", str, "tcp:47180:interface=127.0.0.1", server_endpoint, "REST API (/api/v1), "
             "/openapi.json, /metrics and the web dashboard (/)"),
         Key("amp", str, "tcp:47100:interface=127.0.0.1", server_endpoint, "where devices "
             "connect (DESIGN.md 3.4)"),
-        Key("operator_token_file", str, "operator.token", help="the operator's API token: read "
-            "from this file, or made and written there (mode 0600) when the database has none"),
+        Key("operator_token_file", str, "operator.token", not_empty, help="the operator's API "
+            "token: read from this file, or made and written there (mode 0600) when the "
+            "database has none"),
         Key("history", int, 300, in_range(2, 86400), "reports kept per device (one a second)"),
         Key("stale_after", float, 5.0, in_range(0.5, 3600.0), "seconds without a report: the "
             "device is stale (routes avoid it until it reports again)")), required=True),

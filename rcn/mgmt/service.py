@@ -45,9 +45,12 @@ WEB = os.path.join(os.path.dirname(__file__), "web")
 def operator_token(server: MgmtServer, path: str) -> str:
     """The operator's token: the file's, set in the store; or a new one written there."""
     if os.path.exists(path):
-        with open(path) as f:
-            token = f.read().strip()
-        server.settings.set_token(OPERATOR, None, token)
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read().strip()
+            server.settings.set_token(OPERATOR, None, token)
+        except (OSError, ValueError) as exc:        # ValueError: not UTF-8, a short token
+            raise ValueError(f"operator token file {path}: {exc}") from None
         return token
     token = secrets.token_urlsafe(32)
     server.settings.set_token(OPERATOR, None, token)

@@ -14,6 +14,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
+from rcn.config import ConfigError
 from rcn.mgmt.config import parse_config
 from rcn.mgmt.service import make_service
 from rcn.tap import StartError
@@ -56,6 +57,32 @@ class OpenAtStartTests(TestCase):
                                    _headers(token))
         d.addCallback(readBody)
         return d.addCallback(lambda body: self.assertTrue(json.loads(body)["operator"]))
+
+    def refused_token_file(self, content: bytes) -> str:
+        """What the start says about an operator token file holding ``content``."""
+        path = os.path.join(self.dir, "operator.token")
+        with open(path, "wb") as f:
+            f.write(content)
+        top, _ = make_service(self.config, reactor)
+        top.privilegedStartService()
+        self.addCleanup(top.stopService)
+        with self.assertRaises(StartError) as caught:
+            top.startService()
+        message = str(caught.exception)
+        self.assertIn(f"operator token file {path}: ", message)
+        return message
+
+    def test_a_token_file_that_is_not_utf8_stops_the_start_naming_it(self):
+        self.assertIn("codec can't decode", self.refused_token_file(b"\xff\xfe" * 20))
+
+    def test_a_token_file_too_short_stops_the_start_naming_it(self):
+        self.assertIn("at least 16 characters", self.refused_token_file(b"short\n"))
+
+    def test_empty_database_or_token_file_keys_are_refused(self):
+        for key in ("database", "operator_token_file"):
+            with self.assertRaises(ConfigError) as caught:
+                parse_config({"mgmt": {"id": "mgmt", key: " "}})
+            self.assertEqual(str(caught.exception), f"mgmt.{key}: empty")
 
     def test_start_that_cannot_open_the_database_raises_start_error_naming_it(self):
         database = os.path.join(self.dir, "missing", "mgmt.sqlite")
