@@ -4,9 +4,22 @@ Every datagram holds one entry: an 88-byte header (8-byte aligned, big-endian)
 and the entry's body of ``rio_length`` bytes.
 
 Version
-    ``version`` is 1. A receiver rejects any other version (``DecodeError`` on
+    ``version`` is 2. A receiver rejects any other version (``DecodeError`` on
     ``log.version``) and counts it; a new version changes the magic-to-CRC
-    layout only together with this number.
+    layout only together with this number. Version 2 (sealed log transfer,
+    DESIGN.md 9) turned version 1's reserved bytes into ``seal`` and
+    ``key_epoch``; the layout's size and every other offset are unchanged.
+
+End-to-end seal (``seal`` = 1)
+    The body of a WR, WROK, CTRL, CTRL_OK or NAK is sealed by the edge that made
+    it under the key of its order guarantee group (epoch ``key_epoch``), before
+    it is cut into segments: ``nonce`` (12 random bytes), the ciphertext, then
+    the 16-byte GCM tag (``SEALED_OVERHEAD`` = 28 bytes more than the clear
+    body; ``total_length`` counts the sealed body). The associated data is the
+    header itself with the fields a relay or a retransmission may change zeroed
+    (:func:`e2e_aad`): ``ttl``, the RETRANSMIT flag, ``segment_index``,
+    ``segment_count``, ``segment_offset``, ``rio_length`` and ``crc32c``. KEEPALIVE and BATCH are
+    never sealed end to end (a BATCH's entries are, each on its own).
 
 Types and bodies
     WR, CTRL, WROK, CTRL_OK
@@ -48,7 +61,7 @@ from datapath.frames.errors import DecodeError
 from datapath.frames.fields import Layout, raw, record_type, uint
 
 MAGIC = 0x52434E4C          # "RCNL"
-VERSION = 1
+VERSION = 2
 LOG_PORT = 47001
 UNIT_LENGTH_SIZE = 4
 MIN_UNIT = 8 + 24 + 4       # ordered sets, FC header, CRC
@@ -84,7 +97,9 @@ LOG_HEADER = Layout("log", [
                      "0x0008 restart (CTRL), 0x0010 reverse (CTRL)"),
     uint("group_id", 4, "order guarantee ID (803)"),
     uint("ttl", 1, "hops left; a relay drops the entry at 0"),
-    raw("reserved", 3, "0"),
+    uint("seal", 1, "RIO area (or NAK body) sealed end to end: 0 clear, 1 AES-256-GCM under "
+                    "the group key of epoch key_epoch", values={0: "clear", 1: "AES-256-GCM"}),
+    raw("reserved", 2, "0"),
     uint("sequence", 8, "sequence number within the group (804)"),
     uint("io_time_ns", 8, "time the source edge received the I/O, ns since the epoch (804)"),
     uint("target_wwn", 8, "target storage WWN (801)"),
@@ -97,7 +112,7 @@ LOG_HEADER = Layout("log", [
     uint("total_length", 4, "bytes of the whole RIO area"),
     uint("rio_length", 4, "bytes after the header in this datagram"),
     uint("crc32c", 4, "CRC32C of header (this field zero) and body"),
-    uint("reserved2", 4, "0"),
+    uint("key_epoch", 4, "epoch of the group key the body is sealed under; 0 when clear"),
 ], doc="RCN log entry header")
 
 HEADER_SIZE = LOG_HEADER.size     # 88
@@ -129,6 +144,36 @@ class LogEntry:
     length: int            # header + body bytes
 
 
+SEAL_NONCE_SIZE = 12
+SEAL_TAG_SIZE = 16
+#: bytes a sealed body has more than the clear one: the nonce before, the tag after
+SEALED_OVERHEAD = SEAL_NONCE_SIZE + SEAL_TAG_SIZE
+SEALABLE_TYPES = frozenset({EntryType.WR, EntryType.WROK, EntryType.CTRL, EntryType.CTRL_OK,
+                            EntryType.NAK})
+
+
+class Seal(enum.IntEnum):
+    CLEAR = 0
+    AES_256_GCM = 1
+
+
+def e2e_aad(entry_type: int, header: "LogHeader | None" = None, **fields) -> bytes:
+    """The associated data of an end-to-end seal: the header as the source built it, with
+    the fields a relay, a retransmission or segmentation may change zeroed (ttl, the
+    RETRANSMIT flag, segment_index, segment_count, segment_offset, rio_length, crc32c).
+    From a parsed ``header``, or from ``build_entry``'s ``fields`` (``total_length``: the
+    sealed body's)."""
+    if header is not None:
+        fields = header._asdict()
+    get = fields.get
+    return _HEADER_PACK.pack(
+        MAGIC, get("version", VERSION), entry_type,
+        get("flags", 0) & ~int(EntryFlag.RETRANSMIT), get("group_id", 0), 0, get("seal", 0),
+        b"\x00\x00", get("sequence", 0), get("io_time_ns", 0), get("target_wwn", 0),
+        get("target_lun", 0), get("source_wwn", 0), get("source_lun", 0), 0, 0, 0,
+        get("total_length", 0), 0, 0, get("key_epoch", 0))
+
+
 def entry_crc(header: bytes, body: bytes) -> int:
     zeroed = header[:_CRC_AT] + b"\x00\x00\x00\x00" + header[_CRC_AT + 4:]
     return _crc32c.crc32c(body, _crc32c.crc32c(zeroed))
@@ -156,11 +201,11 @@ def build_entry(entry_type: int, body: bytes = b"", **fields) -> bytes:
     try:
         header = _HEADER_PACK.pack(
             MAGIC, get("version", VERSION), entry_type, get("flags", 0), get("group_id", 0),
-            get("ttl", 16), get("reserved", b"\x00\x00\x00"), get("sequence", 0),
+            get("ttl", 16), get("seal", 0), get("reserved", b"\x00\x00"), get("sequence", 0),
             get("io_time_ns", 0), get("target_wwn", 0), get("target_lun", 0),
             get("source_wwn", 0), get("source_lun", 0), get("segment_index", 0),
             get("segment_count", 1), get("segment_offset", 0), get("total_length", size), size,
-            0, get("reserved2", 0))
+            0, get("key_epoch", 0))
     except struct.error as exc:
         raise ValueError(f"log: cannot build: {exc}") from None
     crc = _crc32c.crc32c(body, _crc32c.crc32c(header))

@@ -1,0 +1,53 @@
+"""The hop envelope: every log-transfer datagram between neighbours (DESIGN.md 9).
+
+A sealed datagram is a 24-byte hop header, the log entry (or BATCH) in clear, and a
+16-byte tag::
+
+    | HOP_HEADER (24) | log entry or BATCH (logentry.py) | tag (16) |
+
+The tag is AES-256-GCM's over an empty plaintext with the hop header and the entry as
+associated data (GMAC): a hop proves who sent the datagram and that nothing in it changed,
+while the entry's header stays readable to a capture. The customer's data inside it is
+sealed end to end already (``logentry``'s ``seal``), so the hop layer has nothing left to
+hide. Key: the link's key of epoch ``key_epoch``, one per sending direction (HKDF from the
+link key, ``rcn.logxfer.seal``). Nonce: 4 zero bytes then ``counter`` -- a 64-bit counter per
+sending device that starts at the wall clock's nanoseconds when the device starts, so it
+never repeats across restarts, and that receivers check with a sliding replay window.
+
+An inline AES-GCM engine in a NIC computes this tag as the datagram streams out (the
+same place IPsec or kTLS offload puts it); see ``hdl_models/README.md``.
+"""
+
+from __future__ import annotations
+
+from datapath.frames.fields import Layout, raw, uint
+
+HOP_MAGIC = 0x52434E48      # "RCNH"
+HOP_VERSION = 1
+HOP_TAG_SIZE = 16
+SUITE_AES_256_GCM = 1
+
+HOP_HEADER = Layout("hop", [
+    uint("magic", 4, "0x52434E48 'RCNH'"),
+    uint("version", 1, "hop envelope version, 1"),
+    uint("suite", 1, "1: AES-256-GCM tag over header and entry", values={1: "AES-256-GCM"}),
+    raw("reserved", 2, "0"),
+    uint("key_epoch", 4, "epoch of the link key"),
+    raw("reserved2", 4, "0"),
+    uint("counter", 8, "sender's datagram counter: the nonce's last 8 bytes, checked by a "
+                       "replay window"),
+], doc="RCN hop envelope header")
+
+HOP_HEADER_SIZE = HOP_HEADER.size          # 24
+HOP_OVERHEAD = HOP_HEADER_SIZE + HOP_TAG_SIZE
+HOP_MAGIC_BYTES = HOP_MAGIC.to_bytes(4, "big")
+_PACK = HOP_HEADER.packer
+
+
+def build_hop_header(key_epoch: int, counter: int) -> bytes:
+    return _PACK.pack(HOP_MAGIC, HOP_VERSION, SUITE_AES_256_GCM, b"\x00\x00", key_epoch,
+                      b"\x00\x00\x00\x00", counter)
+
+
+def hop_nonce(counter: int) -> bytes:
+    return b"\x00\x00\x00\x00" + counter.to_bytes(8, "big")

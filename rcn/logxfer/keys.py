@@ -1,0 +1,238 @@
+"""Log-transfer keys: link keys (hop layer) and group keys (end to end), by epoch (DESIGN.md 9).
+
+A :class:`KeyRing` is what one device holds: for each link to a neighbour (a pair of
+log-transfer addresses) and, at an edge, for each order guarantee group it serves, the
+keys of one or more epochs. An epoch is either ``send`` (what this device seals with: the
+highest such epoch) or ``accept`` only (opened, never used to seal: a new key before every
+device has it, or an old one during the overlap after a rotation). An epoch that is gone
+from the ring is refused (``unknown_key``).
+
+The key file (``[seal] keys`` of a device's TOML; written by ``rcn lab`` for static labs,
+and by a device for the keys its management server sent, so a restart keeps working) is
+text, one key per line, like a TLS key log -- the Wireshark dissector reads it too::
+
+    # comment
+    link  <epoch> <64 hex digits> <address> <address> send|accept
+    group <group id> <epoch> <64 hex digits> send|accept
+
+It is written 0600 and refused when other users may read it. The management server's
+snapshots carry the same keys as JSON (:meth:`KeyRing.to_snapshot`). Key material never
+appears in a repr, a log line, ``/status`` or ``/metrics``: :class:`Key` hides it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+
+from rcn.logxfer.routes import Address
+
+KEY_SIZE = 32
+SEND, ACCEPT = "send", "accept"
+
+
+class KeyFileError(ValueError):
+    """A key file or snapshot key that cannot be used; the message names where and why."""
+
+
+@dataclass(frozen=True)
+class Key:
+    epoch: int
+    material: bytes = field(repr=False)
+    send: bool = True
+
+    def __post_init__(self):
+        if len(self.material) != KEY_SIZE:
+            raise KeyFileError(f"a key of epoch {self.epoch} has {len(self.material)} bytes, "
+                               f"not {KEY_SIZE}")
+        if not 0 < self.epoch < 1 << 32:
+            raise KeyFileError(f"key epoch {self.epoch} is outside 1..4294967295")
+
+
+def link_name(a: Address, b: Address) -> tuple[Address, Address]:
+    """A link's name: its two addresses in a fixed order (a link key serves both ways)."""
+    return (a, b) if (a.host, a.port) <= (b.host, b.port) else (b, a)
+
+
+def _newest_send(keys: dict[int, Key]) -> Key | None:
+    sending = [k for k in keys.values() if k.send]
+    return max(sending, key=lambda k: k.epoch) if sending else None
+
+
+@dataclass
+class KeyRing:
+    """Keys by link and by group; see the module doc."""
+
+    links: dict[tuple[Address, Address], dict[int, Key]] = field(default_factory=dict)
+    groups: dict[int, dict[int, Key]] = field(default_factory=dict)
+
+    # -- lookups -------------------------------------------------------------------------
+    def link_keys(self, me: Address, peer: Address) -> dict[int, Key]:
+        return self.links.get(link_name(me, peer), {})
+
+    def link_send_key(self, me: Address, peer: Address) -> Key | None:
+        return _newest_send(self.link_keys(me, peer))
+
+    def neighbours(self, me: Address) -> set[Address]:
+        """Every address this device shares a link key with."""
+        return {b if a == me else a for a, b in self.links if me in (a, b)}
+
+    def group_key(self, group: int, epoch: int) -> Key | None:
+        return self.groups.get(group, {}).get(epoch)
+
+    def group_send_key(self, group: int) -> Key | None:
+        return _newest_send(self.groups.get(group, {}))
+
+    def add_link(self, a: Address, b: Address, key: Key) -> None:
+        self.links.setdefault(link_name(a, b), {})[key.epoch] = key
+
+    def add_group(self, group: int, key: Key) -> None:
+        self.groups.setdefault(group, {})[key.epoch] = key
+
+    def only_links(self) -> "KeyRing":
+        """The same ring without group keys (what a core may hold)."""
+        return KeyRing(links={k: dict(v) for k, v in self.links.items()})
+
+    def epochs(self) -> dict:
+        """Which epochs are held, without any key material (for /status and logs)."""
+        return {"links": {f"{a} {b}": sorted(keys) for (a, b), keys in self.links.items()},
+                "groups": {str(g): sorted(keys) for g, keys in self.groups.items()}}
+
+    def __len__(self) -> int:
+        return sum(map(len, self.links.values())) + sum(map(len, self.groups.values()))
+
+    # -- the key file ----------------------------------------------------------------------
+    @classmethod
+    def parse(cls, text: str, where: str = "key file") -> "KeyRing":
+        ring = cls()
+        for number, line in enumerate(text.splitlines(), 1):
+            words = line.split("#", 1)[0].split()
+            if not words:
+                continue
+            at = f"{where} line {number}"
+            try:
+                if words[0] == "link" and len(words) == 6:
+                    _, epoch, material, a, b, use = words
+                    ring.add_link(_address(a, at), _address(b, at),
+                                  _key(epoch, material, use, at))
+                elif words[0] == "group" and len(words) == 5:
+                    _, group, epoch, material, use = words
+                    ring.add_group(_int(group, "group id", at), _key(epoch, material, use, at))
+                else:
+                    raise KeyFileError(f"{at}: expected 'link EPOCH KEY ADDRESS ADDRESS "
+                                       f"send|accept' or 'group ID EPOCH KEY send|accept' "
+                                       f"({len(words)} words starting {words[0]!r})")
+            except KeyFileError as exc:
+                if str(exc).startswith(at):
+                    raise
+                raise KeyFileError(f"{at}: {exc}") from None
+        return ring
+
+    def dump(self) -> str:
+        lines = ["# RCN log-transfer keys: keep this file 0600 (DESIGN.md 9)"]
+        for (a, b), keys in sorted(self.links.items(), key=lambda kv: str(kv[0])):
+            for k in sorted(keys.values(), key=lambda k: k.epoch):
+                lines.append(f"link {k.epoch} {k.material.hex()} {a} {b} "
+                             f"{SEND if k.send else ACCEPT}")
+        for group, keys in sorted(self.groups.items()):
+            for k in sorted(keys.values(), key=lambda k: k.epoch):
+                lines.append(f"group {group} {k.epoch} {k.material.hex()} "
+                             f"{SEND if k.send else ACCEPT}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def load(cls, path: str) -> "KeyRing":
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise KeyFileError(f"key file {path}: {exc.strerror}") from None
+        with os.fdopen(fd) as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise KeyFileError(f"key file {path} is mode {stat.S_IMODE(mode):04o}: other "
+                                   f"users may read it; chmod 600 {path}")
+            try:
+                text = f.read()
+            except UnicodeDecodeError:
+                raise KeyFileError(f"key file {path} is not text") from None
+        return cls.parse(text, f"key file {path}")
+
+    def save(self, path: str) -> None:
+        """Write the key file atomically, 0600 from its first byte."""
+        tmp = f"{path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, self.dump().encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    # -- snapshots (management channel) ----------------------------------------------------
+    def to_snapshot(self) -> dict:
+        return {
+            "link": [{"a": str(a), "b": str(b), "epoch": k.epoch, "key": k.material.hex(),
+                      "send": k.send}
+                     for (a, b), keys in self.links.items() for k in keys.values()],
+            "group": [{"group": g, "epoch": k.epoch, "key": k.material.hex(), "send": k.send}
+                      for g, keys in self.groups.items() for k in keys.values()],
+        }
+
+    @classmethod
+    def from_snapshot(cls, doc: dict, where: str = "snapshot keys") -> "KeyRing":
+        if not isinstance(doc, dict):
+            raise KeyFileError(f"{where}: expected a table")
+        ring = cls()
+        for i, row in enumerate(_rows(doc, "link", where)):
+            at = f"{where}.link[{i}]"
+            ring.add_link(_address(row.get("a"), at), _address(row.get("b"), at),
+                          _key(row.get("epoch"), row.get("key"),
+                               SEND if row.get("send") is True else ACCEPT, at))
+        for i, row in enumerate(_rows(doc, "group", where)):
+            at = f"{where}.group[{i}]"
+            ring.add_group(_int(row.get("group"), "group id", at),
+                           _key(row.get("epoch"), row.get("key"),
+                                SEND if row.get("send") is True else ACCEPT, at))
+        return ring
+
+
+def new_key(epoch: int, send: bool = True) -> Key:
+    return Key(epoch, os.urandom(KEY_SIZE), send)
+
+
+def _rows(doc: dict, name: str, where: str) -> list[dict]:
+    rows = doc.get(name, [])
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise KeyFileError(f"{where}.{name}: expected a list of tables")
+    return rows
+
+
+def _address(text, at: str) -> Address:
+    try:
+        return Address.parse(text)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise KeyFileError(f"{at}: address {text!r}: {exc}") from None
+
+
+def _int(value, what: str, at: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise KeyFileError(f"{at}: {what} {value!r} is not a number") from None
+    if not 0 <= number < 1 << 32:
+        raise KeyFileError(f"{at}: {what} {number} is outside 0..4294967295")
+    return number
+
+
+def _key(epoch, material, use, at: str) -> Key:
+    if use not in (SEND, ACCEPT):
+        raise KeyFileError(f"{at}: use {use!r} is neither 'send' nor 'accept'")
+    if not isinstance(material, str) or len(material) != 2 * KEY_SIZE:
+        raise KeyFileError(f"{at}: a key is {2 * KEY_SIZE} hex digits")
+    try:
+        raw = bytes.fromhex(material)
+    except ValueError:
+        raise KeyFileError(f"{at}: the key is not hex") from None
+    return Key(_int(epoch, "epoch", at), raw, use == SEND)

@@ -1,0 +1,239 @@
+"""Sealing log transfer: the hop layer and the end-to-end seal (DESIGN.md 9, invariant 7).
+
+:class:`HopSeal` is one device's hop layer. Every datagram it sends to a neighbour gets
+the hop envelope (``datapath/frames/hop.py``): the newest ``send`` epoch of the link's
+key, this device's next counter, and an AES-256-GCM tag over the header and the datagram.
+Every datagram it receives is checked in this order, each failure a counted drop with
+its reason, before anything in it is parsed:
+
+1. ``not_neighbour`` -- the sender's address shares no link key with this device;
+2. ``unsealed`` / ``malformed`` -- not a hop envelope, or one too short to hold a tag;
+3. ``unknown_key`` -- no key of the envelope's epoch for this link (never held, or
+   retired after a rotation's overlap);
+4. ``bad_tag`` -- the tag does not verify (forged, altered, or another link's key);
+5. ``replayed`` -- the counter was seen already or is older than the replay window.
+
+The key of each direction of a link is derived from the link key (HKDF-SHA256 with both
+addresses, sender first), so the two ends' counters never share a nonce. A device's
+counter starts at the wall clock's nanoseconds when it starts and counts datagrams, so
+it goes up across restarts too (the clock would have to step back further than the
+device's whole previous run for a counter to repeat), and the receivers' windows, kept
+per sender, refuse what an earlier run sent.
+
+:class:`GroupSeal` is an edge's end-to-end seal of entry bodies under the group keys
+(``logentry`` "End-to-end seal"): :meth:`GroupSeal.datagrams` seals and segments what
+an edge sends, :meth:`GroupSeal.open` checks and opens what ends here
+(``e2e_unsealed``, ``e2e_unknown_key``, ``e2e_bad_tag``). A core holds no group key.
+
+``mode = "none"`` (an explicit, logged opt-out for debugging): no envelope on sending,
+and only bare datagrams accepted -- a sealed network refuses such a device's datagrams.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from datapath.frames.hop import (HOP_HEADER, HOP_HEADER_SIZE, HOP_MAGIC_BYTES, HOP_OVERHEAD,
+                                 HOP_TAG_SIZE, HOP_VERSION, SUITE_AES_256_GCM, build_hop_header,
+                                 hop_nonce)
+from datapath.frames.logentry import (SEAL_NONCE_SIZE, SEALABLE_TYPES, SEALED_OVERHEAD,
+                                      LogHeader, Seal, e2e_aad, segment_entry)
+from rcn.logxfer.keys import Key, KeyRing
+from rcn.logxfer.routes import Address
+
+SEAL_MODES = ("aes-256-gcm", "none")
+REPLAY_WINDOW = 4096
+_EPOCH_AT = HOP_HEADER.offsets["key_epoch"]
+_COUNTER_AT = HOP_HEADER.offsets["counter"]
+_VERSION_AT = HOP_HEADER.offsets["version"]
+_SUITE_AT = HOP_HEADER.offsets["suite"]
+HOP_DROP_REASONS = ("not_neighbour", "unsealed", "unknown_key", "bad_tag", "replayed",
+                    "no_link_key")
+E2E_DROP_REASONS = ("e2e_unsealed", "e2e_unknown_key", "e2e_bad_tag")
+
+
+class SealRefused(Exception):
+    """An entry body that did not open; ``reason`` is the drop counter's name."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+class ReplayWindow:
+    """A sliding window over one sender's counters (RFC 6479's idea, as one integer bitmap):
+    the highest counter seen, and which of the ``size`` below it were seen."""
+
+    __slots__ = ("size", "top", "seen")
+
+    def __init__(self, size: int = REPLAY_WINDOW):
+        self.size = size
+        self.top = -1
+        self.seen = 0          # bit i: counter top - i was seen
+
+    def fresh(self, counter: int) -> bool:
+        """Whether ``counter`` is new (not seen, not older than the window); no change."""
+        if counter > self.top:
+            return True
+        behind = self.top - counter
+        return behind < self.size and not (self.seen >> behind) & 1
+
+    def mark(self, counter: int) -> None:
+        """Record ``counter`` (only after its datagram's tag verified)."""
+        if counter > self.top:
+            shift = counter - self.top
+            self.seen = ((self.seen << shift) | 1) & ((1 << self.size) - 1) if shift < self.size else 1
+            self.top = counter
+        else:
+            self.seen |= 1 << (self.top - counter)
+
+
+def _direction_key(key: Key, sender: Address, receiver: Address) -> AESGCM:
+    info = f"rcn hop v{HOP_VERSION} {sender} > {receiver}".encode()
+    material = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
+        key.material)
+    return AESGCM(material)
+
+
+class HopSeal:
+    """One device's hop layer (see the module doc). ``drops``: the device's drop counter
+    (``rcn.logxfer.protocol.Drops``); ``clock_ns``: where the counter starts."""
+
+    def __init__(self, me: Address, ring: KeyRing, drops, clock_ns=time.time_ns):
+        self.me = me
+        self.drops = drops
+        self.counter = clock_ns()
+        self.windows: dict[Address, ReplayWindow] = {}
+        self.counts = {"sealed": 0, "opened": 0}
+        self._aead: dict[tuple[Address, int, bool], AESGCM] = {}
+        self.set_ring(ring)
+
+    def set_ring(self, ring: KeyRing) -> None:
+        """New keys (a snapshot, a rotation): epochs no longer held are refused from now."""
+        self.ring = ring
+        self._neighbours = ring.neighbours(self.me)
+        self._aead = {}
+
+    def _cipher(self, peer: Address, key: Key, sending: bool) -> AESGCM:
+        name = (peer, key.epoch, sending)
+        aead = self._aead.get(name)
+        if aead is None:
+            aead = self._aead[name] = (_direction_key(key, self.me, peer) if sending
+                                       else _direction_key(key, peer, self.me))
+        return aead
+
+    def seal(self, data: bytes, peer: Address) -> bytes | None:
+        """The envelope for ``peer``; None (counted ``no_link_key``) with no key to send with."""
+        key = self.ring.link_send_key(self.me, peer)
+        if key is None:
+            self.drops.drop("no_link_key", peer, "no link key to seal a datagram for it")
+            return None
+        self.counter += 1
+        header = build_hop_header(key.epoch, self.counter)
+        tag = self._cipher(peer, key, True).encrypt(hop_nonce(self.counter), b"",
+                                                    header + data)
+        self.counts["sealed"] += 1
+        return b"".join((header, data, tag))
+
+    def open(self, data: bytes, sender: Address) -> bytes | None:
+        """The datagram inside the envelope, or None (a counted drop)."""
+        if sender not in self._neighbours:
+            self.drops.drop("not_neighbour", sender, "no link key with this address")
+            return None
+        if data[:4] != HOP_MAGIC_BYTES:
+            self.drops.drop("unsealed", sender, "not a hop envelope")
+            return None
+        if (len(data) < HOP_OVERHEAD or data[_VERSION_AT] != HOP_VERSION
+                or data[_SUITE_AT] != SUITE_AES_256_GCM):
+            self.drops.drop("malformed", sender, "hop envelope: short, or unknown version "
+                                                 "or suite")
+            return None
+        epoch = int.from_bytes(data[_EPOCH_AT:_EPOCH_AT + 4], "big")
+        key = self.ring.link_keys(self.me, sender).get(epoch)
+        if key is None:
+            self.drops.drop("unknown_key", sender, f"link key epoch {epoch} is not held")
+            return None
+        counter = int.from_bytes(data[_COUNTER_AT:_COUNTER_AT + 8], "big")
+        window = self.windows.get(sender)
+        if window is None:
+            window = self.windows[sender] = ReplayWindow()
+        # a counter already seen cannot verify as new: checking it first saves the tag
+        if not window.fresh(counter):
+            self.drops.drop("replayed", sender, f"counter {counter} (highest {window.top})")
+            return None
+        end = len(data) - HOP_TAG_SIZE
+        try:
+            self._cipher(sender, key, False).decrypt(hop_nonce(counter), data[end:],
+                                                     data[:end])
+        except InvalidTag:
+            self.drops.drop("bad_tag", sender, f"hop tag, link key epoch {epoch}")
+            return None
+        window.mark(counter)
+        self.counts["opened"] += 1
+        return data[HOP_HEADER_SIZE:end]
+
+
+class GroupSeal:
+    """An edge's end-to-end seal (see the module doc). ``ring``: its group keys;
+    ``sealed``: False for ``mode = "none"``."""
+
+    def __init__(self, ring: KeyRing, sealed: bool = True):
+        self.ring = ring
+        self.sealed = sealed
+        self._aead: dict[tuple[int, int], AESGCM] = {}
+        self.counts = {"sealed": 0, "opened": 0}
+
+    def set_ring(self, ring: KeyRing) -> None:
+        self.ring = ring
+        self._aead = {}
+
+    def _cipher(self, group: int, key: Key) -> AESGCM:
+        aead = self._aead.get((group, key.epoch))
+        if aead is None:
+            aead = self._aead[(group, key.epoch)] = AESGCM(key.material)
+        return aead
+
+    def datagrams(self, entry_type: int, body: bytes, max_body: int, **fields) -> list[bytes]:
+        """``segment_entry`` of ``body`` sealed under the group's newest key. Raises
+        :class:`SealRefused` (``no_group_key``) when the group has none."""
+        if not self.sealed or entry_type not in SEALABLE_TYPES:
+            return segment_entry(entry_type, body, max_body, **fields)
+        group = fields.get("group_id", 0)
+        key = self.ring.group_send_key(group)
+        if key is None:
+            raise SealRefused("no_group_key", f"no key to seal group {group}'s entries with")
+        fields.update(seal=int(Seal.AES_256_GCM), key_epoch=key.epoch,
+                      total_length=len(body) + SEALED_OVERHEAD)
+        nonce = os.urandom(SEAL_NONCE_SIZE)
+        sealed = self._cipher(group, key).encrypt(nonce, body, e2e_aad(entry_type, **fields))
+        self.counts["sealed"] += 1
+        del fields["total_length"]
+        return segment_entry(entry_type, nonce + sealed, max_body, **fields)
+
+    def open(self, header: LogHeader, body: bytes) -> bytes:
+        """The clear body of a whole (joined) entry that ends here; :class:`SealRefused`."""
+        if header.seal == Seal.CLEAR:
+            if self.sealed:
+                raise SealRefused("e2e_unsealed", "a clear entry where entries are sealed")
+            return body
+        if header.seal != Seal.AES_256_GCM or len(body) < SEALED_OVERHEAD:
+            raise SealRefused("e2e_bad_tag", f"seal {header.seal} over {len(body)} bytes")
+        key = self.ring.group_key(header.group_id, header.key_epoch)
+        if key is None:
+            raise SealRefused("e2e_unknown_key", f"group {header.group_id} key epoch "
+                                                 f"{header.key_epoch} is not held")
+        try:
+            clear = self._cipher(header.group_id, key).decrypt(
+                body[:SEAL_NONCE_SIZE], body[SEAL_NONCE_SIZE:],
+                e2e_aad(header.entry_type, header))
+        except InvalidTag:
+            raise SealRefused("e2e_bad_tag", f"group {header.group_id} key epoch "
+                                             f"{header.key_epoch}") from None
+        self.counts["opened"] += 1
+        return clear
