@@ -530,3 +530,41 @@ MGMT = Table("mgmt", (
 def read_mgmt(top: Reader) -> str | None:
     """``[mgmt] connect``: the management server's AMP endpoint, or None without one."""
     return MGMT.read(top)["connect"]
+
+
+SEALED, UNSEALED = "aes-256-gcm", "none"
+
+SEAL = Table("seal", (
+    Key("mode", str, SEALED, one_of((SEALED, UNSEALED)), "log transfer sealed (DESIGN.md 9): "
+        "a hop tag on every datagram and the customers' data sealed end to end; \"none\" "
+        "turns both off, for debugging only (logged at start; sealed neighbours refuse this "
+        "device's datagrams)"),
+    Key("keys", str, None, help="key file (0600; `link`/`group` lines, see the README): read "
+        "at start; with [mgmt] the keys the server sends are kept here for a restart "
+        "(relative: to the working directory)", example="keys/device.keys")),
+    "log-transfer keys and sealing")
+
+
+@dataclass(frozen=True)
+class SealConfig:
+    mode: str = SEALED
+    keys: str | None = None        # the key file
+
+    @property
+    def sealed(self) -> bool:
+        return self.mode == SEALED
+
+
+def read_seal(top: Reader, managed: bool, default_keys: str | None = None) -> SealConfig:
+    """The ``[seal]`` table. Sealed (the default) needs keys: a key file, or a management
+    server (``managed``) to send them; ``default_keys``: where a managed device keeps them
+    when the file names no key file."""
+    v = SEAL.read(top)
+    keys = v["keys"] if v["keys"] is not None else (default_keys if managed else None)
+    if v["mode"] == SEALED and keys is None and not managed:
+        raise ConfigError("seal.keys: sealed log transfer needs keys: name a key file "
+                          "(`rcn lab` writes them), or a management server ([mgmt] connect) "
+                          "to send them; seal.mode = \"none\" is for debugging only")
+    if keys is not None and not keys.strip():
+        raise ConfigError("seal.keys: empty (a path to the key file)")
+    return SealConfig(v["mode"], keys)

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from rcn.config import ConfigError
+from rcn.logxfer.keys import KeyFileError
 
 _log = Logger()
 
@@ -52,7 +53,10 @@ def service_from(options, make_service):
     """``make_service(config, reactor)``'s top service; the daemon's entry point picks the
     reactor, so it is imported here and nowhere in library code."""
     from twisted.internet import reactor
-    top, _ = make_service(options["parsed"], reactor)
+    try:
+        top, _ = make_service(options["parsed"], reactor)
+    except KeyFileError as exc:
+        raise usage.UsageError(str(exc)) from None
     return top
 
 

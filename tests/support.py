@@ -155,3 +155,24 @@ def start_as_twistd_would(testcase, top, umask: int = 0o077) -> None:
     finally:
         os.umask(old)
     testcase.addCleanup(top.stopService)
+
+
+def key_ring(links=(), groups=()):
+    """A ``KeyRing`` with a fresh epoch-1 key for each (address, address) link and group."""
+    from rcn.logxfer.keys import KeyRing, new_key
+    ring = KeyRing()
+    for a, b in links:
+        ring.add_link(a, b, new_key(1))
+    for group in groups:
+        ring.add_group(group, new_key(1))
+    return ring
+
+
+def seal_with(testcase, doc: dict, links=(), groups=()):
+    """Give a device's config ``doc`` a key file (outside any data directory) holding a
+    fresh key for each link and group; the ring, for the test's own sealing."""
+    ring = key_ring(links, groups)
+    path = os.path.abspath(testcase.mktemp())
+    ring.save(path)
+    doc["seal"] = {"keys": path}
+    return ring

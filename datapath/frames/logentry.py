@@ -230,10 +230,13 @@ def build_rio_area(units: list[bytes]) -> bytes:
     return b"".join(len(u).to_bytes(UNIT_LENGTH_SIZE, "big") + u for u in units)
 
 
-def build_nak(ranges: list[tuple[int, int]], **fields) -> bytes:
-    body = COUNT_HEADER.build(count=len(ranges)) + b"".join(
+def nak_body(ranges: list[tuple[int, int]]) -> bytes:
+    return COUNT_HEADER.build(count=len(ranges)) + b"".join(
         NAK_RANGE.build(first=a, last=b) for a, b in ranges)
-    return build_entry(EntryType.NAK, body, **fields)
+
+
+def build_nak(ranges: list[tuple[int, int]], **fields) -> bytes:
+    return build_entry(EntryType.NAK, nak_body(ranges), **fields)
 
 
 def build_keepalive(probe_id: int, echo_time_ns: int, **fields) -> bytes:

@@ -26,6 +26,17 @@ Example (every key shown; ``core.id``, ``core.listen`` and one route through
                                               # from this file only
     connect = "tcp:127.0.0.1:47100"           # the management server's AMP endpoint
 
+    [seal]                                    # log-transfer keys and sealing
+    mode = "aes-256-gcm"                      # log transfer sealed (DESIGN.md 9): a hop tag on
+                                              # every datagram and the customers' data sealed end to
+                                              # end; "none" turns both off, for debugging only
+                                              # (logged at start; sealed neighbours refuse this
+                                              # device's datagrams)
+    keys = "keys/core1.keys"                  # key file (0600; `link`/`group` lines, see the
+                                              # README): read at start; with [mgmt] the keys the
+                                              # server sends are kept here for a restart (relative:
+                                              # to the working directory)
+
     [console]                                 # the operator's console; omit: none
     serial = "pty"                            # a serial port ("/dev/ttyS1"), or "pty": a
                                               # pseudo-terminal of its own (its name is logged) ...
@@ -54,9 +65,10 @@ import ipaddress
 from dataclasses import dataclass
 
 from datapath.frames.logentry import MAX_BATCH
-from rcn.config import (CONSOLE, MGMT, REQUIRED, ROUTE, ConfigError, ConsoleConfig, Key,
-                        Schema, Table, in_range, ip_address, load_toml, not_empty, parse_size,
-                        read_console, read_mgmt, read_routes, server_endpoint, size_text)
+from rcn.config import (CONSOLE, MGMT, REQUIRED, ROUTE, SEAL, ConfigError, ConsoleConfig, Key,
+                        Schema, SealConfig, Table, in_range, ip_address, load_toml, not_empty,
+                        parse_size, read_console, read_mgmt, read_routes, read_seal,
+                        server_endpoint, size_text)
 from rcn.core.relay import MIN_BATCH_BYTES, BatchPolicy
 from rcn.logxfer.protocol import (DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER,
                                   MAX_UDP_PAYLOAD)
@@ -78,6 +90,7 @@ class CoreConfig:
     routes: RouteTable
     mgmt: str | None = None          # the management server's AMP endpoint ("tcp:HOST:PORT")
     console: ConsoleConfig | None = None
+    seal: SealConfig = SealConfig()
 
 
 def _buffer(value) -> int:
@@ -114,6 +127,7 @@ SCHEMA = Schema(
         Key("listen", str, None, server_endpoint, "Prometheus text format at GET /metrics; "
             "omit: none", example="tcp:47302:interface=127.0.0.1"),)),
     MGMT.showing("the management server (rcn-mgmt); omit: routes come from this file only"),
+    SEAL.showing(keys="keys/core1.keys"),
     CONSOLE.showing(pty_link="/run/rcn/core1.console", tcp="tcp:2303:interface=127.0.0.1"),
     ROUTE)
 
@@ -149,4 +163,5 @@ def parse_config(doc: dict, base_dir: str = ".") -> CoreConfig:
                           f"along paths that name it (spelt as in core.listen)")
     return CoreConfig(id=core["id"], listen=listen, receive_buffer=core["receive_buffer"],
                       send_buffer=core["send_buffer"], batch=policy, metrics=v["metrics"]["listen"],
-                      routes=table, mgmt=mgmt_endpoint, console=read_console(top))
+                      routes=table, mgmt=mgmt_endpoint, console=read_console(top),
+                      seal=read_seal(top, mgmt_endpoint is not None))

@@ -22,8 +22,10 @@ from rcn.console.service import serve_console
 from rcn.core.config import CoreConfig
 from rcn.core.console import core_console
 from rcn.core.relay import CoreRelay
+from rcn.logxfer.keys import KeyRing
 from rcn.logxfer.protocol import Drops, LogTransferProtocol, listen
 from rcn.logxfer.routes import Address
+from rcn.logxfer.seal import HopSeal, keys_at_start
 from rcn.metrics import MetricsRegistry, metrics_site
 from rcn.mgmtlink.client import MgmtClient, client_service
 
@@ -62,6 +64,9 @@ class _FlushOnStop(service.Service):
 
 def register_metrics(registry: MetricsRegistry, relay: CoreRelay,
                      protocol: LogTransferProtocol) -> None:
+    if protocol.hop is not None:
+        registry.counters("hop", lambda: protocol.hop.counts, "hop layer: datagrams sealed "
+                          "and opened")
     """The core's figures, read at scrape time: ``rcn_core_*`` (relay counters, drops by
     reason, queue depth per next hop) and ``rcn_logxfer_*`` (the UDP socket's counters)."""
     registry.counters("core", relay.counters, "core relay",
@@ -79,10 +84,18 @@ def register_metrics(registry: MetricsRegistry, relay: CoreRelay,
     registry.gauge("core_routes", lambda: len(relay.routes), "routes in the route table")
 
 
-def apply_snapshot(relay: CoreRelay, version: int, doc: dict) -> None:
+def apply_snapshot(relay: CoreRelay, version: int, doc: dict, hop: HopSeal | None = None,
+                   keys_path: str | None = None) -> None:
     """The routes (table 408) of a management server's snapshot replace the relay's.
-    (A core keeps no copy: until the server is reached again it uses its file's routes.)"""
+    (A core keeps no copy: until the server is reached again it uses its file's routes.)
+    Its link keys replace the hop layer's, and are kept in ``keys_path`` for a restart; a
+    core takes no group key, whatever a snapshot holds."""
     relay.set_routes(read_routes(Reader({"route": doc.get("route", [])}, "snapshot.")))
+    if hop is not None and "keys" in doc:
+        ring = KeyRing.from_snapshot(doc["keys"]).only_links()
+        hop.set_ring(ring)
+        if keys_path is not None:
+            ring.save(keys_path)
     _log.info("core: settings version {version} applied: {n} routes", version=version,
               n=len(relay.routes))
 
@@ -99,8 +112,10 @@ def make_service(config: CoreConfig, reactor, metrics_registry: MetricsRegistry 
     The UDP service is the child named ``"logxfer"`` (its ``port`` once started).
     """
     drops = Drops(config.id)
+    ring = keys_at_start(config.id, config.seal, config.mgmt is not None)
+    hop = None if ring is None else HopSeal(config.listen, ring.only_links(), drops)
     protocol = LogTransferProtocol(None, drops, receive_buffer=config.receive_buffer,
-                                   send_buffer=config.send_buffer)
+                                   send_buffer=config.send_buffer, hop=hop)
     relay = CoreRelay(config.routes, config.listen, protocol.send, reactor, batch=config.batch,
                       drops=drops)
     protocol.handler = relay
@@ -124,7 +139,8 @@ def make_service(config: CoreConfig, reactor, metrics_registry: MetricsRegistry 
                       config.console, reactor).setServiceParent(top)
     if config.mgmt is not None:
         client = MgmtClient(reactor, config.id, "core", str(config.listen),
-                            lambda version, doc: apply_snapshot(relay, version, doc),
+                            lambda version, doc: apply_snapshot(relay, version, doc, hop,
+                                                                config.seal.keys),
                             relay.counters, _no_groups)
         client_service(client, reactor, config.mgmt).setServiceParent(top)
     policy = config.batch

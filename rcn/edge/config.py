@@ -59,6 +59,17 @@ and ``edge.data_dir`` are required; it is ``SCHEMA.example()``, the keys' one ta
                                               # across restarts)
     connect = "tcp:127.0.0.1:47100"           # the management server's AMP endpoint
 
+    [seal]                                    # log-transfer keys and sealing
+    mode = "aes-256-gcm"                      # log transfer sealed (DESIGN.md 9): a hop tag on
+                                              # every datagram and the customers' data sealed end to
+                                              # end; "none" turns both off, for debugging only
+                                              # (logged at start; sealed neighbours refuse this
+                                              # device's datagrams)
+    keys = "keys/edgeA.keys"                  # key file (0600; `link`/`group` lines, see the
+                                              # README): read at start; with [mgmt] the keys the
+                                              # server sends are kept here for a restart (relative:
+                                              # to the working directory)
+
     [console]                                 # the operator's console; omit: none
     serial = "/dev/ttyS1"                     # a serial port ("/dev/ttyS1"), or "pty": a
                                               # pseudo-terminal of its own (its name is logged) ...
@@ -132,10 +143,10 @@ from dataclasses import dataclass, field, replace
 
 from datapath.frames.logentry import HEADER_SIZE
 from datapath.frames.names import parse_wwn
-from rcn.config import (CONSOLE, MGMT, REQUIRED, ROUTE, ConfigError, ConsoleConfig, Key,
-                        Reader, Schema, Table, in_range, ip_address, load_toml, non_negative,
-                        not_empty, one_of, parse_size, read_console, read_mgmt, read_routes,
-                        server_endpoint, size_text)
+from rcn.config import (CONSOLE, MGMT, REQUIRED, ROUTE, SEAL, ConfigError, ConsoleConfig, Key,
+                        Reader, Schema, SealConfig, Table, in_range, ip_address, load_toml,
+                        non_negative, not_empty, one_of, parse_size, read_console, read_mgmt,
+                        read_routes, read_seal, server_endpoint, size_text)
 from rcn.edge.device import EdgeSettings, PairEntry
 from rcn.edge.receiver import ReceiverConfig
 from rcn.logxfer.protocol import (DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER,
@@ -188,6 +199,7 @@ class EdgeConfig:
     nbd_targets: dict[tuple[int, int], str] = field(default_factory=dict)   # (wwn, lun) -> URL
     mgmt: str | None = None          # the management server's AMP endpoint ("tcp:HOST:PORT")
     console: ConsoleConfig | None = None
+    seal: SealConfig = SealConfig()
 
 
 def load_config(path: str) -> EdgeConfig:
@@ -291,6 +303,7 @@ SCHEMA = Schema(
     MGMT.showing("the management server (rcn-mgmt); omit: tables come from this file only. "
                  "With it, the server's snapshots replace the tables below (kept in "
                  "DATA_DIR/mgmt.json across restarts)"),
+    SEAL.showing(keys="keys/edgeA.keys"),
     CONSOLE.showing(serial="/dev/ttyS1", pty_link=None, tcp="tcp:2301:interface=127.0.0.1"),
     Table("virtual_storage", (
         Key("wwn", str, REQUIRED, parse_wwn, "the WWN the attached array sees", example=WWN_B),
@@ -361,16 +374,18 @@ def parse_config(doc: dict, base_dir: str = ".") -> EdgeConfig:
         ttl=edge["ttl"], group_policy=lifecycle["group_policy"],
         failure_timeout=lifecycle["failure_timeout"],
         failover_timeout=lifecycle["failover_timeout"])
+    data_dir = os.path.join(base_dir, edge["data_dir"])
+    mgmt = read_mgmt(top)
     return EdgeConfig(
-        id=edge["id"], log=edge["log"], fcip=edge["fcip"],
-        data_dir=os.path.join(base_dir, edge["data_dir"]), settings=settings,
+        id=edge["id"], log=edge["log"], fcip=edge["fcip"], data_dir=data_dir, settings=settings,
         log_mode=log["mode"], segment_size=log["segment_size"],
         group_quota=log["group_quota"], receive_buffer=edge["receive_buffer"],
         send_buffer=edge["send_buffer"], first_burst=v["fabric"]["first_burst"],
         exchange_timeout=v["fabric"]["exchange_timeout"], metrics=v["metrics"]["listen"],
         virtual_storages=tables.virtual_storages, access=tables.access, nbd=nbd,
-        nbd_volumes=nbd_volumes, nbd_targets=nbd_targets, mgmt=read_mgmt(top),
-        console=read_console(top))
+        nbd_volumes=nbd_volumes, nbd_targets=nbd_targets, mgmt=mgmt,
+        console=read_console(top),
+        seal=read_seal(top, mgmt is not None, os.path.join(data_dir, "keys")))
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,14 @@ from twisted.logger import Logger
 
 from datapath.frames import fcp
 from datapath.frames.errors import DecodeError
-from datapath.frames.logentry import EntryFlag, EntryType, LogHeader, segment_entry
+from datapath.frames.logentry import EntryFlag, EntryType, LogHeader
 from datapath.kernels.bitmap import DifferentialBitmap, merge_into
 from rcn.edge.pairs import EdgePairs, PairEntry, PairRow
 from rcn.edge.source import SourceSide, stored_entry
 from rcn.edge.target import TargetSide
 from rcn.logxfer.rioarea import RioCommand, command_area, parse_command_area
 from rcn.logxfer.routes import Hops
+from rcn.logxfer.seal import SealRefused
 from rcn.logxfer.sender import Sender
 from rcn.pairstate import (ASC_GROUP_CONFLICT, ASC_IN_PROGRESS, ASC_NO_PAIR, ASC_PAIR_PARAMS,
                            ASC_RCN_FAILED, REPLICATING, Event, PairState, PairStateError, allows,
@@ -299,6 +300,7 @@ class PairControl:
 
     def _drop_retained(self, group: int) -> None:
         extents: dict[tuple, tuple[list, list]] = {}
+        unreadable: set[tuple] = set()      # a WR whose extent is unknown: the whole volume
         for sequence in self.log_store.retained(group):
             blob = self.log_store.get(group, sequence)
             waiting = self.source.take_waiting_control(group, sequence)
@@ -307,11 +309,13 @@ class PairControl:
             elif blob is not None:
                 header, area = stored_entry(blob)
                 try:
-                    command = parse_command_area(area)
-                except DecodeError:
+                    command = parse_command_area(self.source.seal.open(header, area))
+                except (DecodeError, SealRefused):
                     command = None
-                if command is not None and command.cdb[0] == _WRITE16:
-                    key = (header.source_wwn, header.target_wwn, header.target_lun)
+                key = (header.source_wwn, header.target_wwn, header.target_lun)
+                if command is None and header.entry_type == EntryType.WR:
+                    unreadable.add(key)
+                elif command is not None and command.cdb[0] == _WRITE16:
                     lbas, blocks = extents.setdefault(key, ([], []))
                     lbas.append(command.parsed["lba"])
                     blocks.append(command.parsed["transfer_length"])
@@ -322,6 +326,13 @@ class PairControl:
             row = self.pairs.rows.get(key)
             if row is not None:
                 row.dropped(np.array(lbas, np.uint64), np.array(blocks, np.uint64))
+        for key in unreadable:
+            row = self.pairs.rows.get(key)
+            if row is not None:
+                _log.error("{edge}: a retained write of {pair} could not be read back; the "
+                           "whole volume is marked for the resync", edge=self.name,
+                           pair=row.entry.describe())
+                row.lost_everything()
 
     def _notify_array(self, row: PairRow) -> None:
         """SUSPEND+FAILURE to this edge's array of the pair (source or target side)."""
@@ -433,13 +444,17 @@ class PairControl:
         cdb = fcp.build_rcn_control(A.SUSPEND, e.group, e.source_lun, failure=failure)
         area = command_area(0, 0, 0, e.target_lun, cdb)
         waiting = self.target_failures if failure else self.failovers
-        datagrams = segment_entry(EntryType.CTRL, area, self.settings.max_datagram_body,
-                                  flags=int(EntryFlag.REVERSE), group_id=e.group,
-                                  sequence=sequence,
-                                  io_time_ns=int(self.clock.seconds() * 1e9),
-                                  target_wwn=e.target_wwn, target_lun=e.target_lun,
-                                  source_wwn=e.source_wwn, source_lun=e.source_lun,
-                                  ttl=self.settings.ttl)
+        try:
+            datagrams = self.source.seal.datagrams(
+                EntryType.CTRL, area, self.settings.max_datagram_body,
+                flags=int(EntryFlag.REVERSE), group_id=e.group, sequence=sequence,
+                io_time_ns=int(self.clock.seconds() * 1e9), target_wwn=e.target_wwn,
+                target_lun=e.target_lun, source_wwn=e.source_wwn, source_lun=e.source_lun,
+                ttl=self.settings.ttl)
+        except SealRefused as exc:
+            _log.error("{edge}: cannot ask the source edge to suspend group {group}: {why}",
+                       edge=self.name, group=e.group, why=exc)
+            return
         back = LogHeader(source_wwn=e.source_wwn, target_wwn=e.target_wwn)     # its route
 
         def send():

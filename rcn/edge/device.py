@@ -23,7 +23,9 @@ The two doors:
   ``routes.goes_backward``), then one table, :attr:`EdgeDevice.handlers`, names who takes
   it by (entry type, direction) -- WR and CTRL forward: the target side; WROK, CTRL_OK,
   NAK backward: the source side; CTRL backward (flag REVERSE): pair control's failover.
-  Segments are joined first (``rcn.logxfer.reassembly``) for every type but NAK.
+  Segments are joined first (``rcn.logxfer.reassembly``) for every type but NAK; then the
+  body is opened under the group key (``rcn.logxfer.seal.GroupSeal``: only the two edges of
+  a group hold it), and one that does not open is a counted drop (``e2e_*``).
 
 The reactor (clock) is injected, so the whole device runs inside one simulated network in
 tests. Building it touches no file: :meth:`EdgeDevice.open` reads the pair file (the
@@ -39,8 +41,8 @@ from twisted.logger import Logger
 
 from datapath.frames import fcp
 from datapath.frames.errors import DecodeError
-from datapath.frames.logentry import (HEADER_SIZE, EntryType, LogEntry, LogHeader,
-                                      build_keepalive, parse_entry, parse_keepalive)
+from datapath.frames.logentry import (HEADER_SIZE, SEALABLE_TYPES, EntryType, LogEntry,
+                                      LogHeader, build_keepalive, parse_entry, parse_keepalive)
 from datapath.frames.names import format_wwn
 from datapath.kernels import batching
 from rcn.edge.control import PairControl
@@ -51,6 +53,7 @@ from rcn.edge.target import TargetSide
 from rcn.logxfer.protocol import Drops
 from rcn.logxfer.reassembly import SegmentAssembler
 from rcn.logxfer.routes import Address, Hops, RouteTable, goes_backward
+from rcn.logxfer.seal import GroupSeal, SealRefused
 from rcn.logxfer.sender import Sender, TokenBucket
 from rcn.metrics import LatencyHistogram
 from rcn.pairstate import PairState
@@ -115,9 +118,12 @@ class EdgeDevice:
     def __init__(self, clock, settings: EdgeSettings, log_store, apply_state,
                  transmit: Callable[[bytes, Address], object],
                  apply_target_for: Callable[[LogHeader], object] | None = None,
-                 name: str = "edge", pairs_path: str | None = None):
+                 name: str = "edge", pairs_path: str | None = None,
+                 seal: GroupSeal | None = None):
         self.clock = clock
         self.settings = settings
+        #: the end-to-end seal (group keys); unsealed when not given (unit tests)
+        self.seal = seal if seal is not None else GroupSeal(sealed=False)
         self.name = name
         self.log_store = log_store
         self.apply_state = apply_state
@@ -146,13 +152,14 @@ class EdgeDevice:
             clock=clock, log_store=log_store, pairs=self.pairs, hops=self.hops,
             sender=self.sender, counters=self.counters, drops=self.drops,
             ack_latency=self.ack_latency, on_failure=group_failed,
-            max_datagram_body=settings.max_datagram_body, ttl=settings.ttl, name=name)
+            max_datagram_body=settings.max_datagram_body, ttl=settings.ttl, name=name,
+            seal=self.seal)
         self.target_side = TargetSide(
             clock=clock, config=settings.receiver, apply_state=apply_state, pairs=self.pairs,
             send_back=self.send_back, lag=self.lag, max_datagram_body=settings.max_datagram_body,
             at_target=lambda *args: self.controls.at_target(*args),
             on_unusable=lambda *args: self.controls.target_group_failed(*args),
-            apply_target_for=apply_target_for)
+            apply_target_for=apply_target_for, seal=self.seal)
         self.controls = PairControl(
             name=name, clock=clock, settings=settings, pairs=self.pairs, hops=self.hops,
             log_store=log_store, sender=self.sender, source=self.source_side,
@@ -280,6 +287,15 @@ class EdgeDevice:
                 return
         else:
             area = body
+        if entry_type in SEALABLE_TYPES:
+            # only an edge of the group holds its key: what a core or a stranger made, or
+            # altered on the way, ends here
+            try:
+                area = self.seal.open(header, area)
+            except SealRefused as exc:
+                self.drops.drop(exc.reason, sender, f"{EntryType(entry_type).name} group "
+                                f"{header.group_id} sequence {header.sequence}: {exc}")
+                return
         handler(header, area, sender)
 
     def _echo(self, body: bytes, sender: Address) -> None:

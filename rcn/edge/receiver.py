@@ -69,10 +69,10 @@ from twisted.logger import Logger
 
 from datapath.frames import fcp
 from datapath.frames.errors import DecodeError
-from datapath.frames.logentry import (HEADER_SIZE, EntryFlag, EntryType, LogHeader, build_nak,
-                                      segment_entry)
+from datapath.frames.logentry import HEADER_SIZE, EntryFlag, EntryType, LogHeader, nak_body
 from datapath.kernels import reorder as reorder_kernel
 from rcn.logxfer.rioarea import RioCommand, parse_command_area, response_area
+from rcn.logxfer.seal import GroupSeal, SealRefused
 from rcn.pairstate import explain
 from rcn.rio.fcp import ScsiResult, SenseKey, parse_sense
 
@@ -127,6 +127,7 @@ class GroupStats:
     refused: int = 0                  # answers retrying cannot change
     voided: int = 0                   # dropped by a RESTART or close
     after_close: int = 0              # arrived while the group was closed
+    answers_unsealed: int = 0         # answers not sent: no group key to seal them with
 
 
 def _extent(command: RioCommand) -> tuple[int, int] | None:
@@ -152,8 +153,10 @@ class GroupReceiver:
                  observe_lag: Callable[[float], None] | None = None,
                  durable_of: Callable[[int], int] | None = None,
                  max_datagram_body: int = 65000 - HEADER_SIZE,
-                 on_unusable: Callable[[int, int, str], None] | None = None):
+                 on_unusable: Callable[[int, int, str], None] | None = None,
+                 seal: GroupSeal | None = None):
         self.group = group
+        self.seal = seal if seal is not None else GroupSeal(sealed=False)
         self.on_unusable = on_unusable
         self.unusable: str | None = None       # why the group stopped (see the module doc)
         self._bad_copies: dict[int, int] = {}  # sequence -> unusable copies seen
@@ -476,8 +479,17 @@ class GroupReceiver:
         self.stats.wroks_resent += 1
 
     def _send(self, entry_type: int, header: LogHeader, area: bytes, flags: int) -> None:
-        datagrams = segment_entry(entry_type, area, self.max_datagram_body, flags=flags,
-                                  **_answer_fields(header))
+        self._answer(entry_type, header, area, flags=flags, **_answer_fields(header))
+
+    def _answer(self, entry_type: int, header: LogHeader, body: bytes, **fields) -> None:
+        """Seal an answer under the group key and send it toward the source edge."""
+        try:
+            datagrams = self.seal.datagrams(entry_type, body, self.max_datagram_body, **fields)
+        except SealRefused as exc:
+            self.stats.answers_unsealed += 1
+            _log.warn("group {group}: {type} not sent: {why}", group=self.group,
+                      type=EntryType(entry_type).name, why=exc)
+            return
         self.send_back(header, datagrams)
 
     # -- NAKs -----------------------------------------------------------------
@@ -504,7 +516,7 @@ class GroupReceiver:
     def _send_nak(self, header: LogHeader, ranges: list[tuple[int, int]]) -> None:
         fields = _answer_fields(header)
         fields["sequence"] = self.reorder.next_expected
-        self.send_back(header, [build_nak(ranges, **fields)])
+        self._answer(EntryType.NAK, header, nak_body(ranges), **fields)
         self.stats.naks_sent += 1
 
     def stop(self) -> None:

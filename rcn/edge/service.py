@@ -43,7 +43,9 @@ from rcn.edge.nbdapply import NbdApplyTarget
 from rcn.edge.syncthread import SyncThread
 from rcn.edge.nbdfront import COUNTER_NAMES as NBD_VOLUME_COUNTERS
 from rcn.edge.nbdfront import VirtualVolumeExport
+from rcn.logxfer.keys import KeyRing
 from rcn.logxfer.protocol import LogTransferProtocol, listen
+from rcn.logxfer.seal import E2E_DROP_REASONS, GroupSeal, HopSeal, keys_at_start
 from rcn.config import Reader
 from rcn.console.service import serve_console
 from rcn.edge.config import read_tables
@@ -90,6 +92,7 @@ class Edge:
                                       run_sync=self._run_sync)
         self.udp = LogTransferProtocol(None, receive_buffer=config.receive_buffer,
                                        send_buffer=config.send_buffer)
+        ring = keys_at_start(config.id, config.seal, config.mgmt is not None)
         settings = config.settings
         if config.nbd_volumes:
             settings = replace(settings, pairs=[*settings.pairs,
@@ -99,9 +102,14 @@ class Edge:
         self.device = EdgeDevice(reactor, settings, self.log_store, self.apply_state,
                                  self.udp.send, apply_target_for=self._apply_target,
                                  name=config.id,
-                                 pairs_path=os.path.join(config.data_dir, "pairs.json"))
+                                 pairs_path=os.path.join(config.data_dir, "pairs.json"),
+                                 seal=GroupSeal(ring, sealed=ring is not None))
         self.udp.handler = self.device
         self.udp.drops = self.device.drops
+        if ring is not None:
+            self.udp.hop = HopSeal(config.log, ring, self.device.drops)
+            for reason in E2E_DROP_REASONS:
+                self.device.drops.by_reason.setdefault(reason, 0)
         access = config.access
         self.fabric = FcipServerFactory(reactor, FabricConfig(
             virtual_storages=config.virtual_storages,
@@ -132,6 +140,9 @@ class Edge:
         same keys as this edge's file. Kept in DATA_DIR/mgmt.json for a restart."""
         tables = read_tables(Reader({key: doc.get(key, []) for key in SNAPSHOT_TABLES},
                                     "snapshot."))
+        if "keys" in doc:
+            doc = dict(doc)
+            self._set_keys(KeyRing.from_snapshot(doc.pop("keys")))
         self.device.set_tables(tables.routes, tables.pairs, tables.customers)
         access = tables.access
         self.fabric.reconfigure(tables.virtual_storages,
@@ -146,6 +157,17 @@ class Edge:
         _log.info("{edge}: settings version {version} applied: {v} virtual storages, {p} pairs, "
                   "{r} routes", edge=self.config.id, version=version,
                   v=len(tables.virtual_storages), p=len(tables.pairs), r=len(tables.routes))
+
+    def _set_keys(self, ring: KeyRing) -> None:
+        """A snapshot's keys: in force at once, and kept in the key file (not in mgmt.json)
+        so a restart before the server is reached again keeps working."""
+        if self.udp.hop is None:
+            _log.warn("{edge}: keys in a snapshot ignored: seal.mode is \"none\"",
+                      edge=self.config.id)
+            return
+        self.udp.hop.set_ring(ring)
+        self.device.seal.set_ring(ring)
+        ring.save(self.config.seal.keys)
 
     def _load_snapshot(self) -> int:
         """The snapshot this edge applied last (0: none): applied again at start."""
@@ -202,6 +224,7 @@ class Edge:
                 "sender": dict(self.device.sender.counters),
                 "paths": self.device.sender.path_stats(),
                 "drops": dict(self.device.drops.by_reason),
+                "seal": self._seal_status(),
                 "ack_latency_p50_s": _figure(self.device.ack_latency.quantile(0.5)),
                 "ack_latency_p99_s": _figure(self.device.ack_latency.quantile(0.99)),
                 "lag_p50_s": _figure(self.device.lag.quantile(0.5)),
@@ -209,6 +232,14 @@ class Edge:
                 "nbd": None if self.nbd is None else {
                     "listen": str(self.config.nbd.listen), "server": dict(self.nbd.counters),
                     "volumes": [export.describe() for export in self.nbd_exports]}}
+
+    def _seal_status(self) -> dict:
+        """Which epochs are held (never a key)."""
+        hop = self.udp.hop
+        if hop is None:
+            return {"mode": "none"}
+        return {"mode": self.config.seal.mode, "epochs": hop.ring.epochs(),
+                "hop": dict(hop.counts), "end_to_end": dict(self.device.seal.counts)}
 
     def _build_metrics(self) -> MetricsRegistry:
         m = MetricsRegistry()

@@ -34,12 +34,13 @@ from twisted.logger import Logger
 from datapath.frames import fcp
 from datapath.frames.errors import DecodeError
 from datapath.frames.logentry import (HEADER_SIZE, LOG_HEADER, EntryFlag, EntryType,
-                                      LogHeader, parse_nak_ranges, segment_entry)
+                                      LogHeader, parse_nak_ranges)
 from rcn.edge.logstore import LogStoreFull
 from rcn.edge.pairs import EdgePairs, PairEntry
 from rcn.logxfer.protocol import Drops
 from rcn.logxfer.rioarea import command_area, parse_response_area
 from rcn.logxfer.routes import Address, Hops
+from rcn.logxfer.seal import GroupSeal, SealRefused
 from rcn.logxfer.sender import Sender
 from rcn.metrics import LatencyHistogram
 from rcn.pairstate import REPLICATING, PairState, state_refusal
@@ -62,7 +63,8 @@ def split_datagrams(blob: bytes) -> list[bytes]:
 
 
 def stored_entry(blob: bytes) -> tuple[LogHeader, bytes]:
-    """The header and RIO area of an entry as the log storage area keeps it."""
+    """The header and RIO area of an entry as the log storage area keeps it (sealed, when
+    the group's entries are: ``GroupSeal.open`` gives the clear area)."""
     datagrams = split_datagrams(blob)
     return LogHeader.parse(datagrams[0], fast=True), b"".join(d[HEADER_SIZE:] for d in datagrams)
 
@@ -83,8 +85,9 @@ class SourceSide:
     def __init__(self, *, clock, log_store, pairs: EdgePairs, hops: Hops, sender: Sender,
                  counters: dict[str, int], drops: Drops, ack_latency: LatencyHistogram,
                  on_failure: Callable[[int, str], None], max_datagram_body: int, ttl: int,
-                 name: str = "edge"):
+                 name: str = "edge", seal: GroupSeal | None = None):
         self.clock = clock
+        self.seal = seal if seal is not None else GroupSeal(sealed=False)
         self.log_store = log_store
         self.pairs = pairs
         self.hops = hops
@@ -124,17 +127,19 @@ class SourceSide:
         s_id, d_id, ox_id = ids
         area = command_area(s_id, d_id, ox_id, pair.target_lun, cdb, data_out, data_in_length,
                             attribute)
-        datagrams = segment_entry(entry_type, area, self.max_datagram_body,
-                                  group_id=group, sequence=sequence,
-                                  io_time_ns=int(started * 1e9), target_wwn=pair.target_wwn,
-                                  target_lun=pair.target_lun, source_wwn=pair.source_wwn,
-                                  source_lun=pair.source_lun, ttl=self.ttl, flags=flags)
         path = self.hops.next(pair.source_wwn, pair.target_wwn)
         try:
+            # sealed under the group key before the durable append: the log holds ciphertext
+            datagrams = self.seal.datagrams(
+                entry_type, area, self.max_datagram_body, group_id=group, sequence=sequence,
+                io_time_ns=int(started * 1e9), target_wwn=pair.target_wwn,
+                target_lun=pair.target_lun, source_wwn=pair.source_wwn,
+                source_lun=pair.source_lun, ttl=self.ttl, flags=flags)
             durable = self.log_store.append(group, sequence, b"".join(datagrams))
-        except LogStoreFull as exc:   # quota overflow is failure Suspend
+        except (LogStoreFull, SealRefused) as exc:   # quota overflow, no key: failure Suspend
             self.counters["busy"] += 1
-            self.on_failure(group, f"log quota overflow ({exc})")
+            self.on_failure(group, f"log quota overflow ({exc})" if isinstance(exc, LogStoreFull)
+                            else f"entries cannot be sealed ({exc})")
             row = self.pairs.rows.get(pair.key)
             if row is not None and row.state is not PairState.DUPLEX:
                 return None, succeed(state_refusal(row.state))

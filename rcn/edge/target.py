@@ -29,6 +29,7 @@ from datapath.frames.names import format_wwn
 from rcn.edge.pairs import EdgePairs, PairEntry, PairRow
 from rcn.edge.receiver import ApplyTarget, GroupReceiver, ReceiverConfig
 from rcn.logxfer.rioarea import RioCommand
+from rcn.logxfer.seal import GroupSeal
 from rcn.metrics import LatencyHistogram
 from rcn.pairstate import PairState
 from rcn.rio.errors import NotLoggedIn
@@ -104,8 +105,10 @@ class TargetSide:
     def __init__(self, *, clock, config: ReceiverConfig, apply_state, pairs: EdgePairs,
                  send_back: Callable[[LogHeader, list[bytes]], None], lag: LatencyHistogram,
                  max_datagram_body: int, at_target, on_unusable: Callable[[int, int, str], None],
-                 apply_target_for: Callable[[LogHeader], object] | None = None):
+                 apply_target_for: Callable[[LogHeader], object] | None = None,
+                 seal: GroupSeal | None = None):
         self.clock = clock
+        self.seal = seal
         self.config = config
         self.apply_state = apply_state
         self.pairs = pairs
@@ -141,7 +144,7 @@ class TargetSide:
                 target_for=self._target_for, record_applied=apply_state.record,
                 send_back=self.send_back, observe_lag=self.lag.observe,
                 durable_of=apply_state.durable, max_datagram_body=self.max_datagram_body,
-                on_unusable=self.on_unusable)
+                on_unusable=self.on_unusable, seal=self.seal)
         return receiver
 
     def _target_for(self, header: LogHeader) -> ApplyTarget | None:

@@ -198,6 +198,17 @@ class KeyRing:
         return ring
 
 
+def ring_at_start(path: str | None, managed: bool) -> KeyRing:
+    """A sealed device's keys at start: its key file; without one yet, an empty ring when a
+    management server will send keys (``managed``), else :class:`KeyFileError`."""
+    if path is not None and os.path.exists(path):
+        return KeyRing.load(path)
+    if managed:
+        return KeyRing()
+    raise KeyFileError(f"key file {path}: missing -- sealed log transfer needs the keys "
+                       f"(`rcn lab` writes key files; or configure [mgmt])")
+
+
 def new_key(epoch: int, send: bool = True) -> Key:
     return Key(epoch, os.urandom(KEY_SIZE), send)
 

@@ -1,6 +1,8 @@
 """Log entries over UDP: datagrams in, checked entries out (DESIGN.md 3.3).
 
-:class:`LogTransferProtocol` is thin: it parses each datagram as one log entry
+:class:`LogTransferProtocol` is thin: its hop layer (``rcn.logxfer.seal.HopSeal``, when
+sealed: DESIGN.md 9) opens each datagram from a neighbour and seals each one it sends;
+then it parses each datagram as one log entry
 (``logentry.parse_datagram``), drops what is malformed, of an unknown version
 or with a bad CRC32C -- counted by reason in :class:`Drops` and logged -- and
 hands good entries to its handler (an edge's or core's plain object). Sending
@@ -80,9 +82,11 @@ class LogTransferProtocol(DatagramProtocol):
 
     def __init__(self, handler: EntryHandler, drops: Drops | None = None, *,
                  receive_buffer: int = DEFAULT_RECEIVE_BUFFER,
-                 send_buffer: int = DEFAULT_SEND_BUFFER):
+                 send_buffer: int = DEFAULT_SEND_BUFFER, hop=None):
         self.handler = handler
         self.drops = drops if drops is not None else Drops()
+        #: the hop layer (``rcn.logxfer.seal.HopSeal``); None: datagrams travel bare
+        self.hop = hop
         self.receive_buffer = receive_buffer
         self.send_buffer = send_buffer
         self.counters = {"received": 0, "received_bytes": 0, "sent": 0, "sent_bytes": 0,
@@ -95,6 +99,10 @@ class LogTransferProtocol(DatagramProtocol):
         sender = Address(addr[0], addr[1])
         self.counters["received"] += 1
         self.counters["received_bytes"] += len(data)
+        if self.hop is not None:
+            data = self.hop.open(data, sender)
+            if data is None:
+                return
         try:
             entry = parse_datagram(data, fast=True)
         except DecodeError as exc:
@@ -114,6 +122,11 @@ class LogTransferProtocol(DatagramProtocol):
         if self.transport is None:
             self.counters["send_errors"] += 1
             return False
+        if self.hop is not None:
+            data = self.hop.seal(data, address)
+            if data is None:
+                self.counters["send_errors"] += 1
+                return False
         try:
             self.transport.write(data, address.pair)
         except OSError as exc:

@@ -38,16 +38,17 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from twisted.logger import Logger
 
 from datapath.frames.hop import (HOP_HEADER, HOP_HEADER_SIZE, HOP_MAGIC_BYTES, HOP_OVERHEAD,
                                  HOP_TAG_SIZE, HOP_VERSION, SUITE_AES_256_GCM, build_hop_header,
                                  hop_nonce)
 from datapath.frames.logentry import (SEAL_NONCE_SIZE, SEALABLE_TYPES, SEALED_OVERHEAD,
                                       LogHeader, Seal, e2e_aad, segment_entry)
-from rcn.logxfer.keys import Key, KeyRing
+from rcn.logxfer.keys import Key, KeyRing, ring_at_start
 from rcn.logxfer.routes import Address
 
-SEAL_MODES = ("aes-256-gcm", "none")
+_log = Logger()
 REPLAY_WINDOW = 4096
 _EPOCH_AT = HOP_HEADER.offsets["key_epoch"]
 _COUNTER_AT = HOP_HEADER.offsets["counter"]
@@ -108,6 +109,8 @@ class HopSeal:
     def __init__(self, me: Address, ring: KeyRing, drops, clock_ns=time.time_ns):
         self.me = me
         self.drops = drops
+        for reason in HOP_DROP_REASONS:       # shown as 0 in /metrics until one happens
+            drops.by_reason.setdefault(reason, 0)
         self.counter = clock_ns()
         self.windows: dict[Address, ReplayWindow] = {}
         self.counts = {"sealed": 0, "opened": 0}
@@ -183,8 +186,8 @@ class GroupSeal:
     """An edge's end-to-end seal (see the module doc). ``ring``: its group keys;
     ``sealed``: False for ``mode = "none"``."""
 
-    def __init__(self, ring: KeyRing, sealed: bool = True):
-        self.ring = ring
+    def __init__(self, ring: KeyRing | None = None, sealed: bool = True):
+        self.ring = ring if ring is not None else KeyRing()
         self.sealed = sealed
         self._aead: dict[tuple[int, int], AESGCM] = {}
         self.counts = {"sealed": 0, "opened": 0}
@@ -237,3 +240,22 @@ class GroupSeal:
                                              f"{header.key_epoch}") from None
         self.counts["opened"] += 1
         return clear
+
+
+def keys_at_start(device: str, seal, managed: bool) -> KeyRing | None:
+    """A device's keys at start (``seal``: its ``[seal]`` table, ``rcn.config.SealConfig``),
+    None when it runs unsealed -- said loudly, once. :class:`KeyFileError` when sealed and
+    the key file is missing (and no management server will send keys) or unusable."""
+    if not seal.sealed:
+        _log.warn("{device}: seal.mode = \"none\": log transfer is NOT sealed -- anyone "
+                  "on the network can forge, alter and replay entries; for debugging only",
+                  device=device)
+        return None
+    ring = ring_at_start(seal.keys, managed)
+    epochs = ring.epochs()
+    _log.info("{device}: log transfer sealed (AES-256-GCM): keys of {links} links and {groups} "
+              "groups{source}", device=device, links=len(epochs["links"]),
+              groups=len(epochs["groups"]),
+              source=f" from {seal.keys}" if len(ring) else ", waiting for the management "
+                                                             "server's")
+    return ring

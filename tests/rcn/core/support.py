@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 
+import os
+
 from twisted.internet import defer, reactor
 from twisted.web.client import Agent, readBody
 
 from datapath.frames.logentry import EntryType, build_entry
+from tests.support import key_ring
 from rcn.logxfer.protocol import LogTransferProtocol, listen
 from rcn.logxfer.routes import Address
+from rcn.logxfer.seal import HopSeal
 
 SRC = 0x500A098000000001
 DST = 0x500A098000000002
@@ -52,9 +56,24 @@ class Endpoint:
     def send(self, data: bytes, to: Address) -> None:
         self.protocol.send(data, to)
 
+    def seal(self, ring) -> None:
+        """Seal what it sends and open what arrives with ``ring``'s link keys."""
+        self.protocol.hop = HopSeal(self.address, ring, self.protocol.drops)
 
-def core_toml(listen: Address, source: Address, target: Address, *, batch: bool = True,
-              max_delay_ms: float = 1.0, metrics_port: int | None = None) -> str:
+
+def sealed_core(testcase, core: Address, *endpoints: Endpoint) -> str:
+    """A key file for ``core`` and each endpoint's link to it (the endpoints seal with it)."""
+    ring = key_ring(links=[(core, e.address) for e in endpoints])
+    path = os.path.abspath(testcase.mktemp())
+    ring.save(path)
+    for endpoint in endpoints:
+        endpoint.seal(ring)
+    return path
+
+
+def core_toml(listen: Address, source: Address, target: Address, *, keys: str,
+              batch: bool = True, max_delay_ms: float = 1.0,
+              metrics_port: int | None = None) -> str:
     metrics = f'[metrics]\nlisten = "tcp:{metrics_port}:interface=127.0.0.1"\n' if metrics_port else ""
     return f"""
 [core]
@@ -65,6 +84,8 @@ receive_buffer = "4MiB"
 enabled = {"true" if batch else "false"}
 max_delay_ms = {max_delay_ms}
 {metrics}
+[seal]
+keys = "{keys}"
 [[route]]
 source_wwn = "50:0a:09:80:00:00:00:01"
 target_wwn = "50:0a:09:80:00:00:00:02"

@@ -30,6 +30,9 @@ max_entries = 64
 [metrics]
 listen = "tcp:47302:interface=127.0.0.1"
 
+[seal]
+keys = "keys/core1.keys"
+
 [[route]]
 source_wwn = "50:0a:09:80:00:00:00:01"
 target_wwn = "50:0a:09:80:00:00:00:02"
@@ -41,7 +44,7 @@ target_wwn = "50:0a:09:80:00:00:00:02"
 path = ["127.0.0.2:47001", "127.0.0.1:47003"]
 """
 
-MINIMAL = {"core": {"id": "c", "listen": "10.0.0.2:47001"},
+MINIMAL = {"core": {"id": "c", "listen": "10.0.0.2:47001"}, "seal": {"keys": "core.keys"},
            "route": [{"source_wwn": "50:0a:09:80:00:00:00:01",
                       "target_wwn": "50:0a:09:80:00:00:00:02",
                       "path": ["10.0.0.1:47001", "10.0.0.2:47001", "10.0.0.3:47001"]}]}
@@ -64,6 +67,8 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.batch, BatchPolicy(enabled=True, max_delay=0.0025,
                                                    max_bytes=32000, max_entries=64))
         self.assertEqual(config.metrics, "tcp:47302:interface=127.0.0.1")
+        self.assertEqual((config.seal.mode, config.seal.keys, config.seal.sealed),
+                         ("aes-256-gcm", "keys/core1.keys", True))
         self.assertEqual(len(config.routes), 2)
         self.assertEqual(config.routes.next_hop(0x500A098000000001, 0x500A098000000002,
                                                 config.listen), Address("127.0.0.1", 47003))
@@ -89,6 +94,11 @@ class ConfigTests(SynchronousTestCase):
         doc["core"]["listen"] = "[::1]:47002"
         doc["route"][0]["path"] = ["[::1]:47001", "[::1]:47002"]
         self.assertEqual(parse_config(doc).listen, Address("::1", 47002))
+
+    def test_unsealed_only_when_asked_and_then_without_keys(self):
+        doc = copy.deepcopy(MINIMAL)
+        doc["seal"] = {"mode": "none"}
+        self.assertFalse(parse_config(doc).seal.sealed)
 
     def test_one_error_type(self):
         self.assertIs(ConfigError, SharedConfigError)
@@ -136,6 +146,9 @@ class ConfigTests(SynchronousTestCase):
              "metrics.listen: '127.0.0.1:9100' is HOST:PORT; a TCP listener is a Twisted "
              "endpoint string: write \"tcp:9100:interface=127.0.0.1\""),
             (put("metrics", "port", 9100), "metrics.port: unknown key"),
+            (drop("seal", "keys"), "seal.keys: sealed log transfer needs keys"),
+            (put("seal", "keys", " "), "seal.keys: empty"),
+            (put("seal", "mode", "rot13"), "seal.mode: "),
         ]
         for change, fragment in cases:
             self.assertConfigError(change, fragment)

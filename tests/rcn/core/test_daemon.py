@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from datapath.frames.logentry import EntryType, build_keepalive, parse_datagram
 from rcn.logxfer.routes import Address
-from tests.rcn.core.support import Endpoint, core_toml, get_metrics, metric, wr
+from tests.rcn.core.support import Endpoint, core_toml, get_metrics, metric, sealed_core, wr
 from tests.support import CollectOutput, free_port
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -34,6 +34,7 @@ class DaemonTests(TestCase):
         config = os.path.join(self.dir, "core.toml")
         with open(config, "w") as f:
             f.write(core_toml(self.core, self.source.address, self.target.address,
+                              keys=sealed_core(self, self.core, self.source, self.target),
                               metrics_port=self.metrics_port))
         self.daemon = CollectOutput()
         self.process = reactor.spawnProcess(

@@ -208,7 +208,7 @@ class ForwardingTests(RelayTestCase):
         for batch in (build_entry(EntryType.BATCH, bytes(body)),
                       build_batch([singles[0], good]),                  # a batch in a batch
                       build_entry(EntryType.BATCH, b"\x00" * 4),        # no count
-                      build_batch([singles[0], entry(sequence=2, version=2)])):  # inner version
+                      build_batch([singles[0], entry(sequence=2, version=3)])):  # inner version
             self.deliver(batch, CORE_2)
         self.assertEqual(self.sent, [])
         self.assertEqual(self.drops.by_reason, {"malformed_batch": 4})

@@ -13,8 +13,8 @@ from rcn.core.config import parse_config
 from rcn.core.service import make_service
 from rcn.logxfer.routes import Address
 from rcn.metrics import MetricsRegistry
-from tests.rcn.core.support import Endpoint, core_toml, get_metrics, metric, wr
-from tests.support import free_port
+from tests.rcn.core.support import Endpoint, core_toml, get_metrics, metric, sealed_core, wr
+from tests.support import free_port, key_ring
 
 
 class ServiceTests(TestCase):
@@ -23,8 +23,9 @@ class ServiceTests(TestCase):
     def start(self, **kw):
         self.source, self.target = Endpoint(self), Endpoint(self)
         self.core = Address("127.0.0.1", free_port(socket.SOCK_DGRAM))
+        keys = sealed_core(self, self.core, self.source, self.target)
         self.config = parse_config(tomllib.loads(
-            core_toml(self.core, self.source.address, self.target.address, **kw)))
+            core_toml(self.core, self.source.address, self.target.address, keys=keys, **kw)))
         self.registry = MetricsRegistry()
         self.top, self.relay = make_service(self.config, reactor, self.registry)
         self.top.startService()
@@ -85,8 +86,10 @@ class ServiceTests(TestCase):
     def test_metrics_over_http(self):
         self.source, self.target = Endpoint(self), Endpoint(self)
         self.core, port = Address("127.0.0.1", free_port(socket.SOCK_DGRAM)), free_port(socket.SOCK_STREAM)
+        keys = sealed_core(self, self.core, self.source, self.target)
         config = parse_config(tomllib.loads(core_toml(
-            self.core, self.source.address, self.target.address, batch=False, metrics_port=port)))
+            self.core, self.source.address, self.target.address, keys=keys, batch=False,
+            metrics_port=port)))
         self.top, self.relay = make_service(config, reactor)
         self.top.startService()
         self.addCleanup(self._stop)
@@ -108,6 +111,7 @@ class ManagedCoreTests(TestCase):
         from rcn.core.service import apply_snapshot
         config = parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
                                "mgmt": {"connect": "tcp:127.0.0.1:47100"}})
+        self.assertEqual((config.seal.mode, config.seal.keys), ("aes-256-gcm", None))
         self.assertEqual((len(config.routes), config.mgmt), (0, "tcp:127.0.0.1:47100"))
         relay = CoreRelay(config.routes, config.listen, lambda data, to: None, task.Clock())
         apply_snapshot(relay, 4, {"route": [{
@@ -119,6 +123,26 @@ class ManagedCoreTests(TestCase):
             parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
                           "mgmt": {"connect": "udp:nowhere"}})
 
+    def test_a_snapshots_link_keys_replace_the_hop_layers_and_group_keys_are_refused(self):
+        from rcn.core.relay import CoreRelay
+        from rcn.core.service import apply_snapshot
+        from rcn.logxfer.keys import KeyRing
+        from rcn.logxfer.protocol import Drops
+        from rcn.logxfer.seal import HopSeal
+        me, peer = Address("127.0.0.1", 47950), Address("127.0.0.1", 47001)
+        relay = CoreRelay(parse_config({"core": {"id": "c1", "listen": str(me)},
+                                        "mgmt": {"connect": "tcp:127.0.0.1:47100"}}).routes,
+                          me, lambda data, to: None, task.Clock())
+        hop = HopSeal(me, KeyRing(), Drops())
+        sent = key_ring(links=[(me, peer)], groups=[7])
+        path = self.mktemp()
+        apply_snapshot(relay, 5, {"keys": sent.to_snapshot()}, hop, path)
+        self.assertEqual(hop.ring.neighbours(me), {peer})
+        self.assertEqual(hop.ring.groups, {})
+        held = KeyRing.load(path)
+        self.assertEqual((held.groups, held.link_send_key(me, peer)),
+                         ({}, sent.link_send_key(me, peer)))
+
 
 class CoreConsoleTests(TestCase):
     def test_commands(self):
@@ -127,6 +151,7 @@ class CoreConsoleTests(TestCase):
         from rcn.core.console import core_console
         from rcn.core.relay import CoreRelay
         config = parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
+                               "seal": {"mode": "none"},
                                "console": {"tcp": "tcp:2303:interface=127.0.0.1"},
                                "route": [{"source_wwn": "50:0a:09:80:00:00:00:01",
                                           "target_wwn": "50:0a:09:80:00:00:00:02",

@@ -16,7 +16,8 @@ from rcn.logxfer.routes import Address
 
 A, B = 0x500A098000000001, 0x500A098000000002
 
-MINIMAL = {"edge": {"id": "edgeA", "log": "127.0.0.1:47001", "data_dir": "d"}}
+MINIMAL = {"edge": {"id": "edgeA", "log": "127.0.0.1:47001", "data_dir": "d"},
+           "seal": {"keys": "edgeA.keys"}}
 
 
 def documented_example() -> dict:

@@ -12,14 +12,16 @@ from rcn.console.commands import ConsoleError
 from rcn.edge.config import parse_config
 from rcn.edge.console import EdgeConsole
 from rcn.edge.service import Edge
+from rcn.logxfer.routes import Address
 from rcn.rio.fcp import build_write16_cdb
 
 A, B = "50:0a:09:80:00:00:00:01", "50:0a:09:80:00:00:00:02"
+from tests.support import seal_with
 
 
 class EdgeConsoleTests(TestCase):
     def setUp(self):
-        config = parse_config({
+        doc = {
             "edge": {"id": "edgeA", "log": "127.0.0.1:47961",
                      "data_dir": os.path.abspath(self.mktemp())},
             "log": {"mode": "memory"},
@@ -27,8 +29,10 @@ class EdgeConsoleTests(TestCase):
             "pair": [{"source_wwn": A, "source_lun": 0, "target_wwn": B, "target_lun": 0,
                       "group": 7}],
             "route": [{"source_wwn": A, "target_wwn": B,
-                       "path": ["127.0.0.1:47961", "127.0.0.1:47962"]}]})
-        self.edge = Edge(config, reactor)
+                       "path": ["127.0.0.1:47961", "127.0.0.1:47962"]}]}
+        seal_with(self, doc, links=[(Address("127.0.0.1", 47961), Address("127.0.0.1", 47962))],
+                  groups=[7])
+        self.edge = Edge(parse_config(doc), reactor)
         self.addCleanup(self.edge.close)
         self.edge.device.sender.transmit = lambda data, address: None
         self.udp = service.Service()

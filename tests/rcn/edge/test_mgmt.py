@@ -12,7 +12,10 @@ from twisted.trial.unittest import TestCase
 from rcn.edge.config import parse_config
 from rcn.edge.service import Edge
 from rcn.mgmt.distribution import DistributionServer
+from rcn.logxfer.keys import KeyRing
+from rcn.logxfer.routes import Address
 from rcn.pairstate import PairState
+from tests.support import key_ring
 
 A, B, V = "50:0a:09:80:00:00:00:01", "50:0a:09:80:00:00:00:02", "50:0a:09:80:00:80:00:02"
 SNAPSHOT = {
@@ -25,7 +28,9 @@ SNAPSHOT = {
     "access": [{"virtual_wwn": V, "storage_wwn": A}],
     "pair": [{"source_wwn": A, "source_lun": 0, "target_wwn": B, "target_lun": 0,
               "group": 1073741831, "customer": "acme"}],
-    "customer": [{"id": "acme", "bandwidth": 1000000}]}
+    "customer": [{"id": "acme", "bandwidth": 1000000}],
+    "keys": key_ring(links=[(Address("127.0.0.1", 47911), Address("127.0.0.1", 47912))],
+                     groups=[1073741831]).to_snapshot()}
 
 
 class EdgeUnderMgmtTests(TestCase):
@@ -76,9 +81,18 @@ class EdgeUnderMgmtTests(TestCase):
         d = self.server.query_residual("edgeA", 7)
         pump.flush()
         self.failureResultOf(d)                  # no such group in the log
-        # a restart applies the kept snapshot before it can reach the server
+        # the keys are in force, kept in the key file (0600), not in mgmt.json
+        keys = os.path.join(self.data_dir, "keys")
+        self.assertEqual(KeyRing.load(keys).to_snapshot(), SNAPSHOT["keys"])
+        self.assertEqual(os.stat(keys).st_mode & 0o777, 0o600)
+        with open(os.path.join(self.data_dir, "mgmt.json")) as f:
+            self.assertNotIn(SNAPSHOT["keys"]["group"][0]["key"], f.read())
+        self.assertEqual(edge.udp.hop.ring.neighbours(Address("127.0.0.1", 47911)),
+                         {Address("127.0.0.1", 47912)})
+        # a restart applies the kept snapshot and keys before it can reach the server
         again = self.edge()
         self.assertEqual(again.mgmt.version, 3)
+        self.assertEqual(again.device.seal.ring.to_snapshot(), SNAPSHOT["keys"])
         self.assertEqual(len(again.device.routes), 1)
         self.assertEqual(again.fabric.config.virtual_storages[0].partner_wwn,
                          0x500A098000000002)

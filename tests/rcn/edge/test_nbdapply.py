@@ -18,7 +18,8 @@ from rcn.nbd.export import ExportTable, VolumeExport
 from rcn.nbd.server import NbdServerFactory
 from rcn.rio.fcp import ScsiStatus, build_write16_cdb
 from rcn.storage.volume import Volume
-from tests.support import require_tool
+from rcn.logxfer.seal import GroupSeal, HopSeal
+from tests.support import require_tool, seal_with
 
 MiB = 1 << 20
 
@@ -169,11 +170,13 @@ class EdgeAppliesToNbdTargetTests(TestCase):
                 ports.append(s.getsockname()[1])
         a, b = (f"127.0.0.1:{p}" for p in ports)
         source_wwn, target_wwn = "50:0a:09:80:00:00:00:01", "50:0a:09:80:00:00:00:03"
-        config = parse_config({
+        doc = {
             "edge": {"id": "edgeB", "log": b, "data_dir": os.path.abspath(self.mktemp())},
             "route": [{"source_wwn": source_wwn, "target_wwn": target_wwn, "path": [a, b]}],
             "nbd_target": [{"target_wwn": target_wwn, "target_lun": 0,
-                            "url": f"nbd://127.0.0.1:{server.getHost().port}/b"}]})
+                            "url": f"nbd://127.0.0.1:{server.getHost().port}/b"}]}
+        ring = seal_with(self, doc, links=[(Address.parse(a), Address.parse(b))], groups=[9])
+        config = parse_config(doc)
         edge_b = Edge(config, reactor)
         edge_b.start()
         self.addCleanup(edge_b.close)
@@ -187,8 +190,10 @@ class EdgeAppliesToNbdTargetTests(TestCase):
         store.open()
         state.open()
         proto = LogTransferProtocol(None)
+        proto.hop = HopSeal(Address.parse(a), ring, proto.drops)      # sealed, as a daemon is
         source = EdgeDevice(reactor, EdgeSettings(me=Address.parse(a), pairs=[pair],
-                                                  routes=routes), store, state, proto.send)
+                                                  routes=routes), store, state, proto.send,
+                            seal=GroupSeal(ring))
         proto.handler = source
         self.addCleanup(source.stop)
         port_a = listen(reactor, proto, Address.parse(a))

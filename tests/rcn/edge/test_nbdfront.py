@@ -36,7 +36,7 @@ from rcn.nbd.server import NbdServerFactory
 from rcn.nbd.handshake import block_sizes
 from rcn.nbd.session import ServerLimits
 from rcn.rio.fcp import ScsiResult, SenseKey, check_condition
-from tests.support import require_tool, wait_connections_closed
+from tests.support import require_tool, seal_with, wait_connections_closed
 
 MiB = 1 << 20
 SOURCE_WWN = 0x500A098000000011
@@ -330,7 +330,7 @@ def config_doc(**nbd_volume) -> dict:
               "group": 9, "customer": "acme"}
     volume.update(nbd_volume)
     return {"edge": {"id": "edgeA", "log": "127.0.0.1:47001", "data_dir": "d"},
-            "log": {"mode": "memory"},
+            "log": {"mode": "memory"}, "seal": {"keys": "edgeA.keys"},
             "customer": [{"id": "acme"}],
             "pair": [{"source_wwn": "50:0a:09:80:00:00:00:01", "source_lun": 0,
                       "target_wwn": "50:0a:09:80:00:00:00:02", "target_lun": 0, "group": 7}],
@@ -416,6 +416,8 @@ class ServiceTests(TestCase):
         doc = config_doc()
         doc["edge"]["data_dir"] = os.path.abspath(self.mktemp())
         doc["nbd"] = {"listen": "tcp:10811:interface=127.0.0.1"}
+        seal_with(self, doc, links=[(Address("127.0.0.1", 47001), Address("127.0.0.1", 47002))],
+                  groups=[7, 9])
         config = parse_config(doc)
         top, edge = make_service(config, reactor)
         self.addCleanup(edge.close)

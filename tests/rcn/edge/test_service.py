@@ -12,13 +12,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from datapath.frames.logentry import EntryFlag, EntryType, build_entry
+from datapath.frames.logentry import EntryFlag, EntryType
 from rcn.edge.config import parse_config
 from rcn.edge.service import Edge, make_service
+from rcn.logxfer.protocol import Drops
 from rcn.logxfer.rioarea import response_area
+from rcn.logxfer.routes import Address
+from rcn.logxfer.seal import GroupSeal, HopSeal
 from rcn.rio.fcp import ScsiResult, build_write16_cdb
 from rcn.tap import StartError
-from tests.support import free_port, start_as_twistd_would
+from tests.support import free_port, seal_with, start_as_twistd_would
 
 A, B = "50:0a:09:80:00:00:00:01", "50:0a:09:80:00:00:00:02"
 WWN_A, WWN_B = 0x500A098000000001, 0x500A098000000002
@@ -35,15 +38,18 @@ def samples(text: str) -> dict:
 
 class EdgeMetricsTests(TestCase):
     def setUp(self):
-        config = parse_config({
+        doc = {
             "edge": {"id": "edgeA", "log": "127.0.0.1:47901",
                      "data_dir": os.path.abspath(self.mktemp())},
             "log": {"mode": "memory"},
             "pair": [{"source_wwn": A, "source_lun": 0, "target_wwn": B, "target_lun": 0,
                       "group": 7}],
             "route": [{"source_wwn": A, "target_wwn": B,
-                       "path": ["127.0.0.1:47901", "127.0.0.1:47902"]}]})
-        self.edge = Edge(config, reactor)
+                       "path": ["127.0.0.1:47901", "127.0.0.1:47902"]}]}
+        self.peer = Address("127.0.0.1", 47902)
+        self.ring = seal_with(self, doc, links=[(Address("127.0.0.1", 47901), self.peer)],
+                              groups=[7])
+        self.edge = Edge(parse_config(doc), reactor)
         self.addCleanup(self.edge.close)
         self.sent = []
         self.edge.device.sender.transmit = lambda data, address: self.sent.append(data)
@@ -54,11 +60,15 @@ class EdgeMetricsTests(TestCase):
         for lba in (0, 8):
             self.assertTrue(self.successResultOf(
                 device.source_side.write(pair, build_write16_cdb(lba, 8), bytes(4096))).good)
-        wrok = build_entry(EntryType.WROK, response_area(0, 0, 0, 0, ScsiResult()),
-                           group_id=7, sequence=1, source_wwn=WWN_A, target_wwn=WWN_B,
-                           flags=EntryFlag.CUMULATIVE)
-        self.edge.udp.datagramReceived(wrok, ("127.0.0.1", 47902))
-        self.edge.udp.datagramReceived(b"garbage", ("127.0.0.1", 47902))
+        wrok, = GroupSeal(self.ring).datagrams(
+            EntryType.WROK, response_area(0, 0, 0, 0, ScsiResult()), 65000, group_id=7,
+            sequence=1, source_wwn=WWN_A, target_wwn=WWN_B, flags=EntryFlag.CUMULATIVE)
+        peer = HopSeal(self.peer, self.ring, Drops())
+        self.edge.udp.datagramReceived(peer.seal(wrok, Address("127.0.0.1", 47901)),
+                                       self.peer.pair)
+        self.edge.udp.datagramReceived(b"garbage", self.peer.pair)
+        self.edge.udp.datagramReceived(peer.seal(b"garbage", Address("127.0.0.1", 47901)),
+                                       self.peer.pair)
         got = samples(self.edge.metrics.render().decode())
         self.assertEqual(got["rcn_group_generation_total{group=7}"], 2)
         self.assertEqual(got["rcn_group_log_delete_total{group=7}"], 1)
@@ -66,7 +76,9 @@ class EdgeMetricsTests(TestCase):
         self.assertEqual(got["rcn_edge_write_bytes_total"], 8192)
         self.assertEqual(got["rcn_edge_wroks_total"], 1)
         self.assertEqual(got["rcn_sender_acknowledged_total"], 1)
+        self.assertEqual(got["rcn_drops_total{reason=unsealed}"], 1)
         self.assertEqual(got["rcn_drops_total{reason=malformed}"], 1)
+        self.assertEqual(got["rcn_drops_total{reason=bad_tag}"], 0)      # shown before any
         self.assertEqual(got["rcn_edge_ack_latency_seconds_count"], 2)
         self.assertEqual(got["rcn_log_store_retained_entries"], 1)
         self.assertEqual(got["rcn_group_log_retained_entries{group=7}"], 1)
@@ -106,6 +118,9 @@ class OpenAtStartTests(TestCase):
                           "path": [log, "127.0.0.1:47902"]}]}
         if mgmt:
             doc["mgmt"] = {"connect": "tcp:127.0.0.1:1"}
+        else:
+            seal_with(self, doc, links=[(Address.parse(log), Address("127.0.0.1", 47902))],
+                      groups=[7])
         return parse_config(doc)
 
     def start(self, top):

@@ -87,7 +87,7 @@ class ProtocolTests(SynchronousTestCase):
         self.assertDropped(bytes(data), "bad_magic")
 
     def test_unknown_version_is_dropped(self):
-        self.assertDropped(wr(version=2), "unknown_version")
+        self.assertDropped(wr(version=3), "unknown_version")
 
     def test_bad_crc_is_dropped(self):
         data = bytearray(wr())
