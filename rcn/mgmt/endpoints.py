@@ -160,8 +160,8 @@ class Handlers:
                                 '{"group": N} or {"all": true}', given[1] if given else None)
         if given == ["all"] and body["all"] is not True:
             raise ApiError(400, 'all: must be true (to rotate every link and group)', "all")
-        return self.call(self.server.keys.rotate, link=body.get("link"),
-                         group=body.get("group"), every=given == ["all"])
+        return self.call(partial(self.server.keys.rotate, link=body.get("link"),
+                                 group=body.get("group"), every=given == ["all"]))
 
     def residual(self, caller, params, body):
         pair = self.call(self.settings.get_pair, caller, params["id"])

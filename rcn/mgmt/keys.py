@@ -60,7 +60,8 @@ _log = Logger()
 
 @dataclass(frozen=True)
 class KeyPolicy:
-    """``[keys]`` of the server's file (seconds)."""
+    """``[keys]`` of the server's file, in seconds (rcn.mgmt.config has each one's
+    meaning)."""
     rotate_every: float = 86400.0
     overlap: float = 60.0
     group_overlap: float = 86400.0
@@ -103,7 +104,7 @@ class KeyManager:
         self.counters = dict.fromkeys(("generated", "rotations", "activated_by_acks",
                                        "activated_by_time", "retired"), 0)
         self._call = None
-        self._busy = self._again = self._running = False
+        self._busy = self._running = False
         self._load()
 
     # -- state -------------------------------------------------------------------------------
@@ -220,7 +221,8 @@ class KeyManager:
         for r, e in zip(rotated, fresh):
             r["epoch"] = e.epoch
         if fresh:
-            self._published(fresh)
+            self._stamp(fresh)
+            self.tick()
         return {"rotated": rotated, "skipped": skipped}
 
     def _link_named(self, link) -> str:
@@ -254,34 +256,41 @@ class KeyManager:
                   name=name, epoch=n)
         return epoch
 
-    def _published(self, fresh: list[Epoch]) -> None:
+    def _stamp(self, fresh: list[Epoch]) -> None:
         """Publish a change; stamp the new pending epochs with the version carrying them."""
         version = self.publish()
         for e in fresh:
             e.version = version
         self._save()
-        self.tick()
 
     def acknowledged(self, device_id: str, version: int) -> None:
         """A device acknowledged (or registered holding) ``version``."""
         self.tick()
 
+    def running(self, on: bool) -> None:
+        """Timers on (what is due is done at once: a restart's deadlines may have passed)
+        or off (the server stops; the state stays in the store)."""
+        self._running = on
+        if on:
+            self.tick()
+        else:
+            self._arm()
+
     def tick(self) -> None:
-        """Activate, retire and rotate what is due; publish once if anything changed."""
+        """Activate, retire and rotate what is due, publishing each step, until nothing
+        more is; then the timer for what comes next. A call while one runs returns at
+        once: the running one looks again before it ends."""
         if self._busy:
-            self._again = True
             return
         self._busy = True
         try:
-            self._again = True
-            while self._again:
-                self._again = False
-                self._step()
+            while self._step():
+                pass
         finally:
             self._busy = False
         self._arm()
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
         now, changed, fresh = self.clock.seconds(), False, []
         for (kind, name), epochs in list(self.keys.items()):
             for e in sorted(epochs.values(), key=lambda e: e.epoch):
@@ -300,10 +309,11 @@ class KeyManager:
             if due is not None and due <= now:
                 fresh.append(self._add_pending(kind, name, now))
         if fresh:
-            self._published(fresh)
+            self._stamp(fresh)
         elif changed:
             self.publish()
             self._save()
+        return changed or bool(fresh)
 
     def _ready(self, kind: str, name: str, e: Epoch, now: float) -> str | None:
         current = self.current()
@@ -349,14 +359,6 @@ class KeyManager:
         when = self._next_event(now)
         if when is not None:
             self._call = self.clock.callLater(max(0.0, when - now), self.tick)
-
-    def start(self) -> None:
-        self._running = True
-        self.tick()
-
-    def stop(self) -> None:
-        self._running = False
-        self._arm()
 
     # -- what the operator sees ---------------------------------------------------------------
     def listing(self) -> dict:

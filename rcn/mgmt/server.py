@@ -159,13 +159,13 @@ class MgmtServer:
         return True
 
     def start(self) -> None:
-        self.keys.start()
+        self.keys.running(True)
         self._health_call = LoopingCall(self.check_health)
         self._health_call.clock = self.clock
         self._health_call.start(self.health_interval, now=False)
 
     def stop(self) -> None:
-        self.keys.stop()
+        self.keys.running(False)
         if self._health_call is not None and self._health_call.running:
             self._health_call.stop()
 
