@@ -234,7 +234,7 @@ def _int(value, what: str, at: str) -> int:
     except (TypeError, ValueError):
         raise KeyFileError(f"{at}: the {what} is not a number") from None
     if not 0 <= number < 1 << 32:
-        raise KeyFileError(f"{at}: {what} {number} is outside 0..4294967295")
+        raise KeyFileError(f"{at}: the {what} is outside 0..4294967295")
     return number
 
 
