@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import zlib
+from pathlib import Path
 
 import crc32c
 import numpy as np
@@ -1032,3 +1033,26 @@ class NamesTests(TestCase):
     def test_format_port_id(self):
         self.assertEqual(names.format_port_id(0x010200), "01.02.00")
         self.assertEqual(names.format_port_id(0xFFFFFC), "ff.ff.fc")
+
+
+class ReadmeWireFormatTests(TestCase):
+    """README.md's log-transfer wire format tables are the field tables, row by row."""
+
+    def readme_rows(self, marker: str) -> list[tuple[int, int, str, str]]:
+        text = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+        start = text.index(f"<!-- {marker} -->")
+        block = text[start:text.index(f"<!-- end {marker} -->", start)]
+        rows = []
+        for line in block.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 4 and cells[0].isdigit():
+                rows.append((int(cells[0]), int(cells[1]), cells[2].strip("`"), cells[3]))
+        return rows
+
+    def test_log_header_table(self):
+        self.assertEqual(self.readme_rows("log-header-table"),
+                         [(o, w, n, d) for n, o, w, _r, _b, d, _v in logentry.LOG_HEADER.rows()])
+
+    def test_hop_header_table(self):
+        self.assertEqual(self.readme_rows("hop-header-table"),
+                         [(o, w, n, d) for n, o, w, _r, _b, d, _v in hop.HOP_HEADER.rows()])
