@@ -55,11 +55,16 @@ class Keys:
         self.ring = ring
         self.groups = GroupSeal(ring, sealed=True)
         self._hops: dict[Address, tuple[HopSeal, _LastDrop]] = {}
+        # only the ring's addresses get a hop layer (and replay windows): a capture with
+        # many other addresses costs nothing
+        self._addresses = {address for pair in ring.links for address in pair}
 
     def check_hop(self, data: bytes, src: Address, dst: Address) -> tuple[str, bool]:
         """What the receiver ``dst`` makes of the envelope from ``src``: the ``check`` text,
         and whether it is an error (a tag that does not verify, a replay) rather than a key
         the file does not hold."""
+        if dst not in self._addresses or src not in self._addresses:
+            return f"hop tag not checked: no link key for {src} and {dst}", False
         if dst not in self._hops:
             last = _LastDrop()
             self._hops[dst] = (HopSeal(dst, self.ring, last, clock_ns=lambda: 0), last)

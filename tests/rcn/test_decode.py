@@ -540,6 +540,18 @@ class SealedEntryTests(TestCase):
                                 seal_ring())
         self.assertIn("no link key for 10.9.9.9:1", record["hop"]["check"])
 
+    def test_hop_layers_only_for_the_key_files_addresses(self):
+        datagram = sealed_wr(seal_ring())[0]
+        keys = Keys(seal_ring())
+        decoder = Decoder(keys=keys)
+        for n in range(50):
+            data = udp_capture([datagram], dst=Address(f"10.7.0.{n}", 47001))
+            (record,) = decoder.decode_file(data)
+            self.assertIn("no link key", record["hop"]["check"])
+        self.assertEqual(len(keys._hops), 0)
+        (record,) = decoder.decode_file(udp_capture([datagram]))
+        self.assertEqual((record["hop"]["check"], len(keys._hops)), ("hop tag good", 1))
+
     def test_sealed_nak_opens_to_its_ranges(self):
         body = logentry.build_nak([(4, 6), (9, 9)], group_id=5)[logentry.HEADER_SIZE:]
         (datagram,) = GroupSeal(seal_ring()).datagrams(logentry.EntryType.NAK, body, 60000,
