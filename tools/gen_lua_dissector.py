@@ -264,6 +264,99 @@ local function gcm_ctr(w, nonce, data)
     end
     return table.concat(out)
 end
+
+-- GHASH (SP 800-38D 6.4) with Shoup's 4-bit tables: M[i] = i * H, 128-bit values as four
+-- big-endian words; REM4 reduces the 4 bits shifted out
+local REM4 = { [0] = 0x0000, 0x1C20, 0x3840, 0x2460, 0x7080, 0x6CA0, 0x48C0, 0x54E0,
+               0xE100, 0xFD20, 0xD940, 0xC560, 0x9180, 0x8DA0, 0xA9C0, 0xB5E0 }
+
+local function ghash_tables(h0, h1, h2, h3)
+    local m = { [0] = { 0, 0, 0, 0 }, [8] = { h0, h1, h2, h3 } }
+    for _, i in ipairs({ 4, 2, 1 }) do
+        local r = band(h3, 1) ~= 0 and 0xE1000000 or 0
+        h3 = bor(rshift(h3, 1), lshift(h2, 31))
+        h2 = bor(rshift(h2, 1), lshift(h1, 31))
+        h1 = bor(rshift(h1, 1), lshift(h0, 31))
+        h0 = bxor(rshift(h0, 1), r)
+        m[i] = { h0, h1, h2, h3 }
+    end
+    for _, i in ipairs({ 2, 4, 8 }) do
+        for j = 1, i - 1 do
+            local a, b = m[i], m[j]
+            m[i + j] = { bxor(a[1], b[1]), bxor(a[2], b[2]), bxor(a[3], b[3]), bxor(a[4], b[4]) }
+        end
+    end
+    return m
+end
+
+-- (x0..x3) * H, a nibble at a time from the last byte (mbedTLS's gcm_mult)
+local function gmult(m, x0, x1, x2, x3)
+    local x = { [0] = x0, x1, x2, x3 }
+    local t = m[band(x3, 0xF)]
+    local z0, z1, z2, z3 = t[1], t[2], t[3], t[4]
+    for i = 15, 0, -1 do
+        local byte = band(rshift(x[rshift(i, 2)], 24 - 8 * (i % 4)), 0xFF)
+        if i ~= 15 then
+            local rem = band(z3, 0xF)
+            z3 = bor(rshift(z3, 4), lshift(z2, 28))
+            z2 = bor(rshift(z2, 4), lshift(z1, 28))
+            z1 = bor(rshift(z1, 4), lshift(z0, 28))
+            z0 = bxor(rshift(z0, 4), lshift(REM4[rem], 16))
+            t = m[band(byte, 0xF)]
+            z0, z1, z2, z3 = bxor(z0, t[1]), bxor(z1, t[2]), bxor(z2, t[3]), bxor(z3, t[4])
+        end
+        local rem = band(z3, 0xF)
+        z3 = bor(rshift(z3, 4), lshift(z2, 28))
+        z2 = bor(rshift(z2, 4), lshift(z1, 28))
+        z1 = bor(rshift(z1, 4), lshift(z0, 28))
+        z0 = bxor(rshift(z0, 4), lshift(REM4[rem], 16))
+        t = m[rshift(byte, 4)]
+        z0, z1, z2, z3 = bxor(z0, t[1]), bxor(z1, t[2]), bxor(z2, t[3]), bxor(z3, t[4])
+    end
+    return z0, z1, z2, z3
+end
+
+-- fold ``data`` (zero-padded to 16 bytes) into the GHASH state y
+local function ghash(m, y, data)
+    for at = 1, #data, 16 do
+        local b = { data:byte(at, at + 15) }
+        for k = #b + 1, 16 do b[k] = 0 end
+        local w = {}
+        for k = 0, 3 do
+            w[k] = bor(lshift(b[4 * k + 1], 24), lshift(b[4 * k + 2], 16), lshift(b[4 * k + 3], 8),
+                       b[4 * k + 4])
+        end
+        y[1], y[2], y[3], y[4] = gmult(m, bxor(y[1], w[0]), bxor(y[2], w[1]), bxor(y[3], w[2]),
+                                       bxor(y[4], w[3]))
+    end
+end
+
+-- whether ``tag`` is AES-GCM's over (aad, ciphertext) with key k = { w = round keys, m = tables }
+local function gcm_tag_ok(k, nonce, aad, ciphertext, tag)
+    local y = { 0, 0, 0, 0 }
+    ghash(k.m, y, aad)
+    ghash(k.m, y, ciphertext)
+    y[1], y[2], y[3], y[4] = gmult(k.m, y[1], bxor(y[2], #aad * 8), y[3], bxor(y[4], #ciphertext * 8))
+    local b = { nonce:byte(1, 12) }
+    local e = { aes256_block(k.w, bor(lshift(b[1], 24), lshift(b[2], 16), lshift(b[3], 8), b[4]),
+                             bor(lshift(b[5], 24), lshift(b[6], 16), lshift(b[7], 8), b[8]),
+                             bor(lshift(b[9], 24), lshift(b[10], 16), lshift(b[11], 8), b[12]), 1) }
+    for k2 = 1, 4 do
+        local want = bxor(y[k2], e[k2])
+        local a1, a2, a3, a4 = tag:byte(4 * k2 - 3, 4 * k2)
+        if want ~= bor(lshift(a1, 24), lshift(a2, 16), lshift(a3, 8), a4) then return false end
+    end
+    return true
+end
+
+-- the end-to-end seal's associated data from the entry's header (logentry.e2e_aad)
+local function e2e_aad(header)
+    local out = {}
+    for i = 1, #header do
+        out[i] = string.char(bor(band(header:byte(i), AAD_MASK[i]), AAD_CONST[i]))
+    end
+    return table.concat(out)
+end
 '''
 
 _BODY = r'''
@@ -275,7 +368,7 @@ local pf_seal_nonce = ProtoField.bytes("rcnlog.seal_nonce", "Seal nonce", base.N
 local pf_sealed = ProtoField.bytes("rcnlog.sealed", "Sealed body", base.NONE,
     "ciphertext of the body, sealed end to end under the group key")
 local pf_seal_tag = ProtoField.bytes("rcnlog.seal_tag", "Seal tag", base.NONE,
-    "GCM tag of the end-to-end seal (not checked by this dissector)")
+    "GCM tag of the end-to-end seal (checked with the key file)")
 local pf_seal_state = ProtoField.string("rcnlog.seal_state", "Seal",
     "sealed, or opened with the key file's group key")
 local pf_hop_tag = ProtoField.bytes("rcnlog.hop_tag", "Hop tag", base.NONE,
@@ -286,12 +379,14 @@ local ef_segment = ProtoExpert.new("rcnlog.segment",
     "Segment of an RIO area; FC frames not decoded", expert.group.REASSEMBLE, expert.severity.NOTE)
 local ef_key_file = ProtoExpert.new("rcnlog.key_file", "Key file not read",
     expert.group.UNDECODED, expert.severity.WARN)
+local ef_bad_tag = ProtoExpert.new("rcnlog.bad_tag", "Sealed body: bad tag",
+    expert.group.SECURITY, expert.severity.ERROR)
 
 rcnlog.fields = {
     @FIELDS@,
     pf_unit_length, pf_body, pf_seal_nonce, pf_sealed, pf_seal_tag, pf_seal_state, pf_hop_tag,
 }
-rcnlog.experts = { ef_malformed, ef_segment, ef_key_file }
+rcnlog.experts = { ef_malformed, ef_segment, ef_key_file, ef_bad_tag }
 
 rcnlog.prefs.key_file = Pref.string("Key file", "",
     "RCN key file (rcn.logxfer.keys format, as rcn-decode --keys reads): its group keys "
@@ -393,10 +488,23 @@ local function group_key(group, epoch)
     local name = group .. ":" .. epoch
     local key = keys.groups[name]
     if type(key) == "string" then
-        key = aes256_expand((key:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end)))
+        local w = aes256_expand((key:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end)))
+        key = { w = w, m = ghash_tables(aes256_block(w, 0, 0, 0, 0)) }
         keys.groups[name] = key
     end
     return key
+end
+
+-- the clear body of the sealed one at body..body_stop, or nil when its tag does not verify
+local function open_body(tvb, at, body, body_stop, key)
+    local nonce = tvb:raw(body, SEAL_NONCE_SIZE)
+    local data_at, tag_at = body + SEAL_NONCE_SIZE, body_stop - SEAL_TAG_SIZE
+    local ciphertext = tag_at > data_at and tvb:raw(data_at, tag_at - data_at) or ""
+    if not gcm_tag_ok(key, nonce, e2e_aad(tvb:raw(at, LOG.size)), ciphertext,
+                      tvb:raw(tag_at, SEAL_TAG_SIZE)) then
+        return nil
+    end
+    return gcm_ctr(key.w, nonce, ciphertext)
 end
 
 local function dissect_nak(tvb, tree, body, body_stop, notes)
@@ -440,9 +548,11 @@ local function dissect_sealed(tvb, pinfo, tree, at, body, body_stop, entry_type,
         return
     end
     local data_at, tag_at = body + SEAL_NONCE_SIZE, body_stop - SEAL_TAG_SIZE
-    local key = group_key(group, epoch)
+    local key, clear = group_key(group, epoch), nil
     if key ~= nil then
-        text = text .. ": opened with the key file (tag not checked)"
+        clear = open_body(tvb, at, body, body_stop, key)
+        text = text .. (clear and ": opened with the key file, tag good"
+                        or ": seal: bad tag (group " .. group .. " epoch " .. epoch .. ")")
     elseif keys.path ~= "" then
         text = text .. " (no key for group " .. group .. " epoch " .. epoch .. ")"
     end
@@ -450,12 +560,17 @@ local function dissect_sealed(tvb, pinfo, tree, at, body, body_stop, entry_type,
     if keys.error then state:add_proto_expert_info(ef_key_file, "key file: " .. keys.error) end
     tree:add(pf_seal_nonce, tvb(body, SEAL_NONCE_SIZE))
     if tag_at > data_at then tree:add(pf_sealed, tvb(data_at, tag_at - data_at)) end
-    tree:add(pf_seal_tag, tvb(tag_at, SEAL_TAG_SIZE))
+    local tag_item = tree:add(pf_seal_tag, tvb(tag_at, SEAL_TAG_SIZE))
+    if key ~= nil and clear == nil then
+        tag_item:add_proto_expert_info(ef_bad_tag, "seal: bad tag: the body does not open "
+            .. "with the key file's key of group " .. group .. " epoch " .. epoch)
+        notes[#notes + 1] = "seal: bad tag"
+        return
+    end
     if key == nil then
         notes[#notes + 1] = "sealed"
         return
     end
-    local clear = gcm_ctr(key, tvb:raw(body, SEAL_NONCE_SIZE), tvb:raw(data_at, tag_at - data_at))
     if #clear == 0 then
         notes[#notes + 1] = "opened, empty"
         return
@@ -606,6 +721,20 @@ def _check_names() -> None:
                              "which the Lua template reads: update tools/gen_lua_dissector.py")
 
 
+def e2e_aad_masks() -> tuple[bytes, bytes]:
+    """``logentry.e2e_aad`` as a byte mask and constant: aad = header & mask | const.
+
+    Taken from the function itself (on an all-zero and an all-one header), so the script
+    follows a change of which fields the end-to-end seal leaves out of its associated data.
+    """
+    low, high = (logentry.LogHeader.parse(bytes([b]) * logentry.HEADER_SIZE) for b in (0, 255))
+    const = logentry.e2e_aad(low.entry_type, low)
+    mask = bytes(a ^ b for a, b in zip(logentry.e2e_aad(high.entry_type, high), const))
+    if any(m & c for m, c in zip(mask, const)):
+        raise ValueError("logentry.e2e_aad is no longer header & mask | constant")
+    return mask, const
+
+
 def generate(port: int = logentry.LOG_PORT) -> str:
     """The Lua dissector script, registered on UDP ``port``."""
     if not 0 < port < 65536:
@@ -616,6 +745,7 @@ def generate(port: int = logentry.LOG_PORT) -> str:
     blocks = [_layout_block(name, layout, fields, preamble) for name, layout in LAYOUTS]
     rio = ", ".join(f"[{int(t)}] = true" for t in sorted(logentry.RIO_TYPES))
     sealable = ", ".join(f"[{int(t)}] = true" for t in sorted(logentry.SEALABLE_TYPES))
+    aad_mask, aad_const = e2e_aad_masks()
     head = [
         f"-- {PROTO}.lua: Wireshark dissector for the RCN log-transfer protocol (UDP port {port}).",
         "-- GENERATED by tools/gen_lua_dissector.py from the field tables in",
@@ -643,6 +773,8 @@ def generate(port: int = logentry.LOG_PORT) -> str:
         f"local HOP_VERSION = {hop.HOP_VERSION}",
         f"local HOP_SUITE = {hop.SUITE_AES_256_GCM}",
         f"local HOP_TAG_SIZE = {hop.HOP_TAG_SIZE}",
+        f"local AAD_MASK = {{ {', '.join(f'0x{b:02X}' for b in aad_mask)} }}",
+        f"local AAD_CONST = {{ {', '.join(f'0x{b:02X}' for b in aad_const)} }}",
         "",
     ]
     body_lines = [line for block in blocks for line in (block, "")]

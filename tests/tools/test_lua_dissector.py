@@ -331,16 +331,50 @@ class TsharkSealedTest(TestCase):
         self.keys = os.path.abspath(self.mktemp())
         sealed_ring().save(self.keys)
 
-    def rows(self, *extra: str) -> list[dict]:
-        rows = tshark_fields(self, self.pcap, self.NAMES, "-X", f"lua_script:{self.script}",
-                             *extra)
+    def rows(self, *extra: str, pcap: str | None = None, experts: bool = False) -> list[dict]:
+        rows = tshark_fields(self, pcap or self.pcap, self.NAMES,
+                             "-X", f"lua_script:{self.script}", *extra)
         self.assertEqual(len(rows), 3, rows)
         if not rows[0][0]:
             self.fail("tshark printed no rcnlog field: the Lua script was not run")
         rows = [dict(zip(self.NAMES, row)) for row in rows]
-        # a Lua error, a malformed unit or an unreadable key file would show here
-        self.assertEqual([row["_ws.expert.message"] for row in rows], ["", "", ""])
+        if not experts:
+            # a Lua error, a malformed unit or an unreadable key file would show here
+            self.assertEqual([row["_ws.expert.message"] for row in rows], ["", "", ""])
         return rows
+
+    def altered_pcap(self, field: str) -> str:
+        """The capture with one byte of the sealed WR's header changed in flight."""
+        datagrams = sealed_datagrams()
+        wr = bytearray(datagrams[0])
+        wr[hop.HOP_HEADER_SIZE + logentry.LOG_HEADER.offsets[field]] ^= 1
+        path = self.mktemp() + ".pcap"
+        with open(path, "wb") as f:
+            writer = capture.CaptureWriter(f, capture.LINKTYPE_ETHERNET)
+            for i, datagram in enumerate([bytes(wr)] + datagrams[1:]):
+                udp = gbe.build_udp(EDGE.host, CORE.host, EDGE.port, CORE.port, datagram)
+                writer.write(gbe.build_ethernet(udp), START + i)
+            writer.close()
+        return path
+
+    def test_body_tag_is_checked(self):
+        other = os.path.abspath(self.mktemp())
+        ring = sealed_ring()
+        ring.groups = {9: {7: Key(7, bytes(32))}}
+        ring.save(other)
+        wr, nak, _ = self.rows("-o", f"rcnlog.key_file:{other}", experts=True)
+        self.assertTrue(wr["rcnlog.seal_state"].endswith(": seal: bad tag (group 9 epoch 7)"))
+        self.assertIn("seal: bad tag: the body does not open", wr["_ws.expert.message"])
+        self.assertEqual((wr["scsi_sbc.rdwr16.lba"], nak["rcnlog.first"]), ("", ""))
+        self.assertIn("seal: bad tag", wr["_ws.col.Info"])
+
+    def test_associated_data_is_the_header_a_relay_may_not_change(self):
+        keys = ("-o", f"rcnlog.key_file:{self.keys}")
+        wr, _, _ = self.rows(*keys, pcap=self.altered_pcap("ttl"))       # a relay's change
+        self.assertEqual(wr["scsi_sbc.rdwr16.lba"], "0000000000005000")
+        wr, _, _ = self.rows(*keys, pcap=self.altered_pcap("sequence"), experts=True)
+        self.assertIn("bad tag", wr["rcnlog.seal_state"])
+        self.assertEqual(wr["scsi_sbc.rdwr16.lba"], "")
 
     def test_hop_envelope_fields_and_tag(self):
         for row in self.rows():
@@ -366,8 +400,8 @@ class TsharkSealedTest(TestCase):
         # the FC CRCs of the opened frames verify: the AES-CTR keystream is right
         self.assertEqual((wr["scsi_sbc.rdwr16.lba"], wr["fc.crc.status"]),
                          ("0000000000005000", "1,1"))
-        self.assertTrue(wr["rcnlog.seal_state"].endswith(
-            ": opened with the key file (tag not checked)"), wr["rcnlog.seal_state"])
+        self.assertTrue(wr["rcnlog.seal_state"].endswith(": opened with the key file, tag good"),
+                        wr["rcnlog.seal_state"])
         self.assertTrue(wr["_ws.col.Info"].startswith("WR group=9 seq=21, opened, 2 FC frames ["))
         self.assertEqual((nak["rcnlog.first"], nak["rcnlog.last"]), ("3", "4"))
         self.assertEqual(keepalive["rcnlog.probe_id"], "5")
@@ -405,3 +439,17 @@ class SealedScriptTest(TestCase):
         self.assertIn(f"local SEALABLE_TYPES = {{ {sealable} }}", script)
         self.assertIn('rcnlog.prefs.key_file = Pref.string("Key file", ""', script)
         self.assertIn("local function aes256_block(", script)
+        self.assertIn("local function gcm_tag_ok(", script)
+
+    def test_e2e_aad_masks_reproduce_e2e_aad(self):
+        mask, const = gen.e2e_aad_masks()
+        entry = logentry.build_entry(EntryType.WR, b"x" * 40, flags=0x0005, group_id=9, ttl=3,
+                                     seal=1, sequence=77, segment_index=1, segment_count=2,
+                                     segment_offset=8, total_length=80, key_epoch=4,
+                                     target_wwn=0x500A098000000002)
+        header = logentry.LogHeader.parse(entry)
+        self.assertEqual(bytes(h & m | c for h, m, c in zip(entry[:88], mask, const)),
+                         logentry.e2e_aad(EntryType.WR, header))
+        script = gen.generate()
+        self.assertIn("local AAD_MASK = { " + ", ".join(f"0x{b:02X}" for b in mask) + " }",
+                      script)
