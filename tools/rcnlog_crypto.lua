@@ -126,29 +126,22 @@ local function ghash_tables(h0, h1, h2, h3)
     return m
 end
 
--- (x0..x3) * H, a nibble at a time from the last byte (mbedTLS's gcm_mult)
+-- (x0..x3) * H, a nibble at a time from the last byte (mbedTLS's gcm_mult; its first
+-- step, z = M[low nibble of byte 15], is the shift of z = 0 followed by that xor)
 local function gmult(m, x0, x1, x2, x3)
     local x = { [0] = x0, x1, x2, x3 }
-    local t = m[band(x3, 0xF)]
-    local z0, z1, z2, z3 = t[1], t[2], t[3], t[4]
+    local z0, z1, z2, z3 = 0, 0, 0, 0
     for i = 15, 0, -1 do
         local byte = band(rshift(x[rshift(i, 2)], 24 - 8 * (i % 4)), 0xFF)
-        if i ~= 15 then
+        for _, nibble in ipairs({ band(byte, 0xF), rshift(byte, 4) }) do
             local rem = band(z3, 0xF)
             z3 = bor(rshift(z3, 4), lshift(z2, 28))
             z2 = bor(rshift(z2, 4), lshift(z1, 28))
             z1 = bor(rshift(z1, 4), lshift(z0, 28))
             z0 = bxor(rshift(z0, 4), lshift(REM4[rem], 16))
-            t = m[band(byte, 0xF)]
+            local t = m[nibble]
             z0, z1, z2, z3 = bxor(z0, t[1]), bxor(z1, t[2]), bxor(z2, t[3]), bxor(z3, t[4])
         end
-        local rem = band(z3, 0xF)
-        z3 = bor(rshift(z3, 4), lshift(z2, 28))
-        z2 = bor(rshift(z2, 4), lshift(z1, 28))
-        z1 = bor(rshift(z1, 4), lshift(z0, 28))
-        z0 = bxor(rshift(z0, 4), lshift(REM4[rem], 16))
-        t = m[rshift(byte, 4)]
-        z0, z1, z2, z3 = bxor(z0, t[1]), bxor(z1, t[2]), bxor(z2, t[3]), bxor(z3, t[4])
     end
     return z0, z1, z2, z3
 end
