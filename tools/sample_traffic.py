@@ -101,6 +101,9 @@ def sample_keys(group: int = 7, seed: int = 1) -> KeyRing:
 class _NoKey:
     """The drop counter of the sample's hop layers: a missing key is the caller's mistake."""
 
+    def __init__(self):
+        self.by_reason: dict[str, int] = {}
+
     def drop(self, reason: str, peer, detail: str = "") -> None:
         raise ValueError(f"sample traffic: {reason} for {peer}: {detail}")
 

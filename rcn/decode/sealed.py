@@ -38,10 +38,12 @@ def sealed_note(header: LogHeader) -> str:
 
 
 class _LastDrop:
-    """What ``HopSeal.open`` reports through its drop counter: the last reason."""
+    """What ``HopSeal.open`` reports through its drop counter: the last reason.
+    (``by_reason``: what a device's ``Drops`` has, for a hop layer that fills it in.)"""
 
     def __init__(self):
         self.reason = self.detail = None
+        self.by_reason: dict[str, int] = {}
 
     def drop(self, reason: str, peer, detail: str = "") -> None:
         self.reason, self.detail = reason, detail

@@ -434,6 +434,11 @@ EDGE_A, CORE_B = Address("10.0.1.2", 47001), Address("10.0.1.3", 47001)
 
 
 class _Refuse:
+    """A hop layer's drop counter that fails the test on any drop."""
+
+    def __init__(self):
+        self.by_reason = {}
+
     def drop(self, reason, peer, detail=""):
         raise AssertionError(f"test keys: {reason} {peer} {detail}")
 

@@ -280,6 +280,11 @@ GROUP_KEY = bytes(range(32, 64))
 
 
 class _Refuse:
+    """A hop layer's drop counter that fails the test on any drop."""
+
+    def __init__(self):
+        self.by_reason = {}
+
     def drop(self, reason, peer, detail=""):
         raise AssertionError(f"test keys: {reason} {peer} {detail}")
 
