@@ -299,7 +299,8 @@ local function group_key(group, epoch)
     local name = group .. ":" .. epoch
     local key = keys.groups[name]
     if type(key) == "string" then
-        local w = aes256_expand((key:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end)))
+        local raw = key:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end)
+        local w = aes256_expand(raw)
         key = { w = w, m = ghash_tables(aes256_block(w, 0, 0, 0, 0)) }
         keys.groups[name] = key
     end

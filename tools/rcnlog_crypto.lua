@@ -91,10 +91,11 @@ local function gcm_ctr(w, nonce, data)
     for at = 1, #data, 16 do
         local k0, k1, k2, k3 = aes256_block(w, n0, n1, n2, counter)
         counter = band(counter + 1, 0xFFFFFFFF)
-        local ks = { rshift(k0, 24), band(rshift(k0, 16), 0xFF), band(rshift(k0, 8), 0xFF), band(k0, 0xFF),
-                     rshift(k1, 24), band(rshift(k1, 16), 0xFF), band(rshift(k1, 8), 0xFF), band(k1, 0xFF),
-                     rshift(k2, 24), band(rshift(k2, 16), 0xFF), band(rshift(k2, 8), 0xFF), band(k2, 0xFF),
-                     rshift(k3, 24), band(rshift(k3, 16), 0xFF), band(rshift(k3, 8), 0xFF), band(k3, 0xFF) }
+        local ks = {}
+        for j, word in ipairs({ k0, k1, k2, k3 }) do
+            ks[4 * j - 3], ks[4 * j - 2] = rshift(word, 24), band(rshift(word, 16), 0xFF)
+            ks[4 * j - 1], ks[4 * j] = band(rshift(word, 8), 0xFF), band(word, 0xFF)
+        end
         local chunk = { data:byte(at, math.min(at + 15, #data)) }
         for i = 1, #chunk do chunk[i] = bxor(chunk[i], ks[i]) end
         out[#out + 1] = string.char(table.unpack(chunk))

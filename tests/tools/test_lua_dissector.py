@@ -392,7 +392,8 @@ class TsharkSealedTest(TestCase):
     def test_without_key_file_sealed_entries_show_their_clear_header(self):
         wr, nak, keepalive = self.rows()
         self.assertEqual((wr["rcnlog.seal"], wr["rcnlog.key_epoch"]), ("1", "7"))
-        self.assertRegex(wr["rcnlog.seal_state"], r"^sealed end to end: \d+ bytes, group key epoch 7$")
+        self.assertRegex(wr["rcnlog.seal_state"],
+                         r"^sealed end to end: \d+ bytes, group key epoch 7$")
         self.assertEqual((wr["scsi_sbc.rdwr16.lba"], wr["fc.crc.status"]), ("", ""))
         self.assertEqual(wr["_ws.col.Info"],
                          f"WR group=9 seq=21, sealed [hop epoch 3 counter {(1 << 40) + 1}]")
