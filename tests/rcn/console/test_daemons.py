@@ -164,6 +164,7 @@ class DaemonConsoleTests(TestCase):
     def plan(self, mgmt: bool = False) -> tuple[dict, dict]:
         """A lab record (ports, names) and every device's configuration, from rcn.lab."""
         record = lab.plan(lab.Topology(mgmt=mgmt, capacity=16 << 20), self.dir)
+        lab.write_keys(record)              # sealed: the edges' and cores' key files
         return record, lab.device_configs(record)
 
     def start(self, plugin: str, name: str, doc: dict) -> tuple[object, CollectOutput]:
