@@ -102,15 +102,6 @@ def plan(topology: Topology, directory: str, ports: tuple[list[int], list[int]] 
                 "log": os.path.join(directory, f"{name}.log"),
                 "pidfile": os.path.join(directory, f"{name}.pid"), "pid": None}
 
-    def keys(name: str) -> dict:
-        """An edge's or core's key file: the lab writes it (static), or the device keeps
-        its management server's keys there (a core; an edge keeps them in its data dir)."""
-        if not topology.sealed:
-            return {}
-        if topology.mgmt and name.startswith("edge"):
-            return {"keys": os.path.join(directory, name, "keys")}
-        return {"keys": os.path.join(directory, KEYS_DIR, f"{name}.keys")}
-
     arrays = {"arrayA": (topology.source_wwn, [(p.lun, p.capacity) for p in topology.pairs]),
               "arrayB": (topology.target_wwn, [(p.target_lun, p.capacity) for p in topology.pairs])}
     for name, (wwn, luns) in arrays.items():
@@ -128,7 +119,8 @@ def plan(topology: Topology, directory: str, ports: tuple[list[int], list[int]] 
     for name, array in (("edgeA", "arrayA"), ("edgeB", "arrayB")):
         log, fcip, metrics = udp.pop(0), tcp.pop(0), tcp.pop(0)
         devices.append({"name": name, "role": "edge", "plugin": PLUGINS["edge"], **files(name),
-                        **keys(name), "array": array, "wwn": format_wwn(arrays[array][0]),
+                        **_key_file(topology, directory, name), "array": array,
+                        "wwn": format_wwn(arrays[array][0]),
                         "data_dir": os.path.join(directory, name),
                         "ports": {"log": log, "fcip": fcip, "metrics": metrics},
                         "urls": {"status": f"http://{HOST}:{metrics}/status",
@@ -136,7 +128,7 @@ def plan(topology: Topology, directory: str, ports: tuple[list[int], list[int]] 
     for name in cores:
         listen, metrics = udp.pop(0), tcp.pop(0)
         devices.append({"name": name, "role": "core", "plugin": PLUGINS["core"], **files(name),
-                        **keys(name),
+                        **_key_file(topology, directory, name),
                         "ports": {"log": listen, "metrics": metrics},
                         "urls": {"metrics": f"http://{HOST}:{metrics}/metrics"}})
     if topology.mgmt:
@@ -167,6 +159,16 @@ def plan(topology: Topology, directory: str, ports: tuple[list[int], list[int]] 
     return {"version": 1, "dir": directory, "started": None, "topology": topo,
             "devices": devices, "pairs": pairs, "nbd_url": pairs[0]["nbd_url"]}
 
+
+
+def _key_file(topology: Topology, directory: str, name: str) -> dict:
+    """An edge's or core's key file: the lab writes it (static), or the device keeps its
+    management server's keys there (a core; an edge keeps them in its data directory)."""
+    if not topology.sealed:
+        return {}
+    if topology.mgmt and name.startswith("edge"):
+        return {"keys": os.path.join(directory, name, "keys")}
+    return {"keys": os.path.join(directory, KEYS_DIR, f"{name}.keys")}
 
 
 def _pairs(topology: Topology, by_name: dict) -> list[dict]:

@@ -504,6 +504,12 @@ class DaemonConsoleTests(TestCase):
             self.assertEqual(rows["amp.registrations"], ["amp.registrations", "0"])
             self.assertIn("server.recomputations", rows)
 
+        def keys(answer):
+            # the lab's two links and its group, by epoch and state; never a key
+            self.assertIn("group 7", answer)
+            self.assertEqual(len(re.findall(r"^\S+ - \S+ ", answer, re.M)), 2, answer)
+            self.assertNotRegex(answer, r"[0-9a-fA-F]{32}")
+
         def amp_closed(answer):
             self.assertEqual(answer, "amp interface administratively down")
             return poll(lambda: not tcp_accepts(HOST, amp), ANSWER_WITHIN).addCallback(
@@ -523,6 +529,7 @@ class DaemonConsoleTests(TestCase):
             ("show pairs", lambda a: self.assertEqual(
                 table(a)["1"], ["1", "lab", f"{WWN_A}:0", f"{WWN_B}:0", "7", "unknown", "-"])),
             ("show routes", routes),
+            ("show keys", keys),
             ("show config", config),
             ("clear counters", lambda a: self.assertEqual(
                 a, "counters cleared (console only; /metrics keeps counting)")),

@@ -16,7 +16,6 @@ at both arrays and both edges, every acknowledged write applied.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -37,7 +36,7 @@ from rcn.logxfer.routes import Address
 from rcn.logxfer.seal import HopSeal
 from rcn.nbd.client import connect
 from rcn.rio.fcp import ScsiResult
-from tests.rcn.lab.test_process import RCN, run, volume
+from tests.rcn.lab.test_process import RCN, lab_up, run, volume
 from tests.support import until
 
 TOPOLOGY = '[lab]\nmgmt = false\ncapacity = "1MiB"\n'
@@ -71,13 +70,17 @@ def spoof(source: Address, to: Address, payload: bytes) -> None:
         s.sendto(gbe.build_udp(source.host, to.host, source.port, to.port, payload), (to.host, 0))
 
 
-def forged_wr(sequence: int, data: bytes, lba: int = 0) -> bytes:
-    """A clear WR of group 7 writing ``data`` at ``lba`` of the target LUN."""
-    area = command_area(0, 0, 0x77, LUN, fcp.build_write16(lba, len(data) // fcp.BLOCK_SIZE),
-                        data)
-    return build_entry(EntryType.WR, area, group_id=GROUP, sequence=sequence,
+def forged(entry_type: int, area: bytes, sequence: int, flags: int = 0) -> bytes:
+    """A clear entry of the lab's pair (group 7, LUN 0 to LUN 0)."""
+    return build_entry(entry_type, area, flags=flags, group_id=GROUP, sequence=sequence,
                        io_time_ns=time.time_ns(), target_wwn=TARGET_WWN, target_lun=LUN,
                        source_wwn=SOURCE_WWN, source_lun=LUN, ttl=16)
+
+
+def forged_wr(sequence: int, data: bytes, lba: int = 0) -> bytes:
+    """A WR writing ``data`` at ``lba`` of the target LUN."""
+    cdb = fcp.build_write16(lba, len(data) // fcp.BLOCK_SIZE)
+    return forged(EntryType.WR, command_area(0, 0, 0x77, LUN, cdb, data), sequence)
 
 
 def wrong_key_hop(me: Address, peer: Address, datagram: bytes, epoch: int = 1) -> bytes:
@@ -95,13 +98,7 @@ class AttackTests(TestCase):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.addCleanup(run, RCN, "lab", "down", "--dir", self.dir)
-        path = os.path.join(self.dir, "topology.toml")
-        with open(path, "w") as f:
-            f.write(TOPOLOGY)
-        out, err, code = yield run(RCN, "lab", "up", "--dir", self.dir, "--topology", path,
-                                   "--json")
-        self.assertEqual(code, 0, (out + err).decode())
-        self.lab = json.loads(out)
+        self.lab = yield lab_up(self, self.dir, TOPOLOGY)
         self.devices = {d["name"]: d for d in self.lab["devices"]}
         self.address = {n: Address(HOST, self.devices[n]["ports"]["log"])
                         for n in ("edgeA", "core1", "edgeB")}
@@ -176,24 +173,26 @@ class AttackTests(TestCase):
         """What an attacker reads from the target edge's unauthenticated /status."""
         return lablib.applied_counter(self.group("edgeB")) + 1
 
+    @defer.inlineCallbacks
+    def attack(self, name: str, datagram: bytes, epochs=(1,)):
+        """``datagram`` to device ``name`` from the attacker's socket (``not_neighbour``),
+        then from core1's address in a hop envelope under a key the lab never made, of each
+        of ``epochs`` (1: the link's epoch, ``bad_tag``; another: ``unknown_key``)."""
+        before = self.drops(name)
+        self.attacker.sendto(datagram, (HOST, self.address[name].port))
+        yield self.until_dropped(name, before, "not_neighbour")
+        for epoch in epochs:
+            before = self.drops(name)
+            spoof(self.address["core1"], self.address[name],
+                  wrong_key_hop(self.address["core1"], self.address[name], datagram, epoch))
+            yield self.until_dropped(name, before, "bad_tag" if epoch == 1 else "unknown_key")
+
     # -- the attacks ------------------------------------------------------------------------
     @defer.inlineCallbacks
     def test_forged_wr_with_the_next_sequence_is_refused_and_the_next_write_applies(self):
         states = self.pair_states()
         sequence = self.next_sequence()
-        evil = forged_wr(sequence, b"\xee" * 4096)
-        before = self.drops("edgeB")
-        self.attacker.sendto(evil, (HOST, self.address["edgeB"].port))
-        yield self.until_dropped("edgeB", before, "not_neighbour")
-        # from core1's address, in a hop envelope under a key the lab never made
-        before = self.drops("edgeB")
-        spoof(self.address["core1"], self.address["edgeB"],
-              wrong_key_hop(self.address["core1"], self.address["edgeB"], evil))
-        yield self.until_dropped("edgeB", before, "bad_tag")
-        before = self.drops("edgeB")
-        spoof(self.address["core1"], self.address["edgeB"],
-              wrong_key_hop(self.address["core1"], self.address["edgeB"], evil, epoch=9))
-        yield self.until_dropped("edgeB", before, "unknown_key")
+        yield self.attack("edgeB", forged_wr(sequence, b"\xee" * 4096), epochs=(1, 9))
         self.assertEqual(lablib.applied_counter(self.group("edgeB")), sequence - 1)
         # the next real write takes that sequence and is applied
         yield self.write(0, b"\x22" * 4096)
@@ -215,17 +214,9 @@ class AttackTests(TestCase):
         source = self.group("edgeA")
         sequence = source["log_generation"]
         self.assertEqual(source["log_retained_entries"], 1)
-        wrok = build_entry(EntryType.WROK, response_area(0, 0, 0x77, 0x77, ScsiResult()),
-                           flags=int(EntryFlag.CUMULATIVE), group_id=GROUP, sequence=sequence,
-                           io_time_ns=time.time_ns(), target_wwn=TARGET_WWN, target_lun=LUN,
-                           source_wwn=SOURCE_WWN, source_lun=LUN, ttl=16)
-        before = self.drops("edgeA")
-        self.attacker.sendto(wrok, (HOST, self.address["edgeA"].port))
-        yield self.until_dropped("edgeA", before, "not_neighbour")
-        before = self.drops("edgeA")
-        spoof(self.address["core1"], self.address["edgeA"],
-              wrong_key_hop(self.address["core1"], self.address["edgeA"], wrok))
-        yield self.until_dropped("edgeA", before, "bad_tag")
+        wrok = forged(EntryType.WROK, response_area(0, 0, 0x77, 0x77, ScsiResult()), sequence,
+                      int(EntryFlag.CUMULATIVE))
+        yield self.attack("edgeA", wrok)
         self.assertEqual(self.group("edgeA")["log_retained_entries"], 1)  # still held
         resume()
         yield self.until_applied()
@@ -237,17 +228,9 @@ class AttackTests(TestCase):
         states = self.pair_states()
         self.assertEqual(states["arrayA"], "duplex")
         cdb = fcp.build_rcn_control(fcp.RcnServiceAction.SUSPEND, GROUP, LUN)
-        ctrl = build_entry(EntryType.CTRL, command_area(0, 0, 0, LUN, cdb),
-                           flags=int(EntryFlag.REVERSE), group_id=GROUP, sequence=0,
-                           io_time_ns=time.time_ns(), target_wwn=TARGET_WWN, target_lun=LUN,
-                           source_wwn=SOURCE_WWN, source_lun=LUN, ttl=16)
-        before = self.drops("edgeA")
-        self.attacker.sendto(ctrl, (HOST, self.address["edgeA"].port))
-        yield self.until_dropped("edgeA", before, "not_neighbour")
-        before = self.drops("edgeA")
-        spoof(self.address["core1"], self.address["edgeA"],
-              wrong_key_hop(self.address["core1"], self.address["edgeA"], ctrl))
-        yield self.until_dropped("edgeA", before, "bad_tag")
+        ctrl = forged(EntryType.CTRL, command_area(0, 0, 0, LUN, cdb), 0,
+                      int(EntryFlag.REVERSE))
+        yield self.attack("edgeA", ctrl)
         self.assertEqual(self.pair_states(), states)
         self.assertEqual(self.status("edgeA")["pair_control"].get("failovers", 0), 0)
         yield self.write(4096, b"\x44" * 4096)             # still replicating

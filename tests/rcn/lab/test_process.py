@@ -34,6 +34,18 @@ def volume(path: str) -> bytes:
         return f.read()
 
 
+@defer.inlineCallbacks
+def lab_up(testcase, directory: str, topology: str):
+    """``rcn lab up --json`` of the ``topology`` text in ``directory``: the lab record."""
+    path = os.path.join(directory, "topology.toml")
+    with open(path, "w") as f:
+        f.write(topology)
+    out, err, code = yield run(RCN, "lab", "up", "--dir", directory, "--topology", path,
+                               "--json")
+    testcase.assertEqual(code, 0, (out + err).decode())
+    return json.loads(out)
+
+
 class LabProcessTests(TestCase):
     timeout = 180
 
@@ -45,15 +57,8 @@ class LabProcessTests(TestCase):
     def _down(self):
         return run(RCN, "lab", "down", "--dir", self.dir)
 
-    @defer.inlineCallbacks
-    def _up(self, topology: str) -> dict:
-        path = os.path.join(self.dir, "topology.toml")
-        with open(path, "w") as f:
-            f.write(topology)
-        out, err, code = yield run(RCN, "lab", "up", "--dir", self.dir, "--topology", path,
-                                   "--json")
-        self.assertEqual(code, 0, (out + err).decode())
-        return json.loads(out)
+    def _up(self, topology: str):
+        return lab_up(self, self.dir, topology)
 
     def _until_applied(self, lab: dict, limit: float = 60.0):
         """Poll the edges' /status until each group's target apply counter reaches the source
@@ -105,7 +110,7 @@ class LabProcessTests(TestCase):
         rows = {r["name"]: r for r in body["devices"]}
         self.assertTrue(all(r["alive"] for r in rows.values()))
         self.assertEqual(rows["arrayA"]["edge_link"], "up")
-        self.assertEqual(rows["core1"]["drops"], {})
+        self.assertEqual({k: n for k, n in rows["core1"]["drops"].items() if n}, {})  # none
         self.assertGreater(rows["core1"]["forwarded"], 0)
 
         out, err, code = yield run(RCN, "lab", "down", "--dir", self.dir)
