@@ -233,6 +233,11 @@ class DemoProcessTests(TestCase):
             self.assertLessEqual(result[key]["p50"], result[key]["p99"], key)
         for key in ("retransmits", "naks_sent", "edge_drops", "core_drops", "core_batches"):
             self.assertIn(key, result["counters"])
+        # sealed by default: every entry sealed at edgeA and opened at edgeB
+        seal = result["seal"]
+        self.assertEqual(seal["mode"], "aes-256-gcm")
+        self.assertEqual((seal["e2e_sealed"], seal["e2e_opened"]), (130, 130))
+        self.assertGreaterEqual(seal["hop_sealed"], 130)
         with open(os.path.join(directory, "lab.json")) as f:
             lab = json.load(f)
         self.assertFalse(any(pid_alive(d["pid"]) for d in lab["devices"]))
