@@ -9,6 +9,14 @@ as anyone on the operator's network could; and it captures a real sealed datagra
 the loopback interface with a packet socket. Both need CAP_NET_RAW: without it those
 parts are skipped (and say so).
 
+The attacks: a forged WR with the next sequence (read from the target edge's
+``/status``), a forged WROK for a retained entry, a forged REVERSE CTRL with SUSPEND --
+each from the attacker's socket (``not_neighbour``) and from core1's address under a key
+the lab never made (``bad_tag``; another epoch: ``unknown_key``) --, a captured sealed WR
+sent again (``replayed``), and a WROK under core1's own link key, which passes the hop
+layer and is refused end to end (``e2e_unsealed``, ``e2e_bad_tag``): a core cannot
+acknowledge for the target edge.
+
 Each test asserts what the attack may change: one drop counter of the device attacked,
 by reason, and nothing else -- the target volume equal to the source, the pair Duplex
 at both arrays and both edges, every acknowledged write applied.
@@ -25,7 +33,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SkipTest, TestCase
 
 from datapath.frames import fcp, gbe
-from datapath.frames.hop import HOP_HEADER_SIZE
+from datapath.frames.hop import HOP_HEADER, HOP_HEADER_SIZE
 from datapath.frames.logentry import HEADER_SIZE, EntryFlag, EntryType, build_entry
 from rcn import lab as lablib
 from rcn.lab import get_json
@@ -173,6 +181,18 @@ class AttackTests(TestCase):
         """What an attacker reads from the target edge's unauthenticated /status."""
         return lablib.applied_counter(self.group("edgeB")) + 1
 
+    def stop_target(self):
+        """SIGSTOP edgeB (its socket keeps what arrives); the function that resumes it
+        (also called at cleanup)."""
+        lablib.signal_device(self.dir, "edgeB", signal.SIGSTOP)
+        resumed = []
+
+        def resume():
+            if not resumed:
+                resumed.append(lablib.signal_device(self.dir, "edgeB", signal.SIGCONT))
+        self.addCleanup(resume)
+        return resume
+
     @defer.inlineCallbacks
     def attack(self, name: str, datagram: bytes, epochs=(1,)):
         """``datagram`` to device ``name`` from the attacker's socket (``not_neighbour``),
@@ -203,13 +223,7 @@ class AttackTests(TestCase):
     @defer.inlineCallbacks
     def test_forged_wrok_for_a_retained_entry_is_refused_and_the_entry_applies_later(self):
         states = self.pair_states()
-        lablib.signal_device(self.dir, "edgeB", signal.SIGSTOP)      # entries stay retained
-        resumed = []
-
-        def resume():
-            if not resumed:
-                resumed.append(lablib.signal_device(self.dir, "edgeB", signal.SIGCONT))
-        self.addCleanup(resume)
+        resume = self.stop_target()                  # entries stay retained at edgeA
         yield self.write(65536, b"\x33" * 4096, applied=False)         # acknowledged
         source = self.group("edgeA")
         sequence = source["log_generation"]
@@ -237,30 +251,37 @@ class AttackTests(TestCase):
         self.assert_volumes()
         self.assertEqual(self.pair_states(), states)
 
+    def sniffer(self, sender: Address, receiver: Address, count: int, wanted=lambda d: True):
+        """Capture off the loopback interface: a condition that holds once ``count``
+        different datagrams ``sender`` -> ``receiver`` that ``wanted`` accepts were seen;
+        the list they are put in."""
+        sniffer = raw_socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+        self.addCleanup(sniffer.close)
+        sniffer.bind(("lo", 0))
+        sniffer.setblocking(False)
+        captured: list[bytes] = []
+
+        def capture():
+            while len(captured) < count:
+                try:
+                    packet = sniffer.recv(1 << 16)
+                except BlockingIOError:
+                    return False
+                udp = ip_udp(packet)       # (a packet on lo shows twice: kept once)
+                if (udp and udp[:2] == (sender.port, receiver.port) and wanted(udp[2])
+                        and udp[2] not in captured):
+                    captured.append(udp[2])
+            return True
+        return capture, captured
+
     @defer.inlineCallbacks
     def test_a_replayed_sealed_datagram_is_refused(self):
         """A WR as core1 sent it to edgeB, captured off the wire and sent again."""
         states = self.pair_states()
         core, edge = self.address["core1"], self.address["edgeB"]
-        sniffer = raw_socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
-        self.addCleanup(sniffer.close)
-        sniffer.bind(("lo", 0))
-        sniffer.setblocking(False)
-        captured = []
-
-        def capture():
-            while not captured:
-                try:
-                    packet = sniffer.recv(1 << 16)
-                except BlockingIOError:
-                    return False
-                udp = ip_udp(packet)
-                # a whole WR (not a keepalive): its log header's entry type, inside the envelope
-                if (udp and udp[:2] == (core.port, edge.port)
-                        and len(udp[2]) > HOP_HEADER_SIZE + HEADER_SIZE
-                        and udp[2][HOP_HEADER_SIZE + 5] == EntryType.WR):
-                    captured.append(udp[2])
-            return True
+        # a whole WR (not a keepalive): its log header's entry type, inside the envelope
+        capture, captured = self.sniffer(core, edge, 1, lambda d: (
+            len(d) > HOP_HEADER_SIZE + HEADER_SIZE and d[HOP_HEADER_SIZE + 5] == EntryType.WR))
         yield self.write(8192, b"\x55" * 4096)
         yield until("a WR captured from core1 to edgeB", capture, 10.0)
         applied = lablib.applied_counter(self.group("edgeB"))
@@ -268,5 +289,39 @@ class AttackTests(TestCase):
         spoof(core, edge, captured[0])
         yield self.until_dropped("edgeB", before, "replayed")
         self.assertEqual(lablib.applied_counter(self.group("edgeB")), applied)
+        self.assert_volumes()
+        self.assertEqual(self.pair_states(), states)
+
+    @defer.inlineCallbacks
+    def test_a_core_s_link_key_cannot_acknowledge_for_the_target_edge(self):
+        """A WROK from core1's address under core1's own link key (what a core, or anyone
+        who took its key file, holds) passes the hop layer and is refused end to end: a
+        clear one (``e2e_unsealed``) and one claiming a seal (``e2e_bad_tag``)."""
+        states = self.pair_states()
+        core, source = self.address["core1"], self.address["edgeA"]
+        ring = KeyRing.load(self.devices["core1"]["keys"])
+        self.assertEqual(ring.groups, {})                  # the lab gave the core no group key
+        resume = self.stop_target()                  # entries stay retained at edgeA
+        # counters core1 used toward edgeB: fresh in edgeA's window for core1, and close
+        # below core1's own, so its next datagrams to edgeA stay fresh as well
+        capture, captured = self.sniffer(core, self.address["edgeB"], 2)
+        yield self.write(65536, b"\x66" * 4096, applied=False)         # acknowledged
+        yield until("two datagrams from core1 to edgeB", capture, 10.0)
+        at = HOP_HEADER.offsets["counter"]
+        counters = [int.from_bytes(d[at:at + 8], "big") for d in captured]
+        sequence = self.group("edgeA")["log_generation"]
+        area = response_area(0, 0, 0x77, 0x77, ScsiResult())
+        for counter, (seal, reason) in zip(counters, ((0, "e2e_unsealed"), (1, "e2e_bad_tag"))):
+            wrok = build_entry(EntryType.WROK, area + bytes(28 * seal), group_id=GROUP,
+                               sequence=sequence, io_time_ns=time.time_ns(),
+                               target_wwn=TARGET_WWN, target_lun=LUN, source_wwn=SOURCE_WWN,
+                               source_lun=LUN, ttl=16, seal=seal, key_epoch=seal)
+            hop = HopSeal(core, ring, Drops("attacker"), clock_ns=lambda c=counter: c - 1)
+            before = self.drops("edgeA")
+            spoof(core, source, hop.seal(wrok, source))
+            yield self.until_dropped("edgeA", before, reason)
+            self.assertEqual(self.group("edgeA")["log_retained_entries"], 1)  # still held
+        resume()
+        yield self.until_applied()
         self.assert_volumes()
         self.assertEqual(self.pair_states(), states)
