@@ -19,6 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from rcn import lab as lablib
 from rcn.lab import get_json, pid_alive, processes
+from rcn.logxfer.keys import KeyRing
 from tests.support import require_tool, until
 
 BIN = os.path.dirname(sys.executable)
@@ -253,6 +254,9 @@ class DeviceControlTests(TestCase):
         record = lablib.up(lablib.Topology(capacity=1 << 20), directory)
         self.addCleanup(lablib.down, directory)
         old = next(d for d in record["devices"] if d["name"] == "core1")
+        # the server's link keys, kept in the core's key file: two links, no group
+        ring = KeyRing.load(old["keys"])
+        self.assertEqual((len(ring.links), ring.groups), (2, {}))
         self.assertEqual(lablib.signal_device(directory, "core1", signal.SIGKILL), old["pid"])
         with self.assertRaises(lablib.LabError):
             lablib.signal_device(directory, "nobody", signal.SIGTERM)
@@ -265,3 +269,5 @@ class DeviceControlTests(TestCase):
         self.assertEqual(core["pid"], new["pid"])
         rows = {r["name"]: r for r in lablib.status(directory)["devices"]}
         self.assertTrue(all(r["alive"] for r in rows.values()), rows)
+        with open(core["log"]) as f:        # restarted with them, before the server answered
+            self.assertIn("keys of 2 links and 0 groups from keys/core1.keys", f.read())
