@@ -303,9 +303,12 @@ def key_rings(lab: dict, groups: KeyRing | None = None) -> dict[str, KeyRing]:
     rings = {name: KeyRing() for name in chain}
     for i, (up, down) in enumerate(zip(chain, chain[1:])):
         key = new_key(1)
-        for me, peer_at in ((up, i + 1), (down, i)):
-            here = Address.parse(f"{HOST}:{by_name[me]['ports']['log']}")
-            rings[me].add_link(here, Address.parse(_path(lab, me)[peer_at]), key)
+        # both ends write the link upstream end first (KeyRing.link_end), each naming the
+        # other as it addresses it (through an emulator link, the emulator's port)
+        up_here = Address.parse(f"{HOST}:{by_name[up]['ports']['log']}")
+        down_here = Address.parse(f"{HOST}:{by_name[down]['ports']['log']}")
+        rings[up].add_link(up_here, Address.parse(_path(lab, up)[i + 1]), key)
+        rings[down].add_link(Address.parse(_path(lab, down)[i]), down_here, key)
     for group in sorted({p["group"] for p in lab["pairs"]}):
         kept = (groups.groups.get(group) if groups is not None else None) or {1: new_key(1)}
         for edge in ("edgeA", "edgeB"):

@@ -1,7 +1,7 @@
 """Log-transfer keys: link keys (hop layer) and group keys (end to end), by epoch (DESIGN.md 9).
 
-A :class:`KeyRing` is what one device holds: for each link to a neighbour (a pair of
-log-transfer addresses) and, at an edge, for each order guarantee group it serves, the
+A :class:`KeyRing` is what one device holds: for each link to a neighbour (its two ends'
+log-transfer addresses, in an order both ends agree on: end 0, end 1) and, at an edge, for each order guarantee group it serves, the
 keys of one or more epochs. An epoch is either ``send`` (what this device seals with: the
 highest such epoch) or ``accept`` only (opened, never used to seal: a new key before every
 device has it, or an old one during the overlap after a rotation). An epoch that is gone
@@ -52,7 +52,8 @@ class Key:
 
 
 def link_name(a: Address, b: Address) -> tuple[Address, Address]:
-    """A link's name: its two addresses in a fixed order (a link key serves both ways)."""
+    """A canonical order of a link's two addresses (what a management server, which sees
+    every device at one address, writes as end 0 and end 1)."""
     return (a, b) if (a.host, a.port) <= (b.host, b.port) else (b, a)
 
 
@@ -70,7 +71,15 @@ class KeyRing:
 
     # -- lookups -------------------------------------------------------------------------
     def link_keys(self, me: Address, peer: Address) -> dict[int, Key]:
-        return self.links.get(link_name(me, peer), {})
+        keys = self.links.get((me, peer))
+        return keys if keys is not None else self.links.get((peer, me), {})
+
+    def link_end(self, me: Address, peer: Address) -> int:
+        """Which end of its link ``me`` is: 0 when it is written first, else 1. Both ends
+        agree (each names the link's ends in the same order, each as it addresses them),
+        so the hop layer keys each direction apart even when a WAN emulator relays the
+        link and the two ends see different addresses."""
+        return 0 if (me, peer) in self.links else 1
 
     def link_send_key(self, me: Address, peer: Address) -> Key | None:
         return _newest_send(self.link_keys(me, peer))
@@ -86,7 +95,9 @@ class KeyRing:
         return _newest_send(self.groups.get(group, {}))
 
     def add_link(self, a: Address, b: Address, key: Key) -> None:
-        self.links.setdefault(link_name(a, b), {})[key.epoch] = key
+        """A key of the link whose ends are ``a`` (end 0) and ``b`` (end 1)."""
+        name = (b, a) if (b, a) in self.links else (a, b)
+        self.links.setdefault(name, {})[key.epoch] = key
 
     def add_group(self, group: int, key: Key) -> None:
         self.groups.setdefault(group, {})[key.epoch] = key
@@ -224,7 +235,7 @@ def _rows(doc: dict, name: str, where: str) -> list[dict]:
 def _address(text, at: str) -> Address:
     try:
         return Address.parse(text)
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError):
         raise KeyFileError(f"{at}: not an address (host:port)") from None
 
 

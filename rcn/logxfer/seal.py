@@ -14,8 +14,10 @@ its reason, before anything in it is parsed:
 5. ``replayed`` -- the counter was seen already or is older than the replay window (a
    window moves only for a datagram whose tag verified).
 
-The key of each direction of a link is derived from the link key (HKDF-SHA256 with both
-addresses, sender first), so the two ends' counters never share a nonce. A device's
+The key of each direction of a link is derived from the link key (HKDF-SHA256, info
+``rcn hop v1 end S > end R`` with the sender's and receiver's end numbers, 0 or 1, from the
+key file's order: ``KeyRing.link_end``), so the two ends' counters never share a nonce --
+also when a WAN emulator relays the link and each end sees the other at another address. A device's
 counter starts at the wall clock's nanoseconds when it starts and counts datagrams, so
 it goes up across restarts too (the clock would have to step back further than the
 device's whole previous run for a counter to repeat), and the receivers' windows, kept
@@ -50,6 +52,7 @@ from rcn.logxfer.keys import Key, KeyRing, ring_at_start
 from rcn.logxfer.routes import Address
 
 _log = Logger()
+_AES_256_GCM = int(Seal.AES_256_GCM)
 REPLAY_WINDOW = 4096
 _EPOCH_AT = HOP_HEADER.offsets["key_epoch"]
 _COUNTER_AT = HOP_HEADER.offsets["counter"]
@@ -96,8 +99,8 @@ class ReplayWindow:
             self.seen |= 1 << (self.top - counter)
 
 
-def _direction_key(key: Key, sender: Address, receiver: Address) -> AESGCM:
-    info = f"rcn hop v{HOP_VERSION} {sender} > {receiver}".encode()
+def _direction_key(key: Key, sender_end: int) -> AESGCM:
+    info = f"rcn hop v{HOP_VERSION} end {sender_end} > end {1 - sender_end}".encode()
     material = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
         key.material)
     return AESGCM(material)
@@ -123,27 +126,35 @@ class HopSeal:
         self.ring = ring
         self._neighbours = ring.neighbours(self.me)
         self._aead = {}
+        self._sending: dict[Address, tuple[int, AESGCM]] = {}
 
     def _cipher(self, peer: Address, key: Key, sending: bool) -> AESGCM:
         name = (peer, key.epoch, sending)
         aead = self._aead.get(name)
         if aead is None:
-            aead = self._aead[name] = (_direction_key(key, self.me, peer) if sending
-                                       else _direction_key(key, peer, self.me))
+            mine = self.ring.link_end(self.me, peer)
+            aead = self._aead[name] = _direction_key(key, mine if sending else 1 - mine)
         return aead
 
-    def seal(self, data: bytes, peer: Address) -> bytes | None:
+    def seal(self, data: bytes, peer: Address) -> bytearray | None:
         """The envelope for ``peer``; None (counted ``no_link_key``) with no key to send with."""
-        key = self.ring.link_send_key(self.me, peer)
-        if key is None:
-            self.drops.drop("no_link_key", peer, "no link key to seal a datagram for it")
-            return None
+        sending = self._sending.get(peer)
+        if sending is None:
+            key = self.ring.link_send_key(self.me, peer)
+            if key is None:
+                self.drops.drop("no_link_key", peer, "no link key to seal a datagram for it")
+                return None
+            sending = self._sending[peer] = (key.epoch, self._cipher(peer, key, True))
+        epoch, aead = sending
         self.counter += 1
-        header = build_hop_header(key.epoch, self.counter)
-        tag = self._cipher(peer, key, True).encrypt(hop_nonce(self.counter), b"",
-                                                    header + data)
+        end = HOP_HEADER_SIZE + len(data)
+        out = bytearray(end + HOP_TAG_SIZE)      # one buffer: header, datagram, then the tag
+        out[:HOP_HEADER_SIZE] = build_hop_header(epoch, self.counter)
+        out[HOP_HEADER_SIZE:end] = data
+        with memoryview(out) as view:
+            out[end:] = aead.encrypt(hop_nonce(self.counter), b"", view[:end])
         self.counts["sealed"] += 1
-        return b"".join((header, data, tag))
+        return out
 
     def open(self, data: bytes, sender: Address) -> bytes | None:
         """The datagram inside the envelope, or None (a counted drop)."""
@@ -166,8 +177,9 @@ class HopSeal:
         counter = int.from_bytes(data[_COUNTER_AT:_COUNTER_AT + 8], "big")
         end = len(data) - HOP_TAG_SIZE
         try:
-            self._cipher(sender, key, False).decrypt(hop_nonce(counter), data[end:],
-                                                     data[:end])
+            with memoryview(data) as view:
+                self._cipher(sender, key, False).decrypt(hop_nonce(counter), view[end:],
+                                                         view[:end])
         except InvalidTag:
             self.drops.drop("bad_tag", sender, f"hop tag, link key epoch {epoch}")
             return None
@@ -188,14 +200,14 @@ class GroupSeal:
     ``sealed``: False for ``mode = "none"``."""
 
     def __init__(self, ring: KeyRing | None = None, sealed: bool = True):
-        self.ring = ring if ring is not None else KeyRing()
         self.sealed = sealed
-        self._aead: dict[tuple[int, int], AESGCM] = {}
+        self.set_ring(ring if ring is not None else KeyRing())
         self.counts = {"sealed": 0, "opened": 0}
 
     def set_ring(self, ring: KeyRing) -> None:
         self.ring = ring
         self._aead = {}
+        self._sending: dict[int, tuple[int, AESGCM]] = {}
 
     def _cipher(self, group: int, key: Key) -> AESGCM:
         aead = self._aead.get((group, key.epoch))
@@ -209,16 +221,21 @@ class GroupSeal:
         if not self.sealed or entry_type not in SEALABLE_TYPES:
             return segment_entry(entry_type, body, max_body, **fields)
         group = fields.get("group_id", 0)
-        key = self.ring.group_send_key(group)
-        if key is None:
-            raise SealRefused("no_group_key", f"no key to seal group {group}'s entries with")
-        fields.update(seal=int(Seal.AES_256_GCM), key_epoch=key.epoch,
-                      total_length=len(body) + SEALED_OVERHEAD)
+        sending = self._sending.get(group)
+        if sending is None:
+            key = self.ring.group_send_key(group)
+            if key is None:
+                raise SealRefused("no_group_key", f"no key to seal group {group}'s entries with")
+            sending = self._sending[group] = (key.epoch, self._cipher(group, key))
+        epoch, aead = sending
+        fields["seal"] = _AES_256_GCM
+        fields["key_epoch"] = epoch
+        fields["total_length"] = len(body) + SEALED_OVERHEAD
         nonce = os.urandom(SEAL_NONCE_SIZE)
-        sealed = self._cipher(group, key).encrypt(nonce, body, e2e_aad(entry_type, **fields))
+        sealed = nonce + aead.encrypt(nonce, body, e2e_aad(entry_type, **fields))
         self.counts["sealed"] += 1
         del fields["total_length"]
-        return segment_entry(entry_type, nonce + sealed, max_body, **fields)
+        return segment_entry(entry_type, sealed, max_body, **fields)
 
     def open(self, header: LogHeader, body: bytes) -> bytes:
         """The clear body of a whole (joined) entry that ends here; :class:`SealRefused`."""

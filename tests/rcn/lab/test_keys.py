@@ -134,11 +134,19 @@ class KeyFileTests(TestCase):
         sealed = self.record(parse("[lab]\nmgmt = false\n"))
         self.assertIn("sealed (AES-256-GCM): key files in", describe_up(sealed))
 
-    def test_a_sealed_wan_emulator_lab_is_refused_before_anything_starts(self):
-        directory = os.path.abspath(self.mktemp())
-        topology = parse('[[wanem]]\nbetween = ["edgeA", "core1"]\n')
-        with self.assertRaises(lab.LabError) as caught:
-            lab.up(topology, directory)
-        self.assertIn('lab.seal = "none"', str(caught.exception))
-        self.assertEqual(caught.exception.status, 2)
-        self.assertFalse(os.path.exists(directory))
+    def test_through_a_wan_emulator_link_both_ends_agree_which_end_they_are(self):
+        record = self.record(parse('[lab]\nmgmt = false\n[[wanem]]\nbetween = ["edgeA", "core1"]\n'))
+        lab.write_keys(record)
+        rings = self.rings(record)
+        by_name = {d["name"]: d for d in record["devices"]}
+        link = by_name["wanem"]["links"][0]
+        edge_a = Address("127.0.0.1", by_name["edgeA"]["ports"]["log"])
+        core1 = Address("127.0.0.1", by_name["core1"]["ports"]["log"])
+        seen_by_a = Address("127.0.0.1", link["a_port"])         # core1, through the emulator
+        seen_by_core = Address("127.0.0.1", link["b_port"])      # edgeA, through the emulator
+        self.assertEqual(rings["edgeA"].neighbours(edge_a), {seen_by_a})
+        self.assertIn(seen_by_core, rings["core1"].neighbours(core1))
+        self.assertEqual((rings["edgeA"].link_end(edge_a, seen_by_a),
+                          rings["core1"].link_end(core1, seen_by_core)), (0, 1))
+        self.assertEqual(rings["edgeA"].link_send_key(edge_a, seen_by_a),
+                         rings["core1"].link_send_key(core1, seen_by_core))
