@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rcn.cli import array, demo, lab, mgmt
+from rcn.cli import array, demo, key, lab, mgmt
 from rcn.cli.kit import CliError
 from rcn.httpjson import RequestError
 
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_parser(groups)
     demo.add_parser(groups)
     mgmt.add_parsers(groups)
+    key.add_parser(groups)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""``rcn customer|device|link|storage|pair|route|status|lag``: the management server's API.
+"""``rcn customer|device|link|storage|pair|route|status|lag``: the management server's API
+(``rcn key``: :mod:`rcn.cli.key`).
 
 Every command talks to ``rcn-mgmt``'s REST API (``--mgmt URL``, default
 ``$RCN_MGMT_URL`` or ``http://127.0.0.1:47180``) with a token (``--token``, default
@@ -23,12 +24,12 @@ PAIR_COLUMNS = ["id", "customer", "source", "target", "group", "policy", "state"
                 "residual_entries", "throughput_mbs"]
 
 
-def _api(args, path: str, method: str = "GET", body: dict | None = None) -> dict:
+def api(args, path: str, method: str = "GET", body: dict | None = None) -> dict:
     return request_json(args.mgmt.rstrip("/") + "/api/v1" + path, args.timeout, method, body,
                         args.token)
 
 
-def _out(args, body, rows, columns) -> str:
+def shown(args, body, rows, columns) -> str:
     return json.dumps(body, indent=1, sort_keys=True) if args.json else table(rows, columns)
 
 
@@ -68,45 +69,45 @@ def run_customer(args) -> str:
         for key in ("max_storages", "max_pairs"):
             if getattr(args, key) is not None:
                 body[key] = getattr(args, key)
-        answer = _api(args, "/customers", "POST", body)
+        answer = api(args, "/customers", "POST", body)
         return json.dumps(answer, indent=1) if args.json else (
             f"customer {answer['id']} added; its token (shown once): {answer['token']}")
     if args.action == "token":
-        answer = _api(args, f"/customers/{args.id}/token", "POST", {})
+        answer = api(args, f"/customers/{args.id}/token", "POST", {})
         return json.dumps(answer) if args.json else f"new token for {args.id}: {answer['token']}"
     if args.action == "delete":
-        _api(args, f"/customers/{args.id}", "DELETE")
+        api(args, f"/customers/{args.id}", "DELETE")
         return f"customer {args.id} deleted"
-    body = _api(args, "/customers" + (f"/{args.id}" if args.id else ""))
+    body = api(args, "/customers" + (f"/{args.id}" if args.id else ""))
     rows = body.get("customers", [body])
-    return _out(args, body, rows, ["id", "name", "allowed_edges", "max_storages", "max_pairs"])
+    return shown(args, body, rows, ["id", "name", "allowed_edges", "max_storages", "max_pairs"])
 
 
 def run_device(args) -> str:
     if args.action == "add":
         body = {"id": args.id, "role": args.role, "log_address": args.log,
                 "processing_limit": args.limit, "failure_domain": args.domain}
-        _api(args, "/devices", "POST", body)
+        api(args, "/devices", "POST", body)
         return f"device {args.id} added"
     if args.action == "delete":
-        _api(args, f"/devices/{args.id}", "DELETE")
+        api(args, f"/devices/{args.id}", "DELETE")
         return f"device {args.id} deleted (routes recomputed)"
-    body = _api(args, "/devices")
+    body = api(args, "/devices")
     rows = [d for d in body["devices"] if not args.id or d["id"] == args.id]
-    return _out(args, body, rows, ["id", "role", "log_address", "processing_limit",
+    return shown(args, body, rows, ["id", "role", "log_address", "processing_limit",
                                    "failure_domain", "connected", "version", "up_to_date"])
 
 
 def run_link(args) -> str:
     if args.action == "add":
-        _api(args, "/links", "POST", {"a": args.a, "b": args.b, "capacity": args.capacity,
+        api(args, "/links", "POST", {"a": args.a, "b": args.b, "capacity": args.capacity,
                                       "latency_ms": args.latency_ms})
         return f"link {args.a} - {args.b} added"
     if args.action == "delete":
-        _api(args, f"/links/{args.a}/{args.b}", "DELETE")
+        api(args, f"/links/{args.a}/{args.b}", "DELETE")
         return f"link {args.a} - {args.b} deleted"
-    body = _api(args, "/links")
-    return _out(args, body, body["links"], ["a", "b", "capacity", "latency_ms"])
+    body = api(args, "/links")
+    return shown(args, body, body["links"], ["a", "b", "capacity", "latency_ms"])
 
 
 def run_storage(args) -> str:
@@ -116,13 +117,13 @@ def run_storage(args) -> str:
             body["customer_id"] = args.customer
         if args.virtual_wwn:
             body["virtual_wwn"] = args.virtual_wwn
-        _api(args, "/storages", "POST", body)
+        api(args, "/storages", "POST", body)
         return f"storage {args.wwn} connected to {args.edge}"
     if args.action == "delete":
-        _api(args, f"/storages/{args.wwn}", "DELETE")
+        api(args, f"/storages/{args.wwn}", "DELETE")
         return f"storage {args.wwn} disconnected"
-    body = _api(args, "/storages")
-    return _out(args, body, body["storages"], ["storage_wwn", "edge_id", "customer_id",
+    body = api(args, "/storages")
+    return shown(args, body, body["storages"], ["storage_wwn", "edge_id", "customer_id",
                                                "virtual_wwn"])
 
 
@@ -135,37 +136,37 @@ def run_pair(args) -> str:
                 "load_bytes": args.load_bytes, "load_entries": args.load_entries}
         if args.customer:
             body["customer_id"] = args.customer
-        answer = _api(args, "/pairs", "POST", body)
+        answer = api(args, "/pairs", "POST", body)
         return json.dumps(answer, indent=1) if args.json else (
             f"pair {answer['id']} added (group {answer['group']})")
     if args.action == "delete":
-        _api(args, f"/pairs/{args.id}", "DELETE")
+        api(args, f"/pairs/{args.id}", "DELETE")
         return f"pair {args.id} deleted"
-    body = _api(args, "/pairs" + (f"/{args.id}" if args.id is not None else ""))
+    body = api(args, "/pairs" + (f"/{args.id}" if args.id is not None else ""))
     pairs = body.get("pairs", [body])
-    return _out(args, body, _pair_rows(pairs), PAIR_COLUMNS)
+    return shown(args, body, _pair_rows(pairs), PAIR_COLUMNS)
 
 
 def run_route(args) -> str:
     if args.action == "recompute":
-        body = _api(args, "/routes/recompute", "POST", {})
+        body = api(args, "/routes/recompute", "POST", {})
     else:
-        body = _api(args, "/routes")
+        body = api(args, "/routes")
     rows = [dict(r, path=" > ".join(r["path"])) for r in body["routes"]]
     rows += [{"source_wwn": r["source_wwn"], "target_wwn": r["target_wwn"],
               "path": f"NO PATH: {r['reason']}"} for r in body.get("infeasible", [])]
-    return _out(args, body, rows, ["source_wwn", "target_wwn", "path"])
+    return shown(args, body, rows, ["source_wwn", "target_wwn", "path"])
 
 
 def run_status(args) -> str:
-    body = _api(args, "/status")
-    return _out(args, body, _pair_rows(body["pairs"]), PAIR_COLUMNS)
+    body = api(args, "/status")
+    return shown(args, body, _pair_rows(body["pairs"]), PAIR_COLUMNS)
 
 
 def run_lag(args, out=None, clock=time) -> str:
     """Lag per pair; with ``--watch``, a line every ``--interval`` seconds until Ctrl-C."""
     def line() -> str:
-        body = _api(args, "/status")
+        body = api(args, "/status")
         parts = [f"{p['id']}:{_lag_ms(p.get('lag_s'))}" for p in body["pairs"]]
         return time.strftime("%H:%M:%S ") + (" ".join(parts) or "no pairs")
     if not args.watch:
@@ -179,17 +180,19 @@ def run_lag(args, out=None, clock=time) -> str:
     return ""
 
 
+def common(parser) -> None:
+    """The options every management command takes: the server, the token, the output."""
+    parser.add_argument("--mgmt", default=os.environ.get("RCN_MGMT_URL", DEFAULT_MGMT_URL),
+                        help="the management server (default $RCN_MGMT_URL or "
+                             f"{DEFAULT_MGMT_URL})")
+    parser.add_argument("--token", default=os.environ.get("RCN_TOKEN"),
+                        help="API token (default $RCN_TOKEN)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+
+
 def add_parsers(groups) -> None:
     """Add the management commands to the ``rcn`` parser's groups."""
-    def common(parser):
-        parser.add_argument("--mgmt", default=os.environ.get("RCN_MGMT_URL", DEFAULT_MGMT_URL),
-                            help="the management server (default $RCN_MGMT_URL or "
-                                 f"{DEFAULT_MGMT_URL})")
-        parser.add_argument("--token", default=os.environ.get("RCN_TOKEN"),
-                            help="API token (default $RCN_TOKEN)")
-        parser.add_argument("--json", action="store_true", help="print the API's JSON")
-        parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
-
     p = groups.add_parser("customer", help="customers and contracts (operator)")
     p.add_argument("action", choices=("list", "show", "add", "delete", "token"))
     p.add_argument("id", nargs="?")

@@ -11,7 +11,8 @@ its reason, before anything in it is parsed:
 3. ``unknown_key`` -- no key of the envelope's epoch for this link (never held, or
    retired after a rotation's overlap);
 4. ``bad_tag`` -- the tag does not verify (forged, altered, or another link's key);
-5. ``replayed`` -- the counter was seen already or is older than the replay window.
+5. ``replayed`` -- the counter was seen already or is older than the replay window (a
+   window moves only for a datagram whose tag verified).
 
 The key of each direction of a link is derived from the link key (HKDF-SHA256 with both
 addresses, sender first), so the two ends' counters never share a nonce. A device's
@@ -163,19 +164,19 @@ class HopSeal:
             self.drops.drop("unknown_key", sender, f"link key epoch {epoch} is not held")
             return None
         counter = int.from_bytes(data[_COUNTER_AT:_COUNTER_AT + 8], "big")
-        window = self.windows.get(sender)
-        if window is None:
-            window = self.windows[sender] = ReplayWindow()
-        # a counter already seen cannot verify as new: checking it first saves the tag
-        if not window.fresh(counter):
-            self.drops.drop("replayed", sender, f"counter {counter} (highest {window.top})")
-            return None
         end = len(data) - HOP_TAG_SIZE
         try:
             self._cipher(sender, key, False).decrypt(hop_nonce(counter), data[end:],
                                                      data[:end])
         except InvalidTag:
             self.drops.drop("bad_tag", sender, f"hop tag, link key epoch {epoch}")
+            return None
+        # only a verified counter may move the window (a forged one must not slide it)
+        window = self.windows.get(sender)
+        if window is None:
+            window = self.windows[sender] = ReplayWindow()
+        if not window.fresh(counter):
+            self.drops.drop("replayed", sender, f"counter {counter} (highest {window.top})")
             return None
         window.mark(counter)
         self.counts["opened"] += 1

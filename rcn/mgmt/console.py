@@ -1,6 +1,6 @@
 """The management server's console (issue 8) over the :class:`MgmtServer`'s own state.
 
-``show version|interfaces|devices|customers|pairs|routes|counters|config``, ``clear
+``show version|interfaces|devices|customers|pairs|routes|keys|counters|config``, ``clear
 counters`` (the console shows counts since the clear; /metrics keeps its monotonic
 counters) and ``shutdown amp`` / ``no shutdown amp`` (close and reopen the socket devices
 register on: devices already connected stay; new ones, and those that reconnect, are
@@ -37,6 +37,7 @@ class MgmtConsole:
         t.add("show customers", self.customers, "customers and their contracts")
         t.add("show pairs", self.pairs, "ordered pairs with state and lag")
         t.add("show routes", self.routes, "the route table (408) and infeasible pairs")
+        t.add("show keys", self.keys, "log-transfer keys: epochs, states, ages (never the keys)")
         add_counters(t, self._all_counters, "server, AMP and API counters since the clear")
         t.add("show config", self.show_config, "the settings this server runs with")
         add_shutdown(t, "amp", amp)
@@ -45,6 +46,7 @@ class MgmtConsole:
         out = {f"server.{k}": v for k, v in self.server.counters.items()}
         out.update({f"amp.{k}": v for k, v in self.server.distribution.counters.items()})
         out.update({f"api.{k}": v for k, v in self.api_counters.items()})
+        out.update({f"keys.{k}": v for k, v in self.server.keys.counters.items()})
         return out
 
     def version(self, args) -> str:
@@ -118,6 +120,16 @@ class MgmtConsole:
                 sorted(self.server.failed))
         return text
 
+    def keys(self, args) -> str:
+        listing = self.server.keys.listing()
+        named = [(f"{r['a']} - {r['b']}", r) for r in listing["links"]]
+        named += [(f"group {r['group']}", r) for r in listing["groups"]]
+        rows = [[name, ",".join(r["holders"]) or "(unused)", e["epoch"], e["state"],
+                 f"{e['age_s']:.0f} s", "-" if e["deadline_in_s"] is None
+                 else f"{e['deadline_in_s']:.0f} s"]
+                for name, r in named for e in r["epochs"]]
+        return columns(rows, ["link or group", "holders", "epoch", "state", "age", "deadline"])
+
     def show_config(self, args) -> str:
         c = self.config
         console = c.console
@@ -128,7 +140,12 @@ class MgmtConsole:
         rows = [["id", c.id], ["database", c.database], ["http", str(c.http)],
                 ["amp", str(c.amp)], ["operator token file", c.operator_token_file],
                 ["history", f"{c.history} reports per device"],
-                ["stale after", f"{c.stale_after:g} s"], ["console", where]]
+                ["stale after", f"{c.stale_after:g} s"], ["console", where],
+                ["key rotation", f"every {c.keys.rotate_every:g} s" if c.keys.rotate_every
+                 else "on demand only"],
+                ["key overlap", f"{c.keys.overlap:g} s (links), {c.keys.group_overlap:g} s "
+                                f"(groups)"],
+                ["key activation", f"at most {c.keys.activate_after:g} s"]]
         return columns(rows, ["setting", "value"])
 
 

@@ -76,6 +76,8 @@ class DistributionServer:
       as stale; ``history``: reports kept per device; ``snapshot_timeout``: seconds a
       device has to answer a snapshot before the server drops its connection (it
       reconnects and is brought up to date); ``query_timeout``: for residual queries.
+    * ``on_acked(device_id, version)``: a device acknowledged its current snapshot, or
+      registered holding it (the keys' rotation waits for these).
     """
 
     _log = Logger()
@@ -83,7 +85,8 @@ class DistributionServer:
     def __init__(self, clock, snapshot_for: Callable[[str], tuple[int, dict]],
                  on_report: Callable[[str, dict], None], *, stale_after: float = 5.0,
                  history: int = 300, snapshot_timeout: float = 60.0,
-                 query_timeout: float = 10.0):
+                 query_timeout: float = 10.0,
+                 on_acked: Callable[[str, int], None] | None = None):
         if history < 1:
             raise ValueError(f"history must be at least 1 report, got {history}")
         self.clock = clock
@@ -93,6 +96,7 @@ class DistributionServer:
         self.history = history
         self.snapshot_timeout = snapshot_timeout
         self.query_timeout = query_timeout
+        self.on_acked = on_acked
         self.records: dict[str, DeviceRecord] = {}
         self.version = 0               # the highest settings version snapshot_for gave
         self.counters = dict.fromkeys(
@@ -204,6 +208,7 @@ class DistributionServer:
         if applied == version:
             record.last_error = None
             self.counters["snapshots_acked"] += 1
+            self._tell_acked(record.id, version)
         else:
             record.last_error = (f"snapshot version {version} was acknowledged as "
                                  f"version {applied}")
@@ -315,7 +320,17 @@ class DistributionServer:
         if version != snapshot[0]:
             # After the Register answer has gone out.
             self.clock.callLater(0, self._send_if_still, record, proto, snapshot)
+        else:
+            self.clock.callLater(0, self._tell_acked, device_id, version)
         return snapshot[0]
+
+    def _tell_acked(self, device_id: str, version: int) -> None:
+        if self.on_acked is not None:
+            try:
+                self.on_acked(device_id, version)
+            except Exception:
+                self._log.failure("after device {device} acknowledged version {version}",
+                                  device=device_id, version=version)
 
     def _send_if_still(self, record: DeviceRecord, proto, snapshot) -> None:
         if record.proto is proto:

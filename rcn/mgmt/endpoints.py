@@ -22,6 +22,11 @@ OBJECT = {"type": "object"}
 _OPERATOR = {"access": "operator"}
 _CHANGE = {"access": "operator", "body": OBJECT}            # the operator's, with a body
 _ADD = {"access": "operator", "body": OBJECT, "status": 201}
+ROTATE = {"type": "object", "additionalProperties": False, "properties": {
+    "link": {"type": "array", "items": {"type": "string", "maxLength": 100},
+             "minItems": 2, "maxItems": 2},
+    "group": {"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF},
+    "all": {"type": "boolean"}}}
 
 
 class Handlers:
@@ -144,6 +149,20 @@ class Handlers:
                        last_report_age_s=None if last is None else now - last)
         return {"devices": rows}
 
+    # -- log-transfer keys (rcn.mgmt.keys): names, epochs and ages; never key material --------
+    def keys(self, caller, params, body):
+        return self.server.keys.listing()
+
+    def rotate_keys(self, caller, params, body):
+        given = [k for k in ("link", "group", "all") if k in body]
+        if len(given) != 1:
+            raise ApiError(400, 'give one of {"link": ["HOST:PORT", "HOST:PORT"]}, '
+                                '{"group": N} or {"all": true}', given[1] if given else None)
+        if given == ["all"] and body["all"] is not True:
+            raise ApiError(400, 'all: must be true (to rotate every link and group)', "all")
+        return self.call(partial(self.server.keys.rotate, link=body.get("link"),
+                                 group=body.get("group"), every=given == ["all"]))
+
     def residual(self, caller, params, body):
         pair = self.call(self.settings.get_pair, caller, params["id"])
         d = self.server.distribution.query_residual(pair["source_edge"], pair["group"])
@@ -194,6 +213,11 @@ ROUTES = (
     ("PATCH", "/pairs/{id:int}", ("change", "update_pair"), "change a pair's expected load",
      {"body": OBJECT}),
     ("DELETE", "/pairs/{id:int}", ("remove", "delete_pair", ("id",)), "remove a pair", {}),
+    ("GET", "/keys", ("keys",), "log-transfer keys: links and groups with their epochs, "
+     "send/accept state and ages (never the keys)", _OPERATOR),
+    ("POST", "/keys/rotate", ("rotate_keys",), "rotate a link's key, a group's, or all "
+     "(a new epoch, accept-only until the devices have it; the old one retires after the "
+     "overlap)", {"access": "operator", "body": ROTATE}),
     ("GET", "/pairs/{id:int}/residual", ("residual",),
      "the residual-entry query of 【0087】 at the pair's source edge", {}),
 )

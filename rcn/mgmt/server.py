@@ -11,7 +11,13 @@
   edges' retransmission budget decides on failure Suspend);
 * distribution (:class:`~rcn.mgmt.distribution.DistributionServer`) -- each device's
   snapshot; the snapshot version is ``settings version * 1,000,000 + reroutes``
-  since that settings version, so a reroute alone also reaches the devices;
+  since that settings version, so a reroute alone also reaches the devices (a key
+  step -- :mod:`rcn.mgmt.keys` -- counts as a reroute); the highest version published
+  is kept in the store, so after a restart the numbers go on past it;
+* log-transfer keys (:class:`~rcn.mgmt.keys.KeyManager`) -- made for the links of the
+  routes' paths and for the pairs' groups at each recomputation, in each device's
+  snapshot under ``"keys"`` (what that device needs only), rotated on a schedule and on
+  demand; an acknowledged snapshot tells the keys a device has a new epoch;
 * collection -- the devices' reports (every second, a bounded series per
   device in the distribution server) read back as per-pair figures: state (the
   source edge's row), lag (the target edge's group), residual entries (the
@@ -31,7 +37,10 @@ from dataclasses import replace
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from rcn.logxfer.routes import Address
 from rcn.mgmt.distribution import DistributionServer
+from rcn.mgmt.keys import KeyManager, KeyPolicy
+from rcn.mgmt.model import OPERATOR
 from rcn.mgmt.routing import Demand, RoutingResult, compute_routes, reroute_without
 from rcn.mgmt.settings import Settings
 from rcn.mgmt.store import Store
@@ -42,12 +51,15 @@ REROUTE_STEP = 1_000_000
 
 class MgmtServer:
     def __init__(self, clock, store: Store, *, history: int = 300, stale_after: float = 5.0,
-                 health_interval: float = 1.0):
+                 health_interval: float = 1.0, keys: KeyPolicy = KeyPolicy()):
         self.clock = clock
         self.store = store
         self.settings = Settings(store)
         self.distribution = DistributionServer(clock, self.snapshot_for, self._reported,
-                                               stale_after=stale_after, history=history)
+                                               stale_after=stale_after, history=history,
+                                               on_acked=self._acked)
+        self.keys = KeyManager(clock, store, keys, publish=self._key_step,
+                               acked=self._acked_version, current=lambda: self.version)
         self.routing: RoutingResult | None = None
         self.failed: frozenset[str] = frozenset()
         self._settings_version = -1
@@ -67,6 +79,9 @@ class MgmtServer:
         settings_version = self.settings.version()
         if settings_version != self._settings_version:
             self._settings_version, self._reroutes = settings_version, 0
+            published = self.store.published_version()
+            if published and published // REROUTE_STEP == settings_version:    # a restart: go on past it
+                self._reroutes = published % REROUTE_STEP + 1
         else:
             self._reroutes += 1
         devices = self.store.list_devices()
@@ -84,6 +99,8 @@ class MgmtServer:
                                           if k not in kept})
         self.routing = routing
         self.counters["recomputations"] += 1
+        self._sync_keys(devices)
+        self.store.set_published_version(self.version)
         for key, why in self.routing.infeasible.items():
             _log.warn("no feasible path for {source:x} -> {target:x}: {why}", source=key[0],
                       target=key[1], why=why)
@@ -95,9 +112,36 @@ class MgmtServer:
         self.counters["publishes"] += 1
         return self.distribution.publish()
 
+    def _sync_keys(self, devices) -> None:
+        address = {d.id: d.log_address for d in devices}
+        paths = [[Address.parse(address[hop]) for hop in r.path]
+                 for r in self.routing.routes.values() if all(h in address for h in r.path)]
+        groups: dict[int, set[str]] = {}
+        for p in self.settings.list_pairs(OPERATOR):
+            groups.setdefault(p["group"], set()).update((p["source_edge"], p["target_edge"]))
+        self.keys.sync(paths, {a: i for i, a in address.items()}, groups)
+
+    def _key_step(self) -> int:
+        """A key was added, made to send or removed: a new version to every device."""
+        self._reroutes += 1
+        self.store.set_published_version(self.version)
+        self.counters["publishes"] += 1
+        self.distribution.publish()
+        return self.version
+
+    def _acked_version(self, device_id: str) -> int:
+        record = self.distribution.records.get(device_id)
+        return 0 if record is None else record.acked
+
+    def _acked(self, device_id: str, version: int) -> None:
+        self.keys.acknowledged(device_id, version)
+
     def snapshot_for(self, device_id: str) -> tuple[int, dict]:
         doc = self.settings.snapshot_for(device_id, self.routing.routes)
         doc["version"] = self.version
+        device = doc["device"]
+        doc["keys"] = self.keys.ring_for(device_id, device["role"],
+                                         device["log_address"]).to_snapshot()
         return self.version, doc
 
     def check_health(self) -> bool:
@@ -115,11 +159,13 @@ class MgmtServer:
         return True
 
     def start(self) -> None:
+        self.keys.running(True)
         self._health_call = LoopingCall(self.check_health)
         self._health_call.clock = self.clock
         self._health_call.start(self.health_interval, now=False)
 
     def stop(self) -> None:
+        self.keys.running(False)
         if self._health_call is not None and self._health_call.running:
             self._health_call.stop()
 

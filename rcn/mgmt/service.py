@@ -28,7 +28,7 @@ from rcn.console.service import serve_console
 from rcn.logxfer.routes import Address
 from rcn.metrics import MetricsRegistry, MetricsResource
 from rcn.mgmt.api import ApiResource, openapi
-from rcn.mgmt.config import MgmtConfig
+from rcn.mgmt.config import ConfigError, MgmtConfig, loopback_endpoint
 from rcn.mgmt.console import MgmtConsole
 from rcn.mgmt.endpoints import endpoints as api_endpoints
 from rcn.mgmt.errors import SettingsError
@@ -81,6 +81,9 @@ def build_metrics(server: MgmtServer, api: ApiResource) -> MetricsRegistry:
     m.counters("mgmt_api", lambda: api.counters, "REST API")
     m.counters("mgmt_amp", lambda: server.distribution.counters,
                "management channel (AMP); bad_messages: boxes answered or dropped as bad")
+    m.counters("mgmt_keys", lambda: server.keys.counters,
+               "log-transfer keys: made, rotations, activated by acknowledgements or by time, "
+               "retired (never the keys)")
     m.gauge("mgmt_settings_version", lambda: server.version, "the distributed settings version")
     return m
 
@@ -190,7 +193,7 @@ class MgmtDaemon:
         except sqlite3.Error as exc:            # sqlite's message names no file
             raise sqlite3.OperationalError(f"settings database {config.database}: {exc}") from exc
         server = MgmtServer(self.reactor, store, history=config.history,
-                            stale_after=config.stale_after)
+                            stale_after=config.stale_after, keys=config.keys)
         try:
             operator_token(server, config.operator_token_file)
         except BaseException:
@@ -215,7 +218,13 @@ class MgmtDaemon:
 def make_service(config: MgmtConfig, reactor) -> tuple[service.MultiService, MgmtDaemon]:
     """The daemon's services; the second value's ``server`` is the :class:`MgmtServer`
     once started. The listening sockets are made at ``privilegedStartService`` (HTTP) and
-    ``startService`` (AMP, after the server is built); the database at ``startService``."""
+    ``startService`` (AMP, after the server is built); the database at ``startService``.
+    An AMP address that is not loopback is refused (:func:`loopback_endpoint`: keys travel
+    on it in clear until issue 18)."""
+    try:
+        loopback_endpoint(config.amp)
+    except ValueError as exc:
+        raise ConfigError(f"[mgmt] amp: {exc}") from None
     top = service.MultiService()
     http = QuietSite(resource.Resource())          # its root is set when the server is built
     endpoint = endpoints.serverFromString(reactor, config.http)     # an endpoint string

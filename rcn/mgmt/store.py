@@ -44,6 +44,12 @@ the last good version). A database newer than this code is refused with
 (text): SQLite's integers are signed 64-bit, and text of one width sorts like the
 numbers. The store is synchronous: the server calls it from the reactor thread,
 and every call is a few small statements.
+
+Log-transfer keys (:mod:`rcn.mgmt.keys`) are kept here too, their material as hex
+(:meth:`Store.save_keys` replaces them all; not a change of settings), with the
+highest snapshot version published (:meth:`Store.published_version`), so a restarted
+server never gives a device an old version number with other keys. The database file
+is therefore created 0600, and an existing one is made 0600 when opened.
 """
 
 
@@ -52,7 +58,9 @@ from __future__ import annotations
 import abc
 import contextlib
 import hashlib
+import os
 import sqlite3
+import stat
 from typing import Iterator
 
 from rcn.mgmt.errors import Conflict
@@ -192,6 +200,24 @@ class Store(abc.ABC):
     def token_owner(self, token: str) -> tuple[str, str | None] | None:
         """``("operator", None)``, ``("customer", id)``, or None for an unknown token."""
 
+    # log-transfer keys (rcn.mgmt.keys): rows of (kind, name, epoch, material hex, state,
+    # created, deadline, version)
+    @abc.abstractmethod
+    def key_rows(self) -> list[tuple]:
+        """Every key row, by kind, name and epoch."""
+
+    @abc.abstractmethod
+    def save_keys(self, rows: list[tuple]) -> None:
+        """Keep ``rows`` in place of every key row (at once; no settings version step)."""
+
+    @abc.abstractmethod
+    def published_version(self) -> int:
+        """The highest snapshot version :meth:`set_published_version` was given."""
+
+    @abc.abstractmethod
+    def set_published_version(self, version: int) -> None:
+        """Remember ``version`` as published (kept only when higher than the last)."""
+
     @abc.abstractmethod
     def transaction(self) -> contextlib.AbstractContextManager:
         """``with store.transaction():`` the writes inside are kept together or not at all
@@ -240,6 +266,14 @@ MIGRATIONS: tuple[str, ...] = (
         digest TEXT PRIMARY KEY, kind TEXT NOT NULL,
         customer_id TEXT UNIQUE REFERENCES customers (id) ON DELETE CASCADE);
     """,
+    # 3: log-transfer keys (rcn.mgmt.keys) and the highest snapshot version published
+    """
+    CREATE TABLE keys (
+        kind TEXT NOT NULL, name TEXT NOT NULL, epoch INTEGER NOT NULL,
+        material TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL, deadline REAL,
+        version INTEGER NOT NULL, PRIMARY KEY (kind, name, epoch));
+    INSERT INTO meta VALUES ('published_version', 0);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -252,6 +286,8 @@ class SQLiteStore(Store):
 
     def __init__(self, path: str = ":memory:", *, migrate_to: int = SCHEMA_VERSION):
         self.path = path
+        if path != ":memory:":
+            _private(path)
         # autocommit mode: transactions are ours (_tx), not the module's implicit ones
         self._db = sqlite3.connect(path, isolation_level=None)
         self._depth, self._changed = 0, False
@@ -425,6 +461,42 @@ class SQLiteStore(Store):
         row = self.one("SELECT kind, customer_id FROM tokens WHERE digest = ?",
                        token_digest(token))
         return (row[0], row[1]) if row else None
+
+
+    # -- keys --
+
+    def key_rows(self) -> list[tuple]:
+        return self._db.execute("SELECT kind, name, epoch, material, state, created, deadline, "
+                                "version FROM keys ORDER BY kind, name, epoch").fetchall()
+
+    def save_keys(self, rows: list[tuple]) -> None:
+        with self._tx(bump=False):
+            self._db.execute("DELETE FROM keys")
+            self._db.executemany("INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def published_version(self) -> int:
+        return self.one("SELECT value FROM meta WHERE key = 'published_version'")[0]
+
+    def set_published_version(self, version: int) -> None:
+        with self._tx(bump=False):
+            self._db.execute("UPDATE meta SET value = max(value, ?) "
+                             "WHERE key = 'published_version'", (version,))
+
+
+def _private(path: str) -> None:
+    """Create the database file 0600, or make an existing one 0600: it holds key material."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return                  # sqlite3.connect says why, as it always has
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+    except OSError as exc:
+        raise sqlite3.OperationalError(f"cannot make {path} mode 0600 (it holds log-transfer "
+                                       f"keys): {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def _statements(script: str) -> list[str]:

@@ -17,11 +17,13 @@ from rcn.mgmt.store import SQLiteStore
 TOKEN = "operator-token-0123456789"
 
 
-class MgmtCliTests(TestCase):
-    def setUp(self):
-        self.server = MgmtServer(task.Clock(), SQLiteStore(":memory:"))
-        self.server.settings.set_token(OPERATOR, None, TOKEN)
-        http, _, _ = site(self.server)
+class CliCase(TestCase):
+    """``rcn`` commands (in a thread) against ``self.server``'s API on a loopback port."""
+
+    def serve(self, server: MgmtServer) -> None:
+        self.server = server
+        server.settings.set_token(OPERATOR, None, TOKEN)
+        http, _, _ = site(server)
         self.port = reactor.listenTCP(0, http, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.url = f"http://127.0.0.1:{self.port.getHost().port}"
@@ -39,6 +41,11 @@ class MgmtCliTests(TestCase):
         status, out, err = yield self.rcn(*args, token=token)
         self.assertEqual(status, 0, f"rcn {' '.join(args)}: {err}")
         return out
+
+
+class MgmtCliTests(CliCase):
+    def setUp(self):
+        self.serve(MgmtServer(task.Clock(), SQLiteStore(":memory:")))
 
     @defer.inlineCallbacks
     def test_an_operator_and_a_customer_set_up_a_pair(self):

@@ -79,6 +79,23 @@ class MgmtConsoleTests(ServerTestCase):
         self.assertEqual(config["console"][1], "serial pty, link /tmp/x.console")
         self.assertEqual(config["stale after"][1], "5 s")
         self.assertNotIn("operator-token-0123456789", self.cmd("show config"))
+        self.assertEqual(config["key rotation"][1], "every 86400 s")
+        self.assertEqual(config["key overlap"][1], "60 s (links), 86400 s (groups)")
+
+    def test_keys_show_epochs_and_states_never_the_keys(self):
+        pair = self.pair(self.acme, S1, T1)[1]
+        self.ok("POST", "/keys/rotate", {"group": pair["group"]})
+        self.clock.advance(4)
+        shown = self.cmd("show keys")
+        group = [line.split() for line in shown.splitlines()
+                 if line.startswith(f"group {pair['group']}")]
+        self.assertEqual([cells[2:5] for cells in group],
+                         [["edgeA,edgeB", "1", "send"], ["edgeA,edgeB", "2", "pending"]])
+        self.assertEqual(group[1][5:], ["4", "s", "6", "s"])       # age, deadline
+        self.assertEqual(sum(line.startswith("127.0.0.1:") for line in shown.splitlines()), 2)
+        for row in self.server.store.key_rows():
+            self.assertNotIn(row[3], shown)
+        self.assertEqual(rows(self.cmd("show counters"))["keys.rotations"][1], "1")
 
     def test_devices_connected_stale_old_and_never(self):
         self.connect("edgeA", "edge", "127.0.0.1:47001")

@@ -439,7 +439,7 @@ class SnapshotTests(Base):
         self.assertEqual([(r["source_wwn"], r["target_wwn"]) for r in doc["route"]],
                          [(W(S1), W(T1)), (W(S2), W(T2))])
         config = parse_core_config({"core": {"id": "core1", "listen": ADDRESS["core1"]},
-                                    "route": doc["route"]})
+                                    "seal": {"keys": "core1.keys"}, "route": doc["route"]})
         self.assertEqual(len(config.routes), 2)
         self.assertEqual(self.s.snapshot_for("edgeC", self.routes)["route"][0]["path"][0],
                          ADDRESS["edgeC"])
