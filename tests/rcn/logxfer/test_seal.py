@@ -134,6 +134,14 @@ class HopSealTests(TestCase):
         self.assertIsNone(self.b.open(sealed, A))
         self.assertEqual(dropped(self.b), {"replayed": 1})
 
+    def test_the_tag_is_checked_before_the_window(self):
+        # a forgery reusing a counter already seen is a bad tag, not a replay (DESIGN.md 9)
+        sealed = self.a.seal(ENTRY, B)
+        self.assertEqual(self.b.open(sealed, A), ENTRY)
+        forged = sealed[:-1] + bytes([sealed[-1] ^ 1])
+        self.assertIsNone(self.b.open(forged, A))
+        self.assertEqual(dropped(self.b), {"bad_tag": 1})
+
     def test_a_forgery_does_not_move_the_window(self):
         # a forged datagram with a counter far ahead must not push the genuine ones out
         forged = bytearray(self.a.seal(ENTRY, B))
