@@ -29,6 +29,7 @@ from rcn.logxfer.seal import HopSeal
 from rcn.rio.fcp import ScsiResult, build_write16_cdb
 from tests.rcn.sim.harness import GROUP, SOURCE_WWN, TARGET_WWN, SimRcn
 from tests.rcn.sim.keys import ACCEPT, RETIRE, SEND
+from tests.rcn.logxfer.test_seal import rebuild
 from tests.rcn.sim.network import LinkModel
 from tests.support import key_ring
 
@@ -41,17 +42,6 @@ FIXED = LinkModel(min_delay=0.0005, max_delay=0.0005)
 def inner(datagram: bytes) -> bytes:
     """The log entry inside a hop envelope."""
     return datagram[HOP_HEADER_SIZE:-HOP_TAG_SIZE]
-
-
-def rebuild(entry: bytes, **changes) -> bytes:
-    """``entry`` with header fields changed (``body``: another body), its CRC made good."""
-    parsed = parse_datagram(entry)
-    fields = {k: v for k, v in parsed.header._asdict().items()
-              if k not in ("magic", "entry_type", "rio_length", "crc32c")}
-    body = changes.pop("body", parsed.payload)
-    entry_type = changes.pop("entry_type", parsed.header.entry_type)
-    fields.update(changes)
-    return build_entry(entry_type, body, **fields)
 
 
 class SealedAttackTests(TestCase):
@@ -196,44 +186,34 @@ class SealedAttackTests(TestCase):
     def release(self) -> None:
         self.sim.net.down.discard(self.b)
 
+    def answers_from_core(self, entry_type: int, body: bytes, *variants: dict,
+                          held: int = 5) -> None:
+        """A core's forged answers (of each of ``variants``' extra fields) for the newest
+        of ``held`` retained writes: all refused, nothing moved, nothing lost after."""
+        self.hold_writes(held)
+        before = self.state()
+        expected: dict[str, int] = {}
+        for extra in variants or ({},):
+            fields = self.fields(sequence=max(before["retained"]), **extra)
+            for reason, entry in self.core_forgeries(entry_type, body, **fields).items():
+                self.from_core(entry, self.a)
+                expected[reason] = expected.get(reason, 0) + 1
+        self.attacked(before, self.sim.source, expected)
+        self.release()
+        self.still_replicates()
+
     def test_a_core_cannot_acknowledge_for_the_target(self):
         # the attack that lost acknowledged writes: a WROK for entries not yet applied
-        self.hold_writes()
-        before = self.state()
-        last = max(before["retained"])
-        good = response_area(0x010200, 0x010100, 7, 0, ScsiResult())
-        forged = {}
-        for flags in (0, int(EntryFlag.CUMULATIVE)):
-            for reason, entry in self.core_forgeries(
-                    EntryType.WROK, good, flags=flags, **self.fields(sequence=last)).items():
-                self.from_core(entry, self.a)
-                forged[reason] = forged.get(reason, 0) + 1
-        self.attacked(before, self.sim.source, forged)
-        self.release()
-        self.still_replicates()
+        self.answers_from_core(EntryType.WROK, response_area(0x010200, 0x010100, 7, 0,
+                                                             ScsiResult()),
+                               {"flags": 0}, {"flags": int(EntryFlag.CUMULATIVE)})
 
     def test_a_core_cannot_nak_for_the_target(self):
-        self.hold_writes()
-        before = self.state()
-        forged = self.core_forgeries(EntryType.NAK, nak_body([(21, 25)]),
-                                     **self.fields(sequence=21))
-        for entry in forged.values():
-            self.from_core(entry, self.a)
-        self.attacked(before, self.sim.source, dict.fromkeys(forged, 1))
-        self.release()
-        self.still_replicates()
+        self.answers_from_core(EntryType.NAK, nak_body([(21, 25)]))
 
     def test_a_core_cannot_answer_a_control_for_the_target(self):
-        self.hold_writes(2)
-        before = self.state()
-        answer = response_area(0x010200, 0x010100, 7, 0, ScsiResult())
-        forged = self.core_forgeries(EntryType.CTRL_OK, answer,
-                                     **self.fields(sequence=max(before["retained"])))
-        for entry in forged.values():
-            self.from_core(entry, self.a)
-        self.attacked(before, self.sim.source, dict.fromkeys(forged, 1))
-        self.release()
-        self.still_replicates()
+        self.answers_from_core(EntryType.CTRL_OK, response_area(0x010200, 0x010100, 7, 0,
+                                                                ScsiResult()), held=2)
 
     def test_a_forged_reverse_suspend_moves_no_pair(self):
         # the target edge's failover request (SUSPEND), and its failure notice naming a
