@@ -15,7 +15,8 @@ text, one key per line, like a TLS key log -- the Wireshark dissector reads it t
     link  <epoch> <64 hex digits> <address> <address> send|accept
     group <group id> <epoch> <64 hex digits> send|accept
 
-It is written 0600 and refused when other users may read it. The management server's
+It is written 0600 and refused when other users may read it; an error names the line and
+the field, never a value from the file (a key in the wrong column must not reach a log). The management server's
 snapshots carry the same keys as JSON (:meth:`KeyRing.to_snapshot`). Key material never
 appears in a repr, a log line, ``/status`` or ``/metrics``: :class:`Key` hides it.
 """
@@ -122,7 +123,7 @@ class KeyRing:
                 else:
                     raise KeyFileError(f"{at}: expected 'link EPOCH KEY ADDRESS ADDRESS "
                                        f"send|accept' or 'group ID EPOCH KEY send|accept' "
-                                       f"({len(words)} words starting {words[0]!r})")
+                                       f"({len(words)} words)")
             except KeyFileError as exc:
                 if str(exc).startswith(at):
                     raise
@@ -224,22 +225,22 @@ def _address(text, at: str) -> Address:
     try:
         return Address.parse(text)
     except (ValueError, TypeError, AttributeError) as exc:
-        raise KeyFileError(f"{at}: address {text!r}: {exc}") from None
+        raise KeyFileError(f"{at}: not an address (host:port)") from None
 
 
 def _int(value, what: str, at: str) -> int:
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise KeyFileError(f"{at}: {what} {value!r} is not a number") from None
+        raise KeyFileError(f"{at}: the {what} is not a number") from None
     if not 0 <= number < 1 << 32:
-        raise KeyFileError(f"{at}: {what} {number} is outside 0..4294967295")
+        raise KeyFileError(f"{at}: the {what} is outside 0..4294967295")
     return number
 
 
 def _key(epoch, material, use, at: str) -> Key:
     if use not in (SEND, ACCEPT):
-        raise KeyFileError(f"{at}: use {use!r} is neither 'send' nor 'accept'")
+        raise KeyFileError(f"{at}: the last word is neither 'send' nor 'accept'")
     if not isinstance(material, str) or len(material) != 2 * KEY_SIZE:
         raise KeyFileError(f"{at}: a key is {2 * KEY_SIZE} hex digits")
     try:

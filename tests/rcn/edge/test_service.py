@@ -97,6 +97,20 @@ class EdgeMetricsTests(TestCase):
         self.assertEqual((row["state"], row["side"], row["group"]), ("duplex", "source", 7))
         json.dumps(self.edge.status())
 
+    def test_status_and_metrics_show_epochs_and_counts_never_a_key(self):
+        status = json.dumps(self.edge.status())
+        text = self.edge.metrics.render().decode()
+        materials = [k.material.hex() for keys in [*self.ring.links.values(),
+                                                   *self.ring.groups.values()]
+                     for k in keys.values()]
+        self.assertEqual(len(materials), 2)
+        for material in materials:
+            for shown in (status, text):
+                self.assertNotIn(material, shown)
+                self.assertNotIn(material[:16], shown)
+        seal = self.edge.status()["seal"]
+        self.assertEqual((seal["mode"], seal["epochs"]["groups"]), ("aes-256-gcm", {"7": [1]}))
+
     def test_status_is_json_friendly_before_any_sample(self):
         status = self.edge.status()
         self.assertIsNone(status["lag_p99_s"])
