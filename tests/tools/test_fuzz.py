@@ -208,9 +208,16 @@ class SealTargetTests(_Base):
         self.assertEqual(outcome.kind, "mismatch", outcome.failure)
 
     def test_key_file_round_trip_and_the_leak_check(self):
+        from rcn.logxfer.keys import KeyFileError, KeyRing
         from tools.fuzz_targets import seal
         self.assertEqual(seal.run_key_file(seal.key_file_seeds()[0]), ("ring", 1, 1))
         key = "ab" * 32
-        with self.assertRaises(Finding):               # xfail-: rcn.logxfer.keys echoes it
-            seal.run_key_file(f"group 7 1 send {key}\n".encode())
+        shuffled = f"group 7 1 send {key}\n".encode()      # the key in the last column
+        self.assertEqual(seal.run_key_file(shuffled)[0], "error")
         self.assertEqual(seal.run_key_file(b"link 1\n")[0], "error")
+
+        def echoes(text, where="key file"):
+            raise KeyFileError(f"{where} line 1: {text.split()[-1]!r} is wrong")
+        self.patch(KeyRing, "parse", echoes)              # a parser that echoes a key
+        with self.assertRaises(Finding):
+            seal.run_key_file(shuffled)
