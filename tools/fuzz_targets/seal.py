@@ -284,7 +284,10 @@ def run_key_file(data: bytes):
             if key in message:
                 raise Finding(f"key material in a KeyFileError message: {message[:200]}")
         return ("error", message.split(":", 2)[1].strip()[:12] if ":" in message else "")
-    again = KeyRing.parse(ring.dump(), "dump")
+    try:
+        again = KeyRing.parse(ring.dump(), "dump")
+    except KeyFileError as exc:
+        raise Finding(f"a parsed key ring does not dump and parse back: {exc}") from None
     if again != ring:
         raise Finding("a parsed key ring does not dump and parse back to itself")
     return ("ring", min(len(ring.links), 3), min(len(ring.groups), 3))
