@@ -15,6 +15,13 @@ Rows, each with the relay in its own process:
                   without parsing it (same socket buffers, ``maxPacketSize`` 65536);
 ``core, batching off``   ``twistd -n rcn-core``, ``[batch] enabled = false``;
 ``core, batching on``    ``twistd -n rcn-core``, 1 ms / 65000 bytes / 256 entries.
+``sealed, batching on``  the same, sealed (DESIGN.md 9): the source seals every datagram
+                  at hop level (``HopSeal``, a key file of the two links), the core
+                  opens, batches and re-seals; the sink reads the entry type through
+                  the envelope (it counts, it does not verify).
+
+The unsealed core rows set ``[seal] mode = "none"`` (the relay's own cost); the
+sealed row's extra relay microseconds per entry are the hop layer's.
 
 Each row reports entries/s and MB/s (entry bytes, header included) at the sink,
 datagrams the sink received per second, the relay's CPU use (user + system time
@@ -39,7 +46,12 @@ import time
 from twisted.internet import defer, reactor as _reactor, task
 from twisted.internet.protocol import DatagramProtocol
 
+from datapath.frames.hop import HOP_HEADER_SIZE
 from datapath.frames.logentry import HEADER_SIZE, EntryType, build_entry
+from rcn.logxfer.keys import KeyRing, new_key
+from rcn.logxfer.protocol import Drops
+from rcn.logxfer.routes import Address
+from rcn.logxfer.seal import HopSeal
 
 SRC = 0x500A098000000001
 DST = 0x500A098000000002
@@ -93,17 +105,19 @@ class Source(DatagramProtocol):
 class Sink(DatagramProtocol):
     """Counts entries; every entry seen lets the pump send another."""
 
-    def __init__(self, pump):
+    def __init__(self, pump, envelope: int = 0):
         self.pump = pump
         self.entries = 0
         self.datagrams = 0
+        self.at = envelope          # the hop header's bytes before the entry (sealed)
 
     def startProtocol(self):
         _set_buffers(self.transport.socket)
 
     def datagramReceived(self, data, addr):
-        if data[_TYPE_AT] == _BATCH:
-            n = int.from_bytes(data[HEADER_SIZE:HEADER_SIZE + 4], "big")
+        at = self.at
+        if data[at + _TYPE_AT] == _BATCH:
+            n = int.from_bytes(data[at + HEADER_SIZE:at + HEADER_SIZE + 4], "big")
         else:
             n = 1
         self.entries += n
@@ -112,9 +126,13 @@ class Sink(DatagramProtocol):
 
 
 class Pump:
-    def __init__(self, window: int, entry: bytes):
+    """Keeps ``window`` entries in flight; ``seal(entry)``: the datagram to send (sealed
+    anew every time: a hop envelope's counter is never reused)."""
+
+    def __init__(self, window: int, entry: bytes, seal=None):
         self.window = window
         self.entry = entry
+        self.seal = seal
         self.in_flight = 0
         self.sent = 0
         self.lost_windows = 0
@@ -129,10 +147,10 @@ class Pump:
     def fill(self) -> None:
         if not self.running:
             return
-        write, entry, to = self.source.transport.write, self.entry, self.to
+        write, entry, to, seal = self.source.transport.write, self.entry, self.to, self.seal
         while self.in_flight < self.window:
             try:
-                write(entry, to)
+                write(entry if seal is None else seal(entry), to)
             except OSError:
                 break
             self.in_flight += 1
@@ -146,9 +164,12 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _core_config(path: str, core_port: int, source_port: int, sink_port: int,
-                 batch: bool) -> None:
+                 batch: bool, keys: str | None = None) -> None:
+    seal = f'keys = "{keys}"' if keys else 'mode = "none"'
     with open(path, "w") as f:
         f.write(f"""
+[seal]
+{seal}
 [core]
 id = "bench-core"
 listen = "127.0.0.1:{core_port}"
@@ -165,17 +186,38 @@ path = ["127.0.0.1:{source_port}", "127.0.0.1:{core_port}", "127.0.0.1:{sink_por
 """)
 
 
+MODES = ("baseline", "batching off", "batching on", "sealed, batching on")
+
+
+def _seal_links(path: str, source: int, core: int, sink: int):
+    """A key file of the links source - core - sink for the core; the source's sealing."""
+    at = {name: Address("127.0.0.1", port) for name, port in
+          (("source", source), ("core", core), ("sink", sink))}
+    ring = KeyRing()
+    ring.add_link(at["source"], at["core"], new_key(1))
+    ring.add_link(at["core"], at["sink"], new_key(1))
+    ring.save(path)
+    hop = HopSeal(at["source"], ring, Drops("bench source"))
+    return lambda entry: hop.seal(entry, at["core"])
+
+
 @defer.inlineCallbacks
 def measure(reactor, mode: str, workdir: str, seconds: float, window: int, size: int):
     entry = build_entry(EntryType.WR, bytes(i & 0xFF for i in range(size)), group_id=7,
                         sequence=1, source_wwn=SRC, target_wwn=DST, ttl=16)
+    sealed = mode.startswith("sealed")
     pump = Pump(window, entry)
-    source, sink = Source(), Sink(pump)
+    source, sink = Source(), Sink(pump, HOP_HEADER_SIZE if sealed else 0)
     source_port = reactor.listenUDP(0, source, interface="127.0.0.1", maxPacketSize=65536)
     sink_port = reactor.listenUDP(0, sink, interface="127.0.0.1", maxPacketSize=65536)
     pump.source = source
     relay_port = _free_udp_port()
     pump.to = ("127.0.0.1", relay_port)
+    keys = None
+    if sealed:
+        keys = os.path.join(workdir, "core.keys")
+        pump.seal = _seal_links(keys, source_port.getHost().port, relay_port,
+                                sink_port.getHost().port)
     log = open(os.path.join(workdir, f"{mode}.log"), "wb")
     if mode == "baseline":
         args = [sys.executable, "-m", "tools.bench_core", "--plain-relay",
@@ -183,7 +225,7 @@ def measure(reactor, mode: str, workdir: str, seconds: float, window: int, size:
     else:
         config = os.path.join(workdir, f"{mode}.toml")
         _core_config(config, relay_port, source_port.getHost().port, sink_port.getHost().port,
-                     mode == "batching on")
+                     mode.endswith("batching on"), keys)
         args = [TWISTD, "-n", "--pidfile=", "--logfile=-", "rcn-core", "--config", config]
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -193,7 +235,7 @@ def measure(reactor, mode: str, workdir: str, seconds: float, window: int, size:
         while sink.entries == 0:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{mode}: relay did not come up (see {log.name})")
-            source.transport.write(entry, pump.to)
+            source.transport.write(entry if pump.seal is None else pump.seal(entry), pump.to)
             yield task.deferLater(reactor, 0.05, lambda: None)
         pump.running = True
         last = [sink.entries]
@@ -233,19 +275,19 @@ def measure(reactor, mode: str, workdir: str, seconds: float, window: int, size:
 def main(reactor, args):
     rows = {}
     with tempfile.TemporaryDirectory(prefix="bench_core.") as workdir:
-        for mode in ("baseline", "batching off", "batching on"):
+        for mode in MODES:
             rows[mode] = yield measure(reactor, mode, workdir, args.seconds, args.window,
                                        args.size)
     base = rows["baseline"]["entries_s"]
     print(f"\n{args.size}-byte WR entries ({args.size + HEADER_SIZE} bytes with the header), "
           f"{args.window} in flight, {args.seconds:g} s per row, loopback, "
           f"{os.cpu_count()} CPUs\n")
-    print(f"{'relay':<22} {'entries/s':>10} {'MB/s':>8} {'datagrams/s':>12} {'relay CPU':>10} "
+    print(f"{'relay':<26} {'entries/s':>10} {'MB/s':>8} {'datagrams/s':>12} {'relay CPU':>10} "
           f"{'us/entry':>9} {'edges CPU':>10} {'stalls':>7} {'vs baseline':>12}")
-    for mode, label in (("baseline", "plain UDP relay"), ("batching off", "core, batching off"),
-                        ("batching on", "core, batching on")):
+    for mode, label in zip(MODES, ("plain UDP relay", "core, batching off", "core, batching on",
+                                   "core, sealed, batching on")):
         r = rows[mode]
-        print(f"{label:<22} {r['entries_s']:>10,.0f} {r['mb_s']:>8.1f} {r['datagrams_s']:>12,.0f} "
+        print(f"{label:<26} {r['entries_s']:>10,.0f} {r['mb_s']:>8.1f} {r['datagrams_s']:>12,.0f} "
               f"{r['cpu'] * 100:>9.0f}% {r['cpu'] / r['entries_s'] * 1e6:>9.1f} "
               f"{r['edges_cpu'] * 100:>9.0f}% {r['lost']:>7} "
               f"{r['entries_s'] / base:>11.2f}x")

@@ -9,8 +9,11 @@ times, on the same file in the same run:
 * ``rcn-decode`` in tree, ``--json`` and ``--summary`` modes.
 
 Each row is the best of ``--repeat`` runs. Target: --json >= 10,000 frames/s.
+``--sealed``: the capture's log entries are sealed (hop envelope and end to end,
+``sample_traffic --sealed``), and ``--json --keys`` (every hop tag checked, every body
+opened) is timed beside ``--json`` without keys.
 
-    python -m tools.bench_decode [--frames 100000] [--repeat 1]
+    python -m tools.bench_decode [--frames 100000] [--repeat 1] [--sealed]
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import tempfile
 import time
 
 from datapath.frames import capture
-from tools.sample_traffic import generate
+from tools.sample_traffic import generate, sample_keys
 
 TARGET_JSON_FPS = 10_000
 
@@ -55,13 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=100_000,
                         help="packets in the generated capture (default 100000)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per row, best kept (default 1)")
+    parser.add_argument("--sealed", action="store_true",
+                        help="seal the log entries and time --keys too")
     args = parser.parse_args(argv)
 
     workdir = tempfile.mkdtemp(prefix="rcn-bench-")
     path = os.path.join(workdir, "traffic.pcap")
+    keys = sample_keys() if args.sealed else None
+    keyfile = os.path.join(workdir, "keys")
+    if keys is not None:
+        keys.save(keyfile)
     started = time.perf_counter()
     with open(path, "wb") as f:
-        packets = generate(f, writes=1 << 30, packet_limit=args.frames)
+        packets = generate(f, writes=1 << 30, packet_limit=args.frames, keys=keys)
     print(f"generated {packets} packets ({os.path.getsize(path) / 1e6:.1f} MB) in "
           f"{time.perf_counter() - started:.1f} s: {path}", file=sys.stderr)
 
@@ -77,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("tshark -T fields (reference)", packets, _best(args.repeat, lambda: _run_quiet(
             [tshark, "-n", "-r", path, "-d", "tcp.port==3225,fcip", "-T", "fields",
              "-e", "fc.d_id", "-e", "fc.ox_id", "-e", "scsi_sbc.rdwr16.lba"]))))
-    for label, extra in (("rcn-decode (tree)", []), ("rcn-decode --json", ["--json"]),
-                         ("rcn-decode --summary", ["--summary"])):
+    modes = [("rcn-decode (tree)", []), ("rcn-decode --json", ["--json"]),
+             ("rcn-decode --summary", ["--summary"])]
+    if keys is not None:
+        modes.append(("rcn-decode --json --keys", ["--json", "--keys", keyfile]))
+    for label, extra in modes:
         rows.append((label, frames, _best(args.repeat, lambda e=extra: _run_quiet(
             _decode_cmd(*e, path)))))
 

@@ -1,7 +1,7 @@
 """The whole RCN on this machine: write throughput, IOPS, ack latency and lag.
 
 ``python -m tools.bench_lab [--seconds S] [--cores N] [--log-mode durable|memory]
-[--rows all|saturation]``
+[--rows all|saturation|seal]``
 
 Each row starts a fresh lab (``rcn.lab.up``: 2 arrays, 2 edges, N cores, as
 real daemons on loopback), runs one workload through NBD against the source
@@ -13,7 +13,9 @@ baseline rows write the same workload straight to the target array's volume
 
 Rows:
   64 KiB writes, 32 in flight          MB/s            target >= 150 MB/s
+  the same with ``seal = "none"``
   4 KiB writes, 64 in flight           IOPS            target >= 10,000 (durable log)
+  the same with ``seal = "none"``
   4 KiB writes at half the max rate    ack p50/p99 at the source edge (target p99 < 2 ms)
                                        lag p50/p99 at the target edge (target p99 < 100 ms)
 
@@ -22,7 +24,17 @@ the source edge, its retransmissions (by timeout and by NAK) per entry, and
 the CPU seconds each role's daemons spent per write (``/proc/PID/stat``
 utime + stime from just before the workload until everything is applied).
 ``--rows saturation`` runs only the two saturated RCN rows (64 KiB qd32, 4 KiB
-qd64): the retransmission storm of issue 15 item 3 shows there.
+qd64): the retransmission storm of issue 15 item 3 shows there. ``--rows seal``
+runs those two sealed (the lab's default) and with ``seal = "none"``; ``--repeat N``
+measures each of them N times, sealed and unsealed alternating, and pools the runs
+(writes, seconds and CPU added up; latencies of the last run).
+
+The seal's cost (DESIGN.md 9; every row but ``saturation``): the saturated rows
+sealed and unsealed side by side, CPU milliseconds per write of edgeA, the core and
+edgeB and of the three (what sealing adds work to; the arrays' CPU is left out), the
+overhead in percent (target: <= 10% at 64 KiB, <= 15% at 4 KiB) and the throughput's
+change, then the AEAD's raw rate on this machine (AES-256-GCM encrypting 4 KiB and 64 KiB, and a
+tag only over 64 KiB, as the hop layer computes per datagram).
 
 A workload runs in a child process (``--workload``), since a reactor runs
 once per process; it prints one JSON line.
@@ -175,48 +187,93 @@ def _ms(value) -> str:
     return "-" if value is None else f"{value * 1000:.2f}"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="per row (default 10)")
-    parser.add_argument("--cores", type=int, default=1, help="cores in the path (default 1)")
-    parser.add_argument("--log-mode", choices=("durable", "memory"), default="durable")
-    parser.add_argument("--rows", choices=("all", "saturation"), default="all",
-                        help="saturation: only the two saturated RCN rows")
-    parser.add_argument("--workload", nargs=5, metavar=("URL", "BLOCK", "DEPTH", "SECONDS", "RATE"),
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.workload:
-        url, block, depth, seconds, rate = args.workload
-        print(json.dumps(workload(url, int(block), int(depth), float(seconds), float(rate), 1)))
-        return 0
+def aead_rates(seconds: float = 0.3) -> list[tuple[str, float, float]]:
+    """The AEAD's raw rate on this machine (``cryptography``'s AES-256-GCM, i.e. OpenSSL):
+    (what, MB/s, microseconds per call) for encrypting 4 KiB and 64 KiB, and for a tag only
+    (empty plaintext) over 64 KiB of associated data -- the hop layer's work per datagram."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    aead = AESGCM(os.urandom(32))
+    nonce = os.urandom(12)
+    out = []
+    for what, size, call in (
+            ("encrypt 4 KiB", 4096, lambda data: aead.encrypt(nonce, data, b"")),
+            ("encrypt 64 KiB", 65536, lambda data: aead.encrypt(nonce, data, b"")),
+            ("tag only over 64 KiB", 65536, lambda data: aead.encrypt(nonce, b"", data))):
+        data = os.urandom(size)
+        calls, begin = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - begin) < seconds:
+            for _ in range(64):
+                call(data)
+            calls += 64
+        out.append((what, calls * size / elapsed / MB, elapsed / calls * 1e6))
+    return out
 
-    from rcn import lab as lablib
-    topology = lablib.Topology(cores=args.cores, log_mode=args.log_mode, capacity=1 << 30)
-    print(f"whole lab on loopback: 2 arrays, 2 edges, {args.cores} core(s), log "
-          f"{args.log_mode}; {args.seconds:g} s per row; {os.cpu_count()} CPUs", flush=True)
+
+def pooled(runs: list[dict]) -> dict:
+    """Repetitions of one row as one: writes, bytes, seconds, CPU and the log-transfer
+    counts added up; the latency figures of the last repetition."""
+    out = dict(runs[-1])
+    for key in ("writes", "bytes", "seconds", "entries", "retransmits", "nak_retransmits"):
+        if key in out:
+            out[key] = sum(r[key] for r in runs)
+    if "cpu" in out:
+        out["cpu"] = {role: sum(r["cpu"].get(role, 0.0) for r in runs) for role in out["cpu"]}
+    return out
+
+
+def measure(args, topology) -> list[tuple]:
+    """Every row of ``--rows``: (name, MB/s, IOPS, result, target)."""
     rows = []
+    unsealed = dataclasses.replace(topology, seal="none")
 
-    def row(name, result, target):
+    def row(name, result, target=""):
         mbs = result["bytes"] / result["seconds"] / MB
         iops = result["writes"] / result["seconds"]
         rows.append((name, mbs, iops, result, target))
         print(f"  measured: {name}: {mbs:.1f} MB/s, {iops:.0f} IOPS", file=sys.stderr, flush=True)
+        return result
 
-    if args.rows == "all":
+    def saturated(name, block, depth, target):
+        """The row sealed and (but for ``saturation``) unsealed, ``--repeat`` times each,
+        alternating (so a change of the host's other load meets both alike)."""
+        kinds = [topology] + ([unsealed] if args.rows != "saturation" else [])
+        runs = [[] for _ in kinds]
+        for _ in range(args.repeat):
+            for topo, done in zip(kinds, runs):
+                done.append(one_row(topo, block, depth, args.seconds))
+        sealed = row(name, pooled(runs[0]), target)
+        if len(runs) > 1:
+            row(f"{name} unsealed", pooled(runs[1]))
+        return sealed
+
+    every = args.rows == "all"
+    if every:
         row("baseline 64K qd32 -> target array", one_row(topology, 65536, 32, args.seconds,
-                                                         baseline=True), "")
-    big = one_row(topology, 65536, 32, args.seconds)
-    row("RCN 64K qd32", big, ">= 150 MB/s")
-    if args.rows == "all":
+                                                         baseline=True))
+    saturated("RCN 64K qd32", 65536, 32, ">= 150 MB/s")
+    if every:
         row("baseline 4K qd64 -> target array", one_row(topology, 4096, 64, args.seconds,
-                                                        baseline=True), "")
-    small = one_row(topology, 4096, 64, args.seconds)
-    row("RCN 4K qd64", small, ">= 10,000 IOPS")
-    if args.rows == "all":
+                                                        baseline=True))
+    small = saturated("RCN 4K qd64", 4096, 64, ">= 10,000 IOPS")
+    if every:
         half = small["writes"] / small["seconds"] / 2
-        paced = one_row(topology, 4096, 64, args.seconds, rate=half)
-        row(f"RCN 4K at {half:.0f}/s (half)", paced, "ack p99 < 2 ms, lag p99 < 100 ms")
+        row(f"RCN 4K at {half:.0f}/s (half)", one_row(topology, 4096, 64, args.seconds,
+                                                       rate=half),
+            "ack p99 < 2 ms, lag p99 < 100 ms")
+    return rows
 
+
+def cpu_per_write(result: dict) -> dict[str, float]:
+    """CPU milliseconds per write of each role (edgeA, core, edgeB, storage), ``all`` of
+    them and ``path`` (the edges and the core: what sealing adds work to)."""
+    writes = max(result["writes"], 1)
+    cpu = {k: v * 1000 / writes for k, v in result["cpu"].items()}
+    cpu["all"] = sum(cpu.values())
+    cpu["path"] = sum(cpu.get(k, 0.0) for k in ("edgeA", "core", "edgeB"))
+    return cpu
+
+
+def print_rows(rows: list[tuple]) -> None:
     bases = {("64K" in name): (mbs, iops) for name, mbs, iops, _, _ in rows
              if name.startswith("baseline")}
     print(f"{'workload':38} {'MB/s':>8} {'IOPS':>8} {'vs base':>8} {'host p50/p99 ms':>16} "
@@ -234,15 +291,74 @@ def main(argv=None) -> int:
     for name, _, _, r, _ in rows:
         if "entries" not in r:
             continue
-        writes = max(r["writes"], 1)
-        cpu = {k: v * 1000 / writes for k, v in r["cpu"].items()}
+        cpu = cpu_per_write(r)
         print(f"{name:38} {r['entries']:8d} {r['retransmits']:7d} "
               f"{r['retransmits'] / max(r['entries'], 1):10.4f} {r['nak_retransmits']:7d} "
               f"{cpu.get('edgeA', 0):20.3f} {cpu.get('core', 0):6.3f} {cpu.get('edgeB', 0):6.3f} "
-              f"{sum(cpu.values()):6.3f}")
+              f"{cpu['all']:6.3f}")
+
+
+def print_seal(rows: list[tuple]) -> None:
+    """Sealed against ``seal = "none"``, same run: CPU per write of the edges and the core
+    and the overhead (target: <= 10% at 64 KiB, <= 15% at 4 KiB), then the AEAD's raw rate."""
+    by_name = {name: r for name, _, _, r, _ in rows}
+    print(f"\n{'sealed vs seal = none':22} {'CPU ms/write: edgeA':>20} {'core':>7} "
+          f"{'edgeB':>7} {'e+c+e':>7} {'MB/s':>8} {'IOPS':>8}")
+    for size, limit in (("64K qd32", 10), ("4K qd64", 15)):
+        sealed, clear = by_name.get(f"RCN {size}"), by_name.get(f"RCN {size} unsealed")
+        if sealed is None or clear is None:
+            continue
+        cs, cc = cpu_per_write(sealed), cpu_per_write(clear)
+        rate = (lambda r: (r["bytes"] / r["seconds"] / MB, r["writes"] / r["seconds"]))
+        for label, cpu, r in (("sealed", cs, sealed), ("none", cc, clear)):
+            mbs, iops = rate(r)
+            print(f"{size + ' ' + label:22} {cpu.get('edgeA', 0):20.3f} {cpu.get('core', 0):7.3f} "
+                  f"{cpu.get('edgeB', 0):7.3f} {cpu['path']:7.3f} {mbs:8.1f} {iops:8.0f}")
+        pct = {k: (cs.get(k, 0) / cc[k] - 1) * 100 if cc.get(k) else float("nan")
+               for k in ("edgeA", "core", "edgeB", "path")}
+        (mbs_s, _), (mbs_c, _) = rate(sealed), rate(clear)
+        print(f"{size + ' overhead':22} {pct['edgeA']:19.1f}% {pct['core']:6.1f}% "
+              f"{pct['edgeB']:6.1f}% {pct['path']:6.1f}% {(mbs_s / mbs_c - 1) * 100:7.1f}%"
+              f"  (target: CPU of edges and core <= {limit}%: "
+              f"{'met' if pct['path'] <= limit else 'NOT met'})")
+    print("\nAEAD raw rate (AES-256-GCM, cryptography/OpenSSL, one core):")
+    for what, mbs, us in aead_rates():
+        print(f"  {what:22} {mbs:9.0f} MB/s  {us:8.2f} us/call")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per row (default 10)")
+    parser.add_argument("--cores", type=int, default=1, help="cores in the path (default 1)")
+    parser.add_argument("--log-mode", choices=("durable", "memory"), default="durable")
+    parser.add_argument("--rows", choices=("all", "saturation", "seal"), default="all",
+                        help="saturation: only the two saturated RCN rows; seal: those two "
+                             "sealed and with seal = \"none\"")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure each saturated row (sealed and unsealed) this many "
+                             "times, alternating, and pool them (default 1)")
+    parser.add_argument("--workload", nargs=5, metavar=("URL", "BLOCK", "DEPTH", "SECONDS", "RATE"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.workload:
+        url, block, depth, seconds, rate = args.workload
+        print(json.dumps(workload(url, int(block), int(depth), float(seconds), float(rate), 1)))
+        return 0
+
+    from rcn import lab as lablib
+    topology = lablib.Topology(cores=args.cores, log_mode=args.log_mode, capacity=1 << 30)
+    print(f"whole lab on loopback: 2 arrays, 2 edges, {args.cores} core(s), log "
+          f"{args.log_mode}; {args.seconds:g} s per row; {os.cpu_count()} CPUs", flush=True)
+    rows = measure(args, topology)
+    print_rows(rows)
+    if args.rows != "saturation":
+        print_seal(rows)
+    by_name = {name: r for name, _, _, r, _ in rows}
+    big, small = by_name["RCN 64K qd32"], by_name["RCN 4K qd64"]
+    paced = next((r for name, _, _, r, _ in rows if "(half)" in name), None)
     print(f"targets: 64K {big['bytes'] / big['seconds'] / MB:.1f} MB/s (>= 150); "
           f"4K {small['writes'] / small['seconds']:.0f} IOPS (>= 10000)"
-          + ("" if args.rows != "all" else
+          + ("" if paced is None else
              f"; ack p99 {_ms(paced.get('edge_ack_p99'))} ms (< 2); lag p99 "
              f"{_ms(paced.get('lag_p99'))} ms (< 100)"))
     return 0

@@ -5,7 +5,13 @@ WRITE(16), FCP_DATA frames of up to 2048 bytes, FCP_RSP GOOD back) and the
 edge's log entry to the next hop (UDP WR with the exchange's frames as its RIO
 area, the WROK coming back). Deterministic for a given seed.
 
-    python -m tools.sample_traffic OUT.pcap [--writes N] [--pcapng] [--seed S]
+With ``--sealed KEYFILE`` the log entries are sealed as a sealed network sends them
+(DESIGN.md 9): bodies end to end under the group key, every datagram in a hop envelope
+under the link key of the two log addresses. The keys (derived from the seed) are written
+to KEYFILE, 0600, for ``rcn-decode --keys`` and the Wireshark dissector's "key file"
+preference. The end-to-end nonces are random, so sealed captures differ from run to run.
+
+    python -m tools.sample_traffic OUT.pcap [--writes N] [--pcapng] [--seed S] [--sealed KEYFILE]
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import random
 import sys
 
 from datapath.frames import capture, fc, fcip, fcp, gbe, logentry
+from rcn.logxfer.keys import Key, KeyRing
+from rcn.logxfer.routes import Address
+from rcn.logxfer.seal import GroupSeal, HopSeal
 
 ARRAY = ("10.0.0.1", 40000)
 EDGE = ("10.0.0.2", fcip.FCIP_PORT)
@@ -75,14 +84,59 @@ class TrafficWriter:
         self.writer.close()
 
 
+LINK_EPOCH = 3
+GROUP_EPOCH = 9
+
+
+def sample_keys(group: int = 7, seed: int = 1) -> KeyRing:
+    """The keys of a sealed sample: the link EDGE_LOG - CORE_LOG (epoch ``LINK_EPOCH``) and
+    ``group`` (epoch ``GROUP_EPOCH``), derived from ``seed`` (sample traffic only)."""
+    rng = random.Random(f"rcn sample keys {seed}")
+    ring = KeyRing()
+    ring.add_link(Address(*EDGE_LOG), Address(*CORE_LOG), Key(LINK_EPOCH, rng.randbytes(32)))
+    ring.add_group(group, Key(GROUP_EPOCH, rng.randbytes(32)))
+    return ring
+
+
+class _NoKey:
+    """The drop counter of the sample's hop layers: a missing key is the caller's mistake."""
+
+    def __init__(self):
+        self.by_reason: dict[str, int] = {}
+
+    def drop(self, reason: str, peer, detail: str = "") -> None:
+        raise ValueError(f"sample traffic: {reason} for {peer}: {detail}")
+
+
+class LogSender:
+    """Log datagrams as they go on the wire: bare entries, or sealed with ``keys``."""
+
+    def __init__(self, keys: KeyRing | None = None, counter: int = START_NS):
+        self.keys = keys
+        if keys is not None:
+            self.groups = GroupSeal(keys)
+            self.hops = {addr: HopSeal(Address(*addr), keys, _NoKey(), clock_ns=lambda: counter)
+                         for addr in (EDGE_LOG, CORE_LOG)}
+
+    def datagrams(self, src, dst, entry_type: int, body: bytes, max_body: int = 65000,
+                  **fields) -> list[bytes]:
+        if self.keys is None:
+            return logentry.segment_entry(entry_type, body, max_body, **fields)
+        return [self.hops[src].seal(d, Address(*dst))
+                for d in self.groups.datagrams(entry_type, body, max_body, **fields)]
+
+
 def generate(fileobj, writes: int = 10, group: int = 7, seed: int = 1, pcapng: bool = False,
-             lag_ns: int = 400_000, packet_limit: int | None = None) -> int:
+             lag_ns: int = 400_000, packet_limit: int | None = None,
+             keys: KeyRing | None = None) -> int:
     """Write the capture; return the number of packets written.
 
-    ``packet_limit`` stops after the write exchange that reaches it.
+    ``packet_limit`` stops after the write exchange that reaches it. ``keys``: seal the
+    log entries (``sample_keys``).
     """
     rng = random.Random(seed)
     out = TrafficWriter(fileobj, pcapng)
+    log = LogSender(keys)
     packets, time = 0, START_NS
     for n in range(writes):
         if packet_limit is not None and packets >= packet_limit:
@@ -102,14 +156,16 @@ def generate(fileobj, writes: int = 10, group: int = 7, seed: int = 1, pcapng: b
         entry_fields = dict(group_id=group, sequence=n + 1, io_time_ns=io_time,
                             target_wwn=TARGET_WWN, source_wwn=SOURCE_WWN)
         time += lag_ns
-        out.udp(EDGE_LOG, CORE_LOG, logentry.build_entry(
-            logentry.EntryType.WR, logentry.build_rio_area(units), **entry_fields), time)
+        for datagram in log.datagrams(EDGE_LOG, CORE_LOG, logentry.EntryType.WR,
+                                      logentry.build_rio_area(units), **entry_fields):
+            out.udp(EDGE_LOG, CORE_LOG, datagram, time)
         time += 10_000
         for header, payload in back:
             out.tcp(EDGE, ARRAY, fcip.build_fcip_frame(header, payload), time)
             rsp_unit = fc.build_sof_eof_unit(header, payload)
-        out.udp(CORE_LOG, EDGE_LOG, logentry.build_entry(
-            logentry.EntryType.WROK, logentry.build_rio_area([rsp_unit]), **entry_fields), time)
+        for datagram in log.datagrams(CORE_LOG, EDGE_LOG, logentry.EntryType.WROK,
+                                      logentry.build_rio_area([rsp_unit]), **entry_fields):
+            out.udp(CORE_LOG, EDGE_LOG, datagram, time)
         packets += len(back) + 2
         time += 100_000
     out.close()
@@ -124,9 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", type=int, default=7, help="order guarantee group (default 7)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument("--pcapng", action="store_true", help="pcapng instead of pcap")
+    parser.add_argument("--sealed", metavar="KEYFILE", help="seal the log entries (hop and "
+                        "end to end) and write their keys to KEYFILE (0600)")
     args = parser.parse_args(argv)
+    keys = None
+    if args.sealed:
+        keys = sample_keys(args.group, args.seed)
+        keys.save(args.sealed)
     with open(args.output, "wb") as f:
-        count = generate(f, args.writes, args.group, args.seed, args.pcapng)
+        count = generate(f, args.writes, args.group, args.seed, args.pcapng, keys=keys)
     print(f"{args.output}: {count} packets, {args.writes} writes", file=sys.stderr)
     return 0
 

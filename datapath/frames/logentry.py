@@ -90,7 +90,7 @@ RIO_TYPES = frozenset({EntryType.WR, EntryType.WROK, EntryType.CTRL, EntryType.C
 
 LOG_HEADER = Layout("log", [
     uint("magic", 4, "0x52434E4C 'RCNL'"),
-    uint("version", 1, "layout version, 1"),
+    uint("version", 1, "layout version, 2"),
     uint("entry_type", 1, "WR 1, WROK 2, CTRL 3, CTRL_OK 4, NAK 5, BATCH 6, KEEPALIVE 7",
          values={v.value: v.name for v in EntryType}),
     uint("flags", 2, "0x0001 retransmit, 0x0002 re-sent acknowledgement, 0x0004 cumulative WROK, "

@@ -61,7 +61,10 @@ BATCH_OVERHEAD = _HEADER + _COUNT_SIZE                  # header + count prefix:
 MAX_DATAGRAM = _HEADER + 0xFFFFFFFF                     # rio_length is 32 bits
 _MAX_BATCH = MAX_BATCH
 _MAGIC = logentry.MAGIC
-_VERSION = logentry.VERSION
+# The log entry version is NOT a compile-time constant: it is an argument of the unpack
+# kernels, read from ``logentry.VERSION`` at each call. numba's cache is keyed on this
+# file's own source only, so a kernel cached while VERSION was 1 would silently go on
+# accepting version 1 (and refusing 2) after logentry.py changed the number.
 _BATCH_TYPE = int(logentry.EntryType.BATCH)
 _MIN_TYPE = min(int(t) for t in logentry.EntryType)
 _MAX_TYPE = max(int(t) for t in logentry.EntryType)
@@ -250,8 +253,9 @@ def _store_crc_kernel(out, batch_offsets, crcs):
 
 
 # -- unpack ------------------------------------------------------------------------------
-def _check_entry_impl(buf, at, limit, info):
-    """The checks of ``logentry.parse_entry`` on the entry at ``at`` of ``buf[:limit]``.
+def _check_entry_impl(buf, at, limit, version_wanted, info):
+    """The checks of ``logentry.parse_entry`` on the entry at ``at`` of ``buf[:limit]``
+    (``version_wanted``: ``logentry.VERSION``, passed in -- see ``_MAGIC``'s note).
 
     Returns the entry's ``rio_length`` (>= 0), or -1 after filling ``info``.
     """
@@ -269,7 +273,7 @@ def _check_entry_impl(buf, at, limit, info):
         info[2] = magic
         return -1
     version = np.int64(buf[at + _VERSION_AT])
-    if version != _VERSION:
+    if version != version_wanted:
         info[0] = E_VERSION
         info[1] = at + _VERSION_AT
         info[2] = version
@@ -314,11 +318,11 @@ def _check_entry_impl(buf, at, limit, info):
 
 
 _check_entry = njit(
-    [types.int64(b, types.int64, types.int64, _i64) for b in (_u8, _u8_ro)],
+    [types.int64(b, types.int64, types.int64, types.int64, _i64) for b in (_u8, _u8_ro)],
     cache=True, nogil=True)(_check_entry_impl)
 
 
-def _unpack_impl(buf, offsets, lengths, info):
+def _unpack_impl(buf, offsets, lengths, version, info):
     """Inner entries of the BATCH at ``buf[0:]`` into ``offsets``/``lengths``.
 
     Returns the number of inner entries, or -1 with ``info`` = (code, offset, values...).
@@ -326,7 +330,7 @@ def _unpack_impl(buf, offsets, lengths, info):
     """
     for j in range(info.shape[0]):
         info[j] = 0
-    rio = _check_entry(buf, np.int64(0), np.int64(buf.shape[0]), info)
+    rio = _check_entry(buf, np.int64(0), np.int64(buf.shape[0]), version, info)
     if rio < 0:
         return -1
     outer_length = _HEADER + rio
@@ -344,7 +348,7 @@ def _unpack_impl(buf, offsets, lengths, info):
         return -1
     at = np.int64(BATCH_OVERHEAD)
     for k in range(count):
-        inner_rio = _check_entry(buf, at, outer_length, info)
+        inner_rio = _check_entry(buf, at, outer_length, version, info)
         if inner_rio < 0:
             return -1
         if np.int64(buf[at + _TYPE_AT]) == _BATCH_TYPE:
@@ -371,7 +375,7 @@ def _unpack_impl(buf, offsets, lengths, info):
 
 
 _unpack_kernel = njit(
-    [types.int64(b, _i64, _i64, _i64) for b in (_u8, _u8_ro)],
+    [types.int64(b, _i64, _i64, types.int64, _i64) for b in (_u8, _u8_ro)],
     cache=True, nogil=True)(_unpack_impl)
 
 
@@ -570,7 +574,7 @@ def unpack(batch, base: int = 0, check_crc: bool = False) -> tuple[np.ndarray, n
     offsets = np.empty(capacity, dtype=np.int64)
     lengths = np.empty(capacity, dtype=np.int64)
     info = np.empty(_INFO_SIZE, dtype=np.int64)
-    count = _unpack_kernel(data, offsets, lengths, info)
+    count = _unpack_kernel(data, offsets, lengths, logentry.VERSION, info)
     if count < 0:
         _raise_decode_error(info, base, data)
     if check_crc:

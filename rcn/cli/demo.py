@@ -20,7 +20,9 @@ Steps:
 5. report: throughput (MB/s, 10^6 bytes) and IOPS of the write phase, host ack
    latency p50/p99, the source edge's ack latency p50/p99 and the target edge's
    lag p50/p99 (from their ``/status``; estimates from latency histograms), the
-   counters (retransmits, NAKs, drops, core batches), both sha256 and
+   counters (retransmits, NAKs, drops, core batches), whether log transfer ran
+   sealed (the lab seals by default) with the entries sealed at edgeA and opened
+   at edgeB and the datagrams hop-sealed and opened at the edges, both sha256 and
    EQUAL/DIFFERENT; ``--json``: one JSON object with the same figures;
 6. ``rcn lab down`` unless ``--keep``. A temporary directory the demo made is
    removed afterwards when the volumes are equal and ``--keep`` is not given;
@@ -178,9 +180,28 @@ def report(lab: dict, size: int, block: int, depth: int, written: dict, edges: d
         "target_lag_ms": {"p50": ms(_number(target.get("lag_p50_s"))),
                           "p99": ms(_number(target.get("lag_p99_s")))},
         "apply_wait_seconds": round(apply_wait, 3),
-        "counters": counters,
+        "counters": counters, "seal": _seal_figures(source, target),
         "source_sha256": src_sha, "target_sha256": dst_sha, "equal": src_sha == dst_sha,
     }
+
+
+def _seal_figures(source: dict, target: dict) -> dict:
+    """Whether log transfer ran sealed, and how much the edges sealed and opened (from their
+    ``/status`` ``seal``: counts only, never a key)."""
+    s, t = source.get("seal", {}), target.get("seal", {})
+    return {"mode": s.get("mode", "none"),
+            "hop_sealed": s.get("hop", {}).get("sealed", 0) + t.get("hop", {}).get("sealed", 0),
+            "hop_opened": s.get("hop", {}).get("opened", 0) + t.get("hop", {}).get("opened", 0),
+            "e2e_sealed": s.get("end_to_end", {}).get("sealed", 0),
+            "e2e_opened": t.get("end_to_end", {}).get("opened", 0)}
+
+
+def _seal_line(seal: dict) -> str:
+    if seal["mode"] == "none":
+        return 'log transfer        NOT sealed (seal = "none")'
+    return (f"log transfer        sealed ({seal['mode']}): edgeA sealed {seal['e2e_sealed']} "
+            f"entries end to end, edgeB opened {seal['e2e_opened']}; the edges hop-sealed "
+            f"{seal['hop_sealed']} datagrams and opened {seal['hop_opened']}")
 
 
 def render(r: dict) -> str:
@@ -201,6 +222,7 @@ def render(r: dict) -> str:
         f"(on NAK {c['nak_retransmits']}), NAKs {c['naks_sent']}, drops "
         f"{c['edge_drops'] + c['core_drops']} (edges {c['edge_drops']}, cores {c['core_drops']}), "
         f"core batches {c['core_batches']}, duplicates {c['target_duplicates']}",
+        _seal_line(r["seal"]),
         f"source sha256       {r['source_sha256']}",
         f"target sha256       {r['target_sha256']}",
         f"volumes             {'EQUAL' if r['equal'] else 'DIFFERENT'}",

@@ -76,6 +76,14 @@ def describe_up(lab: dict) -> str:
     for p in lab["pairs"]:
         lines.append(f"pair group {p['group']}: arrayA LUN {p['source_lun']} -> arrayB LUN "
                      f"{p['target_lun']}  host NBD: {p['nbd_url']}")
+    if lab["topology"].get("seal") == "none":
+        lines.append('log transfer NOT sealed (seal = "none"): anyone on the network can '
+                     "forge, alter and replay entries; for measuring the seal's cost only")
+    elif lab["topology"].get("mgmt"):
+        lines.append("log transfer sealed (AES-256-GCM): keys from the management server")
+    else:
+        lines.append(f"log transfer sealed (AES-256-GCM): key files in "
+                     f"{os.path.join(lab['dir'], 'keys')}")
     lines.append(f"lab record: {lablib.lab_file(lab['dir'])}; stop with: rcn lab down --dir "
                  f"{lab['dir']}")
     return "\n".join(lines)

@@ -18,7 +18,9 @@ from datapath.frames import fcip, logentry
 from rcn.decode.decoder import Decoder
 from rcn.decode.filters import RecordFilter, walk
 from rcn.decode.render import to_json, to_tree
+from rcn.decode.sealed import Keys
 from rcn.decode.summary import Summary, render_summary
+from rcn.logxfer.keys import KeyFileError, KeyRing
 
 EPILOG = """\
 inputs (recognised by their first bytes):
@@ -34,6 +36,12 @@ kinds for --type: fcp_cmnd fcp_data fcp_xfer_rdy fcp_rsp els_<command>
   log_wr log_wrok log_ctrl log_ctrl_ok log_nak log_batch log_keepalive error;
   a prefix matches a family (fcp, els, log); a log entry or batch matches
   through the FC units and entries inside it.
+
+sealed log transfer: a hop envelope ("RCNH") shows its header and "sealed (hop
+  tag not checked)", a body sealed end to end shows "sealed end to end: N
+  bytes, group key epoch E". --keys FILE (a device key file, mode 0600) checks
+  hop tags with the link keys of the UDP addresses and opens sealed bodies with
+  the group keys; a tag that does not verify is a decode error.
 
 exit status: 0 clean; 1 decode errors, CRC failures, aborted or invalid
 EOFs or damaged captures seen; 2 usage or unreadable input.
@@ -62,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"TCP port carrying FCIP (default {fcip.FCIP_PORT}; repeatable)")
     parser.add_argument("--log-port", type=int, action="append", metavar="PORT",
                         help=f"UDP port carrying log entries (default {logentry.LOG_PORT}; repeatable)")
+    parser.add_argument("--keys", metavar="FILE",
+                        help="key file (link and group keys, mode 0600): check hop tags and "
+                             "open bodies sealed end to end")
     return parser
 
 
@@ -106,6 +117,11 @@ def main(argv: list[str] | None = None, out=None) -> int:
         selection = RecordFilter.from_options(args.type, args.group, args.seq, args.wwn)
     except ValueError as exc:
         parser.error(str(exc))
+    try:
+        ring = KeyRing.load(args.keys) if args.keys else None
+    except KeyFileError as exc:
+        print(f"rcn-decode: {exc}", file=sys.stderr)
+        return 2
     unreadable = False
     errors_seen = False
     summary = Summary()
@@ -117,7 +133,8 @@ def main(argv: list[str] | None = None, out=None) -> int:
             unreadable = True
             continue
         with f:
-            errors_seen |= _decode_one(path, f, args, selection, summary, out, len(args.inputs) > 1)
+            errors_seen |= _decode_one(path, f, args, ring, selection, summary, out,
+                                       len(args.inputs) > 1)
     if args.summary:
         report = summary.report()
         out.write((json.dumps(report) if args.json else render_summary(report)) + "\n")
@@ -127,10 +144,12 @@ def main(argv: list[str] | None = None, out=None) -> int:
     return 1 if errors_seen else 0
 
 
-def _decode_one(path: str, f, args, selection, summary, out, name_file: bool) -> bool:
-    """Decode one input; True when it had errors."""
+def _decode_one(path: str, f, args, ring, selection, summary, out, name_file: bool) -> bool:
+    """Decode one input; True when it had errors. ``ring``: the keys of ``--keys``, or None
+    (each input gets its own replay windows)."""
     errors_seen = False
-    decoder = Decoder(args.fcip_port or [fcip.FCIP_PORT], args.log_port or [logentry.LOG_PORT])
+    decoder = Decoder(args.fcip_port or [fcip.FCIP_PORT], args.log_port or [logentry.LOG_PORT],
+                      None if ring is None else Keys(ring))
     progress = Progress(path, f)
     for record in decoder.decode_file(f):
         progress.update(decoder.frames)

@@ -15,7 +15,9 @@ from typing import Iterable, Iterator
 from datapath.frames import capture, fc, fcip, gbe, logentry
 from datapath.frames.errors import DecodeError
 from datapath.frames.fc4 import decode_fc_payload, frame_kind
+from datapath.frames.hop import HOP_MAGIC_BYTES
 from datapath.frames.names import format_wwn
+from rcn.decode.sealed import Keys, hop_layers, sealed_note, tag_offset
 from rcn.decode.streams import FcipDelineator, TcpStream
 from rcn.logxfer.reassembly import SegmentAssembler
 
@@ -74,12 +76,14 @@ def fc_layers(frame: fc.FcFrame, base: int = 0) -> dict:
 
 
 class Decoder:
-    """Stateful decoder: TCP reassembly spans the records of one capture."""
+    """Stateful decoder: TCP reassembly spans the records of one capture. ``keys``
+    (``rcn.decode.sealed.Keys``) checks hop tags and opens sealed bodies."""
 
     def __init__(self, fcip_ports: Iterable[int] = DEFAULT_FCIP_PORTS,
-                 log_ports: Iterable[int] = DEFAULT_LOG_PORTS):
+                 log_ports: Iterable[int] = DEFAULT_LOG_PORTS, keys: Keys | None = None):
         self.fcip_ports = frozenset(fcip_ports)
         self.log_ports = frozenset(log_ports)
+        self.keys = keys
         self.frames = 0
         self.ignored_packets = 0
         self._streams: dict[tuple, tuple[TcpStream, FcipDelineator, dict]] = {}
@@ -165,7 +169,7 @@ class Decoder:
         """One unit of unknown type, recognised by its first bytes."""
         if data.startswith(fcip.SYNC_PATTERN):
             yield from self.decode_fcip_stream(data, context)
-        elif data[:4] == logentry.MAGIC.to_bytes(4, "big"):
+        elif data[:4] in (logentry.MAGIC.to_bytes(4, "big"), HOP_MAGIC_BYTES):
             yield self._log(data, context)
         elif data[:2] == b"\xbc\xb5":
             yield self._fc_unit(data, context)
@@ -280,15 +284,22 @@ class Decoder:
 
     def _log(self, data: bytes, context: dict, base: int = 0) -> dict:
         record = self._new_record(context, "log")
-        record.update(log_layers(data, base, self.segments))
+        if data[:4] == HOP_MAGIC_BYTES:
+            record.update(hop_layers(data, base, context, self.keys, lambda inner, at:
+                                     log_layers(inner, at, self.segments, self.keys)))
+        else:
+            record.update(log_layers(data, base, self.segments, self.keys))
         return record
 
 
-def log_layers(data: bytes, base: int = 0, segments: SegmentAssembler | None = None) -> dict:
+def log_layers(data: bytes, base: int = 0, segments: SegmentAssembler | None = None,
+               keys: Keys | None = None) -> dict:
     """The ``log`` part of a record: the entry, its FC units, NAK ranges or batch.
 
     With ``segments``, the segment that completes a split entry carries the
     units of the whole reassembled RIO area (offsets count from its start).
+    A body sealed end to end is opened with ``keys`` (``rcn.decode.sealed``), or
+    shown as sealed.
     """
     out: dict = {"errors": []}
     try:
@@ -309,13 +320,16 @@ def log_layers(data: bytes, base: int = 0, segments: SegmentAssembler | None = N
                               "offset": base + logentry.LOG_HEADER.offsets["crc32c"],
                               "reason": "CRC32C mismatch"})
     try:
-        if entry_type == logentry.EntryType.NAK:
+        if entry.header.seal != logentry.Seal.CLEAR:
+            _sealed_body(out, entry, base, segments, keys)
+        elif entry_type == logentry.EntryType.NAK:
             out["nak_ranges"] = [list(r) for r in logentry.parse_nak_ranges(entry.payload, payload_base)]
         elif entry_type == logentry.EntryType.KEEPALIVE:
             out["keepalive"] = _plain(logentry.parse_keepalive(entry.payload, payload_base))
         elif entry_type == logentry.EntryType.BATCH:
             _, spans = logentry.parse_batch(data, base)
-            out["entries"] = [log_layers(data[start - base:start - base + length], start, segments)
+            out["entries"] = [log_layers(data[start - base:start - base + length], start,
+                                         segments, keys)
                               for start, length in spans]
         elif entry_type in logentry.RIO_TYPES:
             _rio_units(out, entry, base, segments)
@@ -324,20 +338,53 @@ def log_layers(data: bytes, base: int = 0, segments: SegmentAssembler | None = N
     return out
 
 
-def _rio_units(out: dict, entry: logentry.LogEntry, base: int,
-               segments: SegmentAssembler | None) -> None:
-    """Units of an unsegmented entry, or of a split one once its last segment is in."""
+def _whole_body(out: dict, entry: logentry.LogEntry, base: int,
+                segments: SegmentAssembler | None) -> bytes | None:
+    """The body of an unsegmented entry, or of a split one once its last segment is in."""
     header = entry.header
     if header.segment_count == 1:
-        if entry.payload:
-            out["units"] = _units(entry.payload, base + logentry.HEADER_SIZE, out["errors"])
-        return
+        return entry.payload
     if segments is None or not entry.crc_ok:
-        return
+        return None
     area = segments.add(header, entry.payload, base + logentry.LOG_HEADER.offsets["segment_offset"])
     if area is not None:
         out["reassembled"] = {"segments": header.segment_count, "total_length": len(area)}
-        out["units"] = _units(area, 0, out["errors"])
+    return area
+
+
+def _rio_units(out: dict, entry: logentry.LogEntry, base: int,
+               segments: SegmentAssembler | None) -> None:
+    """Units of an unsegmented entry, or of a split one once its last segment is in."""
+    area = _whole_body(out, entry, base, segments)
+    if area:
+        at = base + logentry.HEADER_SIZE if entry.header.segment_count == 1 else 0
+        out["units"] = _units(area, at, out["errors"])
+
+
+def _sealed_body(out: dict, entry: logentry.LogEntry, base: int,
+                 segments: SegmentAssembler | None, keys: Keys | None) -> None:
+    """A body sealed end to end: shown as sealed, or opened with ``keys`` and decoded
+    (offsets from the start of the opened body)."""
+    header = entry.header
+    entry_type = logentry.EntryType(header.entry_type)
+    seal_at = base + logentry.LOG_HEADER.offsets["seal"]
+    if header.seal != logentry.Seal.AES_256_GCM:
+        raise DecodeError("log", "seal", seal_at, f"unknown seal {header.seal}")
+    if entry_type not in logentry.SEALABLE_TYPES:
+        raise DecodeError("log", "seal", seal_at, f"a {entry_type.name} is never sealed end to end")
+    out["seal"] = sealed_note(header)
+    if keys is None:
+        return
+    body = _whole_body(out, entry, base, segments)
+    if body is None:
+        return
+    clear = keys.open_body(header, body, out, tag_offset(base, body, header.segment_count > 1))
+    if clear is None:
+        return
+    if entry_type == logentry.EntryType.NAK:
+        out["nak_ranges"] = [list(r) for r in logentry.parse_nak_ranges(clear, 0)]
+    elif clear:
+        out["units"] = _units(clear, 0, out["errors"])
 
 
 def _units(area: bytes, base: int, errors: list) -> list[dict]:

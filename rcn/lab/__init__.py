@@ -23,18 +23,19 @@ Library use (``rcn demo`` and the crash tests do this): :func:`up`, :func:`statu
 
 from rcn.lab.figures import (applied_counter, device_figures, group_status, sha256_file,
                              status, unapplied, wait_applied)
-from rcn.lab.plan import (HOST, LAB_CUSTOMER, PLUGINS, device_configs, free_ports, plan,
-                          render_device, settings_requests, virtual_wwn)
+from rcn.lab.plan import (HOST, KEYS_DIR, LAB_CUSTOMER, PLUGINS, device_configs, free_ports,
+                          key_rings, plan, render_device, settings_requests, virtual_wwn)
 from rcn.lab.processes import (LAB_FILE, LabError, api, down, get_json, get_text, lab_file,
                                load_lab, operator_token, pid_alive, restart, signal_device,
-                               tail, up)
+                               tail, up, write_keys)
 from rcn.lab.topology import (DEFAULT_CAPACITY, DEFAULT_SOURCE_WWN, DEFAULT_TARGET_WWN,
                               PairSpec, Topology, WanemSpec, load_topology, parse_topology,
                               path_names)
 
 __all__ = ["LabError", "Topology", "PairSpec", "WanemSpec", "parse_topology", "load_topology",
-           "path_names", "plan", "device_configs", "render_device", "settings_requests",
-           "virtual_wwn", "free_ports", "up", "status", "down", "restart", "signal_device",
+           "path_names", "plan", "device_configs", "key_rings", "KEYS_DIR", "render_device",
+           "settings_requests", "virtual_wwn", "free_ports", "up", "status", "down", "restart",
+           "signal_device", "write_keys",
            "load_lab", "lab_file", "api", "operator_token", "pid_alive", "tail", "get_json",
            "get_text", "device_figures", "applied_counter", "group_status", "unapplied",
            "wait_applied", "sha256_file", "DEFAULT_CAPACITY", "DEFAULT_SOURCE_WWN",

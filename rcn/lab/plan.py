@@ -21,6 +21,17 @@ answers to its B port. That needs route tables per device (each sees its
 neighbours' addresses through the emulator), so a lab with wanem links uses
 static tables: ``mgmt`` defaults to false there, and ``mgmt = true`` is refused
 (the management server gives every device the same addresses).
+
+Sealing (DESIGN.md 9; the topology's ``seal``, sealed by default): every edge and core
+has a ``[seal]`` table. A static lab's keys are made here (:func:`key_rings`): one link
+key per link of the path (its two neighbours' addresses, as each of them sees the
+other) and one group key per order guarantee group, each device's own in
+``DIR/keys/NAME.keys`` (0600, in a 0700 directory): a core its links only, an edge its
+links and its pairs' groups. A restart makes new link keys (new ports) and keeps the
+group keys (an edge's log holds entries sealed under them). Under a management server
+the keys come in its snapshots: an edge keeps them in ``DATA_DIR/keys``, a core in
+``DIR/keys/NAME.keys``. ``seal = "none"`` writes ``mode = "none"`` everywhere: for
+measuring the seal's cost only (each daemon logs it).
 """
 
 from __future__ import annotations
@@ -30,8 +41,11 @@ import socket
 from dataclasses import asdict
 
 from datapath.frames.names import format_wwn, parse_wwn
+from rcn.config import SEALED, UNSEALED
 from rcn.core import config as core_config
 from rcn.edge import config as edge_config
+from rcn.logxfer.keys import KeyRing, new_key
+from rcn.logxfer.routes import Address
 from rcn.lab.topology import Topology, path_names
 from rcn.mgmt import config as mgmt_config
 from rcn.storage import config as storage_config
@@ -41,6 +55,7 @@ PLUGINS = {"storage": "rcn-storage", "edge": "rcn-edge", "core": "rcn-core",
            "mgmt": "rcn-mgmt", "wanem": "rcn-wanem"}
 LAB_CUSTOMER = "lab"
 HOST = "127.0.0.1"
+KEYS_DIR = "keys"               # the lab's key files, relative to its directory
 RENDERERS = {"storage": storage_config.render, "edge": edge_config.render,
              "core": core_config.render, "mgmt": mgmt_config.render,
              "wanem": wanem_config.render}
@@ -104,7 +119,8 @@ def plan(topology: Topology, directory: str, ports: tuple[list[int], list[int]] 
     for name, array in (("edgeA", "arrayA"), ("edgeB", "arrayB")):
         log, fcip, metrics = udp.pop(0), tcp.pop(0), tcp.pop(0)
         devices.append({"name": name, "role": "edge", "plugin": PLUGINS["edge"], **files(name),
-                        "array": array, "wwn": format_wwn(arrays[array][0]),
+                        **_key_file(topology, directory, name), "array": array,
+                        "wwn": format_wwn(arrays[array][0]),
                         "data_dir": os.path.join(directory, name),
                         "ports": {"log": log, "fcip": fcip, "metrics": metrics},
                         "urls": {"status": f"http://{HOST}:{metrics}/status",
@@ -112,6 +128,7 @@ def plan(topology: Topology, directory: str, ports: tuple[list[int], list[int]] 
     for name in cores:
         listen, metrics = udp.pop(0), tcp.pop(0)
         devices.append({"name": name, "role": "core", "plugin": PLUGINS["core"], **files(name),
+                        **_key_file(topology, directory, name),
                         "ports": {"log": listen, "metrics": metrics},
                         "urls": {"metrics": f"http://{HOST}:{metrics}/metrics"}})
     if topology.mgmt:
@@ -142,6 +159,16 @@ def plan(topology: Topology, directory: str, ports: tuple[list[int], list[int]] 
     return {"version": 1, "dir": directory, "started": None, "topology": topo,
             "devices": devices, "pairs": pairs, "nbd_url": pairs[0]["nbd_url"]}
 
+
+
+def _key_file(topology: Topology, directory: str, name: str) -> dict:
+    """An edge's or core's key file: the lab writes it (static), or the device keeps its
+    management server's keys there (a core; an edge keeps them in its data directory)."""
+    if not topology.sealed:
+        return {}
+    if topology.mgmt and name.startswith("edge"):
+        return {"keys": os.path.join(directory, name, "keys")}
+    return {"keys": os.path.join(directory, KEYS_DIR, f"{name}.keys")}
 
 
 def _pairs(topology: Topology, by_name: dict) -> list[dict]:
@@ -248,9 +275,43 @@ def device_configs(lab: dict) -> dict[str, dict]:
         elif d["role"] == "wanem":
             out["wanem"] = _wanem_config(lab, d)
     for d in lab["devices"]:
+        if d["role"] in ("edge", "core"):
+            out[d["name"]]["seal"] = _seal_table(lab, d)
         if d.get("console") and d["role"] != "wanem":
             out[d["name"]]["console"] = {"serial": "pty", "pty_link": d["console"]}
     return out
+
+
+def _seal_table(lab: dict, device: dict) -> dict:
+    """An edge's or core's ``[seal]``: its key file (relative to the lab directory), or
+    ``mode = "none"`` for a lab with ``seal = "none"``."""
+    if lab["topology"].get("seal", SEALED) == UNSEALED:
+        return {"mode": UNSEALED}
+    if device["role"] == "edge" and lab["topology"].get("mgmt"):
+        return {}                              # the default: DATA_DIR/keys
+    return {"keys": os.path.relpath(device["keys"], lab["dir"])}
+
+
+def key_rings(lab: dict, groups: KeyRing | None = None) -> dict[str, KeyRing]:
+    """A static lab's keys, by device (edges and cores): a new link key for every link of
+    the path, named by the two addresses as each end sees the other (through a WAN
+    emulator link, its ports); a group key for every group of the lab's pairs, at both
+    edges only -- ``groups``' keys where it has them (a restart: the edges' logs hold
+    entries sealed under them), else new ones."""
+    chain = path_names(lab["topology"]["cores"])
+    by_name = {d["name"]: d for d in lab["devices"]}
+    rings = {name: KeyRing() for name in chain}
+    for i, (up, down) in enumerate(zip(chain, chain[1:])):
+        key = new_key(1)
+        for me, peer_at in ((up, i + 1), (down, i)):
+            here = Address.parse(f"{HOST}:{by_name[me]['ports']['log']}")
+            rings[me].add_link(here, Address.parse(_path(lab, me)[peer_at]), key)
+    for group in sorted({p["group"] for p in lab["pairs"]}):
+        kept = (groups.groups.get(group) if groups is not None else None) or {1: new_key(1)}
+        for edge in ("edgeA", "edgeB"):
+            for key in kept.values():
+                rings[edge].add_group(group, key)
+    return rings
 
 
 def _wanem_config(lab: dict, device: dict) -> dict:

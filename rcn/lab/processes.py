@@ -30,7 +30,9 @@ import urllib.error
 import urllib.request
 
 from rcn.httpjson import RequestError, request_json
-from rcn.lab.plan import HOST, device_configs, plan, render_device, settings_requests, virtual_wwn
+from rcn.lab.plan import (HOST, KEYS_DIR, device_configs, key_rings, plan, render_device,
+                          settings_requests, virtual_wwn)
+from rcn.logxfer.keys import KeyFileError, KeyRing
 from rcn.lab.topology import Topology
 
 LAB_FILE = "lab.json"
@@ -198,6 +200,12 @@ def up(topology: Topology, directory: str, timeout: float = 60.0, progress=None)
     tail of the failing daemon's log.
     """
     directory = os.path.abspath(directory)
+    if topology.sealed and topology.wanem:
+        raise LabError("lab.seal: a sealed lab cannot have [[wanem]] links yet: the hop layer "
+                       "derives each direction's key from the sender's and the receiver's "
+                       "addresses, and the emulator relays from ports of its own, so the two "
+                       "ends of a link never agree (every datagram would be dropped bad_tag); "
+                       'set lab.seal = "none" for a WAN emulator lab', 2)
     old = load_lab(directory)
     if old is not None:
         running = [d for d in old["devices"] if pid_alive(d.get("pid")) and is_ours(d)]
@@ -213,6 +221,8 @@ def up(topology: Topology, directory: str, timeout: float = 60.0, progress=None)
                 lab[key] = old[key]
     if topology.mgmt:
         os.makedirs(os.path.join(directory, "mgmt"), exist_ok=True)
+    if topology.sealed:
+        write_keys(lab)
     for name, doc in device_configs(lab).items():
         device = next(d for d in lab["devices"] if d["name"] == name)
         with open(device["config"], "w") as f:
@@ -242,6 +252,28 @@ def up(topology: Topology, directory: str, timeout: float = 60.0, progress=None)
         down(directory, quiet=True)
         raise
     return lab
+
+
+def write_keys(lab: dict) -> None:
+    """The key files' directory DIR/keys (0700); for a static lab every edge's and core's
+    key file (:func:`rcn.lab.plan.key_rings`), keeping the group keys of the last run's
+    edges (their logs hold entries sealed under them)."""
+    keys = os.path.join(lab["dir"], KEYS_DIR)
+    os.makedirs(keys, mode=0o700, exist_ok=True)
+    os.chmod(keys, 0o700)
+    if lab["topology"].get("mgmt"):
+        return
+    groups = KeyRing()
+    for edge in ("edgeA", "edgeB"):
+        path = _device(lab, edge)["keys"]
+        if os.path.exists(path):
+            try:
+                for group, held in KeyRing.load(path).groups.items():
+                    groups.groups.setdefault(group, held)
+            except KeyFileError as exc:
+                raise LabError(f"the last run's keys: {exc}", 2) from None
+    for name, ring in key_rings(lab, groups).items():
+        ring.save(_device(lab, name)["keys"])
 
 
 def operator_token(lab: dict) -> str:

@@ -27,6 +27,11 @@ group 7 with 256 MiB volumes)::
                                           # of its own, linked as DIR/NAME.tty (open it
                                           # with any terminal program, e.g. pyserial's
                                           # miniterm)
+    seal = "aes-256-gcm"                  # log transfer sealed (DESIGN.md 9): static labs
+                                          # get key files from ``rcn lab up`` (DIR/keys),
+                                          # managed ones keys from rcn-mgmt's snapshots;
+                                          # "none": every edge and core unsealed -- for
+                                          # measuring the seal's cost only (logged)
 
     [[wanem]]                             # a WAN emulator link between two neighbours on
     between = ["edgeA", "core1"]          # the path (edgeA, core1 .. coreN, edgeB), in
@@ -50,7 +55,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from datapath.frames.names import parse_wwn
-from rcn.config import ConfigError, Reader, in_range, load_toml, one_of, parse_size
+from rcn.config import (SEALED, UNSEALED, ConfigError, Reader, in_range, load_toml, one_of,
+                        parse_size)
 
 DEFAULT_SOURCE_WWN = 0x500A098000000001
 DEFAULT_TARGET_WWN = 0x500A098000000002
@@ -89,6 +95,11 @@ class Topology:
     mgmt: bool = True
     wanem: tuple[WanemSpec, ...] = ()
     consoles: bool = False
+    seal: str = SEALED
+
+    @property
+    def sealed(self) -> bool:
+        return self.seal == SEALED
 
     def __post_init__(self):
         if not self.pairs:
@@ -110,7 +121,7 @@ def parse_topology(doc: dict, base_dir: str = ".") -> Topology:
     r = Reader(lab, "lab.")
     r.unknown({"cores", "capacity", "log_mode", "batching", "pair_mode", "source_wwn",
                "target_wwn", "pair_setup", "virtual_wwns", "failure_timeout", "mgmt",
-               "consoles"})
+               "consoles", "seal"})
     capacity = r.get("capacity", (int, str), DEFAULT_CAPACITY, _capacity)
     source_wwn = r.get("source_wwn", str, DEFAULT_SOURCE_WWN, parse_wwn)
     target_wwn = r.get("target_wwn", str, DEFAULT_TARGET_WWN, parse_wwn)
@@ -150,7 +161,8 @@ def parse_topology(doc: dict, base_dir: str = ".") -> Topology:
                     virtual_wwns=r.get("virtual_wwns", bool, False),
                     failure_timeout=float(r.get("failure_timeout", (int, float), 60.0,
                                                 in_range(0.1, 86400.0))),
-                    mgmt=mgmt, wanem=wanem, consoles=r.get("consoles", bool, False))
+                    mgmt=mgmt, wanem=wanem, consoles=r.get("consoles", bool, False),
+                    seal=r.get("seal", str, SEALED, one_of((SEALED, UNSEALED))))
 
 
 def path_names(cores: int) -> list[str]:

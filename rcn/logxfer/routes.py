@@ -46,9 +46,11 @@ class Address(NamedTuple):
     def parse(cls, text: str) -> "Address":
         """``"127.0.0.1:47001"`` (IPv4 or a name; ``[v6]:port`` for IPv6)."""
         host, sep, port = str(text).strip().rpartition(":")
+        if host.startswith("[") or host.endswith("]"):
+            host = host[1:-1] if host.startswith("[") and host.endswith("]") else ""
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise RouteError(f"address {text!r}: expected host:port with a port 1..65535")
-        return cls(host.strip("[]"), int(port))
+        return cls(host, int(port))
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"

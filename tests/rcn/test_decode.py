@@ -1,4 +1,5 @@
-"""rcn-decode: reassembly, inputs, bad input, filters, summary and exit status."""
+"""rcn-decode: reassembly, inputs, bad input, filters, summary, exit status, and sealed
+log transfer (hop envelopes, end-to-end seals, ``--keys``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from twisted.trial.unittest import TestCase
 from datapath.frames import capture, fc, fcip, fcp, gbe, logentry
 from rcn.decode.cli import PROGRESS_MIN_BYTES, Progress, main
 from rcn.decode.decoder import Decoder
+from rcn.decode.sealed import Keys
 from rcn.decode.streams import FcipDelineator, TcpStream
+from rcn.logxfer.keys import Key, KeyRing
+from rcn.logxfer.routes import Address
+from rcn.logxfer.seal import GroupSeal, HopSeal
 from tools.sample_traffic import SOURCE_WWN, TARGET_WWN, generate, write_exchange
 
 SRC, DST = ("10.0.0.1", 40000), ("10.0.0.2", fcip.FCIP_PORT)
@@ -421,3 +426,218 @@ class CliTests(TestCase):
                               timeout=120)
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertIn("group 5: sequences 1..12", proc.stdout)
+
+
+# -- sealed log transfer (hop envelope, end-to-end seal) ---------------------------------
+
+EDGE_A, CORE_B = Address("10.0.1.2", 47001), Address("10.0.1.3", 47001)
+
+
+class _Refuse:
+    """A hop layer's drop counter that fails the test on any drop."""
+
+    def __init__(self):
+        self.by_reason = {}
+
+    def drop(self, reason, peer, detail=""):
+        raise AssertionError(f"test keys: {reason} {peer} {detail}")
+
+
+def seal_ring(group_material: bytes = b"\x07" * 32, link_epoch: int = 3) -> KeyRing:
+    ring = KeyRing()
+    ring.add_link(EDGE_A, CORE_B, Key(link_epoch, b"\x05" * 32))
+    ring.add_group(5, Key(7, group_material))
+    return ring
+
+
+def sealed_wr(ring: KeyRing, max_body: int = 60000, sequence: int = 4, lba: int = 999,
+              counter: int = 1000) -> list[bytes]:
+    """A WR sealed end to end under group 5 and in hop envelopes from EDGE_A to CORE_B."""
+    to_edge, _ = write_exchange(1, 2, lba, bytes(range(256)) * 16)
+    area = logentry.build_rio_area([fc.build_sof_eof_unit(h, p) for h, p in to_edge])
+    hop = HopSeal(EDGE_A, ring, _Refuse(), clock_ns=lambda: counter)
+    return [hop.seal(d, CORE_B) for d in GroupSeal(ring).datagrams(
+        logentry.EntryType.WR, area, max_body, group_id=5, sequence=sequence,
+        source_wwn=SOURCE_WWN, target_wwn=TARGET_WWN)]
+
+
+def udp_capture(datagrams: list[bytes], src: Address = EDGE_A, dst: Address = CORE_B) -> bytes:
+    f = io.BytesIO()
+    writer = capture.CaptureWriter(f)
+    for n, datagram in enumerate(datagrams):
+        writer.write(gbe.build_ethernet(gbe.build_udp(src.host, dst.host, src.port, dst.port,
+                                                      datagram)), 1.0 + n)
+    return f.getvalue()
+
+
+def decode_with(data: bytes, ring: KeyRing | None) -> list[dict]:
+    return list(Decoder(keys=None if ring is None else Keys(ring)).decode_file(data))
+
+
+class SealedEntryTests(TestCase):
+    def test_without_keys_the_clear_headers_show_and_the_body_is_sealed(self):
+        (record,) = decode_with(udp_capture(sealed_wr(seal_ring())), None)
+        self.assertEqual(record["kind"], "log_wr")
+        hop = record["hop"]
+        self.assertEqual((hop["magic"], hop["key_epoch"], hop["counter"], hop["check"]),
+                         (0x52434E48, 3, 1001, "sealed (hop tag not checked)"))
+        self.assertEqual(len(hop["tag"]), 32)
+        log = record["log"]
+        self.assertEqual((log["version"], log["seal"], log["key_epoch"], log["sequence"]),
+                         (2, 1, 7, 4))
+        sealed_length = 72 + 2 * 2088 + logentry.SEALED_OVERHEAD
+        self.assertEqual(record["seal"],
+                         f"sealed end to end: {sealed_length} bytes, group key epoch 7")
+        self.assertNotIn("units", record)
+        self.assertEqual(record["errors"], [])
+
+    def test_with_keys_the_hop_tag_verifies_and_the_body_opens(self):
+        (record,) = decode_with(udp_capture(sealed_wr(seal_ring())), seal_ring())
+        self.assertEqual(record["hop"]["check"], "hop tag good")
+        self.assertEqual(record["seal"], f"opened: group 5 epoch 7, {72 + 2 * 2088} bytes clear")
+        self.assertEqual([u["kind"] for u in record["units"]], ["fcp_cmnd", "fcp_data", "fcp_data"])
+        self.assertEqual(record["units"][0]["fc4"]["cdb"]["lba"], 999)
+        self.assertEqual(record["errors"], [])
+
+    def test_split_sealed_entry_opens_when_its_last_segment_is_in(self):
+        datagrams = sealed_wr(seal_ring(), max_body=1000)
+        self.assertEqual(len(datagrams), 5)
+        records = decode_with(udp_capture([datagrams[i] for i in (2, 0, 4, 3, 1)]), seal_ring())
+        self.assertEqual([("units" in r) for r in records], [False] * 4 + [True])
+        self.assertEqual({r["hop"]["check"] for r in records}, {"hop tag good"})
+        self.assertEqual(records[-1]["units"][0]["fc4"]["cdb"]["lba"], 999)
+        self.assertEqual(records[-1]["reassembled"]["total_length"],
+                         72 + 2 * 2088 + logentry.SEALED_OVERHEAD)
+        self.assertEqual([e for r in records for e in r["errors"]], [])
+
+    def test_altered_datagram_fails_the_hop_tag(self):
+        datagram = bytearray(sealed_wr(seal_ring())[0])
+        datagram[24 + logentry.LOG_HEADER.offsets["ttl"]] -= 1     # what a relay may not do
+        (record,) = decode_with(udp_capture([bytes(datagram)]), seal_ring())
+        self.assertTrue(record["hop"]["check"].startswith("hop: bad tag"))
+        error = record["errors"][0]
+        self.assertEqual((error["layer"], error["field"]), ("hop", "tag"))
+        self.assertEqual(error["offset"], 42 + len(datagram) - 16)
+
+    def test_replayed_datagram_is_flagged(self):
+        datagram = sealed_wr(seal_ring())[0]
+        first, second = decode_with(udp_capture([datagram, datagram]), seal_ring())
+        self.assertEqual(first["hop"]["check"], "hop tag good")
+        self.assertIn("replayed", second["hop"]["check"])
+        self.assertEqual(second["errors"][0]["field"], "tag")
+
+    def test_body_under_another_group_key_is_a_bad_tag(self):
+        datagrams = sealed_wr(seal_ring(group_material=b"\x08" * 32))
+        (record,) = decode_with(udp_capture(datagrams), seal_ring())
+        self.assertEqual(record["hop"]["check"], "hop tag good")
+        self.assertEqual(record["seal"], "seal: bad tag (group 5 epoch 7)")
+        self.assertEqual([(e["layer"], e["field"]) for e in record["errors"]], [("seal", "tag")])
+        self.assertNotIn("units", record)
+
+    def test_missing_keys_are_named_not_errors(self):
+        ring = seal_ring(link_epoch=4)
+        ring.groups.clear()
+        (record,) = decode_with(udp_capture(sealed_wr(seal_ring())), ring)
+        self.assertEqual(record["hop"]["check"], "hop tag not checked: no key for link epoch 3")
+        self.assertTrue(record["seal"].endswith("; no key for group 5 epoch 7"))
+        self.assertEqual(record["errors"], [])
+        (record,) = decode_with(udp_capture(sealed_wr(seal_ring()), src=Address("10.9.9.9", 1)),
+                                seal_ring())
+        self.assertIn("no link key for 10.9.9.9:1", record["hop"]["check"])
+
+    def test_hop_layers_only_for_the_key_files_addresses(self):
+        datagram = sealed_wr(seal_ring())[0]
+        keys = Keys(seal_ring())
+        decoder = Decoder(keys=keys)
+        for n in range(50):
+            data = udp_capture([datagram], dst=Address(f"10.7.0.{n}", 47001))
+            (record,) = decoder.decode_file(data)
+            self.assertIn("no link key", record["hop"]["check"])
+        self.assertEqual(len(keys._hops), 0)
+        (record,) = decoder.decode_file(udp_capture([datagram]))
+        self.assertEqual((record["hop"]["check"], len(keys._hops)), ("hop tag good", 1))
+
+    def test_sealed_nak_opens_to_its_ranges(self):
+        body = logentry.build_nak([(4, 6), (9, 9)], group_id=5)[logentry.HEADER_SIZE:]
+        (datagram,) = GroupSeal(seal_ring()).datagrams(logentry.EntryType.NAK, body, 60000,
+                                                       group_id=5, sequence=9)
+        (sealed,) = decode_with(hex_input([datagram]), None)
+        self.assertNotIn("nak_ranges", sealed)
+        (record,) = decode_with(hex_input([datagram]), seal_ring())
+        self.assertEqual(record["nak_ranges"], [[4, 6], [9, 9]])
+
+    def test_hop_envelope_in_hex_text_has_no_addresses_to_check(self):
+        (record,) = decode_with(hex_input(sealed_wr(seal_ring())), seal_ring())
+        self.assertEqual(record["hop"]["check"], "sealed (hop tag not checked: no UDP addresses)")
+        self.assertEqual(record["units"][0]["fc4"]["cdb"]["lba"], 999)
+
+    def test_batch_of_sealed_entries_in_an_envelope(self):
+        ring = seal_ring()
+        entries = [GroupSeal(ring).datagrams(logentry.EntryType.WR, logentry.build_rio_area(
+            [fc.build_sof_eof_unit(h, p) for h, p in write_exchange(s, 0, 100 + s, bytes(512))[0]]),
+            60000, group_id=5, sequence=s)[0] for s in (1, 2)]
+        hop = HopSeal(EDGE_A, ring, _Refuse(), clock_ns=lambda: 5)
+        datagram = hop.seal(logentry.build_batch(entries), CORE_B)
+        (record,) = decode_with(udp_capture([datagram]), ring)
+        self.assertEqual(record["kind"], "log_batch")
+        self.assertEqual([e["units"][0]["fc4"]["cdb"]["lba"] for e in record["entries"]],
+                         [101, 102])
+
+    def test_short_or_unknown_envelope_is_an_error(self):
+        datagram = sealed_wr(seal_ring())[0]
+        for data, field in ((datagram[:30], "tag"), (datagram[:4] + b"\x02" + datagram[5:],
+                                                     "version")):
+            (record,) = decode_with(udp_capture([data]), None)
+            self.assertEqual(record["kind"], "error")
+            self.assertEqual((record["errors"][0]["layer"], record["errors"][0]["field"]),
+                             ("hop", field))
+
+    def test_unsealable_type_with_seal_set_is_an_error(self):
+        entry = logentry.build_keepalive(1, 2)
+        entry = logentry.build_entry(logentry.EntryType.KEEPALIVE, entry[88:], seal=1)
+        (record,) = decode_with(hex_input([entry]), None)
+        self.assertEqual(record["errors"][0]["field"], "seal")
+        self.assertIn("KEEPALIVE is never sealed", record["errors"][0]["reason"])
+
+
+class SealedCliTests(TestCase):
+    def setUp(self):
+        self.capture = self.mktemp()
+        with open(self.capture, "wb") as f:
+            f.write(udp_capture(sealed_wr(seal_ring())))
+        self.keys = self.mktemp()
+        seal_ring().save(self.keys)
+
+    def test_keys_option_opens_tree_and_json(self):
+        status, out = run_cli("--keys", self.keys, self.capture)
+        self.assertEqual(status, 0)
+        self.assertIn("check=hop tag good", out)
+        self.assertIn("seal: opened: group 5 epoch 7", out)
+        self.assertIn("opcode_name=WRITE_16", out)
+        status, out = run_cli("--json", "--keys", self.keys, "--type", "fcp_cmnd", self.capture)
+        (record,) = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual(record["units"][0]["fc4"]["cdb"]["lba"], 999)
+        for material in (b"\x05" * 32, b"\x07" * 32):
+            self.assertNotIn(material.hex(), out)
+
+    def test_without_keys_shown_as_sealed(self):
+        status, out = run_cli(self.capture)
+        self.assertEqual(status, 0)
+        self.assertIn("check=sealed (hop tag not checked)", out)
+        self.assertIn("seal: sealed end to end:", out)
+        self.assertNotIn("WRITE_16", out)
+
+    def test_bad_tag_sets_exit_status_1(self):
+        other = self.mktemp()
+        seal_ring(group_material=b"\x09" * 32).save(other)
+        status, out = run_cli("--keys", other, self.capture)
+        self.assertEqual(status, 1)
+        self.assertIn("error: seal.tag", out)
+
+    def test_key_file_readable_by_others_is_refused(self):
+        os.chmod(self.keys, 0o644)
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        self.assertEqual(run_cli("--keys", self.keys, self.capture)[0], 2)
+        self.assertIn("chmod 600", stderr.getvalue())
+        self.assertNotIn("07" * 32, stderr.getvalue())

@@ -29,7 +29,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 from rcn import lab
 from rcn.httpjson import request_json
 from rcn.nbd.client import connect
-from tests.support import CollectOutput, free_port, poll, until
+from rcn.logxfer.routes import Address
+from tests.support import CollectOutput, free_port, poll, seal_with, until
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 A, B = "50:0a:09:80:00:00:00:01", "50:0a:09:80:00:00:00:02"
@@ -183,6 +184,7 @@ class DaemonFiles(TestCase):
                "nbd_volume": [{"name": "vm", "capacity": "1MiB", "source_wwn": A,
                                "source_lun": 0, "target_wwn": B, "target_lun": 0,
                                "group": 9, "customer": "acme"}]}
+        seal_with(self, doc, links=[(Address.parse(me), Address.parse(partner))], groups=[9])
         output = self.twistd("rcn-edge", doc, *options, daemonise=daemonise)
         return output, nbd
 

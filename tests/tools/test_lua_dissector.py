@@ -17,11 +17,14 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from datapath.frames import capture, fc, fcp, gbe, logentry
+from datapath.frames import capture, fc, fcp, gbe, hop, logentry
 from datapath.frames.fc import FCtl, FcType, RCtl
 from datapath.frames.fields import Layout, uint
 from datapath.frames.logentry import EntryType
 from datapath.frames.names import format_port_id
+from rcn.logxfer.keys import Key, KeyRing
+from rcn.logxfer.routes import Address
+from rcn.logxfer.seal import GroupSeal, HopSeal
 from tests.support import require_tool, tshark_fields
 from tools import gen_lua_dissector as gen
 
@@ -268,3 +271,191 @@ class TsharkLuaTest(TestCase):
         rows = tshark_fields(self, path, ["udp.dstport", "rcnlog.group_id"],
                              "-X", f"lua_script:{self.script}")
         self.assertEqual(rows, [["47002", "3"], [str(logentry.LOG_PORT), ""]])
+
+
+# -- sealed log transfer ----------------------------------------------------------
+
+EDGE, CORE = Address("10.0.1.2", logentry.LOG_PORT), Address("10.0.1.3", logentry.LOG_PORT)
+GROUP_KEY = bytes(range(32, 64))
+
+
+class _Refuse:
+    """A hop layer's drop counter that fails the test on any drop."""
+
+    def __init__(self):
+        self.by_reason = {}
+
+    def drop(self, reason, peer, detail=""):
+        raise AssertionError(f"test keys: {reason} {peer} {detail}")
+
+
+def sealed_ring() -> KeyRing:
+    ring = KeyRing()
+    ring.add_link(EDGE, CORE, Key(3, b"\x05" * 32))
+    ring.add_group(9, Key(7, GROUP_KEY))
+    return ring
+
+
+def sealed_datagrams() -> list[bytes]:
+    """A sealed WR (a 1000-byte FCP_DATA: 64 AES blocks and a partial one), a sealed NAK,
+    and a clear KEEPALIVE, each in a hop envelope from EDGE to CORE."""
+    ring = sealed_ring()
+    groups, hop = GroupSeal(ring), HopSeal(EDGE, ring, _Refuse(), clock_ns=lambda: 1 << 40)
+    cmnd = write_units(0x5000, 0x21, blocks=2)[0]
+    data = fc.build_sof_eof_unit(_header(RCtl.FCP_DATA, FCtl.RELATIVE_OFFSET, 0x21, seq_id=1),
+                                 bytes(range(200)) * 5)
+    area = logentry.build_rio_area([cmnd, data])
+    assert len(area) % 16 != 0
+    wr = groups.datagrams(EntryType.WR, area, 60000, group_id=9, sequence=21)
+    nak_body = logentry.build_nak([(3, 4)], group_id=9)[logentry.HEADER_SIZE:]
+    nak = groups.datagrams(EntryType.NAK, nak_body, 60000, group_id=9, sequence=22)
+    keepalive = [logentry.build_keepalive(5, 6, group_id=0, sequence=0)]
+    return [hop.seal(d, CORE) for d in wr + nak + keepalive]
+
+
+class TsharkSealedTest(TestCase):
+    """Hop envelopes and end-to-end seals in tshark, with and without the key file."""
+    maxDiff = None
+    NAMES = ["rcnlog.hop_magic", "rcnlog.hop_key_epoch", "rcnlog.counter", "rcnlog.hop_tag",
+             "rcnlog.seal", "rcnlog.key_epoch", "rcnlog.seal_state", "scsi_sbc.rdwr16.lba",
+             "fc.crc.status", "rcnlog.first", "rcnlog.last", "rcnlog.probe_id", "_ws.col.Info",
+             "_ws.expert.message"]
+
+    def setUp(self):
+        require_tool(self, "tshark")
+        self.script = os.path.abspath(self.mktemp() + ".lua")
+        os.makedirs(os.path.dirname(self.script), exist_ok=True)
+        Path(self.script).write_text(gen.generate(), encoding="utf-8")
+        self.pcap = self.mktemp() + ".pcap"
+        with open(self.pcap, "wb") as f:
+            writer = capture.CaptureWriter(f, capture.LINKTYPE_ETHERNET)
+            for i, datagram in enumerate(sealed_datagrams()):
+                udp = gbe.build_udp(EDGE.host, CORE.host, EDGE.port, CORE.port, datagram)
+                writer.write(gbe.build_ethernet(udp), START + i)
+            writer.close()
+        self.keys = os.path.abspath(self.mktemp())
+        sealed_ring().save(self.keys)
+
+    def rows(self, *extra: str, pcap: str | None = None, experts: bool = False) -> list[dict]:
+        rows = tshark_fields(self, pcap or self.pcap, self.NAMES,
+                             "-X", f"lua_script:{self.script}", *extra)
+        self.assertEqual(len(rows), 3, rows)
+        if not rows[0][0]:
+            self.fail("tshark printed no rcnlog field: the Lua script was not run")
+        rows = [dict(zip(self.NAMES, row)) for row in rows]
+        if not experts:
+            # a Lua error, a malformed unit or an unreadable key file would show here
+            self.assertEqual([row["_ws.expert.message"] for row in rows], ["", "", ""])
+        return rows
+
+    def altered_pcap(self, field: str) -> str:
+        """The capture with one byte of the sealed WR's header changed in flight."""
+        datagrams = sealed_datagrams()
+        wr = bytearray(datagrams[0])
+        wr[hop.HOP_HEADER_SIZE + logentry.LOG_HEADER.offsets[field]] ^= 1
+        path = self.mktemp() + ".pcap"
+        with open(path, "wb") as f:
+            writer = capture.CaptureWriter(f, capture.LINKTYPE_ETHERNET)
+            for i, datagram in enumerate([bytes(wr)] + datagrams[1:]):
+                udp = gbe.build_udp(EDGE.host, CORE.host, EDGE.port, CORE.port, datagram)
+                writer.write(gbe.build_ethernet(udp), START + i)
+            writer.close()
+        return path
+
+    def test_body_tag_is_checked(self):
+        other = os.path.abspath(self.mktemp())
+        ring = sealed_ring()
+        ring.groups = {9: {7: Key(7, bytes(32))}}
+        ring.save(other)
+        wr, nak, _ = self.rows("-o", f"rcnlog.key_file:{other}", experts=True)
+        self.assertTrue(wr["rcnlog.seal_state"].endswith(": seal: bad tag (group 9 epoch 7)"))
+        self.assertIn("seal: bad tag: the body does not open", wr["_ws.expert.message"])
+        self.assertEqual((wr["scsi_sbc.rdwr16.lba"], nak["rcnlog.first"]), ("", ""))
+        self.assertIn("seal: bad tag", wr["_ws.col.Info"])
+
+    def test_associated_data_is_the_header_a_relay_may_not_change(self):
+        keys = ("-o", f"rcnlog.key_file:{self.keys}")
+        wr, _, _ = self.rows(*keys, pcap=self.altered_pcap("ttl"))       # a relay's change
+        self.assertEqual(wr["scsi_sbc.rdwr16.lba"], "0000000000005000")
+        wr, _, _ = self.rows(*keys, pcap=self.altered_pcap("sequence"), experts=True)
+        self.assertIn("bad tag", wr["rcnlog.seal_state"])
+        self.assertEqual(wr["scsi_sbc.rdwr16.lba"], "")
+
+    def test_hop_envelope_fields_and_tag(self):
+        for row in self.rows():
+            self.assertEqual((row["rcnlog.hop_magic"], row["rcnlog.hop_key_epoch"]),
+                             ("0x52434e48", "3"))
+            self.assertEqual(len(row["rcnlog.hop_tag"]), 32)
+        counters = [int(row["rcnlog.counter"]) for row in self.rows()]
+        self.assertEqual(counters, [(1 << 40) + 1, (1 << 40) + 2, (1 << 40) + 3])
+
+    def test_without_key_file_sealed_entries_show_their_clear_header(self):
+        wr, nak, keepalive = self.rows()
+        self.assertEqual((wr["rcnlog.seal"], wr["rcnlog.key_epoch"]), ("1", "7"))
+        self.assertRegex(wr["rcnlog.seal_state"],
+                         r"^sealed end to end: \d+ bytes, group key epoch 7$")
+        self.assertEqual((wr["scsi_sbc.rdwr16.lba"], wr["fc.crc.status"]), ("", ""))
+        self.assertEqual(wr["_ws.col.Info"],
+                         f"WR group=9 seq=21, sealed [hop epoch 3 counter {(1 << 40) + 1}]")
+        self.assertEqual((nak["rcnlog.first"], nak["_ws.col.Info"][:28]),
+                         ("", "NAK group=9 seq=22, sealed ["))
+        self.assertEqual((keepalive["rcnlog.seal"], keepalive["rcnlog.probe_id"]), ("0", "5"))
+
+    def test_with_key_file_sealed_bodies_open(self):
+        wr, nak, keepalive = self.rows("-o", f"rcnlog.key_file:{self.keys}")
+        # the FC CRCs of the opened frames verify: the AES-CTR keystream is right
+        self.assertEqual((wr["scsi_sbc.rdwr16.lba"], wr["fc.crc.status"]),
+                         ("0000000000005000", "1,1"))
+        self.assertTrue(wr["rcnlog.seal_state"].endswith(": opened with the key file, tag good"),
+                        wr["rcnlog.seal_state"])
+        self.assertTrue(wr["_ws.col.Info"].startswith("WR group=9 seq=21, opened, 2 FC frames ["))
+        self.assertEqual((nak["rcnlog.first"], nak["rcnlog.last"]), ("3", "4"))
+        self.assertEqual(keepalive["rcnlog.probe_id"], "5")
+
+    def test_key_file_without_the_group_key(self):
+        other = os.path.abspath(self.mktemp())
+        ring = sealed_ring()
+        ring.groups = {9: {8: Key(8, GROUP_KEY)}}
+        ring.save(other)
+        wr, _, _ = self.rows("-o", f"rcnlog.key_file:{other}")
+        self.assertTrue(wr["rcnlog.seal_state"].endswith("(no key for group 9 epoch 7)"))
+        self.assertEqual(wr["scsi_sbc.rdwr16.lba"], "")
+
+
+class SealedScriptTest(TestCase):
+    """What the script takes from the hop table and the seal constants (no tshark needed)."""
+
+    def test_hop_header_rows_and_qualified_names(self):
+        script = gen.generate()
+        fields = dict((abbrev, kind) for kind, abbrev in PROTOFIELD.findall(script))
+        for name, offset, width, *_ in hop.HOP_HEADER.rows():
+            self.assertIn(row_text(name, offset, width), script, name)
+        self.assertIn(f"local HOP = {{ size = {hop.HOP_HEADER_SIZE}, ", script)
+        for abbrev in ("rcnlog.hop_magic", "rcnlog.hop_version", "rcnlog.hop_key_epoch",
+                       "rcnlog.suite", "rcnlog.counter", "rcnlog.hop_tag", "rcnlog.seal",
+                       "rcnlog.key_epoch", "rcnlog.seal_state"):
+            self.assertIn(abbrev, fields)
+        self.assertEqual(fields["rcnlog.counter"], "uint64")
+
+    def test_seal_constants_and_key_file_preference(self):
+        script = gen.generate()
+        self.assertIn(f"local HOP_MAGIC = 0x{hop.HOP_MAGIC:08X}", script)
+        self.assertIn(f"local SEAL_NONCE_SIZE = {logentry.SEAL_NONCE_SIZE}", script)
+        sealable = ", ".join(f"[{int(t)}] = true" for t in sorted(logentry.SEALABLE_TYPES))
+        self.assertIn(f"local SEALABLE_TYPES = {{ {sealable} }}", script)
+        self.assertIn('rcnlog.prefs.key_file = Pref.string("Key file", ""', script)
+        self.assertIn("local function aes256_block(", script)
+        self.assertIn("local function gcm_tag_ok(", script)
+
+    def test_e2e_aad_masks_reproduce_e2e_aad(self):
+        mask, const = gen.e2e_aad_masks()
+        entry = logentry.build_entry(EntryType.WR, b"x" * 40, flags=0x0005, group_id=9, ttl=3,
+                                     seal=1, sequence=77, segment_index=1, segment_count=2,
+                                     segment_offset=8, total_length=80, key_epoch=4,
+                                     target_wwn=0x500A098000000002)
+        header = logentry.LogHeader.parse(entry)
+        self.assertEqual(bytes(h & m | c for h, m, c in zip(entry[:88], mask, const)),
+                         logentry.e2e_aad(EntryType.WR, header))
+        script = gen.generate()
+        self.assertIn("local AAD_MASK = { " + ", ".join(f"0x{b:02X}" for b in mask) + " }",
+                      script)

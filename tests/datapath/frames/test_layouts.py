@@ -13,14 +13,15 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import zlib
+from pathlib import Path
 
 import crc32c
 import numpy as np
 from twisted.trial.unittest import TestCase
 
 import datapath.frames
-from datapath.frames import (applystate, ct, dpok, els, fc, fcip, fcp, gbe, logentry, logstore,
-                             names, nbd)
+from datapath.frames import (applystate, ct, dpok, els, fc, fcip, fcp, gbe, hop, logentry,
+                             logstore, names, nbd)
 from datapath.frames.errors import DecodeError
 from datapath.frames.fields import Layout
 from tests.support import check_layout_golden
@@ -243,15 +244,32 @@ VECTORS: dict[Layout, list[tuple[str, dict]]] = {
         ("80 010200", dict(control=0x80, port_id=0x010200)),
     ],
     logentry.LOG_HEADER: [
-        ("""52434e4c 01 01 0001 00000007 10 000000
+        # version 2: a clear WR (seal 0, key_epoch 0) ...
+        ("""52434e4c 02 01 0001 00000007 10 00 0000
             0000000000000005 0123456789abcdef
             5000000000000001 0000000000000003 5000000000000002 0000000000000004
             0001 0003 00000800 00001800 00000800 deadbeef 00000000""",
-         dict(magic=0x52434E4C, version=1, entry_type=1, flags=1, group_id=7, ttl=16,
-              reserved=bytes(3), sequence=5, io_time_ns=0x0123456789ABCDEF,
+         dict(magic=0x52434E4C, version=2, entry_type=1, flags=1, group_id=7, ttl=16,
+              seal=0, reserved=bytes(2), sequence=5, io_time_ns=0x0123456789ABCDEF,
               target_wwn=0x5000000000000001, target_lun=3, source_wwn=0x5000000000000002,
               source_lun=4, segment_index=1, segment_count=3, segment_offset=0x800,
-              total_length=0x1800, rio_length=0x800, crc32c=0xDEADBEEF, reserved2=0)),
+              total_length=0x1800, rio_length=0x800, crc32c=0xDEADBEEF, key_epoch=0)),
+        # ... and a WROK sealed end to end (seal 1 AES-256-GCM) under group key epoch 9
+        ("""52434e4c 02 02 0000 00000007 0f 01 0000
+            0000000000000005 0000000000000000
+            5000000000000001 0000000000000003 5000000000000002 0000000000000004
+            0000 0001 00000000 0000004c 0000004c 01020304 00000009""",
+         dict(magic=0x52434E4C, version=2, entry_type=2, flags=0, group_id=7, ttl=15,
+              seal=1, reserved=bytes(2), sequence=5, io_time_ns=0,
+              target_wwn=0x5000000000000001, target_lun=3, source_wwn=0x5000000000000002,
+              source_lun=4, segment_index=0, segment_count=1, segment_offset=0,
+              total_length=0x4C, rio_length=0x4C, crc32c=0x01020304, key_epoch=9)),
+    ],
+    # the hop envelope's header: link key epoch 3, counter 2^60 + 5
+    hop.HOP_HEADER: [
+        ("52434e48 01 01 0000 00000003 00000000 1000000000000005",
+         dict(magic=0x52434E48, version=1, suite=1, reserved=bytes(2), key_epoch=3,
+              reserved2=bytes(4), counter=(1 << 60) + 5)),
     ],
     logentry.COUNT_HEADER: [
         ("00000002 00000000", dict(count=2, reserved=0)),
@@ -394,7 +412,7 @@ class GoldenVectorTests(TestCase):
     def test_every_layout_has_a_vector(self):
         self.assertEqual({layout.layer for layout in frame_layouts()},
                          {layout.layer for layout in VECTORS})
-        self.assertEqual(len(frame_layouts()), 45)
+        self.assertEqual(len(frame_layouts()), 46)
 
     def test_fc_header(self):
         self.check_vectors(fc.FC_HEADER)
@@ -470,6 +488,9 @@ class GoldenVectorTests(TestCase):
     def test_log_header(self):
         self.check_vectors(logentry.LOG_HEADER)
 
+    def test_hop_header(self):
+        self.check_vectors(hop.HOP_HEADER)
+
     def test_count_header(self):
         self.check_vectors(logentry.COUNT_HEADER)
 
@@ -544,7 +565,7 @@ class LayoutGeometryTests(TestCase):
                     "scsi": 16, "rcn_control": 16, "els_login": 116, "els_prli": 20,
                     "els_ls_rjt": 8, "els_logo": 16, "els_ls_acc": 4, "bls_ba_acc": 12,
                     "bls_ba_rjt": 4, "ct": 16, "ct_gid_pn": 8, "ct_gid_pn_acc": 4, "log": 88,
-                    "log_count": 8, "log_nak_range": 16, "log_keepalive": 16, "eth": 14,
+                    "hop": 24, "log_count": 8, "log_nak_range": 16, "log_keepalive": 16, "eth": 14,
                     "ipv4": 20, "udp": 8, "tcp": 20, "dpok_bitmap": 44,
                     "rcn_pair_params": 24, "rcn_residual_report": 24, "logstore_record": 16,
                     "logstore_entry": 12, "logstore_checkpoint": 4,
@@ -573,6 +594,13 @@ class LayoutGeometryTests(TestCase):
         self.assertEqual(logentry.LOG_HEADER.offsets["segment_index"], 64)
         self.assertEqual(logentry.LOG_HEADER.offsets["rio_length"], 76)
         self.assertEqual(logentry.LOG_HEADER.offsets["crc32c"], 80)
+        # version 2 kept version 1's offsets: seal and key_epoch took reserved bytes
+        self.assertEqual(logentry.LOG_HEADER.offsets["seal"], 13)
+        self.assertEqual(logentry.LOG_HEADER.offsets["reserved"], 14)
+        self.assertEqual(logentry.LOG_HEADER.offsets["sequence"], 16)
+        self.assertEqual(logentry.LOG_HEADER.offsets["key_epoch"], 84)
+        self.assertEqual(hop.HOP_HEADER.offsets["key_epoch"], 8)
+        self.assertEqual(hop.HOP_HEADER.offsets["counter"], 16)
         self.assertEqual(gbe.TCP.offsets["offset_flags"], 12)
 
     def test_log_header_dtype(self):
@@ -580,7 +608,16 @@ class LayoutGeometryTests(TestCase):
         self.assertEqual(dtype.itemsize, 88)
         self.assertEqual(dtype["sequence"], np.dtype(np.uint64))
         self.assertEqual(dtype["segment_index"], np.dtype(np.uint16))
-        self.assertEqual(dtype["reserved"].subdtype, (np.dtype(np.uint8), (3,)))
+        self.assertEqual(dtype["seal"], np.dtype(np.uint8))
+        self.assertEqual(dtype["reserved"].subdtype, (np.dtype(np.uint8), (2,)))
+        self.assertEqual(dtype["key_epoch"], np.dtype(np.uint32))
+
+    def test_hop_header_dtype(self):
+        dtype = hop.HOP_HEADER.dtype
+        self.assertEqual(dtype.itemsize, 24)
+        self.assertEqual(dtype["key_epoch"], np.dtype(np.uint32))
+        self.assertEqual(dtype["counter"], np.dtype(np.uint64))
+        self.assertEqual(dtype["reserved2"].subdtype, (np.dtype(np.uint8), (4,)))
 
     def test_fc_header_dtype_widens_three_byte_fields(self):
         dtype = fc.FC_HEADER.dtype
@@ -878,7 +915,7 @@ class LogEntryBuilderTests(TestCase):
         data = logentry.build_entry(logentry.EntryType.WR, body, group_id=7, sequence=5)
         self.assertEqual(len(data), 88 + 16)
         self.assertEqual(data[:80], hx(
-            """52434e4c 01 01 0000 00000007 10 000000 0000000000000005 0000000000000000
+            """52434e4c 02 01 0000 00000007 10 00 0000 0000000000000005 0000000000000000
                0000000000000000 0000000000000000 0000000000000000 0000000000000000
                0000 0001 00000000 00000010 00000010"""))
         self.assertEqual(data[84:88], bytes(4))
@@ -897,7 +934,19 @@ class LogEntryBuilderTests(TestCase):
         self.assertEqual(data[64:80], hx("0001 0002 00000005 0000000a 00000005"))
 
     def test_build_entry_explicit_version(self):
-        self.assertEqual(logentry.build_entry(logentry.EntryType.WR, version=2)[4], 2)
+        self.assertEqual(logentry.build_entry(logentry.EntryType.WR, version=3)[4], 3)
+
+    def test_build_entry_seal_fields(self):
+        data = logentry.build_entry(logentry.EntryType.WR, bytes(40), seal=1, key_epoch=0x0A0B0C0D)
+        self.assertEqual(data[12:16], hx("10 01 0000"))
+        self.assertEqual(data[84:88], hx("0a0b0c0d"))
+        header = logentry.parse_datagram(data).header
+        self.assertEqual((header.seal, header.key_epoch), (1, 0x0A0B0C0D))
+
+    def test_build_hop_header(self):
+        self.assertEqual(hop.build_hop_header(3, (1 << 60) + 5),
+                         hx("52434e48 01 01 0000 00000003 00000000 1000000000000005"))
+        self.assertEqual(hop.hop_nonce(5), hx("00000000 0000000000000005"))
 
     def test_build_rio_area(self):
         unit = hx("bcb55656") + bytes(28) + hx("bcb57575")
@@ -984,3 +1033,26 @@ class NamesTests(TestCase):
     def test_format_port_id(self):
         self.assertEqual(names.format_port_id(0x010200), "01.02.00")
         self.assertEqual(names.format_port_id(0xFFFFFC), "ff.ff.fc")
+
+
+class ReadmeWireFormatTests(TestCase):
+    """README.md's log-transfer wire format tables are the field tables, row by row."""
+
+    def readme_rows(self, marker: str) -> list[tuple[int, int, str, str]]:
+        text = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+        start = text.index(f"<!-- {marker} -->")
+        block = text[start:text.index(f"<!-- end {marker} -->", start)]
+        rows = []
+        for line in block.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 4 and cells[0].isdigit():
+                rows.append((int(cells[0]), int(cells[1]), cells[2].strip("`"), cells[3]))
+        return rows
+
+    def test_log_header_table(self):
+        self.assertEqual(self.readme_rows("log-header-table"),
+                         [(o, w, n, d) for n, o, w, _r, _b, d, _v in logentry.LOG_HEADER.rows()])
+
+    def test_hop_header_table(self):
+        self.assertEqual(self.readme_rows("hop-header-table"),
+                         [(o, w, n, d) for n, o, w, _r, _b, d, _v in hop.HOP_HEADER.rows()])

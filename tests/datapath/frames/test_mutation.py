@@ -510,19 +510,27 @@ class LogMutationTests(MutationCase):
         self.every_truncation(logentry.parse_batch, BATCH)
 
     def test_truncated_header_names_the_field_at_the_cut(self):
-        for cut, field in {0: "magic", 4: "version", 5: "entry_type", 7: "flags", 13: "reserved",
-                           50: "source_wwn", 87: "reserved2"}.items():
+        for cut, field in {0: "magic", 4: "version", 5: "entry_type", 7: "flags", 13: "seal",
+                           14: "reserved", 50: "source_wwn", 87: "key_epoch"}.items():
             exc = self.error(logentry.parse_datagram, LOG[:cut])
             self.assert_error_at(exc, "log", field, logentry.LOG_HEADER.offsets[field])
 
-    def test_version_2_is_rejected(self):
-        data = logentry.build_entry(logentry.EntryType.WR, RIO, version=2)
+    def test_other_versions_are_rejected(self):
+        self.assertEqual(LOG[4], 2)
+        for version in (1, 3):
+            data = logentry.build_entry(logentry.EntryType.WR, RIO, version=version)
+            for fast in (False, True):
+                exc = self.error(logentry.parse_datagram, data, fast=fast)
+                self.assert_error_at(exc, "log", "version", 4)
+
+    def test_version_3_is_rejected(self):
+        data = logentry.build_entry(logentry.EntryType.WR, RIO, version=3)
         for fast in (False, True):
             exc = self.error(logentry.parse_datagram, data, fast=fast)
             self.assert_error_at(exc, "log", "version", 4)
         self.assert_error_at(self.error(logentry.parse_datagram, data, base=1000),
                              "log", "version", 1004)
-        self.assert_error_at(self.error(logentry.parse_datagram, patch(LOG, 4, b"\x02")),
+        self.assert_error_at(self.error(logentry.parse_datagram, patch(LOG, 4, b"\x03")),
                              "log", "version", 4)
 
     def test_targeted_header_errors(self):
@@ -600,9 +608,9 @@ class LogMutationTests(MutationCase):
                              "log", "magic", len(BATCH))
         self.assert_error_at(self.error(logentry.parse_batch, patch(BATCH, 88, hx("00001001"))),
                              "log_count", "count", 88)
-        self.assert_error_at(self.error(logentry.parse_batch, patch(BATCH, 100, b"\x02")),
+        self.assert_error_at(self.error(logentry.parse_batch, patch(BATCH, 100, b"\x03")),
                              "log", "version", 100)
-        exc = self.error(logentry.parse_batch, patch(BATCH, 100, b"\x02"), base=500)
+        exc = self.error(logentry.parse_batch, patch(BATCH, 100, b"\x01"), base=500)
         self.assert_error_at(exc, "log", "version", 600)
 
     def test_batch_appended_garbage_is_outside_the_batch(self):

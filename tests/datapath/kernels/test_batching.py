@@ -46,7 +46,8 @@ header_fields_st = st.fixed_dictionaries({}, optional={
     "io_time_ns": st.integers(0, U64), "target_wwn": st.integers(0, U64),
     "target_lun": st.integers(0, U64), "source_wwn": st.integers(0, U64),
     "source_lun": st.integers(0, U64), "version": st.integers(0, 255),
-    "reserved": st.binary(min_size=3, max_size=3), "reserved2": st.integers(0, 2**32 - 1)})
+    "seal": st.integers(0, 255), "reserved": st.binary(min_size=2, max_size=2),
+    "key_epoch": st.integers(0, 2**32 - 1)})
 
 
 @st.composite
@@ -307,7 +308,7 @@ class UnpackTests(TestCase):
     @SETTINGS
     @given(entries=entries_st, fields=header_fields_st, base=st.integers(0, 10**6))
     def test_unpack_matches_parse_batch(self, entries, fields, base):
-        fields["version"] = 1
+        fields["version"] = logentry.VERSION
         data = packed_batch(entries, **fields)
         got = outcome(batching.unpack, data, base)
         self.assertEqual(got, outcome(reference.unpack, data, base))
@@ -350,7 +351,8 @@ class UnpackTests(TestCase):
             (two[:88] + (1).to_bytes(4, "big") + two[92:], ("log_count", "count", 88)),
             (two[:88] + (3).to_bytes(4, "big") + two[92:], ("log", "magic", len(two))),
             (two[:88] + (4097).to_bytes(4, "big") + two[92:], ("log_count", "count", 88)),
-            (two[:100] + b"\x02" + two[101:], ("log", "version", 100)),
+            (two[:100] + b"\x03" + two[101:], ("log", "version", 100)),
+            (two[:100] + b"\x01" + two[101:], ("log", "version", 100)),
             (two[:-1], ("log", "rio_length", 76)),
         ]
         for data, (layer, field, offset) in cases:
@@ -358,6 +360,26 @@ class UnpackTests(TestCase):
             self.assertEqual((exc.layer, exc.field, exc.offset), (layer, field, offset))
             exc = self.assertRaises(DecodeError, batching.unpack, data, 500)
             self.assertEqual(exc.offset, offset + 500)
+
+    def test_version_is_read_at_call_time_not_baked_into_the_kernel(self):
+        # numba caches a kernel by its own file's source: a version compiled in as a
+        # constant would survive a change of logentry.VERSION (a stale cache after an
+        # upgrade). Changing the number must change what unpack accepts, at once.
+        current = logentry.VERSION
+        today = packed_batch([log_entry(EntryType.KEEPALIVE), log_entry(EntryType.WR, b"x")])
+        self.assertEqual(batching.unpack(today)[0].tolist(), [96, 184])
+        self.patch(logentry, "VERSION", current + 1)
+        exc = self.assertRaises(DecodeError, batching.unpack, today)
+        self.assertEqual((exc.layer, exc.field, exc.offset), ("log", "version", 4))
+        self.assertIn(f"unknown version {current}", str(exc))
+        inner = [log_entry(EntryType.KEEPALIVE, version=current + 1),
+                 log_entry(EntryType.WR, b"x", version=current + 1)]
+        newer = logentry.build_batch(inner, version=current + 1)
+        self.assertEqual(batching.unpack(newer)[0].tolist(), [96, 184])
+        mixed = logentry.build_batch([inner[0], log_entry(EntryType.WR, b"x", version=current)],
+                                     version=current + 1)
+        exc = self.assertRaises(DecodeError, batching.unpack, mixed)
+        self.assertEqual((exc.field, exc.offset), ("version", 184 + 4))
 
     def test_trailing_bytes_are_outside_the_batch(self):
         data = packed_batch([log_entry(EntryType.KEEPALIVE)])

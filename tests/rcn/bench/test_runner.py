@@ -28,6 +28,7 @@ sample_interval = 0.25
 [lab]
 capacity = "16MiB"
 log_mode = "memory"
+seal = "none"               # the hop layer cannot seal through an emulator link yet
 
 [[wanem]]
 between = ["edgeA", "core1"]

@@ -164,6 +164,7 @@ class DaemonConsoleTests(TestCase):
     def plan(self, mgmt: bool = False) -> tuple[dict, dict]:
         """A lab record (ports, names) and every device's configuration, from rcn.lab."""
         record = lab.plan(lab.Topology(mgmt=mgmt, capacity=16 << 20), self.dir)
+        lab.write_keys(record)              # sealed: the edges' and cores' key files
         return record, lab.device_configs(record)
 
     def start(self, plugin: str, name: str, doc: dict) -> tuple[object, CollectOutput]:
@@ -503,6 +504,12 @@ class DaemonConsoleTests(TestCase):
             self.assertEqual(rows["amp.registrations"], ["amp.registrations", "0"])
             self.assertIn("server.recomputations", rows)
 
+        def keys(answer):
+            # the lab's two links and its group, by epoch and state; never a key
+            self.assertIn("group 7", answer)
+            self.assertEqual(len(re.findall(r"^\S+ - \S+ ", answer, re.M)), 2, answer)
+            self.assertNotRegex(answer, r"[0-9a-fA-F]{32}")
+
         def amp_closed(answer):
             self.assertEqual(answer, "amp interface administratively down")
             return poll(lambda: not tcp_accepts(HOST, amp), ANSWER_WITHIN).addCallback(
@@ -522,6 +529,7 @@ class DaemonConsoleTests(TestCase):
             ("show pairs", lambda a: self.assertEqual(
                 table(a)["1"], ["1", "lab", f"{WWN_A}:0", f"{WWN_B}:0", "7", "unknown", "-"])),
             ("show routes", routes),
+            ("show keys", keys),
             ("show config", config),
             ("clear counters", lambda a: self.assertEqual(
                 a, "counters cleared (console only; /metrics keeps counting)")),

@@ -19,6 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from rcn import lab as lablib
 from rcn.lab import get_json, pid_alive, processes
+from rcn.logxfer.keys import KeyRing
 from tests.support import require_tool, until
 
 BIN = os.path.dirname(sys.executable)
@@ -34,6 +35,18 @@ def volume(path: str) -> bytes:
         return f.read()
 
 
+@defer.inlineCallbacks
+def lab_up(testcase, directory: str, topology: str):
+    """``rcn lab up --json`` of the ``topology`` text in ``directory``: the lab record."""
+    path = os.path.join(directory, "topology.toml")
+    with open(path, "w") as f:
+        f.write(topology)
+    out, err, code = yield run(RCN, "lab", "up", "--dir", directory, "--topology", path,
+                               "--json")
+    testcase.assertEqual(code, 0, (out + err).decode())
+    return json.loads(out)
+
+
 class LabProcessTests(TestCase):
     timeout = 180
 
@@ -45,15 +58,8 @@ class LabProcessTests(TestCase):
     def _down(self):
         return run(RCN, "lab", "down", "--dir", self.dir)
 
-    @defer.inlineCallbacks
-    def _up(self, topology: str) -> dict:
-        path = os.path.join(self.dir, "topology.toml")
-        with open(path, "w") as f:
-            f.write(topology)
-        out, err, code = yield run(RCN, "lab", "up", "--dir", self.dir, "--topology", path,
-                                   "--json")
-        self.assertEqual(code, 0, (out + err).decode())
-        return json.loads(out)
+    def _up(self, topology: str):
+        return lab_up(self, self.dir, topology)
 
     def _until_applied(self, lab: dict, limit: float = 60.0):
         """Poll the edges' /status until each group's target apply counter reaches the source
@@ -105,7 +111,7 @@ class LabProcessTests(TestCase):
         rows = {r["name"]: r for r in body["devices"]}
         self.assertTrue(all(r["alive"] for r in rows.values()))
         self.assertEqual(rows["arrayA"]["edge_link"], "up")
-        self.assertEqual(rows["core1"]["drops"], {})
+        self.assertEqual({k: n for k, n in rows["core1"]["drops"].items() if n}, {})  # none
         self.assertGreater(rows["core1"]["forwarded"], 0)
 
         out, err, code = yield run(RCN, "lab", "down", "--dir", self.dir)
@@ -228,6 +234,11 @@ class DemoProcessTests(TestCase):
             self.assertLessEqual(result[key]["p50"], result[key]["p99"], key)
         for key in ("retransmits", "naks_sent", "edge_drops", "core_drops", "core_batches"):
             self.assertIn(key, result["counters"])
+        # sealed by default: every entry sealed at edgeA and opened at edgeB
+        seal = result["seal"]
+        self.assertEqual(seal["mode"], "aes-256-gcm")
+        self.assertEqual((seal["e2e_sealed"], seal["e2e_opened"]), (130, 130))
+        self.assertGreaterEqual(seal["hop_sealed"], 130)
         with open(os.path.join(directory, "lab.json")) as f:
             lab = json.load(f)
         self.assertFalse(any(pid_alive(d["pid"]) for d in lab["devices"]))
@@ -243,6 +254,9 @@ class DeviceControlTests(TestCase):
         record = lablib.up(lablib.Topology(capacity=1 << 20), directory)
         self.addCleanup(lablib.down, directory)
         old = next(d for d in record["devices"] if d["name"] == "core1")
+        # the server's link keys, kept in the core's key file: two links, no group
+        ring = KeyRing.load(old["keys"])
+        self.assertEqual((len(ring.links), ring.groups), (2, {}))
         self.assertEqual(lablib.signal_device(directory, "core1", signal.SIGKILL), old["pid"])
         with self.assertRaises(lablib.LabError):
             lablib.signal_device(directory, "nobody", signal.SIGTERM)
@@ -255,3 +269,5 @@ class DeviceControlTests(TestCase):
         self.assertEqual(core["pid"], new["pid"])
         rows = {r["name"]: r for r in lablib.status(directory)["devices"]}
         self.assertTrue(all(r["alive"] for r in rows.values()), rows)
+        with open(core["log"]) as f:        # restarted with them, before the server answered
+            self.assertIn("keys of 2 links and 0 groups from keys/core1.keys", f.read())

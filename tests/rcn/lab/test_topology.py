@@ -68,6 +68,7 @@ class TopologyTests(TestCase):
                 "pair[1].target_lun: LUN 0 is in two",
             "[[pair]]\nlun = 0\nvolume = 1\n": "pair[0].volume: unknown key",
             "pair = 3\n": "pair: expected list",
+            '[lab]\nseal = "chacha"\n': "lab.seal: 'chacha' is not one of aes-256-gcm, none",
         }
         for text, message in cases.items():
             with self.assertRaises(ConfigError, msg=text) as caught:
