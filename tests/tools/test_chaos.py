@@ -1,8 +1,10 @@
 """tools/chaos: a short seeded thrash of a real lab, and its plan and table offline.
 
-``test_key_rotation_under_load`` runs the ``rotate`` fault alone in a real management lab
-(about 15 s): every key rotated under the host's writes (issue 17); skipped, naming why,
-when the management server has no rotation endpoint.
+The management lab runs sealed, the WAN emulator lab with ``lab.seal = "none"`` (``rcn lab``
+refuses a sealed one). ``test_key_rotation_under_load`` runs the ``rotate`` fault alone
+in a real management lab (about 15 s): every key rotated under the host's writes (issue
+17), every edge sealed and on the new epochs; skipped, naming why, when the management
+server has no rotation endpoint.
 
 The run (``ChaosRunTests``) starts real labs and takes about a minute and a half: one
 fault per role, seed 29, which covers kill, stop and cut, among them the kills of the
