@@ -4,15 +4,16 @@ Source host -> source edge -> cores -> target edge -> target array, over a
 :class:`~tests.rcn.sim.network.SimNetwork` that loses, duplicates, delays and
 reorders datagrams from a seed. It runs sealed, as the daemons do: every
 device has a hop layer with the link keys of its routes' links, and both edges
-the group key (:class:`~tests.rcn.sim.keys.SimKeys`, which also rotates them);
-``sealed=False`` is the ``seal = "none"`` opt-out. The FCIP links at both ends are replaced by
-direct calls (the RIO channel has its own tests): the host hands SCSI
+the group keys (:class:`~tests.rcn.sim.keys.SimKeys`, which also rotates them);
+``sealed=False`` is the ``seal = "none"`` opt-out. The FCIP links at both ends
+are replaced by direct calls (the RIO channel has its own tests): the host hands SCSI
 commands to the source edge's virtual-storage target, and the target edge
 applies to in-memory volumes through an ``apply_target_for`` hook that
 answers after a random delay. Every change to a target volume is checked by
 the :class:`~tests.rcn.sim.checker.PrefixChecker`.
 
-Replay one seed: ``python -m tests.rcn.sim.harness --seed N [--cores C] [--writes W]``.
+Replay one seed: ``python -m tests.rcn.sim.harness --seed N [--cores C] [--writes W]
+[--unsealed]``.
 """
 
 from __future__ import annotations
