@@ -15,8 +15,9 @@ from datapath.frames.logentry import Seal
 from rcn.edge.receiver import ReceiverConfig
 from rcn.edge.source import stored_entry
 from tests.rcn.sim.checker import PrefixViolation
-from tests.rcn.sim.harness import GROUP, SimRcn
+from tests.rcn.sim.harness import GROUP, SOURCE_WWN as S, TARGET_WWN as T, SimRcn
 from tests.rcn.sim.keys import ACCEPT, RETIRE, SEND
+from tests.rcn.sim.lifecycle import LifecycleSim
 from tests.rcn.sim.network import LinkModel
 
 LOSSY = LinkModel(loss=0.03, duplicate=0.02, min_delay=0.0001, max_delay=0.003)
@@ -224,3 +225,39 @@ class RotationHazardTests(TestCase):
         sim.assert_equal()
         self.assertEqual(sim.keys.rotations, [ACCEPT, SEND, RETIRE])
         self.assertEqual(sim.drops().get("e2e_unknown_key", 0), 0)
+
+
+class LifecycleRotationTests(TestCase):
+    """A rotation while both arrays' remote copy programs create a pair (its initial copy
+    and host writes) and then replicate: Duplex everywhere, the volumes equal, no refusal."""
+
+    def test_rotation_during_pair_create_and_replication(self):
+        for seed in (61, 62):
+            sim = LifecycleSim(seed, model=LOSSY)
+            sim.fill()
+            states = []
+
+            def rotate(what, sim=sim, states=states):
+                sim.keys.rotate(what)
+                states.append((what, sim.state(S), sim.host_acked))
+            for at, what in ((0.005, ACCEPT), (0.02, SEND), (0.5, RETIRE)):
+                sim.clock.callLater(at, rotate, what)
+            box = sim.command(sim.source_array.pair_create(0, T, 0, group=GROUP))
+            sim.until("created", lambda: box)
+            sim.until("duplex", lambda: sim.state(S) == "duplex", writes_per_ms=0.3)
+            sim.step(0.6, writes_per_ms=0.3)                      # past the retirement
+            sim.until("quiet", lambda: sim.host_outstanding == 0
+                      and not sim.source.sender.outstanding and not sim.source.sender.queued)
+            what = f"seed {seed}: {sim.describe_pairs()} drops {sim.drops()}"
+            # accepted before the pair existed, sent with during its initial copy, the old
+            # epoch retired while host writes replicated
+            self.assertEqual([(w, state) for w, state, _ in states],
+                             [(ACCEPT, "simplex"), (SEND, "initial-copying"), (RETIRE, "duplex")],
+                             what)
+            self.assertGreater(sim.host_acked, states[-1][2], what)
+            self.assertEqual((sim.state(S), sim.state(T)), ("duplex", "duplex"), what)
+            self.assertGreater(sim.host_acked, 0, what)
+            self.assertTrue(sim.equal(), what)
+            self.assertEqual({r: n for r, n in sim.drops().items() if r in REFUSALS}, {}, what)
+            self.assertEqual(sim.keys.epochs_of(sim.source.settings.me)["groups"],
+                             {str(GROUP): [2]}, what)
