@@ -1,6 +1,7 @@
 """Thrash a lab under a journalled workload and judge every fault (issue 15).
 
-    python -m tools.chaos [--seed 1] [--rounds 3] [--roles ROLE,...] [--faults kill,stop,cut]
+    python -m tools.chaos [--seed 1] [--rounds 3] [--roles ROLE,...]
+                          [--faults kill,stop,cut,rotate]
                           [--rate 200] [--recovery-timeout 60] [--dir DIR] [--keep]
                           [--json report.json]
 
@@ -13,13 +14,24 @@ from ``--seed``, one fault:
   ports (:func:`rcn.lab.restart`);
 * ``stop``  -- SIGSTOP it for a random 0.5-5 s, then SIGCONT;
 * ``cut``   -- take the role's WAN links down through ``rcn-wanem``'s SCPI console
-  (:class:`rcn.wanem.driver.WanemDriver`) for a random 0.5-5 s, then up again.
+  (:class:`rcn.wanem.driver.WanemDriver`) for a random 0.5-5 s, then up again;
+* ``rotate`` -- (``mgmt`` only) rotate every link and group key through the management
+  server (``POST /api/v1/keys/rotate``, as ``rcn key rotate --all``) and wait until each
+  new epoch is the one sent with (:mod:`tools.chaos.keys`). Besides the checks below, the
+  edges' ``/status`` from before it to after the recovery must show no refusal of the
+  seal and no retransmission storm. Without the endpoint the fault is *skipped*.
+
+The management lab runs sealed, as every configuration does (issue 17): the devices take
+their keys from the server's snapshots. The WAN emulator lab runs with ``lab.seal =
+"none"``: ``rcn lab`` refuses a sealed lab with emulator links (the emulator relays from
+ports of its own, and the hop layer's per-direction keys are bound to both ends'
+addresses), so cuts are judged unsealed.
 
 Roles: ``source-array`` (arrayA), ``target-array`` (arrayB), ``source-edge`` (edgeA),
 ``target-edge`` (edgeB), ``core`` (core1), ``mgmt`` (the management server). ``--rounds
 N`` is the number of faults per role; a role's faults go round the kinds that apply to
-it (shuffled by the seed), and the roles take turns. ``kill`` and ``stop`` run in the
-default lab (``mgmt = true``, pairs made with pair-create); ``cut`` in a lab with two
+it (shuffled by the seed), and the roles take turns. ``kill``, ``stop`` and ``rotate`` run
+in the default lab (``mgmt = true``, pairs made with pair-create); ``cut`` in a lab with two
 WAN emulator links, edgeA-core1 (LINK1) and core1-edgeB (LINK2), which ``rcn lab`` can
 only build with static tables (no management server). A cut of the source edge is LINK1,
 of the target edge LINK2, of the core both. Arrays and the management server are not
@@ -54,15 +66,18 @@ hosts stop, the target drains, the volumes are compared (sha256) and every host'
 checked with :func:`rcn.bench.consistency.check_final`.
 
 The table has a row per role: faults, writes acknowledged during them, lost, torn,
-backwards, recovery time p50/max, manual steps (commands issued), stuck, and the
-resource/answer checks that failed. ``--json`` writes every fault's record too. Exit
-status 0 when nothing was lost, torn, went backwards, got stuck or broke a bound; 1
+backwards, recovery time p50/max, manual steps (commands issued), stuck, the
+resource/answer checks that failed, and (``seal``) rotations' refusals and storms and the
+faults skipped. ``--json`` writes every fault's record too. Exit
+status 0 when nothing was lost, torn, went backwards, got stuck, broke a bound or (a
+rotation) was refused or stormed; 1
 otherwise; 2 for bad options. The lab directories are removed at the end unless the run
 failed and ``--keep`` was given (``--dir``: kept always).
 
 The package, one concern a module: :mod:`~tools.chaos.catalogue` (roles, fault kinds, the
 documented recovery per fault, the plan), :mod:`~tools.chaos.parties` (what the arrays,
 edges and management server show), :mod:`~tools.chaos.probes` (invariants 5 and 6),
+:mod:`~tools.chaos.keys` (the rotation fault and its seal checks),
 :mod:`~tools.chaos.driver` (the labs, hosts and faults of a run),
 :mod:`~tools.chaos.report` (a fault's record, the table) and :mod:`~tools.chaos.cli`.
 """

@@ -6,9 +6,9 @@ import random
 
 ROLES = {"source-array": "arrayA", "target-array": "arrayB", "source-edge": "edgeA",
          "target-edge": "edgeB", "core": "core1", "mgmt": "mgmt"}
-FAULTS = ("kill", "stop", "cut")
+FAULTS = ("kill", "stop", "cut", "rotate")
 CUT_LINKS = {"source-edge": (1,), "target-edge": (2,), "core": (1, 2)}
-LAB_OF_FAULT = {"kill": "mgmt", "stop": "mgmt", "cut": "wanem"}
+LAB_OF_FAULT = {"kill": "mgmt", "stop": "mgmt", "cut": "wanem", "rotate": "mgmt"}
 
 # -- the documented way back, per (role, fault) -------------------------------------------
 # "auto": the RCN recovers by itself (restart, reconnect, retransmit, replay);
@@ -35,6 +35,8 @@ RECOVERY: dict[tuple[str, str], str] = {
     ("core", "cut"): AUTO,
     ("mgmt", "kill"): AUTO,              # the devices keep their settings meanwhile
     ("mgmt", "stop"): AUTO,
+    ("mgmt", "rotate"): AUTO,            # every link and group key rotated under load: the
+                                         # overlap keeps both epochs open (tools.chaos.keys)
 }
 # Faults known to strand the pair today (issue 15); each entry names why. Remove an entry
 # once its fix lands: tests/tools/test_chaos.py then requires that fault to recover.

@@ -26,15 +26,15 @@ def _list(choices):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.chaos",
-                                description="Kill, stop and cut every role of a lab under a "
-                                            "journalled workload; judge each fault (see the "
-                                            "module docstring).")
+                                description="Kill, stop and cut every role of a lab, and "
+                                            "rotate its keys, under a journalled workload; "
+                                            "judge each fault (see the module docstring).")
     p.add_argument("--seed", type=int, default=1, help="seed of every random choice (default 1)")
     p.add_argument("--rounds", type=int, default=3, help="faults per role (default 3)")
     p.add_argument("--roles", type=_list(tuple(ROLES)), default=list(ROLES),
                    help="comma-separated roles (default all: " + ",".join(ROLES) + ")")
     p.add_argument("--faults", type=_list(FAULTS), default=list(FAULTS),
-                   help="comma-separated fault kinds (default kill,stop,cut)")
+                   help="comma-separated fault kinds (default kill,stop,cut,rotate)")
     p.add_argument("--rate", type=float, default=200.0,
                    help="host writes per second (default 200)")
     p.add_argument("--recovery-timeout", type=float, default=60.0,

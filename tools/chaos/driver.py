@@ -16,8 +16,10 @@ from rcn.bench.consistency import (STAMPED, TORN, ConsistencyError, check_final,
                                    read_journal, scan_file)
 from rcn.bench.runner import spawn_workload
 from rcn.cli.lab import describe_status
+from rcn.config import UNSEALED
 from rcn.lab import unapplied
 from rcn.wanem.driver import ApplianceError, WanemDriver, open_port
+from tools.chaos import keys as keylib
 from tools.chaos.catalogue import (AUTO, CUT_LINKS, GAP, HOLD, KILL_GAP, KNOWN_STUCK,
                                    LAB_OF_FAULT, RECOVERY, RESYNC, ROLES, plan)
 from tools.chaos.parties import (caught_up, describe, fetch_json, generations, not_duplex,
@@ -41,8 +43,11 @@ class ChaosError(Exception):
 def topology(kind: str, capacity: int) -> lablib.Topology:
     if kind == "mgmt":
         return lablib.Topology(capacity=capacity, log_mode="durable")
+    # unsealed: rcn lab refuses a sealed lab with WAN emulator links (the emulator relays
+    # from ports of its own, and the hop layer's keys are bound to both ends' addresses)
     links = (lablib.WanemSpec(("edgeA", "core1")), lablib.WanemSpec(("core1", "edgeB")))
-    return lablib.Topology(capacity=capacity, log_mode="durable", mgmt=False, wanem=links)
+    return lablib.Topology(capacity=capacity, log_mode="durable", mgmt=False, wanem=links,
+                           seal=UNSEALED)
 
 
 # -- hosts -----------------------------------------------------------------------------------
@@ -227,8 +232,12 @@ class Chaos:
         record = Fault(lab=len(self.labs), role=role, fault=fault, device=device,
                        at_s=round(self.now(), 3), known=KNOWN_STUCK.get((role, fault)))
         began = time.monotonic()
+        seal_before = self.seal_figures() if fault == "rotate" else None
         try:
             healed = self.inject(record)
+        except keylib.RotationAbsent as exc:
+            record.skipped = str(exc)
+            healed = time.monotonic()
         except (lablib.LabError, ApplianceError, OSError) as exc:
             record.note = f"the fault could not be undone: {exc}"
             healed = time.monotonic()
@@ -243,6 +252,8 @@ class Chaos:
         self.check_bounds(record)
         acked = sum(h.acked() for h in self.hosts)
         record.acked, self._acked_before = acked - self._acked_before, acked
+        if seal_before is not None and record.skipped is None:
+            self.check_seal(record, seal_before)
         self.progress(record, time.monotonic() - began)
         return record
 
@@ -256,6 +267,8 @@ class Chaos:
             self.lab = lablib.restart(directory, name, timeout=RESTART_TIMEOUT)
             self.devices = {d["name"]: d for d in self.lab["devices"]}
             return healed
+        if record.fault == "rotate":
+            return self.rotate(record)
         hold = record.hold_s = round(self.rng.uniform(*HOLD), 3)
         if record.fault == "stop":
             lablib.signal_device(directory, name, signal.SIGSTOP)
@@ -273,6 +286,39 @@ class Chaos:
             for link in links:
                 self.driver.set_up(link, True)
         return time.monotonic()
+
+    def rotate(self, record: Fault) -> float:
+        """Every key rotated through the management server; done when each new epoch is
+        the one sent with (:mod:`tools.chaos.keys`)."""
+        result = keylib.rotate_all(self.lab, self.args.recovery_timeout)
+        record.note = (f"rotated {result['rotated']} keys"
+                       + (f", new epochs sent with after {result['sending_s']:.1f} s"
+                          if result["sending_s"] is not None else
+                          f"; NOT sending after {self.args.recovery_timeout:g} s: "
+                          + ", ".join(result["pending"][:4]))
+                       + (f"; skipped {'; '.join(result['skipped'])}" if result["skipped"]
+                          else ""))
+        if result["sending_s"] is None:
+            record.stuck = True
+            record.why.append("new key epochs not sent with: " + ", ".join(result["pending"]))
+        return time.monotonic()
+
+    def seal_figures(self) -> dict:
+        try:
+            return keylib.seal_figures(self.lab, fetch_json)
+        except (OSError, ValueError) as exc:
+            self.log(f"edge /status before a rotation: {exc}")
+            return {}
+
+    def check_seal(self, record: Fault, before: dict) -> None:
+        """A rotation's cost: refusals of the seal (none allowed), retransmissions."""
+        after = self.seal_figures()
+        if not before or not after:
+            record.answers.append("edge /status unreadable around the rotation")
+            return
+        record.refused, record.retransmits = keylib.seal_delta(before, after)
+        record.storm = keylib.storm(record.retransmits, record.acked)
+        record.answers += keylib.not_rotated(before, after)
 
     def recover(self, record: Fault, healed: float) -> None:
         """The ladder: wait (auto); then resync at the source if its pair is suspended."""
@@ -394,9 +440,14 @@ class Chaos:
             outcome = (f"recovered in {r.recovery_s:.1f} s"
                        + (f" after {len(r.manual)} manual step(s)" if r.manual else " (auto)")
                        + (" UNEXPECTED" if r.unexpected else ""))
+        if r.skipped:
+            outcome = f"SKIPPED ({r.skipped}); {outcome}"
         checks = (f"prefix: {r.required} writes required, {r.lost} lost, {r.torn} torn, "
                   f"{r.backwards} backwards"
-                  + (f", {r.phantoms} phantoms" if r.phantoms else ""))
+                  + (f", {r.phantoms} phantoms" if r.phantoms else "")
+                  + (f"; seal: refused {r.refused or 'nothing'}, {r.retransmits} "
+                     f"retransmissions{' (A STORM)' if r.storm else ''}"
+                     if r.retransmits is not None else ""))
         extra = "; ".join(r.bounds + r.answers + r.prefix[:2])
         self.log(f"lab {r.lab} {what}: {outcome}; {r.acked} acked; {checks}"
                  + (f"; {extra}" if extra else "") + (f"; {r.note}" if r.note else ""))

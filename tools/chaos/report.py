@@ -31,11 +31,16 @@ class Fault:
     bounds: list = field(default_factory=list)
     answers: list = field(default_factory=list)
     note: str = ""
+    skipped: str | None = None                       # why the fault could not be done
+    refused: dict = field(default_factory=dict)      # rotate: seal refusals it caused
+    retransmits: int | None = None                   # rotate: the edges' retransmissions
+    storm: bool = False                              # rotate: more than tools.chaos.keys allows
 
     @property
     def failed(self) -> bool:
         return bool(self.lost or self.torn or self.phantoms or self.backwards or self.stuck
-                    or self.unexpected or self.bounds or self.answers)
+                    or self.unexpected or self.bounds or self.answers or self.refused
+                    or self.storm)
 
 
 def _p50(values: list[float]) -> float | None:
@@ -65,15 +70,30 @@ def table_rows(records: list[Fault], roles: list[str]) -> list[dict]:
                      "stuck": sum(r.stuck for r in mine),
                      "stuck_known": sum(r.stuck and r.known is not None for r in mine),
                      "bounds": sum(len(r.bounds) for r in mine),
-                     "answers": sum(len(r.answers) for r in mine)})
+                     "answers": sum(len(r.answers) for r in mine),
+                     "skipped": sum(r.skipped is not None for r in mine),
+                     "refused": sum(sum(r.refused.values()) for r in mine),
+                     "storms": sum(r.storm for r in mine)})
     return rows
+
+
+def _seal_column(row: dict) -> str:
+    """Rotations: refusals of the seal and storms; skipped faults."""
+    parts = []
+    if row.get("refused"):
+        parts.append(f"{row['refused']} refused")
+    if row.get("storms"):
+        parts.append(f"{row['storms']} storm")
+    if row.get("skipped"):
+        parts.append(f"{row['skipped']} skipped")
+    return ", ".join(parts) or "-"
 
 
 def render(report: dict) -> str:
     def s(v):
         return "-" if v is None else f"{v:.1f}"
     columns = ["role", "faults", "acked", "lost", "torn", "back", "rec p50 s", "rec max s",
-               "manual", "stuck", "bounds", "answers"]
+               "manual", "stuck", "bounds", "answers", "seal"]
     rows = [{"role": r["role"], "faults": f"{r['faults']} ({r['kinds']})", "acked": r["acked"],
              "lost": r["lost"], "torn": r["torn"], "back": r["backwards"],
              "rec p50 s": s(r["recovery_p50_s"]), "rec max s": s(r["recovery_max_s"]),
@@ -81,7 +101,8 @@ def render(report: dict) -> str:
                        + (f" ({r['unexpected']} unexpected)" if r["unexpected"] else ""),
              "stuck": f"{r['stuck']}"
                       + (f" ({r['stuck_known']} known)" if r["stuck_known"] else ""),
-             "bounds": r["bounds"], "answers": r["answers"]} for r in report["table"]]
+             "bounds": r["bounds"], "answers": r["answers"],
+             "seal": _seal_column(r)} for r in report["table"]]
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths)) for r in rows]
@@ -96,6 +117,13 @@ def render(report: dict) -> str:
         else:
             out.append(f"lab {lab['lab']} ({lab['kind']}): not judged ({result.get('why')})")
     for rec in report["records"]:
+        if rec.get("skipped"):
+            out.append(f"skipped: lab {rec['lab']} {rec['role']} {rec['fault']}: "
+                       f"{rec['skipped']}")
+        if rec.get("refused") or rec.get("storm"):
+            out.append(f"seal: lab {rec['lab']} {rec['role']} {rec['fault']}: refused "
+                       f"{rec['refused'] or 'nothing'}, {rec['retransmits']} retransmissions"
+                       + (" (a storm)" if rec["storm"] else ""))
         if rec["stuck"]:
             out.append(f"stuck: lab {rec['lab']} {rec['role']} {rec['fault']}"
                        + (f" (known: {rec['known']})" if rec["known"] else "") + ": "

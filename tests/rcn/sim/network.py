@@ -5,7 +5,9 @@ datagrams overtake each other; ``loss`` and ``duplicate`` are probabilities
 per datagram. All randomness comes from one seeded ``random.Random``: a run
 replays exactly from its seed. Endpoints are real
 :class:`rcn.logxfer.protocol.LogTransferProtocol` objects with a fake
-transport, so parsing, CRC checks and drop counting are the daemons' own.
+transport, so the hop layer (sealing, opening, replay windows), parsing, CRC
+checks and drop counting are the daemons' own. :meth:`SimNetwork.inject` puts
+a datagram on the wire from any address (an attacker's).
 """
 
 from __future__ import annotations
@@ -43,11 +45,17 @@ class SimNetwork:
         self.down: set[Address] = set()
         self.stats = {"sent": 0, "lost": 0, "duplicated": 0, "delivered": 0, "unreachable": 0}
 
-    def attach(self, address: Address, handler) -> LogTransferProtocol:
-        protocol = LogTransferProtocol(handler)
+    def attach(self, address: Address, handler, drops=None) -> LogTransferProtocol:
+        """An endpoint at ``address`` (``drops``: the device's counter, as the daemons
+        share it with their protocol); seal it by setting its ``hop``."""
+        protocol = LogTransferProtocol(handler, drops)
         protocol.transport = _Transport(self, address)
         self.endpoints[address] = protocol
         return protocol
+
+    def inject(self, source: Address, data: bytes, destination: Address) -> None:
+        """``data`` as if ``source`` sent it (no hop layer of ours: the bytes as given)."""
+        self.send(source, data, destination)
 
     def send(self, source: Address, data: bytes, destination: Address) -> None:
         self.stats["sent"] += 1
