@@ -21,11 +21,9 @@ from ``--seed``, one fault:
   edges' ``/status`` from before it to after the recovery must show no refusal of the
   seal and no retransmission storm. Without the endpoint the fault is *skipped*.
 
-The management lab runs sealed, as every configuration does (issue 17): the devices take
-their keys from the server's snapshots. The WAN emulator lab runs with ``lab.seal =
-"none"``: ``rcn lab`` refuses a sealed lab with emulator links (the emulator relays from
-ports of its own, and the hop layer's per-direction keys are bound to both ends'
-addresses), so cuts are judged unsealed.
+Both labs run sealed, as every configuration does (issue 17): the management lab's devices
+take their keys from the server's snapshots, the WAN emulator lab's from the key files
+``rcn lab`` writes (each end of an emulated link names the other by the emulator's port).
 
 Roles: ``source-array`` (arrayA), ``target-array`` (arrayB), ``source-edge`` (edgeA),
 ``target-edge`` (edgeB), ``core`` (core1), ``mgmt`` (the management server). ``--rounds

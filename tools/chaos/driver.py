@@ -16,7 +16,6 @@ from rcn.bench.consistency import (STAMPED, TORN, ConsistencyError, check_final,
                                    read_journal, scan_file)
 from rcn.bench.runner import spawn_workload
 from rcn.cli.lab import describe_status
-from rcn.config import UNSEALED
 from rcn.lab import unapplied
 from rcn.wanem.driver import ApplianceError, WanemDriver, open_port
 from tools.chaos import keys as keylib
@@ -43,11 +42,8 @@ class ChaosError(Exception):
 def topology(kind: str, capacity: int) -> lablib.Topology:
     if kind == "mgmt":
         return lablib.Topology(capacity=capacity, log_mode="durable")
-    # unsealed: rcn lab refuses a sealed lab with WAN emulator links (the emulator relays
-    # from ports of its own, and the hop layer's keys are bound to both ends' addresses)
     links = (lablib.WanemSpec(("edgeA", "core1")), lablib.WanemSpec(("core1", "edgeB")))
-    return lablib.Topology(capacity=capacity, log_mode="durable", mgmt=False, wanem=links,
-                           seal=UNSEALED)
+    return lablib.Topology(capacity=capacity, log_mode="durable", mgmt=False, wanem=links)
 
 
 # -- hosts -----------------------------------------------------------------------------------
