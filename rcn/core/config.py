@@ -16,7 +16,7 @@ Example (every key shown; ``core.id``, ``core.listen`` and one route through
     [batch]                                   # batch forwarding, per next hop
     enabled = true                            # false: every entry leaves at once, alone
     max_delay_ms = 1.0                        # longest an entry waits for company, 0..1000
-    max_bytes = 65000                         # largest BATCH datagram, 272..65507
+    max_bytes = 65000                         # largest BATCH datagram, 272..65467
     max_entries = 256                         # most entries in one BATCH, 1..4096
 
     [metrics]
@@ -71,7 +71,7 @@ from rcn.config import (CONSOLE, MGMT, REQUIRED, ROUTE, SEAL, ConfigError, Conso
                         server_endpoint, size_text)
 from rcn.core.relay import MIN_BATCH_BYTES, BatchPolicy
 from rcn.logxfer.protocol import (DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER,
-                                  MAX_UDP_PAYLOAD)
+                                  MAX_ENTRY_DATAGRAM)
 from rcn.logxfer.routes import Address, RouteTable
 
 __all__ = ["ConfigError", "CoreConfig", "SCHEMA", "load_config", "parse_config", "render"]
@@ -119,8 +119,8 @@ SCHEMA = Schema(
         Key("enabled", bool, True, help="false: every entry leaves at once, alone"),
         Key("max_delay_ms", float, 1.0, in_range(0.0, 1000.0, " ms"), "longest an entry waits "
             "for company, 0..1000"),
-        Key("max_bytes", int, 65000, in_range(MIN_BATCH_BYTES, MAX_UDP_PAYLOAD), "largest BATCH "
-            f"datagram, {MIN_BATCH_BYTES}..{MAX_UDP_PAYLOAD}"),
+        Key("max_bytes", int, 65000, in_range(MIN_BATCH_BYTES, MAX_ENTRY_DATAGRAM), "largest BATCH "
+            f"datagram, {MIN_BATCH_BYTES}..{MAX_ENTRY_DATAGRAM}"),
         Key("max_entries", int, 256, in_range(1, MAX_BATCH), f"most entries in one BATCH, "
             f"1..{MAX_BATCH}")), "batch forwarding, per next hop"),
     Table("metrics", (

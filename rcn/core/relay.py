@@ -64,7 +64,7 @@ from datapath.frames.errors import DecodeError
 from datapath.frames.logentry import HEADER_SIZE, LOG_HEADER, MAX_BATCH, EntryType, LogEntry
 from datapath.frames.names import format_wwn
 from datapath.kernels.batching import BATCH_OVERHEAD, pack, plan_batches, unpack
-from rcn.logxfer.protocol import MAX_UDP_PAYLOAD, Drops
+from rcn.logxfer.protocol import MAX_ENTRY_DATAGRAM, Drops
 from rcn.logxfer.routes import Address, RouteTable, goes_backward
 
 _log = Logger()
@@ -99,9 +99,10 @@ class BatchPolicy:
     def __post_init__(self):
         if not 0 <= self.max_delay <= 1.0:
             raise ValueError(f"max_delay {self.max_delay} s is outside 0..1 s")
-        if not MIN_BATCH_BYTES <= self.max_bytes <= MAX_UDP_PAYLOAD:
+        if not MIN_BATCH_BYTES <= self.max_bytes <= MAX_ENTRY_DATAGRAM:
             raise ValueError(f"max_bytes {self.max_bytes} is outside {MIN_BATCH_BYTES}.."
-                             f"{MAX_UDP_PAYLOAD} (two bare entries .. one UDP datagram)")
+                             f"{MAX_ENTRY_DATAGRAM} (two bare entries .. one UDP datagram with its hop "
+                             f"envelope)")
         if not 1 <= self.max_entries <= MAX_BATCH:
             raise ValueError(f"max_entries {self.max_entries} is outside 1..{MAX_BATCH}")
 

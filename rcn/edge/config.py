@@ -150,7 +150,7 @@ from rcn.config import (CONSOLE, MGMT, REQUIRED, ROUTE, SEAL, ConfigError, Conso
 from rcn.edge.device import EdgeSettings, PairEntry
 from rcn.edge.receiver import ReceiverConfig
 from rcn.logxfer.protocol import (DEFAULT_RECEIVE_BUFFER, DEFAULT_SEND_BUFFER,
-                                  MAX_UDP_PAYLOAD)
+                                  MAX_ENTRY_DATAGRAM)
 from rcn.logxfer.routes import Address
 from rcn.groups import POLICIES
 from rcn.nbd.client import parse_nbd_url
@@ -267,7 +267,7 @@ SCHEMA = Schema(
         Key("segment_size", _SIZE, "64MiB", parse_size),
         Key("group_quota", _SIZE, "256MiB", parse_size, "retained bytes per group; beyond: "
             "back-pressure"),
-        Key("max_datagram", int, 65000, in_range(HEADER_SIZE + 512, MAX_UDP_PAYLOAD),
+        Key("max_datagram", int, 65000, in_range(HEADER_SIZE + 512, MAX_ENTRY_DATAGRAM),
             "largest datagram; larger entries are split")), "log storage area"),
     Table("sender", (
         Key("window", _SIZE, "64MiB", parse_size, "unacknowledged bytes per path"),

@@ -25,10 +25,13 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from datapath.frames.errors import DecodeError
+from datapath.frames.hop import HOP_OVERHEAD
 from datapath.frames.logentry import LogEntry, parse_datagram
 from rcn.logxfer.routes import Address
 
 MAX_UDP_PAYLOAD = 65507            # IPv4: 65535 - 20 (IP) - 8 (UDP)
+#: the largest log entry or BATCH datagram: one UDP datagram with its hop envelope
+MAX_ENTRY_DATAGRAM = MAX_UDP_PAYLOAD - HOP_OVERHEAD
 DEFAULT_RECEIVE_BUFFER = 16 << 20
 DEFAULT_SEND_BUFFER = 4 << 20
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)

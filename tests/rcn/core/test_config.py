@@ -135,7 +135,7 @@ class ConfigTests(SynchronousTestCase):
             (put("batch", "enabled", "yes"), "batch.enabled: expected bool"),
             (put("batch", "max_delay_ms", -1), "batch.max_delay_ms: -1.0 ms is outside"),
             (put("batch", "max_delay_ms", 1001), "batch.max_delay_ms: "),
-            (put("batch", "max_bytes", 65508), "batch.max_bytes: 65508 is outside 272..65507"),
+            (put("batch", "max_bytes", 65468), "batch.max_bytes: 65468 is outside 272..65467"),
             (put("batch", "max_bytes", 100), "batch.max_bytes: "),
             (put("batch", "max_bytes", 1.5), "batch.max_bytes: expected int"),
             (put("batch", "max_entries", 0), "batch.max_entries: 0 is outside 1..4096"),
