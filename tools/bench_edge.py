@@ -32,9 +32,11 @@ from datapath.frames.logentry import EntryType, segment_entry
 from rcn.edge.applystate import ApplyState
 from rcn.edge.device import EdgeDevice, EdgeSettings, PairEntry
 from rcn.edge.logstore import LogStore
+from rcn.logxfer.keys import KeyRing, new_key
 from rcn.logxfer.protocol import LogTransferProtocol
 from rcn.logxfer.rioarea import command_area
 from rcn.logxfer.routes import Address, Route, RouteTable
+from rcn.logxfer.seal import GroupSeal, HopSeal
 from rcn.rio.fcp import ScsiCommand, ScsiResult, build_write16_cdb
 
 A_WWN, B_WWN = 0x500A098000000001, 0x500A098000000002
@@ -51,19 +53,26 @@ class _Volume:
         return succeed(ScsiResult())
 
 
-def _pair_of_edges(clock):
+def _pair_of_edges(clock, sealed: bool):
     routes = RouteTable([Route(A_WWN, B_WWN, (A, B))])
     wire: deque = deque()
     edges, protocols = [], []
     volume = _Volume(64 << 20)
+    ring = KeyRing()
+    ring.add_link(A, B, new_key(1))
+    ring.add_group(7, new_key(1))
     for me, apply in ((A, None), (B, lambda header: volume)):
         store, state = LogStore(None, mode="memory"), ApplyState(None)
         store.open()
         state.open()
         proto = LogTransferProtocol(None)
+        proto.hop = HopSeal(me, ring, proto.drops) if sealed else None
         settings = EdgeSettings(me=me, pairs=[PairEntry(A_WWN, 0, B_WWN, 0, 7)], routes=routes)
-        edge = EdgeDevice(clock, settings, store, state,
-                          lambda data, address, me=me: wire.append((me, data, address)), apply)
+
+        def transmit(data, address, me=me, hop=proto.hop):
+            wire.append((me, data if hop is None else hop.seal(data, address), address))
+        edge = EdgeDevice(clock, settings, store, state, transmit, apply,
+                          seal=GroupSeal(ring, sealed=sealed))
         proto.handler = edge
         edges.append(edge)
         protocols.append(proto)
@@ -76,10 +85,11 @@ def _pair_of_edges(clock):
     return edges, deliver
 
 
-def run_edges(size: int, writes: int, depth: int = 64) -> float:
-    """Seconds of this process's CPU for ``writes`` writes of ``size`` bytes through both edges."""
+def run_edges(size: int, writes: int, depth: int = 64, sealed: bool = True) -> float:
+    """Seconds of this process's CPU for ``writes`` writes of ``size`` bytes through both edges
+    (sealed: hop layer and end-to-end seal, as the daemons run by default)."""
     clock = task.Clock()
-    (source, target), deliver = _pair_of_edges(clock)
+    (source, target), deliver = _pair_of_edges(clock, sealed)
     data = bytes(size)
     blocks = size // 512
     done = {"acked": 0}
@@ -131,6 +141,7 @@ def main(argv=None) -> int:
     print(f"{'row':44} {'writes':>7} {'us/write':>9} {'writes/s':>10} {'vs entry build':>15}")
     for size, writes in ((4096, args.writes), (65536, max(1, args.writes // 10))):
         base = run_baseline(size, writes) / writes
+        clear = run_edges(size, writes, sealed=False) / writes
         if args.profile and size == 4096:
             profile = cProfile.Profile()
             profile.enable()
@@ -138,9 +149,12 @@ def main(argv=None) -> int:
         if args.profile and size == 4096:
             profile.disable()
         for name, cost in ((f"entry build alone, {size // 1024} KiB (baseline)", base),
-                           (f"source + target edge, {size // 1024} KiB", edges)):
+                           (f"source + target edge, {size // 1024} KiB, seal = none", clear),
+                           (f"source + target edge, {size // 1024} KiB, sealed", edges)):
             print(f"{name:44} {writes:7d} {cost * 1e6:9.1f} {1 / cost:10.0f} "
                   f"{cost / base:14.1f}x")
+        print(f"{'  sealing adds':44} {'':7} {(edges - clear) * 1e6:9.1f} "
+              f"{'':10} {(edges / clear - 1) * 100:13.1f}%")
     if args.profile:
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
     return 0

@@ -226,6 +226,8 @@ def segment_entry(entry_type: int, area: bytes, max_body: int, **fields) -> list
     count = max(1, -(-len(area) // max_body))
     if count > 0xFFFF:
         raise ValueError(f"log: {len(area)} bytes need {count} segments, more than 65535")
+    if count > 1:
+        area = memoryview(area)     # each segment's body is copied once, into its datagram
     return [build_entry(entry_type, area[offset:offset + max_body], segment_index=index,
                         segment_count=count, segment_offset=offset, total_length=len(area),
                         **fields)

@@ -147,12 +147,10 @@ class HopSeal:
             sending = self._sending[peer] = (key.epoch, self._cipher(peer, key, True))
         epoch, aead = sending
         self.counter += 1
-        end = HOP_HEADER_SIZE + len(data)
-        out = bytearray(end + HOP_TAG_SIZE)      # one buffer: header, datagram, then the tag
-        out[:HOP_HEADER_SIZE] = build_hop_header(epoch, self.counter)
-        out[HOP_HEADER_SIZE:end] = data
-        with memoryview(out) as view:
-            out[end:] = aead.encrypt(hop_nonce(self.counter), b"", view[:end])
+        # one buffer, the datagram copied in once (a bytearray grows in place for the tag)
+        out = bytearray(build_hop_header(epoch, self.counter))
+        out += data
+        out += aead.encrypt(hop_nonce(self.counter), b"", out)
         self.counts["sealed"] += 1
         return out
 
@@ -249,9 +247,10 @@ class GroupSeal:
         if key is None:
             raise SealRefused("e2e_unknown_key", f"group {header.group_id} key epoch "
                                                  f"{header.key_epoch} is not held")
+        view = memoryview(body)
         try:
             clear = self._cipher(header.group_id, key).decrypt(
-                body[:SEAL_NONCE_SIZE], body[SEAL_NONCE_SIZE:],
+                view[:SEAL_NONCE_SIZE], view[SEAL_NONCE_SIZE:],
                 e2e_aad(header.entry_type, header))
         except InvalidTag:
             raise SealRefused("e2e_bad_tag", f"group {header.group_id} key epoch "
