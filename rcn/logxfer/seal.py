@@ -44,8 +44,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from twisted.logger import Logger
 
 from datapath.frames.hop import (HOP_HEADER, HOP_HEADER_SIZE, HOP_MAGIC_BYTES, HOP_OVERHEAD,
-                                 HOP_TAG_SIZE, HOP_VERSION, SUITE_AES_256_GCM, build_hop_header,
-                                 hop_nonce)
+                                 HOP_TAG_SIZE, HOP_VERSION, SUITE_AES_256_GCM, build_hop_header)
 from datapath.frames.logentry import (SEAL_NONCE_SIZE, SEALABLE_TYPES, SEALED_OVERHEAD,
                                       LogHeader, Seal, e2e_aad, segment_entry)
 from rcn.logxfer.keys import Key, KeyRing, ring_at_start
@@ -56,6 +55,8 @@ _AES_256_GCM = int(Seal.AES_256_GCM)
 REPLAY_WINDOW = 4096
 _EPOCH_AT = HOP_HEADER.offsets["key_epoch"]
 _COUNTER_AT = HOP_HEADER.offsets["counter"]
+_NONCE_AT = HOP_HEADER.offsets["reserved2"]
+_VERSION_SUITE = bytes((HOP_VERSION, SUITE_AES_256_GCM))
 _VERSION_AT = HOP_HEADER.offsets["version"]
 _SUITE_AT = HOP_HEADER.offsets["suite"]
 HOP_DROP_REASONS = ("not_neighbour", "unsealed", "unknown_key", "bad_tag", "replayed",
@@ -99,7 +100,7 @@ class ReplayWindow:
             self.seen |= 1 << (self.top - counter)
 
 
-def _direction_key(key: Key, sender_end: int) -> AESGCM:
+def direction_key(key: Key, sender_end: int) -> AESGCM:
     info = f"rcn hop v{HOP_VERSION} end {sender_end} > end {1 - sender_end}".encode()
     material = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
         key.material)
@@ -127,13 +128,14 @@ class HopSeal:
         self._neighbours = ring.neighbours(self.me)
         self._aead = {}
         self._sending: dict[Address, tuple[int, AESGCM]] = {}
+        self._opening: dict[tuple[Address, int], AESGCM] = {}
 
     def _cipher(self, peer: Address, key: Key, sending: bool) -> AESGCM:
         name = (peer, key.epoch, sending)
         aead = self._aead.get(name)
         if aead is None:
             mine = self.ring.link_end(self.me, peer)
-            aead = self._aead[name] = _direction_key(key, mine if sending else 1 - mine)
+            aead = self._aead[name] = direction_key(key, mine if sending else 1 - mine)
         return aead
 
     def seal(self, data: bytes, peer: Address) -> bytearray | None:
@@ -148,9 +150,10 @@ class HopSeal:
         epoch, aead = sending
         self.counter += 1
         # one buffer, the datagram copied in once (a bytearray grows in place for the tag)
-        out = bytearray(build_hop_header(epoch, self.counter))
+        header = build_hop_header(epoch, self.counter)
+        out = bytearray(header)
         out += data
-        out += aead.encrypt(hop_nonce(self.counter), b"", out)
+        out += aead.encrypt(header[_NONCE_AT:], b"", out)
         self.counts["sealed"] += 1
         return out
 
@@ -162,22 +165,24 @@ class HopSeal:
         if data[:4] != HOP_MAGIC_BYTES:
             self.drops.drop("unsealed", sender, "not a hop envelope")
             return None
-        if (len(data) < HOP_OVERHEAD or data[_VERSION_AT] != HOP_VERSION
-                or data[_SUITE_AT] != SUITE_AES_256_GCM):
+        if len(data) < HOP_OVERHEAD or data[_VERSION_AT:_SUITE_AT + 1] != _VERSION_SUITE:
             self.drops.drop("malformed", sender, "hop envelope: short, or unknown version "
                                                  "or suite")
             return None
         epoch = int.from_bytes(data[_EPOCH_AT:_EPOCH_AT + 4], "big")
-        key = self.ring.link_keys(self.me, sender).get(epoch)
-        if key is None:
-            self.drops.drop("unknown_key", sender, f"link key epoch {epoch} is not held")
-            return None
+        aead = self._opening.get((sender, epoch))
+        if aead is None:
+            key = self.ring.link_keys(self.me, sender).get(epoch)
+            if key is None:
+                self.drops.drop("unknown_key", sender, f"link key epoch {epoch} is not held")
+                return None
+            aead = self._opening[(sender, epoch)] = self._cipher(sender, key, False)
         counter = int.from_bytes(data[_COUNTER_AT:_COUNTER_AT + 8], "big")
         end = len(data) - HOP_TAG_SIZE
         try:
             with memoryview(data) as view:
-                self._cipher(sender, key, False).decrypt(hop_nonce(counter), view[end:],
-                                                         view[:end])
+                # the nonce is the header's last 12 bytes: reserved2 (zero) and the counter
+                aead.decrypt(view[_NONCE_AT:HOP_HEADER_SIZE], view[end:], view[:end])
         except InvalidTag:
             self.drops.drop("bad_tag", sender, f"hop tag, link key epoch {epoch}")
             return None

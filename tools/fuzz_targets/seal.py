@@ -134,7 +134,7 @@ def fix_hop_tags(data: bytes, rng) -> bytes:
     under the neighbour's key of the epoch it names (when held)."""
     if rng.random() < 0.4:
         return data
-    from rcn.logxfer.seal import _direction_key
+    from rcn.logxfer.seal import direction_key
     from rcn.logxfer.keys import Key
     frames = []
     for stranger, datagram in _frames(data):
@@ -144,7 +144,8 @@ def fix_hop_tags(data: bytes, rng) -> bytes:
             key = {1: _LINK, 2: _LINK_NEXT}.get(epoch)
             if key is not None:
                 end = len(datagram) - hopframe.HOP_TAG_SIZE
-                aead = _direction_key(Key(epoch, key), _address(_NEIGHBOUR), _address(_ME))
+                # the neighbour is the link's end 0 (written first in the ring), and sends
+                aead = direction_key(Key(epoch, key), 0)
                 counter = int.from_bytes(datagram[_COUNTER_AT:_COUNTER_AT + 8], "big")
                 datagram = datagram[:end] + aead.encrypt(hopframe.hop_nonce(counter), b"",
                                                          datagram[:end])
