@@ -336,10 +336,10 @@ class CoreRelay:
         return {str(address): (q.count, q.used) for address, q in self._queues.items()}
 
 
-def _rewrite(entry, ttl: int) -> bytes:
-    """The entry as it leaves: ttl - 1 and its CRC32C recomputed."""
+def _rewrite(entry, ttl: int) -> bytearray:
+    """The entry as it leaves (a new buffer): ttl - 1 and its CRC32C recomputed."""
     out = bytearray(entry)
     out[_TTL_AT] = ttl - 1
     out[_CRC_AT:_CRC_AT + 4] = _ZERO_CRC
     _U32.pack_into(out, _CRC_AT, crc32c(out))
-    return bytes(out)
+    return out

@@ -158,8 +158,8 @@ class HopSeal:
         self.counts["sealed"] += 1
         return out
 
-    def open(self, data: bytes, sender: Address) -> bytes | None:
-        """The datagram inside the envelope, or None (a counted drop)."""
+    def open(self, data: bytes, sender: Address) -> memoryview | None:
+        """The datagram inside the envelope (a view of ``data``), or None (a counted drop)."""
         if sender not in self._neighbours:
             self.drops.drop("not_neighbour", sender, "no link key with this address")
             return None
@@ -196,7 +196,8 @@ class HopSeal:
             return None
         window.mark(counter)
         self.counts["opened"] += 1
-        return data[HOP_HEADER_SIZE:end]
+        # a view: what the receiver keeps of it, it copies (parsing does, once)
+        return memoryview(data)[HOP_HEADER_SIZE:end]
 
 
 class GroupSeal:
