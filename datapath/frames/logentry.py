@@ -191,8 +191,10 @@ _BUILD_FIELDS = frozenset(LOG_HEADER.by_name) - {"magic", "entry_type", "rio_len
 _ENTRY_TYPES = frozenset(int(t) for t in EntryType)
 
 
-def build_entry(entry_type: int, body: bytes = b"", **fields) -> bytes:
-    """Header with CRC for ``body``; single segment unless segment fields are given.
+def build_entry(entry_type: int, body: bytes = b"", *, head: bytes = b"", **fields) -> bytes:
+    """Header with CRC for ``head`` + ``body`` (the body's first bytes given apart, so a
+    sealed body's nonce is not joined to its ciphertext only to be copied again); single
+    segment unless segment fields are given.
 
     The daemons build one per log entry, so the header is one struct pack (the
     layout's own, byte-identical to ``LOG_HEADER.build``) and the CRC32C runs over
@@ -204,7 +206,7 @@ def build_entry(entry_type: int, body: bytes = b"", **fields) -> bytes:
     if entry_type not in _ENTRY_TYPES:
         raise ValueError(f"log: unknown entry type {entry_type}")
     get = fields.get
-    size = len(body)
+    size = len(head) + len(body)
     try:
         header = _HEADER_PACK.pack(
             MAGIC, get("version", VERSION), entry_type, get("flags", 0), get("group_id", 0),
@@ -215,23 +217,32 @@ def build_entry(entry_type: int, body: bytes = b"", **fields) -> bytes:
             0, get("key_epoch", 0))
     except struct.error as exc:
         raise ValueError(f"log: cannot build: {exc}") from None
-    crc = _crc32c.crc32c(body, _crc32c.crc32c(header))
-    return b"".join((header[:_CRC_AT], crc.to_bytes(4, "big"), header[_CRC_AT + 4:], body))
+    crc = _crc32c.crc32c(body, _crc32c.crc32c(head, _crc32c.crc32c(header)))
+    return b"".join((header[:_CRC_AT], crc.to_bytes(4, "big"), header[_CRC_AT + 4:], head,
+                     body))
 
 
-def segment_entry(entry_type: int, area: bytes, max_body: int, **fields) -> list[bytes]:
-    """One datagram per ``max_body`` bytes of the RIO area (patent 【0078】)."""
-    if max_body <= 0:
+def segment_entry(entry_type: int, area: bytes, max_body: int, *, head: bytes = b"",
+                  **fields) -> list[bytes]:
+    """One datagram per ``max_body`` bytes of the RIO area ``head`` + ``area`` (patent
+    【0078】); ``head`` (shorter than ``max_body``) starts the first segment."""
+    if max_body <= len(head):
         raise ValueError(f"log: segment body of {max_body} bytes")
-    count = max(1, -(-len(area) // max_body))
+    total = len(head) + len(area)
+    count = max(1, -(-total // max_body))
     if count > 0xFFFF:
-        raise ValueError(f"log: {len(area)} bytes need {count} segments, more than 65535")
+        raise ValueError(f"log: {total} bytes need {count} segments, more than 65535")
     if count > 1:
         area = memoryview(area)     # each segment's body is copied once, into its datagram
-    return [build_entry(entry_type, area[offset:offset + max_body], segment_index=index,
-                        segment_count=count, segment_offset=offset, total_length=len(area),
-                        **fields)
-            for index, offset in enumerate(range(0, max(len(area), 1), max_body))]
+    first = max_body - len(head)
+    out = [build_entry(entry_type, area[:first], head=head, segment_count=count,
+                       total_length=total, **fields)]
+    for index, offset in enumerate(range(max_body, total, max_body), 1):
+        at = offset - len(head)
+        out.append(build_entry(entry_type, area[at:at + max_body], segment_index=index,
+                               segment_count=count, segment_offset=offset,
+                               total_length=total, **fields))
+    return out
 
 
 def build_rio_area(units: list[bytes]) -> bytes:

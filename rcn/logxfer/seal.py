@@ -246,10 +246,10 @@ class GroupSeal:
         fields["key_epoch"] = epoch
         fields["total_length"] = len(body) + SEALED_OVERHEAD
         nonce = self._nonce()
-        sealed = nonce + aead.encrypt(nonce, body, e2e_aad(entry_type, **fields))
+        sealed = aead.encrypt(nonce, body, e2e_aad(entry_type, **fields))
         self.counts["sealed"] += 1
         del fields["total_length"]
-        return segment_entry(entry_type, sealed, max_body, **fields)
+        return segment_entry(entry_type, sealed, max_body, head=nonce, **fields)
 
     def open(self, header: LogHeader, body: bytes) -> bytes:
         """The clear body of a whole (joined) entry that ends here; :class:`SealRefused`."""
