@@ -5,14 +5,18 @@ A sealed datagram is a 24-byte hop header, the log entry (or BATCH) in clear, an
 
     | HOP_HEADER (24) | log entry or BATCH (logentry.py) | tag (16) |
 
-The tag is AES-256-GCM's over an empty plaintext with the hop header and the entry as
-associated data (GMAC): a hop proves who sent the datagram and that nothing in it changed,
-while the entry's header stays readable to a capture. The customer's data inside it is
-sealed end to end already (``logentry``'s ``seal``), so the hop layer has nothing left to
-hide. Key: the link's key of epoch ``key_epoch``, one per sending direction (HKDF from the
-link key, ``rcn.logxfer.seal``). Nonce: 4 zero bytes then ``counter`` -- a 64-bit counter per
-sending device that starts at the wall clock's nanoseconds when the device starts, so it
-never repeats across restarts, and that receivers check with a sliding replay window.
+The tag is AES-256-GCM's over an empty plaintext with the entry as associated data (GMAC):
+a hop proves who sent the datagram and that nothing in it changed, while the entry's header
+stays readable to a capture. The customer's data inside it is sealed end to end already
+(``logentry``'s ``seal``), so the hop layer has nothing left to hide. Key: the link's key of
+epoch ``key_epoch``, one per sending direction (HKDF from the link key, ``rcn.logxfer.seal``).
+Nonce: the header's last 12 bytes, ``reserved2`` (zero) then ``counter`` -- a 64-bit counter
+per sending device that starts at the wall clock's nanoseconds when the device starts, so it
+never repeats across restarts, and that receivers check with a sliding replay window. So
+every header byte is bound without being associated data (which would make a sender copy
+the entry behind it): the epoch picks the key, the nonce is in the tag, and a receiver
+requires ``version``, ``suite`` and ``reserved`` to be exactly 1, 1, 0. A sender gathers
+header, entry and tag into one datagram (``sendmsg``) without copying the entry.
 
 An inline AES-GCM engine in a NIC computes this tag as the datagram streams out (the
 same place IPsec or kTLS offload puts it); see ``hdl_models/README.md``.

@@ -57,9 +57,10 @@ REPLAY_WINDOW = 4096
 _EPOCH_AT = HOP_HEADER.offsets["key_epoch"]
 _COUNTER_AT = HOP_HEADER.offsets["counter"]
 _NONCE_AT = HOP_HEADER.offsets["reserved2"]
-_VERSION_SUITE = bytes((HOP_VERSION, SUITE_AES_256_GCM))
+#: version, suite and the reserved bytes: the header bytes the tag does not bind (the
+#: epoch chooses the key, reserved2 and the counter are the nonce) must be exactly these
+_FIXED = bytes((HOP_VERSION, SUITE_AES_256_GCM, 0, 0))
 _VERSION_AT = HOP_HEADER.offsets["version"]
-_SUITE_AT = HOP_HEADER.offsets["suite"]
 HOP_DROP_REASONS = ("not_neighbour", "unsealed", "unknown_key", "bad_tag", "replayed",
                     "no_link_key")
 E2E_DROP_REASONS = ("e2e_unsealed", "e2e_unknown_key", "e2e_bad_tag")
@@ -139,8 +140,15 @@ class HopSeal:
             aead = self._aead[name] = direction_key(key, mine if sending else 1 - mine)
         return aead
 
-    def seal(self, data: bytes, peer: Address) -> bytearray | None:
-        """The envelope for ``peer``; None (counted ``no_link_key``) with no key to send with."""
+    def seal(self, data: bytes, peer: Address) -> bytes | None:
+        """The envelope for ``peer`` as one buffer; None (counted ``no_link_key``) with no key
+        to send with."""
+        parts = self.seal_parts(data, peer)
+        return None if parts is None else b"".join((parts[0], data, parts[1]))
+
+    def seal_parts(self, data, peer: Address) -> tuple[bytes, bytes] | None:
+        """The envelope's hop header and tag for ``data`` (a gathering send puts them around
+        it, so a 64 KiB datagram is not copied to be sealed); None as :meth:`seal`."""
         sending = self._sending.get(peer)
         if sending is None:
             key = self.ring.link_send_key(self.me, peer)
@@ -150,13 +158,10 @@ class HopSeal:
             sending = self._sending[peer] = (key.epoch, self._cipher(peer, key, True))
         epoch, aead = sending
         self.counter += 1
-        # one buffer, the datagram copied in once (a bytearray grows in place for the tag)
         header = build_hop_header(epoch, self.counter)
-        out = bytearray(header)
-        out += data
-        out += aead.encrypt(header[_NONCE_AT:], b"", out)
+        tag = aead.encrypt(header[_NONCE_AT:], b"", data)
         self.counts["sealed"] += 1
-        return out
+        return header, tag
 
     def open(self, data: bytes, sender: Address) -> memoryview | None:
         """The datagram inside the envelope (a view of ``data``), or None (a counted drop)."""
@@ -166,7 +171,7 @@ class HopSeal:
         if data[:4] != HOP_MAGIC_BYTES:
             self.drops.drop("unsealed", sender, "not a hop envelope")
             return None
-        if len(data) < HOP_OVERHEAD or data[_VERSION_AT:_SUITE_AT + 1] != _VERSION_SUITE:
+        if len(data) < HOP_OVERHEAD or data[_VERSION_AT:_EPOCH_AT] != _FIXED:
             self.drops.drop("malformed", sender, "hop envelope: short, or unknown version "
                                                  "or suite")
             return None
@@ -183,7 +188,8 @@ class HopSeal:
         try:
             with memoryview(data) as view:
                 # the nonce is the header's last 12 bytes: reserved2 (zero) and the counter
-                aead.decrypt(view[_NONCE_AT:HOP_HEADER_SIZE], view[end:], view[:end])
+                aead.decrypt(view[_NONCE_AT:HOP_HEADER_SIZE], view[end:],
+                             view[HOP_HEADER_SIZE:end])
         except InvalidTag:
             self.drops.drop("bad_tag", sender, f"hop tag, link key epoch {epoch}")
             return None

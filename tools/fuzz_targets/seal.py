@@ -147,8 +147,8 @@ def fix_hop_tags(data: bytes, rng) -> bytes:
                 # the neighbour is the link's end 0 (written first in the ring), and sends
                 aead = direction_key(Key(epoch, key), 0)
                 counter = int.from_bytes(datagram[_COUNTER_AT:_COUNTER_AT + 8], "big")
-                datagram = datagram[:end] + aead.encrypt(hopframe.hop_nonce(counter), b"",
-                                                         datagram[:end])
+                datagram = datagram[:end] + aead.encrypt(
+                    hopframe.hop_nonce(counter), b"", datagram[hopframe.HOP_HEADER_SIZE:end])
         frames.append((stranger, datagram))
     return _pack(frames)
 
