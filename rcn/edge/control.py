@@ -100,8 +100,8 @@ class PairControl:
         self.failovers: dict[int, _Failover] = {}   # target side: group -> waiting SUSPEND
         self.target_failures: dict[int, _Failover] = {}   # target side: stopped, asking
         self.counters = {"controls_refused": 0, "failure_suspends": 0, "entries_to_bitmap": 0,
-                         "failovers": 0, "takeovers": 0, "notices_to_arrays": 0,
-                         "target_failures": 0}
+                         "failovers": 0, "stale_failovers": 0, "takeovers": 0,
+                         "notices_to_arrays": 0, "target_failures": 0}
 
     # -- the source array's commands (source edge) --------------------------------
     def from_array(self, command: ScsiCommand, partner_wwn: int):
@@ -375,6 +375,14 @@ class PairControl:
             return
         if group in self.sok_sent:
             return
+        if header.io_time_ns <= self.pairs.failover_seen.get(group, -1):
+            # sealed end to end, so the target edge sent it -- but for a failover already
+            # acted on (and resynced since): a replay must not fail the group again
+            self.counters["stale_failovers"] += 1
+            _log.warn("{edge}: a failover SUSPEND for group {group} from before the last "
+                      "one acted on was ignored (a replay)", edge=self.name, group=group)
+            return
+        self.pairs.failover_seen[group] = header.io_time_ns
         self.sok_sent.add(group)
         self.counters["failovers"] += 1
         rows = self.pairs.in_group(group, "source")

@@ -25,7 +25,9 @@ The two doors:
   NAK backward: the source side; CTRL backward (flag REVERSE): pair control's failover.
   Segments are joined first (``rcn.logxfer.reassembly``) for every type but NAK; then the
   body is opened under the group key (``rcn.logxfer.seal.GroupSeal``: only the two edges of
-  a group hold it), and one that does not open is a counted drop (``e2e_*``).
+  a group hold it), and one that does not open is a counted drop (``e2e_*``); nor may it
+  name a pair of another group (``wrong_group``: a key must not reach another group's
+  volumes).
 
 The reactor (clock) is injected, so the whole device runs inside one simulated network in
 tests. Building it touches no file: :meth:`EdgeDevice.open` reads the pair file (the
@@ -296,7 +298,25 @@ class EdgeDevice:
                 self.drops.drop(exc.reason, sender, f"{EntryType(entry_type).name} group "
                                 f"{header.group_id} sequence {header.sequence}: {exc}")
                 return
+            if not self._group_owns(header):
+                # a group's key opens entries for that group's pairs only
+                self.drops.drop("wrong_group", sender, f"{EntryType(entry_type).name} group "
+                                f"{header.group_id} for {format_wwn(header.source_wwn)} -> "
+                                f"{format_wwn(header.target_wwn)} LUN {header.target_lun}, "
+                                f"a pair of another group")
+                return
         handler(header, area, sender)
+
+    def _group_owns(self, header: LogHeader) -> bool:
+        """Whether the pair an entry names is of its group: its row's group, or (a pair not
+        known here yet, or one turned round) a group whose pairs run between the same two
+        arrays, or none."""
+        row = self.pairs.find(header.source_wwn, header.target_wwn, header.target_lun)
+        if row is not None:
+            return row.entry.group == header.group_id
+        arrays = self.pairs.group_sources(header.group_id)
+        ends = (header.source_wwn, header.target_wwn)
+        return not arrays or ends in arrays or ends[::-1] in arrays     # or turned round
 
     def _echo(self, body: bytes, sender: Address) -> None:
         """A keepalive probe: echoed at once to whoever sent it."""

@@ -144,6 +144,9 @@ class EdgePairs:
         self.failed_groups: set[int] = set()      # source side: dropped, notice queued
         self.restart_pending: dict[int, int] = {}  # group -> mark: next CTRL has RESTART
         self.sok_sent: set[int] = set()           # source side: failover answered
+        #: source side: the target edge's time (io_time_ns) of the last failover SUSPEND
+        #: acted on, per group: a copy of it, or of an older one, is a replay
+        self.failover_seen: dict[int, int] = {}
         self.restarted = False                    # load() found a pair file
 
     def save(self) -> None:
@@ -164,7 +167,8 @@ class EdgePairs:
             json.dump({"version": 1, "rows": rows,
                        "failed_groups": sorted(self.failed_groups),
                        "sok_sent": sorted(self.sok_sent),
-                       "restart_pending": sorted(self.restart_pending.items())}, f)
+                       "restart_pending": sorted(self.restart_pending.items()),
+                       "failover_seen": sorted(self.failover_seen.items())}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
@@ -191,6 +195,8 @@ class EdgePairs:
         self.sok_sent.update(doc.get("sok_sent", ()))
         self.restart_pending.update((group, mark) for group, mark in
                                     doc.get("restart_pending", ()))
+        self.failover_seen.update((group, when) for group, when in
+                                  doc.get("failover_seen", ()))
         return len(doc["rows"])
 
     def add(self, row: PairRow) -> PairRow:

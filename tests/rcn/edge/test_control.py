@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from datapath.frames import fcp
-from datapath.frames.logentry import EntryFlag, EntryType, parse_datagram
+from datapath.frames.logentry import EntryFlag, EntryType, LogHeader, parse_datagram
 from datapath.kernels.bitmap import DifferentialBitmap
 from rcn.edge.applystate import ApplyState
 from rcn.edge.device import EdgeDevice, EdgeSettings
@@ -218,6 +218,34 @@ class ControlFlowTests(TestCase):
         self.assertEqual(report["known_missing"], 0)
         refused = self.write(0, 50)
         self.assertEqual(explain(refused[0]), "the partner's pair is failure-suspend")
+
+    def test_a_failover_suspend_already_acted_on_moves_nothing_after_a_resync(self):
+        # the target edge's SUSPEND is sealed end to end, yet a copy of it (a late resend, or
+        # a replay past a restarted hop) must not fail the group again once it is resynced
+        sim = self.sim
+        for lba in range(0, 8, 2):
+            self.write(0, lba)
+        self.settle()
+        box = self.control(A.SUSPEND, lun=0, initiator=TARGET_WWN, partner=SOURCE_WWN,
+                           edge=sim.target)
+        self.settle()
+        self.assertTrue(box and box[0].good, box)
+        controls = sim.source.controls
+        self.assertEqual(controls.counters["failovers"], 1)
+        acted = sim.source.pairs.failover_seen[GROUP]
+        row = self.row(sim.source, 0)
+        controls.sok_sent.clear()                       # what a resync does ...
+        row.state = PairState.DUPLEX                    # ... and where it ends
+        e = row.entry
+        old = LogHeader(entry_type=EntryType.CTRL, flags=int(EntryFlag.REVERSE),
+                        group_id=GROUP, io_time_ns=acted, source_wwn=e.source_wwn,
+                        target_wwn=e.target_wwn, target_lun=e.target_lun)
+        controls.failover_request(old)
+        self.assertEqual((controls.counters["failovers"], controls.counters["stale_failovers"],
+                          row.state), (1, 1, PairState.DUPLEX))
+        controls.failover_request(old._replace(io_time_ns=acted + 1))    # a new failover
+        self.assertEqual((controls.counters["failovers"], row.state),
+                         (2, PairState.FAILURE_SUSPEND))
 
     def test_takeover_stops_at_the_applied_prefix(self):
         sim = self.sim

@@ -162,3 +162,45 @@ class StartUpTests(TestCase):
         self.assertEqual(set(edge.handlers), {
             (EntryType.WR, False), (EntryType.CTRL, False), (EntryType.CTRL, True),
             (EntryType.WROK, True), (EntryType.CTRL_OK, True), (EntryType.NAK, True)})
+
+
+class GroupKeyScopeTests(TestCase):
+    """A group's key opens entries for that group's pairs only: an edge holding group 7's
+    key cannot write into a pair of group 8 at a target edge serving both."""
+
+    def setUp(self):
+        from rcn.logxfer.seal import GroupSeal
+        from tests.support import key_ring
+        self.ring = key_ring(groups=[7, 8])
+        store = LogStore(None, mode="memory")
+        store.open()
+        state = ApplyState(None)
+        state.open()
+        routes = RouteTable([Route(A, B, (FAR, CORE, ME))])
+        self.applied = []
+        self.edge = EdgeDevice(Clock(), EdgeSettings(me=ME, routes=routes), store, state,
+                               lambda d, addr: None, lambda header: None,
+                               seal=GroupSeal(self.ring))
+        for lun, group in ((4, 7), (5, 8)):
+            self.edge.pairs.add(PairRow(PairEntry(A, 0, B, lun, group), "target",
+                                        PairState.DUPLEX))
+
+    def wr(self, group: int, lun: int) -> bytes:
+        from rcn.logxfer.rioarea import command_area
+        from rcn.logxfer.seal import GroupSeal
+        cdb = build_write16_cdb(0, 1)
+        datagram, = GroupSeal(self.ring).datagrams(
+            EntryType.WR, command_area(0x010100, 0x010200, 1, lun, cdb, bytes(512)), 65000,
+            group_id=group, sequence=1, source_wwn=A, target_wwn=B, target_lun=lun)
+        return datagram
+
+    def test_a_wr_sealed_under_one_groups_key_for_another_groups_pair_is_dropped(self):
+        for group, lun in ((7, 5), (8, 4)):
+            data = self.wr(group, lun)
+            self.edge.entry_received(parse_datagram(data), data, CORE)
+        self.assertEqual(self.edge.drops.by_reason, {"wrong_group": 2})
+        self.assertEqual(self.edge.target_side.receivers, {})
+        data = self.wr(7, 4)                              # its own pair: taken
+        self.edge.entry_received(parse_datagram(data), data, CORE)
+        self.assertEqual(self.edge.drops.by_reason, {"wrong_group": 2})
+        self.assertEqual(list(self.edge.target_side.receivers), [7])
