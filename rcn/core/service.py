@@ -64,11 +64,12 @@ class _FlushOnStop(service.Service):
 
 def register_metrics(registry: MetricsRegistry, relay: CoreRelay,
                      protocol: LogTransferProtocol) -> None:
+    """The core's figures, read at scrape time: ``rcn_core_*`` (relay counters, drops by
+    reason, queue depth per next hop), ``rcn_logxfer_*`` (the UDP socket's counters) and,
+    sealed, ``rcn_hop_*`` (datagrams sealed and opened)."""
     if protocol.hop is not None:
         registry.counters("hop", lambda: protocol.hop.counts, "hop layer: datagrams sealed "
                           "and opened")
-    """The core's figures, read at scrape time: ``rcn_core_*`` (relay counters, drops by
-    reason, queue depth per next hop) and ``rcn_logxfer_*`` (the UDP socket's counters)."""
     registry.counters("core", relay.counters, "core relay",
                       gauges=("queued_entries", "queued_bytes"))
     registry.counters("logxfer", lambda: protocol.counters, "log-transfer socket")

@@ -2,7 +2,8 @@
 
 :class:`HopSeal` is one device's hop layer. Every datagram it sends to a neighbour gets
 the hop envelope (``datapath/frames/hop.py``): the newest ``send`` epoch of the link's
-key, this device's next counter, and an AES-256-GCM tag over the header and the datagram.
+key, this device's next counter, and an AES-256-GCM tag over the datagram (the header's
+bytes bound through the key, the nonce and fixed values: ``datapath/frames/hop.py``).
 Every datagram it receives is checked in this order, each failure a counted drop with
 its reason, before anything in it is parsed:
 
