@@ -32,7 +32,7 @@ class CliCase(TestCase):
         out, err = io.StringIO(), io.StringIO()
 
         def run():
-            return rcn_main([*args, "--mgmt", self.url, "--token", token], out, err)
+            return rcn_main([*args, "--mgmt", self.url, f"--token={token}"], out, err)
         return threads.deferToThread(run).addCallback(
             lambda status: (status, out.getvalue(), err.getvalue()))
 
