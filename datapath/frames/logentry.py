@@ -166,19 +166,15 @@ def e2e_aad(entry_type: int, header: "LogHeader | None" = None, **fields) -> byt
     RETRANSMIT flag, segment_index, segment_count, segment_offset, rio_length, crc32c).
     From a parsed ``header``, or from ``build_entry``'s ``fields`` (``total_length``: the
     sealed body's)."""
-    if header is not None:        # once per entry opened: attributes, not a dict
-        h = header
-        return _HEADER_PACK.pack(
-            MAGIC, h.version, entry_type, h.flags & _NOT_RETRANSMIT, h.group_id, 0, h.seal,
-            b"\x00\x00", h.sequence, h.io_time_ns, h.target_wwn, h.target_lun, h.source_wwn,
-            h.source_lun, 0, 0, 0, h.total_length, 0, 0, h.key_epoch)
-    get = fields.get
+    h = header if header is not None else _AAD_DEFAULTS._replace(**fields)
     return _HEADER_PACK.pack(
-        MAGIC, get("version", VERSION), entry_type,
-        get("flags", 0) & _NOT_RETRANSMIT, get("group_id", 0), 0, get("seal", 0),
-        b"\x00\x00", get("sequence", 0), get("io_time_ns", 0), get("target_wwn", 0),
-        get("target_lun", 0), get("source_wwn", 0), get("source_lun", 0), 0, 0, 0,
-        get("total_length", 0), 0, 0, get("key_epoch", 0))
+        MAGIC, h.version, entry_type, h.flags & _NOT_RETRANSMIT, h.group_id, 0, h.seal,
+        b"\x00\x00", h.sequence, h.io_time_ns, h.target_wwn, h.target_lun, h.source_wwn,
+        h.source_lun, 0, 0, 0, h.total_length, 0, 0, h.key_epoch)
+
+
+#: what ``e2e_aad`` takes for a field ``build_entry``'s caller did not give
+_AAD_DEFAULTS = LogHeader(*[0] * len(LOG_HEADER.fields))._replace(version=VERSION)
 
 
 def entry_crc(header: bytes, body: bytes) -> int:
