@@ -2,8 +2,9 @@
 
 :class:`HopSeal` is one device's hop layer. Every datagram it sends to a neighbour gets
 the hop envelope (``datapath/frames/hop.py``): the newest ``send`` epoch of the link's
-key, this device's next counter, and an AES-256-GCM tag over the datagram (the header's
-bytes bound through the key, the nonce and fixed values: ``datapath/frames/hop.py``).
+key, this device's next counter, and an AES-256-GCM tag over the datagram -- over only the
+header of an entry whose body is sealed end to end (``datapath/frames/hop.py``
+``hop_covered``; the hop header's bytes bound through the key, the nonce and fixed values).
 Every datagram it receives is checked in this order, each failure a counted drop with
 its reason, before anything in it is parsed:
 
@@ -45,7 +46,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from twisted.logger import Logger
 
 from datapath.frames.hop import (HOP_HEADER, HOP_HEADER_SIZE, HOP_MAGIC_BYTES, HOP_OVERHEAD,
-                                 HOP_TAG_SIZE, HOP_VERSION, SUITE_AES_256_GCM, build_hop_header)
+                                 HOP_TAG_SIZE, HOP_VERSION, SUITE_AES_256_GCM, build_hop_header,
+                                 hop_covered)
 from datapath.frames.logentry import (SEAL_NONCE_SIZE, SEALABLE_TYPES, SEALED_OVERHEAD,
                                       LogHeader, Seal, e2e_aad, segment_entry)
 from rcn.logxfer.keys import Key, KeyRing, ring_at_start
@@ -160,7 +162,7 @@ class HopSeal:
         epoch, aead = sending
         self.counter += 1
         header = build_hop_header(epoch, self.counter)
-        tag = aead.encrypt(header[_NONCE_AT:], b"", data)
+        tag = aead.encrypt(header[_NONCE_AT:], b"", hop_covered(data))
         self.counts["sealed"] += 1
         return header, tag
 
@@ -190,7 +192,7 @@ class HopSeal:
             with memoryview(data) as view:
                 # the nonce is the header's last 12 bytes: reserved2 (zero) and the counter
                 aead.decrypt(view[_NONCE_AT:HOP_HEADER_SIZE], view[end:],
-                             view[HOP_HEADER_SIZE:end])
+                             hop_covered(view[HOP_HEADER_SIZE:end]))
         except InvalidTag:
             self.drops.drop("bad_tag", sender, f"hop tag, link key epoch {epoch}")
             return None

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import TestCase
 
-from datapath.frames.hop import HOP_HEADER, HOP_HEADER_SIZE, build_hop_header
-from datapath.frames.logentry import (LOG_HEADER, SEALED_OVERHEAD, EntryFlag, EntryType, Seal,
+from datapath.frames.hop import HOP_HEADER, HOP_HEADER_SIZE, build_hop_header, hop_covered
+from datapath.frames.logentry import (HEADER_SIZE, LOG_HEADER, SEALED_OVERHEAD, EntryFlag, EntryType, Seal,
                                       build_entry, parse_datagram)
 from rcn.logxfer.keys import Key, KeyRing, new_key
 from rcn.logxfer.protocol import Drops
@@ -127,6 +127,40 @@ class HopSealTests(TestCase):
             self.assertIsNone(self.b.open(data, A))
         self.assertEqual(dropped(self.b), {"bad_tag": len(changed)})
         self.assertEqual(self.b.open(sealed, A), ENTRY)   # the genuine one still opens
+
+    def test_an_end_to_end_sealed_body_is_left_to_its_own_tag(self):
+        # the hop tag covers such an entry's header only (hop_covered): a body altered on a
+        # link passes the hop and is refused where its group key's tag is checked
+        groups = GroupSeal(key_ring(groups=[7]))
+        [entry] = groups.datagrams(EntryType.WR, b"customer data" * 20, 8000, group_id=7,
+                                   sequence=1)
+        self.assertEqual(bytes(hop_covered(entry)), entry[:HEADER_SIZE])
+        sealed = self.a.seal(entry, B)
+        flipped = bytearray(sealed)
+        flipped[HOP_HEADER_SIZE + HEADER_SIZE + 30] ^= 1
+        opened = self.b.open(bytes(flipped), A)
+        self.assertIsNotNone(opened)
+        parsed = parse_datagram(bytes(opened))
+        with self.assertRaises(SealRefused) as caught:
+            groups.open(parsed.header, parsed.payload)
+        self.assertEqual(caught.exception.reason, "e2e_bad_tag")
+        # a header change -- the seal byte, the type, the sequence -- fails the hop tag
+        seal_at, type_at = LOG_HEADER.offsets["seal"], LOG_HEADER.offsets["entry_type"]
+        sequence_at = LOG_HEADER.offsets["sequence"]
+        for at, value in ((seal_at, 0), (type_at, int(EntryType.BATCH)), (sequence_at + 7, 2)):
+            changed = bytearray(self.a.seal(entry, B))
+            changed[HOP_HEADER_SIZE + at] = value
+            self.assertIsNone(self.b.open(bytes(changed), A))
+        self.assertEqual(dropped(self.b), {"bad_tag": 3})
+
+    def test_a_clear_entry_or_a_batch_is_covered_whole(self):
+        batch = build_entry(EntryType.BATCH, b"\x00" * 8 + ENTRY)
+        for inner in (ENTRY, batch):
+            self.assertEqual(hop_covered(inner), inner)
+            changed = bytearray(self.a.seal(inner, B))
+            changed[HOP_HEADER_SIZE + HEADER_SIZE + 3] ^= 1
+            self.assertIsNone(self.b.open(bytes(changed), A))
+        self.assertEqual(dropped(self.b), {"bad_tag": 2})
 
     def test_a_second_copy_is_replayed(self):
         sealed = self.a.seal(ENTRY, B)
