@@ -91,7 +91,10 @@ class MgmtConsoleTests(ServerTestCase):
                  if line.startswith(f"group {pair['group']}")]
         self.assertEqual([cells[2:5] for cells in group],
                          [["edgeA,edgeB", "1", "send"], ["edgeA,edgeB", "2", "pending"]])
-        self.assertEqual(group[1][5:], ["4", "s", "6", "s"])       # age, deadline
+        # age, deadline (until the warning), the devices it waits for (none connected)
+        self.assertEqual(group[1][5:], ["4", "s", "6", "s", "edgeA,edgeB"])
+        self.assertEqual(group[0][-1], "-")
+        self.assertIn("waiting for", shown.splitlines()[0])
         self.assertEqual(sum(line.startswith("127.0.0.1:") for line in shown.splitlines()), 2)
         for row in self.server.store.key_rows():
             self.assertNotIn(row[3], shown)
