@@ -32,11 +32,12 @@ entries stay sealed under the epoch they were logged with) has passed *and* ever
 device that needs it has acknowledged a version at least that stamp -- i.e. sends under
 the successor; a device still sealing with it is never refused. Each step publishes.
 
-Nothing here ever waits on a clock for safety; the clock only makes the server speak up:
-a pending epoch not acknowledged by everyone ``warn_after`` seconds after it was made,
-and a retiring epoch kept past its overlap, are logged once each (a warning naming the
-devices; counters ``late_activations`` and ``late_retirements``), and :meth:`listing`
-names them (``waiting_for``) at any time. A device deleted from the settings (or no
+No timer ever makes an epoch send or go: the clock only holds a retirement back (the
+overlap), rotates on schedule, and makes the server speak up: a pending epoch not
+acknowledged by everyone ``warn_after`` seconds after it was made, and a retiring epoch
+kept past its overlap, are logged once each (a warning naming the devices; counters
+``late_activations`` and ``late_retirements``), and :meth:`listing` names them
+(``waiting_for``) at any time. A device deleted from the settings (or no
 longer an edge of the group) stops being needed, so it never holds a key back.
 
 Rotation runs every ``rotate_every`` seconds per link and group (from the newest epoch's
@@ -48,10 +49,12 @@ link's or group's rotation at one pending epoch, not a growing pile.
 
 State lives in the server's store (:meth:`rcn.mgmt.store.Store.save_keys`, the material
 as hex in a 0600 database): a restarted server goes on with the same keys, deadlines,
-pending versions and retiring stamps (a row written by a server before the stamps holds
-the epoch's own pending version there, or 0: it only waits for that). Every timer is on the injected clock. Key material never leaves
-this module except in :meth:`KeyManager.ring_for` (the snapshots): :meth:`listing`,
-the log lines and the counters name links, groups and epochs only.
+pending versions and retiring stamps (a retiring row written by a server before the
+stamps holds its own pending version there, or 0, and waits only for that); the
+warnings are given again once per epoch after a restart. Every timer is on the injected
+clock. Key material never leaves this module except in :meth:`KeyManager.ring_for` (the
+snapshots): :meth:`listing`, the log lines and the counters name links, groups, epochs
+and device IDs only.
 """
 
 from __future__ import annotations
