@@ -81,6 +81,8 @@ class MgmtConsoleTests(ServerTestCase):
         self.assertNotIn("operator-token-0123456789", self.cmd("show config"))
         self.assertEqual(config["key rotation"][1], "every 86400 s")
         self.assertEqual(config["key overlap"][1], "60 s (links), 86400 s (groups)")
+        self.assertEqual(config["key warning"][1], "after 10 s (devices not acknowledging a new "
+                                                   "key; it sends only once all have)")
 
     def test_keys_show_epochs_and_states_never_the_keys(self):
         pair = self.pair(self.acme, S1, T1)[1]
