@@ -2,8 +2,11 @@
 
 ``rcn key list`` shows each link (its two log-transfer addresses) and each order
 guarantee group with its epochs: ``send`` (sealing with it), ``pending`` (accepted,
-not yet sealing: devices are being given it) or ``retiring`` (accepted during the
-overlap), their ages, and when the next scheduled rotation is. ``rcn key rotate
+not yet sealing: devices are being given it; it sends once every device that needs it
+has acknowledged it) or ``retiring`` (accepted during the overlap, and until every device
+has acknowledged the snapshot in which its successor sends), their ages, deadlines
+(pending: until the server warns; retiring: until the overlap ends), the devices each
+epoch waits for (``WAITING_FOR``), and when the next scheduled rotation is. ``rcn key rotate
 --link A B | --group N | --all`` starts a rotation (``POST /api/v1/keys/rotate``).
 Neither ever shows key material: the API has none to give.
 """
@@ -15,7 +18,8 @@ import json
 from rcn.cli.kit import CliError, table
 from rcn.cli.mgmt import api, common
 
-COLUMNS = ["link_or_group", "holders", "epoch", "state", "age", "deadline", "next_rotation"]
+COLUMNS = ["link_or_group", "holders", "epoch", "state", "age", "deadline", "waiting_for",
+           "next_rotation"]
 
 
 def _seconds(value) -> str:
@@ -38,6 +42,7 @@ def _rows(body: dict) -> list[dict]:
             rows.append({"link_or_group": name, "holders": holders, "epoch": e["epoch"],
                          "state": e["state"], "age": _seconds(e.get("age_s")),
                          "deadline": _seconds(e.get("deadline_in_s")),
+                         "waiting_for": ",".join(e.get("waiting_for") or []) or "-",
                          "next_rotation": _seconds(r.get("next_rotation_in_s"))})
     return rows
 

@@ -24,8 +24,11 @@
     group_overlap = 86400.0                   # the same for a group's old key (entries kept at a
                                               # source edge stay sealed under the epoch they were
                                               # logged with)
-    activate_after = 10.0                     # seconds at most before a new key sends, when not
-                                              # every device has acknowledged it
+    warn_after = 10.0                         # seconds after a rotation before the server warns
+                                              # (naming them) about devices that have not
+                                              # acknowledged the new key: it sends only once all
+                                              # have (the old name activate_after is read as this,
+                                              # with a warning)
 
     [console]                                 # the operator's console (show ..., help); omit: none
     serial = "pty"                            # a serial port ("/dev/ttyS1"), or "pty": a
@@ -36,6 +39,10 @@
     tcp = "tcp:2304:interface=127.0.0.1"      # and/or a TCP listener (console servers)
 
 Errors name the file and the key.
+
+``[keys] activate_after`` (before issue 17's review: a new key sent after it even when a
+device had not acknowledged it) is still read, as ``warn_after``, with a logged
+deprecation warning; giving both is an error.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from twisted.logger import Logger
+
 from rcn.config import (CONSOLE, REQUIRED, ConfigError, ConsoleConfig, Key, Schema, Table,
                         in_range, load_toml, not_empty, read_console, server_endpoint)
 from rcn.mgmt.keys import KeyPolicy
@@ -52,6 +61,7 @@ from rcn.mgmt.keys import KeyPolicy
 __all__ = ["ConfigError", "MgmtConfig", "SCHEMA", "load_config", "parse_config", "render",
            "loopback_endpoint"]
 _DAY = 86400.0
+_log = Logger()
 
 
 def loopback_endpoint(text: str) -> str:
@@ -109,8 +119,10 @@ SCHEMA = Schema(
         Key("group_overlap", float, _DAY, in_range(1.0, 365 * _DAY), "the same for a "
             "group's old key (entries kept at a source edge stay sealed under the epoch "
             "they were logged with)"),
-        Key("activate_after", float, 10.0, in_range(0.1, 3600.0), "seconds at most before "
-            "a new key sends, when not every device has acknowledged it")),
+        Key("warn_after", float, 10.0, in_range(0.1, 3600.0), "seconds after a rotation "
+            "before the server warns (naming them) about devices that have not acknowledged "
+            "the new key: it sends only once all have (the old name activate_after is read "
+            "as this, with a warning)")),
         "log-transfer keys (DESIGN.md 9; rcn.mgmt.keys)"),
     CONSOLE.showing("the operator's console (show ..., help); omit: none",
                     pty_link="/run/rcn/mgmt.console", tcp="tcp:2304:interface=127.0.0.1"))
@@ -125,8 +137,24 @@ def load_config(path: str) -> MgmtConfig:
     return load_toml(path, parse_config)
 
 
+def _renamed(doc: dict) -> dict:
+    """``doc`` with ``[keys] activate_after`` read as ``warn_after`` (a warning)."""
+    keys = doc.get("keys")
+    if not isinstance(keys, dict) or "activate_after" not in keys:
+        return doc
+    if "warn_after" in keys:
+        raise ConfigError("keys.activate_after: the old name of keys.warn_after; give only "
+                          "warn_after")
+    _log.warn("[keys] activate_after is deprecated and read as warn_after: a new key no "
+              "longer sends after it, only once every device that needs it has acknowledged "
+              "it; after warn_after seconds the server warns, naming the devices still "
+              "missing")
+    return {**doc, "keys": {("warn_after" if k == "activate_after" else k): value
+                            for k, value in keys.items()}}
+
+
 def parse_config(doc: dict, base_dir: str = ".") -> MgmtConfig:
-    top, v = SCHEMA.read(doc)
+    top, v = SCHEMA.read(_renamed(doc))
     m = v["mgmt"]
     return MgmtConfig(id=m["id"], database=os.path.join(base_dir, m["database"]), http=m["http"],
                       amp=m["amp"],

@@ -126,9 +126,10 @@ class MgmtConsole:
         named += [(f"group {r['group']}", r) for r in listing["groups"]]
         rows = [[name, ",".join(r["holders"]) or "(unused)", e["epoch"], e["state"],
                  f"{e['age_s']:.0f} s", "-" if e["deadline_in_s"] is None
-                 else f"{e['deadline_in_s']:.0f} s"]
+                 else f"{e['deadline_in_s']:.0f} s", ",".join(e["waiting_for"]) or "-"]
                 for name, r in named for e in r["epochs"]]
-        return columns(rows, ["link or group", "holders", "epoch", "state", "age", "deadline"])
+        return columns(rows, ["link or group", "holders", "epoch", "state", "age", "deadline",
+                              "waiting for"])
 
     def show_config(self, args) -> str:
         c = self.config
@@ -145,7 +146,8 @@ class MgmtConsole:
                  else "on demand only"],
                 ["key overlap", f"{c.keys.overlap:g} s (links), {c.keys.group_overlap:g} s "
                                 f"(groups)"],
-                ["key activation", f"at most {c.keys.activate_after:g} s"]]
+                ["key warning", f"after {c.keys.warn_after:g} s (devices not acknowledging "
+                                f"a new key; it sends only once all have)"]]
         return columns(rows, ["setting", "value"])
 
 

@@ -214,10 +214,11 @@ ROUTES = (
      {"body": OBJECT}),
     ("DELETE", "/pairs/{id:int}", ("remove", "delete_pair", ("id",)), "remove a pair", {}),
     ("GET", "/keys", ("keys",), "log-transfer keys: links and groups with their epochs, "
-     "send/accept state and ages (never the keys)", _OPERATOR),
+     "send/accept state, ages and the devices each waits for (never the keys)", _OPERATOR),
     ("POST", "/keys/rotate", ("rotate_keys",), "rotate a link's key, a group's, or all "
-     "(a new epoch, accept-only until the devices have it; the old one retires after the "
-     "overlap)", {"access": "operator", "body": ROTATE}),
+     "(a new epoch, accept-only until every device has acknowledged it; the old one retires "
+     "after the overlap, once every device sends with the new one)",
+     {"access": "operator", "body": ROTATE}),
     ("GET", "/pairs/{id:int}/residual", ("residual",),
      "the residual-entry query of 【0087】 at the pair's source edge", {}),
 )

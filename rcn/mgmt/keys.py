@@ -20,22 +20,41 @@ the groups whose pairs have a storage attached to it (source or target).
 Rotation
 --------
 Rotating a link or a group adds epoch n+1 as ``pending`` (accept-only: ``send`` false)
-and publishes. Once every device that needs the key has acknowledged a snapshot version
-holding it (its acknowledged version is at least the one the key was first published
-in), or after ``activate_after`` seconds at most, epoch n+1 becomes ``send`` and the
-epochs before it ``retiring`` (accept-only) for ``overlap`` seconds (``group_overlap``
-for group keys: a source edge's retained entries stay sealed under the epoch they were
-logged with), after which they are removed; each step publishes. Rotation runs every
-``rotate_every`` seconds per link and group (from the newest epoch's making; 0: never)
-and on demand (:meth:`KeyManager.rotate`: ``POST /api/v1/keys/rotate``, ``rcn key
-rotate``). A link or group holds at most :data:`MAX_EPOCHS` epochs; one whose new epoch
-is still pending is not rotated again.
+and publishes. Epoch n+1 becomes ``send`` only once every device that needs the key
+(:meth:`KeyManager.needers`) has acknowledged a snapshot version holding it (at least
+the one it was first published in) -- never on a timer: a device cut off from the
+management server but still on the data plane would otherwise see its neighbours seal
+under an epoch it never got. The epochs before it become ``retiring`` (accept-only),
+stamped with the snapshot version that publishes the activation (the first in which
+epoch n+1 sends; kept in :attr:`Epoch.version`). A retiring epoch is removed once its
+overlap (``overlap`` seconds; ``group_overlap`` for group keys: a source edge's retained
+entries stay sealed under the epoch they were logged with) has passed *and* every
+device that needs it has acknowledged a version at least that stamp -- i.e. sends under
+the successor; a device still sealing with it is never refused. Each step publishes.
+
+No timer ever makes an epoch send or go: the clock only holds a retirement back (the
+overlap), rotates on schedule, and makes the server speak up: a pending epoch not
+acknowledged by everyone ``warn_after`` seconds after it was made, and a retiring epoch
+kept past its overlap, are logged once each (a warning naming the devices; counters
+``late_activations`` and ``late_retirements``), and :meth:`listing` names them
+(``waiting_for``) at any time. A device deleted from the settings (or no
+longer an edge of the group) stops being needed, so it never holds a key back.
+
+Rotation runs every ``rotate_every`` seconds per link and group (from the newest epoch's
+making; 0: never) and on demand (:meth:`KeyManager.rotate`: ``POST
+/api/v1/keys/rotate``, ``rcn key rotate``). A link or group holds at most
+:data:`MAX_EPOCHS` epochs; one whose new epoch is still pending is not rotated again
+(neither on schedule nor on demand), so a device that never acknowledges holds one
+link's or group's rotation at one pending epoch, not a growing pile.
 
 State lives in the server's store (:meth:`rcn.mgmt.store.Store.save_keys`, the material
-as hex in a 0600 database): a restarted server goes on with the same keys, deadlines
-and pending versions. Every timer is on the injected clock. Key material never leaves
-this module except in :meth:`KeyManager.ring_for` (the snapshots): :meth:`listing`,
-the log lines and the counters name links, groups and epochs only.
+as hex in a 0600 database): a restarted server goes on with the same keys, deadlines,
+pending versions and retiring stamps (a retiring row written by a server before the
+stamps holds its own pending version there, or 0, and waits only for that); the
+warnings are given again once per epoch after a restart. Every timer is on the injected
+clock. Key material never leaves this module except in :meth:`KeyManager.ring_for` (the
+snapshots): :meth:`listing`, the log lines and the counters name links, groups, epochs
+and device IDs only.
 """
 
 from __future__ import annotations
@@ -65,7 +84,7 @@ class KeyPolicy:
     rotate_every: float = 86400.0
     overlap: float = 60.0
     group_overlap: float = 86400.0
-    activate_after: float = 10.0
+    warn_after: float = 10.0
 
 
 @dataclass
@@ -74,8 +93,11 @@ class Epoch:
     material: bytes = field(repr=False)
     state: str
     created: float
-    deadline: float | None = None     # pending: send by then; retiring: removed then
-    version: int = 0                  # pending: the snapshot version first holding it
+    #: pending: warn then if not every device has it; retiring: removed no earlier
+    deadline: float | None = None
+    #: pending: the snapshot version first holding it; retiring: the version in which its
+    #: successor first sends (removed once every device acknowledged that one)
+    version: int = 0
 
     def row(self, kind: str, name: str) -> tuple:
         return (kind, name, self.epoch, self.material.hex(), self.state, self.created,
@@ -101,8 +123,9 @@ class KeyManager:
         self.links: dict[str, tuple[Address, Address]] = {}    # in use: in some path
         self.devices: dict[str, str] = {}                      # address -> device ID
         self.groups: dict[int, frozenset[str]] = {}            # group -> its edges' IDs
-        self.counters = dict.fromkeys(("generated", "rotations", "activated_by_acks",
-                                       "activated_by_time", "retired"), 0)
+        self.counters = dict.fromkeys(("generated", "rotations", "activated", "retired",
+                                       "late_activations", "late_retirements"), 0)
+        self._warned: set[tuple[str, str, int, str]] = set()   # (kind, name, epoch, state)
         self._call = None
         self._busy = self._running = False
         self._load()
@@ -157,7 +180,8 @@ class KeyManager:
                 changed = True
         if changed:
             self._save()
-        self._arm()
+        self._warned = {w for w in self._warned if w[:2] in self.keys}
+        self._arm(soon=True)        # a device gone may have been the last one waited for
         return changed
 
     def _kept(self, kind: str, name: str) -> bool:
@@ -174,6 +198,17 @@ class KeyManager:
         if kind == GROUP:
             return set(self.groups.get(int(name), ()))
         return {self.devices[end] for end in name.split(" ") if end in self.devices}
+
+    def waiting_for(self, kind: str, name: str, e: Epoch) -> list[str]:
+        """The devices ``e`` waits for: pending, those that have not acknowledged a
+        snapshot holding it; retiring, those that have not acknowledged the one in which
+        its successor sends; sending, none. (An acknowledged version above the server's
+        own is no acknowledgement.)"""
+        if e.state == SENDING:
+            return []
+        current = self.current()
+        return sorted(d for d in self.needers(kind, name)
+                      if not e.version <= self.acked(d) <= current)
 
     # -- what a device holds ------------------------------------------------------------------
     def ring_for(self, device_id: str, role: str, address: str) -> KeyRing:
@@ -238,9 +273,12 @@ class KeyManager:
 
     def _cannot_rotate(self, kind: str, name: str) -> str | None:
         epochs = self.keys.get((kind, name), {})
-        pending = [e.epoch for e in epochs.values() if e.state == PENDING]
+        pending = [e for e in epochs.values() if e.state == PENDING]
         if pending:
-            return f"epoch {pending[0]} is still being distributed; rotate again once it sends"
+            late = self.waiting_for(kind, name, pending[0])
+            return (f"epoch {pending[0].epoch} is still being distributed"
+                    + (f" (not yet acknowledged by {', '.join(late)})" if late else "")
+                    + "; rotate again once it sends")
         if len(epochs) >= MAX_EPOCHS:
             return (f"holds {len(epochs)} epochs already (at most {MAX_EPOCHS}); rotate again "
                     f"when old ones have been retired")
@@ -250,14 +288,15 @@ class KeyManager:
         epochs = self.keys.setdefault((kind, name), {})
         n = max(epochs, default=0) + 1
         epoch = epochs[n] = Epoch(n, new_key(n, send=False).material, PENDING, now,
-                                  now + self.policy.activate_after)
+                                  now + self.policy.warn_after)
         self.counters["rotations"] += 1
         _log.info("{kind} {name}: key epoch {epoch} distributed, accept-only", kind=kind,
                   name=name, epoch=n)
         return epoch
 
     def _stamp(self, fresh: list[Epoch]) -> None:
-        """Publish a change; stamp the new pending epochs with the version carrying them."""
+        """Publish a change; stamp ``fresh`` (new pending epochs, epochs just made
+        retiring) with the version carrying it."""
         version = self.publish()
         for e in fresh:
             e.version = version
@@ -295,44 +334,71 @@ class KeyManager:
         for (kind, name), epochs in list(self.keys.items()):
             for e in sorted(epochs.values(), key=lambda e: e.epoch):
                 if e.state == PENDING and e.version:
-                    how = self._ready(kind, name, e, now)
-                    if how:
-                        self._activate(kind, name, epochs, e, now, how)
+                    late = self.waiting_for(kind, name, e)
+                    if not late:
+                        fresh += self._activate(kind, name, epochs, e, now)
                         changed = True
+                    elif e.deadline is not None and now >= e.deadline:
+                        self._warn(kind, name, e, late)
                 elif e.state == RETIRING and e.deadline is not None and now >= e.deadline:
-                    del epochs[e.epoch]
-                    self.counters["retired"] += 1
-                    _log.info("{kind} {name}: key epoch {epoch} retired", kind=kind, name=name,
-                              epoch=e.epoch)
-                    changed = True
+                    late = self.waiting_for(kind, name, e)
+                    if not late:
+                        self._retire(kind, name, epochs, e)
+                        changed = True
+                    else:
+                        self._warn(kind, name, e, late)
             due = self._due(kind, name, now)
             if due is not None and due <= now:
                 fresh.append(self._add_pending(kind, name, now))
-        if fresh:
+                changed = True
+        if changed:
             self._stamp(fresh)
-        elif changed:
-            self.publish()
-            self._save()
-        return changed or bool(fresh)
+        return changed
 
-    def _ready(self, kind: str, name: str, e: Epoch, now: float) -> str | None:
-        current = self.current()
-        if all(e.version <= self.acked(d) <= current for d in self.needers(kind, name)):
-            return "acks"
-        if e.deadline is not None and now >= e.deadline:
-            return "time"
-        return None
-
-    def _activate(self, kind, name, epochs: dict[int, Epoch], e: Epoch, now: float,
-                  how: str) -> None:
+    def _activate(self, kind, name, epochs: dict[int, Epoch], e: Epoch,
+                  now: float) -> list[Epoch]:
+        """``e`` sends; the one sending before retires (returned: to be stamped with the
+        version that publishes this)."""
+        retiring = []
         for old in epochs.values():
             if old.state == SENDING:
                 old.state, old.deadline = RETIRING, now + self._overlap(kind)
+                retiring.append(old)
         e.state, e.deadline = SENDING, None
-        self.counters["activated_by_" + how] += 1
-        _log.info("{kind} {name}: key epoch {epoch} sends ({why})", kind=kind, name=name,
-                  epoch=e.epoch, why="every device has it" if how == "acks" else
-                  f"not every device acknowledged it within {self.policy.activate_after:g} s")
+        self._warned.discard((kind, name, e.epoch, PENDING))
+        self.counters["activated"] += 1
+        _log.info("{kind} {name}: key epoch {epoch} sends (every device has it)", kind=kind,
+                  name=name, epoch=e.epoch)
+        return retiring
+
+    def _retire(self, kind, name, epochs: dict[int, Epoch], e: Epoch) -> None:
+        del epochs[e.epoch]
+        self._warned.discard((kind, name, e.epoch, RETIRING))
+        self.counters["retired"] += 1
+        _log.info("{kind} {name}: key epoch {epoch} retired", kind=kind, name=name,
+                  epoch=e.epoch)
+
+    def _warn(self, kind: str, name: str, e: Epoch, late: list[str]) -> None:
+        """Once per epoch and state (per server run): the devices it waits for."""
+        if (kind, name, e.epoch, e.state) in self._warned:
+            return
+        self._warned.add((kind, name, e.epoch, e.state))
+        devices = ", ".join(late)
+        if e.state == PENDING:
+            self.counters["late_activations"] += 1
+            _log.warn("{kind} {name}: key epoch {epoch} still not sending {after:g} s after "
+                      "it was made: {devices} have not acknowledged snapshot version "
+                      "{version}, which holds it; the epoch before it keeps sending until "
+                      "they have (are they connected to the management server?)", kind=kind,
+                      name=name, epoch=e.epoch, after=self.policy.warn_after, devices=devices,
+                      version=e.version)
+        else:
+            self.counters["late_retirements"] += 1
+            _log.warn("{kind} {name}: key epoch {epoch} kept past its overlap: {devices} "
+                      "have not acknowledged snapshot version {version}, in which its "
+                      "successor sends, so they may still seal with it (are they connected "
+                      "to the management server?)", kind=kind, name=name, epoch=e.epoch,
+                      devices=devices, version=e.version)
 
     def _due(self, kind: str, name: str, now: float) -> float | None:
         """When ``kind`` ``name`` is next rotated on schedule (None: not scheduled)."""
@@ -344,25 +410,37 @@ class KeyManager:
         return max(e.created for e in epochs.values()) + self.policy.rotate_every
 
     def _next_event(self, now: float) -> float | None:
-        times = [e.deadline for epochs in self.keys.values() for e in epochs.values()
-                 if e.deadline is not None and e.state in (PENDING, RETIRING)]
+        """When :meth:`tick` next has something to do by the clock: a deadline ahead, or
+        one passed that was not warned about yet (one passed and warned about waits for
+        acknowledgements, which call :meth:`tick` themselves)."""
+        times = [e.deadline for (kind, name), epochs in self.keys.items()
+                 for e in epochs.values()
+                 if e.deadline is not None and (e.state == RETIRING or
+                                                e.state == PENDING and e.version)
+                 and (e.deadline > now or (kind, name, e.epoch, e.state) not in self._warned)]
         times += [t for t in (self._due(k, n, now) for k, n in self.keys) if t is not None]
         return min(times, default=None)
 
-    def _arm(self) -> None:
+    def _arm(self, soon: bool = False) -> None:
+        """The timer for the next event (``soon``: a look at once, e.g. after the devices
+        changed)."""
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
         if not self._running:
             return
         now = self.clock.seconds()
-        when = self._next_event(now)
+        when = now if soon else self._next_event(now)
         if when is not None:
             self._call = self.clock.callLater(max(0.0, when - now), self.tick)
 
     # -- what the operator sees ---------------------------------------------------------------
     def listing(self) -> dict:
-        """Links and groups with their epochs, states and ages -- never key material."""
+        """Links and groups with their epochs, states and ages -- never key material. An
+        epoch's ``deadline_in_s``: pending, until the server warns that it still waits
+        (``warn_after``); retiring, until its overlap ends (it goes then, or once every
+        device has acknowledged ``version``, the snapshot in which its successor sends);
+        ``waiting_for``: the devices it waits for (:meth:`waiting_for`)."""
         now = self.clock.seconds()
         links, groups = [], []
         for (kind, name), epochs in sorted(self.keys.items()):
@@ -371,7 +449,7 @@ class KeyManager:
                    "holders": sorted(self.needers(kind, name)) if self.in_use(kind, name)
                    else [],
                    "next_rotation_in_s": None if due is None else max(0.0, due - now),
-                   "epochs": [self._epoch_row(e, now) for e in
+                   "epochs": [self._epoch_row(kind, name, e, now) for e in
                               sorted(epochs.values(), key=lambda e: e.epoch)]}
             if kind == LINK:
                 a, b = name.split(" ")
@@ -382,11 +460,11 @@ class KeyManager:
         return {"links": links, "groups": groups,
                 "schedule": {"rotate_every_s": p.rotate_every, "overlap_s": p.overlap,
                              "group_overlap_s": p.group_overlap,
-                             "activate_after_s": p.activate_after}}
+                             "warn_after_s": p.warn_after}}
 
-    @staticmethod
-    def _epoch_row(e: Epoch, now: float) -> dict:
+    def _epoch_row(self, kind: str, name: str, e: Epoch, now: float) -> dict:
         return {"epoch": e.epoch, "state": e.state, "send": e.state == SENDING,
                 "accept": True, "age_s": now - e.created,
                 "deadline_in_s": None if e.deadline is None else max(0.0, e.deadline - now),
-                "version": e.version or None}
+                "version": e.version or None,
+                "waiting_for": self.waiting_for(kind, name, e)}

@@ -82,8 +82,9 @@ def build_metrics(server: MgmtServer, api: ApiResource) -> MetricsRegistry:
     m.counters("mgmt_amp", lambda: server.distribution.counters,
                "management channel (AMP); bad_messages: boxes answered or dropped as bad")
     m.counters("mgmt_keys", lambda: server.keys.counters,
-               "log-transfer keys: made, rotations, activated by acknowledgements or by time, "
-               "retired (never the keys)")
+               "log-transfer keys: made, rotations, activated (once every device has the "
+               "new key), retired, late activations and retirements (warned: devices not "
+               "acknowledging; never the keys)")
     m.gauge("mgmt_settings_version", lambda: server.version, "the distributed settings version")
     return m
 

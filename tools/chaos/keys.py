@@ -1,9 +1,13 @@
 """The ``rotate`` fault: key rotation under load, through the management server (issue 17).
 
 ``POST /api/v1/keys/rotate {"all": true}`` starts a rotation of every link and group key
-in use (``rcn.mgmt.keys``): each new epoch is accepted everywhere first, then sent with,
-and the old one retired after the overlap. The fault is done once every rotated key's
-new epoch is the one sent with (``GET /api/v1/keys``). Then the run goes on as after any
+in use (``rcn.mgmt.keys``): each new epoch is accepted everywhere first, and sent with
+only once every device that needs it has acknowledged a snapshot holding it (never on a
+timer); the old one is retired after the overlap, once every device has acknowledged the
+snapshot in which the new one sends. The fault is done once every rotated key's new
+epoch is the one sent with (``GET /api/v1/keys``); one that is not by the recovery
+timeout is named with the devices it waits for (the listing's ``waiting_for``: devices
+not acknowledging the management server's snapshots). Then the run goes on as after any
 fault (Duplex everywhere, caught up, the prefix checks); and the edges' ``/status``
 figures from before the rotation to after the recovery must show no refusal of the seal
 (:data:`REFUSALS`: a good rotation makes none) and no retransmission storm
@@ -107,14 +111,19 @@ def rotate_all(lab: dict, timeout: float) -> dict:
 
 
 def _not_sending(listing: dict, wanted: dict) -> list[str]:
-    """The rotated links and groups whose new epoch is not the one sent with yet."""
-    sending = {}
-    for row in listing.get("links", []):
-        sending[("link", f"{row['a']} {row['b']}")] = _sent_epoch(row)
-    for row in listing.get("groups", []):
-        sending[("group", str(row["group"]))] = _sent_epoch(row)
-    return sorted(f"{k} {n}" for (k, n), epoch in wanted.items()
-                  if (sending.get((k, n)) or 0) < epoch)
+    """The rotated links and groups whose new epoch is not the one sent with yet, each
+    with the devices its epoch waits for when the listing names them."""
+    rows = {("link", f"{row['a']} {row['b']}"): row for row in listing.get("links", [])}
+    rows.update({("group", str(row["group"])): row for row in listing.get("groups", [])})
+    out = []
+    for (kind, name), epoch in sorted(wanted.items(), key=lambda item: item[0]):
+        row = rows.get((kind, name), {})
+        if (_sent_epoch(row) or 0) >= epoch:
+            continue
+        late = next((e.get("waiting_for") for e in row.get("epochs", [])
+                     if e.get("epoch") == epoch), None)
+        out.append(f"{kind} {name}" + (f" (waiting for {', '.join(late)})" if late else ""))
+    return sorted(out)
 
 
 def _sent_epoch(row: dict) -> int | None:

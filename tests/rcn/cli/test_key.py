@@ -44,7 +44,7 @@ class KeyCliTests(CliCase):
         self.assertEqual((status, err), (0, ""))
         lines = out.splitlines()
         self.assertEqual(lines[0].split(), ["LINK_OR_GROUP", "HOLDERS", "EPOCH", "STATE", "AGE",
-                                            "DEADLINE", "NEXT_ROTATION"])
+                                            "DEADLINE", "WAITING_FOR", "NEXT_ROTATION"])
         self.assertIn(f"{A} - {C}", out)
         self.assertIn(f"group {self.group}", out)
         self.assertEqual(len(lines), 4)                   # two links and a group, epoch 1
@@ -67,6 +67,12 @@ class KeyCliTests(CliCase):
         self.assertIn(f"link {A} {C}: not rotated: epoch 2 is still being distributed", out)
         status, out, _ = yield self.rcn("list")
         self.assertEqual(out.count("pending"), 3)
+        pending = [line.split() for line in out.splitlines() if "pending" in line]
+        self.assertEqual(sorted(cells[-2] for cells in pending),       # none acknowledged
+                         ["core1,edgeA", "core1,edgeB", "edgeA,edgeB"])
+        status, out, _ = yield self.rcn("list", "--json")
+        self.assertEqual({e["state"]: e["waiting_for"] for e in json.loads(out)["groups"][0]
+                          ["epochs"]}, {"send": [], "pending": ["edgeA", "edgeB"]})
         for row in self.server.store.key_rows():
             self.assertNotIn(row[3], out)
 

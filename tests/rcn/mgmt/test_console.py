@@ -81,6 +81,8 @@ class MgmtConsoleTests(ServerTestCase):
         self.assertNotIn("operator-token-0123456789", self.cmd("show config"))
         self.assertEqual(config["key rotation"][1], "every 86400 s")
         self.assertEqual(config["key overlap"][1], "60 s (links), 86400 s (groups)")
+        self.assertEqual(config["key warning"][1], "after 10 s (devices not acknowledging a new "
+                                                   "key; it sends only once all have)")
 
     def test_keys_show_epochs_and_states_never_the_keys(self):
         pair = self.pair(self.acme, S1, T1)[1]
@@ -91,7 +93,10 @@ class MgmtConsoleTests(ServerTestCase):
                  if line.startswith(f"group {pair['group']}")]
         self.assertEqual([cells[2:5] for cells in group],
                          [["edgeA,edgeB", "1", "send"], ["edgeA,edgeB", "2", "pending"]])
-        self.assertEqual(group[1][5:], ["4", "s", "6", "s"])       # age, deadline
+        # age, deadline (until the warning), the devices it waits for (none connected)
+        self.assertEqual(group[1][5:], ["4", "s", "6", "s", "edgeA,edgeB"])
+        self.assertEqual(group[0][-1], "-")
+        self.assertIn("waiting for", shown.splitlines()[0])
         self.assertEqual(sum(line.startswith("127.0.0.1:") for line in shown.splitlines()), 2)
         for row in self.server.store.key_rows():
             self.assertNotIn(row[3], shown)

@@ -173,6 +173,8 @@ class StoreTests(KeysTestCase):
         self.ok("POST", "/keys/rotate", {"all": True})
         rings = {d: self.ring(d).to_snapshot() for d in ADDRESS}
         version = self.server.version
+        held = {(n, e.epoch): (e.state, e.deadline, e.version)
+                for n, epochs in self.server.keys.keys.items() for e in epochs.values()}
         self.server.stop()
         self.server.store.close()
         again = MgmtServer(self.clock, SQLiteStore(path))
@@ -180,14 +182,20 @@ class StoreTests(KeysTestCase):
         self.server = again
         self.assertGreater(again.version, version)           # never an old number again
         self.assertEqual({d: self.ring(d).to_snapshot() for d in ADDRESS}, rings)
+        self.assertEqual({(n, e.epoch): (e.state, e.deadline, e.version)
+                          for n, epochs in again.keys.keys.items() for e in epochs.values()},
+                         held)
         again.start()
         self.addCleanup(again.stop)
-        self.clock.advance(again.keys.policy.activate_after)
+        self.clock.advance(3600)                             # no device acknowledged: no send
+        self.assertEqual(self.epochs("group", str(self.group)), {1: "send", 2: "pending"})
+        again.keys.acked = lambda device: again.version      # now every device has it
+        again.keys.acknowledged("edgeA", again.version)
         self.assertEqual(self.epochs("group", str(self.group)), {1: "retiring", 2: "send"})
 
 
 class RotationTests(KeysTestCase):
-    policy = KeyPolicy(rotate_every=0, overlap=60, group_overlap=600, activate_after=10)
+    policy = KeyPolicy(rotate_every=0, overlap=60, group_overlap=600, warn_after=10)
 
     def setUp(self):
         super().setUp()
@@ -205,7 +213,7 @@ class RotationTests(KeysTestCase):
                          {1: True, 2: False})
         self.flush()                                         # snapshots out, acknowledged
         self.assertEqual(self.epochs("link", name), {1: "retiring", 2: "send"})
-        self.assertEqual(self.server.keys.counters["activated_by_acks"], 1)
+        self.assertEqual(self.server.keys.counters["activated"], 1)
         self.flush()
         version, doc = self.docs["edgeA"]
         ring = KeyRing.from_snapshot(doc["keys"])
@@ -220,54 +228,88 @@ class RotationTests(KeysTestCase):
         ring = KeyRing.from_snapshot(self.docs[self.core][1]["keys"])
         self.assertEqual(sorted(k for keys in ring.links.values() for k in keys), [1, 2])
 
-    def test_without_every_acknowledgement_a_new_key_sends_after_activate_after(self):
+    def test_a_device_that_never_acknowledges_holds_the_new_key_back_for_good(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         self.connect("edgeA")                                # edgeB never connects
         self.ok("POST", "/keys/rotate", {"group": self.group})
         self.flush()
         name = str(self.group)
-        self.assertEqual(self.epochs("group", name), {1: "send", 2: "pending"})
-        self.clock.advance(9.9)
-        self.assertEqual(self.epochs("group", name), {1: "send", 2: "pending"})
-        self.clock.advance(0.1)
-        self.assertEqual(self.epochs("group", name), {1: "retiring", 2: "send"})
-        self.assertEqual(self.server.keys.counters["activated_by_time"], 1)
-        self.clock.advance(599)                              # the group's longer overlap
-        self.assertEqual(self.epochs("group", name), {1: "retiring", 2: "send"})
-        self.clock.advance(1)
-        self.assertEqual(self.epochs("group", name), {2: "send"})
 
-    def test_refusals_a_pending_epoch_and_too_many_epochs(self):
-        self.ok("POST", "/keys/rotate", {"group": self.group})
+        def warnings():
+            return [formatEvent(e) for e in events if "still not sending" in formatEvent(e)]
+        self.clock.advance(9.9)
+        self.assertEqual((self.epochs("group", name), warnings()), ({1: "send", 2: "pending"}, []))
+        self.clock.advance(0.1)
+        (warning,) = warnings()
+        self.assertIn(f"group {name}: key epoch 2 still not sending 10 s after it was made: "
+                      f"edgeB have not acknowledged", warning)
+        for _ in range(5):                                   # days: still never by time
+            self.clock.advance(86400)
+            self.flush()
+        self.assertEqual(self.epochs("group", name), {1: "send", 2: "pending"})
+        self.assertEqual(len(warnings()), 1)                 # once per epoch
+        counters = self.server.keys.counters
+        self.assertEqual((counters["activated"], counters["late_activations"]), (0, 1))
+        (group,) = self.ok("GET", "/keys")["groups"]
+        self.assertEqual([(e["epoch"], e["state"], e["waiting_for"]) for e in group["epochs"]],
+                         [(1, "send", []), (2, "pending", ["edgeB"])])
+        ring = KeyRing.from_snapshot(self.docs["edgeA"][1]["keys"])   # edgeA still sends 1
+        self.assertEqual({e: k.send for e, k in ring.groups[self.group].items()},
+                         {1: True, 2: False})
         status, answer = self.call("POST", "/keys/rotate", {"group": self.group})
         self.assertEqual(status, 409)
-        self.assertIn("epoch 2 is still being distributed", answer["error"])
+        self.assertIn("epoch 2 is still being distributed (not yet acknowledged by edgeB)",
+                      answer["error"])
+        self.assertEqual([c for c in self.clock.getDelayedCalls()       # no timer spinning
+                          if c.func == self.server.keys.tick], [])
+
+    def test_refusals_a_pending_epoch_and_too_many_epochs(self):
+        name = str(self.group)
+        self.ok("POST", "/keys/rotate", {"group": self.group})       # nobody has it yet
+        status, answer = self.call("POST", "/keys/rotate", {"group": self.group})
+        self.assertEqual(status, 409)
+        self.assertIn("epoch 2 is still being distributed (not yet acknowledged by edgeA, "
+                      "edgeB)", answer["error"])
+        keys = self.server.keys
+        keys.acked = lambda device: self.server.version     # every device has every version
+        keys.acknowledged("edgeA", self.server.version)
+        self.assertEqual(self.epochs("group", name), {1: "retiring", 2: "send"})
         for _ in range(MAX_EPOCHS - 2):
-            self.clock.advance(10)
-            self.ok("POST", "/keys/rotate", {"group": self.group})
-        self.clock.advance(10)
+            self.ok("POST", "/keys/rotate", {"group": self.group})    # sends at once
+        self.assertEqual(self.epochs("group", name),
+                         {**dict.fromkeys(range(1, MAX_EPOCHS), "retiring"), MAX_EPOCHS: "send"})
         status, answer = self.call("POST", "/keys/rotate", {"group": self.group})
         self.assertEqual(status, 409)
         self.assertIn(f"at most {MAX_EPOCHS}", answer["error"])
         answer = self.ok("POST", "/keys/rotate", {"all": True})
-        self.assertEqual([r["name"] for r in answer["skipped"]], [str(self.group)])
+        self.assertEqual([r["name"] for r in answer["skipped"]], [name])
         self.assertEqual(len(answer["rotated"]), 2)
 
 
 class ScheduleTests(KeysTestCase):
-    policy = KeyPolicy(rotate_every=1000, overlap=60, group_overlap=600, activate_after=10)
+    policy = KeyPolicy(rotate_every=1000, overlap=60, group_overlap=600, warn_after=10)
 
     def test_every_link_and_group_rotates_every_rotate_every_seconds(self):
+        held = {"version": 0}                                # what every device acknowledged
+        keys = self.server.keys
+        keys.acked = lambda device: held["version"]
         self.server.start()
         self.addCleanup(self.server.stop)
-        names = list(self.server.keys.keys)
+        names = list(keys.keys)
         self.clock.advance(999)
         self.assertEqual({n: self.epochs(*n) for n in names}, dict.fromkeys(names, {1: "send"}))
         self.clock.advance(1)
         self.assertEqual({n: self.epochs(*n) for n in names},
                          dict.fromkeys(names, {1: "send", 2: "pending"}))
-        self.clock.advance(10)
+        self.clock.advance(500)                              # not acknowledged: not rotated on
+        self.assertEqual({n: self.epochs(*n) for n in names},
+                         dict.fromkeys(names, {1: "send", 2: "pending"}))
+        held["version"] = self.server.version
+        keys.acknowledged("edgeA", held["version"])
         self.assertEqual({n: self.epochs(*n)[2] for n in names}, dict.fromkeys(names, "send"))
-        self.clock.advance(1000)
+        self.clock.advance(1000)                             # from epoch 2's making
         self.assertEqual({n: max(self.epochs(*n)) for n in names}, dict.fromkeys(names, 3))
 
     def test_rotate_every_0_never_rotates(self):
