@@ -102,7 +102,7 @@ class KeyFileTextTests(TestCase):
             (f"# ok\n\ngroup x 1 {HEX1} send", "line 3", "the group id is not a number", "x"),
             (f"group 7 1 {HEX1[:-2]} send", "line 1", "64 hex digits", HEX1[:-2]),
             (f"group 7 1 {'zz' * KEY_SIZE} send", "line 1", "not hex", "zz"),
-            (f"group 7 1 {HEX1} maybe", "line 1", "neither 'send' nor 'accept'", "maybe"),
+            (f"group 7 1 {HEX1} maybe", "line 1", "not 'send' or 'accept'", "maybe"),
             (f"group 7 0 {HEX1} send", "line 1", "outside 1..4294967295", HEX1),
             (f"group 7 4294967296 {HEX1} send", "line 1", "epoch is outside 0..4294967295",
              "4294967296"),
