@@ -16,9 +16,9 @@ text, one key per line, like a TLS key log -- the Wireshark dissector reads it t
     group <group id> <epoch> <64 hex digits> send|accept|held
 
 Addresses are kept in one canonical form (:func:`canonical_address`: an IP address as
-``ipaddress`` writes it, an IPv4-mapped IPv6 one as IPv4, a name in lower case, the port
-as a number), so ``[0:0::1]:047001`` and ``[::1]:47001`` name the same link, as does the
-address a socket reports.
+``ipaddress`` writes it, an IPv4-mapped IPv6 one as IPv4, the port as a number; a host
+name as written), so ``[0:0::1]:047001`` and ``[::1]:47001`` name the same link, as does
+the address a socket reports.
 
 It is written atomically (a temporary file created 0600 with ``O_EXCL``, synced, renamed
 over the old one, the directory synced) and refused when other users may read it; an error names the line and
@@ -275,18 +275,17 @@ def _rows(doc: dict, name: str, where: str) -> list[dict]:
 
 
 def canonical_address(address: Address) -> Address:
-    """One form of an address: an IP address as ``ipaddress`` writes it (an IPv4-mapped
-    IPv6 address as the IPv4 one, as a dual-stack socket may report it), a host name in
-    lower case without a trailing dot. Names are not resolved."""
+    """One form of an address, the one a socket reports: an IP address as ``ipaddress``
+    writes it (``0:0::1`` is ``::1``; an IPv4-mapped IPv6 address is the IPv4 one), the port
+    a number (``047001`` is 47001). A host name is kept as written -- it must match the
+    device's configuration, which names it the same way; names are never resolved."""
     host = address.host.strip()
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        host = host.lower().rstrip(".")
-    else:
-        mapped = getattr(ip, "ipv4_mapped", None)
-        host = str(mapped if mapped is not None else ip)
-    return Address(host, int(address.port))
+        return Address(host, int(address.port))
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return Address(str(mapped if mapped is not None else ip), int(address.port))
 
 
 def _address(text, at: str) -> Address:
