@@ -12,10 +12,10 @@ hop tag is checked with the link key of the UDP source and destination addresses
 the receiving device checks it (``rcn.logxfer.seal.HopSeal``, so a counter seen twice in one
 capture shows as replayed), and sealed bodies are opened with the group keys
 (``GroupSeal.open_stored``: the file's ``held`` group epochs too -- those a source edge
-keeps for its own log after a rotation retired them) and decoded as clear ones; their units' offsets then count from the
-start of the opened body, as for a reassembled entry. A tag that does not verify is a decode
-error (``hop.tag`` / ``seal.tag``); a key the file does not hold is a note, not an error. No
-key material is ever part of the output.
+keeps for its own log after a rotation retired them) and decoded as clear ones; their
+units' offsets then count from the start of the opened body, as for a reassembled entry. A
+tag that does not verify is a decode error (``hop.tag`` / ``seal.tag``); a key the file
+does not hold is a note, not an error. No key material is ever part of the output.
 """
 
 from __future__ import annotations

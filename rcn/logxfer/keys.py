@@ -21,10 +21,11 @@ name as written), so ``[0:0::1]:047001`` and ``[::1]:47001`` name the same link,
 the address a socket reports.
 
 It is written atomically (a temporary file created 0600 with ``O_EXCL``, synced, renamed
-over the old one, the directory synced) and refused when other users may read it; an error names the line and
-the field, never a value from the file (a key in the wrong column must not reach a log). The management server's
-snapshots carry the same keys as JSON (:meth:`KeyRing.to_snapshot`). Key material never
-appears in a repr, a log line, ``/status`` or ``/metrics``: :class:`Key` hides it.
+over the old one, the directory synced) and refused when other users may read it; an
+error names the line and the field, never a value from the file (a key in the wrong
+column must not reach a log). The management server's snapshots carry the same keys as
+JSON (:meth:`KeyRing.to_snapshot`). Key material never appears in a repr, a log line,
+``/status`` or ``/metrics``: :class:`Key` hides it.
 """
 
 from __future__ import annotations

@@ -50,8 +50,9 @@ from twisted.logger import Logger
 
 from datapath.frames.hop import (HOP_HEADER, HOP_HEADER_SIZE, HOP_MAGIC_BYTES, HOP_OVERHEAD,
                                  HOP_TAG_SIZE, HOP_VERSION, SUITE_AES_256_GCM, build_hop_header)
-from datapath.frames.logentry import (HEADER_SIZE, SEAL_NONCE_SIZE, SEALABLE_TYPES, SEALED_OVERHEAD,
-                                      LogHeader, Seal, e2e_aad, segment_entry)
+from datapath.frames.logentry import (HEADER_SIZE, SEAL_NONCE_SIZE, SEALABLE_TYPES,
+                                      SEALED_OVERHEAD, LogHeader, Seal, e2e_aad,
+                                      segment_entry)
 from rcn.logxfer.keys import Key, KeyRing, ring_at_start
 from rcn.logxfer.routes import Address
 
@@ -369,14 +370,13 @@ class GroupSeal:
         group, epoch = header.group_id, header.key_epoch
         key = self.ring.group_key(group, epoch)
         if key is None:
-            held = self.ring.held.get(group, {}).get(epoch)
-            if held is None:
+            key = self.ring.stored_group_key(group, epoch)
+            if key is None:
                 raise SealRefused("e2e_unknown_key", f"group {group} key epoch {epoch} is "
                                                      f"not held")
             if not stored:
                 raise SealRefused("e2e_retired_key", f"group {group} key epoch {epoch} is "
                                                      f"retired (held for this edge's log only)")
-            key = held
         view = memoryview(body)
         try:
             return self._cipher(group, key).decrypt(
