@@ -50,9 +50,9 @@ from twisted.logger import Logger
 
 from datapath.frames.hop import (HOP_HEADER, HOP_HEADER_SIZE, HOP_MAGIC_BYTES, HOP_OVERHEAD,
                                  HOP_TAG_SIZE, HOP_VERSION, SUITE_AES_256_GCM, build_hop_header)
-from datapath.frames.logentry import (HEADER_SIZE, SEAL_NONCE_SIZE, SEALABLE_TYPES,
-                                      SEALED_OVERHEAD, LogHeader, Seal, e2e_aad,
-                                      segment_entry)
+from datapath.frames.logentry import (HEADER_SIZE, LOG_HEADER, SEAL_NONCE_SIZE,
+                                      SEALABLE_TYPES, SEALED_OVERHEAD, LogHeader, Seal,
+                                      e2e_aad, segment_entry)
 from rcn.logxfer.keys import Key, KeyRing, ring_at_start
 from rcn.logxfer.routes import Address
 
@@ -69,6 +69,9 @@ _FIXED = bytes((HOP_VERSION, SUITE_AES_256_GCM, 0, 0))
 _VERSION_AT = HOP_HEADER.offsets["version"]
 HOP_DROP_REASONS = ("not_neighbour", "unsealed", "unknown_key", "bad_tag", "replayed",
                     "no_link_key")
+_SEAL_AT = LOG_HEADER.offsets["seal"]
+_GROUP_AT = LOG_HEADER.offsets["group_id"]
+_KEY_EPOCH_AT = LOG_HEADER.offsets["key_epoch"]
 E2E_DROP_REASONS = ("e2e_unsealed", "e2e_unknown_key", "e2e_retired_key", "e2e_bad_tag")
 
 
@@ -390,12 +393,14 @@ class GroupSeal:
         segmentation), or None when they already are (or are not sealed). The log keeps
         the original. :class:`SealRefused` when it does not open or the group has no key
         to send with."""
-        header = LogHeader.parse(datagrams[0], fast=True)
-        if header.seal != _AES_256_GCM or not self.sealed:
+        first = datagrams[0]
+        if not self.sealed or first[_SEAL_AT] != _AES_256_GCM:
             return None
-        epoch, _ = self._send_key(header.group_id)
-        if header.key_epoch == epoch:
+        # every first send passes here: the epoch is compared before anything is parsed
+        epoch, _ = self._send_key(int.from_bytes(first[_GROUP_AT:_GROUP_AT + 4], "big"))
+        if int.from_bytes(first[_KEY_EPOCH_AT:_KEY_EPOCH_AT + 4], "big") == epoch:
             return None
+        header = LogHeader.parse(first, fast=True)
         body = b"".join(d[HEADER_SIZE:] for d in datagrams)
         clear = self.open_stored(header, body)
         out = self._seal(header.entry_type, clear, header.rio_length, dict(
