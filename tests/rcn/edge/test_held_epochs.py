@@ -23,6 +23,7 @@ from twisted.trial.unittest import TestCase
 from datapath.frames.logentry import EntryFlag, EntryType, LogHeader, build_entry
 from datapath.kernels.bitmap import DifferentialBitmap
 from rcn.edge.config import parse_config
+from rcn.edge.logstore import LogStore
 from rcn.edge.service import make_service
 from rcn.edge.source import split_datagrams, stored_entry
 from rcn.logxfer.keys import Key, KeyRing, new_key
@@ -315,3 +316,39 @@ class HeldAcrossRestartTests(TestCase):
         on_file = KeyRing.load(self.keys)
         self.assertEqual((sorted(on_file.groups[7]), on_file.held), ([2], {}))
         self.assertNotIn("held", edge.status()["seal"]["epochs"])
+
+
+class LogEpochCountTests(TestCase):
+    """``LogStore.epochs``: retained (and waiting) entries per (group, key epoch)."""
+
+    def entry(self, sequence: int, epoch: int, size: int = 600) -> bytes:
+        sealed = {"seal": 1, "key_epoch": epoch} if epoch else {}
+        return build_entry(EntryType.WR, bytes(size), group_id=7, sequence=sequence, **sealed)
+
+    def test_counts_follow_appends_waits_deletes_and_failed_waits(self):
+        store = LogStore(None, mode="memory", group_quota_bytes=1000)
+        store.open()
+        unused = []
+        store.on_unused = lambda group, epoch: unused.append((group, epoch))
+
+        def append(epoch):
+            return store.append(7, store.next_sequence(7), self.entry(0, epoch))
+        append(1)
+        waiting = append(2)                        # over the quota: waits, counted already
+        self.assertNoResult(waiting)
+        self.assertEqual(store.epochs, {(7, 1): 1, (7, 2): 1})
+        store.delete(7, 1)                         # the epoch-2 entry is admitted
+        self.successResultOf(waiting)
+        self.assertEqual((store.epochs, unused), ({(7, 2): 1}, [(7, 1)]))
+        late = append(2)
+        self.assertEqual(store.epochs, {(7, 2): 2})
+        store.close()                              # the waiting append fails
+        self.failureResultOf(late)
+        self.assertEqual((store.epochs, unused), ({(7, 2): 1}, [(7, 1)]))
+
+    def test_clear_entries_and_other_bytes_count_under_no_epoch(self):
+        store = LogStore(None, mode="memory")
+        store.open()
+        store.append(7, store.next_sequence(7), self.entry(1, 0))
+        store.append(7, store.next_sequence(7), b"not a log entry")
+        self.assertEqual(store.epochs, {})
