@@ -24,7 +24,7 @@ from datapath.frames.logentry import EntryFlag, EntryType, LogHeader, build_entr
 from datapath.kernels.bitmap import DifferentialBitmap
 from rcn.edge.config import parse_config
 from rcn.edge.logstore import LogStore
-from rcn.edge.service import make_service
+from rcn.edge.service import Edge, make_service
 from rcn.edge.source import split_datagrams, stored_entry
 from rcn.logxfer.keys import Key, KeyRing, new_key
 from rcn.logxfer.protocol import Drops
@@ -316,6 +316,36 @@ class HeldAcrossRestartTests(TestCase):
         on_file = KeyRing.load(self.keys)
         self.assertEqual((sorted(on_file.groups[7]), on_file.held), ([2], {}))
         self.assertNotIn("held", edge.status()["seal"]["epochs"])
+
+
+class SaveBeforeSwitchTests(TestCase):
+    def test_keys_that_cannot_be_saved_are_not_put_in_force(self):
+        me, peer = Address("127.0.0.1", 47911), Address("127.0.0.1", 47912)
+        ring = key_ring(links=[(me, peer)], groups=[7])
+        keys = os.path.abspath(self.mktemp())
+        ring.save(keys)
+        doc = {"edge": {"id": "edgeA", "log": str(me),
+                        "data_dir": os.path.abspath(self.mktemp())},
+               "log": {"mode": "memory"}, "seal": {"keys": keys},
+               "pair": [{"source_wwn": A, "source_lun": 0, "target_wwn": B, "target_lun": 0,
+                         "group": 7}],
+               "route": [{"source_wwn": A, "target_wwn": B, "path": [str(me), str(peer)]}]}
+        edge = Edge(parse_config(doc), reactor)
+        self.addCleanup(edge.close)
+        rotated = KeyRing()
+        rotated.add_link(me, peer, new_key(2))
+        rotated.add_group(7, new_key(2))
+
+        def full(self, path):
+            raise OSError(28, "No space left on device")
+        self.patch(KeyRing, "save", full)
+        with self.assertRaises(OSError):
+            edge.apply_snapshot(3, {"pair": doc["pair"], "route": doc["route"],
+                                    "keys": rotated.to_snapshot()}, persist=False)
+        # still the keys the file holds: a crash now restarts with what was running
+        self.assertEqual(edge.device.seal.ring.group_send_key(7).epoch, 1)
+        self.assertEqual(edge.udp.hop.ring.link_send_key(me, peer).epoch, 1)
+        self.assertEqual(KeyRing.load(keys), ring)
 
 
 class LogEpochCountTests(TestCase):
