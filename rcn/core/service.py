@@ -94,9 +94,9 @@ def apply_snapshot(relay: CoreRelay, version: int, doc: dict, hop: HopSeal | Non
     relay.set_routes(read_routes(Reader({"route": doc.get("route", [])}, "snapshot.")))
     if hop is not None and "keys" in doc:
         ring = KeyRing.from_snapshot(doc["keys"]).only_links()
-        hop.set_ring(ring)
         if keys_path is not None:
-            ring.save(keys_path)
+            ring.save(keys_path)        # first: a crash never leaves keys the file lacks
+        hop.set_ring(ring)
     _log.info("core: settings version {version} applied: {n} routes", version=version,
               n=len(relay.routes))
 

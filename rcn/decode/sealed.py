@@ -11,10 +11,11 @@ device key file, ``rcn.logxfer.keys``; loaded by ``KeyRing.load``, so it must be
 hop tag is checked with the link key of the UDP source and destination addresses, exactly as
 the receiving device checks it (``rcn.logxfer.seal.HopSeal``, so a counter seen twice in one
 capture shows as replayed), and sealed bodies are opened with the group keys
-(``GroupSeal.open``) and decoded as clear ones; their units' offsets then count from the
-start of the opened body, as for a reassembled entry. A tag that does not verify is a decode
-error (``hop.tag`` / ``seal.tag``); a key the file does not hold is a note, not an error. No
-key material is ever part of the output.
+(``GroupSeal.open_stored``: the file's ``held`` group epochs too -- those a source edge
+keeps for its own log after a rotation retired them) and decoded as clear ones; their
+units' offsets then count from the start of the opened body, as for a reassembled entry. A
+tag that does not verify is a decode error (``hop.tag`` / ``seal.tag``); a key the file
+does not hold is a note, not an error. No key material is ever part of the output.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from datapath.frames.errors import DecodeError
 from datapath.frames.hop import (HOP_HEADER, HOP_HEADER_SIZE, HOP_OVERHEAD, HOP_TAG_SIZE,
                                  HOP_VERSION, SUITE_AES_256_GCM)
 from datapath.frames.logentry import HEADER_SIZE, SEAL_TAG_SIZE, LogHeader
-from rcn.logxfer.keys import KeyRing
+from rcn.logxfer.keys import KeyRing, canonical_address
 from rcn.logxfer.routes import Address, RouteError
 from rcn.logxfer.seal import GroupSeal, HopSeal, SealRefused
 
@@ -86,7 +87,7 @@ class Keys:
         """The clear body, or None; sets ``out["seal"]`` and adds a bad tag to its errors."""
         where = f"group {header.group_id} epoch {header.key_epoch}"
         try:
-            clear = self.groups.open(header, body)
+            clear = self.groups.open_stored(header, body)
         except SealRefused as exc:
             if exc.reason == "e2e_unknown_key":
                 out["seal"] = f"{sealed_note(header)}; no key for {where}"
@@ -96,7 +97,9 @@ class Keys:
                                       "reason": f"bad tag: the body does not open with the "
                                                 f"key of {where}"})
             return None
-        out["seal"] = f"opened: {where}, {len(clear)} bytes clear"
+        held = self.ring.group_key(header.group_id, header.key_epoch) is None
+        out["seal"] = (f"opened: {where}{' (held)' if held else ''}, {len(clear)} bytes "
+                       f"clear")
         return clear
 
 
@@ -107,7 +110,8 @@ def _epoch(data: bytes) -> int:
 
 def _address(text: str | None) -> Address | None:
     try:
-        return Address.parse(text) if text else None
+        # the key file's form: an address as a capture writes it finds its link key
+        return canonical_address(Address.parse(text)) if text else None
     except RouteError:
         return None
 

@@ -64,6 +64,7 @@ class _Failover:
     row: PairRow
     timer: object
     resend: object = None
+    asked_ns: int = 0           # io_time_ns of the SUSPEND: the same in every copy
 
 
 def _control_command(row: PairRow, action: int, failure: bool = False) -> RioCommand:
@@ -309,7 +310,8 @@ class PairControl:
             elif blob is not None:
                 header, area = stored_entry(blob)
                 try:
-                    command = parse_command_area(self.source.seal.open(header, area))
+                    # this edge's own entry: an epoch held for the log opens it too
+                    command = parse_command_area(self.source.seal.open_stored(header, area))
                 except (DecodeError, SealRefused):
                     command = None
                 key = (header.source_wwn, header.target_wwn, header.target_lun)
@@ -452,24 +454,27 @@ class PairControl:
         cdb = fcp.build_rcn_control(A.SUSPEND, e.group, e.source_lun, failure=failure)
         area = command_area(0, 0, 0, e.target_lun, cdb)
         waiting = self.target_failures if failure else self.failovers
-        try:
-            datagrams = self.source.seal.datagrams(
-                EntryType.CTRL, area, self.settings.max_datagram_body,
-                flags=int(EntryFlag.REVERSE), group_id=e.group, sequence=sequence,
-                io_time_ns=int(self.clock.seconds() * 1e9), target_wwn=e.target_wwn,
-                target_lun=e.target_lun, source_wwn=e.source_wwn, source_lun=e.source_lun,
-                ttl=self.settings.ttl)
-        except SealRefused as exc:
-            _log.error("{edge}: cannot ask the source edge to suspend group {group}: {why}",
-                       edge=self.name, group=e.group, why=exc)
-            return
         back = LogHeader(source_wwn=e.source_wwn, target_wwn=e.target_wwn)     # its route
 
         def send():
             if waiting.get(e.group) is not failover:
                 return
+            try:
+                # sealed at each send: a rotation meanwhile must not leave it under an
+                # epoch the source edge no longer accepts
+                datagrams = self.source.seal.datagrams(
+                    EntryType.CTRL, area, self.settings.max_datagram_body,
+                    flags=int(EntryFlag.REVERSE), group_id=e.group, sequence=sequence,
+                    io_time_ns=failover.asked_ns, target_wwn=e.target_wwn,
+                    target_lun=e.target_lun, source_wwn=e.source_wwn,
+                    source_lun=e.source_lun, ttl=self.settings.ttl)
+            except SealRefused as exc:
+                _log.error("{edge}: cannot ask the source edge to suspend group {group}: "
+                           "{why}", edge=self.name, group=e.group, why=exc)
+                return
             self.send_back(back, datagrams)
             failover.resend = self.clock.callLater(self.settings.rto, send)
+        failover.asked_ns = int(self.clock.seconds() * 1e9)
         send()
 
     def _failover_timed_out(self, group: int) -> None:

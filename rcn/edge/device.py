@@ -166,6 +166,13 @@ class EdgeDevice:
             name=name, clock=clock, settings=settings, pairs=self.pairs, hops=self.hops,
             log_store=log_store, sender=self.sender, source=self.source_side,
             target=self.target_side, send_back=self.send_back)
+        # a group key epoch retired while the log retains entries under it stays held
+        # (opens the log only) until the last of them goes; entries the sender holds are
+        # re-sealed when a group's send epoch moves (rcn.edge.source, "Key rotation")
+        if isinstance(getattr(log_store, "epochs", None), dict):
+            self.seal.track(log_store.epochs)
+            log_store.on_unused = self.seal.release
+        self.seal.on_rekeyed = self.source_side.rekeyed
         self.assembler = SegmentAssembler(max_entries=settings.max_segment_entries)
         #: who takes an entry that ends here: (entry type, direction) -> (handler, whether
         #: its segments are joined first); every type that can arrive alone is here
@@ -199,6 +206,8 @@ class EdgeDevice:
         fail (``PairControl.log_lost``)."""
         if self.pairs.restarted and self.log_store.mode == "memory":
             self.controls.log_lost()
+        # the log is read back: a held epoch none of its entries uses any more goes
+        self.seal.release_unused()
         return self.source_side.replay(replayed)
 
     def set_tables(self, routes: RouteTable, pairs: list[PairEntry],

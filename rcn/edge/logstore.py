@@ -64,6 +64,16 @@ from corruption of acknowledged data -- the message says how to truncate.)
 After ``open`` appends go to a new segment, never after a truncated tail.
 (Reading and truncating: ``rcn.edge.logfiles``.)
 
+Key epochs of retained entries
+------------------------------
+``epochs`` counts the retained entries (and those waiting for quota) per (group, group
+key epoch) -- read from each entry's first header (``seal`` and ``key_epoch``; a clear
+entry, or bytes that are no log entry, count under none): +1 at ``append``, -1 at
+``delete`` (and for a waiting append that fails), rebuilt by ``open`` from what the
+segments hold, so it is the log's own truth after a crash. When a count falls to zero,
+``on_unused(group, epoch)`` is called: the edge's end-to-end seal then releases a
+group epoch it held only for this log (``rcn.logxfer.seal.GroupSeal``).
+
 Bounds (invariant 5.5)
 ----------------------
 * Retained entries (memory and disk) per group: ``group_quota_bytes``. An
@@ -87,6 +97,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, succeed
 
+from datapath.frames.logentry import HEADER_SIZE, LOG_HEADER, MAGIC, Seal
 from rcn.edge.groupcommit import default_run_sync, fail, fire
 from rcn.edge.logfiles import LogStoreError
 from rcn.edge.logrecords import MAX_ENTRY_BYTES
@@ -102,6 +113,19 @@ COUNTER_NAMES = (
     "released", "segments_created", "segments_reclaimed", "quota_waits", "full_refusals",
     "replayed_entries", "replayed_segments", "torn_tails", "errors",
 )
+_SEAL_AT = LOG_HEADER.offsets["seal"]
+_EPOCH_AT = LOG_HEADER.offsets["key_epoch"]
+_MAGIC = MAGIC.to_bytes(4, "big")
+
+
+def key_epoch_of(entry: bytes) -> int:
+    """The group key epoch a stored entry is sealed under (its first header's); 0 when
+    it is clear or not a log entry."""
+    if len(entry) < HEADER_SIZE or entry[:4] != _MAGIC or entry[_SEAL_AT] != Seal.AES_256_GCM:
+        return 0
+    return int.from_bytes(entry[_EPOCH_AT:_EPOCH_AT + 4], "big")
+
+
 GAUGE_NAMES = ("retained_entries", "retained_bytes", "segments", "pending_records",
                "quota_waiting", "groups")
 
@@ -186,6 +210,9 @@ class LogStore:
         self._retained_entries = 0
         self._retained_bytes = 0
         self._waiting_total = 0
+        #: (group, key epoch) -> entries retained or waiting for quota (see the module doc)
+        self.epochs: dict[tuple[int, int], int] = {}
+        self.on_unused = None         # (group, epoch) -> None: a count fell to zero
         self._writer: SegmentWriter | None = None
         if mode == "durable":
             self._writer = SegmentWriter(
@@ -231,6 +258,7 @@ class LogStore:
                     entry, number = records[sequence]
                     grp.retained[sequence] = entry
                     grp.bytes += len(entry)
+                    self._count(group, entry, 1)
                     writer.place(grp, sequence, number)
             if grp.advance():
                 writer.moved(group)
@@ -318,6 +346,7 @@ class LogStore:
                     + ("" if released else "; the sequence is still allocated: release it"),
                     released)
             grp.outstanding.discard(sequence)
+            self._count(group, entry, 1)
             d = Deferred()
             grp.waiting.append((sequence, entry, d))
             grp.waiting_seqs.add(sequence)
@@ -325,6 +354,7 @@ class LogStore:
             self._counters["quota_waits"] += 1
             return d
         grp.outstanding.discard(sequence)
+        self._count(group, entry, 1)
         d = self._admit(group, grp, sequence, entry, None)
         if self._writer is not None:
             self._writer.kick()
@@ -388,6 +418,7 @@ class LogStore:
         self._retained_entries -= 1
         self._retained_bytes -= len(entry)
         self._counters["deleted"] += 1
+        self._count(group, entry, -1)
         writer = self._writer
         if writer is not None:
             writer.forget(grp, sequence)
@@ -397,6 +428,20 @@ class LogStore:
         if writer is not None and not self._closing:
             writer.deleted()
         return True
+
+    def _count(self, group: int, entry: bytes, step: int) -> None:
+        """Keep ``epochs`` (see the module doc); ``on_unused`` when a count reaches 0."""
+        epoch = key_epoch_of(entry)
+        if not epoch:
+            return
+        name = (group, epoch)
+        count = self.epochs.get(name, 0) + step
+        if count > 0:
+            self.epochs[name] = count
+            return
+        self.epochs.pop(name, None)
+        if self.on_unused is not None:
+            self.on_unused(group, epoch)
 
     def _release_waiters(self, group: int, grp: _Group) -> None:
         admitted = False
@@ -415,10 +460,11 @@ class LogStore:
 
     def _fail_waiting(self, error: Exception) -> None:
         """Every append waiting for quota fails (a commit failed, or the store closes)."""
-        for grp in self._groups.values():
+        for group, grp in self._groups.items():
             waiting, grp.waiting = grp.waiting, deque()
             grp.waiting_seqs.clear()
-            for _, _, d in waiting:
+            for _, entry, d in waiting:
+                self._count(group, entry, -1)
                 fail(d, error)
         self._waiting_total = 0
 

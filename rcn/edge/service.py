@@ -107,6 +107,7 @@ class Edge:
         self.udp.handler = self.device
         self.udp.drops = self.device.drops
         if ring is not None:
+            self.device.seal.on_held = self._held_released
             self.udp.hop = HopSeal(config.log, ring, self.device.drops)
             for reason in E2E_DROP_REASONS:
                 self.device.drops.by_reason.setdefault(reason, 0)
@@ -165,8 +166,15 @@ class Edge:
             _log.warn("{edge}: keys in a snapshot ignored: seal.mode is \"none\"",
                       edge=self.config.id)
             return
+        # group epochs this edge's log still needs stay held; the file first, so a crash
+        # never leaves the edge running keys its file lacks
+        ring = self.device.seal.with_held(ring)
+        ring.save(self.config.seal.keys)
         self.udp.hop.set_ring(ring)
         self.device.seal.set_ring(ring)
+
+    def _held_released(self, ring: KeyRing) -> None:
+        """A held group epoch is no longer used by the log: the key file without it."""
         ring.save(self.config.seal.keys)
 
     def _load_snapshot(self) -> int:
@@ -238,7 +246,9 @@ class Edge:
         hop = self.udp.hop
         if hop is None:
             return {"mode": "none"}
-        return {"mode": self.config.seal.mode, "epochs": hop.ring.epochs(),
+        # link epochs are the hop layer's; group (and held) epochs the end-to-end seal's
+        epochs = {**self.device.seal.ring.epochs(), "links": hop.ring.epochs()["links"]}
+        return {"mode": self.config.seal.mode, "epochs": epochs,
                 "hop": dict(hop.counts), "end_to_end": dict(self.device.seal.counts)}
 
     def _build_metrics(self) -> MetricsRegistry:
@@ -248,6 +258,8 @@ class Edge:
         m.counters("edge", lambda: d.counters, "edge data plane events", labels)
         m.counters("sender", lambda: d.sender.counters, "log-transfer sender", labels)
         m.counters("udp", lambda: self.udp.counters, "log-transfer socket", labels)
+        # end-to-end seal: sealed, opened, resealed (entries sent again under a newer epoch)
+        m.counters("seal", lambda: d.seal.counts, "end-to-end seal (group keys)", labels)
         m.counters("log_store", self.log_store.counters, "log storage area", labels,
                    gauges=("retained_entries", "retained_bytes", "segments"))
         m.labelled("drops_total", "counter", "datagrams dropped, by reason", ("reason",),

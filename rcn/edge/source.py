@@ -22,6 +22,15 @@ routes them by type): a WROK deletes its entry (the delete counter), a CUMULATIV
 every WR of the group up to its sequence (【0088】 steps 7-9); a CTRL_OK answers the
 waiting CTRL; a NAK sends the named entries again at once. An answer or NAK for a
 sequence beyond what this edge has sent is refused and counted (``*_beyond_sent``).
+
+Key rotation: the log keeps an entry sealed under the group key epoch it was logged with,
+maybe long after a rotation (a target unreachable for days). What goes to the wire is
+always under the group's current send epoch: an entry handed to the sender (a first send,
+a replay after a restart) is re-sealed if its epoch is another (``GroupSeal.reseal``: a
+fresh nonce, the log keeps the original), and when the keys change (:meth:`rekeyed`, a
+snapshot or a key file update) so is every entry the sender holds -- the work is the
+entries held, once per change of a group's send epoch. A retired epoch the log still uses
+stays *held* at this edge to open them (``GroupSeal``, ``LogStore.epochs``).
 """
 
 from __future__ import annotations
@@ -100,6 +109,7 @@ class SourceSide:
         self.ttl = ttl
         self.name = name
         self._waiting_ctrl: dict[tuple[int, int], Deferred] = {}
+        self._send_epochs = self._current_epochs()
 
     # -- a write, step by step ----------------------------------------------------------
     def write(self, pair: PairEntry, cdb: bytes, data, attribute: int = fcp.TaskAttribute.SIMPLE,
@@ -158,7 +168,48 @@ class SourceSide:
             self.drops.drop("no_route", self.hops.me, f"group {group} sequence {sequence} retained")
             self.on_failure(group, "no route to the target")
             return
-        self.sender.submit(group, sequence, logged.datagrams, logged.path, self._customer(group))
+        self.sender.submit(group, sequence, self._under_current_key(logged.datagrams),
+                           logged.path, self._customer(group))
+
+    # -- key rotation -------------------------------------------------------------------
+    def _under_current_key(self, datagrams: list[bytes]) -> list[bytes]:
+        """``datagrams`` of a logged entry, re-sealed under its group's send epoch if they
+        are under another; as they are when they cannot be (counted ``reseal_refused``:
+        no key opens them, or none to send with -- the target will refuse them)."""
+        try:
+            resealed = self.seal.reseal(datagrams)
+        except SealRefused as exc:
+            self.seal.counts["reseal_refused"] += 1
+            _log.warn("{edge}: a logged entry could not be re-sealed under the current key: "
+                      "{why}", edge=self.name, why=exc)
+            return datagrams
+        return datagrams if resealed is None else resealed
+
+    def _current_epochs(self) -> dict[int, int]:
+        ring = self.seal.ring
+        return {group: key.epoch for group in ring.groups
+                if (key := ring.group_send_key(group)) is not None}
+
+    def rekeyed(self) -> int:
+        """The keys changed (``GroupSeal.on_rekeyed``): if a group's send epoch moved, every
+        entry of it the sender holds goes under the new one; how many were re-sealed."""
+        epochs = self._current_epochs()
+        moved = {g for g, epoch in epochs.items() if self._send_epochs.get(g) != epoch}
+        self._send_epochs = epochs
+        if not moved or not self.seal.sealed:
+            return 0
+        count = 0
+        for items in (self.sender.outstanding, self.sender.queued):
+            for (group, _), item in items.items():
+                if group in moved:
+                    fresh = self._under_current_key(item.datagrams)
+                    if fresh is not item.datagrams:
+                        item.datagrams = fresh
+                        count += 1
+        if count:
+            _log.info("{edge}: {n} entries the sender holds re-sealed under the new group "
+                      "key", edge=self.name, n=count)
+        return count
 
     def control(self, pair: PairEntry, group: int, cdb: bytes, data_out=b"",
                 data_in_length: int = 0, attribute: int = fcp.TaskAttribute.SIMPLE,
@@ -205,7 +256,8 @@ class SourceSide:
                     _log.warn("{edge}: replayed group {group} sequence {seq} has no route",
                               edge=self.name, group=group, seq=sequence)
                     continue
-                self.sender.submit(group, sequence, datagrams, path, self._customer(group))
+                self.sender.submit(group, sequence, self._under_current_key(datagrams), path,
+                                   self._customer(group))
                 count += 1
         self.counters["replayed"] += count
         return count

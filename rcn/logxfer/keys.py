@@ -13,16 +13,24 @@ text, one key per line, like a TLS key log -- the Wireshark dissector reads it t
 
     # comment
     link  <epoch> <64 hex digits> <address> <address> send|accept
-    group <group id> <epoch> <64 hex digits> send|accept
+    group <group id> <epoch> <64 hex digits> send|accept|held
 
-It is written 0600 and refused when other users may read it; an error names the line and
-the field, never a value from the file (a key in the wrong column must not reach a log). The management server's
-snapshots carry the same keys as JSON (:meth:`KeyRing.to_snapshot`). Key material never
-appears in a repr, a log line, ``/status`` or ``/metrics``: :class:`Key` hides it.
+Addresses are kept in one canonical form (:func:`canonical_address`: an IP address as
+``ipaddress`` writes it, an IPv4-mapped IPv6 one as IPv4, the port as a number; a host
+name as written), so ``[0:0::1]:047001`` and ``[::1]:47001`` name the same link, as does
+the address a socket reports.
+
+It is written atomically (a temporary file created 0600 with ``O_EXCL``, synced, renamed
+over the old one, the directory synced) and refused when other users may read it; an
+error names the line and the field, never a value from the file (a key in the wrong
+column must not reach a log). The management server's snapshots carry the same keys as
+JSON (:meth:`KeyRing.to_snapshot`). Key material never appears in a repr, a log line,
+``/status`` or ``/metrics``: :class:`Key` hides it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 from dataclasses import dataclass, field
@@ -30,7 +38,7 @@ from dataclasses import dataclass, field
 from rcn.logxfer.routes import Address
 
 KEY_SIZE = 32
-SEND, ACCEPT = "send", "accept"
+SEND, ACCEPT, HELD = "send", "accept", "held"
 
 
 class KeyFileError(ValueError):
@@ -68,6 +76,8 @@ class KeyRing:
 
     links: dict[tuple[Address, Address], dict[int, Key]] = field(default_factory=dict)
     groups: dict[int, dict[int, Key]] = field(default_factory=dict)
+    #: group -> epoch -> key: retired epochs a source edge keeps to open its own log only
+    held: dict[int, dict[int, Key]] = field(default_factory=dict)
 
     # -- lookups -------------------------------------------------------------------------
     def link_keys(self, me: Address, peer: Address) -> dict[int, Key]:
@@ -94,6 +104,11 @@ class KeyRing:
     def group_send_key(self, group: int) -> Key | None:
         return _newest_send(self.groups.get(group, {}))
 
+    def stored_group_key(self, group: int, epoch: int) -> Key | None:
+        """A key that opens this edge's own stored entries: held epochs too."""
+        key = self.group_key(group, epoch)
+        return key if key is not None else self.held.get(group, {}).get(epoch)
+
     def add_link(self, a: Address, b: Address, key: Key) -> None:
         """A key of the link whose ends are ``a`` (end 0) and ``b`` (end 1)."""
         name = (b, a) if (b, a) in self.links else (a, b)
@@ -102,17 +117,25 @@ class KeyRing:
     def add_group(self, group: int, key: Key) -> None:
         self.groups.setdefault(group, {})[key.epoch] = key
 
+    def add_held(self, group: int, key: Key) -> None:
+        """A retired group epoch kept to open this edge's own log (never sent with)."""
+        self.held.setdefault(group, {})[key.epoch] = Key(key.epoch, key.material, False)
+
     def only_links(self) -> "KeyRing":
         """The same ring without group keys (what a core may hold)."""
         return KeyRing(links={k: dict(v) for k, v in self.links.items()})
 
     def epochs(self) -> dict:
         """Which epochs are held, without any key material (for /status and logs)."""
-        return {"links": {f"{a} {b}": sorted(keys) for (a, b), keys in self.links.items()},
-                "groups": {str(g): sorted(keys) for g, keys in self.groups.items()}}
+        shown = {"links": {f"{a} {b}": sorted(keys) for (a, b), keys in self.links.items()},
+                 "groups": {str(g): sorted(keys) for g, keys in self.groups.items()}}
+        if self.held:
+            shown["held"] = {str(g): sorted(keys) for g, keys in self.held.items() if keys}
+        return shown
 
     def __len__(self) -> int:
-        return sum(map(len, self.links.values())) + sum(map(len, self.groups.values()))
+        return (sum(map(len, self.links.values())) + sum(map(len, self.groups.values()))
+                + sum(map(len, self.held.values())))
 
     # -- the key file ----------------------------------------------------------------------
     @classmethod
@@ -130,11 +153,13 @@ class KeyRing:
                                   _key(epoch, material, use, at))
                 elif words[0] == "group" and len(words) == 5:
                     _, group, epoch, material, use = words
-                    ring.add_group(_int(group, "group id", at), _key(epoch, material, use, at))
+                    add = ring.add_held if use == HELD else ring.add_group
+                    add(_int(group, "group id", at),
+                        _key(epoch, material, SEND if use == HELD else use, at))
                 else:
                     raise KeyFileError(f"{at}: expected 'link EPOCH KEY ADDRESS ADDRESS "
-                                       f"send|accept' or 'group ID EPOCH KEY send|accept' "
-                                       f"({len(words)} words)")
+                                       f"send|accept' or 'group ID EPOCH KEY "
+                                       f"send|accept|held' ({len(words)} words)")
             except KeyFileError as exc:
                 if str(exc).startswith(at):
                     raise
@@ -151,6 +176,9 @@ class KeyRing:
             for k in sorted(keys.values(), key=lambda k: k.epoch):
                 lines.append(f"group {group} {k.epoch} {k.material.hex()} "
                              f"{SEND if k.send else ACCEPT}")
+        for group, keys in sorted(self.held.items()):
+            for k in sorted(keys.values(), key=lambda k: k.epoch):
+                lines.append(f"group {group} {k.epoch} {k.material.hex()} {HELD}")
         return "\n".join(lines) + "\n"
 
     @classmethod
@@ -171,16 +199,31 @@ class KeyRing:
         return cls.parse(text, f"key file {path}")
 
     def save(self, path: str) -> None:
-        """Write the key file atomically, 0600 from its first byte."""
+        """Write the key file atomically: a new temporary file, created 0600 (``O_EXCL``:
+        never one another user made, and no chmod window), written and synced, renamed
+        over ``path``, then the directory synced so the rename survives a crash. A
+        temporary file a crash left behind is removed first."""
         tmp = f"{path}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, self.dump().encode())
+            fd = os.open(tmp, flags, 0o600)
+        except FileExistsError:
+            os.unlink(tmp)
+            fd = os.open(tmp, flags, 0o600)
+        try:
+            data = memoryview(self.dump().encode())
+            while data:
+                data = data[os.write(fd, data):]
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        directory = os.open(os.path.dirname(os.path.abspath(path)),
+                            os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     # -- snapshots (management channel) ----------------------------------------------------
     def to_snapshot(self) -> dict:
@@ -232,9 +275,23 @@ def _rows(doc: dict, name: str, where: str) -> list[dict]:
     return rows
 
 
+def canonical_address(address: Address) -> Address:
+    """One form of an address, the one a socket reports: an IP address as ``ipaddress``
+    writes it (``0:0::1`` is ``::1``; an IPv4-mapped IPv6 address is the IPv4 one), the port
+    a number (``047001`` is 47001). A host name is kept as written -- it must match the
+    device's configuration, which names it the same way; names are never resolved."""
+    host = address.host.strip()
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return Address(host, int(address.port))
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return Address(str(mapped if mapped is not None else ip), int(address.port))
+
+
 def _address(text, at: str) -> Address:
     try:
-        return Address.parse(text)
+        return canonical_address(Address.parse(text))
     except (ValueError, TypeError, AttributeError):
         raise KeyFileError(f"{at}: not an address (host:port)") from None
 
@@ -251,7 +308,8 @@ def _int(value, what: str, at: str) -> int:
 
 def _key(epoch, material, use, at: str) -> Key:
     if use not in (SEND, ACCEPT):
-        raise KeyFileError(f"{at}: the last word is neither 'send' nor 'accept'")
+        raise KeyFileError(f"{at}: the last word is not 'send' or 'accept' (or 'held', for "
+                           f"a group key)")
     if not isinstance(material, str) or len(material) != 2 * KEY_SIZE:
         raise KeyFileError(f"{at}: a key is {2 * KEY_SIZE} hex digits")
     try:

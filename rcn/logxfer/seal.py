@@ -28,7 +28,10 @@ per sender, refuse what an earlier run sent.
 :class:`GroupSeal` is an edge's end-to-end seal of entry bodies under the group keys
 (``logentry`` "End-to-end seal"): :meth:`GroupSeal.datagrams` seals and segments what
 an edge sends, :meth:`GroupSeal.open` checks and opens what ends here
-(``e2e_unsealed``, ``e2e_unknown_key``, ``e2e_bad_tag``). A core holds no group key.
+(``e2e_unsealed``, ``e2e_unknown_key``, ``e2e_retired_key``, ``e2e_bad_tag``);
+:meth:`GroupSeal.open_stored` and :meth:`GroupSeal.reseal` open the edge's own log, also
+under an epoch it holds only for that (retired while entries under it were retained). A
+core holds no group key.
 
 ``mode = "none"`` (an explicit, logged opt-out for debugging): no envelope on sending,
 and only bare datagrams accepted -- a sealed network refuses such a device's datagrams.
@@ -36,6 +39,7 @@ and only bare datagrams accepted -- a sealed network refuses such a device's dat
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -48,8 +52,9 @@ from twisted.logger import Logger
 from datapath.frames.hop import (HOP_HEADER, HOP_HEADER_SIZE, HOP_MAGIC_BYTES, HOP_OVERHEAD,
                                  HOP_TAG_SIZE, HOP_VERSION, SUITE_AES_256_GCM, build_hop_header,
                                  hop_covered)
-from datapath.frames.logentry import (SEAL_NONCE_SIZE, SEALABLE_TYPES, SEALED_OVERHEAD,
-                                      LogHeader, Seal, e2e_aad, segment_entry)
+from datapath.frames.logentry import (HEADER_SIZE, LOG_HEADER, SEAL_NONCE_SIZE,
+                                      SEALABLE_TYPES, SEALED_OVERHEAD, LogHeader, Seal,
+                                      e2e_aad, segment_entry)
 from rcn.logxfer.keys import Key, KeyRing, ring_at_start
 from rcn.logxfer.routes import Address
 
@@ -66,7 +71,10 @@ _FIXED = bytes((HOP_VERSION, SUITE_AES_256_GCM, 0, 0))
 _VERSION_AT = HOP_HEADER.offsets["version"]
 HOP_DROP_REASONS = ("not_neighbour", "unsealed", "unknown_key", "bad_tag", "replayed",
                     "no_link_key")
-E2E_DROP_REASONS = ("e2e_unsealed", "e2e_unknown_key", "e2e_bad_tag")
+_SEAL_AT = LOG_HEADER.offsets["seal"]
+_GROUP_AT = LOG_HEADER.offsets["group_id"]
+_KEY_EPOCH_AT = LOG_HEADER.offsets["key_epoch"]
+E2E_DROP_REASONS = ("e2e_unsealed", "e2e_unknown_key", "e2e_retired_key", "e2e_bad_tag")
 
 
 class SealRefused(Exception):
@@ -210,19 +218,99 @@ class HopSeal:
 
 
 class GroupSeal:
-    """An edge's end-to-end seal (see the module doc). ``ring``: its group keys;
-    ``sealed``: False for ``mode = "none"``."""
+    """An edge's end-to-end seal (see the module doc). ``ring``: its group keys (its held
+    epochs, :attr:`KeyRing.held`, kept as given); ``sealed``: False for ``mode = "none"``.
+
+    **Held epochs.** A source edge seals an entry before its durable append, and its log
+    keeps that ciphertext until the target acknowledges it -- maybe for days, across a
+    rotation that retires the epoch. :meth:`track` gives the seal the log's count of
+    retained entries per (group, epoch) (``LogStore.epochs``); :meth:`set_ring` then keeps
+    every group epoch the new ring lacks but the log still uses as *held*
+    (:meth:`with_held`): it opens the edge's own stored entries (:meth:`open_stored`,
+    :meth:`reseal`), never an entry from the wire (:meth:`open` refuses it,
+    ``e2e_retired_key``), and is never sealed with. :meth:`release` drops it when the
+    log's last entry under it goes; ``on_held(ring)`` (the service: rewrite the key file)
+    is called with the ring before a release takes effect, and ``on_rekeyed()`` (the
+    source side: re-seal what the sender holds) after every :meth:`set_ring`."""
 
     def __init__(self, ring: KeyRing | None = None, sealed: bool = True):
         self.sealed = sealed
-        self.set_ring(ring if ring is not None else KeyRing())
-        self.counts = {"sealed": 0, "opened": 0}
+        self.uses = None          # (group, epoch) -> retained entries: :meth:`track`
+        self.on_held = None
+        self.on_rekeyed = None
+        self.counts = {"sealed": 0, "opened": 0, "resealed": 0, "reseal_refused": 0}
+        self._adopt(ring if ring is not None else KeyRing())
+
+    def track(self, uses) -> None:
+        """The log's retained entries per (group, epoch), a mapping kept up to date by the
+        log (``rcn.edge.logstore.LogStore.epochs``)."""
+        self.uses = uses
+
+    def _in_use(self, group: int, epoch: int) -> bool:
+        return self.uses is not None and self.uses.get((group, epoch), 0) > 0
+
+    def with_held(self, ring: KeyRing) -> KeyRing:
+        """``ring`` (a copy) with, as held, every group epoch this seal knows -- sends,
+        accepts or holds now, or ``ring`` names as held -- that ``ring`` does not hold and
+        the log still retains entries under. Without :meth:`track`, only the epochs
+        ``ring`` itself names as held."""
+        known = {}
+        if self.uses is not None:
+            for source in (self.ring.held, self.ring.groups):
+                for group, keys in source.items():
+                    for epoch, key in keys.items():
+                        known[(group, epoch)] = key
+        for group, keys in ring.held.items():
+            for epoch, key in keys.items():
+                known[(group, epoch)] = key
+        out = copy.copy(ring)            # the same class: a ring may be a subclass
+        out.held = {}
+        for (group, epoch), key in sorted(known.items()):
+            if ring.group_key(group, epoch) is None and (
+                    self.uses is None or self._in_use(group, epoch)):
+                out.add_held(group, key)
+        return out
 
     def set_ring(self, ring: KeyRing) -> None:
+        """New keys: :meth:`with_held` of ``ring`` in force from now."""
+        before = self.ring.held
+        self._adopt(self.with_held(ring))
+        for group, keys in self.ring.held.items():
+            for epoch in keys:
+                if epoch not in before.get(group, {}):
+                    _log.info("group {group} key epoch {epoch} retired but still held: the "
+                              "log retains entries sealed under it", group=group, epoch=epoch)
+        if self.on_rekeyed is not None:
+            self.on_rekeyed()
+
+    def _adopt(self, ring: KeyRing) -> None:
         self.ring = ring
         self._aead: dict[tuple[int, int], AESGCM] = {}
         self._sending: dict[int, tuple[int, AESGCM]] = {}
         self._nonces = memoryview(b"")
+
+    def release(self, group: int, epoch: int) -> bool:
+        """The log retains no more entries under ``group``'s ``epoch``: stop holding it (if
+        held). True if it was."""
+        if (self.uses is None or epoch not in self.ring.held.get(group, {})
+                or self._in_use(group, epoch)):
+            return False
+        ring = copy.copy(self.ring)
+        ring.held = {g: {e: k for e, k in keys.items() if (g, e) != (group, epoch)}
+                     for g, keys in self.ring.held.items()}
+        ring.held = {g: keys for g, keys in ring.held.items() if keys}
+        if self.on_held is not None:
+            self.on_held(ring)              # the key file first: never ahead of it
+        self._adopt(ring)
+        _log.info("group {group} key epoch {epoch} released: no retained entry uses it",
+                  group=group, epoch=epoch)
+        return True
+
+    def release_unused(self) -> int:
+        """Release every held epoch the log no longer uses (after the log was read back
+        at a restart); how many."""
+        return sum(self.release(group, epoch) for group, keys in list(self.ring.held.items())
+                   for epoch in list(keys))
 
     def _cipher(self, group: int, key: Key) -> AESGCM:
         aead = self._aead.get((group, key.epoch))
@@ -238,53 +326,92 @@ class GroupSeal:
         nonce, self._nonces = self._nonces[:SEAL_NONCE_SIZE], self._nonces[SEAL_NONCE_SIZE:]
         return nonce.tobytes()
 
-    def datagrams(self, entry_type: int, body: bytes, max_body: int, **fields) -> list[bytes]:
-        """``segment_entry`` of ``body`` sealed under the group's newest key. Raises
-        :class:`SealRefused` (``no_group_key``) when the group has none."""
-        if not self.sealed or entry_type not in SEALABLE_TYPES:
-            return segment_entry(entry_type, body, max_body, **fields)
-        group = fields.get("group_id", 0)
+    def _send_key(self, group: int) -> tuple[int, AESGCM]:
         sending = self._sending.get(group)
         if sending is None:
             key = self.ring.group_send_key(group)
             if key is None:
                 raise SealRefused("no_group_key", f"no key to seal group {group}'s entries with")
             sending = self._sending[group] = (key.epoch, self._cipher(group, key))
-        epoch, aead = sending
+        return sending
+
+    def datagrams(self, entry_type: int, body: bytes, max_body: int, **fields) -> list[bytes]:
+        """``segment_entry`` of ``body`` sealed under the group's newest key. Raises
+        :class:`SealRefused` (``no_group_key``) when the group has none."""
+        if not self.sealed or entry_type not in SEALABLE_TYPES:
+            return segment_entry(entry_type, body, max_body, **fields)
+        out = self._seal(entry_type, body, max_body, fields)
+        self.counts["sealed"] += 1
+        return out
+
+    def _seal(self, entry_type: int, body: bytes, max_body: int, fields: dict) -> list[bytes]:
+        epoch, aead = self._send_key(fields.get("group_id", 0))
         fields["seal"] = _AES_256_GCM
         fields["key_epoch"] = epoch
         fields["total_length"] = len(body) + SEALED_OVERHEAD
         nonce = self._nonce()
         sealed = aead.encrypt(nonce, body, e2e_aad(entry_type, **fields))
-        self.counts["sealed"] += 1
         del fields["total_length"]
         return segment_entry(entry_type, sealed, max_body, head=nonce, **fields)
 
     def open(self, header: LogHeader, body: bytes) -> bytes:
-        """The clear body of a whole (joined) entry that ends here; :class:`SealRefused`."""
+        """The clear body of a whole (joined) entry from the wire that ends here;
+        :class:`SealRefused` -- also for a held epoch (``e2e_retired_key``)."""
+        clear = self._open(header, body, stored=False)
+        self.counts["opened"] += 1
+        return clear
+
+    def open_stored(self, header: LogHeader, body: bytes) -> bytes:
+        """The clear body of an entry of this edge's own log: a held epoch opens it."""
+        return self._open(header, body, stored=True)
+
+    def _open(self, header: LogHeader, body: bytes, stored: bool) -> bytes:
         if header.seal == Seal.CLEAR:
             if self.sealed:
                 raise SealRefused("e2e_unsealed", "a clear entry where entries are sealed")
             return body
         if header.seal != Seal.AES_256_GCM or len(body) < SEALED_OVERHEAD:
             raise SealRefused("e2e_bad_tag", f"seal {header.seal} over {len(body)} bytes")
-        aead = self._aead.get((header.group_id, header.key_epoch))
-        if aead is None:
-            key = self.ring.group_key(header.group_id, header.key_epoch)
+        group, epoch = header.group_id, header.key_epoch
+        key = self.ring.group_key(group, epoch)
+        if key is None:
+            key = self.ring.stored_group_key(group, epoch)
             if key is None:
-                raise SealRefused("e2e_unknown_key", f"group {header.group_id} key epoch "
-                                                     f"{header.key_epoch} is not held")
-            aead = self._cipher(header.group_id, key)
+                raise SealRefused("e2e_unknown_key", f"group {group} key epoch {epoch} is "
+                                                     f"not held")
+            if not stored:
+                raise SealRefused("e2e_retired_key", f"group {group} key epoch {epoch} is "
+                                                     f"retired (held for this edge's log only)")
         view = memoryview(body)
         try:
-            clear = aead.decrypt(
-                view[:SEAL_NONCE_SIZE], view[SEAL_NONCE_SIZE:],
-                e2e_aad(header.entry_type, header))
+            return self._cipher(group, key).decrypt(
+                view[:SEAL_NONCE_SIZE], view[SEAL_NONCE_SIZE:], e2e_aad(header.entry_type, header))
         except InvalidTag:
-            raise SealRefused("e2e_bad_tag", f"group {header.group_id} key epoch "
-                                             f"{header.key_epoch}") from None
-        self.counts["opened"] += 1
-        return clear
+            raise SealRefused("e2e_bad_tag", f"group {group} key epoch {epoch}") from None
+
+    def reseal(self, datagrams: list[bytes]) -> list[bytes] | None:
+        """A stored entry's datagrams sealed again under its group's current send epoch
+        (a fresh nonce, ``key_epoch`` and CRC as :meth:`datagrams` makes them, the same
+        segmentation), or None when they already are (or are not sealed). The log keeps
+        the original. :class:`SealRefused` when it does not open or the group has no key
+        to send with."""
+        first = datagrams[0]
+        if not self.sealed or first[_SEAL_AT] != _AES_256_GCM:
+            return None
+        # every first send passes here: the epoch is compared before anything is parsed
+        epoch, _ = self._send_key(int.from_bytes(first[_GROUP_AT:_GROUP_AT + 4], "big"))
+        if int.from_bytes(first[_KEY_EPOCH_AT:_KEY_EPOCH_AT + 4], "big") == epoch:
+            return None
+        header = LogHeader.parse(first, fast=True)
+        body = b"".join(d[HEADER_SIZE:] for d in datagrams)
+        clear = self.open_stored(header, body)
+        out = self._seal(header.entry_type, clear, header.rio_length, dict(
+            flags=header.flags, group_id=header.group_id, ttl=header.ttl,
+            sequence=header.sequence, io_time_ns=header.io_time_ns,
+            target_wwn=header.target_wwn, target_lun=header.target_lun,
+            source_wwn=header.source_wwn, source_lun=header.source_lun))
+        self.counts["resealed"] += 1
+        return out
 
 
 def keys_at_start(device: str, seal, managed: bool) -> KeyRing | None:

@@ -620,6 +620,23 @@ class SealedCliTests(TestCase):
         for material in (b"\x05" * 32, b"\x07" * 32):
             self.assertNotIn(material.hex(), out)
 
+    def test_a_key_file_with_held_group_epochs_opens_entries_under_them(self):
+        # a source edge's key file after a rotation retired epoch 7 while its log kept
+        # entries sealed under it: epoch 8 sends, 7 is held
+        ring = seal_ring()
+        ring.groups.clear()
+        ring.add_group(5, Key(8, b"\x06" * 32))
+        ring.add_held(5, Key(7, b"\x07" * 32))
+        held = self.mktemp()
+        ring.save(held)
+        with open(held) as f:
+            self.assertIn(f"group 5 7 {'07' * 32} held", f.read())
+        status, out = run_cli("--keys", held, self.capture)
+        self.assertEqual(status, 0)
+        self.assertIn("seal: opened: group 5 epoch 7 (held)", out)
+        self.assertIn("opcode_name=WRITE_16", out)
+        self.assertNotIn("07" * 32, out)
+
     def test_without_keys_shown_as_sealed(self):
         status, out = run_cli(self.capture)
         self.assertEqual(status, 0)

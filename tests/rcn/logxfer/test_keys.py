@@ -6,8 +6,9 @@ import os
 
 from twisted.trial.unittest import TestCase
 
-from rcn.logxfer.keys import (KEY_SIZE, Key, KeyFileError, KeyRing, link_name, new_key,
-                              ring_at_start)
+from rcn.logxfer import keys
+from rcn.logxfer.keys import (KEY_SIZE, Key, KeyFileError, KeyRing, canonical_address,
+                              link_name, new_key, ring_at_start)
 from rcn.logxfer.routes import Address
 
 A, B, C = Address("10.0.0.1", 47001), Address("10.0.0.2", 47001), Address("10.0.0.3", 47001)
@@ -102,7 +103,7 @@ class KeyFileTextTests(TestCase):
             (f"# ok\n\ngroup x 1 {HEX1} send", "line 3", "the group id is not a number", "x"),
             (f"group 7 1 {HEX1[:-2]} send", "line 1", "64 hex digits", HEX1[:-2]),
             (f"group 7 1 {'zz' * KEY_SIZE} send", "line 1", "not hex", "zz"),
-            (f"group 7 1 {HEX1} maybe", "line 1", "neither 'send' nor 'accept'", "maybe"),
+            (f"group 7 1 {HEX1} maybe", "line 1", "not 'send' or 'accept'", "maybe"),
             (f"group 7 0 {HEX1} send", "line 1", "outside 1..4294967295", HEX1),
             (f"group 7 4294967296 {HEX1} send", "line 1", "epoch is outside 0..4294967295",
              "4294967296"),
@@ -128,6 +129,47 @@ class KeyFileTextTests(TestCase):
     def test_an_empty_file_is_an_empty_ring(self):
         self.assertEqual(len(KeyRing.parse("# nothing\n\n")), 0)
 
+    def test_held_group_keys_parse_apart_and_dump_back(self):
+        ring = KeyRing.parse(TEXT + f"group 7 2 {HEX1} held\n")
+        self.assertEqual(sorted(ring.groups[7]), [3])              # the wire's keys
+        self.assertEqual(sorted(ring.held[7]), [2])
+        self.assertIsNone(ring.group_key(7, 2))                     # never for the wire
+        self.assertEqual(ring.stored_group_key(7, 2).material, bytes.fromhex(HEX1))
+        self.assertIs(ring.stored_group_key(7, 3), ring.group_key(7, 3))
+        self.assertFalse(ring.held[7][2].send)                      # never sent with
+        self.assertEqual(ring.group_send_key(7).epoch, 3)
+        self.assertEqual(ring.epochs()["held"], {"7": [2]})
+        self.assertNotIn("held", KeyRing.parse(TEXT).epochs())
+        self.assertEqual(len(ring), 4)                              # 2 links, 1 group, 1 held
+        dumped = ring.dump()
+        self.assertIn(f"group 7 2 {HEX1} held\n", dumped)
+        self.assertEqual(KeyRing.parse(dumped), ring)
+        self.assertEqual(KeyRing.from_snapshot(ring.to_snapshot()).held, {})   # not sent
+
+    def test_held_is_for_group_keys_only(self):
+        with self.assertRaises(KeyFileError) as caught:
+            KeyRing.parse(f"link 1 {HEX1} {A} {B} held", "keys.txt")
+        self.assertIn("keys.txt line 1: the last word is not", str(caught.exception))
+        with self.assertRaises(KeyFileError):
+            KeyRing.parse(f"group 7 2 {HEX1} kept")
+
+    def test_addresses_are_kept_in_one_form(self):
+        text = (f"link 1 {HEX1} [0:0::1]:047001 10.0.0.2:47001 send\n"
+                f"link 1 {HEX2} [::ffff:10.0.0.3]:47001 edgeB.example:0047002 send\n")
+        ring = KeyRing.parse(text)
+        self.assertEqual(set(ring.links), {
+            (Address("::1", 47001), Address("10.0.0.2", 47001)),
+            (Address("10.0.0.3", 47001), Address("edgeB.example", 47002))})
+        # what a socket reports finds the key
+        self.assertIsNotNone(ring.link_send_key(Address("::1", 47001), B))
+        self.assertIn("link 1 " + HEX1 + " [::1]:47001 10.0.0.2:47001 send", ring.dump())
+        snapshot = {"link": [{"a": "[0::1]:47001", "b": "10.0.0.2:047001", "epoch": 1,
+                              "key": HEX1, "send": True}]}
+        self.assertEqual(set(KeyRing.from_snapshot(snapshot).links),
+                         {(Address("::1", 47001), B)})
+        # a name is kept as the configuration writes it (never resolved)
+        self.assertEqual(canonical_address(Address("LocalHost", 1)), Address("LocalHost", 1))
+
 
 class KeyFileTests(TestCase):
     def path(self) -> str:
@@ -143,6 +185,41 @@ class KeyFileTests(TestCase):
             os.umask(old)
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
         self.assertEqual(KeyRing.load(path), ring)
+        self.assertFalse(os.path.exists(path + ".tmp"))
+
+    def test_save_creates_the_file_exclusively_0600_and_syncs_file_and_directory(self):
+        path = self.path()
+        opened, synced, chmods = [], [], []
+        real_open, real_fsync = os.open, os.fsync
+
+        def spy_open(name, flags, mode=0o777, **kw):
+            fd = real_open(name, flags, mode, **kw)
+            opened.append((name, flags, mode, fd))
+            return fd
+
+        def spy_fsync(fd):
+            synced.append(fd)
+            return real_fsync(fd)
+        self.patch(keys.os, "open", spy_open)
+        self.patch(keys.os, "fsync", spy_fsync)
+        self.patch(keys.os, "fchmod", lambda *a: chmods.append(a))
+        self.patch(keys.os, "chmod", lambda *a: chmods.append(a))
+        KeyRing.parse(TEXT).save(path)
+        (tmp, flags, mode, tmp_fd), (directory, _, _, dir_fd) = opened
+        self.assertEqual((tmp, mode), (path + ".tmp", 0o600))
+        self.assertEqual(flags & (os.O_CREAT | os.O_EXCL), os.O_CREAT | os.O_EXCL)
+        self.assertEqual(directory, os.path.dirname(path))
+        self.assertEqual(synced, [tmp_fd, dir_fd])       # the file, then the directory
+        self.assertEqual(chmods, [])                      # 0600 at creation, not after
+
+    def test_save_removes_a_stale_temporary_file_first(self):
+        path = self.path()
+        with open(path + ".tmp", "w") as f:                # a crash left it, readable
+            f.write("half")
+        os.chmod(path + ".tmp", 0o644)
+        KeyRing.parse(TEXT).save(path)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        self.assertEqual(KeyRing.load(path), KeyRing.parse(TEXT))
         self.assertFalse(os.path.exists(path + ".tmp"))
 
     def test_save_replaces_a_file_another_user_could_read(self):
