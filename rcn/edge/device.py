@@ -172,7 +172,6 @@ class EdgeDevice:
         if isinstance(getattr(log_store, "epochs", None), dict):
             self.seal.track(log_store.epochs)
             log_store.on_unused = self.seal.release
-        self.seal.on_rekeyed = self.source_side.rekeyed
         self.assembler = SegmentAssembler(max_entries=settings.max_segment_entries)
         #: who takes an entry that ends here: (entry type, direction) -> (handler, whether
         #: its segments are joined first); every type that can arrive alone is here

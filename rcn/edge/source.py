@@ -25,12 +25,12 @@ sequence beyond what this edge has sent is refused and counted (``*_beyond_sent`
 
 Key rotation: the log keeps an entry sealed under the group key epoch it was logged with,
 maybe long after a rotation (a target unreachable for days). What goes to the wire is
-always under the group's current send epoch: an entry handed to the sender (a first send,
-a replay after a restart) is re-sealed if its epoch is another (``GroupSeal.reseal``: a
-fresh nonce, the log keeps the original), and when the keys change (:meth:`rekeyed`, a
-snapshot or a key file update) so is every entry the sender holds -- the work is the
-entries held, once per change of a group's send epoch. A retired epoch the log still uses
-stays *held* at this edge to open them (``GroupSeal``, ``LogStore.epochs``).
+always under the group's current send epoch: before each send of an entry (first, again,
+after a restart's replay; the sender's ``prepare`` hook) it is re-sealed if its epoch is
+another (``GroupSeal.reseal``: a fresh nonce, the log keeps the original) -- a comparison
+of one header field otherwise, so a rotation costs nothing until an entry goes out, and
+then only that entry. A retired epoch the log still uses stays *held* at this edge to open
+them (``GroupSeal``, ``LogStore.epochs``).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class SourceSide:
         self.ttl = ttl
         self.name = name
         self._waiting_ctrl: dict[tuple[int, int], Deferred] = {}
-        self._send_epochs = self._current_epochs()
+        sender.prepare = self._under_current_key
 
     # -- a write, step by step ----------------------------------------------------------
     def write(self, pair: PairEntry, cdb: bytes, data, attribute: int = fcp.TaskAttribute.SIMPLE,
@@ -168,48 +168,25 @@ class SourceSide:
             self.drops.drop("no_route", self.hops.me, f"group {group} sequence {sequence} retained")
             self.on_failure(group, "no route to the target")
             return
-        self.sender.submit(group, sequence, self._under_current_key(logged.datagrams),
-                           logged.path, self._customer(group))
+        self.sender.submit(group, sequence, logged.datagrams, logged.path,
+                           self._customer(group))
 
     # -- key rotation -------------------------------------------------------------------
-    def _under_current_key(self, datagrams: list[bytes]) -> list[bytes]:
-        """``datagrams`` of a logged entry, re-sealed under its group's send epoch if they
-        are under another; as they are when they cannot be (counted ``reseal_refused``:
-        no key opens them, or none to send with -- the target will refuse them)."""
+    def _under_current_key(self, item) -> None:
+        """The sender's ``prepare``: ``item``'s datagrams re-sealed under its group's send
+        epoch if they are under another; left as they are when they cannot be (counted
+        ``reseal_refused``: no key opens them, or none to send with -- the target will
+        refuse them, and the failure timer acts as for any entry that is not answered)."""
         try:
-            resealed = self.seal.reseal(datagrams)
+            resealed = self.seal.reseal(item.datagrams)
         except SealRefused as exc:
             self.seal.counts["reseal_refused"] += 1
-            _log.warn("{edge}: a logged entry could not be re-sealed under the current key: "
-                      "{why}", edge=self.name, why=exc)
-            return datagrams
-        return datagrams if resealed is None else resealed
-
-    def _current_epochs(self) -> dict[int, int]:
-        ring = self.seal.ring
-        return {group: key.epoch for group in ring.groups
-                if (key := ring.group_send_key(group)) is not None}
-
-    def rekeyed(self) -> int:
-        """The keys changed (``GroupSeal.on_rekeyed``): if a group's send epoch moved, every
-        entry of it the sender holds goes under the new one; how many were re-sealed."""
-        epochs = self._current_epochs()
-        moved = {g for g, epoch in epochs.items() if self._send_epochs.get(g) != epoch}
-        self._send_epochs = epochs
-        if not moved or not self.seal.sealed:
-            return 0
-        count = 0
-        for items in (self.sender.outstanding, self.sender.queued):
-            for (group, _), item in items.items():
-                if group in moved:
-                    fresh = self._under_current_key(item.datagrams)
-                    if fresh is not item.datagrams:
-                        item.datagrams = fresh
-                        count += 1
-        if count:
-            _log.info("{edge}: {n} entries the sender holds re-sealed under the new group "
-                      "key", edge=self.name, n=count)
-        return count
+            _log.warn("{edge}: group {group} sequence {seq} could not be re-sealed under the "
+                      "current key: {why}", edge=self.name, group=item.group,
+                      seq=item.sequence, why=exc)
+            return
+        if resealed is not None:
+            item.datagrams = resealed
 
     def control(self, pair: PairEntry, group: int, cdb: bytes, data_out=b"",
                 data_in_length: int = 0, attribute: int = fcp.TaskAttribute.SIMPLE,
@@ -256,8 +233,7 @@ class SourceSide:
                     _log.warn("{edge}: replayed group {group} sequence {seq} has no route",
                               edge=self.name, group=group, seq=sequence)
                     continue
-                self.sender.submit(group, sequence, self._under_current_key(datagrams), path,
-                                   self._customer(group))
+                self.sender.submit(group, sequence, datagrams, path, self._customer(group))
                 count += 1
         self.counters["replayed"] += count
         return count

@@ -230,14 +230,12 @@ class GroupSeal:
     :meth:`reseal`), never an entry from the wire (:meth:`open` refuses it,
     ``e2e_retired_key``), and is never sealed with. :meth:`release` drops it when the
     log's last entry under it goes; ``on_held(ring)`` (the service: rewrite the key file)
-    is called with the ring before a release takes effect, and ``on_rekeyed()`` (the
-    source side: re-seal what the sender holds) after every :meth:`set_ring`."""
+    is called with the ring before a release takes effect."""
 
     def __init__(self, ring: KeyRing | None = None, sealed: bool = True):
         self.sealed = sealed
         self.uses = None          # (group, epoch) -> retained entries: :meth:`track`
         self.on_held = None
-        self.on_rekeyed = None
         self.counts = {"sealed": 0, "opened": 0, "resealed": 0, "reseal_refused": 0}
         self._adopt(ring if ring is not None else KeyRing())
 
@@ -280,8 +278,6 @@ class GroupSeal:
                 if epoch not in before.get(group, {}):
                     _log.info("group {group} key epoch {epoch} retired but still held: the "
                               "log retains entries sealed under it", group=group, epoch=epoch)
-        if self.on_rekeyed is not None:
-            self.on_rekeyed()
 
     def _adopt(self, ring: KeyRing) -> None:
         self.ring = ring

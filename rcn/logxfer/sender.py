@@ -215,6 +215,9 @@ class Sender:
         self.batch_bytes = batch_bytes
         self.failure_timeout = failure_timeout
         self.on_failure = on_failure
+        #: called with an entry before each of its sends (first or again): it may replace
+        #: ``item.datagrams`` (the source edge re-seals under a rotated group key there)
+        self.prepare: Callable[[Outstanding], object] | None = None
         self.failed_groups: set[int] = set()
         self._staged: dict[Address, list[Outstanding]] = {}
         self._flush_call = None
@@ -428,6 +431,8 @@ class Sender:
     def _stage(self, path: Address, item: Outstanding, now: float) -> None:
         """Entries made durable together are sent together: at the end of this reactor turn,
         as BATCH datagrams of up to ``batch_bytes`` (one system call for many entries)."""
+        if self.prepare is not None:
+            self.prepare(item)
         item.attempts += 1
         item.last_sent = item.timer = now
         if item.first_sent is None:
@@ -483,6 +488,9 @@ class Sender:
         if retransmit:
             if not metered and self._throttle(item):
                 return False       # over the customer's rate: the next sweep tries again
+        if self.prepare is not None:
+            self.prepare(item)
+        if retransmit:
             item.datagrams = [mark_retransmit(d) for d in item.datagrams]
             self.counters["retransmits"] += 1
         for datagram in item.datagrams:

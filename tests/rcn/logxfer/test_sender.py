@@ -44,6 +44,26 @@ class SenderTests(TestCase):
         s.acknowledged(7, 1)
         self.assertEqual([x[0] for x in self.sent], [1, 2, 3])
 
+    def test_prepare_may_replace_what_goes_out_before_every_send(self):
+        # the source edge's hook (re-sealing under a rotated key): called before the first
+        # send, batched or not, and before each retransmission; what it puts in goes out
+        for batch_bytes in (0, 8000):
+            self.sent.clear()
+            s = self.sender(rto=0.1, rto_max=0.4, tick=0.01, batch_bytes=batch_bytes)
+            seen = []
+
+            def prepare(item):
+                seen.append(item.sequence)
+                item.datagrams = [datagram(item.sequence + 100)]
+            s.prepare = prepare
+            s.submit(7, 1, [datagram(1)], HOP)
+            self.clock.advance(0)
+            self.clock.advance(0.15)
+            self.assertEqual(seen, [1, 1], batch_bytes)
+            self.assertEqual([x[0] for x in self.sent], [101, 101], batch_bytes)
+            self.assertTrue(self.sent[-1][2] & EntryFlag.RETRANSMIT)
+            s.acknowledged(7, 1)
+
     def test_entry_larger_than_window_goes_alone(self):
         s = self.sender(window_bytes=500)
         s.submit(7, 1, [datagram(1)], HOP)
