@@ -149,7 +149,7 @@ class HopSealTests(TestCase):
         genuine = self.a.seal(ENTRY, B)
         self.assertIsNone(self.b.open(bytes(forged), A))
         self.assertEqual(self.b.open(genuine, A), ENTRY)
-        self.assertEqual(self.b.windows[A].top, counter_of(genuine))
+        self.assertEqual(self.b.windows[(A, 1)].top, counter_of(genuine))
         self.assertEqual(dropped(self.b), {"bad_tag": 1})
 
     def test_reordered_within_the_window_open_older_than_it_do_not(self):
