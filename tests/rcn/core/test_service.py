@@ -9,6 +9,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from datapath.frames.logentry import EntryType, parse_batch
+from rcn.config import ConfigError
 from rcn.core.config import parse_config
 from rcn.core.service import make_service
 from rcn.logxfer.routes import Address
@@ -110,8 +111,9 @@ class ManagedCoreTests(TestCase):
         from rcn.core.relay import CoreRelay
         from rcn.core.service import apply_snapshot
         config = parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
-                               "mgmt": {"connect": "tcp:127.0.0.1:47100"}})
-        self.assertEqual((config.seal.mode, config.seal.keys), ("aes-256-gcm", None))
+                               "mgmt": {"connect": "tcp:127.0.0.1:47100"},
+                               "seal": {"keys": "keys/c1.keys"}})
+        self.assertEqual((config.seal.mode, config.seal.keys), ("aes-256-gcm", "keys/c1.keys"))
         self.assertEqual((len(config.routes), config.mgmt), (0, "tcp:127.0.0.1:47100"))
         relay = CoreRelay(config.routes, config.listen, lambda data, to: None, task.Clock())
         apply_snapshot(relay, 4, {"route": [{
@@ -123,6 +125,18 @@ class ManagedCoreTests(TestCase):
             parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
                           "mgmt": {"connect": "udp:nowhere"}})
 
+    def test_a_sealed_core_under_a_server_must_name_its_key_file(self):
+        # it keeps the server's keys and its hop counters' reservation (KEYS.hop) there
+        with self.assertRaises(ConfigError) as caught:
+            parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
+                          "mgmt": {"connect": "tcp:127.0.0.1:47100"}})
+        self.assertIn("seal.keys", str(caught.exception))
+        self.assertIn("KEYS.hop", str(caught.exception))
+        unsealed = parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
+                                 "mgmt": {"connect": "tcp:127.0.0.1:47100"},
+                                 "seal": {"mode": "none"}})
+        self.assertEqual(unsealed.seal.keys, None)
+
     def test_a_snapshots_link_keys_replace_the_hop_layers_and_group_keys_are_refused(self):
         from rcn.core.relay import CoreRelay
         from rcn.core.service import apply_snapshot
@@ -131,7 +145,8 @@ class ManagedCoreTests(TestCase):
         from rcn.logxfer.seal import HopSeal
         me, peer = Address("127.0.0.1", 47950), Address("127.0.0.1", 47001)
         relay = CoreRelay(parse_config({"core": {"id": "c1", "listen": str(me)},
-                                        "mgmt": {"connect": "tcp:127.0.0.1:47100"}}).routes,
+                                        "mgmt": {"connect": "tcp:127.0.0.1:47100"},
+                                        "seal": {"keys": "c1.keys"}}).routes,
                           me, lambda data, to: None, task.Clock())
         hop = HopSeal(me, KeyRing(), Drops())
         sent = key_ring(links=[(me, peer)], groups=[7])
