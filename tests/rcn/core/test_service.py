@@ -84,6 +84,45 @@ class ServiceTests(TestCase):
         self.assertEqual(entry.header.sequence, 9)
 
     @defer.inlineCallbacks
+    def test_the_hop_state_is_kept_beside_the_key_file(self):
+        from rcn.logxfer.hopstate import HopStateFile
+        self.start(batch=False)
+        state = HopStateFile(self.config.seal.keys + ".hop")
+        reserved, marks = state.load()
+        self.assertGreater(reserved, 0)                 # reserved before the socket opened
+        captured = self.source.protocol.hop.seal(wr(1), self.core)
+        self.source.port.write(captured, self.core.pair)
+        yield self.target.next_entry()
+        yield self.top.stopService()
+        reserved_after, marks = state.load()            # the clean stop saved the window
+        self.assertEqual(reserved_after, reserved)
+        self.assertEqual(set(marks), {(self.source.address, 1)})
+        # the core restarts: the datagram captured before is refused as replayed
+        self.top, self.relay = make_service(self.config, reactor)
+        self.top.startService()
+        self.source.port.write(captured, self.core.pair)
+
+        def refused():
+            if self.relay.drops.by_reason["replayed"] == 1:
+                poll.stop()
+        poll = task.LoopingCall(refused)
+        yield poll.start(0.01)
+        self.assertEqual(self.target.arrived[1:], [])
+
+    def test_a_bad_hop_state_file_stops_make_service(self):
+        from rcn.logxfer.keys import KeyFileError
+        self.source, self.target = Endpoint(self), Endpoint(self)
+        self.core = Address("127.0.0.1", free_port(socket.SOCK_DGRAM))
+        keys = sealed_core(self, self.core, self.source, self.target)
+        with open(keys + ".hop", "w") as f:
+            f.write("reserved nonsense\n")
+        config = parse_config(tomllib.loads(
+            core_toml(self.core, self.source.address, self.target.address, keys=keys)))
+        with self.assertRaises(KeyFileError) as caught:      # the daemon's UsageError
+            make_service(config, task.Clock())
+        self.assertIn(f"{keys}.hop line 1", str(caught.exception))
+
+    @defer.inlineCallbacks
     def test_metrics_over_http(self):
         self.source, self.target = Endpoint(self), Endpoint(self)
         self.core, port = Address("127.0.0.1", free_port(socket.SOCK_DGRAM)), free_port(socket.SOCK_STREAM)

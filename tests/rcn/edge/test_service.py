@@ -9,7 +9,7 @@ import stat
 import threading
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from datapath.frames.logentry import EntryFlag, EntryType
@@ -174,6 +174,24 @@ class OpenAtStartTests(TestCase):
         self.start(top)
         self.assertEqual(edge.mgmt.version, 5)
         self.assertEqual(len(edge.device.routes), 1)
+
+    @defer.inlineCallbacks
+    def test_the_hop_state_is_written_at_start_beside_the_key_file(self):
+        from rcn.logxfer.hopstate import HopStateFile
+        data = os.path.abspath(self.mktemp())
+        config = self.config(data, mgmt=True)       # keys: DATA_DIR/keys, state beside it
+        top, edge = make_service(config, reactor)
+        hop = os.path.join(data, "keys.hop")
+        self.assertEqual((config.seal.keys, edge.udp.hop.state.path),
+                         (os.path.join(data, "keys"), hop))
+        self.assertFalse(os.path.exists(hop))
+        self.start(top)
+        self.assertEqual(stat.S_IMODE(os.stat(hop).st_mode), 0o600)
+        reserved, _ = HopStateFile(hop).load()
+        self.assertGreater(reserved, edge.udp.hop.counter)
+        edge.udp.hop._dirty = True                      # as a datagram that opened would
+        yield top.stopService()
+        self.assertFalse(edge.udp.hop._dirty)           # the clean stop saved
 
     def test_start_that_cannot_open_the_log_raises_start_error_naming_it(self):
         data = os.path.abspath(self.mktemp())
