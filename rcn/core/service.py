@@ -6,7 +6,7 @@ plain object) and puts it behind its sockets: the log-transfer UDP socket
 largest datagram and the kernel buffers from the configuration) and, when
 ``[metrics] listen`` is set, Prometheus ``/metrics`` over HTTP. On stop, what
 waits in the batch queues is sent before the socket closes. Sealed, the first
-service starts the hop layer's state file (``<keys>.hop``: its counter
+service starts the hop layer's state file (``KEYS.hop``, beside the key file: its counter
 reservation written before the socket opens, the replay windows saved while it
 runs) and saves it last, after the socket closed. The reactor is passed in;
 nothing here imports the global one.
@@ -28,6 +28,7 @@ from rcn.core.relay import CoreRelay
 from rcn.logxfer.keys import KeyRing
 from rcn.logxfer.protocol import Drops, LogTransferProtocol, listen
 from rcn.logxfer.routes import Address
+from rcn.logxfer.hopstate import state_path
 from rcn.logxfer.seal import HopSeal, hop_at_start, keys_at_start
 from rcn.metrics import MetricsRegistry, metrics_site
 from rcn.mgmtlink.client import MgmtClient, client_service
@@ -119,7 +120,7 @@ def make_service(config: CoreConfig, reactor, metrics_registry: MetricsRegistry 
     drops = Drops(config.id)
     ring = keys_at_start(config.id, config.seal, config.mgmt is not None)
     hop = None if ring is None else hop_at_start(config.listen, ring.only_links(), drops,
-                                                 config.seal, reactor)
+                                                 state_path(config.seal.keys), reactor)
     protocol = LogTransferProtocol(None, drops, receive_buffer=config.receive_buffer,
                                    send_buffer=config.send_buffer, hop=hop)
     relay = CoreRelay(config.routes, config.listen, protocol.send, reactor, batch=config.batch,

@@ -16,7 +16,7 @@
 
 Its first service (:class:`rcn.tap.OpenAtStart`) creates the data directory and opens
 the pair file, the log storage area (replaying what it holds), the apply counters, the
-last snapshot and, sealed, the hop layer's state file (``<keys>.hop``: the counter
+last snapshot and, sealed, the hop layer's state file (``DATA_DIR/keys.hop``: the counter
 reservation written, the replay windows saved while it runs and at stop) in
 ``startService``, under twistd's ``--umask`` and ``--uid``. The reactor is
 passed in; nothing here imports the global one.
@@ -47,6 +47,7 @@ from rcn.edge.nbdfront import COUNTER_NAMES as NBD_VOLUME_COUNTERS
 from rcn.edge.nbdfront import VirtualVolumeExport
 from rcn.logxfer.keys import KeyRing
 from rcn.logxfer.protocol import LogTransferProtocol, listen
+from rcn.logxfer.hopstate import state_path
 from rcn.logxfer.seal import E2E_DROP_REASONS, GroupSeal, hop_at_start, keys_at_start
 from rcn.config import Reader
 from rcn.console.service import serve_console
@@ -109,8 +110,8 @@ class Edge:
         self.udp.handler = self.device
         self.udp.drops = self.device.drops
         if ring is not None:
-            self.udp.hop = hop_at_start(config.log, ring, self.device.drops, config.seal,
-                                        reactor)
+            self.udp.hop = hop_at_start(config.log, ring, self.device.drops,
+                                        state_path(data_dir=config.data_dir), reactor)
             for reason in E2E_DROP_REASONS:
                 self.device.drops.by_reason.setdefault(reason, 0)
         access = config.access

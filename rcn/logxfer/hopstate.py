@@ -1,9 +1,11 @@
 """The hop layer's state file: the sender's counter reservation and the receivers' replay
 high-water marks, kept across restarts (DESIGN.md 9; used by ``rcn.logxfer.seal.HopSeal``).
 
-One small file per device, next to its key file (``<key file>.hop``; not secret, but
-written 0600 like everything else beside the keys, and refused when group or others may
-write it: a lowered reservation would make the device reuse GCM nonces)::
+One small file per device (:func:`state_path`: an edge's ``DATA_DIR/keys.hop``, which
+the daemon's user can always write; a core, which has no data directory, keeps it beside
+its key file, ``KEYS.hop``). Not secret, but written 0600 like the keys, and refused when
+group or others may write it: a lowered reservation would make the device reuse GCM
+nonces::
 
     # RCN hop-layer state (DESIGN.md 9): written by the device, do not edit
     reserved <counter>
@@ -158,6 +160,12 @@ class HopStateFile:
             os.close(directory)
 
 
-def state_path(keys: str) -> str:
-    """Where a device keeps its hop state: beside its key file."""
-    return f"{keys}.hop"
+EDGE_STATE = "keys.hop"
+
+
+def state_path(keys: str | None = None, data_dir: str | None = None) -> str | None:
+    """Where a device keeps its hop state: in its data directory (an edge), else beside
+    its key file (a core); None with neither (unsealed)."""
+    if data_dir is not None:
+        return os.path.join(data_dir, EDGE_STATE)
+    return None if keys is None else f"{keys}.hop"

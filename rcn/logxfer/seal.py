@@ -20,8 +20,8 @@ The key of each direction of a link is derived from the link key (HKDF-SHA256, i
 key file's order: ``KeyRing.link_end``), so the two ends' counters never share a nonce --
 also when a WAN emulator relays the link and each end sees the other at another address.
 
-Counters and windows across restarts (``rcn.logxfer.hopstate``: a daemon's state file
-beside its key file). A device's counter is one 64-bit number for all its links and epochs
+Counters and windows across restarts (``rcn.logxfer.hopstate``: a daemon's state file,
+an edge's in its data directory, a core's beside its key file). A device's counter is one 64-bit number for all its links and epochs
 and never repeats: it starts at the higher of the wall clock's nanoseconds and the
 reservation in the state file, and a block of :data:`COUNTER_BLOCK` counters is reserved
 (the state file written and fsync'ed) before the first counter beyond the last reservation
@@ -62,7 +62,7 @@ from datapath.frames.hop import (HOP_HEADER, HOP_HEADER_SIZE, HOP_MAGIC_BYTES, H
                                  HOP_TAG_SIZE, HOP_VERSION, SUITE_AES_256_GCM, build_hop_header)
 from datapath.frames.logentry import (SEAL_NONCE_SIZE, SEALABLE_TYPES, SEALED_OVERHEAD,
                                       LogHeader, Seal, e2e_aad, segment_entry)
-from rcn.logxfer.hopstate import MAX_WINDOWS, HopStateFile, Marks, state_path
+from rcn.logxfer.hopstate import MAX_WINDOWS, HopStateFile, Marks
 from rcn.logxfer.keys import Key, KeyRing, ring_at_start
 from rcn.logxfer.routes import Address
 
@@ -413,11 +413,12 @@ def keys_at_start(device: str, seal, managed: bool) -> KeyRing | None:
     return ring
 
 
-def hop_at_start(me: Address, ring: KeyRing, drops, seal, reactor) -> HopSeal:
-    """A daemon's hop layer: counters and replay windows kept in the state file beside its
-    key file (``rcn.logxfer.hopstate``; ``seal``: its ``SealConfig``), the windows' saves
-    paced by ``reactor``. Call :meth:`HopSeal.start` in ``startService`` (the file is
-    written as the user the daemon runs as) and :meth:`HopSeal.stop` at stop.
-    ``HopStateError`` when the state file does not parse."""
-    state = None if seal.keys is None else HopStateFile(state_path(seal.keys))
-    return HopSeal(me, ring, drops, state=state, reactor=reactor)
+def hop_at_start(me: Address, ring: KeyRing, drops, path: str | None, reactor) -> HopSeal:
+    """A daemon's hop layer: counters and replay windows kept in the state file ``path``
+    (``rcn.logxfer.hopstate``: an edge's ``DATA_DIR/keys.hop``, a core's beside its key
+    file; None: in memory only), the windows' saves paced by ``reactor``. Call
+    :meth:`HopSeal.start` in ``startService`` (the file is written as the user the daemon
+    runs as) and :meth:`HopSeal.stop` at stop. ``HopStateError`` when the state file does
+    not parse."""
+    return HopSeal(me, ring, drops, state=None if path is None else HopStateFile(path),
+                   reactor=reactor)

@@ -156,7 +156,7 @@ class OpenAtStartTests(TestCase):
             for path in [directory] + [os.path.join(directory, n) for n in files]:
                 modes[os.path.relpath(path, data)] = stat.S_IMODE(os.stat(path).st_mode)
         self.assertEqual(modes, {".": 0o700, "log": 0o700, "log/LOCK": 0o600,
-                                 "applied.json": 0o600})
+                                 "applied.json": 0o600, "keys.hop": 0o600})
         pair = edge.device.settings.pairs[0]
         d = edge.device.source_side.write(pair, build_write16_cdb(0, 8), bytes(4096))
         return d.addCallback(lambda result: self.assertTrue(result.good))
@@ -176,14 +176,14 @@ class OpenAtStartTests(TestCase):
         self.assertEqual(len(edge.device.routes), 1)
 
     @defer.inlineCallbacks
-    def test_the_hop_state_is_written_at_start_beside_the_key_file(self):
+    def test_the_hop_state_is_written_at_start_in_the_data_directory(self):
         from rcn.logxfer.hopstate import HopStateFile
         data = os.path.abspath(self.mktemp())
-        config = self.config(data, mgmt=True)       # keys: DATA_DIR/keys, state beside it
+        config = self.config(data)                  # its key file is elsewhere
         top, edge = make_service(config, reactor)
         hop = os.path.join(data, "keys.hop")
-        self.assertEqual((config.seal.keys, edge.udp.hop.state.path),
-                         (os.path.join(data, "keys"), hop))
+        self.assertNotEqual(os.path.dirname(config.seal.keys), data)
+        self.assertEqual(edge.udp.hop.state.path, hop)
         self.assertFalse(os.path.exists(hop))
         self.start(top)
         self.assertEqual(stat.S_IMODE(os.stat(hop).st_mode), 0o600)

@@ -338,7 +338,7 @@ class AttackTests(TestCase):
             len(d) > HOP_HEADER_SIZE + HEADER_SIZE and d[HOP_HEADER_SIZE + 5] == EntryType.WR))
         yield self.write(12288, b"\x77" * 4096)
         yield until("a WR captured from core1 to edgeB", capture, 10.0)
-        saved = os.path.join(self.dir, "keys", "edgeB.keys.hop")
+        saved = os.path.join(self.devices["edgeB"]["data_dir"], "keys.hop")
         at = HOP_HEADER.offsets["counter"]
         counter = int.from_bytes(captured[0][at:at + 8], "big")
 

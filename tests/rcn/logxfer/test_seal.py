@@ -13,9 +13,8 @@ from twisted.trial.unittest import TestCase
 from datapath.frames.hop import HOP_HEADER, HOP_HEADER_SIZE, build_hop_header
 from datapath.frames.logentry import (LOG_HEADER, SEALED_OVERHEAD, EntryFlag, EntryType, Seal,
                                       build_entry, parse_datagram)
-from rcn.config import SealConfig
 from rcn.logxfer import seal as seal_module
-from rcn.logxfer.hopstate import MAX_STATE_BYTES, HopStateError, HopStateFile
+from rcn.logxfer.hopstate import MAX_STATE_BYTES, HopStateError, HopStateFile, state_path
 from rcn.logxfer.hopstate import dump as dump_state
 from rcn.logxfer.hopstate import parse as parse_state
 from rcn.logxfer.keys import Key, KeyFileError, KeyRing, new_key
@@ -431,13 +430,15 @@ class HopStateTests(TestCase):
         self.assertEqual(parse_state("", "x"), (0, {}))
         self.assertEqual(HopStateFile(self.mktemp()).load(), (0, {}))     # none yet
 
-    def test_a_daemon_keeps_its_hop_state_beside_its_key_file(self):
-        keys = self.mktemp()
-        self.ring.save(keys)
-        seal = hop_at_start(B, self.ring, Drops(), SealConfig(keys=keys), self.clock)
-        self.assertEqual(seal.state.path, keys + ".hop")
-        self.assertEqual(hop_at_start(B, self.ring, Drops(), SealConfig(), self.clock).state,
-                         None)
+    def test_where_a_daemon_keeps_its_hop_state(self):
+        # an edge in its data directory (its user can write it), a core beside its key file
+        self.assertEqual(state_path("k/core1.keys", data_dir=None), "k/core1.keys.hop")
+        self.assertEqual(state_path("k/edgeA.keys", data_dir="edgeA"),
+                         os.path.join("edgeA", "keys.hop"))
+        self.assertIsNone(state_path(None))
+        path = self.mktemp()
+        self.assertEqual(hop_at_start(B, self.ring, Drops(), path, self.clock).state.path, path)
+        self.assertIsNone(hop_at_start(B, self.ring, Drops(), None, self.clock).state)
 
 
 class _Entries:
