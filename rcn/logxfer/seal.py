@@ -262,11 +262,10 @@ class HopSeal:
                 return None
             sending = self._sending[peer] = (key.epoch, self._cipher(peer, key, True))
         epoch, aead = sending
-        counter = self.counter + 1
-        if counter > self._reserved and self._counter_refused(peer):
-            return None
-        self.counter = counter
-        header = build_hop_header(epoch, counter)
+        if self.counter >= self._reserved and self._counter_refused(peer):
+            return None                 # the next counter is not reserved: none is used
+        self.counter += 1
+        header = build_hop_header(epoch, self.counter)
         tag = aead.encrypt(header[_NONCE_AT:], b"", data)
         self.counts["sealed"] += 1
         return header, tag
