@@ -114,7 +114,8 @@ class HopStateFile:
     def load(self) -> tuple[int, Marks]:
         """What the file holds; ``(0, {})`` when there is none yet."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO put there must not hang the start (refused below)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             return 0, {}
         except OSError as exc:

@@ -423,6 +423,11 @@ class HopStateTests(TestCase):
         with self.assertRaises(HopStateError) as caught:
             self.stated(B, path, 1, started=False)
         self.assertIn("chmod 600", str(caught.exception))
+        fifo = self.mktemp()
+        os.mkfifo(fifo, 0o600)                      # refused at once, not waited on
+        with self.assertRaises(HopStateError) as caught:
+            self.stated(B, fifo, 1, started=False)
+        self.assertIn("not a regular file", str(caught.exception))
 
     def test_the_state_file_round_trips(self):
         marks = {(A, 1): 10, (Address("::1", 47001), 4294967295): (1 << 64) - 1}
