@@ -21,12 +21,14 @@ key file's order: ``KeyRing.link_end``), so the two ends' counters never share a
 also when a WAN emulator relays the link and each end sees the other at another address.
 
 Counters and windows across restarts (``rcn.logxfer.hopstate``: a daemon's state file,
-an edge's in its data directory, a core's beside its key file). A device's counter is one 64-bit number for all its links and epochs
-and never repeats: it starts at the higher of the wall clock's nanoseconds and the
-reservation in the state file, and a block of :data:`COUNTER_BLOCK` counters is reserved
-(the state file written and fsync'ed) before the first counter beyond the last reservation
-is used -- so a clock that stepped back cannot make a restarted device reuse a GCM nonce
-under a key (which would give away the tag's hash key), nor lock it out as ``replayed``.
+an edge's in its data directory, a core's beside its key file). A device's counter is one
+64-bit number for all its links and epochs and never repeats: it starts at the higher of
+the wall clock's nanoseconds and the reservation in the state file, and a block of
+:data:`COUNTER_BLOCK` counters is reserved (the state file written and fsync'ed) before
+the first counter beyond the last reservation is used -- so a clock that stepped back
+cannot make a restarted device reuse a GCM nonce under a key (which would give away the
+tag's hash key), nor have its neighbours refuse it as ``replayed``. Without a state file
+(tools, tests) the counter starts at the clock and nothing is reserved.
 The receiver keeps one :class:`ReplayWindow` per sender address and link key epoch (each
 epoch's direction key has its own nonce space); the windows' highest counters are saved
 when they moved, at most every ``save_interval`` seconds of the injected clock and at a

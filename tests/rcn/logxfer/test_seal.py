@@ -415,7 +415,7 @@ class HopStateTests(TestCase):
             self.assertNotIn("12345678", message)
         self.assertTrue(issubclass(HopStateError, KeyFileError))   # a usage error at start
 
-    def test_a_state_file_others_may_write_is_refused(self):
+    def test_a_state_file_others_may_write_or_not_a_regular_file_is_refused(self):
         path = self.mktemp()
         self.stated(B, path, 1).stop()
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
