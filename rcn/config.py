@@ -558,13 +558,21 @@ class SealConfig:
 def read_seal(top: Reader, managed: bool, default_keys: str | None = None) -> SealConfig:
     """The ``[seal]`` table. Sealed (the default) needs keys: a key file, or a management
     server (``managed``) to send them; ``default_keys``: where a managed device keeps them
-    when the file names no key file."""
+    when the file names no key file (an edge: DATA_DIR/keys). A sealed device without
+    such a default (a core) must name its key file even when managed: the server's keys
+    and the hop layer's state file (``<keys>.hop``: its counter reservation, without
+    which a restart behind the clock would reuse GCM nonces) are kept there."""
     v = SEAL.read(top)
     keys = v["keys"] if v["keys"] is not None else (default_keys if managed else None)
     if v["mode"] == SEALED and keys is None and not managed:
         raise ConfigError("seal.keys: sealed log transfer needs keys: name a key file "
                           "(`rcn lab` writes them), or a management server ([mgmt] connect) "
                           "to send them; seal.mode = \"none\" is for debugging only")
+    if v["mode"] == SEALED and keys is None:
+        raise ConfigError("seal.keys: a sealed device under a management server needs a "
+                          "path for its key file (it need not exist yet): the server's keys "
+                          "are kept there for a restart, and the hop counters' state beside "
+                          "it (KEYS.hop); the directory must be writable by the daemon's user")
     if keys is not None and not keys.strip():
         raise ConfigError("seal.keys: empty (a path to the key file)")
     return SealConfig(v["mode"], keys)

@@ -15,10 +15,11 @@ Rows, each with the relay in its own process:
                   without parsing it (same socket buffers, ``maxPacketSize`` 65536);
 ``core, batching off``   ``twistd -n rcn-core``, ``[batch] enabled = false``;
 ``core, batching on``    ``twistd -n rcn-core``, 1 ms / 65000 bytes / 256 entries.
-``sealed, batching on``  the same, sealed (DESIGN.md 9): the source seals every datagram
-                  at hop level (``HopSeal``, a key file of the two links), the core
-                  opens, batches and re-seals; the sink reads the entry type through
-                  the envelope (it counts, it does not verify).
+``sealed, batching on``  the same, sealed (DESIGN.md 9) as a source edge sends: the WR
+                  body sealed end to end under a group key (the core holds none) and
+                  every datagram at hop level (``HopSeal``, a key file of the two links);
+                  the core opens, batches and re-seals; the sink reads the entry type
+                  through the envelope (it counts, it does not verify).
 
 The unsealed core rows set ``[seal] mode = "none"`` (the relay's own cost); the
 sealed row's extra relay microseconds per entry are the hop layer's.
@@ -51,7 +52,7 @@ from datapath.frames.logentry import HEADER_SIZE, EntryType, build_entry
 from rcn.logxfer.keys import KeyRing, new_key
 from rcn.logxfer.protocol import Drops
 from rcn.logxfer.routes import Address
-from rcn.logxfer.seal import HopSeal
+from rcn.logxfer.seal import GroupSeal, HopSeal
 
 SRC = 0x500A098000000001
 DST = 0x500A098000000002
@@ -201,11 +202,24 @@ def _seal_links(path: str, source: int, core: int, sink: int):
     return lambda entry: hop.seal(entry, at["core"])
 
 
+def key_ring_of_group(group: int) -> KeyRing:
+    ring = KeyRing()
+    ring.add_group(group, new_key(1))
+    return ring
+
+
 @defer.inlineCallbacks
 def measure(reactor, mode: str, workdir: str, seconds: float, window: int, size: int):
-    entry = build_entry(EntryType.WR, bytes(i & 0xFF for i in range(size)), group_id=7,
-                        sequence=1, source_wwn=SRC, target_wwn=DST, ttl=16)
     sealed = mode.startswith("sealed")
+    body = bytes(i & 0xFF for i in range(size))
+    fields = dict(group_id=7, sequence=1, source_wwn=SRC, target_wwn=DST, ttl=16)
+    if sealed:
+        # what a source edge sends: the body sealed end to end under a group key the core
+        # does not hold (its hop tag then covers the header only)
+        [entry] = GroupSeal(key_ring_of_group(7)).datagrams(EntryType.WR, body, 65000,
+                                                            **fields)
+    else:
+        entry = build_entry(EntryType.WR, body, **fields)
     pump = Pump(window, entry)
     source, sink = Source(), Sink(pump, HOP_HEADER_SIZE if sealed else 0)
     source_port = reactor.listenUDP(0, source, interface="127.0.0.1", maxPacketSize=65536)

@@ -5,8 +5,11 @@ plain object) and puts it behind its sockets: the log-transfer UDP socket
 (through ``rcn.logxfer.protocol.listen``, which sets ``maxPacketSize`` for the
 largest datagram and the kernel buffers from the configuration) and, when
 ``[metrics] listen`` is set, Prometheus ``/metrics`` over HTTP. On stop, what
-waits in the batch queues is sent before the socket closes. The reactor is
-passed in; nothing here imports the global one.
+waits in the batch queues is sent before the socket closes. Sealed, the first
+service starts the hop layer's state file (``KEYS.hop``, beside the key file: its counter
+reservation written before the socket opens, the replay windows saved while it
+runs) and saves it last, after the socket closed. The reactor is passed in;
+nothing here imports the global one.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from rcn.core.relay import CoreRelay
 from rcn.logxfer.keys import KeyRing
 from rcn.logxfer.protocol import Drops, LogTransferProtocol, listen
 from rcn.logxfer.routes import Address
-from rcn.logxfer.seal import HopSeal, keys_at_start
+from rcn.logxfer.hopstate import state_path
+from rcn.logxfer.seal import HopSeal, hop_at_start, keys_at_start
 from rcn.metrics import MetricsRegistry, metrics_site
 from rcn.mgmtlink.client import MgmtClient, client_service
+from rcn.tap import OpenAtStart
 
 _log = Logger()
 
@@ -114,13 +119,16 @@ def make_service(config: CoreConfig, reactor, metrics_registry: MetricsRegistry 
     """
     drops = Drops(config.id)
     ring = keys_at_start(config.id, config.seal, config.mgmt is not None)
-    hop = None if ring is None else HopSeal(config.listen, ring.only_links(), drops)
+    hop = None if ring is None else hop_at_start(config.listen, ring.only_links(), drops,
+                                                 state_path(config.seal.keys), reactor)
     protocol = LogTransferProtocol(None, drops, receive_buffer=config.receive_buffer,
                                    send_buffer=config.send_buffer, hop=hop)
     relay = CoreRelay(config.routes, config.listen, protocol.send, reactor, batch=config.batch,
                       drops=drops)
     protocol.handler = relay
     top = service.MultiService()
+    if hop is not None:          # first: starts before the socket opens, stops after it closed
+        OpenAtStart(f"rcn-core {config.id}", hop.start, hop.stop).setServiceParent(top)
     udp = UdpListenService(reactor, protocol, config.listen)
     udp.setName("logxfer")
     udp.setServiceParent(top)

@@ -15,8 +15,10 @@
   NBD volumes with their figures).
 
 Its first service (:class:`rcn.tap.OpenAtStart`) creates the data directory and opens
-the pair file, the log storage area (replaying what it holds), the apply counters and the
-last snapshot in ``startService``, under twistd's ``--umask`` and ``--uid``. The reactor is
+the pair file, the log storage area (replaying what it holds), the apply counters, the
+last snapshot and, sealed, the hop layer's state file (``DATA_DIR/keys.hop``: the counter
+reservation written, the replay windows saved while it runs and at stop) in
+``startService``, under twistd's ``--umask`` and ``--uid``. The reactor is
 passed in; nothing here imports the global one.
 """
 
@@ -45,7 +47,8 @@ from rcn.edge.nbdfront import COUNTER_NAMES as NBD_VOLUME_COUNTERS
 from rcn.edge.nbdfront import VirtualVolumeExport
 from rcn.logxfer.keys import KeyRing
 from rcn.logxfer.protocol import LogTransferProtocol, listen
-from rcn.logxfer.seal import E2E_DROP_REASONS, GroupSeal, HopSeal, keys_at_start
+from rcn.logxfer.hopstate import state_path
+from rcn.logxfer.seal import E2E_DROP_REASONS, GroupSeal, hop_at_start, keys_at_start
 from rcn.config import Reader
 from rcn.console.service import serve_console
 from rcn.edge.config import read_tables
@@ -108,7 +111,8 @@ class Edge:
         self.udp.drops = self.device.drops
         if ring is not None:
             self.device.seal.on_held = self._held_released
-            self.udp.hop = HopSeal(config.log, ring, self.device.drops)
+            self.udp.hop = hop_at_start(config.log, ring, self.device.drops,
+                                        state_path(data_dir=config.data_dir), reactor)
             for reason in E2E_DROP_REASONS:
                 self.device.drops.by_reason.setdefault(reason, 0)
         access = config.access
@@ -210,6 +214,8 @@ class Edge:
         # a thread started in makeService would not survive twistd's daemonising fork
         self.sync = SyncThread(self.reactor)
         os.makedirs(self.config.data_dir, exist_ok=True)
+        if self.udp.hop is not None:        # the counters reserved before the first datagram
+            self.udp.hop.start()
         self.device.open()
         replayed = self.log_store.open()
         self.apply_state.open()
@@ -338,6 +344,8 @@ class Edge:
         self.device.stop()
         for target in self.nbd_targets.values():
             target.close()
+        if self.udp.hop is not None:        # after the socket closed: the last windows
+            self.udp.hop.stop()
         closed = gatherResults([self.log_store.close(), self.apply_state.close()])
         return closed.addBoth(self._stop_sync)
 

@@ -19,11 +19,26 @@ its reason, before anything in it is parsed:
 The key of each direction of a link is derived from the link key (HKDF-SHA256, info
 ``rcn hop v1 end S > end R`` with the sender's and receiver's end numbers, 0 or 1, from the
 key file's order: ``KeyRing.link_end``), so the two ends' counters never share a nonce --
-also when a WAN emulator relays the link and each end sees the other at another address. A device's
-counter starts at the wall clock's nanoseconds when it starts and counts datagrams, so
-it goes up across restarts too (the clock would have to step back further than the
-device's whole previous run for a counter to repeat), and the receivers' windows, kept
-per sender, refuse what an earlier run sent.
+also when a WAN emulator relays the link and each end sees the other at another address.
+
+Counters and windows across restarts (``rcn.logxfer.hopstate``: a daemon's state file,
+an edge's in its data directory, a core's beside its key file). A device's counter is one
+64-bit number for all its links and epochs and never repeats: it starts at the higher of
+the wall clock's nanoseconds and the reservation in the state file, and a block of
+:data:`COUNTER_BLOCK` counters is reserved (the state file written and fsync'ed) before
+the first counter beyond the last reservation is used -- so a clock that stepped back
+cannot make a restarted device reuse a GCM nonce under a key (which would give away the
+tag's hash key), nor have its neighbours refuse it as ``replayed``. Without a state file
+(tools, tests) the counter starts at the clock and nothing is reserved.
+The receiver keeps one :class:`ReplayWindow` per sender address and link key epoch (each
+epoch's direction key has its own nonce space); the windows' highest counters are saved
+when they moved, at most every ``save_interval`` seconds of the injected clock and at a
+clean stop, and each loaded one is its window's floor: counters up to it are ``replayed``.
+Windows of epochs no longer held are dropped (at start and with new keys). What is left:
+datagrams that opened in the last save interval before a crash (or a ``kill -9``) can pass
+the hop layer once more after the restart; the end-to-end layer's sequence numbers and
+apply counter refuse them as the duplicates they are. :meth:`HopSeal.open` and
+:meth:`HopSeal.seal_parts` do no file I/O but once per counter block.
 
 :class:`GroupSeal` is an edge's end-to-end seal of entry bodies under the group keys
 (``logentry`` "End-to-end seal"): :meth:`GroupSeal.datagrams` seals and segments what
@@ -47,6 +62,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from datapath.frames.hop import (HOP_HEADER, HOP_HEADER_SIZE, HOP_MAGIC_BYTES, HOP_OVERHEAD,
@@ -55,6 +71,7 @@ from datapath.frames.hop import (HOP_HEADER, HOP_HEADER_SIZE, HOP_MAGIC_BYTES, H
 from datapath.frames.logentry import (HEADER_SIZE, LOG_HEADER, SEAL_NONCE_SIZE,
                                       SEALABLE_TYPES, SEALED_OVERHEAD, LogHeader, Seal,
                                       e2e_aad, segment_entry)
+from rcn.logxfer.hopstate import MAX_WINDOWS, HopStateFile, Marks
 from rcn.logxfer.keys import Key, KeyRing, ring_at_start
 from rcn.logxfer.routes import Address
 
@@ -62,6 +79,11 @@ _log = Logger()
 _AES_256_GCM = int(Seal.AES_256_GCM)
 _NONCES_PER_READ = 256
 REPLAY_WINDOW = 4096
+#: hop counters reserved in the state file at a time (a write and two fsyncs per block)
+COUNTER_BLOCK = 1 << 24
+#: how often (seconds) moved replay windows are saved, at most
+SAVE_INTERVAL = 1.0
+_UNRESERVED = 1 << 64          # without a state file: no reservation to keep
 _EPOCH_AT = HOP_HEADER.offsets["key_epoch"]
 _COUNTER_AT = HOP_HEADER.offsets["counter"]
 _NONCE_AT = HOP_HEADER.offsets["reserved2"]
@@ -70,7 +92,7 @@ _NONCE_AT = HOP_HEADER.offsets["reserved2"]
 _FIXED = bytes((HOP_VERSION, SUITE_AES_256_GCM, 0, 0))
 _VERSION_AT = HOP_HEADER.offsets["version"]
 HOP_DROP_REASONS = ("not_neighbour", "unsealed", "unknown_key", "bad_tag", "replayed",
-                    "no_link_key")
+                    "no_link_key", "no_counter")
 _SEAL_AT = LOG_HEADER.offsets["seal"]
 _GROUP_AT = LOG_HEADER.offsets["group_id"]
 _KEY_EPOCH_AT = LOG_HEADER.offsets["key_epoch"]
@@ -95,6 +117,14 @@ class ReplayWindow:
         self.size = size
         self.top = -1
         self.seen = 0          # bit i: counter top - i was seen
+
+    @classmethod
+    def floor(cls, top: int, size: int = REPLAY_WINDOW) -> "ReplayWindow":
+        """A window that refuses every counter up to ``top`` (a restarted receiver's, from
+        the high-water mark it saved)."""
+        window = cls(size)
+        window.top, window.seen = top, (1 << size) - 1
+        return window
 
     def fresh(self, counter: int) -> bool:
         """Whether ``counter`` is new (not seen, not older than the window); no change."""
@@ -122,18 +152,88 @@ def direction_key(key: Key, sender_end: int) -> AESGCM:
 
 class HopSeal:
     """One device's hop layer (see the module doc). ``drops``: the device's drop counter
-    (``rcn.logxfer.protocol.Drops``); ``clock_ns``: where the counter starts."""
+    (``rcn.logxfer.protocol.Drops``); ``clock_ns``: where the counter starts at the
+    earliest. ``state``: a daemon's state file (None: counters and windows in memory only,
+    as tools and tests use it); ``reactor``: the IReactorTime that paces the saves of the
+    windows (:meth:`start` .. :meth:`stop`). A state file that does not parse raises
+    ``HopStateError`` here."""
 
-    def __init__(self, me: Address, ring: KeyRing, drops, clock_ns=time.time_ns):
+    def __init__(self, me: Address, ring: KeyRing, drops, clock_ns=time.time_ns,
+                 state: HopStateFile | None = None, reactor=None,
+                 save_interval: float = SAVE_INTERVAL):
         self.me = me
         self.drops = drops
         for reason in HOP_DROP_REASONS:       # shown as 0 in /metrics until one happens
             drops.by_reason.setdefault(reason, 0)
-        self.counter = clock_ns()
-        self.windows: dict[Address, ReplayWindow] = {}
+        self.windows: dict[tuple[Address, int], ReplayWindow] = {}
         self.counts = {"sealed": 0, "opened": 0}
+        self.state, self._reactor, self._interval = state, reactor, save_interval
+        self._saver: LoopingCall | None = None
+        self._dirty = False
+        if state is None:
+            self.counter, self._reserved = clock_ns(), _UNRESERVED
+        else:
+            reserved, marks = state.load()
+            # nothing beyond it is reserved yet: the first datagram (or start) reserves
+            self.counter = self._reserved = max(clock_ns(), reserved)
+            self.windows = {name: ReplayWindow.floor(top) for name, top in marks.items()}
         self._aead: dict[tuple[Address, int, bool], AESGCM] = {}
         self.set_ring(ring)
+
+    # -- the state file ------------------------------------------------------------------
+    def start(self) -> None:
+        """With a state file: reserve the first block of counters now (a file that cannot
+        be written fails the start, OSError, not the first datagram), and save the moved
+        windows every ``save_interval`` seconds of ``reactor``."""
+        if self.state is None:
+            return
+        self._reserve()
+        if self._reactor is not None and self._saver is None:
+            self._saver = LoopingCall(self._save_moved)
+            self._saver.clock = self._reactor
+            self._saver.start(self._interval, now=False)
+
+    def stop(self) -> None:
+        """A clean stop: the windows saved (a failure is logged)."""
+        saver, self._saver = self._saver, None
+        if saver is not None and saver.running:
+            saver.stop()
+        self._save_moved()
+
+    def _marks(self) -> Marks:
+        marks = {name: w.top for name, w in self.windows.items() if w.top >= 0}
+        if len(marks) > MAX_WINDOWS:        # more senders x epochs than the file holds
+            _log.warn("hop layer {me}: {n} replay windows, {m} saved", me=str(self.me),
+                      n=len(marks), m=MAX_WINDOWS)
+            marks = dict(sorted(marks.items(), key=lambda kv: -kv[0][1])[:MAX_WINDOWS])
+        return marks
+
+    def _reserve(self) -> None:
+        """The next block of counters, written (durably) before any of it is used."""
+        reserved = self.counter + COUNTER_BLOCK
+        self.state.save(reserved, self._marks())
+        self._reserved, self._dirty = reserved, False
+
+    def _save_moved(self) -> None:
+        if self.state is None or not self._dirty:
+            return
+        try:
+            self.state.save(self._reserved, self._marks())
+            self._dirty = False
+        except OSError as exc:
+            _log.error("hop layer {me}: cannot save {path}: {why} (retried)", me=str(self.me),
+                       path=self.state.path, why=exc.strerror or str(exc))
+
+    def _counter_refused(self, peer: Address) -> bool:
+        """Past the reservation: reserve more; True (a counted ``no_counter`` drop) when
+        the state file cannot be written -- no counter is used unreserved."""
+        try:
+            self._reserve()
+            return False
+        except OSError as exc:
+            self.drops.drop("no_counter", peer, f"hop counters not reserved: {self.state.path}:"
+                                                f" {exc.strerror or exc}")
+            return True
 
     def set_ring(self, ring: KeyRing) -> None:
         """New keys (a snapshot, a rotation): epochs no longer held are refused from now."""
@@ -142,6 +242,12 @@ class HopSeal:
         self._aead = {}
         self._sending: dict[Address, tuple[int, AESGCM]] = {}
         self._opening: dict[tuple[Address, int], AESGCM] = {}
+        held = {(peer, epoch) for peer in self._neighbours
+                for epoch in ring.link_keys(self.me, peer)}
+        retired = [name for name in self.windows if name not in held]
+        for name in retired:
+            del self.windows[name]
+        self._dirty = self._dirty or bool(retired)
 
     def _cipher(self, peer: Address, key: Key, sending: bool) -> AESGCM:
         name = (peer, key.epoch, sending)
@@ -168,6 +274,8 @@ class HopSeal:
                 return None
             sending = self._sending[peer] = (key.epoch, self._cipher(peer, key, True))
         epoch, aead = sending
+        if self.counter >= self._reserved and self._counter_refused(peer):
+            return None                 # the next counter is not reserved: none is used
         self.counter += 1
         header = build_hop_header(epoch, self.counter)
         tag = aead.encrypt(header[_NONCE_AT:], b"", hop_covered(data))
@@ -187,13 +295,14 @@ class HopSeal:
                                                  "or suite")
             return None
         epoch = int.from_bytes(data[_EPOCH_AT:_EPOCH_AT + 4], "big")
-        aead = self._opening.get((sender, epoch))
+        name = (sender, epoch)
+        aead = self._opening.get(name)
         if aead is None:
             key = self.ring.link_keys(self.me, sender).get(epoch)
             if key is None:
                 self.drops.drop("unknown_key", sender, f"link key epoch {epoch} is not held")
                 return None
-            aead = self._opening[(sender, epoch)] = self._cipher(sender, key, False)
+            aead = self._opening[name] = self._cipher(sender, key, False)
         counter = int.from_bytes(data[_COUNTER_AT:_COUNTER_AT + 8], "big")
         end = len(data) - HOP_TAG_SIZE
         try:
@@ -205,13 +314,14 @@ class HopSeal:
             self.drops.drop("bad_tag", sender, f"hop tag, link key epoch {epoch}")
             return None
         # only a verified counter may move the window (a forged one must not slide it)
-        window = self.windows.get(sender)
+        window = self.windows.get(name)
         if window is None:
-            window = self.windows[sender] = ReplayWindow()
+            window = self.windows[name] = ReplayWindow()
         if not window.fresh(counter):
             self.drops.drop("replayed", sender, f"counter {counter} (highest {window.top})")
             return None
         window.mark(counter)
+        self._dirty = True
         self.counts["opened"] += 1
         # a view: what the receiver keeps of it, it copies (parsing does, once)
         return memoryview(data)[HOP_HEADER_SIZE:end]
@@ -427,3 +537,14 @@ def keys_at_start(device: str, seal, managed: bool) -> KeyRing | None:
               source=f" from {seal.keys}" if len(ring) else ", waiting for the management "
                                                              "server's")
     return ring
+
+
+def hop_at_start(me: Address, ring: KeyRing, drops, path: str | None, reactor) -> HopSeal:
+    """A daemon's hop layer: counters and replay windows kept in the state file ``path``
+    (``rcn.logxfer.hopstate``: an edge's ``DATA_DIR/keys.hop``, a core's beside its key
+    file; None: in memory only), the windows' saves paced by ``reactor``. Call
+    :meth:`HopSeal.start` in ``startService`` (the file is written as the user the daemon
+    runs as) and :meth:`HopSeal.stop` at stop. ``HopStateError`` when the state file does
+    not parse."""
+    return HopSeal(me, ring, drops, state=None if path is None else HopStateFile(path),
+                   reactor=reactor)

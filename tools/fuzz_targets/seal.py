@@ -1,5 +1,5 @@
 """Sealed log transfer targets (issue 17): the hop layer's open, the end-to-end open, the
-key file parser.
+key file parser, the hop state file parser.
 
 * ``hop-open`` -- datagrams from a neighbour and from a stranger into one
   :class:`rcn.logxfer.seal.HopSeal` (its replay window carried from one datagram of the
@@ -12,6 +12,10 @@ key file parser.
 * ``key-file`` -- :meth:`rcn.logxfer.keys.KeyRing.parse` on hostile text: only
   :class:`KeyFileError`; a ring that parses dumps and parses back to itself; and no key
   (64 hex digits of the input) appears in an error message.
+* ``hop-state`` -- :func:`rcn.logxfer.hopstate.parse` on hostile text (a device's
+  ``<keys>.hop``: counter reservation, replay high-water marks): only
+  :class:`HopStateError`, naming the line and echoing no number of the input; what
+  parses dumps and parses back to itself, within the file's bounds.
 
 The keys are fixed (the fuzzer must replay an input exactly); the seeds are genuine
 envelopes and entries sealed with them. The fixups re-seal some mutants, so that mutated
@@ -311,4 +315,59 @@ register(Target(
     "only KeyFileError, naming the line; a ring that parses round-trips through dump; no "
     "key of the input in an error message",
     run_key_file, key_file_seeds, clean=(), tokens=_KEY_TOKENS, max_len=1 << 13,
+    test_runs=300, parser=True))
+
+
+# -- the hop state file --------------------------------------------------------------------------
+
+_LONG_NUMBER = re.compile(r"[0-9]{5,}")
+
+
+def run_hop_state(data: bytes):
+    from rcn.logxfer.hopstate import MAX_RESERVED, MAX_WINDOWS, HopStateError, dump, parse
+    text = data.decode("ascii", "replace")
+    try:
+        reserved, marks = parse(text, "fuzz.hop")
+    except HopStateError as exc:
+        message = str(exc)
+        if not message.startswith("fuzz.hop line "):
+            raise Finding(f"a hop state error that names no line: {message[:200]}") from None
+        own = re.sub(r"[0-9]+\.\.[0-9]+|than [0-9]+", "", message)    # the bounds it quotes
+        for number in _LONG_NUMBER.findall(text):
+            if number in own:
+                raise Finding(f"a number of the input in a HopStateError: {message[:200]}")
+        return ("error", message.split(":", 1)[1].split(";")[0].strip()[:24])
+    if not 0 <= reserved <= MAX_RESERVED or len(marks) > MAX_WINDOWS or any(
+            not 0 <= top < 1 << 64 or not 0 < epoch < 1 << 32 for (_, epoch), top in marks.items()):
+        raise Finding("a hop state file parsed to values outside its bounds")
+    try:
+        again = parse(dump(reserved, marks), "dump")
+    except HopStateError as exc:
+        raise Finding(f"a parsed hop state does not dump and parse back: {exc}") from None
+    if again != (reserved, marks):
+        raise Finding("a parsed hop state does not dump and parse back to itself")
+    return ("state", reserved > 0, min(len(marks), 3))
+
+
+def hop_state_seeds() -> list[bytes]:
+    from rcn.logxfer.hopstate import dump
+    me, neighbour = _address(_ME), _address(_NEIGHBOUR)
+    return [dump(1_700_000_000_000_000_000, {(neighbour, 1): 1_700_000_000_000_000_005,
+                                             (neighbour, 2): 1_700_000_000_016_777_216,
+                                             (me, 3): 0}).encode(),
+            dump(0, {}).encode(), b"reserved 5\nseen [::1]:47001 4294967295 18446744073709551615\n",
+            b"# only a comment\n\n", b"reserved 5\nreserved 6\n"]
+
+
+_STATE_TOKENS = (b"reserved", b"seen", b"#", b"\n", b" ", b"\t", b"10.0.0.1:47001",
+                 b"[::1]:1", b"0", b"4294967295", b"4294967296", b"9223372036854775808",
+                 b"18446744073709551615", b"18446744073709551616", b"-1", b"\r\n", b"\x00",
+                 b"\xff")
+
+register(Target(
+    "hop-state", "hostile text into the hop state file parser (rcn.logxfer.hopstate.parse: "
+    "a device's counter reservation and replay high-water marks): only HopStateError, "
+    "naming the line, no number of the input echoed; what parses is within bounds and "
+    "round-trips through dump",
+    run_hop_state, hop_state_seeds, clean=(), tokens=_STATE_TOKENS, max_len=1 << 13,
     test_runs=300, parser=True))

@@ -9,6 +9,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from datapath.frames.logentry import EntryType, parse_batch
+from rcn.config import ConfigError
 from rcn.core.config import parse_config
 from rcn.core.service import make_service
 from rcn.logxfer.routes import Address
@@ -83,6 +84,45 @@ class ServiceTests(TestCase):
         self.assertEqual(entry.header.sequence, 9)
 
     @defer.inlineCallbacks
+    def test_the_hop_state_is_kept_beside_the_key_file(self):
+        from rcn.logxfer.hopstate import HopStateFile
+        self.start(batch=False)
+        state = HopStateFile(self.config.seal.keys + ".hop")
+        reserved, marks = state.load()
+        self.assertGreater(reserved, 0)                 # reserved before the socket opened
+        captured = self.source.protocol.hop.seal(wr(1), self.core)
+        self.source.port.write(captured, self.core.pair)
+        yield self.target.next_entry()
+        yield self.top.stopService()
+        reserved_after, marks = state.load()            # the clean stop saved the window
+        self.assertEqual(reserved_after, reserved)
+        self.assertEqual(set(marks), {(self.source.address, 1)})
+        # the core restarts: the datagram captured before is refused as replayed
+        self.top, self.relay = make_service(self.config, reactor)
+        self.top.startService()
+        self.source.port.write(captured, self.core.pair)
+
+        def refused():
+            if self.relay.drops.by_reason["replayed"] == 1:
+                poll.stop()
+        poll = task.LoopingCall(refused)
+        yield poll.start(0.01)
+        self.assertEqual(self.target.arrived[1:], [])
+
+    def test_a_bad_hop_state_file_stops_make_service(self):
+        from rcn.logxfer.keys import KeyFileError
+        self.source, self.target = Endpoint(self), Endpoint(self)
+        self.core = Address("127.0.0.1", free_port(socket.SOCK_DGRAM))
+        keys = sealed_core(self, self.core, self.source, self.target)
+        with open(keys + ".hop", "w") as f:
+            f.write("reserved nonsense\n")
+        config = parse_config(tomllib.loads(
+            core_toml(self.core, self.source.address, self.target.address, keys=keys)))
+        with self.assertRaises(KeyFileError) as caught:      # the daemon's UsageError
+            make_service(config, task.Clock())
+        self.assertIn(f"{keys}.hop line 1", str(caught.exception))
+
+    @defer.inlineCallbacks
     def test_metrics_over_http(self):
         self.source, self.target = Endpoint(self), Endpoint(self)
         self.core, port = Address("127.0.0.1", free_port(socket.SOCK_DGRAM)), free_port(socket.SOCK_STREAM)
@@ -110,8 +150,9 @@ class ManagedCoreTests(TestCase):
         from rcn.core.relay import CoreRelay
         from rcn.core.service import apply_snapshot
         config = parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
-                               "mgmt": {"connect": "tcp:127.0.0.1:47100"}})
-        self.assertEqual((config.seal.mode, config.seal.keys), ("aes-256-gcm", None))
+                               "mgmt": {"connect": "tcp:127.0.0.1:47100"},
+                               "seal": {"keys": "keys/c1.keys"}})
+        self.assertEqual((config.seal.mode, config.seal.keys), ("aes-256-gcm", "keys/c1.keys"))
         self.assertEqual((len(config.routes), config.mgmt), (0, "tcp:127.0.0.1:47100"))
         relay = CoreRelay(config.routes, config.listen, lambda data, to: None, task.Clock())
         apply_snapshot(relay, 4, {"route": [{
@@ -123,6 +164,18 @@ class ManagedCoreTests(TestCase):
             parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
                           "mgmt": {"connect": "udp:nowhere"}})
 
+    def test_a_sealed_core_under_a_server_must_name_its_key_file(self):
+        # it keeps the server's keys and its hop counters' reservation (KEYS.hop) there
+        with self.assertRaises(ConfigError) as caught:
+            parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
+                          "mgmt": {"connect": "tcp:127.0.0.1:47100"}})
+        self.assertIn("seal.keys", str(caught.exception))
+        self.assertIn("KEYS.hop", str(caught.exception))
+        unsealed = parse_config({"core": {"id": "c1", "listen": "127.0.0.1:47950"},
+                                 "mgmt": {"connect": "tcp:127.0.0.1:47100"},
+                                 "seal": {"mode": "none"}})
+        self.assertEqual(unsealed.seal.keys, None)
+
     def test_a_snapshots_link_keys_replace_the_hop_layers_and_group_keys_are_refused(self):
         from rcn.core.relay import CoreRelay
         from rcn.core.service import apply_snapshot
@@ -131,7 +184,8 @@ class ManagedCoreTests(TestCase):
         from rcn.logxfer.seal import HopSeal
         me, peer = Address("127.0.0.1", 47950), Address("127.0.0.1", 47001)
         relay = CoreRelay(parse_config({"core": {"id": "c1", "listen": str(me)},
-                                        "mgmt": {"connect": "tcp:127.0.0.1:47100"}}).routes,
+                                        "mgmt": {"connect": "tcp:127.0.0.1:47100"},
+                                        "seal": {"keys": "c1.keys"}}).routes,
                           me, lambda data, to: None, task.Clock())
         hop = HopSeal(me, KeyRing(), Drops())
         sent = key_ring(links=[(me, peer)], groups=[7])

@@ -9,7 +9,7 @@ import stat
 import threading
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from datapath.frames.logentry import EntryFlag, EntryType
@@ -156,7 +156,7 @@ class OpenAtStartTests(TestCase):
             for path in [directory] + [os.path.join(directory, n) for n in files]:
                 modes[os.path.relpath(path, data)] = stat.S_IMODE(os.stat(path).st_mode)
         self.assertEqual(modes, {".": 0o700, "log": 0o700, "log/LOCK": 0o600,
-                                 "applied.json": 0o600})
+                                 "applied.json": 0o600, "keys.hop": 0o600})
         pair = edge.device.settings.pairs[0]
         d = edge.device.source_side.write(pair, build_write16_cdb(0, 8), bytes(4096))
         return d.addCallback(lambda result: self.assertTrue(result.good))
@@ -174,6 +174,24 @@ class OpenAtStartTests(TestCase):
         self.start(top)
         self.assertEqual(edge.mgmt.version, 5)
         self.assertEqual(len(edge.device.routes), 1)
+
+    @defer.inlineCallbacks
+    def test_the_hop_state_is_written_at_start_in_the_data_directory(self):
+        from rcn.logxfer.hopstate import HopStateFile
+        data = os.path.abspath(self.mktemp())
+        config = self.config(data)                  # its key file is elsewhere
+        top, edge = make_service(config, reactor)
+        hop = os.path.join(data, "keys.hop")
+        self.assertNotEqual(os.path.dirname(config.seal.keys), data)
+        self.assertEqual(edge.udp.hop.state.path, hop)
+        self.assertFalse(os.path.exists(hop))
+        self.start(top)
+        self.assertEqual(stat.S_IMODE(os.stat(hop).st_mode), 0o600)
+        reserved, _ = HopStateFile(hop).load()
+        self.assertGreater(reserved, edge.udp.hop.counter)
+        edge.udp.hop._dirty = True                      # as a datagram that opened would
+        yield top.stopService()
+        self.assertFalse(edge.udp.hop._dirty)           # the clean stop saved
 
     def test_start_that_cannot_open_the_log_raises_start_error_naming_it(self):
         data = os.path.abspath(self.mktemp())

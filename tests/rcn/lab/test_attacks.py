@@ -13,7 +13,8 @@ The attacks: a forged WR with the next sequence (read from the target edge's
 ``/status``), a forged WROK for a retained entry, a forged REVERSE CTRL with SUSPEND --
 each from the attacker's socket (``not_neighbour``) and from core1's address under a key
 the lab never made (``bad_tag``; another epoch: ``unknown_key``) --, a captured sealed WR
-sent again (``replayed``), and a WROK under core1's own link key, which passes the hop
+sent again (``replayed``; also after the receiver was killed and started again: its
+replay window's saved high-water mark, ``rcn.logxfer.hopstate``), and a WROK under core1's own link key, which passes the hop
 layer and is refused end to end (``e2e_unsealed``, ``e2e_bad_tag``): a core cannot
 acknowledge for the target edge.
 
@@ -275,20 +276,32 @@ class AttackTests(TestCase):
         return capture, captured
 
     @defer.inlineCallbacks
-    def test_a_replayed_sealed_datagram_is_refused(self):
-        """A WR as core1 sent it to edgeB, captured off the wire and sent again."""
-        states = self.pair_states()
+    def captured_wr(self, offset: int, data: bytes):
+        """A host write; the sealed WR core1 sent edgeB for it, captured off the wire."""
         core, edge = self.address["core1"], self.address["edgeB"]
         # a whole WR (not a keepalive): its log header's entry type, inside the envelope
         capture, captured = self.sniffer(core, edge, 1, lambda d: (
             len(d) > HOP_HEADER_SIZE + HEADER_SIZE and d[HOP_HEADER_SIZE + 5] == EntryType.WR))
-        yield self.write(8192, b"\x55" * 4096)
+        yield self.write(offset, data)
         yield until("a WR captured from core1 to edgeB", capture, 10.0)
+        return captured[0]
+
+    @defer.inlineCallbacks
+    def replayed_at_edge_b(self, datagram: bytes):
+        """``datagram`` sent again from core1's address: one ``replayed`` drop at edgeB,
+        nothing applied."""
         applied = lablib.applied_counter(self.group("edgeB"))
         before = self.drops("edgeB")
-        spoof(core, edge, captured[0])
+        spoof(self.address["core1"], self.address["edgeB"], datagram)
         yield self.until_dropped("edgeB", before, "replayed")
         self.assertEqual(lablib.applied_counter(self.group("edgeB")), applied)
+
+    @defer.inlineCallbacks
+    def test_a_replayed_sealed_datagram_is_refused(self):
+        """A WR as core1 sent it to edgeB, captured off the wire and sent again."""
+        states = self.pair_states()
+        captured = yield self.captured_wr(8192, b"\x55" * 4096)
+        yield self.replayed_at_edge_b(captured)
         self.assert_volumes()
         self.assertEqual(self.pair_states(), states)
 
@@ -323,5 +336,30 @@ class AttackTests(TestCase):
             self.assertEqual(self.group("edgeA")["log_retained_entries"], 1)  # still held
         resume()
         yield self.until_applied()
+        self.assert_volumes()
+        self.assertEqual(self.pair_states(), states)
+
+    @defer.inlineCallbacks
+    def test_a_datagram_captured_before_the_receiver_crashed_is_refused_after(self):
+        """A WR core1 sent to edgeB, captured; edgeB killed (SIGKILL, no clean stop) once
+        its replay window was saved (every second), started again: the captured WR is
+        ``replayed`` at the hop layer (its saved high-water mark is the window's floor)."""
+        states = self.pair_states()
+        captured = yield self.captured_wr(12288, b"\x77" * 4096)
+        saved = os.path.join(self.devices["edgeB"]["data_dir"], "keys.hop")
+        at = HOP_HEADER.offsets["counter"]
+        counter, core = int.from_bytes(captured[at:at + 8], "big"), str(self.address["core1"])
+
+        def window_saved():
+            with open(saved) as f:
+                rows = [line.split() for line in f if line.startswith("seen ")]
+            return any(row[1:3] == [core, "1"] and int(row[3]) >= counter for row in rows)
+        yield until("edgeB's window saved", window_saved, 10.0)
+        pid = lablib.signal_device(self.dir, "edgeB", signal.SIGKILL)
+        # gone, not a zombie: a new twistd refuses to start while its pidfile's pid exists
+        yield until("edgeB's process gone", lambda: not os.path.exists(f"/proc/{pid}"), 10.0)
+        lablib.restart(self.dir, "edgeB")
+        yield self.replayed_at_edge_b(captured)
+        yield self.write(16384, b"\x78" * 4096)          # core1's new datagrams still open
         self.assert_volumes()
         self.assertEqual(self.pair_states(), states)
