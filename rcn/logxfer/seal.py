@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import copy
 import os
+import struct
 import time
 
 from cryptography.exceptions import InvalidTag
@@ -91,6 +92,11 @@ _NONCE_AT = HOP_HEADER.offsets["reserved2"]
 #: epoch chooses the key, reserved2 and the counter are the nonce) must be exactly these
 _FIXED = bytes((HOP_VERSION, SUITE_AES_256_GCM, 0, 0))
 _VERSION_AT = HOP_HEADER.offsets["version"]
+#: version, suite, reserved | key_epoch | reserved2 | counter: one unpack on the receive path
+_FIXED_EPOCH_COUNTER = struct.Struct(">4sI4xQ")
+_NONCE_PREFIX = bytes(_COUNTER_AT - _NONCE_AT)      # reserved2: zero
+if (_VERSION_AT + 4, _EPOCH_AT + 8, _NONCE_AT + 4) != (_EPOCH_AT, _COUNTER_AT, _COUNTER_AT):
+    raise ImportError("rcn.logxfer.seal: the hop header's layout moved; update the unpack")
 HOP_DROP_REASONS = ("not_neighbour", "unsealed", "unknown_key", "bad_tag", "replayed",
                     "no_link_key", "no_counter")
 _SEAL_AT = LOG_HEADER.offsets["seal"]
@@ -111,12 +117,13 @@ class ReplayWindow:
     """A sliding window over one sender's counters (RFC 6479's idea, as one integer bitmap):
     the highest counter seen, and which of the ``size`` below it were seen."""
 
-    __slots__ = ("size", "top", "seen")
+    __slots__ = ("size", "top", "seen", "_mask")
 
     def __init__(self, size: int = REPLAY_WINDOW):
         self.size = size
         self.top = -1
         self.seen = 0          # bit i: counter top - i was seen
+        self._mask = (1 << size) - 1
 
     @classmethod
     def floor(cls, top: int, size: int = REPLAY_WINDOW) -> "ReplayWindow":
@@ -137,10 +144,24 @@ class ReplayWindow:
         """Record ``counter`` (only after its datagram's tag verified)."""
         if counter > self.top:
             shift = counter - self.top
-            self.seen = ((self.seen << shift) | 1) & ((1 << self.size) - 1) if shift < self.size else 1
+            self.seen = ((self.seen << shift) | 1) & self._mask if shift < self.size else 1
             self.top = counter
         else:
             self.seen |= 1 << (self.top - counter)
+
+    def accept(self, counter: int) -> bool:
+        """:meth:`fresh`, and if so :meth:`mark`, in one call (the receive path's)."""
+        top = self.top
+        if counter > top:
+            shift = counter - top
+            self.seen = ((self.seen << shift) | 1) & self._mask if shift < self.size else 1
+            self.top = counter
+            return True
+        behind = top - counter
+        if behind >= self.size or (self.seen >> behind) & 1:
+            return False
+        self.seen |= 1 << behind
+        return True
 
 
 def direction_key(key: Key, sender_end: int) -> AESGCM:
@@ -240,7 +261,7 @@ class HopSeal:
         self.ring = ring
         self._neighbours = ring.neighbours(self.me)
         self._aead = {}
-        self._sending: dict[Address, tuple[int, AESGCM]] = {}
+        self._sending: dict[Address, tuple[bytes, AESGCM]] = {}
         self._opening: dict[tuple[Address, int], AESGCM] = {}
         held = {(peer, epoch) for peer in self._neighbours
                 for epoch in ring.link_keys(self.me, peer)}
@@ -272,13 +293,16 @@ class HopSeal:
             if key is None:
                 self.drops.drop("no_link_key", peer, "no link key to seal a datagram for it")
                 return None
-            sending = self._sending[peer] = (key.epoch, self._cipher(peer, key, True))
-        epoch, aead = sending
+            # the header's first 16 bytes are the same for every datagram to ``peer``
+            sending = self._sending[peer] = (build_hop_header(key.epoch, 0)[:_COUNTER_AT],
+                                             self._cipher(peer, key, True))
+        prefix, aead = sending
         if self.counter >= self._reserved and self._counter_refused(peer):
             return None                 # the next counter is not reserved: none is used
         self.counter += 1
-        header = build_hop_header(epoch, self.counter)
-        tag = aead.encrypt(header[_NONCE_AT:], b"", hop_covered(data))
+        counter = self.counter.to_bytes(8, "big")
+        header = prefix + counter
+        tag = aead.encrypt(_NONCE_PREFIX + counter, b"", hop_covered(data))
         self.counts["sealed"] += 1
         return header, tag
 
@@ -290,11 +314,13 @@ class HopSeal:
         if data[:4] != HOP_MAGIC_BYTES:
             self.drops.drop("unsealed", sender, "not a hop envelope")
             return None
-        if len(data) < HOP_OVERHEAD or data[_VERSION_AT:_EPOCH_AT] != _FIXED:
-            self.drops.drop("malformed", sender, "hop envelope: short, or unknown version "
-                                                 "or suite")
+        if len(data) < HOP_OVERHEAD:
+            self.drops.drop("malformed", sender, "hop envelope: short")
             return None
-        epoch = int.from_bytes(data[_EPOCH_AT:_EPOCH_AT + 4], "big")
+        fixed, epoch, counter = _FIXED_EPOCH_COUNTER.unpack_from(data, _VERSION_AT)
+        if fixed != _FIXED:
+            self.drops.drop("malformed", sender, "hop envelope: unknown version or suite")
+            return None
         name = (sender, epoch)
         aead = self._opening.get(name)
         if aead is None:
@@ -303,13 +329,12 @@ class HopSeal:
                 self.drops.drop("unknown_key", sender, f"link key epoch {epoch} is not held")
                 return None
             aead = self._opening[name] = self._cipher(sender, key, False)
-        counter = int.from_bytes(data[_COUNTER_AT:_COUNTER_AT + 8], "big")
         end = len(data) - HOP_TAG_SIZE
+        view = memoryview(data)
+        inner = view[HOP_HEADER_SIZE:end]
         try:
-            with memoryview(data) as view:
-                # the nonce is the header's last 12 bytes: reserved2 (zero) and the counter
-                aead.decrypt(view[_NONCE_AT:HOP_HEADER_SIZE], view[end:],
-                             hop_covered(view[HOP_HEADER_SIZE:end]))
+            # the nonce is the header's last 12 bytes: reserved2 (zero) and the counter
+            aead.decrypt(view[_NONCE_AT:HOP_HEADER_SIZE], view[end:], hop_covered(inner))
         except InvalidTag:
             self.drops.drop("bad_tag", sender, f"hop tag, link key epoch {epoch}")
             return None
@@ -317,14 +342,13 @@ class HopSeal:
         window = self.windows.get(name)
         if window is None:
             window = self.windows[name] = ReplayWindow()
-        if not window.fresh(counter):
+        if not window.accept(counter):
             self.drops.drop("replayed", sender, f"counter {counter} (highest {window.top})")
             return None
-        window.mark(counter)
         self._dirty = True
         self.counts["opened"] += 1
         # a view: what the receiver keeps of it, it copies (parsing does, once)
-        return memoryview(data)[HOP_HEADER_SIZE:end]
+        return inner
 
 
 class GroupSeal:
