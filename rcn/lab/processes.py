@@ -251,22 +251,28 @@ def up(topology: Topology, directory: str, timeout: float = 60.0, progress=None)
 def write_keys(lab: dict) -> None:
     """The key files' directory DIR/keys (0700); for a static lab every edge's and core's
     key file (:func:`rcn.lab.plan.key_rings`), keeping the group keys of the last run's
-    edges (their logs hold entries sealed under them)."""
+    edges (their logs hold entries sealed under them) and each edge's held epochs (retired
+    ones its log still retains entries under)."""
     keys = os.path.join(lab["dir"], KEYS_DIR)
     os.makedirs(keys, mode=0o700, exist_ok=True)
     os.chmod(keys, 0o700)
     if lab["topology"].get("mgmt"):
         return
-    groups = KeyRing()
+    groups, last = KeyRing(), {}
     for edge in ("edgeA", "edgeB"):
         path = _device(lab, edge)["keys"]
         if os.path.exists(path):
             try:
-                for group, held in KeyRing.load(path).groups.items():
-                    groups.groups.setdefault(group, held)
+                last[edge] = KeyRing.load(path)
             except KeyFileError as exc:
                 raise LabError(f"the last run's keys: {exc}", 2) from None
+            for group, kept in last[edge].groups.items():
+                groups.groups.setdefault(group, kept)
     for name, ring in key_rings(lab, groups).items():
+        for group, held in (last[name].held.items() if name in last else ()):
+            for epoch, key in held.items():
+                if epoch not in ring.groups.get(group, {}):
+                    ring.add_held(group, key)
         ring.save(_device(lab, name)["keys"])
 
 

@@ -26,7 +26,7 @@ from rcn import lab as lablib
 #: the edges' drop reasons a rotation done right never causes (``replayed`` is left out:
 #: a restarted or stopped neighbour's late datagrams are replays by design)
 REFUSALS = ("not_neighbour", "unsealed", "malformed", "unknown_key", "bad_tag", "no_link_key",
-            "e2e_unsealed", "e2e_unknown_key", "e2e_bad_tag")
+            "no_counter", "e2e_unsealed", "e2e_unknown_key", "e2e_retired_key", "e2e_bad_tag")
 #: a storm: more retransmissions over the fault and its recovery than this many, and more
 #: than one per write acknowledged meanwhile
 STORM_FLOOR = 50

@@ -12,7 +12,7 @@ from rcn import lab
 from rcn.cli.lab import describe_up
 from rcn.core.config import load_config as load_core
 from rcn.edge.config import load_config as load_edge
-from rcn.logxfer.keys import KeyRing
+from rcn.logxfer.keys import KeyRing, new_key
 from rcn.logxfer.routes import Address
 from tests.rcn.lab.test_topology import parse
 
@@ -101,6 +101,27 @@ class KeyFileTests(TestCase):
         new_links = {k.material for keys in after["edgeB"].links.values()
                      for k in keys.values()}
         self.assertFalse(old_links & new_links)
+
+    def test_a_restart_keeps_an_edges_held_epochs(self):
+        # a retired group epoch edgeA's log still retains entries under (held) stays held
+        # for the next run, at edgeA only
+        directory = os.path.abspath(self.mktemp())
+        first = self.record(parse(TWO_GROUPS), directory)
+        lab.write_keys(first)
+        path = {d["name"]: d for d in first["devices"]}["edgeA"]["keys"]
+        ring = KeyRing.load(path)
+        group = sorted(ring.groups)[0]
+        old = new_key(7, send=False)
+        ring.add_held(group, old)
+        ring.save(path)
+        second = lab.plan(parse(TWO_GROUPS), directory, (list(range(21000, 21100)),
+                                                         list(range(31000, 31100))))
+        lab.write_keys(second)
+        after = self.rings(second)
+        self.assertEqual({e: k.material for e, k in after["edgeA"].held[group].items()},
+                         {7: old.material})
+        self.assertEqual(after["edgeB"].held, {})
+        self.assertNotIn(7, after["edgeA"].groups[group])
 
     def test_an_unreadable_old_key_file_stops_the_restart(self):
         record = self.record(parse(TWO_GROUPS))
