@@ -158,7 +158,7 @@ class SealTargetTests(_Base):
     outcome, their fixups get mutants past the tag, and their checks can fail."""
 
     def test_registered_with_seeds(self):
-        for name in ("hop-open", "e2e-open", "key-file"):
+        for name in ("hop-open", "e2e-open", "key-file", "key-snapshot", "decode-keys"):
             self.assertIn(name, TARGETS)
             self.assertTrue(fuzz.seeds(TARGETS[name]), name)
 
@@ -221,3 +221,54 @@ class SealTargetTests(_Base):
         self.patch(KeyRing, "parse", echoes)              # a parser that echoes a key
         with self.assertRaises(Finding):
             seal.run_key_file(shuffled)
+
+    def test_key_snapshot_seeds_read_and_refuse_and_the_checks_can_fail(self):
+        from rcn.logxfer.keys import KeyFileError, KeyRing
+        from tools.fuzz_targets import seal
+        outcomes = {seal.run_key_snapshot(data)[0] for data in seal.key_snapshot_seeds()}
+        self.assertEqual(outcomes, {"ring", "error"})
+        self.assertEqual(seal.run_key_snapshot(b"[1"), ("json",))
+        good = seal.key_snapshot_seeds()[0]
+
+        def echoes(doc, where="snapshot keys"):
+            raise KeyFileError(f"{where}: {doc['link'][0]['key']} is wrong")
+        self.patch(KeyRing, "from_snapshot", echoes)      # a reader that echoes a key
+        with self.assertRaises(Finding):
+            seal.run_key_snapshot(good)
+
+    def test_key_snapshot_a_ring_the_key_file_cannot_hold_is_a_finding(self):
+        from rcn.logxfer.keys import KeyRing
+        from tools.fuzz_targets import seal
+        self.patch(KeyRing, "dump", lambda ring: "link 1\n")
+        with self.assertRaises(Finding):
+            seal.run_key_snapshot(seal.key_snapshot_seeds()[0])
+
+    def test_decode_keys_seeds_check_tags_and_open_bodies(self):
+        features = set()
+        for data in TARGETS["decode-keys"].seeds():
+            outcome = fuzz.run_one(TARGETS["decode-keys"], data)
+            self.assertIsNone(outcome.failure, outcome.failure)
+            features.update(outcome.feature)
+        self.assertLessEqual({"hop: hop tag good", "seal: opened", "hop.tag", "log_nak",
+                              "seal: sealed end to end"}, features)
+
+    def test_decode_keys_key_material_in_the_output_is_a_finding(self):
+        from rcn.decode import sealed
+        from tools.fuzz_targets import seal
+        data = seal.decode_keys_seeds()[0]
+        # an opener that shows the key it opened with
+        self.patch(sealed.Keys, "open_body", lambda self, header, body, out, at: out.update(
+            seal=f"opened with {seal._GROUP.hex()}"))
+        with self.assertRaises(Finding):
+            seal.run_decode_keys(data)
+
+    def test_the_decode_keys_fixup_gets_a_mutated_envelope_past_the_tag(self):
+        from tools.fuzz_targets import seal
+        data = bytearray(seal.decode_keys_seeds()[0])
+        at = data.find(b"RCNH") + 24 + logentry.LOG_HEADER.offsets["ttl"]
+        data[at] ^= 1                                    # the inner entry's ttl: not sealed e2e
+        broken = seal.run_decode_keys(bytes(data))
+        self.assertIn("hop.tag", broken)
+        fixed = seal.run_decode_keys(seal.fix_decode_keys(bytes(data), _Rng(0.5)))
+        self.assertNotIn("hop.tag", fixed)
+        self.assertIn("seal: opened", fixed)
