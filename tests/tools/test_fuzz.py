@@ -208,33 +208,33 @@ class SealTargetTests(_Base):
         self.assertEqual(outcome.kind, "mismatch", outcome.failure)
 
     def test_key_file_round_trip_and_the_leak_check(self):
-        from rcn.logxfer.keys import KeyFileError, KeyRing
         from tools.fuzz_targets import seal
         self.assertEqual(seal.run_key_file(seal.key_file_seeds()[0]), ("ring", 1, 1))
         key = "ab" * 32
         shuffled = f"group 7 1 send {key}\n".encode()      # the key in the last column
         self.assertEqual(seal.run_key_file(shuffled)[0], "error")
         self.assertEqual(seal.run_key_file(b"link 1\n")[0], "error")
+        self.assert_an_echoed_key_is_found("parse", lambda text: text.split()[-1],
+                                           seal.run_key_file, shuffled)
 
-        def echoes(text, where="key file"):
-            raise KeyFileError(f"{where} line 1: {text.split()[-1]!r} is wrong")
-        self.patch(KeyRing, "parse", echoes)              # a parser that echoes a key
+    def assert_an_echoed_key_is_found(self, reader: str, key_of, run, data: bytes) -> None:
+        """A ``KeyRing`` reader that echoes a key of its input in its error: ``run`` on
+        ``data`` finds it."""
+        from rcn.logxfer.keys import KeyFileError, KeyRing
+
+        def echoes(given, where="keys"):
+            raise KeyFileError(f"{where} line 1: {key_of(given)!r} is wrong")
+        self.patch(KeyRing, reader, echoes)
         with self.assertRaises(Finding):
-            seal.run_key_file(shuffled)
+            run(data)
 
     def test_key_snapshot_seeds_read_and_refuse_and_the_checks_can_fail(self):
-        from rcn.logxfer.keys import KeyFileError, KeyRing
         from tools.fuzz_targets import seal
         outcomes = {seal.run_key_snapshot(data)[0] for data in seal.key_snapshot_seeds()}
         self.assertEqual(outcomes, {"ring", "error"})
         self.assertEqual(seal.run_key_snapshot(b"[1"), ("json",))
-        good = seal.key_snapshot_seeds()[0]
-
-        def echoes(doc, where="snapshot keys"):
-            raise KeyFileError(f"{where}: {doc['link'][0]['key']} is wrong")
-        self.patch(KeyRing, "from_snapshot", echoes)      # a reader that echoes a key
-        with self.assertRaises(Finding):
-            seal.run_key_snapshot(good)
+        self.assert_an_echoed_key_is_found("from_snapshot", lambda doc: doc["link"][0]["key"],
+                                           seal.run_key_snapshot, seal.key_snapshot_seeds()[0])
 
     def test_key_snapshot_a_ring_the_key_file_cannot_hold_is_a_finding(self):
         from rcn.logxfer.keys import KeyRing
