@@ -50,7 +50,10 @@ class SegmentAssembler:
     ``max_entries`` incomplete entries and ``max_bytes`` of their data are held; beyond
     that the oldest is dropped and counted in ``evicted``. ``max_copies`` and
     ``max_trials`` bound the work on differing copies (see the module doc):
-    ``copies_ignored`` counts the copies past the first ``max_copies`` of an index.
+    ``copies_ignored`` counts the copies past the first ``max_copies`` of an index,
+    ``joins_refused`` the times differing copies were all held and none of their joins
+    opened (an entry with one copy of each segment that does not open is the opener's
+    refusal, raised: a counted drop at the edge).
     """
 
     def __init__(self, max_entries: int = 4096, max_bytes: int = 256 << 20,
@@ -62,6 +65,7 @@ class SegmentAssembler:
         self.held_bytes = 0
         self.evicted = 0
         self.copies_ignored = 0
+        self.joins_refused = 0
         self._pending: dict[bytes, _Held] = {}
 
     def add(self, header: LogHeader, body: bytes, at: int = 0,
@@ -72,8 +76,8 @@ class SegmentAssembler:
         Segments that do not tile the area raise :class:`DecodeError` (``at``: the
         offset to report) and the entry is dropped. With ``opener`` (the end-to-end open
         of a whole area, raising :class:`SealRefused` on a body that does not open): when
-        no join opens, the last refusal is raised and the segments stay held, for another
-        copy.
+        no join opens the segments stay held, for another copy, and the refusal is raised
+        if each index holds one copy (else None: two sealings not matched yet).
         """
         key = e2e_aad(header.entry_type, header)
         count, index = header.segment_count, header.segment_index
@@ -131,8 +135,9 @@ class SegmentAssembler:
             self._drop(key)
             raise DecodeError("log", "segment_offset", at,
                               f"{held.count} segments do not tile the {total}-byte RIO area")
-        if refused is not None:
-            raise refused
+        if refused is not None and all(len(copies) == 1 for copies in held.parts.values()):
+            raise refused       # one copy of each: this entry does not open
+        self.joins_refused += 1     # copies of two sealings, no match yet: held on
         return None
 
     def _choices(self, held: _Held, index: int):

@@ -240,3 +240,19 @@ class SegmentedAnswerTests(TestCase):
             self.edge.entry_received(parse_datagram(datagram), datagram, CORE)
         self.assertEqual(self.taken, [body])
         self.assertEqual(self.edge.drops.by_reason, {})
+
+    def test_two_sealings_of_one_answer_interleaved_open_once_without_a_drop(self):
+        from rcn.logxfer.seal import GroupSeal
+        taken = []
+        self.edge.handlers[(EntryType.CTRL_OK, True)] = \
+            lambda header, body, sender: taken.append(body)
+        area = response_area(0, 0, 0, 0, ScsiResult(data_in=bytes(range(256)) * 4))
+        seal = GroupSeal(self.ring)
+        a, b = (seal.datagrams(EntryType.CTRL_OK, area, 400, flags=EntryFlag.RESENT_ACK,
+                               group_id=7, sequence=1, source_wwn=A, target_wwn=B,
+                               target_lun=4) for _ in range(2))
+        self.assertEqual(len(a), 3)
+        for datagram in (a[0], b[1], b[0], b[2], a[1], a[2]):     # b0 b1 b2 opens first
+            self.edge.entry_received(parse_datagram(datagram), datagram, CORE)
+        self.assertEqual(taken, [area])
+        self.assertEqual(self.edge.drops.by_reason, {})
