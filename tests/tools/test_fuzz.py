@@ -229,19 +229,21 @@ class SealTargetTests(_Base):
             run(data)
 
     def test_key_snapshot_seeds_read_and_refuse_and_the_checks_can_fail(self):
-        from tools.fuzz_targets import seal
-        outcomes = {seal.run_key_snapshot(data)[0] for data in seal.key_snapshot_seeds()}
+        from tools.fuzz_targets import sealkeys
+        outcomes = {sealkeys.run_key_snapshot(data)[0]
+                    for data in sealkeys.key_snapshot_seeds()}
         self.assertEqual(outcomes, {"ring", "error"})
-        self.assertEqual(seal.run_key_snapshot(b"[1"), ("json",))
+        self.assertEqual(sealkeys.run_key_snapshot(b"[1"), ("json",))
         self.assert_an_echoed_key_is_found("from_snapshot", lambda doc: doc["link"][0]["key"],
-                                           seal.run_key_snapshot, seal.key_snapshot_seeds()[0])
+                                           sealkeys.run_key_snapshot,
+                                           sealkeys.key_snapshot_seeds()[0])
 
     def test_key_snapshot_a_ring_the_key_file_cannot_hold_is_a_finding(self):
         from rcn.logxfer.keys import KeyRing
-        from tools.fuzz_targets import seal
+        from tools.fuzz_targets import sealkeys
         self.patch(KeyRing, "dump", lambda ring: "link 1\n")
         with self.assertRaises(Finding):
-            seal.run_key_snapshot(seal.key_snapshot_seeds()[0])
+            sealkeys.run_key_snapshot(sealkeys.key_snapshot_seeds()[0])
 
     def test_decode_keys_seeds_check_tags_and_open_bodies(self):
         features = set()
@@ -254,21 +256,21 @@ class SealTargetTests(_Base):
 
     def test_decode_keys_key_material_in_the_output_is_a_finding(self):
         from rcn.decode import sealed
-        from tools.fuzz_targets import seal
-        data = seal.decode_keys_seeds()[0]
+        from tools.fuzz_targets import sealkeys
+        data = sealkeys.decode_keys_seeds()[0]
         # an opener that shows the key it opened with
         self.patch(sealed.Keys, "open_body", lambda self, header, body, out, at: out.update(
-            seal=f"opened with {seal._GROUP.hex()}"))
+            seal=f"opened with {sealkeys._GROUP.hex()}"))
         with self.assertRaises(Finding):
-            seal.run_decode_keys(data)
+            sealkeys.run_decode_keys(data)
 
     def test_the_decode_keys_fixup_gets_a_mutated_envelope_past_the_tag(self):
-        from tools.fuzz_targets import seal
-        data = bytearray(seal.decode_keys_seeds()[0])
+        from tools.fuzz_targets import sealkeys
+        data = bytearray(sealkeys.decode_keys_seeds()[0])
         at = data.find(b"RCNH") + 24 + logentry.LOG_HEADER.offsets["ttl"]
         data[at] ^= 1                                    # the inner entry's ttl: not sealed e2e
-        broken = seal.run_decode_keys(bytes(data))
+        broken = sealkeys.run_decode_keys(bytes(data))
         self.assertIn("hop.tag", broken)
-        fixed = seal.run_decode_keys(seal.fix_decode_keys(bytes(data), _Rng(0.5)))
+        fixed = sealkeys.run_decode_keys(sealkeys.fix_decode_keys(bytes(data), _Rng(0.5)))
         self.assertNotIn("hop.tag", fixed)
         self.assertIn("seal: opened", fixed)
