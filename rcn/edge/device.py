@@ -23,11 +23,12 @@ The two doors:
   ``routes.goes_backward``), then one table, :attr:`EdgeDevice.handlers`, names who takes
   it by (entry type, direction) -- WR and CTRL forward: the target side; WROK, CTRL_OK,
   NAK backward: the source side; CTRL backward (flag REVERSE): pair control's failover.
-  Segments of every type are joined first (``rcn.logxfer.reassembly``; the target edge
-  never splits a NAK, but a split one is joined too); then the body is opened under the group key (``rcn.logxfer.seal.GroupSeal``: only the two edges of
-  a group hold it), and one that does not open is a counted drop (``e2e_*``); nor may it
-  name a pair of another group (``wrong_group``: a key must not reach another group's
-  volumes).
+  Segments of every type are joined first (``rcn.logxfer.reassembly``; a target edge
+  never splits a NAK, but a split one is joined too; of two sealings of one entry, only
+  segments that open together make it); then the body is opened under the group key
+  (``rcn.logxfer.seal.GroupSeal``: only the two edges of a group hold it), and one that
+  does not open is a counted drop (``e2e_*``); nor may it name a pair of another group
+  (``wrong_group``: a key must not reach another group's volumes).
 
 The reactor (clock) is injected, so the whole device runs inside one simulated network in
 tests. Building it touches no file: :meth:`EdgeDevice.open` reads the pair file (the
