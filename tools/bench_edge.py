@@ -3,10 +3,16 @@
 ``python -m tools.bench_edge [--writes N] [--profile]``
 
 A source EdgeDevice and a target EdgeDevice (memory log, memory apply
-counters) pass datagrams to each other by direct calls through their
-LogTransferProtocol parsers; the target applies to an in-memory volume that
-answers at once. No sockets, no FCIP, no fsync: what is left is the edges'
-own Python work per write -- entry building, logging, sending, parsing,
+counters) pass datagrams to each other through their LogTransferProtocols,
+as the daemons do: an edge sends with ``LogTransferProtocol.send`` (sealed:
+the hop layer's ``seal_parts``, and header, datagram and tag handed to the
+socket's ``sendmsg`` apart, ``_send_sealed``), and receives with
+``datagramReceived``. The socket is a stand-in for the kernel: it copies what
+it is handed into one datagram, as the kernel does, in both rows (a ``write``
+of the clear row as much as a gathered ``sendmsg`` of the sealed one).
+The target applies to an in-memory volume that answers at once. No real
+sockets, no FCIP, no fsync: what is left is the edges' own Python work per
+write -- entry building, logging, sealing, sending, parsing, opening,
 reordering, applying, answering -- which the whole-lab benchmark cannot show
 apart from the noise of six processes sharing two cores.
 
@@ -53,6 +59,27 @@ class _Volume:
         return succeed(ScsiResult())
 
 
+class _Kernel:
+    """A protocol's transport and socket: what is sent is copied into one datagram and
+    queued on ``wire``, as the kernel would deliver it."""
+
+    def __init__(self, wire: deque, me: Address):
+        self.wire = wire
+        self.me = me
+        self.socket = self          # LogTransferProtocol._send_sealed gathers through it
+        self.sends = {"write": 0, "sendmsg": 0}
+
+    def write(self, data: bytes, addr) -> None:
+        self.sends["write"] += 1
+        self.wire.append((self.me, bytes(memoryview(data)), Address(*addr)))   # the copy
+
+    def sendmsg(self, buffers, ancdata, flags, addr) -> int:
+        self.sends["sendmsg"] += 1
+        data = b"".join(buffers)    # the gather: the same copy
+        self.wire.append((self.me, data, Address(*addr)))
+        return len(data)
+
+
 def _pair_of_edges(clock, sealed: bool):
     routes = RouteTable([Route(A_WWN, B_WWN, (A, B))])
     wire: deque = deque()
@@ -67,11 +94,9 @@ def _pair_of_edges(clock, sealed: bool):
         state.open()
         proto = LogTransferProtocol(None)
         proto.hop = HopSeal(me, ring, proto.drops) if sealed else None
+        proto.transport = _Kernel(wire, me)
         settings = EdgeSettings(me=me, pairs=[PairEntry(A_WWN, 0, B_WWN, 0, 7)], routes=routes)
-
-        def transmit(data, address, me=me, hop=proto.hop):
-            wire.append((me, data if hop is None else hop.seal(data, address), address))
-        edge = EdgeDevice(clock, settings, store, state, transmit, apply,
+        edge = EdgeDevice(clock, settings, store, state, proto.send, apply,
                           seal=GroupSeal(ring, sealed=sealed))
         proto.handler = edge
         edges.append(edge)
@@ -82,6 +107,7 @@ def _pair_of_edges(clock, sealed: bool):
         while wire:
             sender, data, address = wire.popleft()
             by_address[address].datagramReceived(data, (sender.host, sender.port))
+    deliver.kernels = [proto.transport for proto in protocols]
     return edges, deliver
 
 
@@ -117,6 +143,11 @@ def run_edges(size: int, writes: int, depth: int = 64, sealed: bool = True) -> f
     applied = target.target_side.receivers[7].durable
     if applied != writes:
         raise RuntimeError(f"target applied {applied} of {writes}")
+    # what the daemons do: sealed datagrams gathered by sendmsg, clear ones written
+    for kernel in deliver.kernels:
+        if kernel.sends["sendmsg" if sealed else "write"] == 0 or \
+                kernel.sends["write" if sealed else "sendmsg"]:
+            raise RuntimeError(f"{kernel.me} sent {kernel.sends}, not as the daemons send")
     return elapsed
 
 
@@ -137,7 +168,8 @@ def main(argv=None) -> int:
                         " 64 KiB rows use a tenth)")
     parser.add_argument("--profile", action="store_true", help="cProfile the 4 KiB row")
     args = parser.parse_args(argv)
-    print("both edges in one process, memory log, direct datagram delivery; CPU time")
+    print("both edges in one process, memory log, datagrams through LogTransferProtocol "
+          "(sealed: seal_parts + sendmsg); CPU time")
     print(f"{'row':44} {'writes':>7} {'us/write':>9} {'writes/s':>10} {'vs entry build':>15}")
     for size, writes in ((4096, args.writes), (65536, max(1, args.writes // 10))):
         base = run_baseline(size, writes) / writes

@@ -23,11 +23,12 @@ The two doors:
   ``routes.goes_backward``), then one table, :attr:`EdgeDevice.handlers`, names who takes
   it by (entry type, direction) -- WR and CTRL forward: the target side; WROK, CTRL_OK,
   NAK backward: the source side; CTRL backward (flag REVERSE): pair control's failover.
-  Segments are joined first (``rcn.logxfer.reassembly``) for every type but NAK; then the
-  body is opened under the group key (``rcn.logxfer.seal.GroupSeal``: only the two edges of
-  a group hold it), and one that does not open is a counted drop (``e2e_*``); nor may it
-  name a pair of another group (``wrong_group``: a key must not reach another group's
-  volumes).
+  Segments of every type are joined first (``rcn.logxfer.reassembly``; a target edge
+  never splits a NAK, but a split one is joined too; of two sealings of one entry, only
+  segments that open together make it); then the body is opened under the group key
+  (``rcn.logxfer.seal.GroupSeal``: only the two edges of a group hold it), and one that
+  does not open is a counted drop (``e2e_*``); nor may it name a pair of another group
+  (``wrong_group``: a key must not reach another group's volumes).
 
 The reactor (clock) is injected, so the whole device runs inside one simulated network in
 tests. Building it touches no file: :meth:`EdgeDevice.open` reads the pair file (the
@@ -37,13 +38,14 @@ daemon calls it in ``startService``, under twistd's ``--umask`` and ``--uid``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 from twisted.logger import Logger
 
 from datapath.frames import fcp
 from datapath.frames.errors import DecodeError
-from datapath.frames.logentry import (HEADER_SIZE, SEALABLE_TYPES, EntryType, LogEntry,
+from datapath.frames.logentry import (HEADER_SIZE, EntryType, LogEntry,
                                       LogHeader, build_keepalive, parse_entry, parse_keepalive)
 from datapath.frames.names import format_wwn
 from datapath.kernels import batching
@@ -173,15 +175,15 @@ class EdgeDevice:
             self.seal.track(log_store.epochs)
             log_store.on_unused = self.seal.release
         self.assembler = SegmentAssembler(max_entries=settings.max_segment_entries)
-        #: who takes an entry that ends here: (entry type, direction) -> (handler, whether
-        #: its segments are joined first); every type that can arrive alone is here
+        #: who takes an entry that ends here (its segments joined, its body opened):
+        #: (entry type, direction) -> handler; every type that can arrive alone is here
         self.handlers = {
-            (EntryType.WR, FORWARD): (self.target_side.entry, True),
-            (EntryType.CTRL, FORWARD): (self.target_side.entry, True),
-            (EntryType.WROK, BACKWARD): (self.source_side.wrok, True),
-            (EntryType.CTRL_OK, BACKWARD): (self.source_side.ctrl_ok, True),
-            (EntryType.NAK, BACKWARD): (self.source_side.nak, False),
-            (EntryType.CTRL, BACKWARD): (self.controls.failover_request, True),
+            (EntryType.WR, FORWARD): self.target_side.entry,
+            (EntryType.CTRL, FORWARD): self.target_side.entry,
+            (EntryType.WROK, BACKWARD): self.source_side.wrok,
+            (EntryType.CTRL_OK, BACKWARD): self.source_side.ctrl_ok,
+            (EntryType.NAK, BACKWARD): self.source_side.nak,
+            (EntryType.CTRL, BACKWARD): self.controls.failover_request,
         }
 
     @property
@@ -286,33 +288,32 @@ class EdgeDevice:
         if self.hops.next(header.source_wwn, header.target_wwn, backward) is not None:
             self.drops.drop("not_an_end", sender, "edges do not relay")
             return
-        handler, joined = self.handlers[(entry_type, backward)]
-        if joined and header.segment_count > 1:
-            try:
-                area = self.assembler.add(header, body)
-            except DecodeError as exc:
-                self.drops.drop("malformed", sender, str(exc))
-                return
-            if area is None:
-                return
-        else:
-            area = body
-        if entry_type in SEALABLE_TYPES:
-            # only an edge of the group holds its key: what a core or a stranger made, or
-            # altered on the way, ends here
-            try:
-                area = self.seal.open(header, area)
-            except SealRefused as exc:
-                self.drops.drop(exc.reason, sender, f"{EntryType(entry_type).name} group "
-                                f"{header.group_id} sequence {header.sequence}: {exc}")
-                return
-            if not self._group_owns(header):
-                # a group's key opens entries for that group's pairs only
-                self.drops.drop("wrong_group", sender, f"{EntryType(entry_type).name} group "
-                                f"{header.group_id} for {format_wwn(header.source_wwn)} -> "
-                                f"{format_wwn(header.target_wwn)} LUN {header.target_lun}, "
-                                f"a pair of another group")
-                return
+        handler = self.handlers[(entry_type, backward)]
+        # every type that ends here is sealable: only an edge of the group holds its key,
+        # so what a core or a stranger made, or altered on the way, ends here
+        opener = partial(self.seal.open, header)
+        try:
+            if header.segment_count > 1:
+                # the opener picks, of two sealings of one entry, segments that go together
+                area = self.assembler.add(header, body, opener=opener)
+                if area is None:
+                    return
+            else:
+                area = opener(body)
+        except DecodeError as exc:
+            self.drops.drop("malformed", sender, str(exc))
+            return
+        except SealRefused as exc:
+            self.drops.drop(exc.reason, sender, f"{EntryType(entry_type).name} group "
+                            f"{header.group_id} sequence {header.sequence}: {exc}")
+            return
+        if not self._group_owns(header):
+            # a group's key opens entries for that group's pairs only
+            self.drops.drop("wrong_group", sender, f"{EntryType(entry_type).name} group "
+                            f"{header.group_id} for {format_wwn(header.source_wwn)} -> "
+                            f"{format_wwn(header.target_wwn)} LUN {header.target_lun}, "
+                            f"a pair of another group")
+            return
         handler(header, area, sender)
 
     def _group_owns(self, header: LogHeader) -> bool:

@@ -42,8 +42,10 @@ before it is durable by then). :meth:`GroupReceiver.close` stops the group
 and later entries are ignored until a RESTART reopens it.
 
 NAKs: while a gap holds entries back for longer than ``nak_delay``, the
-missing ranges (``ReorderBuffer.missing``) go back to the source, again every
-``nak_interval`` while the gap lasts.
+missing ranges (``ReorderBuffer.missing``, at most ``max_nak_ranges``) go back to the
+source, again every ``nak_interval`` while the gap lasts. A NAK is never split into
+segments: when the ranges (sealed) would not fit one datagram of ``max_datagram_body``,
+they go as several NAKs, each a datagram of its own (a NAK is advisory; each stands alone).
 
 Entries that can never be applied do not wedge the group. The RIO area is parsed as
 the entry arrives: one that does not parse (its CRC32C was good, so the source built
@@ -69,7 +71,8 @@ from twisted.logger import Logger
 
 from datapath.frames import fcp
 from datapath.frames.errors import DecodeError
-from datapath.frames.logentry import HEADER_SIZE, EntryFlag, EntryType, LogHeader, nak_body
+from datapath.frames.logentry import (COUNT_HEADER, HEADER_SIZE, NAK_RANGE, SEALED_OVERHEAD,
+                                      EntryFlag, EntryType, LogHeader, nak_body)
 from datapath.kernels import reorder as reorder_kernel
 from rcn.logxfer.rioarea import RioCommand, parse_command_area, response_area
 from rcn.logxfer.seal import GroupSeal, SealRefused
@@ -514,10 +517,13 @@ class GroupReceiver:
         self._nak_call = self.clock.callLater(self.config.nak_interval, self._nak)
 
     def _send_nak(self, header: LogHeader, ranges: list[tuple[int, int]]) -> None:
+        """NAKs for ``ranges``: as many as it takes for each to fit one datagram."""
         fields = _answer_fields(header)
         fields["sequence"] = self.reorder.next_expected
-        self._answer(EntryType.NAK, header, nak_body(ranges), **fields)
-        self.stats.naks_sent += 1
+        per_nak = nak_ranges_per_datagram(self.max_datagram_body)
+        for at in range(0, len(ranges), per_nak):
+            self._answer(EntryType.NAK, header, nak_body(ranges[at:at + per_nak]), **fields)
+            self.stats.naks_sent += 1
 
     def stop(self) -> None:
         for call in (self._nak_call, self._retry_call):
@@ -545,6 +551,13 @@ def _final(result: ScsiResult) -> bool:
 
 def _describe(result: ScsiResult) -> str:
     return f"status {result.status!r}: {explain(result)}"
+
+
+def nak_ranges_per_datagram(max_body: int) -> int:
+    """The most ranges one NAK holds without being split: its count header, the ranges and
+    the end-to-end seal's nonce and tag in ``max_body`` bytes (at least one range: the
+    edge's smallest ``max_datagram`` leaves room for dozens)."""
+    return max(1, (max_body - SEALED_OVERHEAD - COUNT_HEADER.size) // NAK_RANGE.size)
 
 
 def _answer_fields(header: LogHeader) -> dict:

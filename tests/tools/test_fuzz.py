@@ -158,7 +158,7 @@ class SealTargetTests(_Base):
     outcome, their fixups get mutants past the tag, and their checks can fail."""
 
     def test_registered_with_seeds(self):
-        for name in ("hop-open", "e2e-open", "key-file"):
+        for name in ("hop-open", "e2e-open", "key-file", "key-snapshot", "decode-keys"):
             self.assertIn(name, TARGETS)
             self.assertTrue(fuzz.seeds(TARGETS[name]), name)
 
@@ -208,16 +208,69 @@ class SealTargetTests(_Base):
         self.assertEqual(outcome.kind, "mismatch", outcome.failure)
 
     def test_key_file_round_trip_and_the_leak_check(self):
-        from rcn.logxfer.keys import KeyFileError, KeyRing
         from tools.fuzz_targets import seal
         self.assertEqual(seal.run_key_file(seal.key_file_seeds()[0]), ("ring", 1, 1))
         key = "ab" * 32
         shuffled = f"group 7 1 send {key}\n".encode()      # the key in the last column
         self.assertEqual(seal.run_key_file(shuffled)[0], "error")
         self.assertEqual(seal.run_key_file(b"link 1\n")[0], "error")
+        self.assert_an_echoed_key_is_found("parse", lambda text: text.split()[-1],
+                                           seal.run_key_file, shuffled)
 
-        def echoes(text, where="key file"):
-            raise KeyFileError(f"{where} line 1: {text.split()[-1]!r} is wrong")
-        self.patch(KeyRing, "parse", echoes)              # a parser that echoes a key
+    def assert_an_echoed_key_is_found(self, reader: str, key_of, run, data: bytes) -> None:
+        """A ``KeyRing`` reader that echoes a key of its input in its error: ``run`` on
+        ``data`` finds it."""
+        from rcn.logxfer.keys import KeyFileError, KeyRing
+
+        def echoes(given, where="keys"):
+            raise KeyFileError(f"{where} line 1: {key_of(given)!r} is wrong")
+        self.patch(KeyRing, reader, echoes)
         with self.assertRaises(Finding):
-            seal.run_key_file(shuffled)
+            run(data)
+
+    def test_key_snapshot_seeds_read_and_refuse_and_the_checks_can_fail(self):
+        from tools.fuzz_targets import sealkeys
+        outcomes = {sealkeys.run_key_snapshot(data)[0]
+                    for data in sealkeys.key_snapshot_seeds()}
+        self.assertEqual(outcomes, {"ring", "error"})
+        self.assertEqual(sealkeys.run_key_snapshot(b"[1"), ("json",))
+        self.assert_an_echoed_key_is_found("from_snapshot", lambda doc: doc["link"][0]["key"],
+                                           sealkeys.run_key_snapshot,
+                                           sealkeys.key_snapshot_seeds()[0])
+
+    def test_key_snapshot_a_ring_the_key_file_cannot_hold_is_a_finding(self):
+        from rcn.logxfer.keys import KeyRing
+        from tools.fuzz_targets import sealkeys
+        self.patch(KeyRing, "dump", lambda ring: "link 1\n")
+        with self.assertRaises(Finding):
+            sealkeys.run_key_snapshot(sealkeys.key_snapshot_seeds()[0])
+
+    def test_decode_keys_seeds_check_tags_and_open_bodies(self):
+        features = set()
+        for data in TARGETS["decode-keys"].seeds():
+            outcome = fuzz.run_one(TARGETS["decode-keys"], data)
+            self.assertIsNone(outcome.failure, outcome.failure)
+            features.update(outcome.feature)
+        self.assertLessEqual({"hop: hop tag good", "seal: opened", "hop.tag", "log_nak",
+                              "seal: sealed end to end"}, features)
+
+    def test_decode_keys_key_material_in_the_output_is_a_finding(self):
+        from rcn.decode import sealed
+        from tools.fuzz_targets import sealkeys
+        data = sealkeys.decode_keys_seeds()[0]
+        # an opener that shows the key it opened with
+        self.patch(sealed.Keys, "open_body", lambda self, header, body, out, at: out.update(
+            seal=f"opened with {sealkeys._GROUP.hex()}"))
+        with self.assertRaises(Finding):
+            sealkeys.run_decode_keys(data)
+
+    def test_the_decode_keys_fixup_gets_a_mutated_envelope_past_the_tag(self):
+        from tools.fuzz_targets import sealkeys
+        data = bytearray(sealkeys.decode_keys_seeds()[0])
+        at = data.find(b"RCNH") + 24 + logentry.LOG_HEADER.offsets["ttl"]
+        data[at] ^= 1                                    # the inner entry's ttl: not sealed e2e
+        broken = sealkeys.run_decode_keys(bytes(data))
+        self.assertIn("hop.tag", broken)
+        fixed = sealkeys.run_decode_keys(sealkeys.fix_decode_keys(bytes(data), _Rng(0.5)))
+        self.assertNotIn("hop.tag", fixed)
+        self.assertIn("seal: opened", fixed)

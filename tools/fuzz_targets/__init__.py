@@ -22,5 +22,5 @@ from tools.fuzz_targets.kit import TARGETS, Target
 
 def load() -> dict[str, Target]:
     """Import the target modules (they register themselves); the registry by name."""
-    from tools.fuzz_targets import frames, seal, services  # noqa: F401
+    from tools.fuzz_targets import frames, seal, sealkeys, services  # noqa: F401
     return TARGETS

@@ -514,29 +514,35 @@ register(Target(
 
 # -- rcn-decode inputs ----------------------------------------------------------------------------
 
-def _decode(data: bytes, entry: str):
+def _decode(data: bytes, entry: str, keys=None, shown: bool = False):
+    """rcn-decode on ``data`` (``keys``: ``rcn.decode.sealed.Keys``, as ``--keys``): its
+    features; with ``shown``, also the text of every record as JSON and as a tree."""
     from rcn.decode.decoder import Decoder
     from rcn.decode.filters import walk
     from rcn.decode.render import to_json, to_tree
     from rcn.decode.summary import Summary
-    decoder = Decoder()
+    decoder = Decoder(keys=keys)
     summary = Summary()
     if entry == "hex":
         records = list(decoder.decode_hex_text(data.decode("latin-1")))
         records += list(decoder.finish())
     else:
         records = list(decoder.decode_file(data))
-    features = set()
+    features, texts = set(), []
     for record in records:
-        to_json(record)
-        to_tree(record)
+        texts += (to_json(record), to_tree(record))
         summary.add(record)
         for part in walk(record):
             features.add(part.get("kind"))
+            for what in ("seal", "hop"):
+                if what in part:
+                    note = part[what] if what == "seal" else part[what].get("check", "")
+                    features.add(f"{what}: {str(note).split(':')[0][:24]}")
             for error in part.get("errors") or ():
                 features.add(f"{error['layer']}.{error['field']}")
-    summary.report()
-    return frozenset(features)
+    texts.append(str(summary.report()))
+    features = frozenset(features)
+    return (features, texts) if shown else features
 
 
 def capture_seeds() -> list[bytes]:

@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from datapath.frames import fcp
-from datapath.frames.logentry import (EntryFlag, EntryType, LogHeader, build_entry,
+from datapath.frames.logentry import (SEALABLE_TYPES, EntryFlag, EntryType, LogHeader, build_entry,
                                       build_keepalive, build_nak, parse_datagram)
 from rcn.edge.applystate import ApplyState
 from rcn.edge.device import EdgeDevice, EdgeSettings, PairEntry
@@ -162,6 +162,8 @@ class StartUpTests(TestCase):
         self.assertEqual(set(edge.handlers), {
             (EntryType.WR, False), (EntryType.CTRL, False), (EntryType.CTRL, True),
             (EntryType.WROK, True), (EntryType.CTRL_OK, True), (EntryType.NAK, True)})
+        # each is opened under the group key before its handler sees it
+        self.assertLessEqual({entry_type for entry_type, _ in edge.handlers}, SEALABLE_TYPES)
 
 
 class GroupKeyScopeTests(TestCase):
@@ -204,3 +206,53 @@ class GroupKeyScopeTests(TestCase):
         self.edge.entry_received(parse_datagram(data), data, CORE)
         self.assertEqual(self.edge.drops.by_reason, {"wrong_group": 2})
         self.assertEqual(list(self.edge.target_side.receivers), [7])
+
+
+class SegmentedAnswerTests(TestCase):
+    """Every entry type that ends at an edge has its segments joined before it is opened:
+    a NAK split by a peer's small ``max_datagram`` reaches the source side whole."""
+
+    def setUp(self):
+        from rcn.logxfer.seal import GroupSeal
+        from tests.support import key_ring
+        self.ring = key_ring(groups=[7])
+        store = LogStore(None, mode="memory")
+        store.open()
+        state = ApplyState(None)
+        state.open()
+        self.edge = EdgeDevice(Clock(), EdgeSettings(
+            me=ME, routes=RouteTable([Route(A, B, (ME, CORE, FAR))])), store, state,
+            lambda d, addr: None, seal=GroupSeal(self.ring))
+        self.edge.pairs.add(PairRow(PAIR, "source", PairState.DUPLEX))
+        self.taken = []
+        self.edge.handlers[(EntryType.NAK, True)] = \
+            lambda header, body, sender: self.taken.append(body)
+
+    def test_a_split_nak_is_joined_and_opened(self):
+        from datapath.frames.logentry import nak_body
+        from rcn.logxfer.seal import GroupSeal
+        body = nak_body([(s, s) for s in range(1, 128, 2)])         # 64 ranges, 1032 bytes
+        datagrams = GroupSeal(self.ring).datagrams(
+            EntryType.NAK, body, 400, group_id=7, sequence=1, source_wwn=A, target_wwn=B,
+            target_lun=4)
+        self.assertEqual(len(datagrams), 3)
+        for datagram in reversed(datagrams):
+            self.edge.entry_received(parse_datagram(datagram), datagram, CORE)
+        self.assertEqual(self.taken, [body])
+        self.assertEqual(self.edge.drops.by_reason, {})
+
+    def test_two_sealings_of_one_answer_interleaved_open_once_without_a_drop(self):
+        from rcn.logxfer.seal import GroupSeal
+        taken = []
+        self.edge.handlers[(EntryType.CTRL_OK, True)] = \
+            lambda header, body, sender: taken.append(body)
+        area = response_area(0, 0, 0, 0, ScsiResult(data_in=bytes(range(256)) * 4))
+        seal = GroupSeal(self.ring)
+        a, b = (seal.datagrams(EntryType.CTRL_OK, area, 400, flags=EntryFlag.RESENT_ACK,
+                               group_id=7, sequence=1, source_wwn=A, target_wwn=B,
+                               target_lun=4) for _ in range(2))
+        self.assertEqual(len(a), 3)
+        for datagram in (a[0], b[1], b[0], b[2], a[1], a[2]):     # b0 b1 b2 opens first
+            self.edge.entry_received(parse_datagram(datagram), datagram, CORE)
+        self.assertEqual(taken, [area])
+        self.assertEqual(self.edge.drops.by_reason, {})

@@ -297,3 +297,42 @@ class RestartAndCloseTests(TestCase):
                                         "known_missing": 2})
         r.entry(header(3), area(30))
         self.assertEqual(self.applied[-1], ("wr", 30))
+
+
+class SmallDatagramNakTests(TestCase):
+    """With the smallest ``max_datagram`` a NAK of many gaps does not fit one datagram:
+    it goes as several whole NAKs, never as segments."""
+
+    def test_many_gaps_go_as_several_naks_each_one_datagram(self):
+        from rcn.edge.receiver import nak_ranges_per_datagram
+        from rcn.logxfer.seal import GroupSeal
+        from tests.support import key_ring
+        seal = GroupSeal(key_ring(groups=[7]))
+        sent: list[bytes] = []
+        clock, target = Clock(), FakeTarget()
+        receiver = GroupReceiver(
+            7, clock=clock, config=ReceiverConfig(window=1024, nak_delay=0.01,
+                                                  max_nak_ranges=64),
+            applied=0, target_for=lambda h: target, record_applied=lambda g, v: Deferred(),
+            send_back=lambda h, datagrams: sent.extend(datagrams), max_datagram_body=512,
+            seal=seal)
+        for seq in range(2, 200, 2):                 # 1, 3, 5, ... missing: 64+ gaps
+            receiver.entry(header(seq), area(seq))
+        clock.advance(0.011)
+        per_nak = nak_ranges_per_datagram(512)
+        self.assertEqual(per_nak, 29)
+        self.assertEqual(len(sent), 3)                # 64 ranges: 29 + 29 + 6
+        ranges = []
+        for datagram in sent:
+            entry = parse_datagram(datagram)
+            self.assertEqual((entry.header.entry_type, entry.header.segment_count),
+                             (EntryType.NAK, 1))
+            self.assertLessEqual(len(entry.payload), 512)
+            ranges += parse_nak_ranges(seal.open(entry.header, entry.payload))
+        self.assertEqual(ranges, [(s, s) for s in range(1, 128, 2)])
+        self.assertEqual(receiver.stats.naks_sent, 3)
+
+    def test_one_range_fits_whatever_the_datagram(self):
+        from rcn.edge.receiver import nak_ranges_per_datagram
+        self.assertEqual(nak_ranges_per_datagram(0), 1)
+        self.assertEqual(nak_ranges_per_datagram(65000 - 88), (65000 - 88 - 28 - 8) // 16)
