@@ -297,9 +297,11 @@ def _address(text, at: str) -> Address:
 
 
 def _int(value, what: str, at: str) -> int:
+    if isinstance(value, (bool, float)):        # JSON's 1.5, 1e309 or true: not an id
+        raise KeyFileError(f"{at}: the {what} is not a whole number")
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise KeyFileError(f"{at}: the {what} is not a number") from None
     if not 0 <= number < 1 << 32:
         raise KeyFileError(f"{at}: the {what} is outside 0..4294967295")

@@ -50,6 +50,10 @@ class Address(NamedTuple):
             host = host[1:-1] if host.startswith("[") and host.endswith("]") else ""
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise RouteError(f"address {text!r}: expected host:port with a port 1..65535")
+        if not _HOST_CHARS.issuperset(host):
+            # a name or an IP literal: no space, '#' or control character (a key file
+            # written with one would not read back)
+            raise RouteError(f"address {text!r}: the host is not a name or an IP address")
         return cls(host, int(port))
 
     def __str__(self) -> str:
@@ -60,6 +64,8 @@ class Address(NamedTuple):
         """What ``transport.write(data, addr)`` takes."""
         return (self.host, self.port)
 
+
+_HOST_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_:%")
 
 @dataclass(frozen=True, slots=True)
 class Route:

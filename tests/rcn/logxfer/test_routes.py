@@ -36,6 +36,12 @@ class AddressTests(SynchronousTestCase):
             self.assertIn(repr(text), str(exc))
             self.assertIn("1..65535", str(exc))
 
+    def test_a_host_with_a_space_hash_or_control_character_is_refused(self):
+        # a key file or table written with one would not read back
+        for text in ("10.0.0.1 x:47001", "edge#a:1", "a\nb:1", "a\tb:1", "é:1"):
+            exc = self.assertRaises(RouteError, Address.parse, text)
+            self.assertIn("not a name or an IP address", str(exc))
+
     def test_addresses_are_hashable_values(self):
         self.assertEqual(len({Address("h", 1), Address("h", 1), Address("h", 2)}), 2)
 
