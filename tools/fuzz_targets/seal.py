@@ -152,7 +152,8 @@ def fix_hop_tags(data: bytes, rng) -> bytes:
                 aead = direction_key(Key(epoch, key), 0)
                 counter = int.from_bytes(datagram[_COUNTER_AT:_COUNTER_AT + 8], "big")
                 datagram = datagram[:end] + aead.encrypt(
-                    hopframe.hop_nonce(counter), b"", datagram[hopframe.HOP_HEADER_SIZE:end])
+                    hopframe.hop_nonce(counter), b"",
+                    hopframe.hop_covered(datagram[hopframe.HOP_HEADER_SIZE:end]))
         frames.append((stranger, datagram))
     return _pack(frames)
 

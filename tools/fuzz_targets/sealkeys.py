@@ -132,13 +132,6 @@ def decode_keys_seeds() -> list[bytes]:
             sender.seal(segments[0], me)]
 
 
-def _hop_covered(inner: bytes) -> bytes:
-    """What a hop tag authenticates of ``inner``: the frame module's rule where it has one
-    (``hop_covered``: a sealed entry's header alone), else all of it."""
-    covered = getattr(hopframe, "hop_covered", None)
-    return inner if covered is None else covered(inner)
-
-
 def fix_decode_keys(data: bytes, rng) -> bytes:
     """Mostly: each hop envelope in a UDP datagram (its length from the UDP header before
     it) with its inner entry's CRC32C, and often its hop tag, made right again."""
@@ -158,7 +151,7 @@ def fix_decode_keys(data: bytes, rng) -> bytes:
                 counter = int.from_bytes(out[at + _COUNTER_AT:at + _COUNTER_AT + 8], "big")
                 inner = bytes(out[at + hopframe.HOP_HEADER_SIZE:end])
                 out[end:end + hopframe.HOP_TAG_SIZE] = direction_key(Key(epoch, key), 0).encrypt(
-                    hopframe.hop_nonce(counter), b"", _hop_covered(inner))
+                    hopframe.hop_nonce(counter), b"", hopframe.hop_covered(inner))
         at = out.find(hopframe.HOP_MAGIC_BYTES, at + 4)
     return bytes(out)
 
