@@ -266,6 +266,10 @@ class Edge:
         m.counters("udp", lambda: self.udp.counters, "log-transfer socket", labels)
         # end-to-end seal: sealed, opened, resealed (entries sent again under a newer epoch)
         m.counters("seal", lambda: d.seal.counts, "end-to-end seal (group keys)", labels)
+        m.counters("segments", lambda: {"evicted": d.assembler.evicted,
+                                        "copies_ignored": d.assembler.copies_ignored,
+                                        "joins_refused": d.assembler.joins_refused},
+                   "segment reassembly", labels)
         m.counters("log_store", self.log_store.counters, "log storage area", labels,
                    gauges=("retained_entries", "retained_bytes", "segments"))
         m.labelled("drops_total", "counter", "datagrams dropped, by reason", ("reason",),

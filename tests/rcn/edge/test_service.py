@@ -83,6 +83,8 @@ class EdgeMetricsTests(TestCase):
         self.assertEqual(got["rcn_log_store_retained_entries"], 1)
         self.assertEqual(got["rcn_group_log_retained_entries{group=7}"], 1)
         self.assertIn("rcn_path_in_flight_bytes{path=127.0.0.1:47902}", got)
+        for name in ("evicted", "copies_ignored", "joins_refused"):
+            self.assertEqual(got[f"rcn_segments_{name}_total"], 0)
 
     def test_pair_states_and_727_in_metrics_and_status(self):
         got = samples(self.edge.metrics.render().decode())
